@@ -1,0 +1,126 @@
+//! Command-line interface (clap). These types only parse and validate; `lib::run`
+//! resolves them once into settings, and the core never sees clap types.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::logging::LogFormat;
+use crate::units::Rate;
+
+const ABOUT: &str =
+    "Move a Prometheus TSDB onto a Kubernetes volume, and prove the copy is good before cutover.";
+
+/// Top-level command line.
+#[derive(Debug, Parser)]
+#[command(name = "promigrate", version, about = ABOUT, after_help = crate::exit::HELP)]
+pub struct Cli {
+    /// Log format on stderr (`RUST_LOG` sets the level; default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The phases of a migration, plus a read-only inspector.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Inventory source and target and print what apply would do. Read-only.
+    #[command(after_help = crate::exit::HELP)]
+    Plan(PlanArgs),
+    /// Execute the plan: copy (rate-limited, parallel, resumable), set ownership and modes.
+    #[command(after_help = crate::exit::HELP)]
+    Apply(ApplyArgs),
+    /// Prove the target equals the source: meta.json, file sets, sizes, content hashes, ownership.
+    #[command(after_help = crate::exit::HELP)]
+    Verify(VerifyArgs),
+    /// Summarise any TSDB data directory: blocks, time range, samples, WAL and head segments.
+    #[command(after_help = crate::exit::HELP)]
+    Inspect(InspectArgs),
+}
+
+/// Report format on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    /// A report for people.
+    #[default]
+    Text,
+    /// One JSON document with a boolean top-level `ok`.
+    Json,
+}
+
+/// Options shared by the commands that read a plan file.
+#[derive(Debug, Args)]
+pub struct PlanFileArgs {
+    /// The migration plan (YAML, `kind: Migration`).
+    #[arg(short = 'f', long = "file", value_name = "PLAN")]
+    pub file: PathBuf,
+    /// Report format on stdout.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// `promigrate plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub common: PlanFileArgs,
+}
+
+/// `promigrate apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub common: PlanFileArgs,
+    /// Bandwidth limit across all workers, rsync units (200M = 200 MiB/s; bare number = KiB/s; 0 = none).
+    /// Overrides `transfer.bwlimit`.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub bwlimit: Option<Rate>,
+    /// Do not ask for confirmation (it is only asked on a terminal).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Print the actions apply would take, and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Where run records are written (`<DIR>/<metadata.name>/`).
+    #[arg(long, value_name = "DIR", default_value = "migrations")]
+    pub state_dir: PathBuf,
+}
+
+/// How deep `verify` looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyLevel {
+    /// meta.json field by field, file sets, sizes, ownership and modes.
+    Meta,
+    /// Everything in `meta`, plus a content hash (xxh3-128) of every file on both sides.
+    #[default]
+    Checksum,
+}
+
+/// `promigrate verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub common: PlanFileArgs,
+    /// How deep to compare.
+    #[arg(long, value_enum, default_value_t = VerifyLevel::Checksum)]
+    pub level: VerifyLevel,
+    /// Where run records are written (`<DIR>/<metadata.name>/`).
+    #[arg(long, value_name = "DIR", default_value = "migrations")]
+    pub state_dir: PathBuf,
+}
+
+/// `promigrate inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A Prometheus data directory (the one holding `wal/` and the block directories).
+    pub dir: PathBuf,
+    /// Report format on stdout.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    s.parse()
+}

@@ -1,0 +1,209 @@
+//! `inspect`: a summary of any TSDB data directory, like promdump's `meta`: the persistent
+//! blocks (count, time range in UTC, samples, series, size) and the WAL/WBL/head segment
+//! ranges. Reads only.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::plan::inventory::{self, Inventory};
+use crate::units;
+
+/// One block in an inspect report.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockSummary {
+    /// ULID.
+    pub ulid: String,
+    /// minTime (ms).
+    pub min_time: i64,
+    /// maxTime (ms).
+    pub max_time: i64,
+    /// Samples.
+    pub num_samples: u64,
+    /// Series.
+    pub num_series: u64,
+    /// Chunks.
+    pub num_chunks: u64,
+    /// Compaction level.
+    pub level: u32,
+    /// Bytes on disk.
+    pub size: u64,
+}
+
+/// The segment files of one segment directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct SegmentRange {
+    /// `wal`, `wbl` or `chunks_head`.
+    pub dir: String,
+    /// First segment number.
+    pub first: u64,
+    /// Last segment number.
+    pub last: u64,
+    /// Number of segment files.
+    pub count: usize,
+    /// Bytes.
+    pub size: u64,
+    /// Checkpoint directories (`checkpoint.N`), for the WAL.
+    pub checkpoints: Vec<String>,
+}
+
+/// The result of `inspect`.
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectReport {
+    /// `true` when no problem was found.
+    pub ok: bool,
+    /// The directory inspected.
+    pub dir: PathBuf,
+    /// Blocks, oldest first.
+    pub blocks: Vec<BlockSummary>,
+    /// Earliest block minTime (ms).
+    pub min_time: Option<i64>,
+    /// Latest block maxTime (ms).
+    pub max_time: Option<i64>,
+    /// Samples in all blocks.
+    pub total_samples: u64,
+    /// Bytes in all blocks.
+    pub total_block_bytes: u64,
+    /// WAL, WBL and head chunk segments.
+    pub segments: Vec<SegmentRange>,
+    /// Problems found (unreadable meta.json, name mismatch).
+    pub problems: Vec<String>,
+}
+
+/// Inspects a data directory.
+pub fn run(dir: &Path) -> anyhow::Result<InspectReport> {
+    if !dir.is_dir() {
+        return Err(crate::exit::InvalidInput(format!(
+            "{} is not a directory: pass a Prometheus data directory",
+            dir.display()
+        ))
+        .into());
+    }
+    let inv = inventory::scan(dir)?;
+    Ok(summarise(&inv))
+}
+
+fn summarise(inv: &Inventory) -> InspectReport {
+    let mut blocks = Vec::new();
+    let mut problems = Vec::new();
+    for b in inv.blocks.values() {
+        match &b.meta {
+            Ok(m) => {
+                if m.ulid != b.ulid {
+                    problems.push(format!("{}: meta.json ulid is {}", b.dir, m.ulid));
+                }
+                blocks.push(BlockSummary {
+                    ulid: b.dir.clone(),
+                    min_time: m.min_time,
+                    max_time: m.max_time,
+                    num_samples: m.stats.num_samples,
+                    num_series: m.stats.num_series,
+                    num_chunks: m.stats.num_chunks,
+                    level: m.compaction.level,
+                    size: b.size(),
+                });
+            }
+            Err(e) => problems.push(e.clone()),
+        }
+    }
+    blocks.sort_by_key(|b| (b.min_time, b.ulid.clone()));
+    let segments = ["wal", "wbl", "chunks_head"]
+        .iter()
+        .filter_map(|dir| {
+            let segs = inventory::segments(inv.files.values(), dir);
+            let checkpoints: Vec<String> = inv
+                .dirs
+                .iter()
+                .filter_map(|d| {
+                    d.strip_prefix(&format!("{dir}/"))
+                        .filter(|n| n.starts_with("checkpoint."))
+                        .map(String::from)
+                })
+                .collect();
+            if segs.is_empty() && checkpoints.is_empty() {
+                return None;
+            }
+            Some(SegmentRange {
+                dir: dir.to_string(),
+                first: segs.first().map_or(0, |s| s.0),
+                last: segs.last().map_or(0, |s| s.0),
+                count: segs.len(),
+                size: segs.iter().map(|s| s.1).sum(),
+                checkpoints,
+            })
+        })
+        .collect();
+    InspectReport {
+        ok: problems.is_empty(),
+        dir: inv.root.clone(),
+        min_time: blocks.iter().map(|b| b.min_time).min(),
+        max_time: blocks.iter().map(|b| b.max_time).max(),
+        total_samples: blocks.iter().map(|b| b.num_samples).sum(),
+        total_block_bytes: blocks.iter().map(|b| b.size).sum(),
+        blocks,
+        segments,
+        problems,
+    }
+}
+
+impl InspectReport {
+    /// The report for people.
+    pub fn render_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "TSDB {}", self.dir.display());
+        let _ = writeln!(
+            s,
+            "{:<26}  {:<20}  {:<20}  {:>12}  {:>8}  {:>3}  {:>10}",
+            "BLOCK ULID", "MIN TIME (UTC)", "MAX TIME (UTC)", "SAMPLES", "SERIES", "LVL", "SIZE"
+        );
+        for b in &self.blocks {
+            let _ = writeln!(
+                s,
+                "{:<26}  {:<20}  {:<20}  {:>12}  {:>8}  {:>3}  {:>10}",
+                b.ulid,
+                units::ms_utc(b.min_time),
+                units::ms_utc(b.max_time),
+                b.num_samples,
+                b.num_series,
+                b.level,
+                units::bytes(b.size)
+            );
+        }
+        match (self.min_time, self.max_time) {
+            (Some(a), Some(z)) => {
+                let _ = writeln!(
+                    s,
+                    "{} block(s), {} .. {} UTC, {} samples, {}",
+                    self.blocks.len(),
+                    units::ms_utc(a),
+                    units::ms_utc(z),
+                    self.total_samples,
+                    units::bytes(self.total_block_bytes)
+                );
+            }
+            _ => {
+                let _ = writeln!(s, "no persistent blocks");
+            }
+        }
+        for g in &self.segments {
+            let _ = write!(
+                s,
+                "{}/: segments {:08}..{:08} ({} file(s), {})",
+                g.dir,
+                g.first,
+                g.last,
+                g.count,
+                units::bytes(g.size)
+            );
+            if !g.checkpoints.is_empty() {
+                let _ = write!(s, ", {}", g.checkpoints.join(", "));
+            }
+            let _ = writeln!(s);
+        }
+        for p in &self.problems {
+            let _ = writeln!(s, "problem: {p}");
+        }
+        s
+    }
+}

@@ -1,0 +1,20 @@
+//! The `promigrate` binary: parse arguments, start logging, run, map the outcome to an exit code.
+//! Everything else lives in the library so tests can reach it.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = promigrate::cli::Cli::parse();
+    promigrate::logging::init(cli.log_format);
+    let code = match promigrate::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            let code = promigrate::exit::classify(&err);
+            eprintln!("error: {err:#}");
+            code
+        }
+    };
+    code.into()
+}

@@ -1,0 +1,135 @@
+//! Ownership and modes on the target, so Prometheus running as `runAsUser`, or as any member
+//! of `fsGroup`, can write everything it needs (blocks, WAL, `lock`, `queries.active`).
+//!
+//! Invariants: ownership is changed with `fchownat(AT_SYMLINK_NOFOLLOW)` (or `fchown` on an
+//! open descriptor), so a symlink is never followed; callers reach paths by walking real
+//! directories without following links, so nothing outside the target is touched. Nothing is
+//! changed when it already holds, which keeps a rerun free of writes.
+
+use std::fs::Metadata;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use nix::fcntl::AtFlags;
+use nix::unistd::{Gid, Uid, fchownat};
+
+/// The owner every target entry must have: `runAsUser:fsGroup`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Owner {
+    /// `securityContext.runAsUser`.
+    pub uid: u32,
+    /// `securityContext.fsGroup`.
+    pub gid: u32,
+}
+
+/// Bits every directory must have: owner and group rwx, and setgid so new files inherit fsGroup.
+pub const DIR_BITS: u32 = 0o2770;
+/// Bits every file must have: owner and group read-write.
+pub const FILE_BITS: u32 = 0o660;
+
+/// The mode an entry should have: its current permission bits plus the required ones.
+pub fn wanted_mode(current: u32, is_dir: bool) -> u32 {
+    (current & 0o7777) | if is_dir { DIR_BITS } else { FILE_BITS }
+}
+
+/// The mode a new target file gets from its source mode.
+pub fn file_mode_from(source_mode: u32) -> u32 {
+    wanted_mode(source_mode & 0o777, false)
+}
+
+/// Describes what is wrong with an entry's ownership or mode, or `None` if it is right.
+pub fn problem(meta: &Metadata, owner: Owner) -> Option<String> {
+    let mut issues = Vec::new();
+    if meta.uid() != owner.uid || meta.gid() != owner.gid {
+        issues.push(format!(
+            "owner {}:{}, want {}:{}",
+            meta.uid(),
+            meta.gid(),
+            owner.uid,
+            owner.gid
+        ));
+    }
+    if !meta.file_type().is_symlink() {
+        let mode = meta.mode() & 0o7777;
+        let want = wanted_mode(mode, meta.is_dir());
+        if mode != want {
+            issues.push(format!("mode {mode:04o}, want {want:04o}"));
+        }
+    }
+    (!issues.is_empty()).then(|| issues.join(", "))
+}
+
+/// Sets owner and mode of `path` (never following a symlink) if they differ.
+/// Returns whether anything changed.
+pub fn fix(path: &Path, meta: &Metadata, owner: Owner) -> std::io::Result<bool> {
+    let mut changed = false;
+    if meta.uid() != owner.uid || meta.gid() != owner.gid {
+        fchownat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            Some(Uid::from_raw(owner.uid)),
+            Some(Gid::from_raw(owner.gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+        changed = true;
+    }
+    if !meta.file_type().is_symlink() {
+        // chown may clear setgid on some systems, so compute the mode from what is wanted.
+        let mode = meta.mode() & 0o7777;
+        let want = wanted_mode(mode, meta.is_dir());
+        if mode != want || changed {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(want))?;
+            changed |= mode != want;
+        }
+    }
+    Ok(changed)
+}
+
+/// A message for a failed ownership change that says what to do.
+pub fn explain(path: &Path, err: &std::io::Error, owner: Owner) -> String {
+    if err.kind() == std::io::ErrorKind::PermissionDenied {
+        format!(
+            "cannot set owner {}:{} on {}: {err}; run promigrate as root (or with CAP_CHOWN) so the pod's user can write the data",
+            owner.uid,
+            owner.gid,
+            path.display()
+        )
+    } else {
+        format!("cannot set owner/mode on {}: {err}", path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes() {
+        assert_eq!(wanted_mode(0o755, true), 0o2775);
+        assert_eq!(wanted_mode(0o644, false), 0o664);
+        assert_eq!(wanted_mode(0o2775, true), 0o2775);
+        assert_eq!(file_mode_from(0o100644), 0o664);
+    }
+
+    #[test]
+    fn problem_reports_owner_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"x").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let meta = std::fs::symlink_metadata(&f).unwrap();
+        let want = Owner {
+            uid: meta.uid(),
+            gid: meta.gid(),
+        };
+        assert_eq!(problem(&meta, want).unwrap(), "mode 0644, want 0664");
+        assert!(fix(&f, &meta, want).unwrap());
+        let meta = std::fs::symlink_metadata(&f).unwrap();
+        assert!(problem(&meta, want).is_none());
+        assert!(
+            !fix(&f, &meta, want).unwrap(),
+            "a second fix changes nothing"
+        );
+    }
+}

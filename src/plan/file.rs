@@ -1,0 +1,440 @@
+//! The plan file (`kind: Migration`, `apiVersion: promigrate/v1`): its model, parsing and
+//! validation. Field names are a contract. Unknown fields are rejected, and every error names
+//! the field path and the line. [`load`] resolves a file into [`Migration`], the plain settings
+//! the rest of the tool works from.
+
+use std::num::NonZeroUsize;
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::exit::InvalidInput;
+use crate::perms::Owner;
+use crate::units::Rate;
+
+/// The only `apiVersion` this release understands.
+pub const API_VERSION: &str = "promigrate/v1";
+
+/// The top level of a plan file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PlanFile {
+    /// Must be `promigrate/v1`.
+    pub api_version: ApiVersion,
+    /// Must be `Migration`.
+    pub kind: Kind,
+    /// Names the migration; run records go to `migrations/<name>/`.
+    pub metadata: Metadata,
+    /// Where the TSDB comes from.
+    pub source: Source,
+    /// Where the TSDB goes.
+    pub target: Target,
+    /// How it is copied (all optional).
+    #[serde(default)]
+    pub transfer: Transfer,
+}
+
+/// `apiVersion`, checked while parsing.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ApiVersion;
+impl TryFrom<String> for ApiVersion {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s == API_VERSION {
+            Ok(ApiVersion)
+        } else {
+            Err(format!(
+                "unsupported apiVersion `{s}`: this promigrate reads `{API_VERSION}`"
+            ))
+        }
+    }
+}
+
+/// `kind`, checked while parsing.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Kind;
+impl TryFrom<String> for Kind {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s == "Migration" {
+            Ok(Kind)
+        } else {
+            Err(format!("unsupported kind `{s}`: expected `Migration`"))
+        }
+    }
+}
+
+/// `metadata`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metadata {
+    /// A DNS label (`[a-z0-9-]`, at most 63 characters); it names the run-record directory.
+    pub name: Name,
+}
+
+/// A migration name: a DNS-1123 label, safe as a directory name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Name(pub String);
+impl TryFrom<String> for Name {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok_chars = s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let ok_ends = !s.starts_with('-') && !s.ends_with('-');
+        if !s.is_empty() && s.len() <= 63 && ok_chars && ok_ends {
+            Ok(Name(s))
+        } else {
+            Err(format!(
+                "invalid name `{s}`: use a DNS label (lowercase letters, digits and `-`, at most 63 characters), e.g. `prometheus-ecs`"
+            ))
+        }
+    }
+}
+
+/// `source`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Source {
+    /// The Prometheus data directory (`--storage.tsdb.path`): it holds `wal/` and the blocks.
+    /// A relative path is taken relative to the plan file's directory.
+    pub path: Spanned<PathBuf>,
+}
+
+/// `target`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Target {
+    /// Where the target volume is mounted on this host. It must exist.
+    pub path: Spanned<PathBuf>,
+    /// Optional directory inside the volume where the TSDB lands (the operator uses `prometheus-db`).
+    #[serde(default)]
+    pub sub_path: Option<SubPath>,
+    /// The pod's securityContext: who must own the data.
+    pub security_context: SecurityContext,
+}
+
+/// A relative path without `..`, like a Kubernetes volumeMount subPath.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct SubPath(pub PathBuf);
+impl TryFrom<String> for SubPath {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let p = PathBuf::from(&s);
+        let normal = p
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        if s.is_empty() || !normal {
+            Err(format!(
+                "invalid subPath `{s}`: use a relative path inside the volume, without `..`, e.g. `prometheus-db`"
+            ))
+        } else {
+            Ok(SubPath(p))
+        }
+    }
+}
+
+/// `target.securityContext`: the uid and group Prometheus runs with in the pod.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecurityContext {
+    /// Owner uid of every file and directory on the target.
+    pub run_as_user: u32,
+    /// Owner gid of every file and directory on the target; dirs get setgid and group write.
+    pub fs_group: u32,
+}
+
+/// `transfer`: all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Transfer {
+    /// Bandwidth limit across all workers, rsync units (`200M` = 200 MiB/s, bare number = KiB/s).
+    #[serde(default)]
+    pub bwlimit: Option<Rate>,
+    /// Files copied at once (1-64, default 4).
+    #[serde(default)]
+    pub parallelism: Option<Parallelism>,
+    /// Only blocks overlapping `[min, max)` (RFC 3339); blocks are selected whole.
+    #[serde(default)]
+    pub time_range: Option<TimeRange>,
+    /// Move target entries the plan would own but the source lacks to `.promigrate-quarantine/`.
+    #[serde(default)]
+    pub delete_extraneous: bool,
+}
+
+/// Worker count, 1 to 64.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "u64")]
+pub struct Parallelism(pub NonZeroUsize);
+impl TryFrom<u64> for Parallelism {
+    type Error = String;
+    fn try_from(n: u64) -> Result<Self, String> {
+        match NonZeroUsize::new(n as usize) {
+            Some(v) if n <= 64 => Ok(Parallelism(v)),
+            _ => Err(format!("invalid parallelism {n}: use 1 to 64")),
+        }
+    }
+}
+
+/// `transfer.timeRange`, in UTC milliseconds like Prometheus block times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(try_from = "RawTimeRange")]
+pub struct TimeRange {
+    /// Inclusive lower bound (ms), if any.
+    pub min: Option<i64>,
+    /// Exclusive upper bound (ms), if any.
+    pub max: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeRange {
+    #[serde(default)]
+    min: Option<String>,
+    #[serde(default)]
+    max: Option<String>,
+}
+
+impl TryFrom<RawTimeRange> for TimeRange {
+    type Error = String;
+    fn try_from(r: RawTimeRange) -> Result<Self, String> {
+        let ts = |name: &str, v: Option<String>| -> Result<Option<i64>, String> {
+            v.map(|s| {
+                s.parse::<jiff::Timestamp>().map(|t| t.as_millisecond()).map_err(|e| {
+                    format!("timeRange.{name} `{s}` is not an RFC 3339 time ({e}); use e.g. 2025-05-01T00:00:00Z")
+                })
+            })
+            .transpose()
+        };
+        let (min, max) = (ts("min", r.min)?, ts("max", r.max)?);
+        match (min, max) {
+            (None, None) => Err("timeRange needs `min`, `max` or both".into()),
+            (Some(a), Some(b)) if a >= b => {
+                Err("timeRange.min must be before timeRange.max".into())
+            }
+            _ => Ok(TimeRange { min, max }),
+        }
+    }
+}
+
+impl TimeRange {
+    /// Whether a block covering `[min_time, max_time)` overlaps this range.
+    pub fn overlaps(&self, min_time: i64, max_time: i64) -> bool {
+        self.min.is_none_or(|m| max_time > m) && self.max.is_none_or(|m| min_time < m)
+    }
+}
+
+/// The resolved settings of one migration: what `plan`, `apply` and `verify` work from.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    /// The plan file this came from.
+    pub plan_path: PathBuf,
+    /// `metadata.name`.
+    pub name: String,
+    /// The source TSDB directory.
+    pub source: PathBuf,
+    /// The target volume's mount path.
+    pub target_mount: PathBuf,
+    /// `target.path/subPath`: where the TSDB lands.
+    pub target_root: PathBuf,
+    /// Owner of everything on the target.
+    pub owner: Owner,
+    /// Bytes per second, or `None` for no limit.
+    pub bwlimit: Option<u64>,
+    /// Files copied at once.
+    pub parallelism: usize,
+    /// Block selection, if any.
+    pub time_range: Option<TimeRange>,
+    /// Quarantine extraneous target entries.
+    pub delete_extraneous: bool,
+}
+
+/// Default number of parallel copy workers.
+pub const DEFAULT_PARALLELISM: usize = 4;
+
+/// Parses plan-file text. Errors name the field path, the line and the column.
+pub fn parse(text: &str, origin: &Path) -> Result<PlanFile, InvalidInput> {
+    let mut track = serde_path_to_error::Track::new();
+    let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
+        PlanFile::deserialize(serde_path_to_error::Deserializer::new(de, &mut track))
+    });
+    parsed.map_err(|e| {
+        let path = track.path().to_string();
+        let field = if path == "." {
+            "(top level)".to_string()
+        } else {
+            format!("`{path}`")
+        };
+        InvalidInput(format!(
+            "plan file {}: field {field}: {e}",
+            origin.display()
+        ))
+    })
+}
+
+/// Reads, parses and resolves a plan file. A missing file, an invalid field or a missing
+/// source or target path is an [`InvalidInput`] (exit 2).
+pub fn load(plan_path: &Path) -> anyhow::Result<Migration> {
+    let text = std::fs::read_to_string(plan_path).map_err(|e| {
+        InvalidInput(format!(
+            "cannot read plan file {}: {e}; pass an existing file with -f (see examples/vm-to-k8s.yaml)",
+            plan_path.display()
+        ))
+    })?;
+    let file = parse(&text, plan_path)?;
+    resolve(file, plan_path).map_err(anyhow::Error::from)
+}
+
+/// Turns a parsed plan into settings, checking the paths it names.
+pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInput> {
+    let base = plan_path.parent().unwrap_or(Path::new("."));
+    let field_err = |field: &str, at: &Spanned<PathBuf>, what: String| {
+        InvalidInput(format!(
+            "plan file {}: field `{field}` (line {}): {what}",
+            plan_path.display(),
+            at.referenced.line()
+        ))
+    };
+    let abs = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+
+    let source = abs(&file.source.path.value);
+    if !source.is_dir() {
+        return Err(field_err(
+            "source.path",
+            &file.source.path,
+            format!(
+                "{} is not a directory: point it at the Prometheus data directory (the one holding wal/)",
+                source.display()
+            ),
+        ));
+    }
+    let target_mount = abs(&file.target.path.value);
+    if !target_mount.is_dir() {
+        return Err(field_err(
+            "target.path",
+            &file.target.path,
+            format!(
+                "{} is not a directory: mount the target volume there first",
+                target_mount.display()
+            ),
+        ));
+    }
+    let target_root = match &file.target.sub_path {
+        Some(SubPath(p)) => target_mount.join(p),
+        None => target_mount.clone(),
+    };
+    let sc = file.target.security_context;
+    Ok(Migration {
+        plan_path: plan_path.to_path_buf(),
+        name: file.metadata.name.0,
+        source,
+        target_mount,
+        target_root,
+        owner: Owner {
+            uid: sc.run_as_user,
+            gid: sc.fs_group,
+        },
+        bwlimit: file.transfer.bwlimit.and_then(Rate::limit),
+        parallelism: file
+            .transfer
+            .parallelism
+            .map_or(DEFAULT_PARALLELISM, |p| p.0.get()),
+        time_range: file.transfer.time_range,
+        delete_extraneous: file.transfer.delete_extraneous,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+apiVersion: promigrate/v1
+kind: Migration
+metadata:
+  name: prometheus-ecs
+source:
+  path: /data
+target:
+  path: /mnt/pv
+  subPath: prometheus-db
+  securityContext:
+    runAsUser: 1000
+    fsGroup: 2000
+transfer:
+  bwlimit: 200M
+  parallelism: 8
+  timeRange: { min: \"2025-05-01T00:00:00Z\", max: \"2025-11-01T00:00:00Z\" }
+  deleteExtraneous: true
+";
+
+    fn err(text: &str) -> String {
+        parse(text, Path::new("p.yaml")).unwrap_err().0
+    }
+
+    #[test]
+    fn parses_the_contract_example() {
+        let p = parse(GOOD, Path::new("p.yaml")).unwrap();
+        assert_eq!(p.metadata.name.0, "prometheus-ecs");
+        assert_eq!(p.transfer.bwlimit.unwrap().limit(), Some(200 << 20));
+        assert_eq!(p.transfer.parallelism.unwrap().0.get(), 8);
+        let tr = p.transfer.time_range.unwrap();
+        assert_eq!(tr.min, Some(1_746_057_600_000));
+        assert!(p.transfer.delete_extraneous);
+        assert_eq!(p.target.security_context.fs_group, 2000);
+    }
+
+    #[test]
+    fn bare_number_bwlimit_is_kib() {
+        let p = parse(&GOOD.replace("200M", "50000"), Path::new("p")).unwrap();
+        assert_eq!(p.transfer.bwlimit.unwrap().limit(), Some(50000 * 1024));
+    }
+
+    #[test]
+    fn errors_name_field_and_line() {
+        let e = err(&GOOD.replace("parallelism: 8", "parallelism: 0"));
+        assert!(
+            e.contains("`transfer.parallelism`") && e.contains("line 15"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("  deleteExtraneous", "  bogus: 1\n  deleteExtraneous"));
+        assert!(
+            e.contains("`transfer.bogus`") && e.contains("unknown field"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("runAsUser: 1000", "runAsUser: -1"));
+        assert!(
+            e.contains("`target.securityContext.runAsUser`") && e.contains("line 11"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn time_range_overlap_is_half_open() {
+        let tr = TimeRange {
+            min: Some(100),
+            max: Some(200),
+        };
+        assert!(tr.overlaps(50, 101));
+        assert!(
+            !tr.overlaps(50, 100),
+            "a block ending at min does not overlap"
+        );
+        assert!(tr.overlaps(199, 300));
+        assert!(
+            !tr.overlaps(200, 300),
+            "a block starting at max does not overlap"
+        );
+    }
+}

@@ -1,0 +1,355 @@
+//! Inventory of a TSDB data directory (source or target): blocks with their meta.json and
+//! files, the WAL/WBL/head segment files, runtime files, and everything left out with a reason.
+//! Reads only: it opens nothing for writing and follows no symlink below the root.
+
+use std::collections::BTreeMap;
+use std::fs::Metadata;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+use ulid::Ulid;
+
+use crate::fsutil::MTime;
+use crate::tsdb::{self, BlockMeta, RootEntry};
+
+/// A regular file, by its path relative to the TSDB root (`/`-separated).
+#[derive(Debug, Clone, Serialize)]
+pub struct FileInfo {
+    /// Path relative to the TSDB root.
+    pub rel: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time.
+    pub mtime: MTime,
+    /// `st_mode`.
+    pub mode: u32,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+}
+
+impl FileInfo {
+    fn new(rel: String, m: &Metadata) -> Self {
+        FileInfo {
+            rel,
+            size: m.len(),
+            mtime: MTime {
+                sec: m.mtime(),
+                nsec: m.mtime_nsec(),
+            },
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+        }
+    }
+
+    /// The quick check (like rsync's): same size and modification time.
+    pub fn same_as(&self, other: &FileInfo) -> bool {
+        self.size == other.size && self.mtime.same(other.mtime)
+    }
+}
+
+/// A persistent block directory.
+#[derive(Debug, Clone)]
+pub struct Block {
+    /// Directory name (a ULID).
+    pub dir: String,
+    /// The ULID the directory name spells.
+    pub ulid: Ulid,
+    /// Parsed meta.json, or why it could not be read.
+    pub meta: Result<BlockMeta, String>,
+    /// meta.json as a JSON value, for field-by-field comparison.
+    pub meta_json: Option<Value>,
+    /// Files by path relative to the TSDB root (`<ULID>/chunks/000001`).
+    pub files: BTreeMap<String, FileInfo>,
+    /// Sub-directories relative to the TSDB root (`<ULID>/chunks`).
+    pub dirs: Vec<String>,
+}
+
+impl Block {
+    /// Total bytes of the block's files.
+    pub fn size(&self) -> u64 {
+        self.files.values().map(|f| f.size).sum()
+    }
+}
+
+/// An entry that is not copied, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    /// Path relative to the TSDB root.
+    pub rel: String,
+    /// Why it is left out.
+    pub reason: String,
+}
+
+/// Everything found under one TSDB root.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    /// The directory scanned.
+    pub root: PathBuf,
+    /// Whether the root exists at all (a target may not yet).
+    pub exists: bool,
+    /// Blocks by directory name.
+    pub blocks: BTreeMap<String, Block>,
+    /// Non-block data files (`wal/00000003`, `chunks_head/000001`, `thanos.shipper.json`).
+    pub files: BTreeMap<String, FileInfo>,
+    /// Non-block data directories (`wal`, `wal/checkpoint.00000002`, `chunks_head`).
+    pub dirs: Vec<String>,
+    /// `lock`, `queries.active`.
+    pub runtime: Vec<FileInfo>,
+    /// Entries left out by TSDB rules (transient, snapshots, symlinks, unreadable names).
+    pub excluded: Vec<Skipped>,
+    /// Top-level entries that are not TSDB data (`lost+found`, stray files).
+    pub unknown: Vec<String>,
+    /// promigrate's own temporary files and staging directories from an interrupted run.
+    pub leftovers: Vec<String>,
+    /// Whether `.promigrate-quarantine/` exists.
+    pub has_quarantine: bool,
+}
+
+/// A failure to read a directory, naming the path.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {path}: {source}; check that it exists and that this user may read it")]
+pub struct ScanError {
+    /// The path that failed.
+    pub path: PathBuf,
+    /// The cause.
+    pub source: std::io::Error,
+}
+
+fn err(path: &Path, source: std::io::Error) -> ScanError {
+    ScanError {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Scans a TSDB root. A missing root gives an empty inventory with `exists == false`.
+pub fn scan(root: &Path) -> Result<Inventory, ScanError> {
+    let mut inv = Inventory {
+        root: root.to_path_buf(),
+        ..Default::default()
+    };
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(inv),
+        Err(e) => return Err(err(root, e)),
+    };
+    inv.exists = true;
+    for entry in entries {
+        let entry = entry.map_err(|e| err(root, e))?;
+        let path = entry.path();
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| err(&path, e))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            inv.unknown
+                .push(entry.file_name().to_string_lossy().into_owned());
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            inv.excluded.push(Skipped {
+                rel: name,
+                reason: "symlink (not followed)".into(),
+            });
+            continue;
+        }
+        match tsdb::classify_root(&name, meta.is_dir()) {
+            RootEntry::Block(ulid) => {
+                let block = scan_block(root, &name, ulid, &mut inv)?;
+                inv.blocks.insert(name, block);
+            }
+            RootEntry::SegmentDir => {
+                inv.dirs.push(name.clone());
+                walk_into(
+                    root,
+                    &name,
+                    &mut inv.files,
+                    &mut inv.dirs,
+                    &mut inv.excluded,
+                    &mut inv.leftovers,
+                )?;
+            }
+            RootEntry::DataFile => {
+                inv.files.insert(name.clone(), FileInfo::new(name, &meta));
+            }
+            RootEntry::Runtime => inv.runtime.push(FileInfo::new(name, &meta)),
+            RootEntry::Excluded(reason) => inv.excluded.push(Skipped {
+                rel: name,
+                reason: reason.into(),
+            }),
+            RootEntry::Ours if name == tsdb::QUARANTINE_DIR => inv.has_quarantine = true,
+            RootEntry::Ours => inv.leftovers.push(name),
+            RootEntry::Unknown => inv.unknown.push(name),
+        }
+    }
+    Ok(inv)
+}
+
+fn scan_block(
+    root: &Path,
+    name: &str,
+    ulid: Ulid,
+    inv: &mut Inventory,
+) -> Result<Block, ScanError> {
+    let mut files = BTreeMap::new();
+    let mut dirs = Vec::new();
+    walk_into(
+        root,
+        name,
+        &mut files,
+        &mut dirs,
+        &mut inv.excluded,
+        &mut inv.leftovers,
+    )?;
+    let meta_path = root.join(name).join("meta.json");
+    let (meta, meta_json) = match std::fs::read(&meta_path) {
+        Ok(bytes) => match BlockMeta::parse(&bytes) {
+            Ok((m, v)) => (Ok(m), Some(v)),
+            Err(e) => (Err(format!("{name}/meta.json: {e}")), None),
+        },
+        Err(e) => (Err(format!("{name}/meta.json: cannot read: {e}")), None),
+    };
+    Ok(Block {
+        dir: name.to_string(),
+        ulid,
+        meta,
+        meta_json,
+        files,
+        dirs,
+    })
+}
+
+/// Walks `root/top` recursively (not following links), adding files and sub-directories.
+fn walk_into(
+    root: &Path,
+    top: &str,
+    files: &mut BTreeMap<String, FileInfo>,
+    dirs: &mut Vec<String>,
+    excluded: &mut Vec<Skipped>,
+    leftovers: &mut Vec<String>,
+) -> Result<(), ScanError> {
+    let walker = walkdir::WalkDir::new(root.join(top))
+        .follow_links(false)
+        .min_depth(1)
+        .sort_by_file_name();
+    let mut it = walker.into_iter();
+    while let Some(entry) = it.next() {
+        let entry = entry.map_err(|e| {
+            let path = e
+                .path()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| root.join(top));
+            err(
+                &path,
+                e.into_io_error()
+                    .unwrap_or_else(|| std::io::Error::other("filesystem loop")),
+            )
+        })?;
+        let rel_path = entry.path().strip_prefix(root).unwrap_or(entry.path());
+        let Some(rel) = rel_path.to_str().map(str::to_owned) else {
+            excluded.push(Skipped {
+                rel: rel_path.to_string_lossy().into_owned(),
+                reason: "name is not UTF-8".into(),
+            });
+            continue;
+        };
+        let name = entry.file_name().to_str().unwrap_or_default();
+        let ft = entry.file_type();
+        if name.ends_with(tsdb::TMP_SUFFIX) {
+            leftovers.push(rel);
+            continue;
+        }
+        if let Some(reason) = tsdb::transient_reason(name) {
+            excluded.push(Skipped {
+                rel,
+                reason: reason.into(),
+            });
+            if ft.is_dir() {
+                it.skip_current_dir();
+            }
+            continue;
+        }
+        if ft.is_symlink() {
+            excluded.push(Skipped {
+                rel,
+                reason: "symlink (not followed)".into(),
+            });
+        } else if ft.is_dir() {
+            dirs.push(rel);
+        } else if ft.is_file() {
+            let meta = entry.metadata().map_err(|e| err(entry.path(), e.into()))?;
+            files.insert(rel.clone(), FileInfo::new(rel, &meta));
+        } else {
+            excluded.push(Skipped {
+                rel,
+                reason: "not a regular file or directory".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Segment file numbers of one segment directory (`wal`, `chunks_head`, `wbl`), sorted.
+pub fn segments<'a>(files: impl Iterator<Item = &'a FileInfo>, dir: &str) -> Vec<(u64, u64)> {
+    let prefix = format!("{dir}/");
+    let mut out: Vec<(u64, u64)> = files
+        .filter_map(|f| {
+            let name = f.rel.strip_prefix(&prefix)?;
+            tsdb::segment_number(name).map(|n| (n, f.size))
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scans_layout_and_leaves_out_runtime_and_transient() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        let u = "01HZX3J8Q4N2V5W6X7Y8Z9A0BC";
+        std::fs::create_dir_all(r.join(u).join("chunks")).unwrap();
+        std::fs::write(r.join(u).join("chunks/000001"), b"abc").unwrap();
+        std::fs::write(
+            r.join(u).join("meta.json"),
+            format!(r#"{{"ulid":"{u}","minTime":0,"maxTime":10,"version":1}}"#),
+        )
+        .unwrap();
+        std::fs::create_dir_all(r.join("wal/checkpoint.00000001")).unwrap();
+        std::fs::create_dir_all(r.join("wal/checkpoint.00000002.tmp")).unwrap();
+        std::fs::write(r.join("wal/00000002"), b"w").unwrap();
+        std::fs::write(r.join("wal/00000003.promigrate-tmp"), b"w").unwrap();
+        std::fs::write(r.join("lock"), b"").unwrap();
+        std::fs::write(r.join("queries.active"), b"").unwrap();
+        std::fs::create_dir_all(r.join(format!("{u}.tmp-for-creation"))).unwrap();
+        std::fs::create_dir_all(r.join("lost+found")).unwrap();
+        let inv = scan(r).unwrap();
+        assert_eq!(inv.blocks.len(), 1);
+        let b = &inv.blocks[u];
+        assert_eq!(b.meta.as_ref().unwrap().max_time, 10);
+        assert_eq!(
+            b.files.keys().collect::<Vec<_>>(),
+            vec![&format!("{u}/chunks/000001"), &format!("{u}/meta.json")]
+        );
+        assert_eq!(inv.files.keys().collect::<Vec<_>>(), vec!["wal/00000002"]);
+        assert!(inv.dirs.contains(&"wal/checkpoint.00000001".to_string()));
+        assert_eq!(inv.runtime.len(), 2);
+        assert_eq!(
+            inv.leftovers,
+            vec!["wal/00000003.promigrate-tmp".to_string()]
+        );
+        assert_eq!(inv.unknown, vec!["lost+found".to_string()]);
+        assert_eq!(inv.excluded.len(), 2, "{:?}", inv.excluded);
+    }
+
+    #[test]
+    fn missing_root_is_empty() {
+        let inv = scan(Path::new("/nonexistent/promigrate")).unwrap();
+        assert!(!inv.exists && inv.blocks.is_empty());
+    }
+}

@@ -1,0 +1,590 @@
+//! `plan`: inventory source and target, compare them, and describe what `apply` would do,
+//! with the cost (bytes, files, ETA), warnings and blockers. Building a plan changes nothing:
+//! it only reads directories and meta.json files.
+
+pub mod diff;
+pub mod file;
+pub mod inventory;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+pub use diff::State;
+pub use file::Migration;
+use inventory::{FileInfo, Inventory};
+
+use crate::fsutil;
+use crate::perms::Owner;
+use crate::tsdb;
+use crate::units;
+
+/// What `apply` will do, as data. Serialised for `--output json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationPlan {
+    /// `true` when there are no blockers.
+    pub ok: bool,
+    /// `metadata.name`.
+    pub name: String,
+    /// Source TSDB directory.
+    pub source: PathBuf,
+    /// Target TSDB directory (`target.path/subPath`).
+    pub target: PathBuf,
+    /// Owner every target entry gets.
+    pub owner: Owner,
+    /// Bandwidth limit in bytes/s, if any.
+    pub bwlimit: Option<u64>,
+    /// Parallel copy workers.
+    pub parallelism: usize,
+    /// Whether extraneous target entries are quarantined.
+    pub delete_extraneous: bool,
+    /// The requested time range (ms), if any.
+    pub time_range: Option<file::TimeRange>,
+    /// The range the selected whole blocks actually cover (ms), when a time range is set.
+    pub selected_range: Option<(i64, i64)>,
+    /// Selected source blocks and their state on the target.
+    pub blocks: Vec<BlockPlan>,
+    /// Non-block data files (WAL, WBL, head chunks) and their state.
+    pub files: Vec<FilePlan>,
+    /// Non-block directories the target needs.
+    pub dirs: Vec<String>,
+    /// Target entries the plan owns but the source lacks.
+    pub extraneous: Vec<Extraneous>,
+    /// promigrate temp files and staging dirs from an interrupted run (removed or reused).
+    pub leftovers: Vec<String>,
+    /// Source entries not copied, and why.
+    pub skipped: Vec<inventory::Skipped>,
+    /// Totals.
+    pub stats: PlanStats,
+    /// Free space on the target filesystem.
+    pub target_free_bytes: u64,
+    /// Things to know; they do not stop apply.
+    pub warnings: Vec<String>,
+    /// Things that stop apply (exit 1).
+    pub blockers: Vec<String>,
+}
+
+/// One selected source block.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockPlan {
+    /// The block's ULID (its directory name).
+    pub ulid: String,
+    /// meta.json minTime (ms).
+    pub min_time: i64,
+    /// meta.json maxTime (ms).
+    pub max_time: i64,
+    /// Compaction level.
+    pub level: u32,
+    /// meta.json stats.numSamples.
+    pub num_samples: u64,
+    /// meta.json stats.numSeries.
+    pub num_series: u64,
+    /// Total bytes.
+    pub size: u64,
+    /// Number of files.
+    pub files: usize,
+    /// State on the target.
+    pub state: State,
+    /// Files (relative to the TSDB root) to copy.
+    pub copy: Vec<String>,
+    /// Bytes to copy.
+    pub copy_bytes: u64,
+}
+
+/// One non-block data file.
+#[derive(Debug, Clone, Serialize)]
+pub struct FilePlan {
+    /// Path relative to the TSDB root.
+    pub rel: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// State on the target.
+    pub state: State,
+}
+
+/// A target entry the plan owns that the source (selection) lacks.
+#[derive(Debug, Clone, Serialize)]
+pub struct Extraneous {
+    /// Path relative to the TSDB root.
+    pub rel: String,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// Totals of a plan.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PlanStats {
+    /// Bytes of the selected source data.
+    pub source_bytes: u64,
+    /// Files of the selected source data.
+    pub source_files: u64,
+    /// Bytes to copy.
+    pub copy_bytes: u64,
+    /// Files to copy.
+    pub copy_files: u64,
+    /// Files already identical on the target.
+    pub identical_files: u64,
+    /// Files present on the target but different.
+    pub differing_files: u64,
+    /// Estimated copy time at the bandwidth limit (seconds), if limited.
+    pub eta_seconds: Option<f64>,
+}
+
+/// Builds the plan for a migration. Reads only.
+pub fn build(m: &Migration) -> anyhow::Result<MigrationPlan> {
+    Ok(build_with_inventories(m)?.0)
+}
+
+/// Builds the plan and returns the source and target inventories it was built from.
+pub fn build_with_inventories(
+    m: &Migration,
+) -> anyhow::Result<(MigrationPlan, Inventory, Inventory)> {
+    let src = inventory::scan(&m.source)?;
+    let tgt = inventory::scan(&m.target_root)?;
+    let mut warnings = Vec::new();
+    let mut blockers = Vec::new();
+
+    // Source and target must not contain each other: a copy would recurse or eat its source.
+    let (cs, ct) = (
+        fsutil::canonical_lenient(&m.source),
+        fsutil::canonical_lenient(&m.target_root),
+    );
+    if fsutil::is_within(&ct, &cs) || fsutil::is_within(&cs, &ct) {
+        blockers.push(format!(
+            "source {} and target {} overlap (one is inside the other): choose a target outside the source",
+            cs.display(),
+            ct.display()
+        ));
+    }
+    if src.blocks.is_empty() && !src.dirs.iter().any(|d| d == "wal") {
+        blockers.push(format!(
+            "source {} holds no blocks and no wal/: is source.path the Prometheus data directory (--storage.tsdb.path)?",
+            m.source.display()
+        ));
+    }
+    if source_running(&m.source) {
+        warnings.push(format!(
+            "the source Prometheus is running ({}/lock is held): blocks copy safely, but wal/ and chunks_head/ are only consistent once it is stopped; stop it before the final apply",
+            m.source.display()
+        ));
+    }
+
+    // Block selection.
+    let mut skipped = src.excluded.clone();
+    skipped.extend(src.unknown.iter().map(|u| inventory::Skipped {
+        rel: u.clone(),
+        reason: "not TSDB data".into(),
+    }));
+    skipped.extend(src.leftovers.iter().map(|u| inventory::Skipped {
+        rel: u.clone(),
+        reason: "promigrate temp file".into(),
+    }));
+    let mut selected = Vec::new();
+    for b in src.blocks.values() {
+        match &b.meta {
+            Err(e) => blockers.push(format!(
+                "source block {} has an unreadable meta.json ({e}); Prometheus skips such a block: repair or move it out of the source first",
+                b.dir
+            )),
+            Ok(meta) if meta.ulid != b.ulid => blockers.push(format!(
+                "source block directory {} has meta.json ulid {}: Prometheus deletes blocks by ULID, so the name must match; fix the source first",
+                b.dir, meta.ulid
+            )),
+            Ok(meta) if m.time_range.is_some_and(|tr| !tr.overlaps(meta.min_time, meta.max_time)) => {
+                skipped.push(inventory::Skipped { rel: b.dir.clone(), reason: "outside transfer.timeRange".into() })
+            }
+            Ok(_) => selected.push(b),
+        }
+    }
+    let selected_range =
+        m.time_range
+            .and(selected.iter().filter_map(|b| b.meta.as_ref().ok()).fold(
+                None,
+                |acc: Option<(i64, i64)>, meta| match acc {
+                    None => Some((meta.min_time, meta.max_time)),
+                    Some((a, z)) => Some((a.min(meta.min_time), z.max(meta.max_time))),
+                },
+            ));
+
+    let mut stats = PlanStats::default();
+    let mut blocks = Vec::new();
+    for b in &selected {
+        let meta = b.meta.as_ref().expect("selected blocks have a meta");
+        let d = diff::block(b, tgt.blocks.get(&b.dir));
+        let copy_bytes: u64 = d.to_copy.iter().map(|r| b.files[r].size).sum();
+        count(&mut stats, b.files.values(), |f| {
+            diff::file(f, tgt.blocks.get(&b.dir).and_then(|t| t.files.get(&f.rel)))
+        });
+        blocks.push(BlockPlan {
+            ulid: b.dir.clone(),
+            min_time: meta.min_time,
+            max_time: meta.max_time,
+            level: meta.compaction.level,
+            num_samples: meta.stats.num_samples,
+            num_series: meta.stats.num_series,
+            size: b.size(),
+            files: b.files.len(),
+            state: d.state,
+            copy: d.to_copy,
+            copy_bytes,
+        });
+    }
+
+    // WAL, WBL, head chunks: the newest data. Left out when the range ends before now.
+    let with_head = m.time_range.is_none_or(|tr| tr.max.is_none());
+    let (files, dirs): (Vec<FilePlan>, Vec<String>) = if with_head {
+        let files = src
+            .files
+            .values()
+            .map(|f| FilePlan {
+                rel: f.rel.clone(),
+                size: f.size,
+                state: diff::file(f, tgt.files.get(&f.rel)),
+            })
+            .collect();
+        count(&mut stats, src.files.values(), |f| {
+            diff::file(f, tgt.files.get(&f.rel))
+        });
+        (files, src.dirs.clone())
+    } else {
+        if !src.files.is_empty() {
+            warnings.push(
+                "wal/, chunks_head/ and wbl/ (the newest, not yet compacted data) are not copied because transfer.timeRange.max is set".into(),
+            );
+        }
+        skipped.extend(src.files.keys().map(|r| inventory::Skipped {
+            rel: r.clone(),
+            reason: "head data; transfer.timeRange.max is set".into(),
+        }));
+        (Vec::new(), Vec::new())
+    };
+
+    let extraneous = extraneous(&selected, &files, &tgt);
+    let in_segments: Vec<&Extraneous> = extraneous
+        .iter()
+        .filter(|e| !is_block_path(&e.rel))
+        .collect();
+    if !extraneous.is_empty() && !m.delete_extraneous {
+        if !in_segments.is_empty() {
+            blockers.push(format!(
+                "the target has {} file(s) in wal/, chunks_head/ or wbl/ that the source lacks (e.g. {}): Prometheus would replay them or fail with \"segments are not sequential\"; set transfer.deleteExtraneous: true to move them to {}/",
+                in_segments.len(),
+                in_segments[0].rel,
+                tsdb::QUARANTINE_DIR
+            ));
+        }
+        let n_blocks = extraneous.len() - in_segments.len();
+        if n_blocks > 0 {
+            warnings.push(format!(
+                "the target has {n_blocks} block entr(ies) the source selection lacks; they stay, and Prometheus will load them with the copy (set transfer.deleteExtraneous: true to quarantine them)"
+            ));
+        }
+    }
+    if !tgt.unknown.is_empty() {
+        warnings.push(format!(
+            "the target holds entries that are not TSDB data; they are left alone: {}",
+            tgt.unknown.join(", ")
+        ));
+    }
+
+    stats.eta_seconds = m.bwlimit.map(|r| stats.copy_bytes as f64 / r as f64);
+    let fs = fsutil::fs_info(&m.target_mount)
+        .map_err(|e| anyhow::anyhow!("cannot statfs target {}: {e}", m.target_mount.display()))?;
+    if stats.copy_bytes > fs.free_bytes {
+        blockers.push(format!(
+            "not enough space on the target: {} to copy, {} free on {}; grow the volume or select fewer blocks (transfer.timeRange)",
+            units::bytes(stats.copy_bytes),
+            units::bytes(fs.free_bytes),
+            m.target_mount.display()
+        ));
+    }
+    if fs.is_nfs {
+        warnings.push(format!(
+            "the target {} is on NFS: Prometheus does not support NFS for its TSDB (corruption and slow compaction are known); prefer a block volume",
+            m.target_mount.display()
+        ));
+    }
+
+    let plan = MigrationPlan {
+        ok: blockers.is_empty(),
+        name: m.name.clone(),
+        source: m.source.clone(),
+        target: m.target_root.clone(),
+        owner: m.owner,
+        bwlimit: m.bwlimit,
+        parallelism: m.parallelism,
+        delete_extraneous: m.delete_extraneous,
+        time_range: m.time_range,
+        selected_range,
+        blocks,
+        files,
+        dirs,
+        extraneous,
+        leftovers: tgt.leftovers.clone(),
+        skipped,
+        stats,
+        target_free_bytes: fs.free_bytes,
+        warnings,
+        blockers,
+    };
+    Ok((plan, src, tgt))
+}
+
+fn count<'a>(
+    stats: &mut PlanStats,
+    files: impl Iterator<Item = &'a FileInfo>,
+    state: impl Fn(&FileInfo) -> State,
+) {
+    for f in files {
+        stats.source_bytes += f.size;
+        stats.source_files += 1;
+        match state(f) {
+            State::Identical => stats.identical_files += 1,
+            s => {
+                stats.copy_bytes += f.size;
+                stats.copy_files += 1;
+                if s == State::Differs {
+                    stats.differing_files += 1;
+                }
+            }
+        }
+    }
+}
+
+fn is_block_path(rel: &str) -> bool {
+    matches!(
+        tsdb::classify_root(rel.split('/').next().unwrap_or(""), true),
+        tsdb::RootEntry::Block(_)
+    )
+}
+
+/// Target entries owned by the plan's kinds (blocks, segment files) that the selection lacks.
+fn extraneous(
+    selected: &[&inventory::Block],
+    files: &[FilePlan],
+    tgt: &Inventory,
+) -> Vec<Extraneous> {
+    let mut out = Vec::new();
+    for (dir, b) in &tgt.blocks {
+        match selected.iter().find(|s| &s.dir == dir) {
+            None => out.push(Extraneous {
+                rel: dir.clone(),
+                size: b.size(),
+            }),
+            Some(s) => out.extend(diff::block(s, Some(b)).extra_files.into_iter().map(|rel| {
+                let size = b.files[&rel].size;
+                Extraneous { rel, size }
+            })),
+        }
+    }
+    for (rel, f) in &tgt.files {
+        if !files.iter().any(|p| &p.rel == rel) {
+            out.push(Extraneous {
+                rel: rel.clone(),
+                size: f.size,
+            });
+        }
+    }
+    out
+}
+
+/// Whether a Prometheus holds the data directory's `lock` (flock). Opens it read-only and
+/// releases at once; a missing lock file means not running.
+pub fn source_running(root: &std::path::Path) -> bool {
+    use nix::fcntl::{Flock, FlockArg};
+    let Ok(f) = std::fs::File::open(root.join("lock")) else {
+        return false;
+    };
+    match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(_guard) => false,
+        Err((_, errno)) => errno == nix::errno::Errno::EWOULDBLOCK,
+    }
+}
+
+impl MigrationPlan {
+    /// The ordered actions `apply` takes, for `--dry-run` and the confirmation prompt.
+    pub fn actions(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        for l in &self.leftovers {
+            a.push(format!("clean up leftover {l} from an interrupted run"));
+        }
+        if self.delete_extraneous {
+            for e in &self.extraneous {
+                a.push(format!(
+                    "quarantine {} ({}) to {}/<timestamp>/",
+                    e.rel,
+                    units::bytes(e.size),
+                    tsdb::QUARANTINE_DIR
+                ));
+            }
+        }
+        for b in self.blocks.iter().filter(|b| b.state != State::Identical) {
+            let verb = if b.state == State::Copy {
+                "copy block"
+            } else {
+                "update block"
+            };
+            a.push(format!(
+                "{verb} {} ({} file(s), {})",
+                b.ulid,
+                b.copy.len(),
+                units::bytes(b.copy_bytes)
+            ));
+        }
+        for f in self.files.iter().filter(|f| f.state != State::Identical) {
+            a.push(format!("copy {} ({})", f.rel, units::bytes(f.size)));
+        }
+        a.push(format!(
+            "set owner {}:{} and group-writable modes (dirs setgid) on everything under {}",
+            self.owner.uid,
+            self.owner.gid,
+            self.target.display()
+        ));
+        a
+    }
+
+    /// The report for people.
+    pub fn render_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "Migration plan: {}", self.name);
+        let _ = writeln!(s, "  source  {}", self.source.display());
+        let _ = writeln!(
+            s,
+            "  target  {}  ({} free)",
+            self.target.display(),
+            units::bytes(self.target_free_bytes)
+        );
+        let _ = writeln!(
+            s,
+            "  owner   {}:{}, dirs g+rwx,setgid, files g+rw",
+            self.owner.uid, self.owner.gid
+        );
+        if let Some(tr) = self.time_range {
+            let f = |v: Option<i64>| v.map_or("-".to_string(), units::ms_utc);
+            let _ = writeln!(s, "  range   requested [{}, {})", f(tr.min), f(tr.max));
+            match self.selected_range {
+                Some((a, z)) => {
+                    let _ = writeln!(
+                        s,
+                        "          whole blocks selected cover [{}, {}) UTC",
+                        units::ms_utc(a),
+                        units::ms_utc(z)
+                    );
+                }
+                None => {
+                    let _ = writeln!(s, "          no block overlaps it");
+                }
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\nBlocks (= identical, - to copy, * differs, + extraneous):"
+        );
+        for b in &self.blocks {
+            let _ = writeln!(
+                s,
+                "  {} {}  {} .. {}  L{}  {:>10}  {} series  {} samples{}",
+                b.state.sigil(),
+                b.ulid,
+                units::ms_utc(b.min_time),
+                units::ms_utc(b.max_time),
+                b.level,
+                units::bytes(b.size),
+                b.num_series,
+                b.num_samples,
+                if b.state == State::Differs {
+                    format!("  [{} file(s) to update]", b.copy.len())
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if self.blocks.is_empty() {
+            let _ = writeln!(s, "  (none selected)");
+        }
+        let _ = writeln!(s, "\nWAL and head:");
+        let mut dirs: Vec<&str> = self
+            .files
+            .iter()
+            .map(|f| f.rel.split('/').next().unwrap_or(""))
+            .collect();
+        dirs.dedup();
+        for d in &dirs {
+            let of: Vec<&FilePlan> = self
+                .files
+                .iter()
+                .filter(|f| f.rel.split('/').next() == Some(d))
+                .collect();
+            let todo: Vec<&&FilePlan> = of.iter().filter(|f| f.state != State::Identical).collect();
+            let _ = writeln!(
+                s,
+                "  {d}/: {} file(s), {}; {} to copy",
+                of.len(),
+                units::bytes(of.iter().map(|f| f.size).sum()),
+                todo.len()
+            );
+            for f in todo.iter().filter(|f| f.state == State::Differs) {
+                let _ = writeln!(s, "    * {}", f.rel);
+            }
+        }
+        if dirs.is_empty() {
+            let _ = writeln!(s, "  (none)");
+        }
+        if !self.extraneous.is_empty() {
+            let what = if self.delete_extraneous {
+                "moved to quarantine first"
+            } else {
+                "left in place"
+            };
+            let _ = writeln!(s, "\nExtraneous on the target ({what}):");
+            for e in &self.extraneous {
+                let _ = writeln!(s, "  + {}  {}", e.rel, units::bytes(e.size));
+            }
+        }
+        if !self.skipped.is_empty() {
+            let _ = writeln!(s, "\nNot copied from the source:");
+            for k in &self.skipped {
+                let _ = writeln!(s, "  {}  ({})", k.rel, k.reason);
+            }
+        }
+        let st = &self.stats;
+        let _ = writeln!(
+            s,
+            "\nTo copy: {} in {} file(s) ({} identical, {} differing) of {} in {} file(s)",
+            units::bytes(st.copy_bytes),
+            st.copy_files,
+            st.identical_files,
+            st.differing_files,
+            units::bytes(st.source_bytes),
+            st.source_files
+        );
+        match (self.bwlimit, st.eta_seconds) {
+            (Some(r), Some(eta)) => {
+                let _ = writeln!(s, "ETA at {}/s: {}", units::bytes(r), units::duration(eta));
+            }
+            _ => {
+                let _ = writeln!(
+                    s,
+                    "ETA: no bandwidth limit set (transfer.bwlimit / --bwlimit)"
+                );
+            }
+        }
+        for w in &self.warnings {
+            let _ = writeln!(s, "warning: {w}");
+        }
+        for b in &self.blockers {
+            let _ = writeln!(s, "BLOCKER: {b}");
+        }
+        let _ = writeln!(
+            s,
+            "{}",
+            if self.ok {
+                "Plan OK."
+            } else {
+                "Plan has blockers: apply will refuse."
+            }
+        );
+        s
+    }
+}

@@ -1,0 +1,99 @@
+//! Progress of long copies and hashes: a bar on a terminal (indicatif, stderr), periodic
+//! log lines otherwise, and a hidden implementation for tests and JSON runs in scripts.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::units;
+
+/// Receives progress from the copy and verify workers.
+pub trait Progress: Send + Sync {
+    /// `n` more bytes are done.
+    fn add_bytes(&self, n: u64);
+    /// The run is over.
+    fn finish(&self);
+}
+
+/// Reports nothing.
+pub struct Hidden;
+impl Progress for Hidden {
+    fn add_bytes(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+/// The right progress for stderr: a bar on a terminal, log lines every 10 s otherwise.
+pub fn for_stderr(label: &str, total_bytes: u64) -> Box<dyn Progress> {
+    if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message(label.to_string());
+        Box::new(Bar(bar))
+    } else {
+        Box::new(Lines {
+            label: label.to_string(),
+            total: total_bytes,
+            done: AtomicU64::new(0),
+            start: Instant::now(),
+            last: Mutex::new(Instant::now()),
+            every: Duration::from_secs(10),
+        })
+    }
+}
+
+struct Bar(ProgressBar);
+impl Progress for Bar {
+    fn add_bytes(&self, n: u64) {
+        self.0.inc(n);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+struct Lines {
+    label: String,
+    total: u64,
+    done: AtomicU64,
+    start: Instant,
+    last: Mutex<Instant>,
+    every: Duration,
+}
+
+impl Progress for Lines {
+    fn add_bytes(&self, n: u64) {
+        let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        let Ok(mut last) = self.last.try_lock() else {
+            return;
+        };
+        if last.elapsed() < self.every {
+            return;
+        }
+        *last = Instant::now();
+        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
+        let rate = done as f64 / secs;
+        let eta = if rate > 0.0 {
+            (self.total.saturating_sub(done)) as f64 / rate
+        } else {
+            0.0
+        };
+        tracing::info!(
+            "{}: {} of {} ({}/s, ETA {})",
+            self.label,
+            units::bytes(done),
+            units::bytes(self.total),
+            units::bytes(rate as u64),
+            units::duration(eta)
+        );
+    }
+    fn finish(&self) {}
+}

@@ -1,0 +1,72 @@
+//! Run records: each `apply` and `verify` writes one JSON document to
+//! `<state-dir>/<metadata.name>/<UTC time>-<command>.json`: the change window's audit trail.
+//! Written to a temp name and renamed, so a record is whole or absent.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Serialize;
+
+/// The envelope of a run record.
+#[derive(Debug, Serialize)]
+pub struct RunRecord<'a, T: Serialize> {
+    /// `apply` or `verify`.
+    pub command: &'a str,
+    /// promigrate version.
+    pub version: &'a str,
+    /// The plan file used.
+    pub plan_file: &'a Path,
+    /// Start time (RFC 3339 UTC).
+    pub started: String,
+    /// End time (RFC 3339 UTC).
+    pub finished: String,
+    /// The process exit code.
+    pub exit_code: u8,
+    /// Host name of the machine that ran it.
+    pub host: String,
+    /// uid that ran it.
+    pub uid: u32,
+    /// The error, if the run failed.
+    pub error: Option<String>,
+    /// The command's report.
+    pub report: T,
+}
+
+/// Creates `<state_dir>/<name>/` up front so a run fails before it writes any data if its
+/// audit trail cannot be kept.
+pub fn prepare(state_dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = state_dir.join(name);
+    std::fs::create_dir_all(&dir).with_context(|| {
+        format!(
+            "cannot create the run-record directory {} (set --state-dir to a writable directory)",
+            dir.display()
+        )
+    })?;
+    Ok(dir)
+}
+
+/// Writes a record into `dir` and returns its path.
+pub fn write<T: Serialize>(dir: &Path, record: &RunRecord<T>) -> anyhow::Result<PathBuf> {
+    let stamp = jiff::Timestamp::now()
+        .strftime("%Y%m%dT%H%M%S%.3fZ")
+        .to_string();
+    let path = dir.join(format!("{stamp}-{}.json", record.command));
+    let tmp = dir.join(format!(
+        ".{stamp}-{}.json{}",
+        record.command,
+        crate::tsdb::TMP_SUFFIX
+    ));
+    let body = serde_json::to_vec_pretty(record)?;
+    std::fs::write(&tmp, body)
+        .with_context(|| format!("cannot write run record {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path)
+        .with_context(|| format!("cannot write run record {}", path.display()))?;
+    Ok(path)
+}
+
+/// This machine's host name, for the record.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}

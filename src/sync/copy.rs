@@ -1,0 +1,236 @@
+//! Copying one file: read-only open of the source, in-kernel copy (`copy_file_range` through
+//! `std::io::copy`) in throttled chunks, early writeback, then owner, mode and times.
+//! The source is never written: it is opened read-only with `O_NOATIME` where allowed.
+
+use std::fs::{File, FileTimes, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::perms::{self, Owner};
+use crate::progress::Progress;
+use crate::sync::limiter::Throttle;
+
+/// Why a file copy stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// Reading the source failed.
+    #[error("cannot read source file {path}: {source}")]
+    Source { path: PathBuf, source: io::Error },
+    /// The source changed while being copied (the server is still writing it).
+    #[error(
+        "source file {path} changed while it was copied ({copied} bytes copied, now {now} bytes): stop the source Prometheus before copying its wal/ and chunks_head/"
+    )]
+    Changed {
+        path: PathBuf,
+        copied: u64,
+        now: u64,
+    },
+    /// The target volume is full.
+    #[error(
+        "target volume is full while writing {path}: free space or grow the volume, then rerun apply (completed files are kept; the partial file was removed)"
+    )]
+    NoSpace { path: PathBuf },
+    /// Writing the target failed.
+    #[error("cannot write target file {path}: {source}")]
+    Target { path: PathBuf, source: io::Error },
+    /// The run was interrupted (Ctrl-C, SIGTERM).
+    #[error("interrupted")]
+    Cancelled,
+}
+
+/// Shared context of the copy workers.
+pub struct Ctx<'a> {
+    /// Bandwidth limit.
+    pub throttle: &'a dyn Throttle,
+    /// Progress sink.
+    pub progress: &'a dyn Progress,
+    /// Set to stop at the next chunk.
+    pub cancel: &'a AtomicBool,
+    /// Owner of what is written.
+    pub owner: Owner,
+}
+
+/// Opens a source file read-only, without updating its access time where permitted.
+pub fn open_source(path: &Path) -> io::Result<File> {
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_o_noatime())
+        .open(path)
+    {
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EPERM as i32) => File::open(path),
+        r => r,
+    }
+}
+
+fn libc_o_noatime() -> i32 {
+    nix::fcntl::OFlag::O_NOATIME.bits()
+}
+
+/// Copies `src` to `dst` (created or truncated), then sets owner, mode (group-writable) and
+/// the source's access and modification times. With `durable`, fsyncs before returning.
+/// On failure the partial `dst` is removed. Returns the bytes copied.
+pub fn copy_file(src: &Path, dst: &Path, durable: bool, ctx: &Ctx) -> Result<u64, CopyError> {
+    let result = copy_inner(src, dst, durable, ctx);
+    if result.is_err() {
+        let _ = std::fs::remove_file(dst);
+    }
+    result
+}
+
+fn copy_inner(src: &Path, dst: &Path, durable: bool, ctx: &Ctx) -> Result<u64, CopyError> {
+    let src_err = |e| CopyError::Source {
+        path: src.to_path_buf(),
+        source: e,
+    };
+    let dst_err = |e: io::Error| {
+        if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) {
+            CopyError::NoSpace {
+                path: dst.to_path_buf(),
+            }
+        } else {
+            CopyError::Target {
+                path: dst.to_path_buf(),
+                source: e,
+            }
+        }
+    };
+    let input = open_source(src).map_err(src_err)?;
+    let meta = input.metadata().map_err(src_err)?;
+    let output = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_CLOEXEC.bits())
+        .open(dst)
+        .map_err(dst_err)?;
+    let mut done: u64 = 0;
+    loop {
+        if ctx.cancel.load(Ordering::Relaxed) {
+            return Err(CopyError::Cancelled);
+        }
+        let want = (ctx.throttle.chunk() as u64)
+            .min(meta.len().saturating_sub(done))
+            .max(1);
+        ctx.throttle.acquire(want as usize);
+        // std::io::copy uses copy_file_range between files (and falls back to read/write).
+        let n = io::copy(&mut (&input).take(want), &mut &output).map_err(|e| {
+            if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) {
+                dst_err(e)
+            } else {
+                classify(e, src, dst)
+            }
+        })?;
+        if n == 0 {
+            break;
+        }
+        start_writeback(&output, done, n);
+        done += n;
+        ctx.progress.add_bytes(n);
+    }
+    let now = input.metadata().map_err(src_err)?;
+    if now.len() != done || meta.len() != done {
+        return Err(CopyError::Changed {
+            path: src.to_path_buf(),
+            copied: done,
+            now: now.len(),
+        });
+    }
+    std::os::unix::fs::fchown(&output, Some(ctx.owner.uid), Some(ctx.owner.gid)).map_err(|e| {
+        CopyError::Target {
+            path: dst.to_path_buf(),
+            source: io::Error::other(perms::explain(dst, &e, ctx.owner)),
+        }
+    })?;
+    output
+        .set_permissions(std::fs::Permissions::from_mode(perms::file_mode_from(
+            meta.permissions().mode(),
+        )))
+        .map_err(dst_err)?;
+    let times = FileTimes::new()
+        .set_accessed(meta.accessed().map_err(src_err)?)
+        .set_modified(meta.modified().map_err(src_err)?);
+    output.set_times(times).map_err(dst_err)?;
+    if durable {
+        output.sync_all().map_err(dst_err)?;
+    }
+    Ok(done)
+}
+
+/// Which side an I/O error from `io::copy` came from is not reported; a read error on a
+/// healthy target is far less likely than the reverse, so name both paths.
+fn classify(e: io::Error, src: &Path, dst: &Path) -> CopyError {
+    CopyError::Target {
+        path: dst.to_path_buf(),
+        source: io::Error::new(e.kind(), format!("{e} (copying from {})", src.display())),
+    }
+}
+
+/// Starts writeback of a just-written range, so the fsync before publishing finds little
+/// left to do and dirty pages do not pile up.
+fn start_writeback(f: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range only reads its integer arguments; the descriptor is owned by
+    // `f`, which outlives the call. A failure only loses the hint, so it is ignored.
+    unsafe {
+        libc::sync_file_range(
+            f.as_raw_fd(),
+            offset as i64,
+            len as i64,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Hidden;
+    use crate::sync::limiter::Unlimited;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn copies_content_times_and_owner() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, t) = (d.path().join("s"), d.path().join("t"));
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&s, &data).unwrap();
+        let sm = std::fs::metadata(&s).unwrap();
+        let cancel = AtomicBool::new(false);
+        let ctx = Ctx {
+            throttle: &Unlimited,
+            progress: &Hidden,
+            cancel: &cancel,
+            owner: Owner {
+                uid: sm.uid(),
+                gid: sm.gid(),
+            },
+        };
+        assert_eq!(copy_file(&s, &t, true, &ctx).unwrap(), data.len() as u64);
+        assert_eq!(std::fs::read(&t).unwrap(), data);
+        let tm = std::fs::metadata(&t).unwrap();
+        assert_eq!((tm.mtime(), tm.mtime_nsec()), (sm.mtime(), sm.mtime_nsec()));
+        assert_eq!(tm.mode() & 0o660, 0o660);
+    }
+
+    #[test]
+    fn cancelled_copy_leaves_no_partial_file() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, t) = (d.path().join("s"), d.path().join("t"));
+        std::fs::write(&s, b"data").unwrap();
+        let cancel = AtomicBool::new(true);
+        let ctx = Ctx {
+            throttle: &Unlimited,
+            progress: &Hidden,
+            cancel: &cancel,
+            owner: Owner { uid: 0, gid: 0 },
+        };
+        assert!(matches!(
+            copy_file(&s, &t, false, &ctx),
+            Err(CopyError::Cancelled)
+        ));
+        assert!(!t.exists());
+    }
+}

@@ -1,0 +1,437 @@
+//! `apply`: execute a [`MigrationPlan`] against the target. It does not re-decide what to copy.
+//!
+//! Invariants:
+//! - Nothing half-written is ever visible under a final name. A new block is assembled under
+//!   `.promigrate-staging/<ULID>/`, its files fsync'ed, then the directory is renamed into
+//!   place, so `<target>/<ULID>/` is absent or complete. Every other file is written to
+//!   `.<name>.promigrate-tmp` in its directory, fsync'ed and renamed.
+//! - Resumable without a state file: after `kill -9`, staged files whose size and mtime equal
+//!   the source are kept, temp files are removed, and only what is missing or different is
+//!   copied again. A rerun of an applied plan writes nothing.
+//! - Extraneous entries are moved to `.promigrate-quarantine/<timestamp>/`, never deleted.
+//! - The source is only read.
+
+pub mod copy;
+pub mod limiter;
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, anyhow};
+use serde::Serialize;
+
+use crate::fsutil;
+use crate::perms::{self, Owner};
+use crate::plan::{MigrationPlan, State, inventory};
+use crate::progress::Progress;
+use crate::tsdb;
+use copy::{CopyError, Ctx};
+
+/// Options of one apply run.
+pub struct ApplyOptions<'a> {
+    /// Bandwidth limit in bytes/s (overrides the plan's).
+    pub bwlimit: Option<u64>,
+    /// Set by a signal handler to stop at the next chunk.
+    pub cancel: &'a AtomicBool,
+    /// Progress sink.
+    pub progress: &'a dyn Progress,
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ApplyReport {
+    /// `true` when everything in the plan was done.
+    pub ok: bool,
+    /// Bytes copied in this run.
+    pub copied_bytes: u64,
+    /// Files copied in this run.
+    pub copied_files: u64,
+    /// Blocks published (renamed into place) in this run.
+    pub blocks_published: u64,
+    /// Staged files from an interrupted run that were complete and kept.
+    pub resumed_files: u64,
+    /// Leftover temp files removed.
+    pub cleaned: Vec<String>,
+    /// Entries moved to quarantine.
+    pub quarantined: Vec<String>,
+    /// Where they went.
+    pub quarantine_dir: Option<PathBuf>,
+    /// Entries whose owner or mode was changed.
+    pub ownership_fixed: u64,
+    /// Wall time (s).
+    pub duration_seconds: f64,
+    /// Average copy rate (bytes/s).
+    pub average_rate: f64,
+}
+
+enum Job {
+    /// A block that is not on the target: stage, fsync, rename into place.
+    NewBlock { ulid: String, files: Vec<String> },
+    /// A single file: temp name, fsync, rename.
+    File { rel: String },
+}
+
+struct Shared<'a> {
+    plan: &'a MigrationPlan,
+    ctx: Ctx<'a>,
+    copied_bytes: AtomicU64,
+    copied_files: AtomicU64,
+    resumed: AtomicU64,
+    published: AtomicU64,
+    touched_dirs: Mutex<BTreeSet<PathBuf>>,
+}
+
+/// Executes the plan. Refuses a plan with blockers.
+pub fn apply(plan: &MigrationPlan, opts: &ApplyOptions) -> anyhow::Result<ApplyReport> {
+    if !plan.ok {
+        anyhow::bail!("the plan has blockers; run `promigrate plan` and resolve them first");
+    }
+    let start = Instant::now();
+    let root = &plan.target;
+    let mut report = ApplyReport::default();
+
+    ensure_dir(root, plan.owner)?;
+    let staging = root.join(tsdb::STAGING_DIR);
+    let new_blocks: BTreeSet<&str> = plan
+        .blocks
+        .iter()
+        .filter(|b| b.state == State::Copy)
+        .map(|b| b.ulid.as_str())
+        .collect();
+    report.cleaned = clean_leftovers(root, &plan.leftovers, &new_blocks)?;
+
+    if plan.delete_extraneous && !plan.extraneous.is_empty() {
+        let stamp = jiff::Timestamp::now()
+            .strftime("%Y%m%dT%H%M%SZ")
+            .to_string();
+        let qdir = root.join(tsdb::QUARANTINE_DIR).join(stamp);
+        for e in &plan.extraneous {
+            let to = qdir.join(&e.rel);
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).with_context(|| {
+                    format!("cannot create quarantine dir {}", parent.display())
+                })?;
+            }
+            std::fs::rename(root.join(&e.rel), &to).with_context(|| {
+                format!(
+                    "cannot move extraneous {} to {}",
+                    root.join(&e.rel).display(),
+                    to.display()
+                )
+            })?;
+            report.quarantined.push(e.rel.clone());
+        }
+        fsutil::fsync_dir(root).with_context(|| format!("cannot fsync {}", root.display()))?;
+        tracing::info!(
+            "moved {} extraneous entr(ies) to {}",
+            report.quarantined.len(),
+            qdir.display()
+        );
+        report.quarantine_dir = Some(qdir);
+    }
+
+    for d in &plan.dirs {
+        ensure_dir(&root.join(d), plan.owner)?;
+    }
+
+    let mut jobs = VecDeque::new();
+    let mut blocks: Vec<_> = plan
+        .blocks
+        .iter()
+        .filter(|b| b.state != State::Identical)
+        .collect();
+    blocks.sort_by_key(|b| b.min_time);
+    for b in blocks {
+        if b.state == State::Copy {
+            jobs.push_back(Job::NewBlock {
+                ulid: b.ulid.clone(),
+                files: b.copy.clone(),
+            });
+        } else {
+            jobs.extend(b.copy.iter().map(|rel| Job::File { rel: rel.clone() }));
+        }
+    }
+    jobs.extend(
+        plan.files
+            .iter()
+            .filter(|f| f.state != State::Identical)
+            .map(|f| Job::File { rel: f.rel.clone() }),
+    );
+
+    let throttle = limiter::for_limit(opts.bwlimit.or(plan.bwlimit));
+    let shared = Shared {
+        plan,
+        ctx: Ctx {
+            throttle: throttle.as_ref(),
+            progress: opts.progress,
+            cancel: opts.cancel,
+            owner: plan.owner,
+        },
+        copied_bytes: AtomicU64::new(0),
+        copied_files: AtomicU64::new(0),
+        resumed: AtomicU64::new(0),
+        published: AtomicU64::new(0),
+        touched_dirs: Mutex::new(BTreeSet::new()),
+    };
+    run_jobs(&shared, jobs, plan.parallelism)?;
+    opts.progress.finish();
+
+    let dirs = shared
+        .touched_dirs
+        .lock()
+        .map(|d| d.clone())
+        .unwrap_or_default();
+    for d in dirs.iter().chain(std::iter::once(root)) {
+        fsutil::fsync_dir(d).with_context(|| format!("cannot fsync directory {}", d.display()))?;
+    }
+    if staging.exists() && std::fs::remove_dir(&staging).is_ok() {
+        fsutil::fsync_dir(root).with_context(|| format!("cannot fsync {}", root.display()))?;
+    }
+    report.ownership_fixed = fix_ownership(root, plan.owner)?;
+
+    report.copied_bytes = shared.copied_bytes.load(Ordering::Relaxed);
+    report.copied_files = shared.copied_files.load(Ordering::Relaxed);
+    report.resumed_files = shared.resumed.load(Ordering::Relaxed);
+    report.blocks_published = shared.published.load(Ordering::Relaxed);
+    report.duration_seconds = start.elapsed().as_secs_f64();
+    report.average_rate = report.copied_bytes as f64 / report.duration_seconds.max(1e-6);
+    report.ok = true;
+    Ok(report)
+}
+
+fn run_jobs(shared: &Shared, jobs: VecDeque<Job>, parallelism: usize) -> anyhow::Result<()> {
+    let queue = Mutex::new(jobs);
+    let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let failed = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..parallelism.max(1) {
+            s.spawn(|| {
+                loop {
+                    if failed.load(Ordering::Relaxed) || shared.ctx.cancel.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                        return;
+                    };
+                    let r = match &job {
+                        Job::NewBlock { ulid, files } => new_block(shared, ulid, files),
+                        Job::File { rel } => one_file(shared, rel),
+                    };
+                    if let Err(e) = r {
+                        failed.store(true, Ordering::Relaxed);
+                        if let Ok(mut slot) = first_error.lock() {
+                            slot.get_or_insert(e);
+                        }
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    if shared.ctx.cancel.load(Ordering::Relaxed) {
+        return Err(anyhow!(CopyError::Cancelled)).context(
+            "apply stopped before finishing; rerun apply to resume (completed files are kept)",
+        );
+    }
+    Ok(())
+}
+
+/// Stages a whole block, makes it durable, and renames it into place.
+fn new_block(sh: &Shared, ulid: &str, files: &[String]) -> anyhow::Result<()> {
+    let root = &sh.plan.target;
+    let stage_root = root.join(tsdb::STAGING_DIR);
+    let stage = stage_root.join(ulid);
+    ensure_dir(&stage_root, sh.plan.owner)?;
+    ensure_dir(&stage, sh.plan.owner)?;
+    let mut written = Vec::with_capacity(files.len());
+    for rel in files {
+        let inner = rel.strip_prefix(&format!("{ulid}/")).unwrap_or(rel);
+        let (src, dst) = (sh.plan.source.join(rel), stage.join(inner));
+        if let Some(parent) = dst.parent().filter(|p| *p != stage) {
+            ensure_dir(parent, sh.plan.owner)?;
+        }
+        if staged_complete(&src, &dst) {
+            sh.resumed.fetch_add(1, Ordering::Relaxed);
+            let size = std::fs::metadata(&dst).map(|m| m.len()).unwrap_or(0);
+            sh.ctx.progress.add_bytes(size);
+        } else {
+            let n = copy::copy_file(&src, &dst, false, &sh.ctx)?;
+            sh.copied_bytes.fetch_add(n, Ordering::Relaxed);
+            sh.copied_files.fetch_add(1, Ordering::Relaxed);
+        }
+        written.push(dst);
+    }
+    // Durable before published: fsync every file, then the directories, then rename.
+    for f in &written {
+        std::fs::File::open(f)
+            .and_then(|h| h.sync_all())
+            .with_context(|| format!("cannot fsync {}", f.display()))?;
+    }
+    let mut dirs: BTreeSet<&Path> = written.iter().filter_map(|f| f.parent()).collect();
+    dirs.insert(&stage);
+    for d in dirs {
+        fsutil::fsync_dir(d).with_context(|| format!("cannot fsync {}", d.display()))?;
+    }
+    let dest = root.join(ulid);
+    if dest.exists() {
+        anyhow::bail!(
+            "{} appeared on the target while this block was being staged; rerun apply",
+            dest.display()
+        );
+    }
+    std::fs::rename(&stage, &dest).with_context(|| {
+        format!(
+            "cannot rename staged block {} to {}",
+            stage.display(),
+            dest.display()
+        )
+    })?;
+    sh.published.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut d) = sh.touched_dirs.lock() {
+        d.insert(stage_root);
+    }
+    Ok(())
+}
+
+/// Whether a staged file from an interrupted run is complete: same size and mtime as the
+/// source (the mtime is set only after the last byte is written).
+fn staged_complete(src: &Path, dst: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(src), std::fs::symlink_metadata(dst)) {
+        (Ok(s), Ok(d)) => {
+            d.is_file()
+                && s.len() == d.len()
+                && fsutil::MTime {
+                    sec: s.mtime(),
+                    nsec: s.mtime_nsec(),
+                }
+                .same(fsutil::MTime {
+                    sec: d.mtime(),
+                    nsec: d.mtime_nsec(),
+                })
+        }
+        _ => false,
+    }
+}
+
+/// Copies one file to a temp name beside its destination, fsyncs, renames.
+fn one_file(sh: &Shared, rel: &str) -> anyhow::Result<()> {
+    let (src, dst) = (sh.plan.source.join(rel), sh.plan.target.join(rel));
+    let parent = dst
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent directory", dst.display()))?;
+    ensure_dir(parent, sh.plan.owner)?;
+    let name = dst.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = parent.join(format!(".{name}{}", tsdb::TMP_SUFFIX));
+    let n = copy::copy_file(&src, &tmp, true, &sh.ctx)?;
+    if let Err(e) = std::fs::rename(&tmp, &dst) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()));
+    }
+    sh.copied_bytes.fetch_add(n, Ordering::Relaxed);
+    sh.copied_files.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut d) = sh.touched_dirs.lock() {
+        d.insert(parent.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Creates a directory (and missing parents) and gives it the target owner and mode.
+fn ensure_dir(dir: &Path, owner: Owner) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) {
+                anyhow!(
+                    "target volume is full: cannot create {}; free space and rerun apply",
+                    dir.display()
+                )
+            } else {
+                anyhow!("cannot create directory {}: {e}", dir.display())
+            }
+        })?;
+    }
+    let meta =
+        std::fs::symlink_metadata(dir).with_context(|| format!("cannot stat {}", dir.display()))?;
+    perms::fix(dir, &meta, owner).map_err(|e| anyhow!(perms::explain(dir, &e, owner)))?;
+    Ok(())
+}
+
+/// Removes promigrate temp files and staged blocks that are no longer to be copied.
+/// Staged blocks still to be copied are kept and resumed.
+fn clean_leftovers(
+    root: &Path,
+    leftovers: &[String],
+    keep_staged: &BTreeSet<&str>,
+) -> anyhow::Result<Vec<String>> {
+    let mut cleaned = Vec::new();
+    for rel in leftovers {
+        let p = root.join(rel);
+        if rel == tsdb::STAGING_DIR {
+            let Ok(entries) = std::fs::read_dir(&p) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !keep_staged.contains(name.as_str()) {
+                    std::fs::remove_dir_all(e.path()).with_context(|| {
+                        format!("cannot remove stale staging {}", e.path().display())
+                    })?;
+                    cleaned.push(format!("{rel}/{name}"));
+                }
+            }
+        } else if p.is_file() {
+            std::fs::remove_file(&p)
+                .with_context(|| format!("cannot remove leftover temp file {}", p.display()))?;
+            cleaned.push(rel.clone());
+        }
+    }
+    Ok(cleaned)
+}
+
+/// Gives every entry promigrate owns under `root` (the root, blocks, segment directories,
+/// data files, `lock`, `queries.active`) the target owner and mode. Entries that are not
+/// TSDB data are left alone. Returns how many were changed.
+pub fn fix_ownership(root: &Path, owner: Owner) -> anyhow::Result<u64> {
+    let inv = inventory::scan(root)?;
+    let mut fixed = 0u64;
+    let mut fix_one = |rel: &str| -> anyhow::Result<()> {
+        let p = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(rel)
+        };
+        let meta = std::fs::symlink_metadata(&p)
+            .with_context(|| format!("cannot stat {}", p.display()))?;
+        if perms::fix(&p, &meta, owner).map_err(|e| anyhow!(perms::explain(&p, &e, owner)))? {
+            fixed += 1;
+        }
+        Ok(())
+    };
+    fix_one("")?;
+    for b in inv.blocks.values() {
+        fix_one(&b.dir)?;
+        for d in &b.dirs {
+            fix_one(d)?;
+        }
+        for f in b.files.keys() {
+            fix_one(f)?;
+        }
+    }
+    for d in &inv.dirs {
+        fix_one(d)?;
+    }
+    for f in inv.files.keys() {
+        fix_one(f)?;
+    }
+    for f in &inv.runtime {
+        fix_one(&f.rel)?;
+    }
+    Ok(fixed)
+}

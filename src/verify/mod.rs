@@ -1,0 +1,347 @@
+//! `verify`: prove the target equals the source for everything the plan selects. Every
+//! selected block must be on the target with an equal meta.json (compared field by field),
+//! the same file set and sizes and, at level `checksum`, equal content hashes (xxh3-128 of
+//! both sides); WAL/head files likewise; every owned entry must have the plan's owner and mode.
+//! It reads only. Differences use rclone `check` sigils: `-` missing on the target,
+//! `+` extra on the target, `*` differs, `!` error.
+
+use std::fmt::Write as _;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::cli::VerifyLevel;
+use crate::perms;
+use crate::plan::inventory::{FileInfo, Inventory};
+use crate::plan::{self, Migration};
+use crate::progress::Progress;
+use crate::sync::copy::open_source;
+use crate::tsdb::meta;
+use crate::units;
+
+/// One difference between source and target.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Difference {
+    /// Path relative to the TSDB root.
+    pub path: String,
+    /// `-` missing on target, `+` extra on target, `*` differs, `!` error.
+    pub sigil: char,
+    /// What differs.
+    pub detail: String,
+}
+
+/// The result of a verify run.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// `true` when no difference was found.
+    pub ok: bool,
+    /// How deep it looked.
+    pub level: VerifyLevel,
+    /// Source TSDB directory.
+    pub source: PathBuf,
+    /// Target TSDB directory.
+    pub target: PathBuf,
+    /// Source files compared.
+    pub checked_files: u64,
+    /// Bytes of those files.
+    pub checked_bytes: u64,
+    /// Bytes hashed (both sides).
+    pub hashed_bytes: u64,
+    /// Everything that differs, sorted by path.
+    pub differences: Vec<Difference>,
+    /// Wall time (s).
+    pub duration_seconds: f64,
+}
+
+/// Runs verification. `parallelism` files are hashed at once.
+pub fn run(
+    m: &Migration,
+    level: VerifyLevel,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> anyhow::Result<VerifyReport> {
+    let start = Instant::now();
+    let (plan, src, tgt) = plan::build_with_inventories(m)?;
+    let mut diffs = Vec::new();
+    let d = |sigil: char, path: &str, detail: String| Difference {
+        path: path.to_string(),
+        sigil,
+        detail,
+    };
+
+    for b in &plan.blockers {
+        diffs.push(d('!', "", format!("plan blocker: {b}")));
+    }
+    if !tgt.exists {
+        diffs.push(d(
+            '-',
+            "",
+            format!("target {} does not exist", m.target_root.display()),
+        ));
+    }
+    let mut pairs: Vec<(&FileInfo, &FileInfo)> = Vec::new();
+    let mut checked = (0u64, 0u64);
+    for bp in &plan.blocks {
+        let sb = &src.blocks[&bp.ulid];
+        let Some(tb) = tgt.blocks.get(&bp.ulid) else {
+            diffs.push(d(
+                '-',
+                &format!("{}/", bp.ulid),
+                "block missing on the target".into(),
+            ));
+            continue;
+        };
+        match (&sb.meta_json, &tb.meta_json, &tb.meta) {
+            (Some(a), Some(b), _) => {
+                let fields = meta::diff_fields(a, b);
+                if !fields.is_empty() {
+                    diffs.push(d(
+                        '*',
+                        &format!("{}/meta.json", bp.ulid),
+                        format!("fields differ: {}", fields.join("; ")),
+                    ));
+                }
+            }
+            (_, _, Err(e)) => diffs.push(d(
+                '!',
+                &format!("{}/meta.json", bp.ulid),
+                format!("target meta.json unusable: {e}"),
+            )),
+            _ => {}
+        }
+        for f in sb.files.values() {
+            checked = (checked.0 + 1, checked.1 + f.size);
+            compare_file(f, tb.files.get(&f.rel), &mut diffs, &mut pairs);
+        }
+        for rel in tb.files.keys().filter(|k| !sb.files.contains_key(*k)) {
+            diffs.push(d('+', rel, "only on the target".into()));
+        }
+    }
+    for fp in &plan.files {
+        let f = &src.files[&fp.rel];
+        checked = (checked.0 + 1, checked.1 + f.size);
+        compare_file(f, tgt.files.get(&fp.rel), &mut diffs, &mut pairs);
+    }
+    for e in &plan.extraneous {
+        if !e.rel.contains('/')
+            || !tgt
+                .blocks
+                .contains_key(e.rel.split('/').next().unwrap_or(""))
+        {
+            diffs.push(d(
+                '+',
+                &e.rel,
+                "on the target but not in the source selection".into(),
+            ));
+        }
+    }
+    for l in &plan.leftovers {
+        diffs.push(d(
+            '!',
+            l,
+            "leftover of an interrupted apply: rerun apply".into(),
+        ));
+    }
+    ownership(&tgt, m, &mut diffs);
+
+    let mut hashed = 0;
+    if level == VerifyLevel::Checksum {
+        hashed = hash_pairs(
+            &m.source,
+            &m.target_root,
+            &pairs,
+            m.parallelism,
+            progress,
+            cancel,
+            &mut diffs,
+        )?;
+    }
+    progress.finish();
+    diffs.sort();
+    diffs.dedup();
+    Ok(VerifyReport {
+        ok: diffs.is_empty(),
+        level,
+        source: m.source.clone(),
+        target: m.target_root.clone(),
+        checked_files: checked.0,
+        checked_bytes: checked.1,
+        hashed_bytes: hashed,
+        differences: diffs,
+        duration_seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn compare_file<'a>(
+    s: &'a FileInfo,
+    t: Option<&'a FileInfo>,
+    diffs: &mut Vec<Difference>,
+    pairs: &mut Vec<(&'a FileInfo, &'a FileInfo)>,
+) {
+    match t {
+        None => diffs.push(Difference {
+            path: s.rel.clone(),
+            sigil: '-',
+            detail: "missing on the target".into(),
+        }),
+        Some(t) if t.size != s.size => diffs.push(Difference {
+            path: s.rel.clone(),
+            sigil: '*',
+            detail: format!("size {} on the source, {} on the target", s.size, t.size),
+        }),
+        Some(t) => pairs.push((s, t)),
+    }
+}
+
+/// Checks owner and mode of every entry the plan owns on the target.
+fn ownership(tgt: &Inventory, m: &Migration, diffs: &mut Vec<Difference>) {
+    if !tgt.exists {
+        return;
+    }
+    let mut rels: Vec<String> = vec![String::new()];
+    for b in tgt.blocks.values() {
+        rels.push(b.dir.clone());
+        rels.extend(b.dirs.iter().cloned());
+        rels.extend(b.files.keys().cloned());
+    }
+    rels.extend(tgt.dirs.iter().cloned());
+    rels.extend(tgt.files.keys().cloned());
+    rels.extend(tgt.runtime.iter().map(|f| f.rel.clone()));
+    for rel in rels {
+        let p = if rel.is_empty() {
+            m.target_root.clone()
+        } else {
+            m.target_root.join(&rel)
+        };
+        match std::fs::symlink_metadata(&p) {
+            Ok(meta) => {
+                if let Some(problem) = perms::problem(&meta, m.owner) {
+                    let shown = if rel.is_empty() {
+                        "./".to_string()
+                    } else {
+                        rel
+                    };
+                    diffs.push(Difference {
+                        path: shown,
+                        sigil: '*',
+                        detail: problem,
+                    });
+                }
+            }
+            Err(e) => diffs.push(Difference {
+                path: rel,
+                sigil: '!',
+                detail: format!("cannot stat: {e}"),
+            }),
+        }
+    }
+}
+
+/// Hashes source and target of each pair in parallel; records content differences.
+fn hash_pairs(
+    src_root: &Path,
+    tgt_root: &Path,
+    pairs: &[(&FileInfo, &FileInfo)],
+    parallelism: usize,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+    diffs: &mut Vec<Difference>,
+) -> anyhow::Result<u64> {
+    let next = AtomicU64::new(0);
+    let hashed = AtomicU64::new(0);
+    let found = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..parallelism.max(1) {
+            s.spawn(|| {
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= pairs.len() || cancel.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let (s, t) = pairs[i];
+                    let a = hash_file(&src_root.join(&s.rel), &mut buf, progress);
+                    let b = hash_file(&tgt_root.join(&t.rel), &mut buf, &crate::progress::Hidden);
+                    hashed.fetch_add(s.size + t.size, Ordering::Relaxed);
+                    let diff = match (a, b) {
+                        (Ok(x), Ok(y)) if x == y => None,
+                        (Ok(x), Ok(y)) => Some((
+                            '*',
+                            format!("content differs (xxh3-128 source {x:032x}, target {y:032x})"),
+                        )),
+                        (Err(e), _) => Some(('!', format!("cannot read the source: {e}"))),
+                        (_, Err(e)) => Some(('!', format!("cannot read the target: {e}"))),
+                    };
+                    if let (Some((sigil, detail)), Ok(mut f)) = (diff, found.lock()) {
+                        f.push(Difference {
+                            path: s.rel.clone(),
+                            sigil,
+                            detail,
+                        });
+                    }
+                }
+            });
+        }
+    });
+    if cancel.load(Ordering::Relaxed) {
+        anyhow::bail!("verify interrupted before all files were hashed; the result is incomplete");
+    }
+    diffs.extend(found.into_inner().unwrap_or_default());
+    Ok(hashed.load(Ordering::Relaxed))
+}
+
+fn hash_file(path: &Path, buf: &mut [u8], progress: &dyn Progress) -> std::io::Result<u128> {
+    let mut f = open_source(path)?;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    loop {
+        let n = f.read(buf)?;
+        if n == 0 {
+            return Ok(h.digest128());
+        }
+        h.update(&buf[..n]);
+        progress.add_bytes(n as u64);
+    }
+}
+
+impl VerifyReport {
+    /// The report for people.
+    pub fn render_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "Verify ({}): {} -> {}",
+            serde_json::to_value(self.level)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            self.source.display(),
+            self.target.display()
+        );
+        for d in &self.differences {
+            let path = if d.path.is_empty() { "(plan)" } else { &d.path };
+            let _ = writeln!(s, "{} {}  {}", d.sigil, path, d.detail);
+        }
+        let _ = writeln!(
+            s,
+            "{} source file(s), {} checked; {} hashed in {}",
+            self.checked_files,
+            units::bytes(self.checked_bytes),
+            units::bytes(self.hashed_bytes),
+            units::duration(self.duration_seconds)
+        );
+        if self.ok {
+            let _ = writeln!(s, "OK: the target matches the source.");
+        } else {
+            let _ = writeln!(
+                s,
+                "FAILED: {} difference(s). Do not cut over.",
+                self.differences.len()
+            );
+        }
+        s
+    }
+}
