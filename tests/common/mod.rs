@@ -1,0 +1,309 @@
+//! Shared helpers of the integration tests: real TSDB fixtures (promtool + a real
+//! prometheus, via scripts/gen-tsdb.sh), plan files, the promigrate binary, and real
+//! Prometheus servers started on 127.0.0.1 and stopped by their PID.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const RUN_AS_USER: u32 = 1000;
+pub const FS_GROUP: u32 = 2000;
+
+/// The shared real TSDB (built once per machine and cached under target/fixtures).
+/// Tests never write into it: they copy it with [`copy_tree`] first.
+pub fn fixture() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = root.join("target/fixtures/tsdb");
+        std::fs::create_dir_all(root.join("target/fixtures")).unwrap();
+        let status = Command::new("bash")
+            .arg(root.join("scripts/gen-tsdb.sh"))
+            .arg(&dir)
+            .status()
+            .expect("run scripts/gen-tsdb.sh (needs Debian's prometheus package: see .ci/run)");
+        assert!(status.success(), "scripts/gen-tsdb.sh failed");
+        dir
+    })
+}
+
+/// `cp -a src dst`.
+pub fn copy_tree(src: &Path, dst: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cp -a {} {}", src.display(), dst.display());
+}
+
+/// A test workspace: a private copy of the fixture as the source, an empty target mount,
+/// and a plan file. Its directories are traversable by the runtime uid (Prometheus runs as
+/// RUN_AS_USER on the target).
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+    pub source: PathBuf,
+    pub mount: PathBuf,
+    pub plan: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        Self::with_extra("")
+    }
+
+    /// A workspace whose plan gets `transfer_extra` lines appended under `transfer:`.
+    pub fn with_extra(transfer_extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let source = dir.path().join("source");
+        copy_tree(fixture(), &source);
+        let mount = dir.path().join("pv");
+        std::fs::create_dir(&mount).unwrap();
+        let plan = dir.path().join("plan.yaml");
+        let state = dir.path().join("records");
+        let ws = Workspace {
+            dir,
+            source,
+            mount,
+            plan,
+            state,
+        };
+        ws.write_plan(transfer_extra);
+        ws
+    }
+
+    pub fn write_plan(&self, transfer_extra: &str) {
+        std::fs::write(
+            &self.plan,
+            plan_yaml(&self.source, &self.mount, transfer_extra),
+        )
+        .unwrap();
+    }
+
+    /// The TSDB root on the target (`mount/prometheus-db`).
+    pub fn target(&self) -> PathBuf {
+        self.mount.join("prometheus-db")
+    }
+
+    /// `promigrate <args…> -f plan` with `--state-dir` where it applies.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = promigrate();
+        c.args(args).arg("-f").arg(&self.plan);
+        if matches!(args.first(), Some(&"apply") | Some(&"verify")) {
+            c.arg("--state-dir").arg(&self.state);
+        }
+        c
+    }
+
+    /// Runs a command and returns (exit code, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        run(self.cmd(args))
+    }
+
+    /// Runs a command with `--output json` and parses stdout.
+    pub fn run_json(&self, args: &[&str]) -> (i32, serde_json::Value) {
+        let mut a = args.to_vec();
+        a.extend(["--output", "json"]);
+        let (code, out, err) = self.run(&a);
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {out}\nstderr: {err}"));
+        (code, v)
+    }
+}
+
+pub fn plan_yaml(source: &Path, mount: &Path, transfer_extra: &str) -> String {
+    format!(
+        "apiVersion: promigrate/v1
+kind: Migration
+metadata:
+  name: test-migration
+source:
+  path: {}
+target:
+  path: {}
+  subPath: prometheus-db
+  securityContext:
+    runAsUser: {RUN_AS_USER}
+    fsGroup: {FS_GROUP}
+transfer:
+  parallelism: 4
+{transfer_extra}",
+        source.display(),
+        mount.display()
+    )
+}
+
+pub fn promigrate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_promigrate"))
+}
+
+pub fn run(mut c: Command) -> (i32, String, String) {
+    let out = c.stdin(Stdio::null()).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every file below `dir` (relative path → (inode, mtime ns, size)).
+pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, (u64, i128, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let m = e.metadata().unwrap();
+            let rel = e
+                .path()
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            (
+                rel,
+                (
+                    m.ino(),
+                    m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+                    m.len(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Paths below `dir` that are promigrate temp or staging entries.
+pub fn leftovers(dir: &Path) -> Vec<String> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().to_string_lossy().into_owned())
+        .filter(|p| p.ends_with(".promigrate-tmp") || p.contains(".promigrate-staging"))
+        .collect()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real `prometheus` server on 127.0.0.1, stopped (SIGTERM, then SIGKILL) by its PID on drop.
+pub struct PromServer {
+    child: Child,
+    pub url: String,
+    pub log: PathBuf,
+}
+
+impl PromServer {
+    /// Starts prometheus on `data` with no scrape targets; `as_user` runs it via setpriv.
+    pub fn start(data: &Path, work: &Path, as_user: Option<(u32, u32)>) -> PromServer {
+        std::fs::create_dir_all(work).unwrap();
+        std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = work.join("prometheus.yml");
+        std::fs::write(&config, "global:\n  scrape_interval: 1h\n").unwrap();
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let port = free_port();
+        let log = work.join(format!("prometheus-{port}.log"));
+        let logf = std::fs::File::create(&log).unwrap();
+        let mut cmd = match as_user {
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .arg("--clear-groups")
+                    .arg("prometheus");
+                c
+            }
+            None => Command::new("prometheus"),
+        };
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", data.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--storage.tsdb.retention.time=3650d")
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .stdin(Stdio::null());
+        let child = cmd
+            .spawn()
+            .expect("start prometheus (Debian package `prometheus`)");
+        let mut s = PromServer {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        s.wait_ready();
+        s
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "prometheus exited ({status}):\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            if ureq::get(&format!("{}/-/ready", self.url)).call().is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "prometheus not ready after 90 s:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// `GET /api/v1/<path>?<params>`, returning the `data` member.
+    pub fn api(&self, path: &str, params: &[(&str, String)]) -> serde_json::Value {
+        let mut req = ureq::get(&format!("{}/api/v1/{path}", self.url));
+        for (k, v) in params {
+            req = req.query(k, v);
+        }
+        let mut resp = req
+            .call()
+            .unwrap_or_else(|e| panic!("query {path} {params:?}: {e}"));
+        let v: serde_json::Value = resp.body_mut().read_json().unwrap();
+        assert_eq!(v["status"], "success", "{v}");
+        v["data"].clone()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the server with SIGTERM and waits (SIGKILL after 30 s).
+    pub fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if self.child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for PromServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
