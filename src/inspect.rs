@@ -187,9 +187,11 @@ impl InspectReport {
             }
         }
         for g in &self.segments {
+            // chunks_head files are named %06d, WAL/WBL segments %08d.
+            let w = if g.dir == "chunks_head" { 6 } else { 8 };
             let _ = write!(
                 s,
-                "{}/: segments {:08}..{:08} ({} file(s), {})",
+                "{}/: segments {:0w$}..{:0w$} ({} file(s), {})",
                 g.dir,
                 g.first,
                 g.last,

@@ -270,8 +270,14 @@ pub fn parse(text: &str, origin: &Path) -> Result<PlanFile, InvalidInput> {
         } else {
             format!("`{path}`")
         };
+        // saphyr's message starts with its own "error: " and calls the text "<input>".
+        let msg = e.to_string();
+        let msg = msg
+            .strip_prefix("error: ")
+            .unwrap_or(&msg)
+            .replace("<input>", &origin.display().to_string());
         InvalidInput(format!(
-            "plan file {}: field {field}: {e}",
+            "plan file {}: field {field}: {msg}",
             origin.display()
         ))
     })

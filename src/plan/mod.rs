@@ -207,6 +207,7 @@ pub fn build_with_inventories(
                 },
             ));
 
+    selected.sort_by_key(|b| b.meta.as_ref().map(|m| m.min_time).unwrap_or_default());
     let mut stats = PlanStats::default();
     let mut blocks = Vec::new();
     for b in &selected {

@@ -93,7 +93,7 @@ pub fn apply(plan: &MigrationPlan, opts: &ApplyOptions) -> anyhow::Result<ApplyR
     let root = &plan.target;
     let mut report = ApplyReport::default();
 
-    ensure_dir(root, plan.owner)?;
+    let mut fixed = u64::from(ensure_dir(root, plan.owner)?);
     let staging = root.join(tsdb::STAGING_DIR);
     let new_blocks: BTreeSet<&str> = plan
         .blocks
@@ -134,7 +134,7 @@ pub fn apply(plan: &MigrationPlan, opts: &ApplyOptions) -> anyhow::Result<ApplyR
     }
 
     for d in &plan.dirs {
-        ensure_dir(&root.join(d), plan.owner)?;
+        fixed += u64::from(ensure_dir(&root.join(d), plan.owner)?);
     }
 
     let mut jobs = VecDeque::new();
@@ -190,7 +190,7 @@ pub fn apply(plan: &MigrationPlan, opts: &ApplyOptions) -> anyhow::Result<ApplyR
     if staging.exists() && std::fs::remove_dir(&staging).is_ok() {
         fsutil::fsync_dir(root).with_context(|| format!("cannot fsync {}", root.display()))?;
     }
-    report.ownership_fixed = fix_ownership(root, plan.owner)?;
+    report.ownership_fixed = fixed + fix_ownership(root, plan.owner)?;
 
     report.copied_bytes = shared.copied_bytes.load(Ordering::Relaxed);
     report.copied_files = shared.copied_files.load(Ordering::Relaxed);
@@ -231,15 +231,16 @@ fn run_jobs(shared: &Shared, jobs: VecDeque<Job>, parallelism: usize) -> anyhow:
             });
         }
     });
-    if let Some(e) = first_error.into_inner().ok().flatten() {
-        return Err(e);
+    let error = first_error.into_inner().ok().flatten();
+    let cancelled =
+        |e: &anyhow::Error| matches!(e.downcast_ref::<CopyError>(), Some(CopyError::Cancelled));
+    match error {
+        Some(e) if !cancelled(&e) => Err(e),
+        _ if shared.ctx.cancel.load(Ordering::Relaxed) => Err(anyhow!(
+            "apply was interrupted before it finished; rerun apply to resume (completed files are kept)"
+        )),
+        _ => Ok(()),
     }
-    if shared.ctx.cancel.load(Ordering::Relaxed) {
-        return Err(anyhow!(CopyError::Cancelled)).context(
-            "apply stopped before finishing; rerun apply to resume (completed files are kept)",
-        );
-    }
-    Ok(())
 }
 
 /// Stages a whole block, makes it durable, and renames it into place.
@@ -344,7 +345,8 @@ fn one_file(sh: &Shared, rel: &str) -> anyhow::Result<()> {
 }
 
 /// Creates a directory (and missing parents) and gives it the target owner and mode.
-fn ensure_dir(dir: &Path, owner: Owner) -> anyhow::Result<()> {
+/// Returns whether an existing directory's owner or mode was changed.
+fn ensure_dir(dir: &Path, owner: Owner) -> anyhow::Result<bool> {
     if !dir.is_dir() {
         std::fs::create_dir_all(dir).map_err(|e| {
             if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) {
@@ -359,8 +361,7 @@ fn ensure_dir(dir: &Path, owner: Owner) -> anyhow::Result<()> {
     }
     let meta =
         std::fs::symlink_metadata(dir).with_context(|| format!("cannot stat {}", dir.display()))?;
-    perms::fix(dir, &meta, owner).map_err(|e| anyhow!(perms::explain(dir, &e, owner)))?;
-    Ok(())
+    perms::fix(dir, &meta, owner).map_err(|e| anyhow!(perms::explain(dir, &e, owner)))
 }
 
 /// Removes promigrate temp files and staged blocks that are no longer to be copied.

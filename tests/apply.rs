@@ -1,0 +1,398 @@
+//! `apply` behaviour on real data: idempotence, a read-only source, resume after `kill -9`
+//! at several moments, a full disk, quarantine of extraneous entries, foreign data left alone.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+fn content_hashes(dir: &Path) -> BTreeMap<String, u128> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let rel = e
+                .path()
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            (
+                rel,
+                xxhash_rust::xxh3::xxh3_128(&std::fs::read(e.path()).unwrap()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn second_apply_rewrites_nothing_and_source_is_untouched() {
+    let ws = Workspace::new();
+    let src_meta = snapshot(&ws.source);
+    let src_content = content_hashes(&ws.source);
+
+    let (code, first) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{first}");
+    assert!(first["apply"]["copied_files"].as_u64().unwrap() > 10);
+    let after_first = snapshot(&ws.target());
+
+    let (code, second) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{second}");
+    assert_eq!(second["plan"]["stats"]["copy_files"], 0);
+    assert_eq!(second["apply"]["copied_files"], 0);
+    assert_eq!(second["apply"]["ownership_fixed"], 0);
+    assert_eq!(
+        snapshot(&ws.target()),
+        after_first,
+        "inodes, mtimes or sizes changed on a no-op apply"
+    );
+
+    let (code, _, _) = ws.run(&["verify"]);
+    assert_eq!(code, 0);
+    assert_eq!(snapshot(&ws.source), src_meta, "the source was modified");
+    assert_eq!(
+        content_hashes(&ws.source),
+        src_content,
+        "source content changed"
+    );
+}
+
+/// Kills apply with SIGKILL after `delay`, then checks the invariants and resumes.
+fn kill_and_resume(delay: Duration) {
+    let ws = Workspace::new();
+    let (_, plan) = ws.run_json(&["plan"]);
+    let total_files = plan["stats"]["source_files"].as_u64().unwrap();
+    let total_bytes = plan["stats"]["copy_bytes"].as_u64().unwrap();
+    // Slow enough (~5 s) that the kill lands mid-copy.
+    let rate = format!("{}K", (total_bytes / 1024 / 5).max(8));
+    let mut child = ws
+        .cmd(&["apply", "--yes", "--bwlimit", &rate])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(delay);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    // Nothing half-written under a final name: every block dir and segment file that exists
+    // under its final name is complete.
+    let target = ws.target();
+    let mut complete = 0u64;
+    if target.exists() {
+        for e in walkdir::WalkDir::new(&target)
+            .into_iter()
+            .map(|e| e.unwrap())
+        {
+            let rel = e
+                .path()
+                .strip_prefix(&target)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if !e.file_type().is_file() || rel.contains(".promigrate") {
+                continue;
+            }
+            let src = std::fs::metadata(ws.source.join(&rel)).unwrap();
+            assert_eq!(
+                e.metadata().unwrap().len(),
+                src.len(),
+                "{rel} is visible but incomplete after kill -9 at {delay:?}"
+            );
+            complete += 1;
+        }
+        for b in std::fs::read_dir(&target)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+        {
+            if b.join("meta.json").exists() || b.join("index").exists() {
+                let name = b.file_name().unwrap();
+                let want = walkdir::WalkDir::new(ws.source.join(name))
+                    .into_iter()
+                    .filter(|e| e.as_ref().unwrap().file_type().is_file())
+                    .count();
+                let have = walkdir::WalkDir::new(&b)
+                    .into_iter()
+                    .filter(|e| e.as_ref().unwrap().file_type().is_file())
+                    .count();
+                assert_eq!(have, want, "block {name:?} published incomplete");
+            }
+        }
+    }
+
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0, "resume failed after kill at {delay:?}: {v}");
+    let copied = v["apply"]["copied_files"].as_u64().unwrap();
+    let resumed = v["apply"]["resumed_files"].as_u64().unwrap();
+    eprintln!(
+        "kill at {delay:?}: {complete} complete, then {copied} copied + {resumed} resumed of {total_files}"
+    );
+    assert_eq!(
+        copied + resumed + complete,
+        total_files,
+        "resume recopied complete files (kill at {delay:?}): {v}"
+    );
+    assert!(
+        leftovers(&ws.mount).is_empty(),
+        "temp files left: {:?}",
+        leftovers(&ws.mount)
+    );
+    let (code, out, _) = ws.run(&["verify"]);
+    assert_eq!(code, 0, "after kill at {delay:?}:\n{out}");
+}
+
+#[test]
+fn kill_9_early_then_resume() {
+    kill_and_resume(Duration::from_millis(150));
+}
+
+#[test]
+fn kill_9_in_the_middle_then_resume() {
+    kill_and_resume(Duration::from_millis(1500));
+}
+
+#[test]
+fn kill_9_late_then_resume() {
+    kill_and_resume(Duration::from_millis(3500));
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_resumes() {
+    let ws = Workspace::new();
+    let mut child = ws
+        .cmd(&["apply", "--yes", "--bwlimit", "60K"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("rerun apply to resume"), "{err}");
+    assert!(
+        !leftovers(&ws.mount)
+            .iter()
+            .any(|p| p.ends_with(".promigrate-tmp")),
+        "temp file left after SIGTERM"
+    );
+    let (code, _, err) = ws.run(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(ws.run(&["verify"]).0, 0);
+}
+
+#[test]
+fn full_disk_fails_clearly_and_a_rerun_after_freeing_space_completes() {
+    let ws = Workspace::new();
+    let (_, plan) = ws.run_json(&["plan"]);
+    let need = plan["stats"]["copy_bytes"].as_u64().unwrap();
+    let _fs = Tmpfs::mount(&ws.mount, &format!("{}k", need / 1024 * 2 + 256));
+    let mut child = ws
+        .cmd(&[
+            "apply",
+            "--yes",
+            "--bwlimit",
+            &format!("{}K", need / 1024 / 4),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Someone else fills the volume while apply runs.
+    std::thread::sleep(Duration::from_millis(700));
+    let filler = ws.mount.join("filler");
+    let _ = std::process::Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", filler.display()))
+        .arg("bs=4k")
+        .stderr(Stdio::null())
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("target volume is full"), "{err}");
+    assert!(
+        !leftovers(&ws.mount)
+            .iter()
+            .any(|p| p.ends_with(".promigrate-tmp")),
+        "temp file left on a full disk"
+    );
+    // Staged files kept for resume are complete, never partial.
+    let staging = ws.target().join(".promigrate-staging");
+    for e in walkdir::WalkDir::new(&staging)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+    {
+        let rel = e.path().strip_prefix(&staging).unwrap();
+        assert_eq!(
+            e.metadata().unwrap().len(),
+            std::fs::metadata(ws.source.join(rel)).unwrap().len(),
+            "partial staged file {rel:?}"
+        );
+    }
+    std::fs::remove_file(&filler).unwrap();
+    let (code, _, err) = ws.run(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = ws.run(&["verify"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn extraneous_entries_block_or_warn_and_quarantine_never_deletes() {
+    let ws = Workspace::new();
+    assert_eq!(ws.run(&["apply", "--yes"]).0, 0);
+    let t = ws.target();
+    // A block and a WAL segment that the source does not have, and foreign data.
+    let foreign_block = t.join("01ARZ3NDEKTSV4RRFFQ69G5FAV");
+    std::fs::create_dir_all(foreign_block.join("chunks")).unwrap();
+    std::fs::write(
+        foreign_block.join("meta.json"),
+        r#"{"ulid":"01ARZ3NDEKTSV4RRFFQ69G5FAV","minTime":0,"maxTime":1,"version":1}"#,
+    )
+    .unwrap();
+    std::fs::write(t.join("wal/00099999"), b"foreign wal").unwrap();
+    std::fs::create_dir(t.join("lost+found")).unwrap();
+    std::fs::write(t.join("notes.txt"), b"keep me").unwrap();
+
+    // A foreign WAL segment would break replay: blocker, nothing moved.
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("BLOCKER") && out.contains("wal/00099999") && out.contains("deleteExtraneous"),
+        "{out}"
+    );
+    assert_eq!(ws.run(&["apply", "--yes"]).0, 1);
+    assert!(t.join("wal/00099999").exists());
+
+    // Only the extra block: a warning; apply leaves it; verify reports it (+).
+    std::fs::remove_file(t.join("wal/00099999")).unwrap();
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("+ 01ARZ3NDEKTSV4RRFFQ69G5FAV") && out.contains("left in place"),
+        "{out}"
+    );
+    assert_eq!(ws.run(&["apply", "--yes"]).0, 0);
+    assert!(foreign_block.join("meta.json").exists());
+    let (code, out, _) = ws.run(&["verify"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("+ 01ARZ3NDEKTSV4RRFFQ69G5FAV"), "{out}");
+
+    // deleteExtraneous: listed first, moved to quarantine, not deleted.
+    std::fs::write(t.join("wal/00099999"), b"foreign wal").unwrap();
+    ws.write_plan("  deleteExtraneous: true\n");
+    let (code, v) = ws.run_json(&["apply", "--yes", "--dry-run"]);
+    assert_eq!(code, 0);
+    let actions: Vec<String> = v["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        actions[0].starts_with("quarantine") && actions[1].starts_with("quarantine"),
+        "{actions:?}"
+    );
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{v}");
+    let q = std::path::PathBuf::from(v["apply"]["quarantine_dir"].as_str().unwrap());
+    assert!(q.starts_with(t.join(".promigrate-quarantine")));
+    assert_eq!(
+        std::fs::read(q.join("wal/00099999")).unwrap(),
+        b"foreign wal"
+    );
+    assert!(q.join("01ARZ3NDEKTSV4RRFFQ69G5FAV/meta.json").exists());
+    assert!(!foreign_block.exists() && !t.join("wal/00099999").exists());
+    // Foreign, non-TSDB data is never touched.
+    assert_eq!(std::fs::read(t.join("notes.txt")).unwrap(), b"keep me");
+    assert!(t.join("lost+found").is_dir());
+    let (code, out, _) = ws.run(&["verify"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+/// Kill -9 while a block is half staged (its chunk file complete, its index in flight):
+/// the rerun keeps the complete staged file and copies only the rest.
+#[test]
+fn kill_9_mid_block_keeps_complete_staged_files() {
+    use std::os::unix::fs::MetadataExt;
+    let ws = Workspace::with_extra("");
+    std::fs::write(
+        &ws.plan,
+        std::fs::read_to_string(&ws.plan)
+            .unwrap()
+            .replace("parallelism: 4", "parallelism: 1"),
+    )
+    .unwrap();
+    let (_, plan) = ws.run_json(&["plan"]);
+    // Blocks are copied oldest first: take the first, so nothing is copied before it.
+    let first = &plan["blocks"][0];
+    let ulid = first["ulid"].as_str().unwrap().to_string();
+    let chunk_size = std::fs::metadata(ws.source.join(&ulid).join("chunks/000001"))
+        .unwrap()
+        .len();
+    let rest = first["size"].as_u64().unwrap() - chunk_size;
+    // The rest of the block (index, meta.json, tombstones) takes ~0.7 s after the chunk file
+    // is complete: the kill lands in that window.
+    let rate = format!("{}K", (rest * 10 / 7 / 1024).max(4));
+    let src_chunk = std::fs::metadata(ws.source.join(&ulid).join("chunks/000001")).unwrap();
+    let staged = ws
+        .target()
+        .join(".promigrate-staging")
+        .join(&ulid)
+        .join("chunks/000001");
+    let mut child = ws
+        .cmd(&["apply", "--yes", "--bwlimit", &rate])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the chunk file was never staged"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "apply finished before the kill"
+        );
+        if let Ok(m) = std::fs::metadata(&staged) {
+            if m.len() == src_chunk.len()
+                && m.mtime() == src_chunk.mtime()
+                && m.mtime_nsec() == src_chunk.mtime_nsec()
+            {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !ws.target().join(&ulid).exists(),
+        "a half-staged block must not be published"
+    );
+
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(
+        v["apply"]["resumed_files"].as_u64().unwrap() >= 1,
+        "the complete staged chunk file was copied again: {v}"
+    );
+    assert!(
+        leftovers(&ws.mount).is_empty(),
+        "{:?}",
+        leftovers(&ws.mount)
+    );
+    assert_eq!(ws.run(&["verify"]).0, 0);
+}

@@ -1,0 +1,370 @@
+//! Command-line contract: exit codes, error messages naming the field and line, JSON output
+//! with a boolean `ok`, blockers, and that no invalid plan ever writes anything.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+/// Every example plan parses (paths are not resolved: they name production hosts).
+#[test]
+fn every_example_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            let text = std::fs::read_to_string(&p).unwrap();
+            promigrate::plan::file::parse(&text, &p)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "examples/ should hold plans");
+}
+
+/// (what is wrong, edit of the plan text, text the message must contain)
+const MALFORMED: &[(&str, &str, &str, &str)] = &[
+    (
+        "wrong apiVersion",
+        "apiVersion: promigrate/v1",
+        "apiVersion: promigrate/v2",
+        "`apiVersion`",
+    ),
+    ("wrong kind", "kind: Migration", "kind: Backup", "`kind`"),
+    (
+        "bad name",
+        "name: test-migration",
+        "name: Test_Migration",
+        "`metadata.name`",
+    ),
+    (
+        "unknown top-level field",
+        "kind: Migration",
+        "kind: Migration\nspec: {}",
+        "unknown field `spec`",
+    ),
+    (
+        "unknown transfer field",
+        "  parallelism: 4",
+        "  parallelism: 4\n  bwlimt: 10M",
+        "`transfer.bwlimt`",
+    ),
+    (
+        "bad bwlimit",
+        "  parallelism: 4",
+        "  parallelism: 4\n  bwlimit: fast",
+        "`transfer.bwlimit`",
+    ),
+    (
+        "negative bwlimit",
+        "  parallelism: 4",
+        "  parallelism: 4\n  bwlimit: -5M",
+        "`transfer.bwlimit`",
+    ),
+    (
+        "zero parallelism",
+        "parallelism: 4",
+        "parallelism: 0",
+        "`transfer.parallelism`",
+    ),
+    (
+        "huge parallelism",
+        "parallelism: 4",
+        "parallelism: 1000",
+        "`transfer.parallelism`",
+    ),
+    (
+        "parallelism is text",
+        "parallelism: 4",
+        "parallelism: many",
+        "`transfer.parallelism`",
+    ),
+    (
+        "timeRange reversed",
+        "  parallelism: 4",
+        "  parallelism: 4\n  timeRange: { min: \"2025-02-01T00:00:00Z\", max: \"2025-01-01T00:00:00Z\" }",
+        "`transfer.timeRange`",
+    ),
+    (
+        "timeRange not RFC 3339",
+        "  parallelism: 4",
+        "  parallelism: 4\n  timeRange: { min: \"yesterday\" }",
+        "RFC 3339",
+    ),
+    (
+        "timeRange empty",
+        "  parallelism: 4",
+        "  parallelism: 4\n  timeRange: {}",
+        "`transfer.timeRange`",
+    ),
+    (
+        "negative uid",
+        "runAsUser: 1000",
+        "runAsUser: -1",
+        "`target.securityContext.runAsUser`",
+    ),
+    (
+        "missing fsGroup",
+        "    fsGroup: 2000\n",
+        "",
+        "missing field `fsGroup`",
+    ),
+    (
+        "missing securityContext",
+        "  securityContext:\n    runAsUser: 1000\n    fsGroup: 2000\n",
+        "",
+        "missing field `securityContext`",
+    ),
+    (
+        "subPath escapes",
+        "subPath: prometheus-db",
+        "subPath: ../../etc",
+        "`target.subPath`",
+    ),
+    (
+        "subPath absolute",
+        "subPath: prometheus-db",
+        "subPath: /etc",
+        "`target.subPath`",
+    ),
+    (
+        "deleteExtraneous not bool",
+        "  parallelism: 4",
+        "  parallelism: 4\n  deleteExtraneous: maybe",
+        "`transfer.deleteExtraneous`",
+    ),
+    ("not YAML", "kind: Migration", "kind: [Migration", "line"),
+    (
+        "source path missing",
+        "source:\n  path: ",
+        "source:\n  path: /nonexistent",
+        "`source.path`",
+    ),
+    (
+        "target path missing",
+        "target:\n  path: ",
+        "target:\n  path: /nonexistent",
+        "`target.path`",
+    ),
+];
+
+#[test]
+fn malformed_plans_exit_2_name_the_field_and_write_nothing() {
+    let ws = Workspace::new();
+    let good = std::fs::read_to_string(&ws.plan).unwrap();
+    for (what, from, to, expect) in MALFORMED {
+        assert!(good.contains(from), "{what}: fixture plan lacks {from:?}");
+        let bad = good.replacen(from, to, 1);
+        std::fs::write(&ws.plan, &bad).unwrap();
+        for cmd in ["plan", "apply", "verify"] {
+            let args: Vec<&str> = if cmd == "apply" {
+                vec![cmd, "--yes"]
+            } else {
+                vec![cmd]
+            };
+            let (code, _out, err) = ws.run(&args);
+            assert_eq!(code, 2, "{what} ({cmd}): exit {code}\n{err}");
+            assert!(
+                err.contains(expect),
+                "{what} ({cmd}): message lacks {expect:?}:\n{err}"
+            );
+            assert!(!err.contains("panicked"), "{what}: {err}");
+        }
+        assert_eq!(
+            std::fs::read_dir(&ws.mount).unwrap().count(),
+            0,
+            "{what}: something was written"
+        );
+    }
+}
+
+#[test]
+fn errors_carry_the_line_number() {
+    let ws = Workspace::new();
+    let good = std::fs::read_to_string(&ws.plan).unwrap();
+    std::fs::write(&ws.plan, good.replace("parallelism: 4", "parallelism: 0")).unwrap();
+    let (_, _, err) = ws.run(&["plan"]);
+    let line = good
+        .lines()
+        .position(|l| l.contains("parallelism"))
+        .unwrap()
+        + 1;
+    assert!(err.contains(&format!("line {line}")), "{err}");
+}
+
+#[test]
+fn missing_plan_file_is_usage_error() {
+    let (code, _, err) = run({
+        let mut c = promigrate();
+        c.args(["plan", "-f", "/nonexistent/plan.yaml"]);
+        c
+    });
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/plan.yaml"), "{err}");
+}
+
+#[test]
+fn bad_bwlimit_flag_is_usage_error() {
+    let ws = Workspace::new();
+    let (code, _, err) = ws.run(&["apply", "--yes", "--bwlimit", "lots"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("rsync units"), "{err}");
+}
+
+#[test]
+fn json_output_has_boolean_ok_for_every_command() {
+    let ws = Workspace::new();
+    let (code, v) = ws.run_json(&["plan"]);
+    assert_eq!((code, v["ok"].as_bool()), (0, Some(true)));
+    let (code, v) = ws.run_json(&["verify", "--level", "meta"]);
+    assert_eq!(
+        (code, v["ok"].as_bool()),
+        (1, Some(false)),
+        "nothing applied yet: verify must fail"
+    );
+    let (code, v) = ws.run_json(&["apply", "--yes", "--dry-run"]);
+    assert_eq!((code, v["ok"].as_bool()), (0, Some(true)));
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!((code, v["ok"].as_bool()), (0, Some(true)), "{v}");
+    let (code, v) = ws.run_json(&["verify"]);
+    assert_eq!((code, v["ok"].as_bool()), (0, Some(true)), "{v}");
+    let mut c = promigrate();
+    c.args(["inspect", "--output", "json"]).arg(&ws.source);
+    let (code, out, _) = run(c);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((code, v["ok"].as_bool()), (0, Some(true)));
+    // An error is also one JSON document with ok=false.
+    std::fs::write(&ws.plan, "kind: [").unwrap();
+    let (code, v) = ws.run_json(&["plan"]);
+    assert_eq!((code, v["ok"].as_bool()), (2, Some(false)));
+    assert!(v["error"].as_str().unwrap().contains("line"));
+}
+
+#[test]
+fn dry_run_writes_nothing() {
+    let ws = Workspace::new();
+    let (code, out, _) = ws.run(&["apply", "--dry-run"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("Dry run") && out.contains("copy block"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_dir(&ws.mount).unwrap().count(), 0);
+    assert!(!ws.state.exists(), "a dry run keeps no record");
+}
+
+#[test]
+fn help_documents_exit_codes() {
+    for args in [
+        vec!["--help"],
+        vec!["apply", "--help"],
+        vec!["verify", "--help"],
+    ] {
+        let mut c = promigrate();
+        c.args(&args);
+        let (code, out, _) = run(c);
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("Exit codes:") && out.contains("3  runtime failure"),
+            "{args:?}: {out}"
+        );
+    }
+}
+
+#[test]
+fn target_inside_source_is_a_blocker() {
+    let ws = Workspace::new();
+    let inner = ws.source.join("nested-target");
+    // The source is a private copy; make the mount point inside it.
+    std::fs::create_dir(&inner).unwrap();
+    std::fs::write(&ws.plan, plan_yaml(&ws.source, &inner, "")).unwrap();
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("BLOCKER") && out.contains("overlap"), "{out}");
+    let (code, out, _) = ws.run(&["apply", "--yes"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("apply refused"), "{out}");
+    assert_eq!(std::fs::read_dir(&inner).unwrap().count(), 0);
+}
+
+#[test]
+fn block_name_must_match_meta_ulid() {
+    let ws = Workspace::new();
+    let block = std::fs::read_dir(&ws.source)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("meta.json").exists())
+        .unwrap();
+    let meta = std::fs::read_to_string(block.join("meta.json")).unwrap();
+    let name = block.file_name().unwrap().to_str().unwrap().to_string();
+    std::fs::write(
+        block.join("meta.json"),
+        meta.replace(&name, "01ARZ3NDEKTSV4RRFFQ69G5FAV"),
+    )
+    .unwrap();
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains(&name) && out.contains("01ARZ3NDEKTSV4RRFFQ69G5FAV"),
+        "{out}"
+    );
+}
+
+#[test]
+fn source_that_is_not_a_tsdb_is_a_blocker() {
+    let ws = Workspace::new();
+    let empty = ws.dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::write(&ws.plan, plan_yaml(&empty, &ws.mount, "")).unwrap();
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("no blocks and no wal/"), "{out}");
+}
+
+#[test]
+fn not_enough_space_is_a_blocker() {
+    let ws = Workspace::new();
+    let small = Tmpfs::mount(&ws.mount, "64k");
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not enough space"), "{out}");
+    drop(small);
+}
+
+#[test]
+fn time_range_selects_whole_blocks_and_reports_the_expanded_range() {
+    let ws = Workspace::new();
+    let (_, all) = ws.run_json(&["plan"]);
+    let blocks = all["blocks"].as_array().unwrap();
+    assert!(blocks.len() >= 3);
+    // A range inside the second block only, ending before now: one block, no WAL.
+    let b = &blocks[1];
+    let (bmin, bmax) = (
+        b["min_time"].as_i64().unwrap(),
+        b["max_time"].as_i64().unwrap(),
+    );
+    let ts = |ms: i64| jiff::Timestamp::from_millisecond(ms).unwrap().to_string();
+    let extra = format!(
+        "  timeRange: {{ min: \"{}\", max: \"{}\" }}\n",
+        ts(bmin + 60_000),
+        ts(bmax - 60_000)
+    );
+    ws.write_plan(&extra);
+    let (code, v) = ws.run_json(&["plan"]);
+    assert_eq!(code, 0, "{v}");
+    let sel = v["blocks"].as_array().unwrap();
+    assert_eq!(sel.len(), 1);
+    assert_eq!(sel[0]["ulid"], b["ulid"]);
+    assert_eq!(
+        v["selected_range"],
+        serde_json::json!([bmin, bmax]),
+        "the expanded range is the whole block"
+    );
+    assert!(
+        v["files"].as_array().unwrap().is_empty(),
+        "no WAL when max is set"
+    );
+    let (_, out, _) = ws.run(&["plan"]);
+    assert!(out.contains("whole blocks selected cover"), "{out}");
+}

@@ -1,0 +1,152 @@
+//! `verify` catches what a copy can get wrong: a modified file (same size and mtime, so only
+//! the content hash sees it), a missing file, an extra file, a changed meta.json field, and
+//! wrong ownership or mode. Each is reported with its sigil and path, and exits 1.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+fn applied() -> Workspace {
+    let ws = Workspace::new();
+    let (code, _, err) = ws.run(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = ws.run(&["verify"]);
+    assert_eq!(code, 0, "a fresh copy must verify:\n{out}");
+    ws
+}
+
+fn first_block(root: &Path) -> PathBuf {
+    let mut blocks: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("meta.json").exists())
+        .collect();
+    blocks.sort();
+    blocks.remove(0)
+}
+
+fn rel(ws: &Workspace, p: &Path) -> String {
+    p.strip_prefix(ws.target())
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn flipped_byte_with_same_size_and_mtime_is_found_by_checksum_only() {
+    let ws = applied();
+    let chunk = first_block(&ws.target()).join("chunks/000001");
+    let before = std::fs::metadata(&chunk).unwrap();
+    let mut data = std::fs::read(&chunk).unwrap();
+    let i = data.len() / 2;
+    data[i] ^= 0xff;
+    std::fs::write(&chunk, &data).unwrap();
+    // Put the mtime back so the quick check (size + mtime) cannot see the change.
+    let f = std::fs::File::options().write(true).open(&chunk).unwrap();
+    f.set_modified(before.modified().unwrap()).unwrap();
+    drop(f);
+
+    let (code, out, _) = ws.run(&["verify", "--level", "meta"]);
+    assert_eq!(code, 0, "meta level compares no content:\n{out}");
+    let (code, out, _) = ws.run(&["verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("* {}  content differs", rel(&ws, &chunk))),
+        "{out}"
+    );
+    assert!(out.contains("Do not cut over"), "{out}");
+}
+
+#[test]
+fn missing_and_extra_files_are_named() {
+    let ws = applied();
+    let wal = ws.target().join("wal");
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(&wal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    std::fs::remove_file(&segs[0]).unwrap();
+    let extra = first_block(&ws.target()).join("chunks/000099");
+    std::fs::write(&extra, b"not from the source").unwrap();
+
+    let (code, v) = ws.run_json(&["verify"]);
+    assert_eq!(code, 1);
+    let diffs = v["differences"].as_array().unwrap();
+    let has = |sigil: &str, path: &str| {
+        diffs
+            .iter()
+            .any(|d| d["sigil"] == sigil && d["path"] == path)
+    };
+    assert!(has("-", &rel(&ws, &segs[0])), "{v}");
+    assert!(has("+", &rel(&ws, &extra)), "{v}");
+}
+
+#[test]
+fn meta_json_is_compared_field_by_field() {
+    let ws = applied();
+    let meta = first_block(&ws.target()).join("meta.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+    let n = doc["stats"]["numSamples"].as_u64().unwrap();
+    doc["stats"]["numSamples"] = serde_json::json!(n + 1);
+    std::fs::write(&meta, serde_json::to_string(&doc).unwrap()).unwrap();
+    let (code, out, _) = ws.run(&["verify", "--level", "meta"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("stats.numSamples: {n} → {}", n + 1)),
+        "{out}"
+    );
+}
+
+#[test]
+fn wrong_owner_and_mode_are_found() {
+    let ws = applied();
+    let idx = first_block(&ws.target()).join("index");
+    std::os::unix::fs::chown(&idx, Some(0), Some(0)).unwrap();
+    let wal = ws.target().join("wal");
+    std::fs::set_permissions(&wal, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (code, out, _) = ws.run(&["verify", "--level", "meta"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "* {}  owner 0:0, want {RUN_AS_USER}:{FS_GROUP}",
+            rel(&ws, &idx)
+        )),
+        "{out}"
+    );
+    assert!(out.contains("* wal  mode 0755, want 2775"), "{out}");
+    // apply repairs ownership without copying anything.
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0);
+    assert_eq!(v["apply"]["copied_files"], 0);
+    assert!(v["apply"]["ownership_fixed"].as_u64().unwrap() >= 2);
+    assert_eq!(std::fs::metadata(&idx).unwrap().uid(), RUN_AS_USER);
+    let (code, _, _) = ws.run(&["verify"]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn verify_writes_a_run_record() {
+    let ws = applied();
+    let dir = ws.state.join("test-migration");
+    let records: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        records.iter().any(|r| r.ends_with("-apply.json")),
+        "{records:?}"
+    );
+    let verify = records
+        .iter()
+        .find(|r| r.ends_with("-verify.json"))
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(verify)).unwrap()).unwrap();
+    assert_eq!(v["command"], "verify");
+    assert_eq!(v["exit_code"], 0);
+    assert_eq!(v["report"]["ok"], true);
+}
