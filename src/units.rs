@@ -91,7 +91,11 @@ pub fn bytes(n: u64) -> String {
 
 /// Formats a duration in seconds for people ("1h 2m 3s").
 pub fn duration(secs: f64) -> String {
-    let d = jiff::SignedDuration::from_secs_f64(secs.max(0.0).round());
+    let secs = secs.max(0.0);
+    if secs < 60.0 {
+        return format!("{secs:.1}s");
+    }
+    let d = jiff::SignedDuration::from_secs_f64(secs.round());
     format!("{d:#}")
 }
 
@@ -137,6 +141,8 @@ mod tests {
     fn formatting() {
         assert_eq!(ms_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(duration(3723.0), "1h 2m 3s");
+        assert_eq!(duration(0.04), "0.0s");
+        assert_eq!(duration(12.34), "12.3s");
         assert!(bytes(1536).contains("KiB"));
     }
 }

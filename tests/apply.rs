@@ -163,7 +163,7 @@ fn kill_9_late_then_resume() {
 #[test]
 fn sigterm_stops_cleanly_and_resumes() {
     let ws = Workspace::new();
-    let mut child = ws
+    let child = ws
         .cmd(&["apply", "--yes", "--bwlimit", "60K"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -196,7 +196,7 @@ fn full_disk_fails_clearly_and_a_rerun_after_freeing_space_completes() {
     let (_, plan) = ws.run_json(&["plan"]);
     let need = plan["stats"]["copy_bytes"].as_u64().unwrap();
     let _fs = Tmpfs::mount(&ws.mount, &format!("{}k", need / 1024 * 2 + 256));
-    let mut child = ws
+    let child = ws
         .cmd(&[
             "apply",
             "--yes",
@@ -366,13 +366,12 @@ fn kill_9_mid_block_keeps_complete_staged_files() {
             child.try_wait().unwrap().is_none(),
             "apply finished before the kill"
         );
-        if let Ok(m) = std::fs::metadata(&staged) {
-            if m.len() == src_chunk.len()
-                && m.mtime() == src_chunk.mtime()
-                && m.mtime_nsec() == src_chunk.mtime_nsec()
-            {
-                break;
-            }
+        if let Ok(m) = std::fs::metadata(&staged)
+            && m.len() == src_chunk.len()
+            && m.mtime() == src_chunk.mtime()
+            && m.mtime_nsec() == src_chunk.mtime_nsec()
+        {
+            break;
         }
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -345,9 +345,10 @@ fn one_file(sh: &Shared, rel: &str) -> anyhow::Result<()> {
 }
 
 /// Creates a directory (and missing parents) and gives it the target owner and mode.
-/// Returns whether an existing directory's owner or mode was changed.
+/// Returns whether an already existing directory's owner or mode had to be changed.
 fn ensure_dir(dir: &Path, owner: Owner) -> anyhow::Result<bool> {
-    if !dir.is_dir() {
+    let existed = dir.is_dir();
+    if !existed {
         std::fs::create_dir_all(dir).map_err(|e| {
             if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) {
                 anyhow!(
@@ -361,7 +362,9 @@ fn ensure_dir(dir: &Path, owner: Owner) -> anyhow::Result<bool> {
     }
     let meta =
         std::fs::symlink_metadata(dir).with_context(|| format!("cannot stat {}", dir.display()))?;
-    perms::fix(dir, &meta, owner).map_err(|e| anyhow!(perms::explain(dir, &e, owner)))
+    let changed =
+        perms::fix(dir, &meta, owner).map_err(|e| anyhow!(perms::explain(dir, &e, owner)))?;
+    Ok(existed && changed)
 }
 
 /// Removes promigrate temp files and staged blocks that are no longer to be copied.

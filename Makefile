@@ -1,0 +1,35 @@
+# promigrate: the two commands a newcomer needs are `make demo` and `make test`.
+.PHONY: demo test unit lint bench build clean-fixtures
+
+CARGO ?= cargo
+
+build:
+	$(CARGO) build --release --locked
+
+## Plan -> apply -> verify on a small real TSDB into a temp dir, showing the reports.
+demo: build
+	bash scripts/deps.sh
+	bash scripts/demo.sh
+
+## All tests: unit, CLI, and real-component integration tests (real promtool/prometheus data,
+## real prometheus servers). Needs root: it chowns to other uids and mounts small tmpfs volumes.
+test:
+	bash scripts/deps.sh
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make test needs root (chown to runAsUser/fsGroup, tmpfs mounts): sudo make test" >&2; exit 1; fi
+	$(CARGO) test --locked
+
+## Unit tests only (no root, no prometheus).
+unit:
+	$(CARGO) test --locked --lib
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+## Benchmarks against cp -a and rsync -a on >= 4 GiB of real blocks (see README).
+bench:
+	bash scripts/deps.sh
+	bash scripts/bench.sh
+
+clean-fixtures:
+	rm -rf target/fixtures

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the demo, the tests and the benchmarks need on a Debian machine, only where
+# it is missing: Debian's prometheus (prometheus + promtool: real TSDBs and a real server),
+# rsync and GNU time (benchmarks), util-linux (setpriv, mount). The Rust toolchain is expected
+# (rustup); crates are fetched by cargo.
+set -euo pipefail
+
+need=()
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v rsync >/dev/null 2>&1 || need+=(rsync)
+[ -x /usr/bin/time ] || need+=(time)
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+
+if [ ${#need[@]} -eq 0 ]; then
+	exit 0
+fi
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+	command -v sudo >/dev/null 2>&1 || {
+		echo "deps.sh: missing ${need[*]}: install them as root (apt-get install ${need[*]})" >&2
+		exit 1
+	}
+	sudo="sudo"
+fi
+echo "deps.sh: installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# The Debian package starts a prometheus service where systemd runs; the tests start their own.
