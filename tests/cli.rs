@@ -368,3 +368,106 @@ fn time_range_selects_whole_blocks_and_reports_the_expanded_range() {
     let (_, out, _) = ws.run(&["plan"]);
     assert!(out.contains("whole blocks selected cover"), "{out}");
 }
+
+#[test]
+fn symlinks_on_the_target_are_never_written_through() {
+    let ws = Workspace::new();
+    let outside = ws.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::create_dir_all(ws.target()).unwrap();
+    std::os::unix::fs::symlink(&outside, ws.target().join("wal")).unwrap();
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("symbolic link") && out.contains("/wal"),
+        "{out}"
+    );
+    assert_eq!(ws.run(&["apply", "--yes"]).0, 1);
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "wrote through the link"
+    );
+
+    // A subPath that is a link out of the volume.
+    std::fs::remove_file(ws.target().join("wal")).unwrap();
+    std::fs::remove_dir(ws.target()).unwrap();
+    std::os::unix::fs::symlink(&outside, ws.target()).unwrap();
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("outside the volume"), "{out}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+}
+
+#[test]
+fn unwritable_state_dir_fails_before_copying() {
+    let ws = Workspace::new();
+    let mut c = promigrate();
+    c.args([
+        "apply",
+        "--yes",
+        "--state-dir",
+        "/proc/promigrate-records",
+        "-f",
+    ])
+    .arg(&ws.plan);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("/proc/promigrate-records") && err.contains("--state-dir"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&ws.mount).unwrap().count(), 0);
+}
+
+/// Runs promigrate as an unprivileged user (uid 1000) via setpriv.
+fn as_user(ws: &Workspace, args: &[&str]) -> (i32, String, String) {
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid=1000", "--regid=1000", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_promigrate"))
+        .args(args);
+    c.arg("-f").arg(&ws.plan);
+    if args[0] != "plan" {
+        c.arg("--state-dir").arg(ws.dir.path().join("user-records"));
+    }
+    run(c)
+}
+
+#[test]
+fn permission_problems_name_the_path_and_what_to_do() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = Workspace::new();
+    // A source the user cannot read.
+    std::fs::set_permissions(&ws.source, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (code, _, err) = as_user(&ws, &["plan"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains(&ws.source.display().to_string()) && err.contains("may read it"),
+        "{err}"
+    );
+
+    // A readable source, a writable volume, but ownership for another uid needs root.
+    std::fs::set_permissions(&ws.source, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&ws.mount, Some(1000), Some(1000)).unwrap();
+    std::os::unix::fs::chown(ws.dir.path(), Some(1000), Some(1000)).unwrap();
+    let (code, _, err) = as_user(&ws, &["apply", "--yes"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("run promigrate as root"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let ws = Workspace::new();
+    let mut c = ws.cmd(&["apply", "--yes"]);
+    c.args(["--log-format", "json"]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "{err}");
+    for l in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{l}");
+    }
+}

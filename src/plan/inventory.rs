@@ -112,18 +112,18 @@ pub struct Inventory {
 
 /// A failure to read a directory, naming the path.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read {path}: {source}; check that it exists and that this user may read it")]
+#[error("cannot read {path}: {cause}; check that it exists and that this user may read it")]
 pub struct ScanError {
     /// The path that failed.
     pub path: PathBuf,
-    /// The cause.
-    pub source: std::io::Error,
+    /// The cause (in the message, so not a `#[source]`).
+    pub cause: std::io::Error,
 }
 
-fn err(path: &Path, source: std::io::Error) -> ScanError {
+fn err(path: &Path, cause: std::io::Error) -> ScanError {
     ScanError {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 

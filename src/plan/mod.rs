@@ -157,6 +157,27 @@ pub fn build_with_inventories(
             ct.display()
         ));
     }
+    // Never write through a link: a subPath that resolves outside the volume, or a symlink
+    // where promigrate would write, could lead the copy (and the chown) out of the target.
+    let mount = fsutil::canonical_lenient(&m.target_mount);
+    if !fsutil::is_within(&ct, &mount) {
+        blockers.push(format!(
+            "target {} resolves to {}, outside the volume mounted at {}: a symlink in subPath leads out of the volume; remove it",
+            m.target_root.display(),
+            ct.display(),
+            mount.display()
+        ));
+    }
+    for link in tgt
+        .excluded
+        .iter()
+        .filter(|e| e.reason.starts_with("symlink"))
+    {
+        blockers.push(format!(
+            "the target has a symbolic link at {}: promigrate never writes through links; remove it (or choose another target)",
+            m.target_root.join(&link.rel).display()
+        ));
+    }
     if src.blocks.is_empty() && !src.dirs.iter().any(|d| d == "wal") {
         blockers.push(format!(
             "source {} holds no blocks and no wal/: is source.path the Prometheus data directory (--storage.tsdb.path)?",

@@ -16,8 +16,8 @@ use crate::sync::limiter::Throttle;
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
     /// Reading the source failed.
-    #[error("cannot read source file {path}: {source}")]
-    Source { path: PathBuf, source: io::Error },
+    #[error("cannot read source file {path}: {cause}")]
+    Source { path: PathBuf, cause: io::Error },
     /// The source changed while being copied (the server is still writing it).
     #[error(
         "source file {path} changed while it was copied ({copied} bytes copied, now {now} bytes): stop the source Prometheus before copying its wal/ and chunks_head/"
@@ -33,8 +33,8 @@ pub enum CopyError {
     )]
     NoSpace { path: PathBuf },
     /// Writing the target failed.
-    #[error("cannot write target file {path}: {source}")]
-    Target { path: PathBuf, source: io::Error },
+    #[error("cannot write target file {path}: {cause}")]
+    Target { path: PathBuf, cause: io::Error },
     /// The run was interrupted (Ctrl-C, SIGTERM).
     #[error("interrupted")]
     Cancelled,
@@ -82,7 +82,7 @@ pub fn copy_file(src: &Path, dst: &Path, durable: bool, ctx: &Ctx) -> Result<u64
 fn copy_inner(src: &Path, dst: &Path, durable: bool, ctx: &Ctx) -> Result<u64, CopyError> {
     let src_err = |e| CopyError::Source {
         path: src.to_path_buf(),
-        source: e,
+        cause: e,
     };
     let dst_err = |e: io::Error| {
         if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) {
@@ -92,7 +92,7 @@ fn copy_inner(src: &Path, dst: &Path, durable: bool, ctx: &Ctx) -> Result<u64, C
         } else {
             CopyError::Target {
                 path: dst.to_path_buf(),
-                source: e,
+                cause: e,
             }
         }
     };
@@ -141,7 +141,7 @@ fn copy_inner(src: &Path, dst: &Path, durable: bool, ctx: &Ctx) -> Result<u64, C
     std::os::unix::fs::fchown(&output, Some(ctx.owner.uid), Some(ctx.owner.gid)).map_err(|e| {
         CopyError::Target {
             path: dst.to_path_buf(),
-            source: io::Error::other(perms::explain(dst, &e, ctx.owner)),
+            cause: io::Error::other(perms::explain(dst, &e, ctx.owner)),
         }
     })?;
     output
@@ -164,7 +164,7 @@ fn copy_inner(src: &Path, dst: &Path, durable: bool, ctx: &Ctx) -> Result<u64, C
 fn classify(e: io::Error, src: &Path, dst: &Path) -> CopyError {
     CopyError::Target {
         path: dst.to_path_buf(),
-        source: io::Error::new(e.kind(), format!("{e} (copying from {})", src.display())),
+        cause: io::Error::new(e.kind(), format!("{e} (copying from {})", src.display())),
     }
 }
 

@@ -176,6 +176,12 @@ pub fn apply(plan: &MigrationPlan, opts: &ApplyOptions) -> anyhow::Result<ApplyR
         published: AtomicU64::new(0),
         touched_dirs: Mutex::new(BTreeSet::new()),
     };
+    tracing::info!(
+        files = plan.stats.copy_files,
+        bytes = plan.stats.copy_bytes,
+        target = %root.display(),
+        "apply: copying"
+    );
     run_jobs(&shared, jobs, plan.parallelism)?;
     opts.progress.finish();
 
@@ -199,6 +205,13 @@ pub fn apply(plan: &MigrationPlan, opts: &ApplyOptions) -> anyhow::Result<ApplyR
     report.duration_seconds = start.elapsed().as_secs_f64();
     report.average_rate = report.copied_bytes as f64 / report.duration_seconds.max(1e-6);
     report.ok = true;
+    tracing::info!(
+        copied_files = report.copied_files,
+        copied_bytes = report.copied_bytes,
+        resumed_files = report.resumed_files,
+        seconds = report.duration_seconds,
+        "apply: done"
+    );
     Ok(report)
 }
 
