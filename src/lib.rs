@@ -178,6 +178,8 @@ fn cmd_apply(a: ApplyArgs) -> anyhow::Result<Code> {
     let cancel_w = cancel.clone();
     let result = rt.block_on(async move {
         tokio::task::spawn_blocking(move || {
+            // Logged before the progress bar is drawn, so the two do not tear each other.
+            tracing::info!(files = plan_for_worker.stats.copy_files, bytes = total, target = %plan_for_worker.target.display(), "apply: copying");
             let progress = progress::for_stderr("apply", total);
             let opts = sync::ApplyOptions {
                 bwlimit,

@@ -176,12 +176,6 @@ pub fn apply(plan: &MigrationPlan, opts: &ApplyOptions) -> anyhow::Result<ApplyR
         published: AtomicU64::new(0),
         touched_dirs: Mutex::new(BTreeSet::new()),
     };
-    tracing::info!(
-        files = plan.stats.copy_files,
-        bytes = plan.stats.copy_bytes,
-        target = %root.display(),
-        "apply: copying"
-    );
     run_jobs(&shared, jobs, plan.parallelism)?;
     opts.progress.finish();
 
