@@ -395,3 +395,33 @@ fn kill_9_mid_block_keeps_complete_staged_files() {
     );
     assert_eq!(ws.run(&["verify"]).0, 0);
 }
+
+#[test]
+fn a_second_apply_on_the_same_target_is_refused_while_one_runs() {
+    let ws = Workspace::new();
+    let mut first = ws
+        .cmd(&["apply", "--yes", "--bwlimit", "100K"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = ws.target().join(".promigrate-lock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !lock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first apply never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (code, _, err) = ws.run(&["apply", "--yes"]);
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first apply ended too early for this test"
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("another promigrate apply"), "{err}");
+    assert!(first.wait().unwrap().success());
+    let (code, out, _) = ws.run(&["verify"]);
+    assert_eq!(code, 0, "the lock file is not a difference:\n{out}");
+}

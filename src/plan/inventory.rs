@@ -180,6 +180,7 @@ pub fn scan(root: &Path) -> Result<Inventory, ScanError> {
                 reason: reason.into(),
             }),
             RootEntry::Ours if name == tsdb::QUARANTINE_DIR => inv.has_quarantine = true,
+            RootEntry::Ours if name == tsdb::LOCK_FILE => {}
             RootEntry::Ours => inv.leftovers.push(name),
             RootEntry::Unknown => inv.unknown.push(name),
         }

@@ -94,6 +94,7 @@ pub fn apply(plan: &MigrationPlan, opts: &ApplyOptions) -> anyhow::Result<ApplyR
     let mut report = ApplyReport::default();
 
     let mut fixed = u64::from(ensure_dir(root, plan.owner)?);
+    let _lock = lock_target(root)?;
     let staging = root.join(tsdb::STAGING_DIR);
     let new_blocks: BTreeSet<&str> = plan
         .blocks
@@ -349,6 +350,30 @@ fn one_file(sh: &Shared, rel: &str) -> anyhow::Result<()> {
         d.insert(parent.to_path_buf());
     }
     Ok(())
+}
+
+/// Takes the target's apply lock, so two applies never write the same target at once.
+/// Held until the returned guard is dropped (or the process dies).
+fn lock_target(root: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let path = root.join(tsdb::LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            anyhow!(
+                "another promigrate apply is writing {} ({} is locked): wait for it to finish",
+                root.display(),
+                path.display()
+            )
+        } else {
+            anyhow!("cannot lock {}: {errno}", path.display())
+        }
+    })
 }
 
 /// Creates a directory (and missing parents) and gives it the target owner and mode.

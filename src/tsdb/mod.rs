@@ -14,6 +14,8 @@ pub const TMP_SUFFIX: &str = ".promigrate-tmp";
 pub const STAGING_DIR: &str = ".promigrate-staging";
 /// Directory under the target root where extraneous entries are moved (never deleted).
 pub const QUARANTINE_DIR: &str = ".promigrate-quarantine";
+/// File under the target root that a running apply holds an exclusive flock on.
+pub const LOCK_FILE: &str = ".promigrate-lock";
 
 /// What a top-level entry of a TSDB data directory is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +40,11 @@ pub enum RootEntry {
 
 /// Classifies a top-level entry of a data directory by name and type.
 pub fn classify_root(name: &str, is_dir: bool) -> RootEntry {
-    if name == STAGING_DIR || name == QUARANTINE_DIR || name.ends_with(TMP_SUFFIX) {
+    if name == STAGING_DIR
+        || name == QUARANTINE_DIR
+        || name == LOCK_FILE
+        || name.ends_with(TMP_SUFFIX)
+    {
         return RootEntry::Ours;
     }
     if let Some(reason) = transient_reason(name) {
