@@ -60,13 +60,15 @@ fn emit<T: Serialize>(
     value: &T,
     text: impl FnOnce() -> String,
 ) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    // Buffered: stdout is line-buffered, and a JSON report has thousands of lines.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let r = match output {
         Output::Json => serde_json::to_writer_pretty(&mut out, value)
             .map_err(std::io::Error::from)
             .and_then(|_| writeln!(out)),
         Output::Text => write!(out, "{}", text()),
-    };
+    }
+    .and_then(|_| out.flush());
     match r {
         // A closed pipe (`| head`) is not a failure.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),

@@ -39,19 +39,22 @@ pub fn file_mode_from(source_mode: u32) -> u32 {
 
 /// Describes what is wrong with an entry's ownership or mode, or `None` if it is right.
 pub fn problem(meta: &Metadata, owner: Owner) -> Option<String> {
+    problem_of(meta.uid(), meta.gid(), meta.mode(), owner)
+}
+
+/// [`problem`] from raw `st_uid`, `st_gid` and `st_mode` (file type bits included).
+pub fn problem_of(uid: u32, gid: u32, st_mode: u32, owner: Owner) -> Option<String> {
     let mut issues = Vec::new();
-    if meta.uid() != owner.uid || meta.gid() != owner.gid {
+    if uid != owner.uid || gid != owner.gid {
         issues.push(format!(
-            "owner {}:{}, want {}:{}",
-            meta.uid(),
-            meta.gid(),
-            owner.uid,
-            owner.gid
+            "owner {uid}:{gid}, want {}:{}",
+            owner.uid, owner.gid
         ));
     }
-    if !meta.file_type().is_symlink() {
-        let mode = meta.mode() & 0o7777;
-        let want = wanted_mode(mode, meta.is_dir());
+    let kind = st_mode & libc::S_IFMT;
+    if kind != libc::S_IFLNK {
+        let mode = st_mode & 0o7777;
+        let want = wanted_mode(mode, kind == libc::S_IFDIR);
         if mode != want {
             issues.push(format!("mode {mode:04o}, want {want:04o}"));
         }

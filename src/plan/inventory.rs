@@ -108,6 +108,33 @@ pub struct Inventory {
     pub leftovers: Vec<String>,
     /// Whether `.promigrate-quarantine/` exists.
     pub has_quarantine: bool,
+    /// Owner and mode of the root and of every block, segment directory, data and runtime
+    /// file (the entries promigrate owns), from the same scan.
+    pub attrs: Vec<Attr>,
+}
+
+/// Owner and mode of one entry, as seen by the scan.
+#[derive(Debug, Clone)]
+pub struct Attr {
+    /// Path relative to the TSDB root (`""` for the root).
+    pub rel: String,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+    /// `st_mode`, file type bits included.
+    pub mode: u32,
+}
+
+impl Attr {
+    fn new(rel: String, m: &Metadata) -> Self {
+        Attr {
+            rel,
+            uid: m.uid(),
+            gid: m.gid(),
+            mode: m.mode(),
+        }
+    }
 }
 
 /// A failure to read a directory, naming the path.
@@ -127,8 +154,24 @@ fn err(path: &Path, cause: std::io::Error) -> ScanError {
     }
 }
 
-/// Scans a TSDB root. A missing root gives an empty inventory with `exists == false`.
+/// Whether a scan reads each block's meta.json.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// Names, sizes, times and modes, plus every meta.json (for plan and verify).
+    WithMeta,
+    /// Names, sizes, times and modes only (for walking the tree, e.g. ownership).
+    Layout,
+}
+
+/// Scans a TSDB root, reading every block's meta.json. A missing root gives an empty
+/// inventory with `exists == false`.
 pub fn scan(root: &Path) -> Result<Inventory, ScanError> {
+    scan_with(root, Depth::WithMeta)
+}
+
+/// Scans a TSDB root at the given depth. Every entry is stat'ed once; directory entry
+/// types come from `readdir`.
+pub fn scan_with(root: &Path, depth: Depth) -> Result<Inventory, ScanError> {
     let mut inv = Inventory {
         root: root.to_path_buf(),
         ..Default::default()
@@ -139,42 +182,45 @@ pub fn scan(root: &Path) -> Result<Inventory, ScanError> {
         Err(e) => return Err(err(root, e)),
     };
     inv.exists = true;
+    let root_meta = std::fs::metadata(root).map_err(|e| err(root, e))?;
+    inv.attrs.push(Attr::new(String::new(), &root_meta));
     for entry in entries {
         let entry = entry.map_err(|e| err(root, e))?;
         let path = entry.path();
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| err(&path, e))?;
+        let ft = entry.file_type().map_err(|e| err(&path, e))?;
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             inv.unknown
                 .push(entry.file_name().to_string_lossy().into_owned());
             continue;
         };
-        if meta.file_type().is_symlink() {
+        if ft.is_symlink() {
             inv.excluded.push(Skipped {
                 rel: name,
                 reason: "symlink (not followed)".into(),
             });
             continue;
         }
-        match tsdb::classify_root(&name, meta.is_dir()) {
+        match tsdb::classify_root(&name, ft.is_dir()) {
             RootEntry::Block(ulid) => {
-                let block = scan_block(root, &name, ulid, &mut inv)?;
+                let block = scan_block(root, &name, ulid, depth, &mut inv)?;
                 inv.blocks.insert(name, block);
             }
             RootEntry::SegmentDir => {
-                inv.dirs.push(name.clone());
-                walk_into(
-                    root,
-                    &name,
-                    &mut inv.files,
-                    &mut inv.dirs,
-                    &mut inv.excluded,
-                    &mut inv.leftovers,
-                )?;
+                let (files, dirs) = walk_into(root, &name, &mut inv)?;
+                inv.files.extend(files);
+                inv.dirs.push(name);
+                inv.dirs.extend(dirs);
             }
-            RootEntry::DataFile => {
-                inv.files.insert(name.clone(), FileInfo::new(name, &meta));
+            RootEntry::DataFile | RootEntry::Runtime => {
+                let meta = entry.metadata().map_err(|e| err(&path, e))?;
+                inv.attrs.push(Attr::new(name.clone(), &meta));
+                let info = FileInfo::new(name.clone(), &meta);
+                if tsdb::classify_root(&name, false) == RootEntry::Runtime {
+                    inv.runtime.push(info);
+                } else {
+                    inv.files.insert(name, info);
+                }
             }
-            RootEntry::Runtime => inv.runtime.push(FileInfo::new(name, &meta)),
             RootEntry::Excluded(reason) => inv.excluded.push(Skipped {
                 rel: name,
                 reason: reason.into(),
@@ -192,20 +238,16 @@ fn scan_block(
     root: &Path,
     name: &str,
     ulid: Ulid,
+    depth: Depth,
     inv: &mut Inventory,
 ) -> Result<Block, ScanError> {
-    let mut files = BTreeMap::new();
-    let mut dirs = Vec::new();
-    walk_into(
-        root,
-        name,
-        &mut files,
-        &mut dirs,
-        &mut inv.excluded,
-        &mut inv.leftovers,
-    )?;
+    let (files, dirs) = walk_into(root, name, inv)?;
     let meta_path = root.join(name).join("meta.json");
-    let (meta, meta_json) = match std::fs::read(&meta_path) {
+    let read = match depth {
+        Depth::WithMeta => std::fs::read(&meta_path),
+        Depth::Layout => Err(std::io::Error::other("not read (layout-only scan)")),
+    };
+    let (meta, meta_json) = match read {
         Ok(bytes) => match BlockMeta::parse(&bytes) {
             Ok((m, v)) => (Ok(m), Some(v)),
             Err(e) => (Err(format!("{name}/meta.json: {e}")), None),
@@ -222,18 +264,18 @@ fn scan_block(
     })
 }
 
-/// Walks `root/top` recursively (not following links), adding files and sub-directories.
+/// Walks `root/top` recursively without following links. Returns its files and its
+/// sub-directories (not `top` itself); records the owner and mode of `top` and of everything
+/// kept, and adds left-out entries and promigrate leftovers to `inv`.
 fn walk_into(
     root: &Path,
     top: &str,
-    files: &mut BTreeMap<String, FileInfo>,
-    dirs: &mut Vec<String>,
-    excluded: &mut Vec<Skipped>,
-    leftovers: &mut Vec<String>,
-) -> Result<(), ScanError> {
+    inv: &mut Inventory,
+) -> Result<(BTreeMap<String, FileInfo>, Vec<String>), ScanError> {
+    let mut files = BTreeMap::new();
+    let mut dirs = Vec::new();
     let walker = walkdir::WalkDir::new(root.join(top))
         .follow_links(false)
-        .min_depth(1)
         .sort_by_file_name();
     let mut it = walker.into_iter();
     while let Some(entry) = it.next() {
@@ -250,7 +292,7 @@ fn walk_into(
         })?;
         let rel_path = entry.path().strip_prefix(root).unwrap_or(entry.path());
         let Some(rel) = rel_path.to_str().map(str::to_owned) else {
-            excluded.push(Skipped {
+            inv.excluded.push(Skipped {
                 rel: rel_path.to_string_lossy().into_owned(),
                 reason: "name is not UTF-8".into(),
             });
@@ -258,38 +300,45 @@ fn walk_into(
         };
         let name = entry.file_name().to_str().unwrap_or_default();
         let ft = entry.file_type();
-        if name.ends_with(tsdb::TMP_SUFFIX) {
-            leftovers.push(rel);
-            continue;
-        }
-        if let Some(reason) = tsdb::transient_reason(name) {
-            excluded.push(Skipped {
-                rel,
-                reason: reason.into(),
-            });
-            if ft.is_dir() {
-                it.skip_current_dir();
+        if entry.depth() > 0 {
+            if name.ends_with(tsdb::TMP_SUFFIX) {
+                inv.leftovers.push(rel);
+                continue;
             }
-            continue;
+            if let Some(reason) = tsdb::transient_reason(name) {
+                inv.excluded.push(Skipped {
+                    rel,
+                    reason: reason.into(),
+                });
+                if ft.is_dir() {
+                    it.skip_current_dir();
+                }
+                continue;
+            }
         }
         if ft.is_symlink() {
-            excluded.push(Skipped {
+            inv.excluded.push(Skipped {
                 rel,
                 reason: "symlink (not followed)".into(),
             });
-        } else if ft.is_dir() {
-            dirs.push(rel);
-        } else if ft.is_file() {
-            let meta = entry.metadata().map_err(|e| err(entry.path(), e.into()))?;
-            files.insert(rel.clone(), FileInfo::new(rel, &meta));
-        } else {
-            excluded.push(Skipped {
+            continue;
+        }
+        if !ft.is_dir() && !ft.is_file() {
+            inv.excluded.push(Skipped {
                 rel,
                 reason: "not a regular file or directory".into(),
             });
+            continue;
+        }
+        let meta = entry.metadata().map_err(|e| err(entry.path(), e.into()))?;
+        inv.attrs.push(Attr::new(rel.clone(), &meta));
+        if ft.is_file() {
+            files.insert(rel.clone(), FileInfo::new(rel, &meta));
+        } else if entry.depth() > 0 {
+            dirs.push(rel);
         }
     }
-    Ok(())
+    Ok((files, dirs))
 }
 
 /// Segment file numbers of one segment directory (`wal`, `chunks_head`, `wbl`), sorted.
@@ -346,6 +395,30 @@ mod tests {
         );
         assert_eq!(inv.unknown, vec!["lost+found".to_string()]);
         assert_eq!(inv.excluded.len(), 2, "{:?}", inv.excluded);
+        // Owner and mode are recorded once for the root and every owned entry, and for
+        // nothing else (lost+found, the transient dir, the leftover).
+        let rels: Vec<&str> = inv.attrs.iter().map(|a| a.rel.as_str()).collect();
+        for want in [
+            "",
+            u,
+            "wal",
+            "wal/checkpoint.00000001",
+            "wal/00000002",
+            "lock",
+        ] {
+            assert!(rels.contains(&want), "{want} missing from {rels:?}");
+        }
+        assert!(
+            !rels
+                .iter()
+                .any(|r| r.contains("lost+found") || r.contains(".tmp")),
+            "{rels:?}"
+        );
+        let layout = scan_with(r, Depth::Layout).unwrap();
+        assert!(
+            layout.blocks[u].meta.is_err(),
+            "a layout scan reads no meta.json"
+        );
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct MigrationPlan {
     pub extraneous: Vec<Extraneous>,
     /// promigrate temp files and staging dirs from an interrupted run (removed or reused).
     pub leftovers: Vec<String>,
+    /// Existing target entries whose owner or mode is wrong (apply fixes them).
+    pub ownership: Vec<String>,
     /// Source entries not copied, and why.
     pub skipped: Vec<inventory::Skipped>,
     /// Totals.
@@ -133,15 +135,17 @@ pub struct PlanStats {
 
 /// Builds the plan for a migration. Reads only.
 pub fn build(m: &Migration) -> anyhow::Result<MigrationPlan> {
-    Ok(build_with_inventories(m)?.0)
+    Ok(build_with_inventories(m, inventory::Depth::Layout)?.0)
 }
 
 /// Builds the plan and returns the source and target inventories it was built from.
+/// The plan itself needs no target meta.json (`Depth::Layout`); verify asks for them.
 pub fn build_with_inventories(
     m: &Migration,
+    target_depth: inventory::Depth,
 ) -> anyhow::Result<(MigrationPlan, Inventory, Inventory)> {
     let src = inventory::scan(&m.source)?;
-    let tgt = inventory::scan(&m.target_root)?;
+    let tgt = inventory::scan_with(&m.target_root, target_depth)?;
     let mut warnings = Vec::new();
     let mut blockers = Vec::new();
 
@@ -344,6 +348,12 @@ pub fn build_with_inventories(
         dirs,
         extraneous,
         leftovers: tgt.leftovers.clone(),
+        ownership: tgt
+            .attrs
+            .iter()
+            .filter(|a| crate::perms::problem_of(a.uid, a.gid, a.mode, m.owner).is_some())
+            .map(|a| a.rel.clone())
+            .collect(),
         skipped,
         stats,
         target_free_bytes: fs.free_bytes,
@@ -457,8 +467,14 @@ impl MigrationPlan {
         for f in self.files.iter().filter(|f| f.state != State::Identical) {
             a.push(format!("copy {} ({})", f.rel, units::bytes(f.size)));
         }
+        if !self.ownership.is_empty() {
+            a.push(format!(
+                "fix owner/mode of {} existing target entr(ies)",
+                self.ownership.len()
+            ));
+        }
         a.push(format!(
-            "set owner {}:{} and group-writable modes (dirs setgid) on everything under {}",
+            "give everything it writes owner {}:{} and group-writable modes (dirs setgid) under {}",
             self.owner.uid,
             self.owner.gid,
             self.target.display()

@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::fsutil;
 use crate::perms::{self, Owner};
-use crate::plan::{MigrationPlan, State, inventory};
+use crate::plan::{MigrationPlan, State};
 use crate::progress::Progress;
 use crate::tsdb;
 use copy::{CopyError, Ctx};
@@ -191,7 +191,7 @@ pub fn apply(plan: &MigrationPlan, opts: &ApplyOptions) -> anyhow::Result<ApplyR
     if staging.exists() && std::fs::remove_dir(&staging).is_ok() {
         fsutil::fsync_dir(root).with_context(|| format!("cannot fsync {}", root.display()))?;
     }
-    report.ownership_fixed = fixed + fix_ownership(root, plan.owner)?;
+    report.ownership_fixed = fixed + fix_ownership(root, plan.owner, &plan.ownership)?;
 
     report.copied_bytes = shared.copied_bytes.load(Ordering::Relaxed);
     report.copied_files = shared.copied_files.load(Ordering::Relaxed);
@@ -431,43 +431,25 @@ fn clean_leftovers(
     Ok(cleaned)
 }
 
-/// Gives every entry promigrate owns under `root` (the root, blocks, segment directories,
-/// data files, `lock`, `queries.active`) the target owner and mode. Entries that are not
-/// TSDB data are left alone. Returns how many were changed.
-pub fn fix_ownership(root: &Path, owner: Owner) -> anyhow::Result<u64> {
-    let inv = inventory::scan(root)?;
+/// Fixes the owner and mode of the existing target entries the plan found wrong. Entries
+/// written by this run already got them when they were created. An entry that is gone
+/// (quarantined, replaced) is skipped. Returns how many were changed.
+fn fix_ownership(root: &Path, owner: Owner, rels: &[String]) -> anyhow::Result<u64> {
     let mut fixed = 0u64;
-    let mut fix_one = |rel: &str| -> anyhow::Result<()> {
+    for rel in rels {
         let p = if rel.is_empty() {
             root.to_path_buf()
         } else {
             root.join(rel)
         };
-        let meta = std::fs::symlink_metadata(&p)
-            .with_context(|| format!("cannot stat {}", p.display()))?;
+        let meta = match std::fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", p.display())),
+        };
         if perms::fix(&p, &meta, owner).map_err(|e| anyhow!(perms::explain(&p, &e, owner)))? {
             fixed += 1;
         }
-        Ok(())
-    };
-    fix_one("")?;
-    for b in inv.blocks.values() {
-        fix_one(&b.dir)?;
-        for d in &b.dirs {
-            fix_one(d)?;
-        }
-        for f in b.files.keys() {
-            fix_one(f)?;
-        }
-    }
-    for d in &inv.dirs {
-        fix_one(d)?;
-    }
-    for f in inv.files.keys() {
-        fix_one(f)?;
-    }
-    for f in &inv.runtime {
-        fix_one(&f.rel)?;
     }
     Ok(fixed)
 }

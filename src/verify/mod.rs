@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::cli::VerifyLevel;
 use crate::perms;
-use crate::plan::inventory::{FileInfo, Inventory};
+use crate::plan::inventory::{self, FileInfo, Inventory};
 use crate::plan::{self, Migration};
 use crate::progress::Progress;
 use crate::sync::copy::open_source;
@@ -65,7 +65,7 @@ pub fn run(
     cancel: &AtomicBool,
 ) -> anyhow::Result<VerifyReport> {
     let start = Instant::now();
-    let (plan, src, tgt) = plan::build_with_inventories(m)?;
+    let (plan, src, tgt) = plan::build_with_inventories(m, inventory::Depth::WithMeta)?;
     let mut diffs = Vec::new();
     let d = |sigil: char, path: &str, detail: String| Difference {
         path: path.to_string(),
@@ -197,46 +197,20 @@ fn compare_file<'a>(
     }
 }
 
-/// Checks owner and mode of every entry the plan owns on the target.
+/// Checks owner and mode of every entry the plan owns on the target (as the scan saw them).
 fn ownership(tgt: &Inventory, m: &Migration, diffs: &mut Vec<Difference>) {
-    if !tgt.exists {
-        return;
-    }
-    let mut rels: Vec<String> = vec![String::new()];
-    for b in tgt.blocks.values() {
-        rels.push(b.dir.clone());
-        rels.extend(b.dirs.iter().cloned());
-        rels.extend(b.files.keys().cloned());
-    }
-    rels.extend(tgt.dirs.iter().cloned());
-    rels.extend(tgt.files.keys().cloned());
-    rels.extend(tgt.runtime.iter().map(|f| f.rel.clone()));
-    for rel in rels {
-        let p = if rel.is_empty() {
-            m.target_root.clone()
-        } else {
-            m.target_root.join(&rel)
-        };
-        match std::fs::symlink_metadata(&p) {
-            Ok(meta) => {
-                if let Some(problem) = perms::problem(&meta, m.owner) {
-                    let shown = if rel.is_empty() {
-                        "./".to_string()
-                    } else {
-                        rel
-                    };
-                    diffs.push(Difference {
-                        path: shown,
-                        sigil: '*',
-                        detail: problem,
-                    });
-                }
-            }
-            Err(e) => diffs.push(Difference {
-                path: rel,
-                sigil: '!',
-                detail: format!("cannot stat: {e}"),
-            }),
+    for a in &tgt.attrs {
+        if let Some(problem) = perms::problem_of(a.uid, a.gid, a.mode, m.owner) {
+            let path = if a.rel.is_empty() {
+                "./".to_string()
+            } else {
+                a.rel.clone()
+            };
+            diffs.push(Difference {
+                path,
+                sigil: '*',
+                detail: problem,
+            });
         }
     }
 }
