@@ -203,18 +203,14 @@ fn cmd_apply(a: ApplyArgs) -> anyhow::Result<Code> {
     out.apply = result.as_ref().ok().cloned();
     out.ok = result.is_ok();
     if let Some(dir) = &record_dir {
-        let rec = record::RunRecord {
-            command: "apply",
-            version: env!("CARGO_PKG_VERSION"),
-            plan_file: &m.plan_path,
-            started: started.to_string(),
-            finished: jiff::Timestamp::now().to_string(),
-            exit_code: code as u8,
-            host: record::hostname(),
-            uid: nix::unistd::getuid().as_raw(),
-            error: out.error.clone(),
-            report: &out,
-        };
+        let rec = record::RunRecord::new(
+            "apply",
+            &m.plan_path,
+            started,
+            code as u8,
+            out.error.clone(),
+            &out,
+        );
         out.record = Some(record::write(dir, &rec)?);
     }
     let report = result?;
@@ -273,18 +269,7 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<Code> {
         .context("the verify workers stopped unexpectedly")?
     })?;
     let code = if report.ok { Code::Ok } else { Code::Findings };
-    let rec = record::RunRecord {
-        command: "verify",
-        version: env!("CARGO_PKG_VERSION"),
-        plan_file: &m.plan_path,
-        started: started.to_string(),
-        finished: jiff::Timestamp::now().to_string(),
-        exit_code: code as u8,
-        host: record::hostname(),
-        uid: nix::unistd::getuid().as_raw(),
-        error: None,
-        report: &report,
-    };
+    let rec = record::RunRecord::new("verify", &m.plan_path, started, code as u8, None, &report);
     let path = record::write(&record_dir, &rec)?;
     emit(a.common.output, &report, || {
         format!("{}Run record: {}\n", report.render_text(), path.display())

@@ -32,6 +32,31 @@ pub struct RunRecord<'a, T: Serialize> {
     pub report: T,
 }
 
+impl<'a, T: Serialize> RunRecord<'a, T> {
+    /// A record of a run that started at `started` and ends now, on this host, as this uid.
+    pub fn new(
+        command: &'a str,
+        plan_file: &'a Path,
+        started: jiff::Timestamp,
+        exit_code: u8,
+        error: Option<String>,
+        report: T,
+    ) -> Self {
+        RunRecord {
+            command,
+            version: env!("CARGO_PKG_VERSION"),
+            plan_file,
+            started: started.to_string(),
+            finished: jiff::Timestamp::now().to_string(),
+            exit_code,
+            host: hostname(),
+            uid: nix::unistd::getuid().as_raw(),
+            error,
+            report,
+        }
+    }
+}
+
 /// Creates `<state_dir>/<name>/` up front so a run fails before it writes any data if its
 /// audit trail cannot be kept.
 pub fn prepare(state_dir: &Path, name: &str) -> anyhow::Result<PathBuf> {

@@ -179,12 +179,7 @@ fn sigterm_stops_cleanly_and_resumes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("rerun apply to resume"), "{err}");
-    assert!(
-        !leftovers(&ws.mount)
-            .iter()
-            .any(|p| p.ends_with(".promigrate-tmp")),
-        "temp file left after SIGTERM"
-    );
+    assert_no_temp_files(&ws.mount, "after SIGTERM");
     let (code, _, err) = ws.run(&["apply", "--yes"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(ws.run(&["verify"]).0, 0);
@@ -220,12 +215,7 @@ fn full_disk_fails_clearly_and_a_rerun_after_freeing_space_completes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("target volume is full"), "{err}");
-    assert!(
-        !leftovers(&ws.mount)
-            .iter()
-            .any(|p| p.ends_with(".promigrate-tmp")),
-        "temp file left on a full disk"
-    );
+    assert_no_temp_files(&ws.mount, "on a full disk");
     // Staged files kept for resume are complete, never partial.
     let staging = ws.target().join(".promigrate-staging");
     for e in walkdir::WalkDir::new(&staging)

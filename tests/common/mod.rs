@@ -190,6 +190,15 @@ pub fn leftovers(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Asserts that no promigrate temp file (`*.promigrate-tmp`) is left below `dir`.
+pub fn assert_no_temp_files(dir: &Path, when: &str) {
+    let tmp: Vec<String> = leftovers(dir)
+        .into_iter()
+        .filter(|p| p.ends_with(".promigrate-tmp"))
+        .collect();
+    assert!(tmp.is_empty(), "temp files left {when}: {tmp:?}");
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
