@@ -116,6 +116,13 @@ pub struct VerifyArgs {
 pub struct InspectArgs {
     /// A Prometheus data directory (the one holding `wal/` and the block directories).
     pub dir: PathBuf,
+    /// Also validate the format of every file (chunk, index, tombstone, head chunk and WAL
+    /// CRCs, numbering, references), and say what Prometheus would do about each problem.
+    #[arg(long)]
+    pub deep: bool,
+    /// Files read at once with --deep.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallelism: u16,
     /// Report format on stdout.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
     pub output: Output,

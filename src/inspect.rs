@@ -69,10 +69,17 @@ pub struct InspectReport {
     pub segments: Vec<SegmentRange>,
     /// Problems found (unreadable meta.json, name mismatch).
     pub problems: Vec<String>,
+    /// With `--deep`: format problems, with what Prometheus would do about each.
+    pub format_problems: Option<Vec<crate::tsdb::check::Problem>>,
 }
 
-/// Inspects a data directory.
-pub fn run(dir: &Path) -> anyhow::Result<InspectReport> {
+/// Inspects a data directory; with `deep`, also validates every file's format.
+pub fn run(
+    dir: &Path,
+    deep: bool,
+    parallelism: usize,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<InspectReport> {
     if !dir.is_dir() {
         return Err(crate::exit::InvalidInput(format!(
             "{} is not a directory: pass a Prometheus data directory",
@@ -81,7 +88,29 @@ pub fn run(dir: &Path) -> anyhow::Result<InspectReport> {
         .into());
     }
     let inv = inventory::scan(dir)?;
-    Ok(summarise(&inv))
+    let mut report = summarise(&inv);
+    if deep {
+        let progress = crate::progress::for_stderr(
+            "inspect --deep",
+            inv.blocks.values().map(|b| b.size()).sum::<u64>()
+                + inv.files.values().map(|f| f.size).sum::<u64>(),
+        );
+        let found = crate::tsdb::check::run(
+            dir,
+            &inv,
+            crate::tsdb::check::Depth::Deep,
+            parallelism,
+            progress.as_ref(),
+            cancel,
+        );
+        progress.finish();
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            anyhow::bail!("inspect --deep was interrupted; the result is incomplete");
+        }
+        report.ok &= found.is_empty();
+        report.format_problems = Some(found);
+    }
+    Ok(report)
 }
 
 fn summarise(inv: &Inventory) -> InspectReport {
@@ -144,6 +173,7 @@ fn summarise(inv: &Inventory) -> InspectReport {
         blocks,
         segments,
         problems,
+        format_problems: None,
     }
 }
 
@@ -205,6 +235,18 @@ impl InspectReport {
         }
         for p in &self.problems {
             let _ = writeln!(s, "problem: {p}");
+        }
+        match &self.format_problems {
+            Some(f) if f.is_empty() => {
+                let _ = writeln!(s, "format: every file checked, no problem found");
+            }
+            Some(f) => {
+                for p in f {
+                    let _ = writeln!(s, "! {}", p.line());
+                }
+                let _ = writeln!(s, "format: {} problem(s)", f.len());
+            }
+            None => {}
         }
         s
     }

@@ -43,7 +43,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Code> {
         Command::Apply(a) => cmd_apply(a),
         Command::Verify(a) => cmd_verify(a),
         Command::Inspect(a) => {
-            let report = inspect::run(&a.dir)?;
+            let rt = runtime()?;
+            let cancel = cancel_on_signal(&rt);
+            let report = inspect::run(&a.dir, a.deep, a.parallelism as usize, &cancel)?;
             emit(a.output, &report, || report.render_text())?;
             Ok(if report.ok { Code::Ok } else { Code::Findings })
         }

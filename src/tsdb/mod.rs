@@ -2,6 +2,7 @@
 //! which are runtime or transient files to leave out, and the block `meta.json` model.
 //! Facts from prometheus/prometheus `tsdb/` (see shared/tsdb-format.md).
 
+pub mod check;
 pub mod meta;
 
 use ulid::Ulid;

@@ -1,0 +1,360 @@
+//! Format checks of a TSDB data directory: what would make a new Prometheus fail to start,
+//! skip a block, drop data at startup, or serve errors or wrong data later. Byte comparisons
+//! cannot see these when the source is already damaged.
+//!
+//! Two depths. `Cheap` reads meta.json files, file names and headers only (for `plan`).
+//! `Deep` also streams every file once: every chunk CRC in block segments and head chunk
+//! files, every index section (TOC, symbols, series entries and their chunk references,
+//! label indices, postings lists and the postings offset table), tombstones, and every WAL/WBL
+//! record fragment. Memory stays bounded: files are read through a fixed buffer and the index
+//! is walked section by section. Facts: shared/tsdb-format.md, prometheus `tsdb/`.
+
+mod chunks;
+mod head;
+mod index;
+pub mod scan;
+mod tombstones;
+mod wal;
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use serde::Serialize;
+
+use crate::plan::inventory::Inventory;
+use crate::progress::Progress;
+use crate::tsdb;
+
+/// How deep to look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// meta.json, file numbering, file headers, index TOC, tombstones.
+    Cheap,
+    /// Every byte of every file.
+    Deep,
+}
+
+/// What Prometheus does about a problem (from prometheus `tsdb/`, and shown by tests that
+/// start a real prometheus on damaged copies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// Startup fails ("opening storage failed").
+    FailsStart,
+    /// The block is skipped at startup; its data is not served.
+    SkipsBlock,
+    /// Startup repairs by truncating: data from the damage on is lost.
+    DropsData,
+    /// Startup succeeds; queries and compactions touching the damage fail.
+    QueryErrors,
+    /// Startup succeeds; queries can return wrong data.
+    WrongData,
+}
+
+impl Effect {
+    /// A sentence for reports.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Effect::FailsStart => "Prometheus fails to start",
+            Effect::SkipsBlock => "Prometheus skips this block at startup (its data is not served)",
+            Effect::DropsData => {
+                "Prometheus repairs it at startup by truncating: the data from here on is lost"
+            }
+            Effect::QueryErrors => {
+                "Prometheus starts, but queries and compactions that read it fail"
+            }
+            Effect::WrongData => "Prometheus starts, but queries may return wrong data",
+        }
+    }
+}
+
+/// One problem found in a data directory.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    /// Path relative to the TSDB root.
+    pub path: String,
+    /// Where in the file (section, offset), or empty.
+    pub location: String,
+    /// What is wrong.
+    pub problem: String,
+    /// What Prometheus would do.
+    pub effect: Effect,
+}
+
+impl PartialOrd for Effect {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Effect {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (*self as u8).cmp(&(*other as u8))
+    }
+}
+
+impl Problem {
+    fn new(
+        path: impl Into<String>,
+        location: impl Into<String>,
+        problem: impl Into<String>,
+        effect: Effect,
+    ) -> Self {
+        Problem {
+            path: path.into(),
+            location: location.into(),
+            problem: problem.into(),
+            effect,
+        }
+    }
+
+    /// One line for people: `path (location): problem; effect`.
+    pub fn line(&self) -> String {
+        let loc = if self.location.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", self.location)
+        };
+        format!(
+            "{}{loc}: {}; {}",
+            self.path,
+            self.problem,
+            self.effect.describe()
+        )
+    }
+}
+
+/// One file to read.
+enum Job {
+    BlockChunks { rel: String },
+    Index { rel: String, segments: Vec<u64> },
+    Tombstones { rel: String },
+    HeadChunks { rel: String },
+    Wal { rel: String, last: bool, wbl: bool },
+}
+
+/// Checks a scanned data directory. Files are read by `parallelism` workers; `progress`
+/// receives the bytes read.
+pub fn run(
+    root: &Path,
+    inv: &Inventory,
+    depth: Depth,
+    parallelism: usize,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut jobs = Vec::new();
+    for b in inv.blocks.values() {
+        match &b.meta {
+            Err(e) => problems.push(Problem::new(
+                format!("{}/meta.json", b.dir),
+                "",
+                e.clone(),
+                Effect::SkipsBlock,
+            )),
+            Ok(m) => {
+                if m.version != 1 {
+                    problems.push(Problem::new(
+                        format!("{}/meta.json", b.dir),
+                        "version",
+                        format!("version {} (only 1 exists)", m.version),
+                        Effect::SkipsBlock,
+                    ));
+                }
+                if m.ulid != b.ulid {
+                    problems.push(Problem::new(
+                        format!("{}/meta.json", b.dir),
+                        "ulid",
+                        format!("ulid {} differs from the directory name", m.ulid),
+                        Effect::WrongData,
+                    ));
+                }
+                if m.min_time >= m.max_time {
+                    problems.push(Problem::new(
+                        format!("{}/meta.json", b.dir),
+                        "minTime/maxTime",
+                        format!(
+                            "minTime {} is not before maxTime {}",
+                            m.min_time, m.max_time
+                        ),
+                        Effect::WrongData,
+                    ));
+                }
+            }
+        }
+        let segs = numbered(inv, &format!("{}/chunks", b.dir), 6);
+        problems.extend(contiguity(
+            &format!("{}/chunks", b.dir),
+            &segs,
+            Some(1),
+            Effect::WrongData,
+            "a missing chunk segment shifts every later chunk reference",
+        ));
+        for (_, rel, _) in &segs {
+            jobs.push(Job::BlockChunks { rel: rel.clone() });
+        }
+        let index = format!("{}/index", b.dir);
+        if b.files.contains_key(&index) {
+            jobs.push(Job::Index {
+                rel: index,
+                segments: segs.iter().map(|s| s.2).collect(),
+            });
+        } else {
+            problems.push(Problem::new(index, "", "missing", Effect::FailsStart));
+        }
+        let tomb = format!("{}/tombstones", b.dir);
+        if b.files.contains_key(&tomb) {
+            jobs.push(Job::Tombstones { rel: tomb });
+        }
+    }
+
+    let head = numbered(inv, "chunks_head", 6);
+    problems.extend(contiguity(
+        "chunks_head",
+        &head,
+        None,
+        Effect::FailsStart,
+        "found unsequential head chunk files",
+    ));
+    jobs.extend(
+        head.iter()
+            .map(|(_, rel, _)| Job::HeadChunks { rel: rel.clone() }),
+    );
+
+    for dir in wal_dirs(inv) {
+        let segs = numbered(inv, &dir, 8);
+        let effect = if dir.contains("checkpoint.") {
+            Effect::DropsData
+        } else {
+            Effect::FailsStart
+        };
+        problems.extend(contiguity(
+            &dir,
+            &segs,
+            None,
+            effect,
+            "segments are not sequential",
+        ));
+        let wbl = dir.starts_with("wbl");
+        let n = segs.len();
+        jobs.extend(
+            segs.into_iter()
+                .enumerate()
+                .map(|(i, (_, rel, _))| Job::Wal {
+                    rel,
+                    last: i + 1 == n,
+                    wbl,
+                }),
+        );
+    }
+
+    let next = AtomicUsize::new(0);
+    let found = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..parallelism.max(1) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= jobs.len() || cancel.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let out = run_job(root, &jobs[i], depth, progress);
+                    if let Ok(mut f) = found.lock() {
+                        f.extend(out);
+                    }
+                }
+            });
+        }
+    });
+    problems.extend(found.into_inner().unwrap_or_default());
+    problems.sort();
+    problems
+}
+
+fn run_job(root: &Path, job: &Job, depth: Depth, progress: &dyn Progress) -> Vec<Problem> {
+    let (rel, result) = match job {
+        Job::BlockChunks { rel } => (rel, chunks::check(root, rel, depth, progress)),
+        Job::Index { rel, segments } => (rel, index::check(root, rel, segments, depth, progress)),
+        Job::Tombstones { rel } => (rel, tombstones::check(root, rel)),
+        Job::HeadChunks { rel } => (rel, head::check(root, rel, depth, progress)),
+        Job::Wal { rel, last, wbl } => (rel, wal::check(root, rel, *last, *wbl, depth, progress)),
+    };
+    result.unwrap_or_else(|e| {
+        vec![Problem::new(
+            rel.clone(),
+            "",
+            format!("cannot read: {e}"),
+            Effect::FailsStart,
+        )]
+    })
+}
+
+/// Files of `dir` named as zero-padded numbers: (number, rel path, size), sorted.
+fn numbered(inv: &Inventory, dir: &str, _width: usize) -> Vec<(u64, String, u64)> {
+    let prefix = format!("{dir}/");
+    let files = inv
+        .blocks
+        .values()
+        .flat_map(|b| b.files.values())
+        .chain(inv.files.values());
+    let mut out: Vec<(u64, String, u64)> = files
+        .filter_map(|f| {
+            let name = f.rel.strip_prefix(&prefix)?;
+            if name.contains('/') {
+                return None;
+            }
+            tsdb::segment_number(name).map(|n| (n, f.rel.clone(), f.size))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A problem for every gap in a numbered sequence (and for a wrong first number).
+fn contiguity(
+    dir: &str,
+    segs: &[(u64, String, u64)],
+    first: Option<u64>,
+    effect: Effect,
+    what: &str,
+) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if let (Some(want), Some((n, rel, _))) = (first, segs.first())
+        && *n != want
+    {
+        out.push(Problem::new(
+            rel.clone(),
+            "file numbering",
+            format!("first file is {n}, not {want}: {what}"),
+            effect,
+        ));
+    }
+    for w in segs.windows(2) {
+        if w[1].0 != w[0].0 + 1 {
+            out.push(Problem::new(
+                format!("{dir}/"),
+                "file numbering",
+                format!("gap between {} and {}: {what}", w[0].1, w[1].1),
+                effect,
+            ));
+        }
+    }
+    out
+}
+
+/// The WAL-format directories: `wal`, `wbl`, and each `wal/checkpoint.N`.
+fn wal_dirs(inv: &Inventory) -> Vec<String> {
+    let mut dirs: Vec<String> = inv
+        .dirs
+        .iter()
+        .filter(|d| {
+            *d == "wal"
+                || *d == "wbl"
+                || (d.starts_with("wal/checkpoint.") && !d[15..].contains('/'))
+        })
+        .cloned()
+        .collect();
+    dirs.sort();
+    dirs
+}

@@ -1,0 +1,113 @@
+//! WAL and WBL segments (`wal/00000012`, `wal/checkpoint.N/…`, `wbl/…`): 32 KiB pages of record
+//! fragments `type(1) | BE16 len | BE32 CRC32C(data) | data`; type low bits 1 full, 2 first,
+//! 3 middle, 4 last, 0 = zero padding to the page end; 0x08 snappy, 0x10 zstd. Records never
+//! cross segments. Prometheus repairs a damaged WAL at startup by truncating at the damage and
+//! deleting later segments: the data there is lost.
+
+use std::io;
+use std::path::Path;
+
+use super::scan::{Scanner, be32};
+use super::{Depth, Effect, Problem};
+use crate::progress::Progress;
+
+const PAGE: u64 = 32 * 1024;
+const HEADER: u64 = 7;
+
+pub(super) fn check(
+    root: &Path,
+    rel: &str,
+    last: bool,
+    _wbl: bool,
+    depth: Depth,
+    progress: &dyn Progress,
+) -> io::Result<Vec<Problem>> {
+    if depth == Depth::Cheap {
+        return Ok(Vec::new());
+    }
+    let mut s = Scanner::open(&root.join(rel))?;
+    let len = s.len();
+    let bad = |off: u64, what: String| {
+        vec![Problem::new(
+            rel,
+            format!("offset {off} (page {})", off / PAGE),
+            what,
+            Effect::DropsData,
+        )]
+    };
+    // Inside a multi-fragment record (after `first`, before `last`)?
+    let mut open_record = false;
+    let mut page_start = 0;
+    while page_start < len {
+        let page_end = (page_start + PAGE).min(len);
+        s.seek(page_start)?;
+        while s.pos() < page_end {
+            let off = s.pos();
+            if page_end - off < HEADER {
+                if !s.zeros_until(page_end)? {
+                    return Ok(bad(
+                        off,
+                        "non-zero bytes in the padding at the end of a page".into(),
+                    ));
+                }
+                break;
+            }
+            let Some(h) = s.take(HEADER as usize)? else {
+                break;
+            };
+            let (typ, n, stored) = (
+                h[0],
+                u16::from_be_bytes([h[1], h[2]]) as u64,
+                be32(&h[3..7]),
+            );
+            if typ == 0 {
+                if h[1..].iter().any(|&b| b != 0) || !s.zeros_until(page_end)? {
+                    return Ok(bad(off, "non-zero bytes in a padded page".into()));
+                }
+                break;
+            }
+            if typ & !0x1f != 0 {
+                return Ok(bad(off, format!("unknown record flags {typ:#04x}")));
+            }
+            if n > page_end - s.pos() {
+                let what = if last && page_end == len {
+                    "torn record at the end of the last segment (the server was not stopped cleanly)".to_string()
+                } else {
+                    format!("record fragment of {n} bytes runs past its page")
+                };
+                return Ok(bad(off, what));
+            }
+            let Some(crc) = s.crc_span(n)? else { break };
+            if crc != stored {
+                return Ok(bad(
+                    off,
+                    format!("record CRC32C {crc:#010x} does not match the stored {stored:#010x}"),
+                ));
+            }
+            let seq_ok = match typ & 0x07 {
+                1 => !open_record,
+                2 => !std::mem::replace(&mut open_record, true),
+                3 => open_record,
+                4 => std::mem::replace(&mut open_record, false),
+                _ => false,
+            };
+            if !seq_ok {
+                return Ok(bad(
+                    off,
+                    format!("record fragment of type {} out of sequence", typ & 0x07),
+                ));
+            }
+        }
+        page_start = page_end;
+    }
+    progress.add_bytes(len);
+    if open_record {
+        let what = if last {
+            "the last record is incomplete (torn write)"
+        } else {
+            "a record continues past the end of the segment (records never cross segments)"
+        };
+        return Ok(bad(len, what.into()));
+    }
+    Ok(Vec::new())
+}
