@@ -96,6 +96,9 @@ pub enum VerifyLevel {
     /// Everything in `meta`, plus a content hash (xxh3-128) of every file on both sides.
     #[default]
     Checksum,
+    /// Everything in `checksum`, plus format validation of the target: that Prometheus will
+    /// open and read it (chunk, index, tombstone, head chunk and WAL CRCs, numbering).
+    Deep,
 }
 
 /// `promigrate verify`.

@@ -165,6 +165,39 @@ pub struct Transfer {
     /// Move target entries the plan would own but the source lacks to `.promigrate-quarantine/`.
     #[serde(default)]
     pub delete_extraneous: bool,
+    /// Source blocks not to copy (e.g. damaged ones), by ULID.
+    #[serde(default)]
+    pub exclude_blocks: Vec<BlockId>,
+    /// Opt-in repair of a broken head/WAL file sequence (`none` or `dropUnsequential`).
+    #[serde(default)]
+    pub head_repair: HeadRepair,
+}
+
+/// A block ULID in the plan file.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "String")]
+pub struct BlockId(pub ulid::Ulid);
+impl TryFrom<String> for BlockId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        ulid::Ulid::from_string(&s).map(BlockId).map_err(|_| {
+            format!("`{s}` is not a block ULID (26 characters, e.g. 01HZX3J8Q4N2V5W6X7Y8Z9A0BC)")
+        })
+    }
+}
+
+/// `transfer.headRepair`: what to do when `chunks_head/` or `wal/` files are not numbered
+/// contiguously (Prometheus refuses to start on such a directory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HeadRepair {
+    /// No repair: a gap is a plan blocker.
+    #[default]
+    None,
+    /// Copy only the contiguous run of `chunks_head/` files after the last gap (data only in
+    /// the dropped files is lost unless the WAL still holds it), and drop WAL segments before a
+    /// gap when a checkpoint covers them (lossless). The plan lists what is dropped.
+    DropUnsequential,
 }
 
 /// Worker count, 1 to 64.
@@ -252,6 +285,10 @@ pub struct Migration {
     pub time_range: Option<TimeRange>,
     /// Quarantine extraneous target entries.
     pub delete_extraneous: bool,
+    /// Source blocks not to copy.
+    pub exclude_blocks: Vec<ulid::Ulid>,
+    /// Opt-in head/WAL sequence repair.
+    pub head_repair: HeadRepair,
 }
 
 /// Default number of parallel copy workers.
@@ -358,6 +395,8 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
             .map_or(DEFAULT_PARALLELISM, |p| p.0.get()),
         time_range: file.transfer.time_range,
         delete_extraneous: file.transfer.delete_extraneous,
+        exclude_blocks: file.transfer.exclude_blocks.iter().map(|b| b.0).collect(),
+        head_repair: file.transfer.head_repair,
     })
 }
 

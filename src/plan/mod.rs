@@ -65,6 +65,8 @@ pub struct MigrationPlan {
     pub warnings: Vec<String>,
     /// Things that stop apply (exit 1).
     pub blockers: Vec<String>,
+    /// Opt-in repairs this plan makes (`transfer.headRepair`), and what they cost.
+    pub repairs: Vec<String>,
 }
 
 /// One selected source block.
@@ -219,7 +221,18 @@ pub fn build_with_inventories(
             Ok(meta) if m.time_range.is_some_and(|tr| !tr.overlaps(meta.min_time, meta.max_time)) => {
                 skipped.push(inventory::Skipped { rel: b.dir.clone(), reason: "outside transfer.timeRange".into() })
             }
+            Ok(_) if m.exclude_blocks.contains(&b.ulid) => skipped.push(inventory::Skipped {
+                rel: b.dir.clone(),
+                reason: "excluded by transfer.excludeBlocks".into(),
+            }),
             Ok(_) => selected.push(b),
+        }
+    }
+    for u in &m.exclude_blocks {
+        if !src.blocks.values().any(|b| b.ulid == *u) {
+            warnings.push(format!(
+                "transfer.excludeBlocks names {u}, which is not a block in the source"
+            ));
         }
     }
     let selected_range =
@@ -285,6 +298,18 @@ pub fn build_with_inventories(
         }));
         (Vec::new(), Vec::new())
     };
+
+    // Cheap format checks of what is selected (meta, numbering, headers, TOC, tombstones):
+    // a damaged source copies faithfully into a damaged target.
+    let (files, repairs) = source_checks(
+        m,
+        &src,
+        &selected,
+        files,
+        &mut stats,
+        &mut blockers,
+        &mut skipped,
+    )?;
 
     let extraneous = extraneous(&selected, &files, &tgt);
     let in_segments: Vec<&Extraneous> = extraneous
@@ -359,8 +384,94 @@ pub fn build_with_inventories(
         target_free_bytes: fs.free_bytes,
         warnings,
         blockers,
+        repairs,
     };
     Ok((plan, src, tgt))
+}
+
+/// Runs the cheap format checks on the selected source data. Damaged selected blocks and
+/// damaged WAL/head files become blockers; a broken head/WAL sequence is repaired instead
+/// when `transfer.headRepair: dropUnsequential` allows it (the dropped files leave `files`,
+/// and the returned repairs say what is lost).
+fn source_checks(
+    m: &Migration,
+    src: &Inventory,
+    selected: &[&inventory::Block],
+    mut files: Vec<FilePlan>,
+    stats: &mut PlanStats,
+    blockers: &mut Vec<String>,
+    skipped: &mut Vec<inventory::Skipped>,
+) -> anyhow::Result<(Vec<FilePlan>, Vec<String>)> {
+    use crate::plan::file::HeadRepair;
+    use crate::tsdb::check;
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let problems = check::run(
+        &m.source,
+        src,
+        check::Depth::Cheap,
+        m.parallelism,
+        &crate::progress::Hidden,
+        &never,
+    );
+    let mut repairs = Vec::new();
+    let copied = |rel: &str| {
+        files.iter().any(|f| {
+            f.rel == rel || rel.starts_with(&format!("{}/", f.rel.split('/').next().unwrap_or("")))
+        })
+    };
+    let mut drop: Vec<String> = Vec::new();
+    for dir in ["chunks_head", "wal"] {
+        let gap = problems
+            .iter()
+            .any(|p| p.path == format!("{dir}/") && p.location == "file numbering");
+        if !gap || !files.iter().any(|f| f.rel.starts_with(&format!("{dir}/"))) {
+            continue;
+        }
+        let plan = check::repair::drop_before_last_gap(&m.source, src, dir)?;
+        match (m.head_repair, plan) {
+            (HeadRepair::DropUnsequential, Ok(r)) => {
+                repairs.push(r.describe);
+                drop.extend(r.dropped);
+            }
+            (HeadRepair::DropUnsequential, Err(why)) => blockers.push(format!("{dir}/ has a gap in its file numbering and cannot be repaired: {why}")),
+            (HeadRepair::None, _) => blockers.push(format!(
+                "{dir}/ has a gap in its file numbering: Prometheus fails to start on it ({}); set transfer.headRepair: dropUnsequential to copy only the files after the last gap (the plan then lists what is lost)",
+                if dir == "wal" { "segments are not sequential" } else { "found unsequential head chunk files" }
+            )),
+        }
+    }
+    for p in &problems {
+        let top = p.path.split('/').next().unwrap_or("");
+        let in_selected_block = selected.iter().any(|b| b.dir == top);
+        // Selected blocks have a readable meta.json whose ulid matches (else they were not
+        // selected), so every problem found in one is new.
+        if in_selected_block {
+            blockers.push(format!(
+                "source block {top} is damaged: {}. Repair the source, or leave the block out with transfer.excludeBlocks: [{top}]",
+                p.line()
+            ));
+        } else if !in_selected_block && copied(&p.path) && p.location != "file numbering" {
+            blockers.push(format!("source {} is damaged: {}", p.path, p.line()));
+        }
+    }
+    if !drop.is_empty() {
+        for f in files.iter().filter(|f| drop.contains(&f.rel)) {
+            if f.state != State::Identical {
+                stats.copy_bytes -= f.size;
+                stats.copy_files -= 1;
+            } else {
+                stats.identical_files -= 1;
+            }
+            stats.source_bytes -= f.size;
+            stats.source_files -= 1;
+        }
+        files.retain(|f| !drop.contains(&f.rel));
+        skipped.extend(drop.iter().map(|r| inventory::Skipped {
+            rel: r.clone(),
+            reason: "dropped by transfer.headRepair".into(),
+        }));
+    }
+    Ok((files, repairs))
 }
 
 fn count<'a>(
@@ -440,6 +551,9 @@ impl MigrationPlan {
         let mut a = Vec::new();
         for l in &self.leftovers {
             a.push(format!("clean up leftover {l} from an interrupted run"));
+        }
+        for r in &self.repairs {
+            a.push(format!("repair (transfer.headRepair): {r}"));
         }
         if self.delete_extraneous {
             for e in &self.extraneous {
@@ -607,6 +721,9 @@ impl MigrationPlan {
                     "ETA: no bandwidth limit set (transfer.bwlimit / --bwlimit)"
                 );
             }
+        }
+        for r in &self.repairs {
+            let _ = writeln!(s, "REPAIR: {r}");
         }
         for w in &self.warnings {
             let _ = writeln!(s, "warning: {w}");

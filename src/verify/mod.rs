@@ -20,7 +20,7 @@ use crate::plan::inventory::{self, FileInfo, Inventory};
 use crate::plan::{self, Migration};
 use crate::progress::Progress;
 use crate::sync::copy::open_source;
-use crate::tsdb::meta;
+use crate::tsdb::{check, meta};
 use crate::units;
 
 /// One difference between source and target.
@@ -149,7 +149,7 @@ pub fn run(
     ownership(&tgt, m, &mut diffs);
 
     let mut hashed = 0;
-    if level == VerifyLevel::Checksum {
+    if level != VerifyLevel::Meta {
         hashed = hash_pairs(
             &m.source,
             &m.target_root,
@@ -159,6 +159,31 @@ pub fn run(
             cancel,
             &mut diffs,
         )?;
+    }
+    if level == VerifyLevel::Deep && tgt.exists {
+        let found = check::run(
+            &m.target_root,
+            &tgt,
+            check::Depth::Deep,
+            m.parallelism,
+            progress,
+            cancel,
+        );
+        if cancel.load(Ordering::Relaxed) {
+            anyhow::bail!("verify interrupted during the format checks; the result is incomplete");
+        }
+        diffs.extend(found.into_iter().map(|p| {
+            let loc = if p.location.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", p.location)
+            };
+            Difference {
+                path: p.path,
+                sigil: '!',
+                detail: format!("format{loc}: {}; {}", p.problem, p.effect.describe()),
+            }
+        }));
     }
     progress.finish();
     diffs.sort();

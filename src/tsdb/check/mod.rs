@@ -12,6 +12,7 @@
 mod chunks;
 mod head;
 mod index;
+pub mod repair;
 pub mod scan;
 mod tombstones;
 mod wal;
@@ -50,6 +51,9 @@ pub enum Effect {
     QueryErrors,
     /// Startup succeeds; queries can return wrong data.
     WrongData,
+    /// Served, but retention and compaction delete blocks by their meta.json ulid, so this
+    /// directory is never deleted.
+    Undeletable,
 }
 
 impl Effect {
@@ -65,6 +69,9 @@ impl Effect {
                 "Prometheus starts, but queries and compactions that read it fail"
             }
             Effect::WrongData => "Prometheus starts, but queries may return wrong data",
+            Effect::Undeletable => {
+                "Prometheus serves it, but deletes blocks by their meta.json ulid, so retention and compaction never remove this directory"
+            }
         }
     }
 }
@@ -167,7 +174,7 @@ pub fn run(
                         format!("{}/meta.json", b.dir),
                         "ulid",
                         format!("ulid {} differs from the directory name", m.ulid),
-                        Effect::WrongData,
+                        Effect::Undeletable,
                     ));
                 }
                 if m.min_time >= m.max_time {
@@ -189,7 +196,7 @@ pub fn run(
             &segs,
             Some(1),
             Effect::WrongData,
-            "a missing chunk segment shifts every later chunk reference",
+            "chunks are addressed by file position, so with a file missing every later reference points into the wrong file",
         ));
         for (_, rel, _) in &segs {
             jobs.push(Job::BlockChunks { rel: rel.clone() });
