@@ -12,6 +12,7 @@ command -v rsync >/dev/null 2>&1 || need+=(rsync)
 [ -x /usr/bin/time ] || need+=(time)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 
 if [ ${#need[@]} -eq 0 ]; then
 	exit 0

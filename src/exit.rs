@@ -3,8 +3,8 @@
 //! | code | meaning |
 //! |------|---------|
 //! | 0 | success: the plan has no blockers, the apply completed, the verify found the copy equal |
-//! | 1 | findings: plan blockers, differences found by verify, a refused or incomplete apply |
-//! | 2 | invalid usage or plan file (including a missing plan file or source path) |
+//! | 1 | findings: plan blockers, differences found by verify, an apply refused (blockers, or "no" at the prompt) |
+//! | 2 | invalid usage or plan file (including a missing plan file, source path or target mount path) |
 //! | 3 | runtime failure: I/O, permissions, full disk, interruption |
 
 /// The process outcome of a promigrate command.
@@ -44,6 +44,6 @@ pub fn classify(err: &anyhow::Error) -> Code {
 pub const HELP: &str = "\
 Exit codes:
   0  success (no blockers; apply completed; verify found the target equal)
-  1  findings: plan blockers, verify differences, apply refused or incomplete
-  2  invalid usage or plan file (including a missing plan file or source path)
+  1  findings: plan blockers, verify differences, apply refused (blockers, or \"no\" at the prompt)
+  2  invalid usage or plan file (including a missing plan file, source path or target mount path)
   3  runtime failure: I/O, permission, disk full, interrupted";

@@ -168,8 +168,10 @@ fn summarise(inv: &Inventory) -> InspectReport {
         dir: inv.root.clone(),
         min_time: blocks.iter().map(|b| b.min_time).min(),
         max_time: blocks.iter().map(|b| b.max_time).max(),
-        total_samples: blocks.iter().map(|b| b.num_samples).sum(),
-        total_block_bytes: blocks.iter().map(|b| b.size).sum(),
+        total_samples: blocks
+            .iter()
+            .fold(0u64, |a, b| a.saturating_add(b.num_samples)),
+        total_block_bytes: blocks.iter().fold(0u64, |a, b| a.saturating_add(b.size)),
         blocks,
         segments,
         problems,
@@ -184,18 +186,26 @@ impl InspectReport {
         let _ = writeln!(s, "TSDB {}", self.dir.display());
         let _ = writeln!(
             s,
-            "{:<26}  {:<20}  {:<20}  {:>12}  {:>8}  {:>3}  {:>10}",
-            "BLOCK ULID", "MIN TIME (UTC)", "MAX TIME (UTC)", "SAMPLES", "SERIES", "LVL", "SIZE"
+            "{:<26}  {:<20}  {:<20}  {:>12}  {:>8}  {:>8}  {:>3}  {:>10}",
+            "BLOCK ULID",
+            "MIN TIME (UTC)",
+            "MAX TIME (UTC)",
+            "SAMPLES",
+            "SERIES",
+            "CHUNKS",
+            "LVL",
+            "SIZE"
         );
         for b in &self.blocks {
             let _ = writeln!(
                 s,
-                "{:<26}  {:<20}  {:<20}  {:>12}  {:>8}  {:>3}  {:>10}",
+                "{:<26}  {:<20}  {:<20}  {:>12}  {:>8}  {:>8}  {:>3}  {:>10}",
                 b.ulid,
                 units::ms_utc(b.min_time),
                 units::ms_utc(b.max_time),
                 b.num_samples,
                 b.num_series,
+                b.num_chunks,
                 b.level,
                 units::bytes(b.size)
             );

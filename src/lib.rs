@@ -29,8 +29,13 @@ use serde::Serialize;
 use cli::{ApplyArgs, Cli, Command, Output, VerifyArgs};
 use exit::Code;
 
-/// Runs one command line. Errors are returned for `main` to print; with `--output json` a
-/// JSON document with `"ok": false` is printed on stdout as well.
+/// Set once a command has printed its report, so an error after that does not print a
+/// second JSON document.
+static REPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Runs one command line. Errors are returned for `main` to print; with `--output json`, a
+/// JSON document with `"ok": false` is printed on stdout as well unless the command already
+/// printed its report.
 pub fn run(cli: Cli) -> anyhow::Result<Code> {
     let output = match &cli.command {
         Command::Plan(a) => a.common.output,
@@ -42,17 +47,13 @@ pub fn run(cli: Cli) -> anyhow::Result<Code> {
         Command::Plan(a) => cmd_plan(&a.common),
         Command::Apply(a) => cmd_apply(a),
         Command::Verify(a) => cmd_verify(a),
-        Command::Inspect(a) => {
-            let rt = runtime()?;
-            let cancel = cancel_on_signal(&rt);
-            let report = inspect::run(&a.dir, a.deep, a.parallelism as usize, &cancel)?;
-            emit(a.output, &report, || report.render_text())?;
-            Ok(if report.ok { Code::Ok } else { Code::Findings })
-        }
+        Command::Inspect(a) => cmd_inspect(&a),
     };
     if let (Err(e), Output::Json) = (&result, output) {
-        let doc = serde_json::json!({"ok": false, "error": format!("{e:#}"), "exit_code": exit::classify(e) as u8});
-        println!("{doc}");
+        if !REPORTED.load(Ordering::Relaxed) {
+            let doc = serde_json::json!({"ok": false, "error": format!("{e:#}"), "exit_code": exit::classify(e) as u8});
+            println!("{doc}");
+        }
     }
     result
 }
@@ -62,6 +63,7 @@ fn emit<T: Serialize>(
     value: &T,
     text: impl FnOnce() -> String,
 ) -> anyhow::Result<()> {
+    REPORTED.store(true, Ordering::Relaxed);
     // Buffered: stdout is line-buffered, and a JSON report has thousands of lines.
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let r = match output {
@@ -83,6 +85,20 @@ fn cmd_plan(a: &cli::PlanFileArgs) -> anyhow::Result<Code> {
     let p = plan::build(&m)?;
     emit(a.output, &p, || p.render_text())?;
     Ok(if p.ok { Code::Ok } else { Code::Findings })
+}
+
+fn cmd_inspect(a: &cli::InspectArgs) -> anyhow::Result<Code> {
+    // Only the deep checks take long enough to need a clean stop on Ctrl-C.
+    let (_rt, cancel) = if a.deep {
+        let rt = runtime()?;
+        let cancel = cancel_on_signal(&rt);
+        (Some(rt), cancel)
+    } else {
+        (None, Arc::new(AtomicBool::new(false)))
+    };
+    let report = inspect::run(&a.dir, a.deep, a.parallelism as usize, &cancel)?;
+    emit(a.output, &report, || report.render_text())?;
+    Ok(if report.ok { Code::Ok } else { Code::Findings })
 }
 
 /// Sets the flag on Ctrl-C or SIGTERM, so workers stop at the next chunk and the run ends
@@ -114,12 +130,24 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-#[derive(Serialize)]
-struct ApplyOutput<'a> {
+/// Fails with "interrupted" if the flag is set (checked between phases).
+fn check_cancel(cancel: &AtomicBool, what: &str) -> anyhow::Result<()> {
+    if cancel.load(Ordering::Relaxed) {
+        anyhow::bail!("{what} was interrupted before it finished; nothing is lost, rerun it");
+    }
+    Ok(())
+}
+
+/// What `apply` reports and records, whatever happened.
+#[derive(Serialize, Default)]
+struct ApplyOutput {
     ok: bool,
     dry_run: bool,
-    plan: &'a plan::MigrationPlan,
+    /// Refused: blockers, or "no" at the prompt. Nothing was written.
+    refused: bool,
+    plan: Option<plan::MigrationPlan>,
     actions: Vec<String>,
+    /// What was done; present also when apply failed part-way.
     apply: Option<sync::ApplyReport>,
     error: Option<String>,
     record: Option<std::path::PathBuf>,
@@ -127,83 +155,26 @@ struct ApplyOutput<'a> {
 
 fn cmd_apply(a: ApplyArgs) -> anyhow::Result<Code> {
     let started = jiff::Timestamp::now();
+    let rt = runtime()?;
+    let cancel = cancel_on_signal(&rt);
     let m = plan::file::load(&a.common.file)?;
     let record_dir = if a.dry_run {
         None
     } else {
         Some(record::prepare(&a.state_dir, &m.name)?)
     };
-    let mut p = plan::build(&m)?;
-    if let Some(r) = a.bwlimit {
-        p.bwlimit = r.limit();
-        p.stats.eta_seconds = p.bwlimit.map(|r| p.stats.copy_bytes as f64 / r as f64);
-    }
     let mut out = ApplyOutput {
-        ok: false,
         dry_run: a.dry_run,
-        actions: p.actions(),
-        plan: &p,
-        apply: None,
-        error: None,
-        record: None,
+        ..Default::default()
     };
-
-    if !p.ok || a.dry_run {
-        out.ok = p.ok;
-        emit(a.common.output, &out, || {
-            let mut s = p.render_text();
-            if p.ok {
-                s.push_str("\nDry run: apply would\n");
-                for act in &out.actions {
-                    s.push_str(&format!("  - {act}\n"));
-                }
-                s.push_str("Nothing was written.\n");
-            } else {
-                s.push_str("apply refused: resolve the blockers above; nothing was written.\n");
-            }
-            s
-        })?;
-        return Ok(if p.ok { Code::Ok } else { Code::Findings });
-    }
-
-    if a.common.output == Output::Text {
-        print!("{}", p.render_text());
-    }
-    if !a.yes && std::io::stdin().is_terminal() && !confirm(&p)? {
-        eprintln!("Not applied: nothing was written.");
-        return Ok(Code::Findings);
-    }
-
-    let rt = runtime()?;
-    let cancel = cancel_on_signal(&rt);
-    let bwlimit = p.bwlimit;
-    let total = p.stats.copy_bytes;
-    let plan_for_worker = p.clone();
-    let cancel_w = cancel.clone();
-    let result = rt.block_on(async move {
-        tokio::task::spawn_blocking(move || {
-            // Logged before the progress bar is drawn, so the two do not tear each other.
-            tracing::info!(files = plan_for_worker.stats.copy_files, bytes = total, target = %plan_for_worker.target.display(), "apply: copying");
-            let progress = progress::for_stderr("apply", total);
-            let opts = sync::ApplyOptions {
-                bwlimit,
-                cancel: &cancel_w,
-                progress: progress.as_ref(),
-            };
-            sync::apply(&plan_for_worker, &opts)
-        })
-        .await
-        .context("the copy workers stopped unexpectedly")?
-    });
-    let code = match &result {
-        Ok(_) => Code::Ok,
-        Err(e) => exit::classify(e),
+    let outcome = apply_steps(&a, &m, &rt, &cancel, &mut out);
+    let code = match &outcome {
+        Ok(code) => *code,
+        Err(e) => {
+            out.error = Some(format!("{e:#}"));
+            exit::classify(e)
+        }
     };
-    if let Err(e) = &result {
-        out.error = Some(format!("{e:#}"));
-    }
-    out.apply = result.as_ref().ok().cloned();
-    out.ok = result.is_ok();
     if let Some(dir) = &record_dir {
         let rec = record::RunRecord::new(
             "apply",
@@ -215,32 +186,107 @@ fn cmd_apply(a: ApplyArgs) -> anyhow::Result<Code> {
         );
         out.record = Some(record::write(dir, &rec)?);
     }
-    let report = result?;
-    emit(a.common.output, &out, || {
-        let mut s = format!(
-            "\nApplied: {} in {} file(s) copied, {} block(s) published, {} resumed file(s), {} owner/mode fix(es) in {} ({}/s)\n",
-            units::bytes(report.copied_bytes),
-            report.copied_files,
-            report.blocks_published,
-            report.resumed_files,
-            report.ownership_fixed,
-            units::duration(report.duration_seconds),
-            units::bytes(report.average_rate as u64)
-        );
-        if let Some(q) = &report.quarantine_dir {
+    emit(a.common.output, &out, || render_apply(&out))?;
+    outcome
+}
+
+fn apply_steps(
+    a: &ApplyArgs,
+    m: &plan::Migration,
+    rt: &tokio::runtime::Runtime,
+    cancel: &Arc<AtomicBool>,
+    out: &mut ApplyOutput,
+) -> anyhow::Result<Code> {
+    let mut p = plan::build(m)?;
+    if let Some(r) = a.bwlimit {
+        p.bwlimit = r.limit();
+        p.stats.eta_seconds = p.bwlimit.map(|r| p.stats.copy_bytes as f64 / r as f64);
+    }
+    out.actions = p.actions();
+    let ok = p.ok;
+    if !ok || a.dry_run {
+        out.refused = !ok;
+        out.ok = ok;
+        out.plan = Some(p);
+        return Ok(if ok { Code::Ok } else { Code::Findings });
+    }
+    if a.common.output == Output::Text {
+        print!("{}", p.render_text());
+    }
+    check_cancel(cancel, "apply")?;
+    if !a.yes && std::io::stdin().is_terminal() && !confirm(&p)? {
+        out.refused = true;
+        out.plan = Some(p);
+        return Ok(Code::Findings);
+    }
+    let total = p.stats.copy_bytes;
+    let worker_plan = p.clone();
+    let worker_cancel = cancel.clone();
+    let (report, result) = rt
+        .block_on(async move { tokio::task::spawn_blocking(move || {
+            // Logged before the progress bar is drawn, so the two do not tear each other.
+            tracing::info!(files = worker_plan.stats.copy_files, bytes = total, target = %worker_plan.target.display(), "apply: copying");
+            let progress = progress::for_stderr("apply", total);
+            let opts = sync::ApplyOptions { bwlimit: worker_plan.bwlimit, cancel: &worker_cancel, progress: progress.as_ref() };
+            sync::apply(&worker_plan, &opts)
+        }).await })
+        .context("the copy workers stopped unexpectedly")?;
+    out.apply = Some(report);
+    out.plan = Some(p);
+    result?;
+    out.ok = true;
+    Ok(Code::Ok)
+}
+
+fn render_apply(out: &ApplyOutput) -> String {
+    let mut s = String::new();
+    let Some(p) = &out.plan else {
+        return s; // the error is printed on stderr
+    };
+    if out.refused && !p.ok {
+        s.push_str(&p.render_text());
+        s.push_str("apply refused: resolve the blockers above; nothing was written.\n");
+    } else if out.refused {
+        s.push_str("Not applied (declined at the prompt): nothing was written.\n");
+    } else if out.dry_run {
+        s.push_str(&p.render_text());
+        s.push_str("\nDry run: apply would\n");
+        for act in &out.actions {
+            s.push_str(&format!("  - {act}\n"));
+        }
+        s.push_str("Nothing was written.\n");
+    }
+    if let Some(r) = &out.apply {
+        let verb = if out.ok {
+            "Applied"
+        } else {
+            "Stopped part-way"
+        };
+        s.push_str(&format!(
+            "\n{verb}: {} in {} file(s) copied, {} block(s) published, {} resumed file(s), {} owner/mode fix(es) in {} ({}/s)\n",
+            units::bytes(r.copied_bytes),
+            r.copied_files,
+            r.blocks_published,
+            r.resumed_files,
+            r.ownership_fixed,
+            units::duration(r.duration_seconds),
+            units::bytes(r.average_rate as u64)
+        ));
+        if let Some(q) = &r.quarantine_dir {
             s.push_str(&format!(
                 "Quarantined {} entr(ies) in {}\n",
-                report.quarantined.len(),
+                r.quarantined.len(),
                 q.display()
             ));
         }
-        if let Some(r) = &out.record {
-            s.push_str(&format!("Run record: {}\n", r.display()));
-        }
+    }
+    if let Some(rec) = &out.record {
+        s.push_str(&format!("Run record: {}\n", rec.display()));
+    }
+    if out.ok && !out.dry_run {
         s.push_str("Next: promigrate verify -f <plan> (its exit code gates the cutover).\n");
-        s
-    })?;
-    Ok(code)
+    }
+    s
 }
 
 fn confirm(p: &plan::MigrationPlan) -> anyhow::Result<bool> {
@@ -256,23 +302,44 @@ fn confirm(p: &plan::MigrationPlan) -> anyhow::Result<bool> {
 
 fn cmd_verify(a: VerifyArgs) -> anyhow::Result<Code> {
     let started = jiff::Timestamp::now();
-    let m = plan::file::load(&a.common.file)?;
-    let record_dir = record::prepare(&a.state_dir, &m.name)?;
     let rt = runtime()?;
     let cancel = cancel_on_signal(&rt);
+    let m = plan::file::load(&a.common.file)?;
+    let record_dir = record::prepare(&a.state_dir, &m.name)?;
     let mm = m.clone();
     let level = a.level;
-    let report = rt.block_on(async move {
-        tokio::task::spawn_blocking(move || {
-            let progress = progress::for_stderr("verify", 0);
-            verify::run(&mm, level, progress.as_ref(), &cancel)
+    let result = rt
+        .block_on(async move {
+            tokio::task::spawn_blocking(move || {
+                let report = verify::run(
+                    &mm,
+                    level,
+                    &|total| progress::for_stderr("verify", total),
+                    &cancel,
+                )?;
+                check_cancel(&cancel, "verify")?;
+                Ok::<_, anyhow::Error>(report)
+            })
+            .await
         })
-        .await
-        .context("the verify workers stopped unexpectedly")?
-    })?;
-    let code = if report.ok { Code::Ok } else { Code::Findings };
-    let rec = record::RunRecord::new("verify", &m.plan_path, started, code as u8, None, &report);
+        .context("the verify workers stopped unexpectedly")
+        .and_then(|r| r);
+    let code = match &result {
+        Ok(r) if r.ok => Code::Ok,
+        Ok(_) => Code::Findings,
+        Err(e) => exit::classify(e),
+    };
+    let error = result.as_ref().err().map(|e| format!("{e:#}"));
+    let rec = record::RunRecord::new(
+        "verify",
+        &m.plan_path,
+        started,
+        code as u8,
+        error,
+        result.as_ref().ok(),
+    );
     let path = record::write(&record_dir, &rec)?;
+    let report = result?;
     emit(a.common.output, &report, || {
         format!("{}Run record: {}\n", report.render_text(), path.display())
     })?;

@@ -28,34 +28,51 @@ impl Rate {
 impl FromStr for Rate {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let t = s.trim();
-        let bad = || {
-            format!(
-                "invalid rate `{s}`: use rsync units, e.g. `200M` (MiB/s), `50000` (KiB/s), `1G`, or `0` for no limit"
-            )
-        };
-        if t.is_empty() || t.starts_with('-') {
+        let rate = parse_rate(s)?;
+        // The limiter works in KiB; a smaller non-zero limit would silently run faster, and
+        // one that rounds to 0 would silently mean "no limit".
+        let nonzero_input = s.chars().any(|c| c.is_ascii_digit() && c != '0');
+        if rate.bytes_per_sec < 1024 && (rate.bytes_per_sec > 0 || nonzero_input) {
+            return Err(format!(
+                "rate `{s}` is below 1 KiB/s, the smallest limit: use at least `1K`, or `0` for no limit"
+            ));
+        }
+        Ok(rate)
+    }
+}
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    let t = s.trim();
+    let bad = || {
+        format!(
+            "invalid rate `{s}`: use rsync units, e.g. `200M` (MiB/s), `50000` (KiB/s), `1G`, or `0` for no limit"
+        )
+    };
+    if t.is_empty() || t.starts_with('-') {
+        return Err(bad());
+    }
+    let positive = |n: f64| n.is_finite() && n >= 0.0;
+    // rsync: a bare number means KiB/s.
+    if t.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        let n: f64 = t.parse().map_err(|_| bad())?;
+        if !positive(n) {
             return Err(bad());
         }
-        // rsync: a bare number means KiB/s.
-        if t.chars().all(|c| c.is_ascii_digit() || c == '.') {
-            let n: f64 = t.parse().map_err(|_| bad())?;
-            return Ok(Rate {
-                bytes_per_sec: (n * 1024.0).round() as u64,
-            });
-        }
-        // rsync: a single-letter suffix is binary (M = MiB); bytesize reads `M` as MB.
-        let normalized = match t.char_indices().last() {
-            Some((i, c)) if "kKmMgGtT".contains(c) && t[..i].trim().parse::<f64>().is_ok() => {
-                format!("{}{}iB", &t[..i].trim(), c.to_ascii_uppercase())
-            }
-            _ => t.to_string(),
-        };
-        let size: ByteSize = normalized.parse().map_err(|_| bad())?;
-        Ok(Rate {
-            bytes_per_sec: size.as_u64(),
-        })
+        return Ok(Rate {
+            bytes_per_sec: (n * 1024.0).round() as u64,
+        });
     }
+    // rsync: a single-letter suffix is binary (M = MiB); bytesize reads `M` as MB.
+    let normalized = match t.char_indices().last() {
+        Some((i, c)) if "kKmMgGtT".contains(c) && t[..i].trim().parse::<f64>().is_ok() => {
+            format!("{}{}iB", &t[..i].trim(), c.to_ascii_uppercase())
+        }
+        _ => t.to_string(),
+    };
+    let size: ByteSize = normalized.parse().map_err(|_| bad())?;
+    Ok(Rate {
+        bytes_per_sec: size.as_u64(),
+    })
 }
 
 impl fmt::Display for Rate {
@@ -74,10 +91,12 @@ impl<'de> serde::Deserialize<'de> for Rate {
         #[serde(untagged)]
         enum Repr {
             Number(u64),
+            Fraction(f64),
             Text(String),
         }
         let text = match Repr::deserialize(d)? {
             Repr::Number(n) => n.to_string(),
+            Repr::Fraction(f) => f.to_string(),
             Repr::Text(s) => s,
         };
         text.parse().map_err(serde::de::Error::custom)
@@ -131,9 +150,12 @@ mod tests {
 
     #[test]
     fn bad_rates_are_rejected_with_hint() {
-        for s in ["", "fast", "-5M", "200X", "M"] {
+        for s in ["", "fast", "-5M", "200X", "M", "0.0001", "100B"] {
             let err = s.parse::<Rate>().unwrap_err();
-            assert!(err.contains("rsync units"), "{s}: {err}");
+            assert!(
+                err.contains("rsync units") || err.contains("below 1 KiB/s"),
+                "{s}: {err}"
+            );
         }
     }
 

@@ -76,14 +76,22 @@ fn kill_and_resume(delay: Duration) {
         .spawn()
         .unwrap();
     std::thread::sleep(delay);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "apply ended before the kill at {delay:?}: the test would prove nothing"
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
     // Nothing half-written under a final name: every block dir and segment file that exists
     // under its final name is complete.
     let target = ws.target();
+    assert!(
+        target.exists(),
+        "apply had not started writing at {delay:?}"
+    );
     let mut complete = 0u64;
-    if target.exists() {
+    {
         for e in walkdir::WalkDir::new(&target)
             .into_iter()
             .map(|e| e.unwrap())
@@ -124,6 +132,10 @@ fn kill_and_resume(delay: Duration) {
         }
     }
 
+    assert!(
+        complete < total_files,
+        "everything was complete at {delay:?}: the kill landed after the copy"
+    );
     let (code, v) = ws.run_json(&["apply", "--yes"]);
     assert_eq!(code, 0, "resume failed after kill at {delay:?}: {v}");
     let copied = v["apply"]["copied_files"].as_u64().unwrap();
@@ -214,7 +226,22 @@ fn full_disk_fails_clearly_and_a_rerun_after_freeing_space_completes() {
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(err.contains("target volume is full"), "{err}");
+    assert!(
+        err.contains("target volume is full") && err.contains(&ws.target().display().to_string()),
+        "the error names the file: {err}"
+    );
+    let record = latest_record(&ws, "apply");
+    assert_eq!(record["exit_code"], 3);
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("target volume is full")
+    );
+    assert!(
+        record["report"]["apply"]["copied_files"].is_u64(),
+        "a failed apply records what it did: {record}"
+    );
     assert_no_temp_files(&ws.mount, "on a full disk");
     // Staged files kept for resume are complete, never partial.
     let staging = ws.target().join(".promigrate-staging");

@@ -169,6 +169,10 @@ fn malformed_plans_exit_2_name_the_field_and_write_nothing() {
                 err.contains(expect),
                 "{what} ({cmd}): message lacks {expect:?}:\n{err}"
             );
+            assert!(
+                err.contains("line "),
+                "{what} ({cmd}): no line number:\n{err}"
+            );
             assert!(!err.contains("panicked"), "{what}: {err}");
         }
         assert_eq!(
@@ -234,6 +238,13 @@ fn json_output_has_boolean_ok_for_every_command() {
     let (code, out, _) = run(c);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!((code, v["ok"].as_bool()), (0, Some(true)));
+    // inspect's errors are JSON too.
+    let mut c = promigrate();
+    c.args(["inspect", "/nonexistent/data", "--output", "json"]);
+    let (code, out, _) = run(c);
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!((code, v["ok"].as_bool()), (2, Some(false)));
     // An error is also one JSON document with ok=false.
     std::fs::write(&ws.plan, "kind: [").unwrap();
     let (code, v) = ws.run_json(&["plan"]);
@@ -265,10 +276,14 @@ fn help_documents_exit_codes() {
         c.args(&args);
         let (code, out, _) = run(c);
         assert_eq!(code, 0);
-        assert!(
-            out.contains("Exit codes:") && out.contains("3  runtime failure"),
-            "{args:?}: {out}"
-        );
+        for line in [
+            "0  success (no blockers; apply completed; verify found the target equal)",
+            "1  findings: plan blockers, verify differences, apply refused (blockers, or \"no\" at the prompt)",
+            "2  invalid usage or plan file (including a missing plan file, source path or target mount path)",
+            "3  runtime failure: I/O, permission, disk full, interrupted",
+        ] {
+            assert!(out.contains(line), "{args:?} lacks {line:?}:\n{out}");
+        }
     }
 }
 
@@ -470,4 +485,99 @@ fn json_logs_are_one_object_per_line() {
             serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
         assert!(v["level"].is_string() && v["message"].is_string(), "{l}");
     }
+}
+
+#[test]
+fn no_at_the_prompt_writes_nothing_but_a_record() {
+    let ws = Workspace::new();
+    // `script` gives apply a terminal, so it asks.
+    let cmdline = format!(
+        "{} apply -f {} --state-dir {}",
+        env!("CARGO_BIN_EXE_promigrate"),
+        ws.plan.display(),
+        ws.state.display()
+    );
+    let mut c = std::process::Command::new("script");
+    c.args(["-qec", &cmdline, "/dev/null"]);
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"n\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Apply this plan to"), "no prompt: {text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("declined at the prompt"), "{text}");
+    assert_eq!(
+        std::fs::read_dir(&ws.mount).unwrap().count(),
+        0,
+        "something was written"
+    );
+    let rec = latest_record(&ws, "apply");
+    assert_eq!(rec["exit_code"], 1);
+    assert_eq!(rec["report"]["refused"], true);
+}
+
+#[test]
+fn refused_apply_keeps_a_record_and_one_json_document() {
+    let ws = Workspace::new();
+    let block = std::fs::read_dir(&ws.source)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("meta.json").exists())
+        .unwrap();
+    std::fs::write(block.join("meta.json"), b"{ not json").unwrap();
+    let name = block.file_name().unwrap().to_string_lossy().into_owned();
+    let (code, v) = ws.run_json(&["plan"]);
+    assert_eq!(code, 1);
+    let blockers = v["blockers"].to_string();
+    assert!(
+        blockers.contains(&name) && blockers.contains("meta.json"),
+        "unreadable meta.json must block: {v}"
+    );
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(
+        (code, v["ok"].as_bool(), v["refused"].as_bool()),
+        (1, Some(false), Some(true)),
+        "{v}"
+    );
+    let rec = latest_record(&ws, "apply");
+    assert_eq!(rec["exit_code"], 1);
+    assert_eq!(std::fs::read_dir(&ws.mount).unwrap().count(), 0);
+}
+
+#[test]
+fn inspect_exits_1_on_a_bad_meta_json() {
+    let ws = Workspace::new();
+    let block = std::fs::read_dir(&ws.source)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("meta.json").exists())
+        .unwrap();
+    std::fs::write(block.join("meta.json"), b"[]").unwrap();
+    let mut c = promigrate();
+    c.arg("inspect").arg(&ws.source);
+    let (code, out, _) = run(c);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("problem:")
+            && out.contains(&block.file_name().unwrap().to_string_lossy().to_string()),
+        "{out}"
+    );
+}
+
+#[test]
+fn yaml_fraction_bwlimit_is_kib_and_tiny_limits_are_refused() {
+    let ws = Workspace::with_extra("  bwlimit: 1.5\n");
+    let (code, v) = ws.run_json(&["plan"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["bwlimit"], 1536);
+    ws.write_plan("  bwlimit: 0.0001\n");
+    let (code, _, err) = ws.run(&["plan"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("below 1 KiB/s") && err.contains("`transfer.bwlimit`"),
+        "{err}"
+    );
 }

@@ -244,7 +244,10 @@ fn scan_block(
     let (files, dirs) = walk_into(root, name, inv)?;
     let meta_path = root.join(name).join("meta.json");
     let read = match depth {
-        Depth::WithMeta => std::fs::read(&meta_path),
+        Depth::WithMeta => crate::sync::copy::open_source(&meta_path).and_then(|mut f| {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut v).map(|_| v)
+        }),
         Depth::Layout => Err(std::io::Error::other("not read (layout-only scan)")),
     };
     let (meta, meta_json) = match read {

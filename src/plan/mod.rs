@@ -31,6 +31,8 @@ pub struct MigrationPlan {
     pub source: PathBuf,
     /// Target TSDB directory (`target.path/subPath`).
     pub target: PathBuf,
+    /// Where the target volume is mounted (`target.path`).
+    pub mount: PathBuf,
     /// Owner every target entry gets.
     pub owner: Owner,
     /// Bandwidth limit in bytes/s, if any.
@@ -362,6 +364,7 @@ pub fn build_with_inventories(
         name: m.name.clone(),
         source: m.source.clone(),
         target: m.target_root.clone(),
+        mount: m.target_mount.clone(),
         owner: m.owner,
         bwlimit: m.bwlimit,
         parallelism: m.parallelism,

@@ -84,17 +84,43 @@ struct Shared<'a> {
     touched_dirs: Mutex<BTreeSet<PathBuf>>,
 }
 
-/// Executes the plan. Refuses a plan with blockers.
-pub fn apply(plan: &MigrationPlan, opts: &ApplyOptions) -> anyhow::Result<ApplyReport> {
+/// Executes the plan (refusing one with blockers). Returns what was done, also when it
+/// failed part-way, and the failure if any.
+pub fn apply(plan: &MigrationPlan, opts: &ApplyOptions) -> (ApplyReport, anyhow::Result<()>) {
+    let start = Instant::now();
+    let mut report = ApplyReport::default();
+    let result = execute(plan, opts, &mut report);
+    report.duration_seconds = start.elapsed().as_secs_f64();
+    report.average_rate = report.copied_bytes as f64 / report.duration_seconds.max(1e-6);
+    report.ok = result.is_ok();
+    if report.ok {
+        tracing::info!(
+            copied_files = report.copied_files,
+            copied_bytes = report.copied_bytes,
+            resumed_files = report.resumed_files,
+            seconds = report.duration_seconds,
+            "apply: done"
+        );
+    }
+    (report, result)
+}
+
+fn execute(
+    plan: &MigrationPlan,
+    opts: &ApplyOptions,
+    report: &mut ApplyReport,
+) -> anyhow::Result<()> {
     if !plan.ok {
         anyhow::bail!("the plan has blockers; run `promigrate plan` and resolve them first");
     }
-    let start = Instant::now();
     let root = &plan.target;
-    let mut report = ApplyReport::default();
-
-    let mut fixed = u64::from(ensure_dir(root, plan.owner)?);
-    let _lock = lock_target(root)?;
+    let owner = plan.owner;
+    // Create the path down to the TSDB root (parts created here get the target owner), take
+    // the apply lock, and only then touch anything that was there.
+    let below_mount = root.strip_prefix(&plan.mount).unwrap_or(Path::new(""));
+    make_dirs(&plan.mount, below_mount, owner)?;
+    let _lock = lock_target(root, owner)?;
+    let mut fixed = u64::from(ensure_dir(root, owner)?);
     let staging = root.join(tsdb::STAGING_DIR);
     let new_blocks: BTreeSet<&str> = plan
         .blocks
@@ -108,14 +134,12 @@ pub fn apply(plan: &MigrationPlan, opts: &ApplyOptions) -> anyhow::Result<ApplyR
         let stamp = jiff::Timestamp::now()
             .strftime("%Y%m%dT%H%M%SZ")
             .to_string();
-        let qdir = root.join(tsdb::QUARANTINE_DIR).join(stamp);
+        let qrel = Path::new(tsdb::QUARANTINE_DIR).join(stamp);
+        let qdir = root.join(&qrel);
         for e in &plan.extraneous {
             let to = qdir.join(&e.rel);
-            if let Some(parent) = to.parent() {
-                std::fs::create_dir_all(parent).with_context(|| {
-                    format!("cannot create quarantine dir {}", parent.display())
-                })?;
-            }
+            let parent_rel = Path::new(&e.rel).parent().unwrap_or(Path::new(""));
+            make_dirs(root, &qrel.join(parent_rel), owner)?;
             std::fs::rename(root.join(&e.rel), &to).with_context(|| {
                 format!(
                     "cannot move extraneous {} to {}",
@@ -124,6 +148,7 @@ pub fn apply(plan: &MigrationPlan, opts: &ApplyOptions) -> anyhow::Result<ApplyR
                 )
             })?;
             report.quarantined.push(e.rel.clone());
+            report.quarantine_dir = Some(qdir.clone());
         }
         fsutil::fsync_dir(root).with_context(|| format!("cannot fsync {}", root.display()))?;
         tracing::info!(
@@ -131,11 +156,10 @@ pub fn apply(plan: &MigrationPlan, opts: &ApplyOptions) -> anyhow::Result<ApplyR
             report.quarantined.len(),
             qdir.display()
         );
-        report.quarantine_dir = Some(qdir);
     }
 
     for d in &plan.dirs {
-        fixed += u64::from(ensure_dir(&root.join(d), plan.owner)?);
+        fixed += u64::from(ensure_dir(&root.join(d), owner)?);
     }
 
     let mut jobs = VecDeque::new();
@@ -169,7 +193,7 @@ pub fn apply(plan: &MigrationPlan, opts: &ApplyOptions) -> anyhow::Result<ApplyR
             throttle: throttle.as_ref(),
             progress: opts.progress,
             cancel: opts.cancel,
-            owner: plan.owner,
+            owner,
         },
         copied_bytes: AtomicU64::new(0),
         copied_files: AtomicU64::new(0),
@@ -177,8 +201,13 @@ pub fn apply(plan: &MigrationPlan, opts: &ApplyOptions) -> anyhow::Result<ApplyR
         published: AtomicU64::new(0),
         touched_dirs: Mutex::new(BTreeSet::new()),
     };
-    run_jobs(&shared, jobs, plan.parallelism)?;
+    let jobs_result = run_jobs(&shared, jobs, plan.parallelism);
     opts.progress.finish();
+    report.copied_bytes = shared.copied_bytes.load(Ordering::Relaxed);
+    report.copied_files = shared.copied_files.load(Ordering::Relaxed);
+    report.resumed_files = shared.resumed.load(Ordering::Relaxed);
+    report.blocks_published = shared.published.load(Ordering::Relaxed);
+    jobs_result?;
 
     let dirs = shared
         .touched_dirs
@@ -191,23 +220,21 @@ pub fn apply(plan: &MigrationPlan, opts: &ApplyOptions) -> anyhow::Result<ApplyR
     if staging.exists() && std::fs::remove_dir(&staging).is_ok() {
         fsutil::fsync_dir(root).with_context(|| format!("cannot fsync {}", root.display()))?;
     }
-    report.ownership_fixed = fixed + fix_ownership(root, plan.owner, &plan.ownership)?;
+    report.ownership_fixed = fixed + fix_ownership(root, owner, &plan.ownership)?;
+    Ok(())
+}
 
-    report.copied_bytes = shared.copied_bytes.load(Ordering::Relaxed);
-    report.copied_files = shared.copied_files.load(Ordering::Relaxed);
-    report.resumed_files = shared.resumed.load(Ordering::Relaxed);
-    report.blocks_published = shared.published.load(Ordering::Relaxed);
-    report.duration_seconds = start.elapsed().as_secs_f64();
-    report.average_rate = report.copied_bytes as f64 / report.duration_seconds.max(1e-6);
-    report.ok = true;
-    tracing::info!(
-        copied_files = report.copied_files,
-        copied_bytes = report.copied_bytes,
-        resumed_files = report.resumed_files,
-        seconds = report.duration_seconds,
-        "apply: done"
-    );
-    Ok(report)
+/// Creates `base/rel` one component at a time; directories created here get the target
+/// owner and mode (existing ones are left as they are).
+fn make_dirs(base: &Path, rel: &Path, owner: Owner) -> anyhow::Result<()> {
+    let mut cur = base.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        if !cur.is_dir() {
+            ensure_dir(&cur, owner)?;
+        }
+    }
+    Ok(())
 }
 
 fn run_jobs(shared: &Shared, jobs: VecDeque<Job>, parallelism: usize) -> anyhow::Result<()> {
@@ -354,7 +381,7 @@ fn one_file(sh: &Shared, rel: &str) -> anyhow::Result<()> {
 
 /// Takes the target's apply lock, so two applies never write the same target at once.
 /// Held until the returned guard is dropped (or the process dies).
-fn lock_target(root: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+fn lock_target(root: &Path, owner: Owner) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
     use nix::fcntl::{Flock, FlockArg};
     let path = root.join(tsdb::LOCK_FILE);
     let file = std::fs::OpenOptions::new()
@@ -363,7 +390,7 @@ fn lock_target(root: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> 
         .write(true)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+    let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
         if errno == nix::errno::Errno::EWOULDBLOCK {
             anyhow!(
                 "another promigrate apply is writing {} ({} is locked): wait for it to finish",
@@ -373,7 +400,12 @@ fn lock_target(root: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> 
         } else {
             anyhow!("cannot lock {}: {errno}", path.display())
         }
-    })
+    })?;
+    // Like everything on the target, the lock file belongs to the pod's user.
+    let meta = std::fs::symlink_metadata(&path)
+        .with_context(|| format!("cannot stat {}", path.display()))?;
+    perms::fix(&path, &meta, owner).map_err(|e| anyhow!(perms::explain(&path, &e, owner)))?;
+    Ok(lock)
 }
 
 /// Creates a directory (and missing parents) and gives it the target owner and mode.

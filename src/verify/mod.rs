@@ -57,11 +57,12 @@ pub struct VerifyReport {
     pub duration_seconds: f64,
 }
 
-/// Runs verification. `parallelism` files are hashed at once.
+/// Runs verification. `parallelism` files are hashed at once. `progress_for` makes the
+/// progress sink once the number of bytes to read is known.
 pub fn run(
     m: &Migration,
     level: VerifyLevel,
-    progress: &dyn Progress,
+    progress_for: &dyn Fn(u64) -> Box<dyn Progress>,
     cancel: &AtomicBool,
 ) -> anyhow::Result<VerifyReport> {
     let start = Instant::now();
@@ -148,6 +149,15 @@ pub fn run(
     }
     ownership(&tgt, m, &mut diffs);
 
+    let target_bytes: u64 = tgt.blocks.values().map(|b| b.size()).sum::<u64>()
+        + tgt.files.values().map(|f| f.size).sum::<u64>();
+    let to_read = match level {
+        VerifyLevel::Meta => 0,
+        VerifyLevel::Checksum => pairs.iter().map(|(s, t)| s.size + t.size).sum(),
+        VerifyLevel::Deep => pairs.iter().map(|(s, t)| s.size + t.size).sum::<u64>() + target_bytes,
+    };
+    let progress_box = progress_for(to_read);
+    let progress = progress_box.as_ref();
     let mut hashed = 0;
     if level != VerifyLevel::Meta {
         hashed = hash_pairs(
@@ -264,7 +274,7 @@ fn hash_pairs(
                     }
                     let (s, t) = pairs[i];
                     let a = hash_file(&src_root.join(&s.rel), &mut buf, progress);
-                    let b = hash_file(&tgt_root.join(&t.rel), &mut buf, &crate::progress::Hidden);
+                    let b = hash_file(&tgt_root.join(&t.rel), &mut buf, progress);
                     hashed.fetch_add(s.size + t.size, Ordering::Relaxed);
                     let diff = match (a, b) {
                         (Ok(x), Ok(y)) if x == y => None,

@@ -190,6 +190,21 @@ pub fn leftovers(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The newest run record of `command` (`apply`/`verify`) in the workspace's state dir.
+pub fn latest_record(ws: &Workspace, command: &str) -> serde_json::Value {
+    let dir = ws.state.join("test-migration");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("no run records in {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(&format!("-{command}.json")))
+        .collect();
+    names.sort();
+    let last = names
+        .last()
+        .unwrap_or_else(|| panic!("no {command} record in {}", dir.display()));
+    serde_json::from_str(&std::fs::read_to_string(dir.join(last)).unwrap()).unwrap()
+}
+
 /// Asserts that no promigrate temp file (`*.promigrate-tmp`) is left below `dir`.
 pub fn assert_no_temp_files(dir: &Path, when: &str) {
     let tmp: Vec<String> = leftovers(dir)

@@ -71,7 +71,7 @@ pub(super) fn check(
             }
             break;
         }
-        if len + 5 > s.remaining() || len as usize + 1 > super::scan::BUF {
+        if len >= super::scan::BUF as u64 || len.saturating_add(5) > s.remaining() {
             out.push(p(
                 format!("offset {off}"),
                 format!("chunk claims {len} bytes, more than the file holds"),

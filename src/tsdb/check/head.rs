@@ -71,7 +71,7 @@ pub(super) fn check(
         };
         crc = crc32c::crc32c_append(crc, &vb[..n]);
         s.take(n)?;
-        if len + 4 > s.remaining() || len as usize > super::scan::BUF {
+        if len >= super::scan::BUF as u64 || len.saturating_add(4) > s.remaining() {
             out.push(p(
                 format!("chunk at offset {off}"),
                 format!("chunk claims {len} bytes, more than the file holds"),

@@ -146,7 +146,8 @@ pub(super) fn check(
             }
             break;
         }
-        if n as usize > super::scan::BUF || s.pos() + n + 4 > series_end {
+        if n >= super::scan::BUF as u64 || s.pos().saturating_add(n).saturating_add(4) > series_end
+        {
             report(
                 &mut out,
                 Problem::new(

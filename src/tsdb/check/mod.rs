@@ -338,7 +338,7 @@ fn contiguity(
         ));
     }
     for w in segs.windows(2) {
-        if w[1].0 != w[0].0 + 1 {
+        if w[0].0.checked_add(1) != Some(w[1].0) {
             out.push(Problem::new(
                 format!("{dir}/"),
                 "file numbering",

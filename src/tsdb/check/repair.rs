@@ -30,7 +30,7 @@ pub fn drop_before_last_gap(
     let segs = inventory::segments(inv.files.values(), dir);
     let Some(cut) = (1..segs.len())
         .rev()
-        .find(|&i| segs[i].0 != segs[i - 1].0 + 1)
+        .find(|&i| segs[i - 1].0.checked_add(1) != Some(segs[i].0))
     else {
         return Ok(Err("no gap found".into()));
     };
