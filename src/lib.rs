@@ -49,11 +49,11 @@ pub fn run(cli: Cli) -> anyhow::Result<Code> {
         Command::Verify(a) => cmd_verify(a),
         Command::Inspect(a) => cmd_inspect(&a),
     };
-    if let (Err(e), Output::Json) = (&result, output) {
-        if !REPORTED.load(Ordering::Relaxed) {
-            let doc = serde_json::json!({"ok": false, "error": format!("{e:#}"), "exit_code": exit::classify(e) as u8});
-            println!("{doc}");
-        }
+    if let (Err(e), Output::Json) = (&result, output)
+        && !REPORTED.load(Ordering::Relaxed)
+    {
+        let doc = serde_json::json!({"ok": false, "error": format!("{e:#}"), "exit_code": exit::classify(e) as u8});
+        println!("{doc}");
     }
     result
 }
