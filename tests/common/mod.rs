@@ -270,6 +270,65 @@ impl PromServer {
         s
     }
 
+    /// Like [`PromServer::start`], but a server that exits before it is ready is an `Err`
+    /// with its log (for data that should make it fail).
+    pub fn try_start(data: &Path, work: &Path) -> Result<PromServer, String> {
+        std::fs::create_dir_all(work).unwrap();
+        let config = work.join("prometheus.yml");
+        std::fs::write(&config, "global:\n  scrape_interval: 1h\n").unwrap();
+        let port = free_port();
+        let log = work.join(format!("prometheus-{port}.log"));
+        let logf = std::fs::File::create(&log).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", data.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--storage.tsdb.retention.time=3650d")
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        let mut s = PromServer {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = s.child.try_wait() {
+                return Err(s.log_text());
+            }
+            if ureq::get(&format!("{}/-/ready", s.url)).call().is_ok() {
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "prometheus neither ready nor exited after 90 s:\n{}",
+            s.log_text()
+        );
+    }
+
+    /// A query that may fail: `Ok(data)` or `Err(error message)`.
+    pub fn try_query(&self, q: &str, at: i64) -> Result<serde_json::Value, String> {
+        let resp = ureq::get(&format!("{}/api/v1/query", self.url))
+            .query("query", q)
+            .query("time", at.to_string())
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .map_err(|e| e.to_string())?;
+        let mut resp = resp;
+        let v: serde_json::Value = resp.body_mut().read_json().map_err(|e| e.to_string())?;
+        if v["status"] == "success" {
+            Ok(v["data"].clone())
+        } else {
+            Err(v["error"].as_str().unwrap_or_default().to_string())
+        }
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
