@@ -30,6 +30,7 @@ lint:
 bench:
 	bash scripts/deps.sh
 	bash scripts/bench.sh
+	bash scripts/bench-deep.sh
 
 clean-fixtures:
 	rm -rf target/fixtures
