@@ -306,11 +306,7 @@ fn target_inside_source_is_a_blocker() {
 #[test]
 fn block_name_must_match_meta_ulid() {
     let ws = Workspace::new();
-    let block = std::fs::read_dir(&ws.source)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.join("meta.json").exists())
-        .unwrap();
+    let block = some_block(&ws.source);
     let meta = std::fs::read_to_string(block.join("meta.json")).unwrap();
     let name = block.file_name().unwrap().to_str().unwrap().to_string();
     std::fs::write(
@@ -522,11 +518,7 @@ fn no_at_the_prompt_writes_nothing_but_a_record() {
 #[test]
 fn refused_apply_keeps_a_record_and_one_json_document() {
     let ws = Workspace::new();
-    let block = std::fs::read_dir(&ws.source)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.join("meta.json").exists())
-        .unwrap();
+    let block = some_block(&ws.source);
     std::fs::write(block.join("meta.json"), b"{ not json").unwrap();
     let name = block.file_name().unwrap().to_string_lossy().into_owned();
     let (code, v) = ws.run_json(&["plan"]);
@@ -550,11 +542,7 @@ fn refused_apply_keeps_a_record_and_one_json_document() {
 #[test]
 fn inspect_exits_1_on_a_bad_meta_json() {
     let ws = Workspace::new();
-    let block = std::fs::read_dir(&ws.source)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.join("meta.json").exists())
-        .unwrap();
+    let block = some_block(&ws.source);
     std::fs::write(block.join("meta.json"), b"[]").unwrap();
     let mut c = promigrate();
     c.arg("inspect").arg(&ws.source);

@@ -31,6 +31,17 @@ pub fn fixture() -> &'static Path {
     })
 }
 
+/// Some block directory of a TSDB (the first by name).
+pub fn some_block(root: &Path) -> PathBuf {
+    let mut blocks: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("meta.json").exists())
+        .collect();
+    blocks.sort();
+    blocks.into_iter().next().expect("the TSDB has a block")
+}
+
 /// `cp -a src dst`.
 pub fn copy_tree(src: &Path, dst: &Path) {
     let st = Command::new("cp")
@@ -230,8 +241,21 @@ pub struct PromServer {
 }
 
 impl PromServer {
-    /// Starts prometheus on `data` with no scrape targets; `as_user` runs it via setpriv.
+    /// Starts prometheus on `data` with no scrape targets and waits until it is ready;
+    /// `as_user` runs it via setpriv. Panics with its log if it exits first.
     pub fn start(data: &Path, work: &Path, as_user: Option<(u32, u32)>) -> PromServer {
+        Self::spawn(data, work, as_user)
+            .ready()
+            .unwrap_or_else(|log| panic!("prometheus exited:\n{log}"))
+    }
+
+    /// Like [`PromServer::start`], but a server that exits before it is ready is an `Err`
+    /// with its log (for data that should make it fail).
+    pub fn try_start(data: &Path, work: &Path) -> Result<PromServer, String> {
+        Self::spawn(data, work, None).ready()
+    }
+
+    fn spawn(data: &Path, work: &Path, as_user: Option<(u32, u32)>) -> PromServer {
         std::fs::create_dir_all(work).unwrap();
         std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o755)).unwrap();
         let config = work.join("prometheus.yml");
@@ -261,52 +285,28 @@ impl PromServer {
         let child = cmd
             .spawn()
             .expect("start prometheus (Debian package `prometheus`)");
-        let mut s = PromServer {
+        PromServer {
             child,
             url: format!("http://127.0.0.1:{port}"),
             log,
-        };
-        s.wait_ready();
-        s
+        }
     }
 
-    /// Like [`PromServer::start`], but a server that exits before it is ready is an `Err`
-    /// with its log (for data that should make it fail).
-    pub fn try_start(data: &Path, work: &Path) -> Result<PromServer, String> {
-        std::fs::create_dir_all(work).unwrap();
-        let config = work.join("prometheus.yml");
-        std::fs::write(&config, "global:\n  scrape_interval: 1h\n").unwrap();
-        let port = free_port();
-        let log = work.join(format!("prometheus-{port}.log"));
-        let logf = std::fs::File::create(&log).unwrap();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", data.display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--storage.tsdb.retention.time=3650d")
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start prometheus");
-        let mut s = PromServer {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            log,
-        };
+    /// Waits up to 90 s for `/-/ready`; `Err(log)` if the server exits first.
+    fn ready(mut self) -> Result<PromServer, String> {
         let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = s.child.try_wait() {
-                return Err(s.log_text());
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Err(self.log_text());
             }
-            if ureq::get(&format!("{}/-/ready", s.url)).call().is_ok() {
-                return Ok(s);
+            if ureq::get(&format!("{}/-/ready", self.url)).call().is_ok() {
+                return Ok(self);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!(
             "prometheus neither ready nor exited after 90 s:\n{}",
-            s.log_text()
+            self.log_text()
         );
     }
 
@@ -327,26 +327,6 @@ impl PromServer {
         } else {
             Err(v["error"].as_str().unwrap_or_default().to_string())
         }
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "prometheus exited ({status}):\n{}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            if ureq::get(&format!("{}/-/ready", self.url)).call().is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!(
-            "prometheus not ready after 90 s:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
     }
 
     /// `GET /api/v1/<path>?<params>`, returning the `data` member.

@@ -6,7 +6,7 @@
 use std::io;
 use std::path::Path;
 
-use super::scan::{Scanner, be32};
+use super::scan::Scanner;
 use super::{Depth, Effect, Problem};
 use crate::progress::Progress;
 
@@ -23,28 +23,8 @@ pub(super) fn check(
     let mut s = Scanner::open(&root.join(rel))?;
     let mut out = Vec::new();
     let p = |loc: String, what: String, effect: Effect| Problem::new(rel, loc, what, effect);
-    let Some(h) = s.take(8)? else {
-        return Ok(vec![p(
-            "header".into(),
-            format!("{} bytes, shorter than the 8-byte header", s.len()),
-            Effect::FailsStart,
-        )]);
-    };
-    if be32(h) != MAGIC {
-        out.push(p(
-            "header".into(),
-            format!("magic {:#010x}, want {MAGIC:#010x}", be32(h)),
-            Effect::FailsStart,
-        ));
-        return Ok(out);
-    }
-    if h[4] != 1 {
-        out.push(p(
-            "header".into(),
-            format!("version {}, want 1", h[4]),
-            Effect::FailsStart,
-        ));
-        return Ok(out);
+    if let Some(problem) = super::segment_header(&mut s, rel, MAGIC)? {
+        return Ok(vec![problem]);
     }
     if depth == Depth::Cheap {
         return Ok(out);

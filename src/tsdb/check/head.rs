@@ -8,7 +8,7 @@ use std::io;
 use std::path::Path;
 
 use super::chunks::MAX_PER_FILE;
-use super::scan::{Scanner, be32, uvarint};
+use super::scan::{Scanner, uvarint};
 use super::{Depth, Effect, Problem};
 use crate::progress::Progress;
 
@@ -24,26 +24,8 @@ pub(super) fn check(
 ) -> io::Result<Vec<Problem>> {
     let mut s = Scanner::open(&root.join(rel))?;
     let p = |loc: String, what: String, effect: Effect| Problem::new(rel, loc, what, effect);
-    let Some(h) = s.take(8)? else {
-        return Ok(vec![p(
-            "header".into(),
-            format!("{} bytes, shorter than the 8-byte header", s.len()),
-            Effect::FailsStart,
-        )]);
-    };
-    if be32(h) != MAGIC {
-        return Ok(vec![p(
-            "header".into(),
-            format!("magic {:#010x}, want {MAGIC:#010x}", be32(h)),
-            Effect::FailsStart,
-        )]);
-    }
-    if h[4] != 1 {
-        return Ok(vec![p(
-            "header".into(),
-            format!("version {}, want 1", h[4]),
-            Effect::FailsStart,
-        )]);
+    if let Some(problem) = super::segment_header(&mut s, rel, MAGIC)? {
+        return Ok(vec![problem]);
     }
     let mut out = Vec::new();
     if depth == Depth::Cheap {

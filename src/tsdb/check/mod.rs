@@ -131,6 +131,29 @@ impl Problem {
     }
 }
 
+/// Checks the 8-byte header of a chunk segment or head chunk file: a magic number, version
+/// 1, three bytes of padding. A bad header fails startup.
+fn segment_header(
+    s: &mut scan::Scanner,
+    rel: &str,
+    magic: u32,
+) -> std::io::Result<Option<Problem>> {
+    let bad = |what: String| Some(Problem::new(rel, "header", what, Effect::FailsStart));
+    let Some(h) = s.take(8)? else {
+        return Ok(bad(format!(
+            "{} bytes, shorter than the 8-byte header",
+            s.len()
+        )));
+    };
+    Ok(if scan::be32(h) != magic {
+        bad(format!("magic {:#010x}, want {magic:#010x}", scan::be32(h)))
+    } else if h[4] != 1 {
+        bad(format!("version {}, want 1", h[4]))
+    } else {
+        None
+    })
+}
+
 /// One file to read.
 enum Job {
     BlockChunks { rel: String },
