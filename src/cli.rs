@@ -85,6 +85,55 @@ pub struct ApplyArgs {
     /// Where run records are written (`<DIR>/<metadata.name>/`).
     #[arg(long, value_name = "DIR", default_value = "migrations")]
     pub state_dir: PathBuf,
+    /// presync: blocks only, while the source runs; final: the rest, with the source stopped;
+    /// all: both (the source must be stopped).
+    #[arg(long, value_enum, default_value_t = crate::sync::Phase::All)]
+    pub phase: crate::sync::Phase,
+    /// Stop cleanly at a block/file boundary before this time (RFC 3339) or after this long
+    /// (e.g. 45m, 1h30m); the run is then incomplete (exit 1) and the next apply continues.
+    #[arg(long, value_name = "TIME|DURATION", value_parser = parse_deadline)]
+    pub deadline: Option<Deadline>,
+    /// The final phase needs the source stopped; when that cannot be seen (no lock file and
+    /// processes that cannot be inspected), say so with this flag.
+    #[arg(long)]
+    pub source_stopped: bool,
+}
+
+/// `--deadline`: a point in time or a duration from now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// An absolute time.
+    At(jiff::Timestamp),
+    /// This long after the start.
+    After(std::time::Duration),
+}
+
+impl Deadline {
+    /// The instant it falls on, for a run starting now.
+    pub fn instant(self) -> std::time::Instant {
+        let now = std::time::Instant::now();
+        match self {
+            Deadline::After(d) => now + d,
+            Deadline::At(t) => {
+                let left = jiff::Timestamp::now().duration_until(t);
+                now + std::time::Duration::try_from(left).unwrap_or_default()
+            }
+        }
+    }
+}
+
+fn parse_deadline(s: &str) -> Result<Deadline, String> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(Deadline::At(t));
+    }
+    match s.parse::<jiff::SignedDuration>() {
+        Ok(d) if d.is_positive() => std::time::Duration::try_from(d)
+            .map(Deadline::After)
+            .map_err(|e| e.to_string()),
+        _ => Err(format!(
+            "`{s}` is neither an RFC 3339 time (2025-11-21T02:00:00Z) nor a duration (45m, 1h30m)"
+        )),
+    }
 }
 
 /// How deep `verify` looks.

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod exit;
 pub mod fsutil;
 pub mod inspect;
+pub mod live;
 pub mod logging;
 pub mod perms;
 pub mod plan;
@@ -143,8 +144,12 @@ fn check_cancel(cancel: &AtomicBool, what: &str) -> anyhow::Result<()> {
 struct ApplyOutput {
     ok: bool,
     dry_run: bool,
-    /// Refused: blockers, or "no" at the prompt. Nothing was written.
+    /// Refused: blockers, a running source, or "no" at the prompt. Nothing was written.
     refused: bool,
+    /// Why it was refused, when not for blockers or at the prompt.
+    refusal: Option<String>,
+    /// Stopped at the deadline before everything was done; rerun to continue.
+    incomplete: bool,
     plan: Option<plan::MigrationPlan>,
     actions: Vec<String>,
     /// What was done; present also when apply failed part-way.
@@ -201,6 +206,25 @@ fn apply_steps(
     if let Some(r) = a.bwlimit {
         p.bwlimit = r.limit();
         p.stats.eta_seconds = p.bwlimit.map(|r| p.stats.copy_bytes as f64 / r as f64);
+        p.phases = plan::phases(&p.blocks, &p.files, p.bwlimit);
+    }
+    // The final phase copies wal/ and chunks_head/: only consistent with the source stopped.
+    if a.phase != sync::Phase::Presync {
+        let refusal = match &p.source_state {
+            live::Liveness::Running(how) => Some(format!(
+                "the source Prometheus is still running ({how}): stop it (SIGTERM) and rerun; `--phase presync` copies blocks meanwhile. Nothing was written"
+            )),
+            live::Liveness::Unknown(why) if !a.source_stopped => Some(format!(
+                "cannot tell whether the source Prometheus is stopped ({why}); once it is, rerun with --source-stopped. Nothing was written"
+            )),
+            _ => None,
+        };
+        if let Some(why) = refusal {
+            out.refusal = Some(why);
+            out.refused = true;
+            out.plan = Some(p);
+            return Ok(Code::Findings);
+        }
     }
     out.actions = p.actions();
     let ok = p.ok;
@@ -219,7 +243,12 @@ fn apply_steps(
         out.plan = Some(p);
         return Ok(Code::Findings);
     }
-    let total = p.stats.copy_bytes;
+    let phase = a.phase;
+    let deadline = a.deadline.map(cli::Deadline::instant);
+    let total = match phase {
+        sync::Phase::Presync => p.phases.presync.bytes,
+        _ => p.stats.copy_bytes,
+    };
     let worker_plan = p.clone();
     let worker_cancel = cancel.clone();
     let (report, result) = rt
@@ -227,13 +256,24 @@ fn apply_steps(
             // Logged before the progress bar is drawn, so the two do not tear each other.
             tracing::info!(files = worker_plan.stats.copy_files, bytes = total, target = %worker_plan.target.display(), "apply: copying");
             let progress = progress::for_stderr("apply", total);
-            let opts = sync::ApplyOptions { bwlimit: worker_plan.bwlimit, cancel: &worker_cancel, progress: progress.as_ref() };
+            let opts = sync::ApplyOptions {
+                bwlimit: worker_plan.bwlimit,
+                cancel: &worker_cancel,
+                progress: progress.as_ref(),
+                phase,
+                deadline,
+            };
             sync::apply(&worker_plan, &opts)
         }).await })
         .context("the copy workers stopped unexpectedly")?;
+    let incomplete = report.incomplete;
     out.apply = Some(report);
     out.plan = Some(p);
     result?;
+    if incomplete {
+        out.incomplete = true;
+        return Ok(Code::Findings);
+    }
     out.ok = true;
     Ok(Code::Ok)
 }
@@ -243,7 +283,10 @@ fn render_apply(out: &ApplyOutput) -> String {
     let Some(p) = &out.plan else {
         return s; // the error is printed on stderr
     };
-    if out.refused && !p.ok {
+    if let Some(why) = &out.refusal {
+        s.push_str(&p.render_text());
+        s.push_str(&format!("apply refused: {why}.\n"));
+    } else if out.refused && !p.ok {
         s.push_str(&p.render_text());
         s.push_str("apply refused: resolve the blockers above; nothing was written.\n");
     } else if out.refused {
@@ -257,10 +300,10 @@ fn render_apply(out: &ApplyOutput) -> String {
         s.push_str("Nothing was written.\n");
     }
     if let Some(r) = &out.apply {
-        let verb = if out.ok {
-            "Applied"
-        } else {
-            "Stopped part-way"
+        let verb = match (out.ok, out.incomplete) {
+            (true, _) => "Applied",
+            (false, true) => "INCOMPLETE (stopped at the deadline; rerun apply to continue)",
+            (false, false) => "Stopped part-way",
         };
         s.push_str(&format!(
             "\n{verb}: {} in {} file(s) copied, {} block(s) published, {} resumed file(s), {} owner/mode fix(es) in {} ({}/s)\n",
@@ -272,6 +315,9 @@ fn render_apply(out: &ApplyOutput) -> String {
             units::duration(r.duration_seconds),
             units::bytes(r.average_rate as u64)
         ));
+        for l in &r.left_for_final {
+            s.push_str(&format!("Left for the final phase: {l}\n"));
+        }
         if let Some(q) = &r.quarantine_dir {
             s.push_str(&format!(
                 "Quarantined {} entr(ies) in {}\n",
@@ -283,7 +329,15 @@ fn render_apply(out: &ApplyOutput) -> String {
     if let Some(rec) = &out.record {
         s.push_str(&format!("Run record: {}\n", rec.display()));
     }
-    if out.ok && !out.dry_run {
+    let presync = out
+        .apply
+        .as_ref()
+        .is_some_and(|r| r.phase == sync::Phase::Presync);
+    if out.ok && !out.dry_run && presync {
+        s.push_str(
+            "Next: stop the source Prometheus, then promigrate apply -f <plan> --phase final.\n",
+        );
+    } else if out.ok && !out.dry_run {
         s.push_str("Next: promigrate verify -f <plan> (its exit code gates the cutover).\n");
     }
     s

@@ -281,18 +281,29 @@ fn extraneous_entries_block_or_warn_and_quarantine_never_deletes() {
     std::fs::create_dir(t.join("lost+found")).unwrap();
     std::fs::write(t.join("notes.txt"), b"keep me").unwrap();
 
-    // A foreign WAL segment would break replay: blocker, nothing moved.
+    // wal/ is mirrored: a foreign segment (it would break replay) is quarantined by the
+    // final phase, never deleted; a presync leaves it alone.
     let (code, out, _) = ws.run(&["plan"]);
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("BLOCKER") && out.contains("wal/00099999") && out.contains("deleteExtraneous"),
+        out.contains("+ wal/00099999") && out.contains("moved to quarantine by the final phase"),
         "{out}"
     );
-    assert_eq!(ws.run(&["apply", "--yes"]).0, 1);
-    assert!(t.join("wal/00099999").exists());
+    assert_eq!(ws.run(&["apply", "--yes", "--phase", "presync"]).0, 0);
+    assert!(
+        t.join("wal/00099999").exists(),
+        "presync touches no segment"
+    );
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(!t.join("wal/00099999").exists());
+    let q = std::path::PathBuf::from(v["apply"]["quarantine_dir"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read(q.join("wal/00099999")).unwrap(),
+        b"foreign wal"
+    );
 
-    // Only the extra block: a warning; apply leaves it; verify reports it (+).
-    std::fs::remove_file(t.join("wal/00099999")).unwrap();
+    // The extra block: a warning; apply leaves it; verify reports it (+).
     let (code, out, _) = ws.run(&["plan"]);
     assert_eq!(code, 0, "{out}");
     assert!(

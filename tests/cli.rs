@@ -461,7 +461,12 @@ fn permission_problems_name_the_path_and_what_to_do() {
     std::fs::set_permissions(&ws.source, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::os::unix::fs::chown(&ws.mount, Some(1000), Some(1000)).unwrap();
     std::os::unix::fs::chown(ws.dir.path(), Some(1000), Some(1000)).unwrap();
-    let (code, _, err) = as_user(&ws, &["apply", "--yes"]);
+    // Not root: other users' processes cannot be inspected, so whether the source runs is
+    // unknown and the final phase wants the operator's word.
+    let (code, out, _) = as_user(&ws, &["apply", "--yes"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("--source-stopped"), "{out}");
+    let (code, _, err) = as_user(&ws, &["apply", "--yes", "--source-stopped"]);
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("run promigrate as root"), "{err}");
     assert!(!err.contains("panicked"), "{err}");

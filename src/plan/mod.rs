@@ -61,6 +61,11 @@ pub struct MigrationPlan {
     pub skipped: Vec<inventory::Skipped>,
     /// Totals.
     pub stats: PlanStats,
+    /// Whether the source Prometheus runs (the final phase needs it stopped).
+    pub source_state: crate::live::Liveness,
+    /// Cost of `apply --phase presync` (blocks, while the source runs) and of the final
+    /// phase (WAL/head; with the source stopped, so this is the expected downtime).
+    pub phases: Phases,
     /// Free space on the target filesystem.
     pub target_free_bytes: u64,
     /// Things to know; they do not stop apply.
@@ -116,6 +121,52 @@ pub struct Extraneous {
     pub rel: String,
     /// Bytes.
     pub size: u64,
+    /// What it is, which decides what happens to it.
+    pub kind: ExtraKind,
+}
+
+/// Kinds of extraneous target entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtraKind {
+    /// A file in `wal/`, `wbl/`, `chunks_head/`, `chunk_snapshot.*`: these are mirrored
+    /// exactly, so the final phase quarantines it.
+    Segment,
+    /// A block the source has compacted into another one (a `compaction.parents` entry of a
+    /// source block): the final phase quarantines it.
+    CompactedAway,
+    /// Any other block: quarantined only with `deleteExtraneous`.
+    Block,
+    /// A file inside a block directory that the source block lacks: likewise.
+    BlockFile,
+}
+
+impl Extraneous {
+    /// Whether the final phase (and `all`) moves it to quarantine.
+    pub fn quarantined(&self, delete_extraneous: bool) -> bool {
+        delete_extraneous || matches!(self.kind, ExtraKind::Segment | ExtraKind::CompactedAway)
+    }
+}
+
+/// Cost per phase.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Phases {
+    /// Blocks.
+    pub presync: PhaseCost,
+    /// WAL, WBL, head chunks, and whatever blocks changed since the presync.
+    #[serde(rename = "final")]
+    pub final_: PhaseCost,
+}
+
+/// Bytes and files one phase copies, and how long that takes at the bandwidth limit.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PhaseCost {
+    /// Bytes to copy.
+    pub bytes: u64,
+    /// Files to copy.
+    pub files: u64,
+    /// At the bandwidth limit (seconds), if there is one.
+    pub eta_seconds: Option<f64>,
 }
 
 /// Totals of a plan.
@@ -192,11 +243,19 @@ pub fn build_with_inventories(
             m.source.display()
         ));
     }
-    if source_running(&m.source) {
-        warnings.push(format!(
-            "the source Prometheus is running ({}/lock is held): blocks copy safely, but wal/ and chunks_head/ are only consistent once it is stopped; stop it before the final apply",
+    let source_state = crate::live::probe(&m.source);
+    match &source_state {
+        crate::live::Liveness::Running(how) => warnings.push(format!(
+            "the source Prometheus is running ({how}): `apply --phase presync` copies its blocks now; the final phase (and `all`) refuses until it is stopped"
+        )),
+        crate::live::Liveness::Unknown(why) => warnings.push(format!(
+            "cannot tell whether the source Prometheus is stopped: {why}; the final phase then needs --source-stopped"
+        )),
+        crate::live::Liveness::Stopped { clean: false } => warnings.push(format!(
+            "the source did not shut down cleanly ({}/lock is stale): Prometheus will repair a torn WAL tail at startup",
             m.source.display()
-        ));
+        )),
+        crate::live::Liveness::Stopped { clean: true } => {}
     }
 
     // Block selection.
@@ -252,11 +311,27 @@ pub fn build_with_inventories(
     let mut blocks = Vec::new();
     for b in &selected {
         let meta = b.meta.as_ref().expect("selected blocks have a meta");
-        let d = diff::block(b, tgt.blocks.get(&b.dir));
+        let tb = tgt.blocks.get(&b.dir);
+        // meta.json and tombstones are rewritten in place on a live source (compaction marks,
+        // deletions): compare their bytes, not only size and mtime. They are small.
+        let state = |f: &FileInfo| match diff::file(f, tb.and_then(|t| t.files.get(&f.rel))) {
+            diff::State::Identical if small_file_differs(m, &f.rel) => diff::State::Differs,
+            s => s,
+        };
+        let mut d = diff::block(b, tb);
+        if tb.is_some() {
+            d.to_copy = b
+                .files
+                .values()
+                .filter(|f| state(f) != diff::State::Identical)
+                .map(|f| f.rel.clone())
+                .collect();
+            if !d.to_copy.is_empty() {
+                d.state = diff::State::Differs;
+            }
+        }
         let copy_bytes: u64 = d.to_copy.iter().map(|r| b.files[r].size).sum();
-        count(&mut stats, b.files.values(), |f| {
-            diff::file(f, tgt.blocks.get(&b.dir).and_then(|t| t.files.get(&f.rel)))
-        });
+        count(&mut stats, b.files.values(), state);
         blocks.push(BlockPlan {
             ulid: b.dir.clone(),
             min_time: meta.min_time,
@@ -313,26 +388,21 @@ pub fn build_with_inventories(
         &mut skipped,
     )?;
 
-    let extraneous = extraneous(&selected, &files, &tgt);
-    let in_segments: Vec<&Extraneous> = extraneous
-        .iter()
-        .filter(|e| !is_block_path(&e.rel))
+    let parents: std::collections::BTreeSet<String> = src
+        .blocks
+        .values()
+        .filter_map(|b| b.meta.as_ref().ok())
+        .flat_map(|m| m.compaction.parents.iter().map(|p| p.ulid.to_string()))
         .collect();
-    if !extraneous.is_empty() && !m.delete_extraneous {
-        if !in_segments.is_empty() {
-            blockers.push(format!(
-                "the target has {} file(s) in wal/, chunks_head/ or wbl/ that the source lacks (e.g. {}): Prometheus would replay them or fail with \"segments are not sequential\"; set transfer.deleteExtraneous: true to move them to {}/",
-                in_segments.len(),
-                in_segments[0].rel,
-                tsdb::QUARANTINE_DIR
-            ));
-        }
-        let n_blocks = extraneous.len() - in_segments.len();
-        if n_blocks > 0 {
-            warnings.push(format!(
-                "the target has {n_blocks} block entr(ies) the source selection lacks; they stay, and Prometheus will load them with the copy (set transfer.deleteExtraneous: true to quarantine them)"
-            ));
-        }
+    let extraneous = extraneous(&selected, &files, &tgt, &parents);
+    let kept = extraneous
+        .iter()
+        .filter(|e| !e.quarantined(m.delete_extraneous))
+        .count();
+    if kept > 0 {
+        warnings.push(format!(
+            "the target has {kept} block entr(ies) the source selection lacks; they stay, and Prometheus will load them with the copy (set transfer.deleteExtraneous: true to quarantine them)"
+        ));
     }
     if !tgt.unknown.is_empty() {
         warnings.push(format!(
@@ -359,7 +429,9 @@ pub fn build_with_inventories(
         ));
     }
 
+    let phases = phases(&blocks, &files, m.bwlimit);
     let plan = MigrationPlan {
+        phases,
         ok: blockers.is_empty(),
         name: m.name.clone(),
         source: m.source.clone(),
@@ -384,6 +456,7 @@ pub fn build_with_inventories(
             .collect(),
         skipped,
         stats,
+        source_state,
         target_free_bytes: fs.free_bytes,
         warnings,
         blockers,
@@ -477,6 +550,53 @@ fn source_checks(
     Ok((files, repairs))
 }
 
+fn extra_reason(kind: ExtraKind) -> &'static str {
+    match kind {
+        ExtraKind::Segment => "not in the source; wal/ and chunks_head/ are mirrored",
+        ExtraKind::CompactedAway => "compacted away in the source",
+        ExtraKind::Block => "block not in the source selection",
+        ExtraKind::BlockFile => "file the source block lacks",
+    }
+}
+
+/// What each phase copies, per the plan's states.
+pub fn phases(blocks: &[BlockPlan], files: &[FilePlan], bwlimit: Option<u64>) -> Phases {
+    let eta = |bytes: u64| bwlimit.map(|r| bytes as f64 / r as f64);
+    let presync_bytes: u64 = blocks.iter().map(|b| b.copy_bytes).sum();
+    let presync_files = blocks.iter().map(|b| b.copy.len() as u64).sum();
+    let todo = files.iter().filter(|f| f.state != State::Identical);
+    let final_bytes: u64 = todo.clone().map(|f| f.size).sum();
+    Phases {
+        presync: PhaseCost {
+            bytes: presync_bytes,
+            files: presync_files,
+            eta_seconds: eta(presync_bytes),
+        },
+        final_: PhaseCost {
+            bytes: final_bytes,
+            files: todo.count() as u64,
+            eta_seconds: eta(final_bytes),
+        },
+    }
+}
+
+/// Whether a block's meta.json or tombstones differs in content between source and target.
+fn small_file_differs(m: &Migration, rel: &str) -> bool {
+    if !(rel.ends_with("/meta.json") || rel.ends_with("/tombstones")) {
+        return false;
+    }
+    let read = |root: &std::path::Path| {
+        crate::sync::copy::open_source(&root.join(rel)).and_then(|mut f| {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut v).map(|_| v)
+        })
+    };
+    match (read(&m.source), read(&m.target_root)) {
+        (Ok(a), Ok(b)) => a != b,
+        _ => true,
+    }
+}
+
 fn count<'a>(
     stats: &mut PlanStats,
     files: impl Iterator<Item = &'a FileInfo>,
@@ -498,18 +618,13 @@ fn count<'a>(
     }
 }
 
-fn is_block_path(rel: &str) -> bool {
-    matches!(
-        tsdb::classify_root(rel.split('/').next().unwrap_or(""), true),
-        tsdb::RootEntry::Block(_)
-    )
-}
-
 /// Target entries owned by the plan's kinds (blocks, segment files) that the selection lacks.
+/// `parents` are the ULIDs source blocks were compacted from.
 fn extraneous(
     selected: &[&inventory::Block],
     files: &[FilePlan],
     tgt: &Inventory,
+    parents: &std::collections::BTreeSet<String>,
 ) -> Vec<Extraneous> {
     let mut out = Vec::new();
     for (dir, b) in &tgt.blocks {
@@ -517,10 +632,19 @@ fn extraneous(
             None => out.push(Extraneous {
                 rel: dir.clone(),
                 size: b.size(),
+                kind: if parents.contains(dir) {
+                    ExtraKind::CompactedAway
+                } else {
+                    ExtraKind::Block
+                },
             }),
             Some(s) => out.extend(diff::block(s, Some(b)).extra_files.into_iter().map(|rel| {
                 let size = b.files[&rel].size;
-                Extraneous { rel, size }
+                Extraneous {
+                    rel,
+                    size,
+                    kind: ExtraKind::BlockFile,
+                }
             })),
         }
     }
@@ -529,23 +653,11 @@ fn extraneous(
             out.push(Extraneous {
                 rel: rel.clone(),
                 size: f.size,
+                kind: ExtraKind::Segment,
             });
         }
     }
     out
-}
-
-/// Whether a Prometheus holds the data directory's `lock` (flock). Opens it read-only and
-/// releases at once; a missing lock file means not running.
-pub fn source_running(root: &std::path::Path) -> bool {
-    use nix::fcntl::{Flock, FlockArg};
-    let Ok(f) = std::fs::File::open(root.join("lock")) else {
-        return false;
-    };
-    match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-        Ok(_guard) => false,
-        Err((_, errno)) => errno == nix::errno::Errno::EWOULDBLOCK,
-    }
 }
 
 impl MigrationPlan {
@@ -558,15 +670,18 @@ impl MigrationPlan {
         for r in &self.repairs {
             a.push(format!("repair (transfer.headRepair): {r}"));
         }
-        if self.delete_extraneous {
-            for e in &self.extraneous {
-                a.push(format!(
-                    "quarantine {} ({}) to {}/<timestamp>/",
-                    e.rel,
-                    units::bytes(e.size),
-                    tsdb::QUARANTINE_DIR
-                ));
-            }
+        for e in self
+            .extraneous
+            .iter()
+            .filter(|e| e.quarantined(self.delete_extraneous))
+        {
+            a.push(format!(
+                "quarantine {} ({}, {}) to {}/<timestamp>/ (final phase)",
+                e.rel,
+                extra_reason(e.kind),
+                units::bytes(e.size),
+                tsdb::QUARANTINE_DIR
+            ));
         }
         for b in self.blocks.iter().filter(|b| b.state != State::Identical) {
             let verb = if b.state == State::Copy {
@@ -687,14 +802,20 @@ impl MigrationPlan {
             let _ = writeln!(s, "  (none)");
         }
         if !self.extraneous.is_empty() {
-            let what = if self.delete_extraneous {
-                "moved to quarantine first"
-            } else {
-                "left in place"
-            };
-            let _ = writeln!(s, "\nExtraneous on the target ({what}):");
+            let _ = writeln!(s, "\nExtraneous on the target:");
             for e in &self.extraneous {
-                let _ = writeln!(s, "  + {}  {}", e.rel, units::bytes(e.size));
+                let fate = if e.quarantined(self.delete_extraneous) {
+                    "moved to quarantine by the final phase"
+                } else {
+                    "left in place"
+                };
+                let _ = writeln!(
+                    s,
+                    "  + {}  {}  ({}: {fate})",
+                    e.rel,
+                    units::bytes(e.size),
+                    extra_reason(e.kind)
+                );
             }
         }
         if !self.skipped.is_empty() {
@@ -714,6 +835,29 @@ impl MigrationPlan {
             units::bytes(st.source_bytes),
             st.source_files
         );
+        let eta = |p: &PhaseCost| {
+            p.eta_seconds
+                .map_or("no bandwidth limit set".to_string(), units::duration)
+        };
+        let _ = writeln!(
+            s,
+            "Phases: presync (blocks; the source may run) {} in {} file(s), {}; final (WAL/head; source stopped: the downtime) {} in {} file(s), {}",
+            units::bytes(self.phases.presync.bytes),
+            self.phases.presync.files,
+            eta(&self.phases.presync),
+            units::bytes(self.phases.final_.bytes),
+            self.phases.final_.files,
+            eta(&self.phases.final_)
+        );
+        let source = match &self.source_state {
+            crate::live::Liveness::Running(how) => format!("running ({how})"),
+            crate::live::Liveness::Stopped { clean: true } => "stopped".to_string(),
+            crate::live::Liveness::Stopped { clean: false } => {
+                "stopped, not cleanly (stale lock file)".to_string()
+            }
+            crate::live::Liveness::Unknown(why) => format!("unknown ({why})"),
+        };
+        let _ = writeln!(s, "Source Prometheus: {source}");
         match (self.bwlimit, st.eta_seconds) {
             (Some(r), Some(eta)) => {
                 let _ = writeln!(s, "ETA at {}/s: {}", units::bytes(r), units::duration(eta));

@@ -48,8 +48,20 @@ pub struct Ctx<'a> {
     pub progress: &'a dyn Progress,
     /// Set to stop at the next chunk.
     pub cancel: &'a AtomicBool,
+    /// Stop at the next chunk once this instant has passed.
+    pub deadline: Option<std::time::Instant>,
     /// Owner of what is written.
     pub owner: Owner,
+}
+
+impl Ctx<'_> {
+    /// Whether work must stop now (a signal, or the deadline).
+    pub fn stopping(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+            || self
+                .deadline
+                .is_some_and(|d| std::time::Instant::now() >= d)
+    }
 }
 
 /// Opens a source file read-only, without updating its access time where permitted.
@@ -108,7 +120,7 @@ fn copy_inner(src: &Path, dst: &Path, durable: bool, ctx: &Ctx) -> Result<u64, C
         .map_err(dst_err)?;
     let mut done: u64 = 0;
     loop {
-        if ctx.cancel.load(Ordering::Relaxed) {
+        if ctx.stopping() {
             return Err(CopyError::Cancelled);
         }
         let want = (ctx.throttle.chunk() as u64)
@@ -203,6 +215,7 @@ mod tests {
             throttle: &Unlimited,
             progress: &Hidden,
             cancel: &cancel,
+            deadline: None,
             owner: Owner {
                 uid: sm.uid(),
                 gid: sm.gid(),
@@ -225,6 +238,7 @@ mod tests {
             throttle: &Unlimited,
             progress: &Hidden,
             cancel: &cancel,
+            deadline: None,
             owner: Owner { uid: 0, gid: 0 },
         };
         assert!(matches!(

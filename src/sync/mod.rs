@@ -38,6 +38,25 @@ pub struct ApplyOptions<'a> {
     pub cancel: &'a AtomicBool,
     /// Progress sink.
     pub progress: &'a dyn Progress,
+    /// Which part of the migration to run.
+    pub phase: Phase,
+    /// Stop at a block/file boundary before this instant (the run is then `incomplete`).
+    pub deadline: Option<Instant>,
+}
+
+/// The parts of a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Blocks only; safe while the source Prometheus runs. A block that vanishes (compacted
+    /// away) or changes while it is copied is left for the final phase.
+    Presync,
+    /// With the source stopped: new and changed blocks, meta.json and tombstones, compacted-
+    /// away blocks to quarantine, and an exact mirror of wal/, wbl/, chunks_head/.
+    Final,
+    /// Presync then final, in one run (the source must be stopped).
+    #[default]
+    All,
 }
 
 /// What an apply did.
@@ -65,13 +84,31 @@ pub struct ApplyReport {
     pub duration_seconds: f64,
     /// Average copy rate (bytes/s).
     pub average_rate: f64,
+    /// The phase that ran.
+    pub phase: Phase,
+    /// Stopped at the deadline before everything was done (rerun to continue).
+    pub incomplete: bool,
+    /// Blocks a presync left for the final phase, and why (vanished or changed while copied).
+    pub left_for_final: Vec<String>,
 }
 
 enum Job {
     /// A block that is not on the target: stage, fsync, rename into place.
-    NewBlock { ulid: String, files: Vec<String> },
+    NewBlock {
+        ulid: String,
+        files: Vec<String>,
+        bytes: u64,
+    },
     /// A single file: temp name, fsync, rename.
-    File { rel: String },
+    File { rel: String, bytes: u64 },
+}
+
+impl Job {
+    fn bytes(&self) -> u64 {
+        match self {
+            Job::NewBlock { bytes, .. } | Job::File { bytes, .. } => *bytes,
+        }
+    }
 }
 
 struct Shared<'a> {
@@ -82,6 +119,12 @@ struct Shared<'a> {
     resumed: AtomicU64,
     published: AtomicU64,
     touched_dirs: Mutex<BTreeSet<PathBuf>>,
+    phase: Phase,
+    started: Instant,
+    bwlimit: Option<u64>,
+    /// Set when the deadline stopped the run.
+    out_of_time: AtomicBool,
+    left_for_final: Mutex<Vec<String>>,
 }
 
 /// Executes the plan (refusing one with blockers). Returns what was done, also when it
@@ -92,7 +135,8 @@ pub fn apply(plan: &MigrationPlan, opts: &ApplyOptions) -> (ApplyReport, anyhow:
     let result = execute(plan, opts, &mut report);
     report.duration_seconds = start.elapsed().as_secs_f64();
     report.average_rate = report.copied_bytes as f64 / report.duration_seconds.max(1e-6);
-    report.ok = result.is_ok();
+    report.ok = result.is_ok() && !report.incomplete;
+    report.phase = opts.phase;
     if report.ok {
         tracing::info!(
             copied_files = report.copied_files,
@@ -130,13 +174,29 @@ fn execute(
         .collect();
     report.cleaned = clean_leftovers(root, &plan.leftovers, &new_blocks)?;
 
-    if plan.delete_extraneous && !plan.extraneous.is_empty() {
+    let quarantine: Vec<_> = plan
+        .extraneous
+        .iter()
+        .filter(|e| e.quarantined(plan.delete_extraneous))
+        .collect();
+    if opts.phase != Phase::Presync && !quarantine.is_empty() {
+        // A fresh directory per run: never rename over something quarantined before.
         let stamp = jiff::Timestamp::now()
-            .strftime("%Y%m%dT%H%M%SZ")
+            .strftime("%Y%m%dT%H%M%S%.3fZ")
             .to_string();
-        let qrel = Path::new(tsdb::QUARANTINE_DIR).join(stamp);
+        let base = Path::new(tsdb::QUARANTINE_DIR);
+        let qrel = (0..)
+            .map(|n| {
+                if n == 0 {
+                    base.join(&stamp)
+                } else {
+                    base.join(format!("{stamp}-{n}"))
+                }
+            })
+            .find(|p| !root.join(p).exists())
+            .unwrap_or_else(|| base.join(&stamp));
         let qdir = root.join(&qrel);
-        for e in &plan.extraneous {
+        for e in quarantine {
             let to = qdir.join(&e.rel);
             let parent_rel = Path::new(&e.rel).parent().unwrap_or(Path::new(""));
             make_dirs(root, &qrel.join(parent_rel), owner)?;
@@ -158,8 +218,10 @@ fn execute(
         );
     }
 
-    for d in &plan.dirs {
-        fixed += u64::from(ensure_dir(&root.join(d), owner)?);
+    if opts.phase != Phase::Presync {
+        for d in &plan.dirs {
+            fixed += u64::from(ensure_dir(&root.join(d), owner)?);
+        }
     }
 
     let mut jobs = VecDeque::new();
@@ -174,17 +236,26 @@ fn execute(
             jobs.push_back(Job::NewBlock {
                 ulid: b.ulid.clone(),
                 files: b.copy.clone(),
+                bytes: b.copy_bytes,
             });
         } else {
-            jobs.extend(b.copy.iter().map(|rel| Job::File { rel: rel.clone() }));
+            jobs.extend(b.copy.iter().map(|rel| Job::File {
+                rel: rel.clone(),
+                bytes: 0,
+            }));
         }
     }
-    jobs.extend(
-        plan.files
-            .iter()
-            .filter(|f| f.state != State::Identical)
-            .map(|f| Job::File { rel: f.rel.clone() }),
-    );
+    if opts.phase != Phase::Presync {
+        jobs.extend(
+            plan.files
+                .iter()
+                .filter(|f| f.state != State::Identical)
+                .map(|f| Job::File {
+                    rel: f.rel.clone(),
+                    bytes: f.size,
+                }),
+        );
+    }
 
     let throttle = limiter::for_limit(opts.bwlimit.or(plan.bwlimit));
     let shared = Shared {
@@ -193,6 +264,7 @@ fn execute(
             throttle: throttle.as_ref(),
             progress: opts.progress,
             cancel: opts.cancel,
+            deadline: opts.deadline,
             owner,
         },
         copied_bytes: AtomicU64::new(0),
@@ -200,6 +272,11 @@ fn execute(
         resumed: AtomicU64::new(0),
         published: AtomicU64::new(0),
         touched_dirs: Mutex::new(BTreeSet::new()),
+        phase: opts.phase,
+        started: Instant::now(),
+        bwlimit: opts.bwlimit.or(plan.bwlimit),
+        out_of_time: AtomicBool::new(false),
+        left_for_final: Mutex::new(Vec::new()),
     };
     let jobs_result = run_jobs(&shared, jobs, plan.parallelism);
     opts.progress.finish();
@@ -207,6 +284,12 @@ fn execute(
     report.copied_files = shared.copied_files.load(Ordering::Relaxed);
     report.resumed_files = shared.resumed.load(Ordering::Relaxed);
     report.blocks_published = shared.published.load(Ordering::Relaxed);
+    report.left_for_final = shared
+        .left_for_final
+        .lock()
+        .map(|v| v.clone())
+        .unwrap_or_default();
+    report.incomplete = shared.out_of_time.load(Ordering::Relaxed);
     jobs_result?;
 
     let dirs = shared
@@ -245,15 +328,19 @@ fn run_jobs(shared: &Shared, jobs: VecDeque<Job>, parallelism: usize) -> anyhow:
         for _ in 0..parallelism.max(1) {
             s.spawn(|| {
                 loop {
-                    if failed.load(Ordering::Relaxed) || shared.ctx.cancel.load(Ordering::Relaxed) {
+                    if failed.load(Ordering::Relaxed) || shared.ctx.stopping() {
                         return;
                     }
                     let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
                         return;
                     };
+                    if !fits_before_deadline(shared, job.bytes()) {
+                        shared.out_of_time.store(true, Ordering::Relaxed);
+                        return;
+                    }
                     let r = match &job {
-                        Job::NewBlock { ulid, files } => new_block(shared, ulid, files),
-                        Job::File { rel } => one_file(shared, rel),
+                        Job::NewBlock { ulid, files, .. } => new_block(shared, ulid, files),
+                        Job::File { rel, .. } => one_file(shared, rel),
                     };
                     if let Err(e) = r {
                         failed.store(true, Ordering::Relaxed);
@@ -269,13 +356,58 @@ fn run_jobs(shared: &Shared, jobs: VecDeque<Job>, parallelism: usize) -> anyhow:
     let error = first_error.into_inner().ok().flatten();
     let cancelled =
         |e: &anyhow::Error| matches!(e.downcast_ref::<CopyError>(), Some(CopyError::Cancelled));
+    let past_deadline = shared.ctx.deadline.is_some_and(|d| Instant::now() >= d);
     match error {
         Some(e) if !cancelled(&e) => Err(e),
         _ if shared.ctx.cancel.load(Ordering::Relaxed) => Err(anyhow!(
             "apply was interrupted before it finished; rerun apply to resume (completed files are kept)"
         )),
+        _ if past_deadline || shared.out_of_time.load(Ordering::Relaxed) => {
+            shared.out_of_time.store(true, Ordering::Relaxed);
+            Ok(())
+        }
         _ => Ok(()),
     }
+}
+
+/// Whether a job of `bytes` can finish before the deadline, at the bandwidth limit or else
+/// at the rate seen so far (unknown rates are given the benefit of the doubt).
+fn fits_before_deadline(sh: &Shared, bytes: u64) -> bool {
+    let Some(deadline) = sh.ctx.deadline else {
+        return true;
+    };
+    let now = Instant::now();
+    if now >= deadline {
+        return false;
+    }
+    let elapsed = sh.started.elapsed().as_secs_f64();
+    let copied = sh.copied_bytes.load(Ordering::Relaxed);
+    let rate = sh
+        .bwlimit
+        .map(|r| r as f64)
+        .or((elapsed > 1.0 && copied > 0).then(|| copied as f64 / elapsed));
+    rate.is_none_or(|r| bytes as f64 / r <= (deadline - now).as_secs_f64())
+}
+
+/// In a presync a source file can vanish (its block was compacted away) or change (meta.json
+/// and tombstones are rewritten in place). That leaves the block for the final phase; in the
+/// final phase the source is stopped and it is an error.
+fn left_for_final(sh: &Shared, what: &str, err: &anyhow::Error) -> bool {
+    if sh.phase != Phase::Presync {
+        return false;
+    }
+    let reason = match err.downcast_ref::<CopyError>() {
+        Some(CopyError::Source { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {
+            "vanished from the source (compacted away?)"
+        }
+        Some(CopyError::Changed { .. }) => "changed while it was copied",
+        _ => return false,
+    };
+    tracing::info!("{what} {reason}: left for the final phase");
+    if let Ok(mut v) = sh.left_for_final.lock() {
+        v.push(format!("{what}: {reason}"));
+    }
+    true
 }
 
 /// Stages a whole block, makes it durable, and renames it into place.
@@ -297,7 +429,17 @@ fn new_block(sh: &Shared, ulid: &str, files: &[String]) -> anyhow::Result<()> {
             let size = std::fs::metadata(&dst).map(|m| m.len()).unwrap_or(0);
             sh.ctx.progress.add_bytes(size);
         } else {
-            let n = copy::copy_file(&src, &dst, false, &sh.ctx)?;
+            let n = match copy::copy_file(&src, &dst, false, &sh.ctx) {
+                Ok(n) => n,
+                Err(e) => {
+                    let e = anyhow::Error::from(e);
+                    if left_for_final(sh, ulid, &e) {
+                        let _ = std::fs::remove_dir_all(&stage);
+                        return Ok(());
+                    }
+                    return Err(e);
+                }
+            };
             sh.copied_bytes.fetch_add(n, Ordering::Relaxed);
             sh.copied_files.fetch_add(1, Ordering::Relaxed);
         }
@@ -365,7 +507,17 @@ fn one_file(sh: &Shared, rel: &str) -> anyhow::Result<()> {
     ensure_dir(parent, sh.plan.owner)?;
     let name = dst.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = parent.join(format!(".{name}{}", tsdb::TMP_SUFFIX));
-    let n = copy::copy_file(&src, &tmp, true, &sh.ctx)?;
+    let n = match copy::copy_file(&src, &tmp, true, &sh.ctx) {
+        Ok(n) => n,
+        Err(e) => {
+            let e = anyhow::Error::from(e);
+            return if left_for_final(sh, rel, &e) {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+    };
     if let Err(e) = std::fs::rename(&tmp, &dst) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e)

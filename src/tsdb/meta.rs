@@ -49,6 +49,16 @@ pub struct Compaction {
     /// 1 for a block cut from the head (or made by promtool), higher once compacted.
     #[serde(default)]
     pub level: u32,
+    /// The blocks this one was compacted from (they are deleted once it exists).
+    #[serde(default)]
+    pub parents: Vec<Parent>,
+}
+
+/// One `compaction.parents` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Parent {
+    /// The parent block's ULID.
+    pub ulid: Ulid,
 }
 
 impl BlockMeta {
