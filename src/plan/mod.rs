@@ -388,13 +388,14 @@ pub fn build_with_inventories(
         &mut skipped,
     )?;
 
-    let parents: std::collections::BTreeSet<String> = src
-        .blocks
-        .values()
-        .filter_map(|b| b.meta.as_ref().ok())
-        .flat_map(|m| m.compaction.parents.iter().map(|p| p.ulid.to_string()))
-        .collect();
-    let extraneous = extraneous(&selected, &files, &tgt, &parents);
+    // What the source blocks were compacted from: a target block whose data they hold was
+    // compacted away in the source (parents name the direct ones; sources the level-1 ones).
+    let mut ancestry = std::collections::BTreeSet::new();
+    for meta in src.blocks.values().filter_map(|b| b.meta.as_ref().ok()) {
+        ancestry.extend(meta.compaction.parents.iter().map(|p| p.ulid));
+        ancestry.extend(meta.compaction.sources.iter().copied());
+    }
+    let extraneous = extraneous(m, &selected, &files, &tgt, &ancestry);
     let kept = extraneous
         .iter()
         .filter(|e| !e.quarantined(m.delete_extraneous))
@@ -619,20 +620,43 @@ fn count<'a>(
 }
 
 /// Target entries owned by the plan's kinds (blocks, segment files) that the selection lacks.
-/// `parents` are the ULIDs source blocks were compacted from.
+/// `ancestry` holds every ULID the source blocks were compacted from.
 fn extraneous(
+    m: &Migration,
     selected: &[&inventory::Block],
     files: &[FilePlan],
     tgt: &Inventory,
-    parents: &std::collections::BTreeSet<String>,
+    ancestry: &std::collections::BTreeSet<ulid::Ulid>,
 ) -> Vec<Extraneous> {
+    // A target block was compacted away when it is itself an ancestor of a source block, or
+    // all the level-1 blocks it holds are held by source blocks now.
+    let compacted_away = |b: &inventory::Block| {
+        if ancestry.contains(&b.ulid) {
+            return true;
+        }
+        let meta = crate::sync::copy::open_source(&m.target_root.join(&b.dir).join("meta.json"))
+            .and_then(|mut f| {
+                let mut v = Vec::new();
+                std::io::Read::read_to_end(&mut f, &mut v).map(|_| v)
+            });
+        match meta
+            .ok()
+            .and_then(|bytes| crate::tsdb::BlockMeta::parse(&bytes).ok())
+        {
+            Some((meta, _)) => {
+                !meta.compaction.sources.is_empty()
+                    && meta.compaction.sources.iter().all(|s| ancestry.contains(s))
+            }
+            None => false,
+        }
+    };
     let mut out = Vec::new();
     for (dir, b) in &tgt.blocks {
         match selected.iter().find(|s| &s.dir == dir) {
             None => out.push(Extraneous {
                 rel: dir.clone(),
                 size: b.size(),
-                kind: if parents.contains(dir) {
+                kind: if compacted_away(b) {
                     ExtraKind::CompactedAway
                 } else {
                     ExtraKind::Block

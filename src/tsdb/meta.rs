@@ -52,6 +52,9 @@ pub struct Compaction {
     /// The blocks this one was compacted from (they are deleted once it exists).
     #[serde(default)]
     pub parents: Vec<Parent>,
+    /// The level-1 blocks whose data this one holds.
+    #[serde(default)]
+    pub sources: Vec<Ulid>,
 }
 
 /// One `compaction.parents` entry.

@@ -42,6 +42,24 @@ pub fn some_block(root: &Path) -> PathBuf {
     blocks.into_iter().next().expect("the TSDB has a block")
 }
 
+/// Promtool-made level-1 blocks only (no server ran on them): a real prometheus started on
+/// them compacts them. Built once per machine.
+pub fn raw_fixture() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = root.join("target/fixtures/tsdb-raw");
+        let status = Command::new("bash")
+            .arg(root.join("scripts/gen-tsdb.sh"))
+            .arg(&dir)
+            .arg("--no-server")
+            .status()
+            .expect("run scripts/gen-tsdb.sh");
+        assert!(status.success(), "scripts/gen-tsdb.sh --no-server failed");
+        dir
+    })
+}
+
 /// `cp -a src dst`.
 pub fn copy_tree(src: &Path, dst: &Path) {
     let st = Command::new("cp")
@@ -71,10 +89,15 @@ impl Workspace {
 
     /// A workspace whose plan gets `transfer_extra` lines appended under `transfer:`.
     pub fn with_extra(transfer_extra: &str) -> Self {
+        Self::from_fixture(fixture(), transfer_extra)
+    }
+
+    /// A workspace whose source is a private copy of `data`.
+    pub fn from_fixture(data: &Path, transfer_extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let source = dir.path().join("source");
-        copy_tree(fixture(), &source);
+        copy_tree(data, &source);
         let mount = dir.path().join("pv");
         std::fs::create_dir(&mount).unwrap();
         let plan = dir.path().join("plan.yaml");
@@ -244,7 +267,14 @@ impl PromServer {
     /// Starts prometheus on `data` with no scrape targets and waits until it is ready;
     /// `as_user` runs it via setpriv. Panics with its log if it exits first.
     pub fn start(data: &Path, work: &Path, as_user: Option<(u32, u32)>) -> PromServer {
-        Self::spawn(data, work, as_user)
+        Self::spawn(data, work, as_user, false)
+            .ready()
+            .unwrap_or_else(|log| panic!("prometheus exited:\n{log}"))
+    }
+
+    /// A live source: prometheus scraping itself every second, writing WAL and head chunks.
+    pub fn start_scraping(data: &Path, work: &Path) -> PromServer {
+        Self::spawn(data, work, None, true)
             .ready()
             .unwrap_or_else(|log| panic!("prometheus exited:\n{log}"))
     }
@@ -252,16 +282,28 @@ impl PromServer {
     /// Like [`PromServer::start`], but a server that exits before it is ready is an `Err`
     /// with its log (for data that should make it fail).
     pub fn try_start(data: &Path, work: &Path) -> Result<PromServer, String> {
-        Self::spawn(data, work, None).ready()
+        Self::spawn(data, work, None, false).ready()
     }
 
-    fn spawn(data: &Path, work: &Path, as_user: Option<(u32, u32)>) -> PromServer {
+    fn spawn(
+        data: &Path,
+        work: &Path,
+        as_user: Option<(u32, u32)>,
+        scrape_self: bool,
+    ) -> PromServer {
         std::fs::create_dir_all(work).unwrap();
         std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let config = work.join("prometheus.yml");
-        std::fs::write(&config, "global:\n  scrape_interval: 1h\n").unwrap();
-        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
         let port = free_port();
+        let config = work.join("prometheus.yml");
+        let text = if scrape_self {
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: self\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+            )
+        } else {
+            "global:\n  scrape_interval: 1h\n".to_string()
+        };
+        std::fs::write(&config, text).unwrap();
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
         let log = work.join(format!("prometheus-{port}.log"));
         let logf = std::fs::File::create(&log).unwrap();
         let mut cmd = match as_user {

@@ -310,14 +310,18 @@ fn run_job(root: &Path, job: &Job, depth: Depth, progress: &dyn Progress) -> Vec
         Job::HeadChunks { rel } => (rel, head::check(root, rel, depth, progress)),
         Job::Wal { rel, last, wbl } => (rel, wal::check(root, rel, *last, *wbl, depth, progress)),
     };
-    result.unwrap_or_else(|e| {
-        vec![Problem::new(
+    match result {
+        Ok(problems) => problems,
+        // Listed a moment ago and gone now: a live server compacted or truncated it away.
+        // That is no damage; the next listing does not have it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => vec![Problem::new(
             rel.clone(),
             "",
             format!("cannot read: {e}"),
             Effect::FailsStart,
-        )]
-    })
+        )],
+    }
 }
 
 /// Files of `dir` named as zero-padded numbers: (number, rel path, size), sorted.

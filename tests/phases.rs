@@ -1,0 +1,191 @@
+//! Two-phase cutover against a real, running prometheus: blocks are presynced while it runs
+//! (and compacts), the final phase refuses until it is stopped, then mirrors the rest; the
+//! copy answers like the source, including samples written after the presync.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn level(block: &Path) -> u64 {
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(block.join("meta.json")).unwrap()).unwrap();
+    m["compaction"]["level"].as_u64().unwrap()
+}
+
+fn blocks(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("meta.json").exists())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn presync_while_running_then_final_after_stop() {
+    let ws = Workspace::from_fixture(raw_fixture(), "");
+    let raw: Vec<String> = blocks(&ws.source)
+        .iter()
+        .map(|b| b.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(raw.len() > 4 && blocks(&ws.source).iter().all(|b| level(b) == 1));
+
+    // 1. Presync the raw blocks.
+    let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "presync"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        v["apply"]["blocks_published"].as_u64().unwrap() as usize,
+        raw.len()
+    );
+
+    // 2. The source comes alive: it compacts the raw blocks and writes a WAL.
+    let work = ws.dir.path().join("servers");
+    let mut live = PromServer::start_scraping(&ws.source, &work.join("live"));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !blocks(&ws.source).iter().any(|b| level(b) > 1) {
+        assert!(
+            Instant::now() < deadline,
+            "prometheus did not compact the raw blocks:\n{}",
+            live.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (_, plan) = ws.run_json(&["plan"]);
+    assert_eq!(
+        plan["source_state"]["state"], "running",
+        "{}",
+        plan["source_state"]
+    );
+
+    // 3. Presync again while it runs: the compacted blocks.
+    let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "presync"]);
+    assert_eq!(code, 0, "{v}");
+    let presynced_at = jiff::Timestamp::now().as_second();
+
+    // 4. The final phase refuses while it runs, and writes nothing.
+    let before = snapshot(&ws.target());
+    for phase in ["final", "all"] {
+        let (code, v) = ws.run_json(&["apply", "--yes", "--phase", phase]);
+        assert_eq!(code, 1, "{v}");
+        assert!(
+            v["refusal"].as_str().unwrap().contains("still running"),
+            "{v}"
+        );
+    }
+    assert_eq!(
+        snapshot(&ws.target()),
+        before,
+        "a refused final phase wrote something"
+    );
+
+    // Samples keep arriving after the presync; then the source is stopped.
+    std::thread::sleep(Duration::from_secs(3));
+    live.stop();
+    let (_, plan) = ws.run_json(&["plan"]);
+    assert_eq!(
+        plan["source_state"]["state"], "stopped",
+        "{}",
+        plan["source_state"]
+    );
+    assert!(
+        plan["phases"]["final"]["bytes"].as_u64().unwrap() > 0,
+        "the WAL is left for the final phase"
+    );
+
+    // 5. The final phase: compacted-away blocks go to quarantine, the WAL/head are mirrored.
+    let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "final"]);
+    assert_eq!(code, 0, "{v}");
+    let q = std::path::PathBuf::from(
+        v["apply"]["quarantine_dir"]
+            .as_str()
+            .expect("compacted blocks were quarantined"),
+    );
+    let source_now: Vec<String> = blocks(&ws.source)
+        .iter()
+        .map(|b| b.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for r in raw.iter().filter(|r| !source_now.contains(r)) {
+        assert!(
+            !ws.target().join(r).exists(),
+            "compacted-away block {r} is still on the target"
+        );
+        assert!(
+            q.join(r).join("meta.json").exists(),
+            "compacted-away block {r} is not in the quarantine"
+        );
+    }
+    let (code, out, _) = ws.run(&["verify", "--level", "deep"]);
+    assert_eq!(code, 0, "{out}");
+
+    // 6. The copy answers like the source, including samples scraped after the presync.
+    let reference_data = ws.dir.path().join("source-copy");
+    copy_tree(&ws.source, &reference_data);
+    let reference = PromServer::start(&reference_data, &work.join("ref"), None);
+    let migrated = PromServer::start(
+        &ws.target(),
+        &work.join("new"),
+        Some((RUN_AS_USER, FS_GROUP)),
+    );
+    let now = jiff::Timestamp::now().as_second();
+    let since_presync = now - presynced_at;
+    let after = |s: &PromServer| {
+        s.api(
+            "query",
+            &[
+                ("query", format!("count_over_time(up[{since_presync}s])")),
+                ("time", now.to_string()),
+            ],
+        )
+    };
+    let (a, b) = (after(&reference), after(&migrated));
+    assert!(
+        !a["result"].as_array().unwrap().is_empty(),
+        "no samples after the presync on the reference"
+    );
+    assert_eq!(a, b, "samples written after the presync differ");
+    for q in [
+        "sum(count_over_time(demo_requests_total[10d]))",
+        "sum(count_over_time(demo_temperature_celsius[10d]))",
+        "sum(count_over_time(prometheus_tsdb_head_samples_appended_total[10d]))",
+    ] {
+        let p = [("query", q.to_string()), ("time", now.to_string())];
+        let (a, b) = (reference.api("query", &p), migrated.api("query", &p));
+        assert!(!a["result"].as_array().unwrap().is_empty(), "{q}");
+        assert_eq!(a, b, "{q}");
+    }
+}
+
+#[test]
+fn deadline_stops_cleanly_and_the_next_apply_continues() {
+    let ws = Workspace::new();
+    let (_, plan) = ws.run_json(&["plan"]);
+    let total = plan["stats"]["copy_files"].as_u64().unwrap();
+    let bytes = plan["stats"]["copy_bytes"].as_u64().unwrap();
+    // About 6 s of copying, and 2 s to do it in.
+    let rate = format!("{}K", (bytes / 1024 / 6).max(4));
+    let (code, v) = ws.run_json(&["apply", "--yes", "--bwlimit", &rate, "--deadline", "2s"]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["incomplete"], true, "{v}");
+    let copied = v["apply"]["copied_files"].as_u64().unwrap();
+    assert!(copied > 0 && copied < total, "copied {copied} of {total}");
+    assert_no_temp_files(&ws.mount, "after the deadline");
+    assert_eq!(latest_record(&ws, "apply")["exit_code"], 1);
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        v["apply"]["copied_files"].as_u64().unwrap() + copied,
+        total,
+        "the rerun copied only the rest: {v}"
+    );
+    assert_eq!(ws.run(&["verify"]).0, 0);
+
+    let (code, _, err) = ws.run(&["apply", "--yes", "--deadline", "soon"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("RFC 3339") && err.contains("duration"),
+        "{err}"
+    );
+}
