@@ -5,6 +5,7 @@
 //! modes), [`verify`] (prove equality). [`inspect`] summarises any data directory.
 //! `run` resolves the command line once and maps outcomes to [`exit::Code`]s.
 
+pub mod cache;
 pub mod cli;
 pub mod exit;
 pub mod fsutil;

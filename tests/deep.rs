@@ -459,19 +459,9 @@ fn wal_repair_only_when_a_checkpoint_covers_the_dropped_segments() {
 /// No false positive on at least 1 GiB of real blocks (promtool blocks under fresh ULIDs).
 #[test]
 fn a_gib_of_real_blocks_passes_deep_checks() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let big = root.join("target/fixtures/blocks-1gib");
-    let st = std::process::Command::new("bash")
-        .arg(root.join("scripts/gen-tsdb.sh"))
-        .arg(fixture())
-        .arg("--replicate-to")
-        .arg(&big)
-        .args(["--gib", "1"])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let big = gib_fixture();
     let mut c = promigrate();
-    c.args(["inspect", "--deep", "--output", "json"]).arg(&big);
+    c.args(["inspect", "--deep", "--output", "json"]).arg(big);
     let (code, out, err) = run(c);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {err}"));
     assert_eq!(code, 0, "{}", v["format_problems"]);

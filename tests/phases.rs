@@ -189,3 +189,61 @@ fn deadline_stops_cleanly_and_the_next_apply_continues() {
         "{err}"
     );
 }
+
+/// A presync reads the whole source once, but leaves the page cache as it found it: what it
+/// brought in is dropped, what was cached before (a live server's working set) is kept.
+#[test]
+fn presync_leaves_the_source_page_cache_as_it_found_it() {
+    let source = gib_fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("pv");
+    std::fs::create_dir(&mount).unwrap();
+    let plan = dir.path().join("plan.yaml");
+    std::fs::write(&plan, plan_yaml(source, &mount, "")).unwrap();
+    let presync = || {
+        let mut c = promigrate();
+        c.args(["apply", "--yes", "--phase", "presync", "-f"])
+            .arg(&plan)
+            .arg("--state-dir")
+            .arg(dir.path().join("st"));
+        let (code, _, err) = run(c);
+        assert_eq!(code, 0, "{err}");
+    };
+
+    drop_page_cache();
+    presync();
+    let cold = cached_share(source);
+    eprintln!("source cached after a cold presync: {:.1}%", cold * 100.0);
+    assert!(
+        cold <= 0.10,
+        "{:.1}% of the source is cached after the presync",
+        cold * 100.0
+    );
+    assert!(
+        cached_share(&mount) <= 0.10,
+        "the target's written pages stay cached"
+    );
+
+    std::fs::remove_dir_all(&mount).unwrap();
+    std::fs::create_dir(&mount).unwrap();
+    let warm_files = walkdir::WalkDir::new(source)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file());
+    for f in warm_files {
+        std::fs::read(f.path()).unwrap();
+    }
+    let before = cached_share(source);
+    presync();
+    let after = cached_share(source);
+    eprintln!(
+        "source cached around a warm presync: {:.1}% -> {:.1}%",
+        before * 100.0,
+        after * 100.0
+    );
+    assert!(before > 0.9, "could not warm the cache ({before})");
+    assert!(
+        after >= before - 0.05,
+        "a presync evicted pages that were cached before: {before} -> {after}"
+    );
+}

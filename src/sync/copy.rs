@@ -110,6 +110,7 @@ fn copy_inner(src: &Path, dst: &Path, durable: bool, ctx: &Ctx) -> Result<u64, C
     };
     let input = open_source(src).map_err(src_err)?;
     let meta = input.metadata().map_err(src_err)?;
+    let cached_before = crate::cache::Residency::of(&input, meta.len());
     let output = OpenOptions::new()
         .write(true)
         .create(true)
@@ -139,6 +140,7 @@ fn copy_inner(src: &Path, dst: &Path, durable: bool, ctx: &Ctx) -> Result<u64, C
             break;
         }
         start_writeback(&output, done, n);
+        cached_before.drop_new_pages(&input, done, n);
         done += n;
         ctx.progress.add_bytes(n);
     }
@@ -167,8 +169,14 @@ fn copy_inner(src: &Path, dst: &Path, durable: bool, ctx: &Ctx) -> Result<u64, C
     output.set_times(times).map_err(dst_err)?;
     if durable {
         output.sync_all().map_err(dst_err)?;
+        drop_cache(&output);
     }
     Ok(done)
+}
+
+/// Drops a written (and fsync'ed, so clean) file from the page cache.
+pub fn drop_cache(f: &File) {
+    crate::cache::dontneed(f, 0, 0);
 }
 
 /// Which side an I/O error from `io::copy` came from is not reported; a read error on a

@@ -448,7 +448,7 @@ fn new_block(sh: &Shared, ulid: &str, files: &[String]) -> anyhow::Result<()> {
     // Durable before published: fsync every file, then the directories, then rename.
     for f in &written {
         std::fs::File::open(f)
-            .and_then(|h| h.sync_all())
+            .and_then(|h| h.sync_all().map(|_| copy::drop_cache(&h)))
             .with_context(|| format!("cannot fsync {}", f.display()))?;
     }
     let mut dirs: BTreeSet<&Path> = written.iter().filter_map(|f| f.parent()).collect();

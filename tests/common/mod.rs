@@ -60,6 +60,72 @@ pub fn raw_fixture() -> &'static Path {
     })
 }
 
+/// At least 1 GiB of real blocks (promtool blocks replicated under fresh ULIDs), built once.
+pub fn gib_fixture() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = root.join("target/fixtures/blocks-1gib");
+        let status = Command::new("bash")
+            .arg(root.join("scripts/gen-tsdb.sh"))
+            .arg(fixture())
+            .arg("--replicate-to")
+            .arg(&dir)
+            .args(["--gib", "1"])
+            .status()
+            .expect("run scripts/gen-tsdb.sh");
+        assert!(
+            status.success(),
+            "scripts/gen-tsdb.sh --replicate-to failed"
+        );
+        dir
+    })
+}
+
+/// The share of the bytes of the files below `dir` that are in the page cache (fincore).
+pub fn cached_share(dir: &Path) -> f64 {
+    let files: Vec<PathBuf> = walkdir::WalkDir::new(dir)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect();
+    let out = Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--raw", "-o", "RES,SIZE"])
+        .args(&files)
+        .output()
+        .expect("fincore (util-linux)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (mut res, mut size) = (0u64, 0u64);
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: Vec<u64> = l
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if v.len() == 2 {
+            res += v[0];
+            size += v[1];
+        }
+    }
+    res as f64 / size.max(1) as f64
+}
+
+/// Drops the page cache (root only).
+pub fn drop_page_cache() {
+    let st = Command::new("sh")
+        .args(["-c", "sync && echo 3 > /proc/sys/vm/drop_caches"])
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "cannot drop the page cache (tests run as root: see .ci/run)"
+    );
+}
+
 /// `cp -a src dst`.
 pub fn copy_tree(src: &Path, dst: &Path) {
     let st = Command::new("cp")

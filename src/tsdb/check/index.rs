@@ -33,7 +33,12 @@ pub(super) fn check(
     depth: Depth,
     progress: &dyn Progress,
 ) -> io::Result<Vec<Problem>> {
-    let mut s = Scanner::open(&root.join(rel))?;
+    let path = root.join(rel);
+    let mut s = if depth == Depth::Deep {
+        Scanner::open(&path)?
+    } else {
+        Scanner::open_small(&path)?
+    };
     let mut out = Vec::new();
     let len = s.len();
     let fatal = |loc: &str, what: String| vec![Problem::new(rel, loc, what, Effect::FailsStart)];

@@ -8,8 +8,11 @@ use std::path::Path;
 
 use integer_encoding::VarInt;
 
-/// Buffer size; also the largest span [`Scanner::take`] returns in one piece.
+/// Buffer size for reading whole files; also the largest span [`Scanner::take`] returns in
+/// one piece.
 pub const BUF: usize = 1 << 20;
+/// Buffer size for header-only checks: they must not read (and cache) a MiB of every file.
+pub const SMALL_BUF: usize = 16 << 10;
 
 /// Reads a file front to back through a fixed buffer.
 pub struct Scanner {
@@ -20,17 +23,39 @@ pub struct Scanner {
     /// Absolute offset of `buf[start]`.
     pos: u64,
     len: u64,
+    /// Pages cached before this reader: only the others are dropped when it is done.
+    cached_before: crate::cache::Residency,
+}
+
+impl Drop for Scanner {
+    fn drop(&mut self) {
+        // Give back the page cache this reader used (the source may be a live server's).
+        self.cached_before.drop_new_pages(&self.file, 0, self.len);
+    }
 }
 
 impl Scanner {
-    /// Opens `path` read-only (without updating atime where permitted).
+    /// Opens `path` read-only (without updating atime where permitted) to read all of it.
     pub fn open(path: &Path) -> io::Result<Scanner> {
+        Self::open_with(path, BUF)
+    }
+
+    /// Opens `path` to read only a little of it (headers, a table of contents).
+    pub fn open_small(path: &Path) -> io::Result<Scanner> {
+        Self::open_with(path, SMALL_BUF)
+    }
+
+    fn open_with(path: &Path, buf: usize) -> io::Result<Scanner> {
         let file = crate::sync::copy::open_source(path)?;
         let len = file.metadata()?.len();
-        advise_sequential(&file);
+        let cached_before = crate::cache::Residency::of(&file, len);
+        if buf == BUF {
+            advise_sequential(&file);
+        }
         Ok(Scanner {
             file,
-            buf: vec![0; BUF],
+            cached_before,
+            buf: vec![0; buf],
             start: 0,
             end: 0,
             pos: 0,
@@ -68,9 +93,8 @@ impl Scanner {
         Ok(())
     }
 
-    /// Makes at least `n` (≤ BUF) bytes available; false if the file ends first.
+    /// Makes at least `n` (≤ the buffer size) bytes available; false if the file ends first.
     fn fill(&mut self, n: usize) -> io::Result<bool> {
-        debug_assert!(n <= BUF);
         if self.end - self.start >= n {
             return Ok(true);
         }
@@ -89,7 +113,7 @@ impl Scanner {
 
     /// The next `n` bytes without consuming them, or `None` if the file is shorter.
     pub fn peek(&mut self, n: usize) -> io::Result<Option<&[u8]>> {
-        if n > BUF || !self.fill(n)? {
+        if n > self.buf.len() || !self.fill(n)? {
             return Ok(None);
         }
         Ok(Some(&self.buf[self.start..self.start + n]))
@@ -97,7 +121,7 @@ impl Scanner {
 
     /// Consumes and returns the next `n` (≤ BUF) bytes, or `None` if the file is shorter.
     pub fn take(&mut self, n: usize) -> io::Result<Option<&[u8]>> {
-        if n > BUF || !self.fill(n)? {
+        if n > self.buf.len() || !self.fill(n)? {
             return Ok(None);
         }
         let s = self.start;
@@ -133,7 +157,7 @@ impl Scanner {
     pub fn crc_span(&mut self, mut n: u64) -> io::Result<Option<u32>> {
         let mut crc = 0u32;
         while n > 0 {
-            let step = n.min(BUF as u64) as usize;
+            let step = n.min(self.buf.len() as u64) as usize;
             let Some(b) = self.take(step)? else {
                 return Ok(None);
             };
@@ -146,7 +170,7 @@ impl Scanner {
     /// Whether every byte from here to `end` is zero (consumes them).
     pub fn zeros_until(&mut self, end: u64) -> io::Result<bool> {
         while self.pos < end {
-            let step = (end - self.pos).min(BUF as u64) as usize;
+            let step = (end - self.pos).min(self.buf.len() as u64) as usize;
             let Some(b) = self.take(step)? else {
                 return Ok(false);
             };

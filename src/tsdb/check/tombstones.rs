@@ -10,7 +10,7 @@ use super::{Effect, Problem};
 const MAGIC: u32 = 0x0130BA30;
 
 pub(super) fn check(root: &Path, rel: &str) -> io::Result<Vec<Problem>> {
-    let mut s = Scanner::open(&root.join(rel))?;
+    let mut s = Scanner::open_small(&root.join(rel))?;
     let p = |loc: &str, what: String| vec![Problem::new(rel, loc, what, Effect::FailsStart)];
     let len = s.len();
     if len < 9 {
