@@ -31,6 +31,7 @@ bench:
 	bash scripts/deps.sh
 	bash scripts/bench.sh
 	bash scripts/bench-deep.sh
+	bash scripts/bench-phases.sh
 
 clean-fixtures:
 	rm -rf target/fixtures
