@@ -41,10 +41,12 @@ step promigrate inspect "$data"
 "$bin" inspect "$data"
 step promigrate plan -f demo.yaml
 "$bin" plan -f "$work/demo.yaml"
-step promigrate apply -f demo.yaml --yes
-"$bin" apply -f "$work/demo.yaml" --yes --state-dir "$work/migrations"
-step promigrate verify -f demo.yaml
-"$bin" verify -f "$work/demo.yaml" --state-dir "$work/migrations"
+step promigrate apply -f demo.yaml --phase presync --yes "   # blocks, while the source may run"
+"$bin" apply -f "$work/demo.yaml" --phase presync --yes --state-dir "$work/migrations" | tail -4
+step promigrate apply -f demo.yaml --phase final --yes "   # the source is stopped: WAL and head"
+"$bin" apply -f "$work/demo.yaml" --phase final --yes --state-dir "$work/migrations" | tail -4
+step promigrate verify -f demo.yaml --level deep
+"$bin" verify -f "$work/demo.yaml" --level deep --state-dir "$work/migrations"
 step promigrate apply -f demo.yaml --yes "   # again: nothing to do"
 "$bin" apply -f "$work/demo.yaml" --yes --state-dir "$work/migrations" | tail -3
 

@@ -3,7 +3,7 @@
 //! | code | meaning |
 //! |------|---------|
 //! | 0 | success: the plan has no blockers, the apply completed, the verify found the copy equal |
-//! | 1 | findings: plan blockers, differences found by verify, an apply refused (blockers, or "no" at the prompt) |
+//! | 1 | findings: plan blockers, differences found by verify, an apply refused (blockers, a running source, or "no" at the prompt) or stopped at its deadline |
 //! | 2 | invalid usage or plan file (including a missing plan file, source path or target mount path) |
 //! | 3 | runtime failure: I/O, permissions, full disk, interruption |
 
@@ -44,6 +44,7 @@ pub fn classify(err: &anyhow::Error) -> Code {
 pub const HELP: &str = "\
 Exit codes:
   0  success (no blockers; apply completed; verify found the target equal)
-  1  findings: plan blockers, verify differences, apply refused (blockers, or \"no\" at the prompt)
+  1  findings: plan blockers, verify differences, apply refused (blockers, a running source,
+     or \"no\" at the prompt) or stopped at its --deadline (incomplete; rerun to continue)
   2  invalid usage or plan file (including a missing plan file, source path or target mount path)
   3  runtime failure: I/O, permission, disk full, interrupted";

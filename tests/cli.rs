@@ -278,7 +278,7 @@ fn help_documents_exit_codes() {
         assert_eq!(code, 0);
         for line in [
             "0  success (no blockers; apply completed; verify found the target equal)",
-            "1  findings: plan blockers, verify differences, apply refused (blockers, or \"no\" at the prompt)",
+            "1  findings: plan blockers, verify differences, apply refused (blockers, a running source,\n     or \"no\" at the prompt) or stopped at its --deadline (incomplete; rerun to continue)",
             "2  invalid usage or plan file (including a missing plan file, source path or target mount path)",
             "3  runtime failure: I/O, permission, disk full, interrupted",
         ] {

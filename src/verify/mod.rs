@@ -343,7 +343,15 @@ impl VerifyReport {
             units::duration(self.duration_seconds)
         );
         if self.ok {
-            let _ = writeln!(s, "OK: the target matches the source.");
+            let _ = writeln!(
+                s,
+                "{}",
+                if self.level == VerifyLevel::Deep {
+                    "OK: the target matches the source, and its format checks pass (Prometheus will open and read it)."
+                } else {
+                    "OK: the target matches the source."
+                }
+            );
         } else {
             let _ = writeln!(
                 s,
