@@ -13,21 +13,60 @@ use std::time::{Duration, Instant};
 pub const RUN_AS_USER: u32 = 1000;
 pub const FS_GROUP: u32 = 2000;
 
-/// The shared real TSDB (built once per machine and cached under target/fixtures).
-/// Tests never write into it: they copy it with [`copy_tree`] first.
+/// Runs scripts/gen-tsdb.sh (idempotent, flock'ed, so test binaries may race) and returns
+/// `target/fixtures/<name>`.
+fn build_fixture(name: &str, args: &[&std::ffi::OsStr]) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(root.join("target/fixtures")).unwrap();
+    let status = Command::new("bash")
+        .arg(root.join("scripts/gen-tsdb.sh"))
+        .args(args)
+        .status()
+        .expect("run scripts/gen-tsdb.sh (needs Debian's prometheus package: see .ci/run)");
+    assert!(status.success(), "scripts/gen-tsdb.sh {args:?} failed");
+    root.join("target/fixtures").join(name)
+}
+
+fn fixture_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/fixtures")
+        .join(name)
+}
+
+/// The shared real TSDB: promtool blocks compacted by a real prometheus, with tombstones, WAL
+/// and head chunks. Tests never write into it: they copy it with [`copy_tree`] first.
 pub fn fixture() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| build_fixture("tsdb", &[fixture_path("tsdb").as_os_str()]))
+}
+
+/// Promtool-made level-1 blocks only (no server ran on them): a real prometheus started on
+/// them compacts them.
+pub fn raw_fixture() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let dir = root.join("target/fixtures/tsdb");
-        std::fs::create_dir_all(root.join("target/fixtures")).unwrap();
-        let status = Command::new("bash")
-            .arg(root.join("scripts/gen-tsdb.sh"))
-            .arg(&dir)
-            .status()
-            .expect("run scripts/gen-tsdb.sh (needs Debian's prometheus package: see .ci/run)");
-        assert!(status.success(), "scripts/gen-tsdb.sh failed");
-        dir
+        build_fixture(
+            "tsdb-raw",
+            &[fixture_path("tsdb-raw").as_os_str(), "--no-server".as_ref()],
+        )
+    })
+}
+
+/// At least 1 GiB of real blocks (promtool blocks replicated under fresh ULIDs).
+pub fn gib_fixture() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = fixture_path("blocks-1gib");
+        build_fixture(
+            "blocks-1gib",
+            &[
+                fixture().as_os_str(),
+                "--replicate-to".as_ref(),
+                dir.as_os_str(),
+                "--gib".as_ref(),
+                "1".as_ref(),
+            ],
+        )
     })
 }
 
@@ -40,46 +79,6 @@ pub fn some_block(root: &Path) -> PathBuf {
         .collect();
     blocks.sort();
     blocks.into_iter().next().expect("the TSDB has a block")
-}
-
-/// Promtool-made level-1 blocks only (no server ran on them): a real prometheus started on
-/// them compacts them. Built once per machine.
-pub fn raw_fixture() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let dir = root.join("target/fixtures/tsdb-raw");
-        let status = Command::new("bash")
-            .arg(root.join("scripts/gen-tsdb.sh"))
-            .arg(&dir)
-            .arg("--no-server")
-            .status()
-            .expect("run scripts/gen-tsdb.sh");
-        assert!(status.success(), "scripts/gen-tsdb.sh --no-server failed");
-        dir
-    })
-}
-
-/// At least 1 GiB of real blocks (promtool blocks replicated under fresh ULIDs), built once.
-pub fn gib_fixture() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let dir = root.join("target/fixtures/blocks-1gib");
-        let status = Command::new("bash")
-            .arg(root.join("scripts/gen-tsdb.sh"))
-            .arg(fixture())
-            .arg("--replicate-to")
-            .arg(&dir)
-            .args(["--gib", "1"])
-            .status()
-            .expect("run scripts/gen-tsdb.sh");
-        assert!(
-            status.success(),
-            "scripts/gen-tsdb.sh --replicate-to failed"
-        );
-        dir
-    })
 }
 
 /// The share of the bytes of the files below `dir` that are in the page cache (fincore).

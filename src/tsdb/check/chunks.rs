@@ -20,12 +20,7 @@ pub(super) fn check(
     depth: Depth,
     progress: &dyn Progress,
 ) -> io::Result<Vec<Problem>> {
-    let path = root.join(rel);
-    let mut s = if depth == Depth::Deep {
-        Scanner::open(&path)?
-    } else {
-        Scanner::open_small(&path)?
-    };
+    let mut s = Scanner::for_depth(&root.join(rel), depth)?;
     let mut out = Vec::new();
     let p = |loc: String, what: String, effect: Effect| Problem::new(rel, loc, what, effect);
     if let Some(problem) = super::segment_header(&mut s, rel, MAGIC)? {

@@ -33,12 +33,7 @@ pub(super) fn check(
     depth: Depth,
     progress: &dyn Progress,
 ) -> io::Result<Vec<Problem>> {
-    let path = root.join(rel);
-    let mut s = if depth == Depth::Deep {
-        Scanner::open(&path)?
-    } else {
-        Scanner::open_small(&path)?
-    };
+    let mut s = Scanner::for_depth(&root.join(rel), depth)?;
     let mut out = Vec::new();
     let len = s.len();
     let fatal = |loc: &str, what: String| vec![Problem::new(rel, loc, what, Effect::FailsStart)];

@@ -45,6 +45,14 @@ impl Scanner {
         Self::open_with(path, SMALL_BUF)
     }
 
+    /// [`Scanner::open`] for deep checks, [`Scanner::open_small`] for cheap ones.
+    pub fn for_depth(path: &Path, depth: super::Depth) -> io::Result<Scanner> {
+        match depth {
+            super::Depth::Deep => Self::open(path),
+            super::Depth::Cheap => Self::open_small(path),
+        }
+    }
+
     fn open_with(path: &Path, buf: usize) -> io::Result<Scanner> {
         let file = crate::sync::copy::open_source(path)?;
         let len = file.metadata()?.len();
