@@ -247,3 +247,92 @@ fn presync_leaves_the_source_page_cache_as_it_found_it() {
         "a presync evicted pages that were cached before: {before} -> {after}"
     );
 }
+
+/// Regression: blocks that are still in the source but not selected (excluded, or outside
+/// timeRange) are not "compacted away", and with timeRange.max set the target's own WAL/head
+/// is not the mirror's business.
+#[test]
+fn the_final_phase_quarantines_nothing_that_is_still_in_the_source() {
+    let ws = Workspace::new();
+    assert_eq!(ws.run(&["apply", "--yes"]).0, 0);
+    let all = blocks(&ws.target());
+    let excluded = all[0].file_name().unwrap().to_string_lossy().into_owned();
+    ws.write_plan(&format!("  excludeBlocks: [{excluded}]\n"));
+    let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "final"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(
+        v["apply"]["quarantined"].as_array().unwrap().is_empty(),
+        "{v}"
+    );
+    assert!(ws.target().join(&excluded).join("meta.json").exists());
+
+    // A range covering one block and ending in the past: nothing else moves, WAL included.
+    let (_, plan) = ws.run_json(&["plan"]);
+    let b = &plan["blocks"][1];
+    let ts = |ms: i64| jiff::Timestamp::from_millisecond(ms).unwrap().to_string();
+    ws.write_plan(&format!(
+        "  timeRange: {{ min: \"{}\", max: \"{}\" }}\n",
+        ts(b["min_time"].as_i64().unwrap() + 60_000),
+        ts(b["max_time"].as_i64().unwrap() - 60_000)
+    ));
+    let before = snapshot(&ws.target());
+    let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "final"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(
+        v["apply"]["quarantined"].as_array().unwrap().is_empty(),
+        "{v}"
+    );
+    assert_eq!(snapshot(&ws.target()), before);
+}
+
+/// Regression: a foreign WAL checkpoint directory would make prometheus start its replay
+/// after it and skip the copied segments. The mirror moves it, whole, to the quarantine.
+#[test]
+fn a_foreign_checkpoint_directory_is_quarantined_whole() {
+    let ws = Workspace::new();
+    assert_eq!(ws.run(&["apply", "--yes"]).0, 0);
+    let cp = ws.target().join("wal/checkpoint.00000500");
+    std::fs::create_dir(&cp).unwrap();
+    std::fs::copy(ws.source.join("wal/00000000"), cp.join("00000000")).unwrap();
+    let (code, v) = ws.run_json(&["plan"]);
+    assert_eq!(code, 0, "{v}");
+    let extra = v["extraneous"].to_string();
+    assert!(
+        extra.contains("wal/checkpoint.00000500\"")
+            && !extra.contains("checkpoint.00000500/00000000"),
+        "listed as one directory: {extra}"
+    );
+    let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "final"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(!cp.exists());
+    let q = std::path::PathBuf::from(v["apply"]["quarantine_dir"].as_str().unwrap());
+    assert!(q.join("wal/checkpoint.00000500/00000000").exists());
+    assert_eq!(ws.run(&["verify", "--level", "deep"]).0, 0);
+}
+
+/// Regression: a final phase that is out of time before it starts changes nothing.
+#[test]
+fn a_final_phase_past_its_deadline_changes_nothing() {
+    let ws = Workspace::new();
+    assert_eq!(ws.run(&["apply", "--yes", "--phase", "presync"]).0, 0);
+    std::fs::write(ws.target().join("wal-foreign-marker"), b"").unwrap();
+    std::fs::create_dir_all(ws.target().join("wal")).unwrap();
+    std::fs::write(ws.target().join("wal/00099999"), b"foreign").unwrap();
+    let before = snapshot(&ws.target());
+    let (code, v) = ws.run_json(&[
+        "apply",
+        "--yes",
+        "--phase",
+        "final",
+        "--deadline",
+        "2020-01-01T00:00:00Z",
+    ]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["incomplete"], true);
+    assert_eq!(
+        snapshot(&ws.target()),
+        before,
+        "a final phase past its deadline wrote something"
+    );
+    assert!(!ws.target().join("wal/checkpoint.00000000").exists());
+}

@@ -390,12 +390,24 @@ pub fn build_with_inventories(
 
     // What the source blocks were compacted from: a target block whose data they hold was
     // compacted away in the source (parents name the direct ones; sources the level-1 ones).
+    // Only the selected blocks count (they are what the target will hold): if the block that
+    // replaced some target blocks is excluded, those target blocks still hold its data.
     let mut ancestry = std::collections::BTreeSet::new();
-    for meta in src.blocks.values().filter_map(|b| b.meta.as_ref().ok()) {
+    for meta in selected.iter().filter_map(|b| b.meta.as_ref().ok()) {
         ancestry.extend(meta.compaction.parents.iter().map(|p| p.ulid));
-        ancestry.extend(meta.compaction.sources.iter().copied());
+        ancestry.extend(
+            meta.compaction
+                .sources
+                .iter()
+                .copied()
+                .filter(|s| *s != meta.ulid),
+        );
     }
-    let extraneous = extraneous(m, &selected, &files, &tgt, &ancestry);
+    let in_source: std::collections::BTreeSet<&str> =
+        src.blocks.keys().map(String::as_str).collect();
+    let extraneous = extraneous(
+        m, &selected, &files, &dirs, with_head, &tgt, &in_source, &ancestry,
+    );
     let kept = extraneous
         .iter()
         .filter(|e| !e.quarantined(m.delete_extraneous))
@@ -619,18 +631,27 @@ fn count<'a>(
     }
 }
 
-/// Target entries owned by the plan's kinds (blocks, segment files) that the selection lacks.
-/// `ancestry` holds every ULID the source blocks were compacted from.
+/// Target entries owned by the plan's kinds (blocks, segment files and directories) that the
+/// selection lacks. `in_source` names every source block (selected or not); `ancestry` holds
+/// the ULIDs the selected blocks were compacted from.
+#[allow(clippy::too_many_arguments)]
 fn extraneous(
     m: &Migration,
     selected: &[&inventory::Block],
     files: &[FilePlan],
+    dirs: &[String],
+    with_head: bool,
     tgt: &Inventory,
+    in_source: &std::collections::BTreeSet<&str>,
     ancestry: &std::collections::BTreeSet<ulid::Ulid>,
 ) -> Vec<Extraneous> {
-    // A target block was compacted away when it is itself an ancestor of a source block, or
-    // all the level-1 blocks it holds are held by source blocks now.
+    // A target block was compacted away when the source no longer has it and the selected
+    // blocks hold its data: it is a parent of one, or every level-1 block it holds is held by
+    // them. A block still in the source (only not selected) never is.
     let compacted_away = |b: &inventory::Block| {
+        if in_source.contains(b.dir.as_str()) {
+            return false;
+        }
         if ancestry.contains(&b.ulid) {
             return true;
         }
@@ -672,8 +693,34 @@ fn extraneous(
             })),
         }
     }
+    // WAL/WBL/head are mirrored, directories (checkpoint.N, chunk_snapshot.*) included: a
+    // foreign checkpoint would make Prometheus skip every segment before it. Without the
+    // head (timeRange.max set) none of it is copied, so none of it is extraneous either.
+    if !with_head {
+        return out;
+    }
+    let mut extra_dirs: Vec<&String> = Vec::new();
+    for d in &tgt.dirs {
+        if !dirs.contains(d) && !extra_dirs.iter().any(|e| d.starts_with(&format!("{e}/"))) {
+            extra_dirs.push(d);
+        }
+    }
+    let under = |rel: &str, d: &str| rel.starts_with(&format!("{d}/"));
+    for d in &extra_dirs {
+        let size = tgt
+            .files
+            .iter()
+            .filter(|(r, _)| under(r, d))
+            .map(|(_, f)| f.size)
+            .sum();
+        out.push(Extraneous {
+            rel: (*d).clone(),
+            size,
+            kind: ExtraKind::Segment,
+        });
+    }
     for (rel, f) in &tgt.files {
-        if !files.iter().any(|p| &p.rel == rel) {
+        if !files.iter().any(|p| &p.rel == rel) && !extra_dirs.iter().any(|d| under(rel, d)) {
             out.push(Extraneous {
                 rel: rel.clone(),
                 size: f.size,

@@ -93,9 +93,10 @@ pub struct ApplyReport {
 }
 
 enum Job {
-    /// A block that is not on the target: stage, fsync, rename into place.
-    NewBlock {
-        ulid: String,
+    /// A directory that is not on the target (a block, a WAL checkpoint, a chunk snapshot):
+    /// stage, fsync, rename into place.
+    NewDir {
+        dir: String,
         files: Vec<String>,
         bytes: u64,
     },
@@ -106,7 +107,7 @@ enum Job {
 impl Job {
     fn bytes(&self) -> u64 {
         match self {
-            Job::NewBlock { bytes, .. } | Job::File { bytes, .. } => *bytes,
+            Job::NewDir { bytes, .. } | Job::File { bytes, .. } => *bytes,
         }
     }
 }
@@ -157,6 +158,10 @@ fn execute(
     if !plan.ok {
         anyhow::bail!("the plan has blockers; run `promigrate plan` and resolve them first");
     }
+    if opts.deadline.is_some_and(|d| Instant::now() >= d) {
+        report.incomplete = true;
+        return Ok(()); // past the deadline before anything was touched
+    }
     let root = &plan.target;
     let owner = plan.owner;
     // Create the path down to the TSDB root (parts created here get the target owner), take
@@ -166,60 +171,41 @@ fn execute(
     let _lock = lock_target(root, owner)?;
     let mut fixed = u64::from(ensure_dir(root, owner)?);
     let staging = root.join(tsdb::STAGING_DIR);
-    let new_blocks: BTreeSet<&str> = plan
+    let new_blocks: BTreeSet<String> = plan
         .blocks
         .iter()
         .filter(|b| b.state == State::Copy)
-        .map(|b| b.ulid.as_str())
+        .map(|b| b.ulid.clone())
+        .chain(
+            plan.dirs
+                .iter()
+                .filter(|d| staged_as_a_whole(d))
+                .map(|d| staging_name(d)),
+        )
         .collect();
     report.cleaned = clean_leftovers(root, &plan.leftovers, &new_blocks)?;
 
-    let quarantine: Vec<_> = plan
-        .extraneous
-        .iter()
-        .filter(|e| e.quarantined(plan.delete_extraneous))
-        .collect();
-    if opts.phase != Phase::Presync && !quarantine.is_empty() {
-        // A fresh directory per run: never rename over something quarantined before.
-        let stamp = jiff::Timestamp::now()
-            .strftime("%Y%m%dT%H%M%S%.3fZ")
-            .to_string();
-        let base = Path::new(tsdb::QUARANTINE_DIR);
-        let qrel = (0..)
-            .map(|n| {
-                if n == 0 {
-                    base.join(&stamp)
-                } else {
-                    base.join(format!("{stamp}-{n}"))
-                }
-            })
-            .find(|p| !root.join(p).exists())
-            .unwrap_or_else(|| base.join(&stamp));
-        let qdir = root.join(&qrel);
-        for e in quarantine {
-            let to = qdir.join(&e.rel);
-            let parent_rel = Path::new(&e.rel).parent().unwrap_or(Path::new(""));
-            make_dirs(root, &qrel.join(parent_rel), owner)?;
-            std::fs::rename(root.join(&e.rel), &to).with_context(|| {
-                format!(
-                    "cannot move extraneous {} to {}",
-                    root.join(&e.rel).display(),
-                    to.display()
-                )
-            })?;
-            report.quarantined.push(e.rel.clone());
-            report.quarantine_dir = Some(qdir.clone());
-        }
-        fsutil::fsync_dir(root).with_context(|| format!("cannot fsync {}", root.display()))?;
-        tracing::info!(
-            "moved {} extraneous entr(ies) to {}",
-            report.quarantined.len(),
-            qdir.display()
-        );
-    }
-
+    // A new checkpoint or chunk snapshot directory is staged and renamed in whole, like a
+    // block: a partial one under its final name would be loaded by Prometheus.
+    let staged_dirs: Vec<&String> = if opts.phase == Phase::Presync {
+        Vec::new()
+    } else {
+        plan.dirs
+            .iter()
+            .filter(|d| staged_as_a_whole(d) && !root.join(d).exists())
+            .collect()
+    };
+    let in_staged = |rel: &str| {
+        staged_dirs
+            .iter()
+            .any(|d| rel.starts_with(&format!("{d}/")))
+    };
     if opts.phase != Phase::Presync {
-        for d in &plan.dirs {
+        for d in plan
+            .dirs
+            .iter()
+            .filter(|d| !staged_dirs.contains(d) && !in_staged(d))
+        {
             fixed += u64::from(ensure_dir(&root.join(d), owner)?);
         }
     }
@@ -233,8 +219,8 @@ fn execute(
     blocks.sort_by_key(|b| b.min_time);
     for b in blocks {
         if b.state == State::Copy {
-            jobs.push_back(Job::NewBlock {
-                ulid: b.ulid.clone(),
+            jobs.push_back(Job::NewDir {
+                dir: b.ulid.clone(),
                 files: b.copy.clone(),
                 bytes: b.copy_bytes,
             });
@@ -245,11 +231,23 @@ fn execute(
             }));
         }
     }
+    for d in &staged_dirs {
+        let of: Vec<&crate::plan::FilePlan> = plan
+            .files
+            .iter()
+            .filter(|f| f.rel.starts_with(&format!("{d}/")))
+            .collect();
+        jobs.push_back(Job::NewDir {
+            dir: (*d).clone(),
+            files: of.iter().map(|f| f.rel.clone()).collect(),
+            bytes: of.iter().map(|f| f.size).sum(),
+        });
+    }
     if opts.phase != Phase::Presync {
         jobs.extend(
             plan.files
                 .iter()
-                .filter(|f| f.state != State::Identical)
+                .filter(|f| f.state != State::Identical && !in_staged(&f.rel))
                 .map(|f| Job::File {
                     rel: f.rel.clone(),
                     bytes: f.size,
@@ -303,6 +301,9 @@ fn execute(
     if staging.exists() && std::fs::remove_dir(&staging).is_ok() {
         fsutil::fsync_dir(root).with_context(|| format!("cannot fsync {}", root.display()))?;
     }
+    // Only now that everything is copied: what the source compacted away, and files the
+    // mirror does not want, move to the quarantine (an interrupted run leaves them in place).
+    quarantine(plan, opts, root, owner, report)?;
     report.ownership_fixed = fixed + fix_ownership(root, owner, &plan.ownership)?;
     Ok(())
 }
@@ -339,7 +340,7 @@ fn run_jobs(shared: &Shared, jobs: VecDeque<Job>, parallelism: usize) -> anyhow:
                         return;
                     }
                     let r = match &job {
-                        Job::NewBlock { ulid, files, .. } => new_block(shared, ulid, files),
+                        Job::NewDir { dir, files, .. } => stage_dir(shared, dir, files),
                         Job::File { rel, .. } => one_file(shared, rel),
                     };
                     if let Err(e) = r {
@@ -411,15 +412,15 @@ fn left_for_final(sh: &Shared, what: &str, err: &anyhow::Error) -> bool {
 }
 
 /// Stages a whole block, makes it durable, and renames it into place.
-fn new_block(sh: &Shared, ulid: &str, files: &[String]) -> anyhow::Result<()> {
+fn stage_dir(sh: &Shared, dir: &str, files: &[String]) -> anyhow::Result<()> {
     let root = &sh.plan.target;
     let stage_root = root.join(tsdb::STAGING_DIR);
-    let stage = stage_root.join(ulid);
+    let stage = stage_root.join(staging_name(dir));
     ensure_dir(&stage_root, sh.plan.owner)?;
     ensure_dir(&stage, sh.plan.owner)?;
     let mut written = Vec::with_capacity(files.len());
     for rel in files {
-        let inner = rel.strip_prefix(&format!("{ulid}/")).unwrap_or(rel);
+        let inner = rel.strip_prefix(&format!("{dir}/")).unwrap_or(rel);
         let (src, dst) = (sh.plan.source.join(rel), stage.join(inner));
         if let Some(parent) = dst.parent().filter(|p| *p != stage) {
             ensure_dir(parent, sh.plan.owner)?;
@@ -433,7 +434,7 @@ fn new_block(sh: &Shared, ulid: &str, files: &[String]) -> anyhow::Result<()> {
                 Ok(n) => n,
                 Err(e) => {
                     let e = anyhow::Error::from(e);
-                    if left_for_final(sh, ulid, &e) {
+                    if left_for_final(sh, dir, &e) {
                         let _ = std::fs::remove_dir_all(&stage);
                         return Ok(());
                     }
@@ -456,7 +457,10 @@ fn new_block(sh: &Shared, ulid: &str, files: &[String]) -> anyhow::Result<()> {
     for d in dirs {
         fsutil::fsync_dir(d).with_context(|| format!("cannot fsync {}", d.display()))?;
     }
-    let dest = root.join(ulid);
+    let dest = root.join(dir);
+    if let Some(parent) = dest.parent().filter(|p| *p != root.as_path()) {
+        ensure_dir(parent, sh.plan.owner)?; // wal/ for a checkpoint
+    }
     if dest.exists() {
         anyhow::bail!(
             "{} appeared on the target while this block was being staged; rerun apply",
@@ -470,10 +474,92 @@ fn new_block(sh: &Shared, ulid: &str, files: &[String]) -> anyhow::Result<()> {
             dest.display()
         )
     })?;
-    sh.published.fetch_add(1, Ordering::Relaxed);
+    if !staged_as_a_whole(dir) {
+        sh.published.fetch_add(1, Ordering::Relaxed); // a block
+    }
     if let Ok(mut d) = sh.touched_dirs.lock() {
         d.insert(stage_root);
+        if let Some(parent) = dest.parent() {
+            d.insert(parent.to_path_buf());
+        }
     }
+    Ok(())
+}
+
+/// Segment directories that must appear whole or not at all: WAL checkpoints and chunk
+/// snapshots (Prometheus loads the newest one it finds).
+fn staged_as_a_whole(dir: &str) -> bool {
+    let checkpoint = dir
+        .strip_prefix("wal/")
+        .or_else(|| dir.strip_prefix("wbl/"))
+        .is_some_and(|n| n.starts_with("checkpoint.") && !n.contains('/'));
+    checkpoint || (dir.starts_with("chunk_snapshot.") && !dir.contains('/'))
+}
+
+/// The name a directory is staged under in `.promigrate-staging/`.
+fn staging_name(dir: &str) -> String {
+    dir.replace('/', "%")
+}
+
+/// Moves what the final phase must not leave on the target to a fresh quarantine directory:
+/// blocks the source compacted away, segment files and directories the mirror does not want,
+/// and (with deleteExtraneous) other extraneous entries. Never deletes.
+fn quarantine(
+    plan: &MigrationPlan,
+    opts: &ApplyOptions,
+    root: &Path,
+    owner: Owner,
+    report: &mut ApplyReport,
+) -> anyhow::Result<()> {
+    let quarantine: Vec<_> = plan
+        .extraneous
+        .iter()
+        .filter(|e| e.quarantined(plan.delete_extraneous))
+        .collect();
+    if opts.phase == Phase::Presync || quarantine.is_empty() {
+        return Ok(());
+    }
+    // A fresh directory per run: never rename over something quarantined before.
+    let stamp = jiff::Timestamp::now()
+        .strftime("%Y%m%dT%H%M%S%.3fZ")
+        .to_string();
+    let base = Path::new(tsdb::QUARANTINE_DIR);
+    let qrel = (0..)
+        .map(|n| {
+            if n == 0 {
+                base.join(&stamp)
+            } else {
+                base.join(format!("{stamp}-{n}"))
+            }
+        })
+        .find(|p| !root.join(p).exists())
+        .unwrap_or_else(|| base.join(&stamp));
+    let qdir = root.join(&qrel);
+    for e in quarantine {
+        let to = qdir.join(&e.rel);
+        let parent_rel = Path::new(&e.rel).parent().unwrap_or(Path::new(""));
+        make_dirs(root, &qrel.join(parent_rel), owner)?;
+        std::fs::rename(root.join(&e.rel), &to).with_context(|| {
+            format!(
+                "cannot move extraneous {} to {}",
+                root.join(&e.rel).display(),
+                to.display()
+            )
+        })?;
+        report.quarantined.push(e.rel.clone());
+        report.quarantine_dir = Some(qdir.clone());
+    }
+    for d in ["", "wal", "wbl", "chunks_head"] {
+        let dir = root.join(d);
+        if dir.is_dir() {
+            fsutil::fsync_dir(&dir).with_context(|| format!("cannot fsync {}", dir.display()))?;
+        }
+    }
+    tracing::info!(
+        "moved {} extraneous entr(ies) to {}",
+        report.quarantined.len(),
+        qdir.display()
+    );
     Ok(())
 }
 
@@ -588,7 +674,7 @@ fn ensure_dir(dir: &Path, owner: Owner) -> anyhow::Result<bool> {
 fn clean_leftovers(
     root: &Path,
     leftovers: &[String],
-    keep_staged: &BTreeSet<&str>,
+    keep_staged: &BTreeSet<String>,
 ) -> anyhow::Result<Vec<String>> {
     let mut cleaned = Vec::new();
     for rel in leftovers {
