@@ -119,7 +119,7 @@ fn summarise(inv: &Inventory) -> InspectReport {
     for b in inv.blocks.values() {
         match &b.meta {
             Ok(m) => {
-                if m.ulid != b.ulid {
+                if m.ulid.to_string() != b.dir {
                     problems.push(format!("{}: meta.json ulid is {}", b.dir, m.ulid));
                 }
                 blocks.push(BlockSummary {

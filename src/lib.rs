@@ -210,22 +210,13 @@ fn apply_steps(
         p.phases = plan::phases(&p.blocks, &p.files, p.bwlimit);
     }
     // The final phase copies wal/ and chunks_head/: only consistent with the source stopped.
-    if a.phase != sync::Phase::Presync {
-        let refusal = match &p.source_state {
-            live::Liveness::Running(how) => Some(format!(
-                "the source Prometheus is still running ({how}): stop it (SIGTERM) and rerun; `--phase presync` copies blocks meanwhile. Nothing was written"
-            )),
-            live::Liveness::Unknown(why) if !a.source_stopped => Some(format!(
-                "cannot tell whether the source Prometheus is stopped ({why}); once it is, rerun with --source-stopped. Nothing was written"
-            )),
-            _ => None,
-        };
-        if let Some(why) = refusal {
-            out.refusal = Some(why);
-            out.refused = true;
-            out.plan = Some(p);
-            return Ok(Code::Findings);
-        }
+    if a.phase != sync::Phase::Presync
+        && let Some(why) = refusal(&p.source_state, a.source_stopped)
+    {
+        out.refusal = Some(why);
+        out.refused = true;
+        out.plan = Some(p);
+        return Ok(Code::Findings);
     }
     out.actions = p.actions();
     let ok = p.ok;
@@ -240,6 +231,15 @@ fn apply_steps(
     }
     check_cancel(cancel, "apply")?;
     if !a.yes && std::io::stdin().is_terminal() && !confirm(&p)? {
+        out.refused = true;
+        out.plan = Some(p);
+        return Ok(Code::Findings);
+    }
+    // Again right before the first write: the prompt may have waited a while.
+    if a.phase != sync::Phase::Presync
+        && let Some(why) = refusal(&live::probe(&p.source), a.source_stopped)
+    {
+        out.refusal = Some(why);
         out.refused = true;
         out.plan = Some(p);
         return Ok(Code::Findings);
@@ -268,15 +268,37 @@ fn apply_steps(
         }).await })
         .context("the copy workers stopped unexpectedly")?;
     let incomplete = report.incomplete;
+    let source = p.source.clone();
     out.apply = Some(report);
     out.plan = Some(p);
     result?;
+    // And after: a server that started meanwhile makes the WAL/head copy inconsistent.
+    if phase != sync::Phase::Presync
+        && let live::Liveness::Running(how) = live::probe(&source)
+    {
+        anyhow::bail!(
+            "the source Prometheus started while the final phase ran ({how}): the copied WAL and head may be inconsistent; stop it and rerun apply"
+        );
+    }
     if incomplete {
         out.incomplete = true;
         return Ok(Code::Findings);
     }
     out.ok = true;
     Ok(Code::Ok)
+}
+
+/// Why the final phase must not run, given what is known about the source server.
+fn refusal(state: &live::Liveness, source_stopped: bool) -> Option<String> {
+    match state {
+        live::Liveness::Running(how) => Some(format!(
+            "the source Prometheus is still running ({how}): stop it (SIGTERM) and rerun; `--phase presync` copies blocks meanwhile. Nothing was written"
+        )),
+        live::Liveness::Unknown(why) if !source_stopped => Some(format!(
+            "cannot tell whether the source Prometheus is stopped ({why}); once it is, rerun with --source-stopped. Nothing was written"
+        )),
+        _ => None,
+    }
 }
 
 fn render_apply(out: &ApplyOutput) -> String {

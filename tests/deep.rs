@@ -468,3 +468,63 @@ fn a_gib_of_real_blocks_passes_deep_checks() {
     assert!(v["total_block_bytes"].as_u64().unwrap() >= 1 << 30);
     assert!(v["blocks"].as_array().unwrap().len() > 100);
 }
+
+/// Regression: a numbering gap in wbl/ (which nothing repairs) blocks the plan.
+#[test]
+fn a_wbl_gap_blocks_the_plan() {
+    let ws = Workspace::new();
+    std::fs::create_dir(ws.source.join("wbl")).unwrap();
+    std::fs::copy(
+        ws.source.join("wal/00000000"),
+        ws.source.join("wbl/00000000"),
+    )
+    .unwrap();
+    std::fs::copy(
+        ws.source.join("wal/00000000"),
+        ws.source.join("wbl/00000002"),
+    )
+    .unwrap();
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("source wbl/ is damaged") && out.contains("segments are not sequential"),
+        "{out}"
+    );
+}
+
+/// Only the newest checkpoint is read by prometheus, and damage in it stops the start.
+#[test]
+fn only_the_newest_checkpoint_is_checked_and_its_damage_is_fatal() {
+    let ws = Workspace::new();
+    let wal = ws.source.join("wal");
+    for n in ["checkpoint.00000000", "checkpoint.00000001"] {
+        std::fs::create_dir(wal.join(n)).unwrap();
+        std::fs::copy(wal.join("00000000"), wal.join(n).join("00000000")).unwrap();
+    }
+    // Damage both; only the newest matters.
+    for n in ["checkpoint.00000000", "checkpoint.00000001"] {
+        let f = wal.join(n).join("00000000");
+        let mut b = std::fs::read(&f).unwrap();
+        b[200] ^= 0xff;
+        std::fs::write(&f, b).unwrap();
+    }
+    let mut c = promigrate();
+    c.args(["inspect", "--deep", "--output", "json"])
+        .arg(&ws.source);
+    let (code, out, _) = run(c);
+    assert_eq!(code, 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let problems = v["format_problems"].as_array().unwrap();
+    assert!(
+        problems.iter().any(
+            |p| p["path"] == "wal/checkpoint.00000001/00000000" && p["effect"] == "fails_start"
+        ),
+        "{out}"
+    );
+    assert!(
+        !problems
+            .iter()
+            .any(|p| p["path"].as_str().unwrap().contains("checkpoint.00000000")),
+        "{out}"
+    );
+}

@@ -203,7 +203,11 @@ pub fn scan_with(root: &Path, depth: Depth) -> Result<Inventory, ScanError> {
         match tsdb::classify_root(&name, ft.is_dir()) {
             RootEntry::Block(ulid) => {
                 let block = scan_block(root, &name, ulid, depth, &mut inv)?;
-                inv.blocks.insert(name, block);
+                // A live server deletes compacted blocks: one that vanished while it was
+                // scanned is simply not there (the next scan agrees).
+                if root.join(&name).is_dir() {
+                    inv.blocks.insert(name, block);
+                }
             }
             RootEntry::SegmentDir => {
                 let (files, dirs) = walk_into(root, &name, &mut inv)?;
@@ -212,7 +216,11 @@ pub fn scan_with(root: &Path, depth: Depth) -> Result<Inventory, ScanError> {
                 inv.dirs.extend(dirs);
             }
             RootEntry::DataFile | RootEntry::Runtime => {
-                let meta = entry.metadata().map_err(|e| err(&path, e))?;
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // e.g. `lock` at shutdown
+                    Err(e) => return Err(err(&path, e)),
+                };
                 inv.attrs.push(Attr::new(name.clone(), &meta));
                 let info = FileInfo::new(name.clone(), &meta);
                 if tsdb::classify_root(&name, false) == RootEntry::Runtime {
@@ -282,17 +290,28 @@ fn walk_into(
         .sort_by_file_name();
     let mut it = walker.into_iter();
     while let Some(entry) = it.next() {
-        let entry = entry.map_err(|e| {
-            let path = e
-                .path()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| root.join(top));
-            err(
-                &path,
-                e.into_io_error()
-                    .unwrap_or_else(|| std::io::Error::other("filesystem loop")),
-            )
-        })?;
+        let entry = match entry {
+            Ok(entry) => entry,
+            // Deleted between listing and reading (a live server's compaction or WAL
+            // truncation): not there.
+            Err(e)
+                if e.io_error()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                let path = e
+                    .path()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| root.join(top));
+                return Err(err(
+                    &path,
+                    e.into_io_error()
+                        .unwrap_or_else(|| std::io::Error::other("filesystem loop")),
+                ));
+            }
+        };
         let rel_path = entry.path().strip_prefix(root).unwrap_or(entry.path());
         let Some(rel) = rel_path.to_str().map(str::to_owned) else {
             inv.excluded.push(Skipped {
@@ -333,7 +352,16 @@ fn walk_into(
             });
             continue;
         }
-        let meta = entry.metadata().map_err(|e| err(entry.path(), e.into()))?;
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e)
+                if e.io_error()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(err(entry.path(), e.into())),
+        };
         inv.attrs.push(Attr::new(rel.clone(), &meta));
         if ft.is_file() {
             files.insert(rel.clone(), FileInfo::new(rel, &meta));

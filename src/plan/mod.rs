@@ -275,7 +275,7 @@ pub fn build_with_inventories(
                 "source block {} has an unreadable meta.json ({e}); Prometheus skips such a block: repair or move it out of the source first",
                 b.dir
             )),
-            Ok(meta) if meta.ulid != b.ulid => blockers.push(format!(
+            Ok(meta) if meta.ulid.to_string() != b.dir => blockers.push(format!(
                 "source block directory {} has meta.json ulid {}: Prometheus deletes blocks by ULID, so the name must match; fix the source first",
                 b.dir, meta.ulid
             )),
@@ -539,8 +539,14 @@ fn source_checks(
                 "source block {top} is damaged: {}. Repair the source, or leave the block out with transfer.excludeBlocks: [{top}]",
                 p.line()
             ));
-        } else if !in_selected_block && copied(&p.path) && p.location != "file numbering" {
-            blockers.push(format!("source {} is damaged: {}", p.path, p.line()));
+        } else if !in_selected_block && copied(&p.path) {
+            // Gaps in chunks_head/ and wal/ were handled above (blocker or repair); a gap
+            // anywhere else (wbl/, a checkpoint) has no repair.
+            let handled =
+                p.location == "file numbering" && (p.path == "chunks_head/" || p.path == "wal/");
+            if !handled {
+                blockers.push(format!("source {} is damaged: {}", p.path, p.line()));
+            }
         }
     }
     if !drop.is_empty() {

@@ -90,7 +90,8 @@ pub fn segment_number(name: &str) -> Option<u64> {
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    name.parse().ok()
+    // Like Go's strconv.Atoi on 64-bit: a number past i64::MAX is not a segment.
+    name.parse::<i64>().ok().map(|n| n as u64)
 }
 
 #[cfg(test)]

@@ -305,15 +305,25 @@ fn hash_pairs(
 
 fn hash_file(path: &Path, buf: &mut [u8], progress: &dyn Progress) -> std::io::Result<u128> {
     let mut f = open_source(path)?;
+    let len = f.metadata()?.len();
+    // Leave the page cache as it was (the source may be a live server's).
+    let cached_before = crate::cache::Residency::of(&f, len);
     let mut h = xxhash_rust::xxh3::Xxh3::new();
-    loop {
-        let n = f.read(buf)?;
+    let mut done = 0u64;
+    let result = loop {
+        let n = match f.read(buf) {
+            Ok(n) => n,
+            Err(e) => break Err(e),
+        };
         if n == 0 {
-            return Ok(h.digest128());
+            break Ok(h.digest128());
         }
         h.update(&buf[..n]);
         progress.add_bytes(n as u64);
-    }
+        done += n as u64;
+    };
+    cached_before.drop_new_pages(&f, 0, done.max(len));
+    result
 }
 
 impl VerifyReport {

@@ -156,11 +156,24 @@ fn segment_header(
 
 /// One file to read.
 enum Job {
-    BlockChunks { rel: String },
-    Index { rel: String, segments: Vec<u64> },
-    Tombstones { rel: String },
-    HeadChunks { rel: String },
-    Wal { rel: String, last: bool, wbl: bool },
+    BlockChunks {
+        rel: String,
+    },
+    Index {
+        rel: String,
+        segments: Vec<u64>,
+    },
+    Tombstones {
+        rel: String,
+    },
+    HeadChunks {
+        rel: String,
+    },
+    Wal {
+        rel: String,
+        last: bool,
+        checkpoint: bool,
+    },
 }
 
 /// Checks a scanned data directory. Files are read by `parallelism` workers; `progress`
@@ -192,7 +205,7 @@ pub fn run(
                         Effect::SkipsBlock,
                     ));
                 }
-                if m.ulid != b.ulid {
+                if m.ulid.to_string() != b.dir {
                     problems.push(Problem::new(
                         format!("{}/meta.json", b.dir),
                         "ulid",
@@ -254,19 +267,15 @@ pub fn run(
 
     for dir in wal_dirs(inv) {
         let segs = numbered(inv, &dir, 8);
-        let effect = if dir.contains("checkpoint.") {
-            Effect::DropsData
-        } else {
-            Effect::FailsStart
-        };
+        // Prometheus lists every segment and refuses a gap anywhere, checkpoints included.
         problems.extend(contiguity(
             &dir,
             &segs,
             None,
-            effect,
+            Effect::FailsStart,
             "segments are not sequential",
         ));
-        let wbl = dir.starts_with("wbl");
+        let checkpoint = dir.contains("checkpoint.");
         let n = segs.len();
         jobs.extend(
             segs.into_iter()
@@ -274,7 +283,7 @@ pub fn run(
                 .map(|(i, (_, rel, _))| Job::Wal {
                     rel,
                     last: i + 1 == n,
-                    wbl,
+                    checkpoint,
                 }),
         );
     }
@@ -308,7 +317,14 @@ fn run_job(root: &Path, job: &Job, depth: Depth, progress: &dyn Progress) -> Vec
         Job::Index { rel, segments } => (rel, index::check(root, rel, segments, depth, progress)),
         Job::Tombstones { rel } => (rel, tombstones::check(root, rel)),
         Job::HeadChunks { rel } => (rel, head::check(root, rel, depth, progress)),
-        Job::Wal { rel, last, wbl } => (rel, wal::check(root, rel, *last, *wbl, depth, progress)),
+        Job::Wal {
+            rel,
+            last,
+            checkpoint,
+        } => (
+            rel,
+            wal::check(root, rel, *last, *checkpoint, depth, progress),
+        ),
     };
     match result {
         Ok(problems) => problems,
@@ -377,18 +393,24 @@ fn contiguity(
     out
 }
 
-/// The WAL-format directories: `wal`, `wbl`, and each `wal/checkpoint.N`.
+/// The WAL-format directories Prometheus reads: `wal`, `wbl`, and the newest
+/// `wal/checkpoint.N` (older checkpoints are never read; they are deleted later).
 fn wal_dirs(inv: &Inventory) -> Vec<String> {
     let mut dirs: Vec<String> = inv
         .dirs
         .iter()
-        .filter(|d| {
-            *d == "wal"
-                || *d == "wbl"
-                || (d.starts_with("wal/checkpoint.") && !d[15..].contains('/'))
-        })
+        .filter(|d| *d == "wal" || *d == "wbl")
         .cloned()
         .collect();
+    let newest_checkpoint = inv
+        .dirs
+        .iter()
+        .filter_map(|d| {
+            let n = d.strip_prefix("wal/checkpoint.")?;
+            (!n.contains('/')).then(|| tsdb::segment_number(n).map(|num| (num, d.clone())))?
+        })
+        .max();
+    dirs.extend(newest_checkpoint.map(|(_, d)| d));
     dirs.sort();
     dirs
 }

@@ -2,7 +2,8 @@
 //! fragments `type(1) | BE16 len | BE32 CRC32C(data) | data`; type low bits 1 full, 2 first,
 //! 3 middle, 4 last, 0 = zero padding to the page end; 0x08 snappy, 0x10 zstd. Records never
 //! cross segments. Prometheus repairs a damaged WAL at startup by truncating at the damage and
-//! deleting later segments: the data there is lost.
+//! deleting later segments: the data there is lost. A damaged checkpoint is a hard error: it
+//! does not start ("requires user intervention").
 
 use std::io;
 use std::path::Path;
@@ -18,7 +19,7 @@ pub(super) fn check(
     root: &Path,
     rel: &str,
     last: bool,
-    _wbl: bool,
+    checkpoint: bool,
     depth: Depth,
     progress: &dyn Progress,
 ) -> io::Result<Vec<Problem>> {
@@ -32,7 +33,11 @@ pub(super) fn check(
             rel,
             format!("offset {off} (page {})", off / PAGE),
             what,
-            Effect::DropsData,
+            if checkpoint {
+                Effect::FailsStart
+            } else {
+                Effect::DropsData
+            },
         )]
     };
     // Inside a multi-fragment record (after `first`, before `last`)?
@@ -70,7 +75,7 @@ pub(super) fn check(
                 return Ok(bad(off, format!("unknown record flags {typ:#04x}")));
             }
             if n > page_end - s.pos() {
-                let what = if last && page_end == len {
+                let what = if last && !checkpoint && page_end == len {
                     "torn record at the end of the last segment (the server was not stopped cleanly)".to_string()
                 } else {
                     format!("record fragment of {n} bytes runs past its page")
@@ -102,7 +107,7 @@ pub(super) fn check(
     }
     progress.add_bytes(len);
     if open_record {
-        let what = if last {
+        let what = if last && !checkpoint {
             "the last record is incomplete (torn write)"
         } else {
             "a record continues past the end of the segment (records never cross segments)"
