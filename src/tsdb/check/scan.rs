@@ -23,14 +23,18 @@ pub struct Scanner {
     /// Absolute offset of `buf[start]`.
     pos: u64,
     len: u64,
-    /// Pages cached before this reader: only the others are dropped when it is done.
-    cached_before: crate::cache::Residency,
+    /// For a whole-file reader, the pages cached before it: only the others are dropped when
+    /// it is done. Header-only readers touch a few KiB, and keeping those cached makes the
+    /// next plan cheap.
+    cached_before: Option<crate::cache::Residency>,
 }
 
 impl Drop for Scanner {
     fn drop(&mut self) {
         // Give back the page cache this reader used (the source may be a live server's).
-        self.cached_before.drop_new_pages(&self.file, 0, self.len);
+        if let Some(before) = &self.cached_before {
+            before.drop_new_pages(&self.file, 0, self.len);
+        }
     }
 }
 
@@ -56,8 +60,9 @@ impl Scanner {
     fn open_with(path: &Path, buf: usize) -> io::Result<Scanner> {
         let file = crate::sync::copy::open_source(path)?;
         let len = file.metadata()?.len();
-        let cached_before = crate::cache::Residency::of(&file, len);
-        if buf == BUF {
+        let whole_file = buf == BUF;
+        let cached_before = whole_file.then(|| crate::cache::Residency::of(&file, len));
+        if whole_file {
             advise_sequential(&file);
         }
         Ok(Scanner {
