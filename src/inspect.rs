@@ -158,7 +158,7 @@ fn summarise(inv: &Inventory) -> InspectReport {
                 first: segs.first().map_or(0, |s| s.0),
                 last: segs.last().map_or(0, |s| s.0),
                 count: segs.len(),
-                size: segs.iter().map(|s| s.1).sum(),
+                size: segs.iter().map(|s| s.2).sum(),
                 checkpoints,
             })
         })

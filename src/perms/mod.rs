@@ -37,12 +37,8 @@ pub fn file_mode_from(source_mode: u32) -> u32 {
     wanted_mode(source_mode & 0o777, false)
 }
 
-/// Describes what is wrong with an entry's ownership or mode, or `None` if it is right.
-pub fn problem(meta: &Metadata, owner: Owner) -> Option<String> {
-    problem_of(meta.uid(), meta.gid(), meta.mode(), owner)
-}
-
-/// [`problem`] from raw `st_uid`, `st_gid` and `st_mode` (file type bits included).
+/// Describes what is wrong with an entry's ownership or mode (from its raw `st_uid`,
+/// `st_gid` and `st_mode`, file type bits included), or `None` if it is right.
 pub fn problem_of(uid: u32, gid: u32, st_mode: u32, owner: Owner) -> Option<String> {
     let mut issues = Vec::new();
     if uid != owner.uid || gid != owner.gid {
@@ -126,10 +122,13 @@ mod tests {
             uid: meta.uid(),
             gid: meta.gid(),
         };
-        assert_eq!(problem(&meta, want).unwrap(), "mode 0644, want 0664");
+        assert_eq!(
+            problem_of(meta.uid(), meta.gid(), meta.mode(), want).unwrap(),
+            "mode 0644, want 0664"
+        );
         assert!(fix(&f, &meta, want).unwrap());
         let meta = std::fs::symlink_metadata(&f).unwrap();
-        assert!(problem(&meta, want).is_none());
+        assert!(problem_of(meta.uid(), meta.gid(), meta.mode(), want).is_none());
         assert!(
             !fix(&f, &meta, want).unwrap(),
             "a second fix changes nothing"

@@ -252,10 +252,7 @@ fn scan_block(
     let (files, dirs) = walk_into(root, name, inv)?;
     let meta_path = root.join(name).join("meta.json");
     let read = match depth {
-        Depth::WithMeta => crate::sync::copy::open_source(&meta_path).and_then(|mut f| {
-            let mut v = Vec::new();
-            std::io::Read::read_to_end(&mut f, &mut v).map(|_| v)
-        }),
+        Depth::WithMeta => crate::sync::copy::read_source(&meta_path),
         Depth::Layout => Err(std::io::Error::other("not read (layout-only scan)")),
     };
     let (meta, meta_json) = match read {
@@ -372,16 +369,21 @@ fn walk_into(
     Ok((files, dirs))
 }
 
-/// Segment file numbers of one segment directory (`wal`, `chunks_head`, `wbl`), sorted.
-pub fn segments<'a>(files: impl Iterator<Item = &'a FileInfo>, dir: &str) -> Vec<(u64, u64)> {
+/// The numbered files directly in `dir` (`wal`, `chunks_head`, `<ULID>/chunks`):
+/// (number, path relative to the TSDB root, size), sorted by number.
+pub fn segments<'a>(
+    files: impl Iterator<Item = &'a FileInfo>,
+    dir: &str,
+) -> Vec<(u64, String, u64)> {
     let prefix = format!("{dir}/");
-    let mut out: Vec<(u64, u64)> = files
+    let mut out: Vec<(u64, String, u64)> = files
         .filter_map(|f| {
+            // segment_number takes digits only, so files deeper down never match.
             let name = f.rel.strip_prefix(&prefix)?;
-            tsdb::segment_number(name).map(|n| (n, f.size))
+            tsdb::segment_number(name).map(|n| (n, f.rel.clone(), f.size))
         })
         .collect();
-    out.sort_unstable();
+    out.sort();
     out
 }
 

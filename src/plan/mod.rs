@@ -604,12 +604,7 @@ fn small_file_differs(m: &Migration, rel: &str) -> bool {
     if !(rel.ends_with("/meta.json") || rel.ends_with("/tombstones")) {
         return false;
     }
-    let read = |root: &std::path::Path| {
-        crate::sync::copy::open_source(&root.join(rel)).and_then(|mut f| {
-            let mut v = Vec::new();
-            std::io::Read::read_to_end(&mut f, &mut v).map(|_| v)
-        })
-    };
+    let read = |root: &std::path::Path| crate::sync::copy::read_source(&root.join(rel));
     match (read(&m.source), read(&m.target_root)) {
         (Ok(a), Ok(b)) => a != b,
         _ => true,
@@ -661,11 +656,7 @@ fn extraneous(
         if ancestry.contains(&b.ulid) {
             return true;
         }
-        let meta = crate::sync::copy::open_source(&m.target_root.join(&b.dir).join("meta.json"))
-            .and_then(|mut f| {
-                let mut v = Vec::new();
-                std::io::Read::read_to_end(&mut f, &mut v).map(|_| v)
-            });
+        let meta = crate::sync::copy::read_source(&m.target_root.join(&b.dir).join("meta.json"));
         match meta
             .ok()
             .and_then(|bytes| crate::tsdb::BlockMeta::parse(&bytes).ok())

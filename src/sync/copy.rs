@@ -80,6 +80,13 @@ fn libc_o_noatime() -> i32 {
     nix::fcntl::OFlag::O_NOATIME.bits()
 }
 
+/// Reads a whole (small) file from the source side, opened like [`open_source`].
+pub fn read_source(path: &Path) -> io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    open_source(path)?.read_to_end(&mut v)?;
+    Ok(v)
+}
+
 /// Copies `src` to `dst` (created or truncated), then sets owner, mode (group-writable) and
 /// the source's access and modification times. With `durable`, fsyncs before returning.
 /// On failure the partial `dst` is removed. Returns the bytes copied.

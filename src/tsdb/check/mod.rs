@@ -226,7 +226,7 @@ pub fn run(
                 }
             }
         }
-        let segs = numbered(inv, &format!("{}/chunks", b.dir), 6);
+        let segs = numbered(inv, &format!("{}/chunks", b.dir));
         problems.extend(contiguity(
             &format!("{}/chunks", b.dir),
             &segs,
@@ -252,7 +252,7 @@ pub fn run(
         }
     }
 
-    let head = numbered(inv, "chunks_head", 6);
+    let head = numbered(inv, "chunks_head");
     problems.extend(contiguity(
         "chunks_head",
         &head,
@@ -266,7 +266,7 @@ pub fn run(
     );
 
     for dir in wal_dirs(inv) {
-        let segs = numbered(inv, &dir, 8);
+        let segs = numbered(inv, &dir);
         // Prometheus lists every segment and refuses a gap anywhere, checkpoints included.
         problems.extend(contiguity(
             &dir,
@@ -340,25 +340,14 @@ fn run_job(root: &Path, job: &Job, depth: Depth, progress: &dyn Progress) -> Vec
     }
 }
 
-/// Files of `dir` named as zero-padded numbers: (number, rel path, size), sorted.
-fn numbered(inv: &Inventory, dir: &str, _width: usize) -> Vec<(u64, String, u64)> {
-    let prefix = format!("{dir}/");
+/// Numbered files directly in `dir`, from blocks and segment directories alike.
+fn numbered(inv: &Inventory, dir: &str) -> Vec<(u64, String, u64)> {
     let files = inv
         .blocks
         .values()
         .flat_map(|b| b.files.values())
         .chain(inv.files.values());
-    let mut out: Vec<(u64, String, u64)> = files
-        .filter_map(|f| {
-            let name = f.rel.strip_prefix(&prefix)?;
-            if name.contains('/') {
-                return None;
-            }
-            tsdb::segment_number(name).map(|n| (n, f.rel.clone(), f.size))
-        })
-        .collect();
-    out.sort();
-    out
+    crate::plan::inventory::segments(files, dir)
 }
 
 /// A problem for every gap in a numbered sequence (and for a wrong first number).

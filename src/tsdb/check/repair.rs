@@ -38,7 +38,7 @@ pub fn drop_before_last_gap(
     let width = if dir == "chunks_head" { 6 } else { 8 };
     let name = |n: u64| format!("{dir}/{n:0width$}");
     let dropped: Vec<String> = before.iter().map(|s| name(s.0)).collect();
-    let bytes: u64 = before.iter().map(|s| s.1).sum();
+    let bytes: u64 = before.iter().map(|s| s.2).sum();
     let range = format!(
         "{}..{} ({} file(s), {}), keeping {}..{}",
         name(before[0].0),
