@@ -82,11 +82,57 @@ fn emit<T: Serialize>(
     }
 }
 
+/// The plans of several target volumes (`targets:`), as `plan` reports them.
+#[derive(Serialize)]
+struct PlanEach<'a> {
+    ok: bool,
+    targets: &'a [plan::MigrationPlan],
+}
+
+/// Builds the plan of every target volume, scanning the source once.
+fn build_plans(m: &plan::Migration) -> anyhow::Result<Vec<plan::MigrationPlan>> {
+    if m.targets.len() == 1 {
+        Ok(vec![plan::build(m)?])
+    } else {
+        plan::build_each(m)
+    }
+}
+
+/// The text of several plans, each under a heading naming its target.
+fn render_plans(plans: &[plan::MigrationPlan]) -> String {
+    if let [p] = plans {
+        return p.render_text();
+    }
+    let mut s = String::new();
+    for (i, p) in plans.iter().enumerate() {
+        s.push_str(&format!(
+            "=== target {} of {}: {} ===\n",
+            i + 1,
+            plans.len(),
+            p.target.display()
+        ));
+        s.push_str(&p.render_text());
+        s.push('\n');
+    }
+    s
+}
+
 fn cmd_plan(a: &cli::PlanFileArgs) -> anyhow::Result<Code> {
     let m = plan::file::load(&a.file)?;
-    let p = plan::build(&m)?;
-    emit(a.output, &p, || p.render_text())?;
-    Ok(if p.ok { Code::Ok } else { Code::Findings })
+    let plans = build_plans(&m)?;
+    let ok = plans.iter().all(|p| p.ok);
+    match &plans[..] {
+        [p] => emit(a.output, p, || p.render_text())?,
+        _ => emit(
+            a.output,
+            &PlanEach {
+                ok,
+                targets: &plans,
+            },
+            || render_plans(&plans),
+        )?,
+    }
+    Ok(if ok { Code::Ok } else { Code::Findings })
 }
 
 fn cmd_inspect(a: &cli::InspectArgs) -> anyhow::Result<Code> {
@@ -151,12 +197,59 @@ struct ApplyOutput {
     refusal: Option<String>,
     /// Stopped at the deadline before everything was done; rerun to continue.
     incomplete: bool,
+    /// The plan (one target).
+    #[serde(skip_serializing_if = "Option::is_none")]
     plan: Option<plan::MigrationPlan>,
     actions: Vec<String>,
-    /// What was done; present also when apply failed part-way.
+    /// What was done (one target); present also when apply failed part-way.
+    #[serde(skip_serializing_if = "Option::is_none")]
     apply: Option<sync::ApplyReport>,
+    /// With several target volumes (`targets:`): each one's plan and what was done.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    targets: Vec<TargetOutcome>,
     error: Option<String>,
     record: Option<std::path::PathBuf>,
+}
+
+/// One target volume's part of an apply.
+#[derive(Serialize)]
+struct TargetOutcome {
+    plan: plan::MigrationPlan,
+    apply: Option<sync::ApplyReport>,
+}
+
+impl ApplyOutput {
+    /// Stores the plans (and reports, once apply ran) in the shape for one or several targets.
+    fn set(&mut self, plans: Vec<plan::MigrationPlan>, reports: Option<Vec<sync::ApplyReport>>) {
+        let mut reports = reports.map(|r| r.into_iter().map(Some).collect::<Vec<_>>());
+        if plans.len() == 1 {
+            self.plan = plans.into_iter().next();
+            self.apply = reports.and_then(|mut r| r.pop().flatten());
+        } else {
+            self.targets = plans
+                .into_iter()
+                .enumerate()
+                .map(|(i, plan)| TargetOutcome {
+                    plan,
+                    apply: reports
+                        .as_mut()
+                        .and_then(|r| r.get_mut(i).and_then(Option::take)),
+                })
+                .collect();
+        }
+    }
+
+    /// Every target's plan and report, in plan-file order.
+    fn outcomes(&self) -> Vec<(&plan::MigrationPlan, Option<&sync::ApplyReport>)> {
+        match &self.plan {
+            Some(p) => vec![(p, self.apply.as_ref())],
+            None => self
+                .targets
+                .iter()
+                .map(|t| (&t.plan, t.apply.as_ref()))
+                .collect(),
+        }
+    }
 }
 
 fn cmd_apply(a: ApplyArgs) -> anyhow::Result<Code> {
@@ -203,74 +296,95 @@ fn apply_steps(
     cancel: &Arc<AtomicBool>,
     out: &mut ApplyOutput,
 ) -> anyhow::Result<Code> {
-    let mut p = plan::build(m)?;
+    let mut plans = build_plans(m)?;
     if let Some(r) = a.bwlimit {
-        p.bwlimit = r.limit();
-        p.stats.eta_seconds = p.bwlimit.map(|r| p.stats.copy_bytes as f64 / r as f64);
-        p.phases = plan::phases(&p.blocks, &p.files, p.bwlimit);
+        for p in &mut plans {
+            p.bwlimit = r.limit();
+            p.stats.eta_seconds = p.bwlimit.map(|r| p.stats.copy_bytes as f64 / r as f64);
+            p.phases = plan::phases(&p.blocks, &p.files, p.bwlimit);
+        }
     }
+    let source = m.source.clone();
+    let several = plans.len() > 1;
     // The final phase copies wal/ and chunks_head/: only consistent with the source stopped.
     if a.phase != sync::Phase::Presync
-        && let Some(why) = refusal(&p.source_state, a.source_stopped)
+        && let Some(why) = refusal(&plans[0].source_state, a.source_stopped)
     {
         out.refusal = Some(why);
         out.refused = true;
-        out.plan = Some(p);
+        out.set(plans, None);
         return Ok(Code::Findings);
     }
-    out.actions = p.actions();
-    let ok = p.ok;
+    out.actions = plans
+        .iter()
+        .flat_map(|p| {
+            p.actions().into_iter().map(move |act| {
+                if several {
+                    format!("{}: {act}", p.target.display())
+                } else {
+                    act
+                }
+            })
+        })
+        .collect();
+    let ok = plans.iter().all(|p| p.ok);
     if !ok || a.dry_run {
         out.refused = !ok;
         out.ok = ok;
-        out.plan = Some(p);
+        out.set(plans, None);
         return Ok(if ok { Code::Ok } else { Code::Findings });
     }
     if a.common.output == Output::Text {
-        print!("{}", p.render_text());
+        print!("{}", render_plans(&plans));
     }
     check_cancel(cancel, "apply")?;
-    if !a.yes && std::io::stdin().is_terminal() && !confirm(&p)? {
+    if !a.yes && std::io::stdin().is_terminal() && !confirm(&plans)? {
         out.refused = true;
-        out.plan = Some(p);
+        out.set(plans, None);
         return Ok(Code::Findings);
     }
     // Again right before the first write: the prompt may have waited a while.
     if a.phase != sync::Phase::Presync
-        && let Some(why) = refusal(&live::probe(&p.source), a.source_stopped)
+        && let Some(why) = refusal(&live::probe(&source), a.source_stopped)
     {
         out.refusal = Some(why);
         out.refused = true;
-        out.plan = Some(p);
+        out.set(plans, None);
         return Ok(Code::Findings);
     }
     let phase = a.phase;
     let deadline = a.deadline.map(cli::Deadline::instant);
-    let total = match phase {
-        sync::Phase::Presync => p.phases.presync.bytes,
-        _ => p.stats.copy_bytes,
-    };
-    let worker_plan = p.clone();
+    // Bytes read from the source: targets in the same state share the reads.
+    let total = plans
+        .iter()
+        .map(|p| match phase {
+            sync::Phase::Presync => p.phases.presync.bytes,
+            _ => p.stats.copy_bytes,
+        })
+        .max()
+        .unwrap_or(0);
+    let files = plans.iter().map(|p| p.stats.copy_files).max().unwrap_or(0);
+    let worker_plans = plans.clone();
     let worker_cancel = cancel.clone();
-    let (report, result) = rt
+    let (reports, result) = rt
         .block_on(async move { tokio::task::spawn_blocking(move || {
             // Logged before the progress bar is drawn, so the two do not tear each other.
-            tracing::info!(files = worker_plan.stats.copy_files, bytes = total, target = %worker_plan.target.display(), "apply: copying");
+            for p in &worker_plans {
+                tracing::info!(files, bytes = total, target = %p.target.display(), "apply: copying");
+            }
             let progress = progress::for_stderr("apply", total);
             let opts = sync::ApplyOptions {
-                bwlimit: worker_plan.bwlimit,
+                bwlimit: worker_plans[0].bwlimit,
                 cancel: &worker_cancel,
                 progress: progress.as_ref(),
                 phase,
                 deadline,
             };
-            sync::apply(&worker_plan, &opts)
+            sync::apply_each(&worker_plans, &opts)
         }).await })
         .context("the copy workers stopped unexpectedly")?;
-    let incomplete = report.incomplete;
-    let source = p.source.clone();
-    out.apply = Some(report);
-    out.plan = Some(p);
+    let incomplete = reports.iter().any(|r| r.incomplete);
+    out.set(plans, Some(reports));
     result?;
     // And after: a server that started meanwhile makes the WAL/head copy inconsistent.
     if phase != sync::Phase::Presync
@@ -303,33 +417,42 @@ fn refusal(state: &live::Liveness, source_stopped: bool) -> Option<String> {
 
 fn render_apply(out: &ApplyOutput) -> String {
     let mut s = String::new();
-    let Some(p) = &out.plan else {
+    let outcomes = out.outcomes();
+    if outcomes.is_empty() {
         return s; // the error is printed on stderr
-    };
+    }
+    let plans: Vec<plan::MigrationPlan> = outcomes.iter().map(|(p, _)| (*p).clone()).collect();
+    let ok = plans.iter().all(|p| p.ok);
     if let Some(why) = &out.refusal {
-        s.push_str(&p.render_text());
+        s.push_str(&render_plans(&plans));
         s.push_str(&format!("apply refused: {why}.\n"));
-    } else if out.refused && !p.ok {
-        s.push_str(&p.render_text());
+    } else if out.refused && !ok {
+        s.push_str(&render_plans(&plans));
         s.push_str("apply refused: resolve the blockers above; nothing was written.\n");
     } else if out.refused {
         s.push_str("Not applied (declined at the prompt): nothing was written.\n");
     } else if out.dry_run {
-        s.push_str(&p.render_text());
+        s.push_str(&render_plans(&plans));
         s.push_str("\nDry run: apply would\n");
         for act in &out.actions {
             s.push_str(&format!("  - {act}\n"));
         }
         s.push_str("Nothing was written.\n");
     }
-    if let Some(r) = &out.apply {
+    for (p, r) in &outcomes {
+        let Some(r) = r else { continue };
         let verb = match (out.ok, out.incomplete) {
             (true, _) => "Applied",
             (false, true) => "INCOMPLETE (stopped at the deadline; rerun apply to continue)",
             (false, false) => "Stopped part-way",
         };
+        let to = if outcomes.len() > 1 {
+            format!(" to {}", p.target.display())
+        } else {
+            String::new()
+        };
         s.push_str(&format!(
-            "\n{verb}: {} in {} file(s) copied, {} block(s) published, {} resumed file(s), {} owner/mode fix(es) in {} ({}/s)\n",
+            "\n{verb}{to}: {} in {} file(s) copied, {} block(s) published, {} resumed file(s), {} owner/mode fix(es) in {} ({}/s)\n",
             units::bytes(r.copied_bytes),
             r.copied_files,
             r.blocks_published,
@@ -352,10 +475,9 @@ fn render_apply(out: &ApplyOutput) -> String {
     if let Some(rec) = &out.record {
         s.push_str(&format!("Run record: {}\n", rec.display()));
     }
-    let presync = out
-        .apply
-        .as_ref()
-        .is_some_and(|r| r.phase == sync::Phase::Presync);
+    let presync = outcomes
+        .iter()
+        .any(|(_, r)| r.is_some_and(|r| r.phase == sync::Phase::Presync));
     if out.ok && !out.dry_run && presync {
         s.push_str(
             "Next: stop the source Prometheus, then promigrate apply -f <plan> --phase final.\n",
@@ -366,8 +488,12 @@ fn render_apply(out: &ApplyOutput) -> String {
     s
 }
 
-fn confirm(p: &plan::MigrationPlan) -> anyhow::Result<bool> {
-    eprint!("\nApply this plan to {}? [y/N] ", p.target.display());
+fn confirm(plans: &[plan::MigrationPlan]) -> anyhow::Result<bool> {
+    let to: Vec<String> = plans
+        .iter()
+        .map(|p| p.target.display().to_string())
+        .collect();
+    eprint!("\nApply this plan to {}? [y/N] ", to.join(" and "));
     std::io::stderr().flush().ok();
     let mut line = String::new();
     std::io::stdin()
@@ -375,6 +501,67 @@ fn confirm(p: &plan::MigrationPlan) -> anyhow::Result<bool> {
         .read_line(&mut line)
         .context("cannot read the answer from stdin")?;
     Ok(matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}
+
+/// What `verify` reports: one target's report as it is, or several under `targets`.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum VerifyOutput {
+    One(verify::VerifyReport),
+    Each {
+        ok: bool,
+        targets: Vec<verify::VerifyReport>,
+    },
+}
+
+impl From<Vec<verify::VerifyReport>> for VerifyOutput {
+    fn from(mut reports: Vec<verify::VerifyReport>) -> Self {
+        if reports.len() == 1
+            && let Some(r) = reports.pop()
+        {
+            return VerifyOutput::One(r);
+        }
+        VerifyOutput::Each {
+            ok: reports.iter().all(|r| r.ok),
+            targets: reports,
+        }
+    }
+}
+
+impl VerifyOutput {
+    fn ok(&self) -> bool {
+        match self {
+            VerifyOutput::One(r) => r.ok,
+            VerifyOutput::Each { ok, .. } => *ok,
+        }
+    }
+
+    fn render_text(&self) -> String {
+        match self {
+            VerifyOutput::One(r) => r.render_text(),
+            VerifyOutput::Each { ok, targets } => {
+                let mut s = String::new();
+                for (i, r) in targets.iter().enumerate() {
+                    s.push_str(&format!(
+                        "=== target {} of {} ===\n{}\n",
+                        i + 1,
+                        targets.len(),
+                        r.render_text()
+                    ));
+                }
+                let failed = targets.iter().filter(|r| !r.ok).count();
+                s.push_str(&if *ok {
+                    format!("OK: all {} targets match the source.\n", targets.len())
+                } else {
+                    format!(
+                        "FAILED: {failed} of {} targets differ. Do not cut over.\n",
+                        targets.len()
+                    )
+                });
+                s
+            }
+        }
+    }
 }
 
 fn cmd_verify(a: VerifyArgs) -> anyhow::Result<Code> {
@@ -388,21 +575,21 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<Code> {
     let result = rt
         .block_on(async move {
             tokio::task::spawn_blocking(move || {
-                let report = verify::run(
-                    &mm,
-                    level,
-                    &|total| progress::for_stderr("verify", total),
-                    &cancel,
-                )?;
+                let progress_for = |total| progress::for_stderr("verify", total);
+                let reports = if mm.targets.len() == 1 {
+                    vec![verify::run(&mm, level, &progress_for, &cancel)?]
+                } else {
+                    verify::run_each(&mm, level, &progress_for, &cancel)?
+                };
                 check_cancel(&cancel, "verify")?;
-                Ok::<_, anyhow::Error>(report)
+                Ok::<_, anyhow::Error>(VerifyOutput::from(reports))
             })
             .await
         })
         .context("the verify workers stopped unexpectedly")
         .and_then(|r| r);
     let code = match &result {
-        Ok(r) if r.ok => Code::Ok,
+        Ok(r) if r.ok() => Code::Ok,
         Ok(_) => Code::Findings,
         Err(e) => exit::classify(e),
     };

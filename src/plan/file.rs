@@ -28,8 +28,12 @@ pub struct PlanFile {
     pub metadata: Metadata,
     /// Where the TSDB comes from.
     pub source: Source,
-    /// Where the TSDB goes.
-    pub target: Target,
+    /// Where the TSDB goes (one volume).
+    #[serde(default)]
+    pub target: Option<Spanned<Target>>,
+    /// Or several volumes (an HA pair): the source is read once and written to each.
+    #[serde(default)]
+    pub targets: Option<Spanned<Vec<Target>>>,
     /// How it is copied (all optional).
     #[serde(default)]
     pub transfer: Transfer,
@@ -277,6 +281,9 @@ pub struct Migration {
     pub target_root: PathBuf,
     /// Owner of everything on the target.
     pub owner: Owner,
+    /// Every target volume (`targets:`); one entry for `target:`. The three fields above
+    /// are the first one's; [`Migration::views`] gives one single-target view per entry.
+    pub targets: Vec<TargetSpec>,
     /// Bytes per second, or `None` for no limit.
     pub bwlimit: Option<u64>,
     /// Files copied at once.
@@ -291,6 +298,33 @@ pub struct Migration {
     pub head_repair: HeadRepair,
 }
 
+/// One resolved target volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetSpec {
+    /// The volume's mount path.
+    pub mount: PathBuf,
+    /// `path/subPath`: where the TSDB lands.
+    pub root: PathBuf,
+    /// Owner of everything on it.
+    pub owner: Owner,
+}
+
+impl Migration {
+    /// One single-target view of this migration per target volume, in plan-file order.
+    pub fn views(&self) -> Vec<Migration> {
+        self.targets
+            .iter()
+            .map(|t| Migration {
+                target_mount: t.mount.clone(),
+                target_root: t.root.clone(),
+                owner: t.owner,
+                targets: vec![t.clone()],
+                ..self.clone()
+            })
+            .collect()
+    }
+}
+
 /// Default number of parallel copy workers.
 pub const DEFAULT_PARALLELISM: usize = 4;
 
@@ -301,7 +335,10 @@ pub fn parse(text: &str, origin: &Path) -> Result<PlanFile, InvalidInput> {
         PlanFile::deserialize(serde_path_to_error::Deserializer::new(de, &mut track))
     });
     parsed.map_err(|e| {
+        // `Spanned` fields show up as a `value` segment: not part of the plan's field names.
         let path = track.path().to_string();
+        let path = path.replace(".value[", "[").replace(".value.", ".");
+        let path = path.strip_suffix(".value").unwrap_or(&path).to_string();
         let field = if path == "." {
             "(top level)".to_string()
         } else {
@@ -362,32 +399,76 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
             ),
         ));
     }
-    let target_mount = abs(&file.target.path.value);
-    if !target_mount.is_dir() {
-        return Err(field_err(
-            "target.path",
-            &file.target.path,
-            format!(
-                "{} is not a directory: mount the target volume there first",
-                target_mount.display()
-            ),
-        ));
-    }
-    let target_root = match &file.target.sub_path {
-        Some(SubPath(p)) => target_mount.join(p),
-        None => target_mount.clone(),
+    let whole = |what: String| InvalidInput(format!("plan file {}: {what}", plan_path.display()));
+    let (list, field) = match (file.target, file.targets) {
+        (Some(t), None) => (vec![t.value], None),
+        (None, Some(ts)) if ts.value.is_empty() => {
+            return Err(whole(format!(
+                "field `targets` (line {}) is empty: list at least one target volume",
+                ts.referenced.line()
+            )));
+        }
+        (None, Some(ts)) => (ts.value, Some("targets")),
+        (Some(t), Some(_)) => {
+            return Err(whole(format!(
+                "fields `target` (line {}) and `targets` are both set: use `target` for one volume or `targets` for several, not both",
+                t.referenced.line()
+            )));
+        }
+        (None, None) => {
+            return Err(whole(
+                "field `target` is missing: say where the TSDB goes (`target:` for one volume, `targets:` for an HA pair)".into(),
+            ));
+        }
     };
-    let sc = file.target.security_context;
+    let mut targets: Vec<TargetSpec> = Vec::with_capacity(list.len());
+    for (i, t) in list.into_iter().enumerate() {
+        let name = field.map_or_else(|| "target".to_string(), |f| format!("{f}[{i}]"));
+        let mount = abs(&t.path.value);
+        if !mount.is_dir() {
+            return Err(field_err(
+                &format!("{name}.path"),
+                &t.path,
+                format!(
+                    "{} is not a directory: mount the target volume there first",
+                    mount.display()
+                ),
+            ));
+        }
+        let root = match &t.sub_path {
+            Some(SubPath(p)) => mount.join(p),
+            None => mount.clone(),
+        };
+        if let Some(j) = targets.iter().position(|o| o.root == root) {
+            return Err(field_err(
+                &format!("{name}.path"),
+                &t.path,
+                format!(
+                    "{} is already {}[{j}]: each target must be a different volume or subPath",
+                    root.display(),
+                    field.unwrap_or("targets")
+                ),
+            ));
+        }
+        let sc = t.security_context;
+        targets.push(TargetSpec {
+            mount,
+            root,
+            owner: Owner {
+                uid: sc.run_as_user,
+                gid: sc.fs_group,
+            },
+        });
+    }
+    let first = targets[0].clone();
     Ok(Migration {
         plan_path: plan_path.to_path_buf(),
         name: file.metadata.name.0,
         source,
-        target_mount,
-        target_root,
-        owner: Owner {
-            uid: sc.run_as_user,
-            gid: sc.fs_group,
-        },
+        target_mount: first.mount,
+        target_root: first.root,
+        owner: first.owner,
+        targets,
         bwlimit: file.transfer.bwlimit.and_then(Rate::limit),
         parallelism: file
             .transfer
@@ -437,7 +518,7 @@ transfer:
         let tr = p.transfer.time_range.unwrap();
         assert_eq!(tr.min, Some(1_746_057_600_000));
         assert!(p.transfer.delete_extraneous);
-        assert_eq!(p.target.security_context.fs_group, 2000);
+        assert_eq!(p.target.unwrap().value.security_context.fs_group, 2000);
     }
 
     #[test]
@@ -463,6 +544,36 @@ transfer:
             e.contains("`target.securityContext.runAsUser`") && e.contains("line 11"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn targets_must_be_one_form_and_not_empty() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().display().to_string();
+        let text = GOOD.replace("/data", &dir).replace("/mnt/pv", &dir);
+        let resolve_err = |t: &str| {
+            resolve(parse(t, Path::new("p.yaml")).unwrap(), Path::new("p.yaml"))
+                .unwrap_err()
+                .0
+        };
+        let m = resolve(
+            parse(&text, Path::new("p.yaml")).unwrap(),
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        assert_eq!(m.targets.len(), 1);
+        assert_eq!(m.views()[0].target_root, m.target_root);
+        let none = text
+            .replace("target:", "elsewhere:")
+            .replace("elsewhere:", "notarget:");
+        assert!(err(&none).contains("notarget"), "unknown field is named");
+        let missing =
+            text.split("target:").next().unwrap().to_string() + "transfer:\n  parallelism: 2\n";
+        let e = resolve_err(&missing);
+        assert!(e.contains("`target` is missing"), "{e}");
+        let empty = missing.replace("transfer:", "targets: []\ntransfer:");
+        let e = resolve_err(&empty);
+        assert!(e.contains("`targets`") && e.contains("empty"), "{e}");
     }
 
     #[test]

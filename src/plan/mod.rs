@@ -200,6 +200,57 @@ pub fn build_with_inventories(
     target_depth: inventory::Depth,
 ) -> anyhow::Result<(MigrationPlan, Inventory, Inventory)> {
     let src = inventory::scan(&m.source)?;
+    build_from(m, src, target_depth)
+}
+
+/// One plan per target volume (`targets:`), all from a single scan of the source. Targets
+/// that share a filesystem must fit on it together.
+pub fn build_each(m: &Migration) -> anyhow::Result<Vec<MigrationPlan>> {
+    let src = inventory::scan(&m.source)?;
+    let mut plans = Vec::with_capacity(m.targets.len());
+    for view in m.views() {
+        plans.push(build_from(&view, src.clone(), inventory::Depth::Layout)?.0);
+    }
+    shared_filesystems(&mut plans);
+    Ok(plans)
+}
+
+/// Targets on one filesystem share its free space: a blocker on each when together they
+/// need more than there is.
+fn shared_filesystems(plans: &mut [MigrationPlan]) {
+    use std::os::unix::fs::MetadataExt;
+    let devs: Vec<Option<u64>> = plans
+        .iter()
+        .map(|p| std::fs::metadata(&p.mount).ok().map(|md| md.dev()))
+        .collect();
+    for i in 0..plans.len() {
+        let Some(dev) = devs[i] else { continue };
+        let same: Vec<usize> = (0..plans.len()).filter(|j| devs[*j] == Some(dev)).collect();
+        if same.len() < 2 {
+            continue;
+        }
+        let need: u64 = same.iter().map(|j| plans[*j].stats.copy_bytes).sum();
+        let free = plans[i].target_free_bytes;
+        if need > free {
+            let p = &mut plans[i];
+            p.blockers.push(format!(
+                "{} target(s) share the filesystem of {}: together they need {} but {} is free; give each target its own volume or free space",
+                same.len(),
+                p.mount.display(),
+                crate::units::bytes(need),
+                crate::units::bytes(free)
+            ));
+            p.ok = false;
+        }
+    }
+}
+
+/// Builds the plan of one target from an already scanned source.
+pub fn build_from(
+    m: &Migration,
+    src: Inventory,
+    target_depth: inventory::Depth,
+) -> anyhow::Result<(MigrationPlan, Inventory, Inventory)> {
     let tgt = inventory::scan_with(&m.target_root, target_depth)?;
     let mut warnings = Vec::new();
     let mut blockers = Vec::new();

@@ -1,9 +1,11 @@
 //! Copying one file: read-only open of the source, in-kernel copy (`copy_file_range` through
 //! `std::io::copy`) in throttled chunks, early writeback, then owner, mode and times.
-//! The source is never written: it is opened read-only with `O_NOATIME` where allowed.
+//! With several destinations (an HA pair), each chunk is read once into a buffer and written
+//! to every destination. The source is never written: it is opened read-only with
+//! `O_NOATIME` where allowed.
 
 use std::fs::{File, FileTimes, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,9 +52,19 @@ pub struct Ctx<'a> {
     pub cancel: &'a AtomicBool,
     /// Stop at the next chunk once this instant has passed.
     pub deadline: Option<std::time::Instant>,
-    /// Owner of what is written.
+}
+
+/// One destination of a copy, and who must own it.
+#[derive(Debug, Clone, Copy)]
+pub struct Out<'a> {
+    /// The file to create (or truncate).
+    pub path: &'a Path,
+    /// Its owner.
     pub owner: Owner,
 }
+
+/// The largest chunk read into memory when one source file goes to several destinations.
+const TEE_BUF: usize = 1 << 20;
 
 impl Ctx<'_> {
     /// Whether work must stop now (a signal, or the deadline).
@@ -87,23 +99,22 @@ pub fn read_source(path: &Path) -> io::Result<Vec<u8>> {
     Ok(v)
 }
 
-/// Copies `src` to `dst` (created or truncated), then sets owner, mode (group-writable) and
-/// the source's access and modification times. With `durable`, fsyncs before returning.
-/// On failure the partial `dst` is removed. Returns the bytes copied.
-pub fn copy_file(src: &Path, dst: &Path, durable: bool, ctx: &Ctx) -> Result<u64, CopyError> {
-    let result = copy_inner(src, dst, durable, ctx);
+/// Copies `src` to every destination in `outs` (created or truncated), reading it once, then
+/// sets owner, mode (group-writable) and the source's access and modification times. With
+/// `durable`, fsyncs before returning. On failure every partial destination is removed.
+/// Returns the bytes read from the source (each destination got all of them).
+pub fn copy_file(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64, CopyError> {
+    let result = copy_inner(src, outs, durable, ctx);
     if result.is_err() {
-        let _ = std::fs::remove_file(dst);
+        for o in outs {
+            let _ = std::fs::remove_file(o.path);
+        }
     }
     result
 }
 
-fn copy_inner(src: &Path, dst: &Path, durable: bool, ctx: &Ctx) -> Result<u64, CopyError> {
-    let src_err = |e| CopyError::Source {
-        path: src.to_path_buf(),
-        cause: e,
-    };
-    let dst_err = |e: io::Error| {
+fn dst_err(dst: &Path) -> impl Fn(io::Error) -> CopyError + '_ {
+    move |e: io::Error| {
         if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) {
             CopyError::NoSpace {
                 path: dst.to_path_buf(),
@@ -114,39 +125,66 @@ fn copy_inner(src: &Path, dst: &Path, durable: bool, ctx: &Ctx) -> Result<u64, C
                 cause: e,
             }
         }
+    }
+}
+
+fn copy_inner(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64, CopyError> {
+    let src_err = |e| CopyError::Source {
+        path: src.to_path_buf(),
+        cause: e,
     };
     let input = open_source(src).map_err(src_err)?;
     let meta = input.metadata().map_err(src_err)?;
     let cached_before = crate::cache::Residency::of(&input, meta.len());
-    let output = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(nix::fcntl::OFlag::O_CLOEXEC.bits())
-        .open(dst)
-        .map_err(dst_err)?;
+    let mut outputs = Vec::with_capacity(outs.len());
+    for o in outs {
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(nix::fcntl::OFlag::O_CLOEXEC.bits())
+            .open(o.path)
+            .map_err(dst_err(o.path))?;
+        outputs.push(f);
+    }
+    let tee = outputs.len() != 1;
+    let mut buf = if tee {
+        vec![0u8; ctx.throttle.chunk().min(TEE_BUF)]
+    } else {
+        Vec::new()
+    };
     let mut done: u64 = 0;
     loop {
         if ctx.stopping() {
             return Err(CopyError::Cancelled);
         }
-        let want = (ctx.throttle.chunk() as u64)
-            .min(meta.len().saturating_sub(done))
-            .max(1);
+        let chunk = if tee { buf.len() } else { ctx.throttle.chunk() };
+        let want = (chunk as u64).min(meta.len().saturating_sub(done)).max(1);
         ctx.throttle.acquire(want as usize);
-        // std::io::copy uses copy_file_range between files (and falls back to read/write).
-        let n = io::copy(&mut (&input).take(want), &mut &output).map_err(|e| {
-            if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) {
-                dst_err(e)
-            } else {
-                classify(e, src, dst)
+        let n = if !tee {
+            let (output, o) = (&outputs[0], &outs[0]);
+            // std::io::copy uses copy_file_range between files (and falls back to read/write).
+            io::copy(&mut (&input).take(want), &mut &*output).map_err(|e| {
+                if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) {
+                    dst_err(o.path)(e)
+                } else {
+                    classify(e, src, o.path)
+                }
+            })?
+        } else {
+            let n = (&input).read(&mut buf[..want as usize]).map_err(src_err)?;
+            for (output, o) in outputs.iter().zip(outs) {
+                (&*output).write_all(&buf[..n]).map_err(dst_err(o.path))?;
             }
-        })?;
+            n as u64
+        };
         if n == 0 {
             break;
         }
-        start_writeback(&output, done, n);
+        for output in &outputs {
+            start_writeback(output, done, n);
+        }
         cached_before.drop_new_pages(&input, done, n);
         done += n;
         ctx.progress.add_bytes(n);
@@ -159,24 +197,26 @@ fn copy_inner(src: &Path, dst: &Path, durable: bool, ctx: &Ctx) -> Result<u64, C
             now: now.len(),
         });
     }
-    std::os::unix::fs::fchown(&output, Some(ctx.owner.uid), Some(ctx.owner.gid)).map_err(|e| {
-        CopyError::Target {
-            path: dst.to_path_buf(),
-            cause: io::Error::other(perms::explain(dst, &e, ctx.owner)),
-        }
-    })?;
-    output
-        .set_permissions(std::fs::Permissions::from_mode(perms::file_mode_from(
-            meta.permissions().mode(),
-        )))
-        .map_err(dst_err)?;
     let times = FileTimes::new()
         .set_accessed(meta.accessed().map_err(src_err)?)
         .set_modified(meta.modified().map_err(src_err)?);
-    output.set_times(times).map_err(dst_err)?;
-    if durable {
-        output.sync_all().map_err(dst_err)?;
-        drop_cache(&output);
+    for (output, o) in outputs.iter().zip(outs) {
+        std::os::unix::fs::fchown(output, Some(o.owner.uid), Some(o.owner.gid)).map_err(|e| {
+            CopyError::Target {
+                path: o.path.to_path_buf(),
+                cause: io::Error::other(perms::explain(o.path, &e, o.owner)),
+            }
+        })?;
+        output
+            .set_permissions(std::fs::Permissions::from_mode(perms::file_mode_from(
+                meta.permissions().mode(),
+            )))
+            .map_err(dst_err(o.path))?;
+        output.set_times(times).map_err(dst_err(o.path))?;
+        if durable {
+            output.sync_all().map_err(dst_err(o.path))?;
+            drop_cache(output);
+        }
     }
     Ok(done)
 }
@@ -231,16 +271,23 @@ mod tests {
             progress: &Hidden,
             cancel: &cancel,
             deadline: None,
-            owner: Owner {
-                uid: sm.uid(),
-                gid: sm.gid(),
-            },
         };
-        assert_eq!(copy_file(&s, &t, true, &ctx).unwrap(), data.len() as u64);
-        assert_eq!(std::fs::read(&t).unwrap(), data);
-        let tm = std::fs::metadata(&t).unwrap();
-        assert_eq!((tm.mtime(), tm.mtime_nsec()), (sm.mtime(), sm.mtime_nsec()));
-        assert_eq!(tm.mode() & 0o660, 0o660);
+        let owner = Owner {
+            uid: sm.uid(),
+            gid: sm.gid(),
+        };
+        let t2 = d.path().join("t2");
+        // One destination (copy_file_range) and two (read once, written twice).
+        for outs in [vec![&t], vec![&t, &t2]] {
+            let outs: Vec<Out> = outs.iter().map(|p| Out { path: p, owner }).collect();
+            assert_eq!(copy_file(&s, &outs, true, &ctx).unwrap(), data.len() as u64);
+            for o in &outs {
+                assert_eq!(std::fs::read(o.path).unwrap(), data);
+                let tm = std::fs::metadata(o.path).unwrap();
+                assert_eq!((tm.mtime(), tm.mtime_nsec()), (sm.mtime(), sm.mtime_nsec()));
+                assert_eq!(tm.mode() & 0o660, 0o660);
+            }
+        }
     }
 
     #[test]
@@ -254,12 +301,14 @@ mod tests {
             progress: &Hidden,
             cancel: &cancel,
             deadline: None,
-            owner: Owner { uid: 0, gid: 0 },
         };
+        let t2 = d.path().join("t2");
+        let owner = Owner { uid: 0, gid: 0 };
+        let outs = [Out { path: &t, owner }, Out { path: &t2, owner }];
         assert!(matches!(
-            copy_file(&s, &t, false, &ctx),
+            copy_file(&s, &outs, false, &ctx),
             Err(CopyError::Cancelled)
         ));
-        assert!(!t.exists());
+        assert!(!t.exists() && !t2.exists());
     }
 }

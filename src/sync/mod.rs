@@ -92,7 +92,10 @@ pub struct ApplyReport {
     pub left_for_final: Vec<String>,
 }
 
-enum Job {
+/// A piece of work, identical for every target that needs it, so that targets in the same
+/// state share one read of the source.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Work {
     /// A directory that is not on the target (a block, a WAL checkpoint, a chunk snapshot):
     /// stage, fsync, rename into place.
     NewDir {
@@ -104,73 +107,104 @@ enum Job {
     File { rel: String, bytes: u64 },
 }
 
-impl Job {
+struct Job {
+    work: Work,
+    /// Indexes of the targets that need it.
+    to: Vec<usize>,
+}
+
+impl Work {
     fn bytes(&self) -> u64 {
         match self {
-            Job::NewDir { bytes, .. } | Job::File { bytes, .. } => *bytes,
+            Work::NewDir { bytes, .. } | Work::File { bytes, .. } => *bytes,
         }
     }
 }
 
-struct Shared<'a> {
+/// One target volume of the run and what was done to it.
+struct Dest<'a> {
     plan: &'a MigrationPlan,
-    ctx: Ctx<'a>,
     copied_bytes: AtomicU64,
     copied_files: AtomicU64,
     resumed: AtomicU64,
     published: AtomicU64,
     touched_dirs: Mutex<BTreeSet<PathBuf>>,
+    left_for_final: Mutex<Vec<String>>,
+}
+
+struct Shared<'a> {
+    dests: Vec<Dest<'a>>,
+    /// The source directory (the same in every plan).
+    source: &'a Path,
+    ctx: Ctx<'a>,
+    /// Bytes read from the source.
+    read_bytes: AtomicU64,
     phase: Phase,
     started: Instant,
     bwlimit: Option<u64>,
     /// Set when the deadline stopped the run.
     out_of_time: AtomicBool,
-    left_for_final: Mutex<Vec<String>>,
 }
 
 /// Executes the plan (refusing one with blockers). Returns what was done, also when it
 /// failed part-way, and the failure if any.
 pub fn apply(plan: &MigrationPlan, opts: &ApplyOptions) -> (ApplyReport, anyhow::Result<()>) {
-    let start = Instant::now();
-    let mut report = ApplyReport::default();
-    let result = execute(plan, opts, &mut report);
-    report.duration_seconds = start.elapsed().as_secs_f64();
-    report.average_rate = report.copied_bytes as f64 / report.duration_seconds.max(1e-6);
-    report.ok = result.is_ok() && !report.incomplete;
-    report.phase = opts.phase;
-    if report.ok {
-        tracing::info!(
-            copied_files = report.copied_files,
-            copied_bytes = report.copied_bytes,
-            resumed_files = report.resumed_files,
-            seconds = report.duration_seconds,
-            "apply: done"
-        );
-    }
-    (report, result)
+    let (mut reports, result) = apply_each(std::slice::from_ref(plan), opts);
+    (reports.pop().unwrap_or_default(), result)
 }
 
-fn execute(
-    plan: &MigrationPlan,
+/// Executes one plan per target volume of the same source (an HA pair) in one run: each
+/// source file is read once and written to every target that needs it. Any target failing
+/// stops the run (resumable like a single target). Returns one report per plan.
+pub fn apply_each(
+    plans: &[MigrationPlan],
     opts: &ApplyOptions,
+) -> (Vec<ApplyReport>, anyhow::Result<()>) {
+    let start = Instant::now();
+    let mut reports = vec![ApplyReport::default(); plans.len()];
+    let result = execute(plans, opts, &mut reports);
+    let seconds = start.elapsed().as_secs_f64();
+    for (report, plan) in reports.iter_mut().zip(plans) {
+        report.duration_seconds = seconds;
+        report.average_rate = report.copied_bytes as f64 / seconds.max(1e-6);
+        report.ok = result.is_ok() && !report.incomplete;
+        report.phase = opts.phase;
+        if report.ok {
+            tracing::info!(
+                target = %plan.target.display(),
+                copied_files = report.copied_files,
+                copied_bytes = report.copied_bytes,
+                resumed_files = report.resumed_files,
+                seconds = report.duration_seconds,
+                "apply: done"
+            );
+        }
+    }
+    (reports, result)
+}
+
+/// A target made ready for writing: its path exists, its lock is held, stale temp files
+/// are gone.
+struct Prepared {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+    fixed: u64,
+    /// New checkpoint/chunk-snapshot directories, staged and renamed in whole.
+    staged_dirs: Vec<String>,
+}
+
+fn prepare(
+    plan: &MigrationPlan,
+    phase: Phase,
     report: &mut ApplyReport,
-) -> anyhow::Result<()> {
-    if !plan.ok {
-        anyhow::bail!("the plan has blockers; run `promigrate plan` and resolve them first");
-    }
-    if opts.deadline.is_some_and(|d| Instant::now() >= d) {
-        report.incomplete = true;
-        return Ok(()); // past the deadline before anything was touched
-    }
+) -> anyhow::Result<Prepared> {
     let root = &plan.target;
     let owner = plan.owner;
     // Create the path down to the TSDB root (parts created here get the target owner), take
     // the apply lock, and only then touch anything that was there.
     let below_mount = root.strip_prefix(&plan.mount).unwrap_or(Path::new(""));
     make_dirs(&plan.mount, below_mount, owner)?;
-    let _lock = lock_target(root, owner)?;
+    let lock = lock_target(root, owner)?;
     let mut fixed = u64::from(ensure_dir(root, owner)?);
-    let staging = root.join(tsdb::STAGING_DIR);
     let new_blocks: BTreeSet<String> = plan
         .blocks
         .iter()
@@ -187,30 +221,40 @@ fn execute(
 
     // A new checkpoint or chunk snapshot directory is staged and renamed in whole, like a
     // block: a partial one under its final name would be loaded by Prometheus.
-    let staged_dirs: Vec<&String> = if opts.phase == Phase::Presync {
+    let staged_dirs: Vec<String> = if phase == Phase::Presync {
         Vec::new()
     } else {
         plan.dirs
             .iter()
             .filter(|d| staged_as_a_whole(d) && !root.join(d).exists())
+            .cloned()
             .collect()
     };
-    let in_staged = |rel: &str| {
-        staged_dirs
-            .iter()
-            .any(|d| rel.starts_with(&format!("{d}/")))
-    };
-    if opts.phase != Phase::Presync {
+    if phase != Phase::Presync {
         for d in plan
             .dirs
             .iter()
-            .filter(|d| !staged_dirs.contains(d) && !in_staged(d))
+            .filter(|d| !staged_dirs.contains(d) && !in_any(&staged_dirs, d))
         {
             fixed += u64::from(ensure_dir(&root.join(d), owner)?);
         }
     }
+    Ok(Prepared {
+        _lock: lock,
+        fixed,
+        staged_dirs,
+    })
+}
 
-    let mut jobs = VecDeque::new();
+/// Whether `rel` lies inside one of `dirs`.
+fn in_any(dirs: &[String], rel: &str) -> bool {
+    dirs.iter().any(|d| rel.starts_with(&format!("{d}/")))
+}
+
+/// What one target needs copied, in order: blocks oldest first, then staged directories,
+/// then single files.
+fn work_of(plan: &MigrationPlan, phase: Phase, staged_dirs: &[String]) -> Vec<Work> {
+    let mut work = Vec::new();
     let mut blocks: Vec<_> = plan
         .blocks
         .iter()
@@ -219,92 +263,158 @@ fn execute(
     blocks.sort_by_key(|b| b.min_time);
     for b in blocks {
         if b.state == State::Copy {
-            jobs.push_back(Job::NewDir {
+            work.push(Work::NewDir {
                 dir: b.ulid.clone(),
                 files: b.copy.clone(),
                 bytes: b.copy_bytes,
             });
         } else {
-            jobs.extend(b.copy.iter().map(|rel| Job::File {
+            work.extend(b.copy.iter().map(|rel| Work::File {
                 rel: rel.clone(),
                 bytes: 0,
             }));
         }
     }
-    for d in &staged_dirs {
+    for d in staged_dirs {
         let of: Vec<&crate::plan::FilePlan> = plan
             .files
             .iter()
             .filter(|f| f.rel.starts_with(&format!("{d}/")))
             .collect();
-        jobs.push_back(Job::NewDir {
-            dir: (*d).clone(),
+        work.push(Work::NewDir {
+            dir: d.clone(),
             files: of.iter().map(|f| f.rel.clone()).collect(),
             bytes: of.iter().map(|f| f.size).sum(),
         });
     }
-    if opts.phase != Phase::Presync {
-        jobs.extend(
+    if phase != Phase::Presync {
+        work.extend(
             plan.files
                 .iter()
-                .filter(|f| f.state != State::Identical && !in_staged(&f.rel))
-                .map(|f| Job::File {
+                .filter(|f| f.state != State::Identical && !in_any(staged_dirs, &f.rel))
+                .map(|f| Work::File {
                     rel: f.rel.clone(),
                     bytes: f.size,
                 }),
         );
     }
+    work
+}
 
-    let throttle = limiter::for_limit(opts.bwlimit.or(plan.bwlimit));
+/// Merges the targets' work lists: equal work becomes one job for all targets needing it.
+fn merge(per_target: Vec<Vec<Work>>) -> VecDeque<Job> {
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut index: std::collections::HashMap<Work, usize> = std::collections::HashMap::new();
+    for (t, work) in per_target.into_iter().enumerate() {
+        for w in work {
+            match index.get(&w) {
+                Some(&i) => jobs[i].to.push(t),
+                None => {
+                    index.insert(w.clone(), jobs.len());
+                    jobs.push(Job {
+                        work: w,
+                        to: vec![t],
+                    });
+                }
+            }
+        }
+    }
+    jobs.into()
+}
+
+fn execute(
+    plans: &[MigrationPlan],
+    opts: &ApplyOptions,
+    reports: &mut [ApplyReport],
+) -> anyhow::Result<()> {
+    if let Some(p) = plans.iter().find(|p| !p.ok) {
+        anyhow::bail!(
+            "the plan for {} has blockers; run `promigrate plan` and resolve them first",
+            p.target.display()
+        );
+    }
+    let Some(first) = plans.first() else {
+        return Ok(());
+    };
+    if opts.deadline.is_some_and(|d| Instant::now() >= d) {
+        for r in reports.iter_mut() {
+            r.incomplete = true;
+        }
+        return Ok(()); // past the deadline before anything was touched
+    }
+    // Every target is locked before any is written.
+    let mut prepared = Vec::with_capacity(plans.len());
+    for (plan, report) in plans.iter().zip(reports.iter_mut()) {
+        prepared.push(prepare(plan, opts.phase, report)?);
+    }
+    let jobs = merge(
+        plans
+            .iter()
+            .zip(&prepared)
+            .map(|(p, pr)| work_of(p, opts.phase, &pr.staged_dirs))
+            .collect(),
+    );
+
+    let throttle = limiter::for_limit(opts.bwlimit.or(first.bwlimit));
     let shared = Shared {
-        plan,
+        dests: plans
+            .iter()
+            .map(|plan| Dest {
+                plan,
+                copied_bytes: AtomicU64::new(0),
+                copied_files: AtomicU64::new(0),
+                resumed: AtomicU64::new(0),
+                published: AtomicU64::new(0),
+                touched_dirs: Mutex::new(BTreeSet::new()),
+                left_for_final: Mutex::new(Vec::new()),
+            })
+            .collect(),
+        source: &first.source,
         ctx: Ctx {
             throttle: throttle.as_ref(),
             progress: opts.progress,
             cancel: opts.cancel,
             deadline: opts.deadline,
-            owner,
         },
-        copied_bytes: AtomicU64::new(0),
-        copied_files: AtomicU64::new(0),
-        resumed: AtomicU64::new(0),
-        published: AtomicU64::new(0),
-        touched_dirs: Mutex::new(BTreeSet::new()),
+        read_bytes: AtomicU64::new(0),
         phase: opts.phase,
         started: Instant::now(),
-        bwlimit: opts.bwlimit.or(plan.bwlimit),
+        bwlimit: opts.bwlimit.or(first.bwlimit),
         out_of_time: AtomicBool::new(false),
-        left_for_final: Mutex::new(Vec::new()),
     };
-    let jobs_result = run_jobs(&shared, jobs, plan.parallelism);
+    let jobs_result = run_jobs(&shared, jobs, first.parallelism);
     opts.progress.finish();
-    report.copied_bytes = shared.copied_bytes.load(Ordering::Relaxed);
-    report.copied_files = shared.copied_files.load(Ordering::Relaxed);
-    report.resumed_files = shared.resumed.load(Ordering::Relaxed);
-    report.blocks_published = shared.published.load(Ordering::Relaxed);
-    report.left_for_final = shared
-        .left_for_final
-        .lock()
-        .map(|v| v.clone())
-        .unwrap_or_default();
-    report.incomplete = shared.out_of_time.load(Ordering::Relaxed);
+    let out_of_time = shared.out_of_time.load(Ordering::Relaxed);
+    for (d, report) in shared.dests.iter().zip(reports.iter_mut()) {
+        report.copied_bytes = d.copied_bytes.load(Ordering::Relaxed);
+        report.copied_files = d.copied_files.load(Ordering::Relaxed);
+        report.resumed_files = d.resumed.load(Ordering::Relaxed);
+        report.blocks_published = d.published.load(Ordering::Relaxed);
+        report.left_for_final = d
+            .left_for_final
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        report.incomplete = out_of_time;
+    }
     jobs_result?;
 
-    let dirs = shared
-        .touched_dirs
-        .lock()
-        .map(|d| d.clone())
-        .unwrap_or_default();
-    for d in dirs.iter().chain(std::iter::once(root)) {
-        fsutil::fsync_dir(d).with_context(|| format!("cannot fsync directory {}", d.display()))?;
+    for ((d, pr), report) in shared.dests.iter().zip(&prepared).zip(reports.iter_mut()) {
+        let (plan, root) = (d.plan, &d.plan.target);
+        let dirs = d.touched_dirs.lock().map(|d| d.clone()).unwrap_or_default();
+        for dir in dirs.iter().chain(std::iter::once(root)) {
+            fsutil::fsync_dir(dir)
+                .with_context(|| format!("cannot fsync directory {}", dir.display()))?;
+        }
+        let staging = root.join(tsdb::STAGING_DIR);
+        if staging.exists() && std::fs::remove_dir(&staging).is_ok() {
+            fsutil::fsync_dir(root).with_context(|| format!("cannot fsync {}", root.display()))?;
+        }
+        // Only now that everything is copied: what the source compacted away, and files the
+        // mirror does not want, move to the quarantine (an interrupted run leaves them).
+        quarantine(plan, opts, root, plan.owner, report)?;
+        report.ownership_fixed = pr.fixed + fix_ownership(root, plan.owner, &plan.ownership)?;
     }
-    if staging.exists() && std::fs::remove_dir(&staging).is_ok() {
-        fsutil::fsync_dir(root).with_context(|| format!("cannot fsync {}", root.display()))?;
-    }
-    // Only now that everything is copied: what the source compacted away, and files the
-    // mirror does not want, move to the quarantine (an interrupted run leaves them in place).
-    quarantine(plan, opts, root, owner, report)?;
-    report.ownership_fixed = fixed + fix_ownership(root, owner, &plan.ownership)?;
     Ok(())
 }
 
@@ -335,13 +445,13 @@ fn run_jobs(shared: &Shared, jobs: VecDeque<Job>, parallelism: usize) -> anyhow:
                     let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
                         return;
                     };
-                    if !fits_before_deadline(shared, job.bytes()) {
+                    if !fits_before_deadline(shared, job.work.bytes()) {
                         shared.out_of_time.store(true, Ordering::Relaxed);
                         return;
                     }
-                    let r = match &job {
-                        Job::NewDir { dir, files, .. } => stage_dir(shared, dir, files),
-                        Job::File { rel, .. } => one_file(shared, rel),
+                    let r = match &job.work {
+                        Work::NewDir { dir, files, .. } => stage_dir(shared, dir, files, &job.to),
+                        Work::File { rel, .. } => one_file(shared, rel, &job.to),
                     };
                     if let Err(e) = r {
                         failed.store(true, Ordering::Relaxed);
@@ -382,7 +492,7 @@ fn fits_before_deadline(sh: &Shared, bytes: u64) -> bool {
         return false;
     }
     let elapsed = sh.started.elapsed().as_secs_f64();
-    let copied = sh.copied_bytes.load(Ordering::Relaxed);
+    let copied = sh.read_bytes.load(Ordering::Relaxed);
     let rate = sh
         .bwlimit
         .map(|r| r as f64)
@@ -393,7 +503,7 @@ fn fits_before_deadline(sh: &Shared, bytes: u64) -> bool {
 /// In a presync a source file can vanish (its block was compacted away) or change (meta.json
 /// and tombstones are rewritten in place). That leaves the block for the final phase; in the
 /// final phase the source is stopped and it is an error.
-fn left_for_final(sh: &Shared, what: &str, err: &anyhow::Error) -> bool {
+fn left_for_final(sh: &Shared, to: &[usize], what: &str, err: &anyhow::Error) -> bool {
     if sh.phase != Phase::Presync {
         return false;
     }
@@ -405,61 +515,109 @@ fn left_for_final(sh: &Shared, what: &str, err: &anyhow::Error) -> bool {
         _ => return false,
     };
     tracing::info!("{what} {reason}: left for the final phase");
-    if let Ok(mut v) = sh.left_for_final.lock() {
-        v.push(format!("{what}: {reason}"));
+    for &t in to {
+        if let Ok(mut v) = sh.dests[t].left_for_final.lock() {
+            v.push(format!("{what}: {reason}"));
+        }
     }
     true
 }
 
-/// Stages a whole block, makes it durable, and renames it into place.
-fn stage_dir(sh: &Shared, dir: &str, files: &[String]) -> anyhow::Result<()> {
-    let root = &sh.plan.target;
-    let stage_root = root.join(tsdb::STAGING_DIR);
-    let stage = stage_root.join(staging_name(dir));
-    ensure_dir(&stage_root, sh.plan.owner)?;
-    ensure_dir(&stage, sh.plan.owner)?;
-    let mut written = Vec::with_capacity(files.len());
+/// Stages a whole block on each target in `to`, makes it durable, and renames it into place.
+fn stage_dir(sh: &Shared, dir: &str, files: &[String], to: &[usize]) -> anyhow::Result<()> {
+    let stages: Vec<PathBuf> = to
+        .iter()
+        .map(|&t| {
+            sh.dests[t]
+                .plan
+                .target
+                .join(tsdb::STAGING_DIR)
+                .join(staging_name(dir))
+        })
+        .collect();
+    for (&t, stage) in to.iter().zip(&stages) {
+        let owner = sh.dests[t].plan.owner;
+        if let Some(stage_root) = stage.parent() {
+            ensure_dir(stage_root, owner)?;
+        }
+        ensure_dir(stage, owner)?;
+    }
+    let mut written: Vec<Vec<PathBuf>> = vec![Vec::with_capacity(files.len()); to.len()];
     for rel in files {
         let inner = rel.strip_prefix(&format!("{dir}/")).unwrap_or(rel);
-        let (src, dst) = (sh.plan.source.join(rel), stage.join(inner));
-        if let Some(parent) = dst.parent().filter(|p| *p != stage) {
-            ensure_dir(parent, sh.plan.owner)?;
+        let src = sh.source.join(rel);
+        let mut need: Vec<(usize, PathBuf)> = Vec::new();
+        for (k, (&t, stage)) in to.iter().zip(&stages).enumerate() {
+            let dst = stage.join(inner);
+            if let Some(parent) = dst.parent().filter(|p| p != stage) {
+                ensure_dir(parent, sh.dests[t].plan.owner)?;
+            }
+            if staged_complete(&src, &dst) {
+                sh.dests[t].resumed.fetch_add(1, Ordering::Relaxed);
+            } else {
+                need.push((k, dst.clone()));
+            }
+            written[k].push(dst);
         }
-        if staged_complete(&src, &dst) {
-            sh.resumed.fetch_add(1, Ordering::Relaxed);
-            let size = std::fs::metadata(&dst).map(|m| m.len()).unwrap_or(0);
+        if need.is_empty() {
+            let size = written
+                .first()
+                .and_then(|w| w.last())
+                .and_then(|f| std::fs::metadata(f).ok())
+                .map_or(0, |m| m.len());
             sh.ctx.progress.add_bytes(size);
-        } else {
-            let n = match copy::copy_file(&src, &dst, false, &sh.ctx) {
-                Ok(n) => n,
-                Err(e) => {
-                    let e = anyhow::Error::from(e);
-                    if left_for_final(sh, dir, &e) {
-                        let _ = std::fs::remove_dir_all(&stage);
-                        return Ok(());
-                    }
-                    return Err(e);
-                }
-            };
-            sh.copied_bytes.fetch_add(n, Ordering::Relaxed);
-            sh.copied_files.fetch_add(1, Ordering::Relaxed);
+            continue;
         }
-        written.push(dst);
+        let outs: Vec<copy::Out> = need
+            .iter()
+            .map(|(k, p)| copy::Out {
+                path: p,
+                owner: sh.dests[to[*k]].plan.owner,
+            })
+            .collect();
+        let n = match copy::copy_file(&src, &outs, false, &sh.ctx) {
+            Ok(n) => n,
+            Err(e) => {
+                let e = anyhow::Error::from(e);
+                if left_for_final(sh, to, dir, &e) {
+                    for stage in &stages {
+                        let _ = std::fs::remove_dir_all(stage);
+                    }
+                    return Ok(());
+                }
+                return Err(e);
+            }
+        };
+        sh.read_bytes.fetch_add(n, Ordering::Relaxed);
+        for (k, _) in &need {
+            let d = &sh.dests[to[*k]];
+            d.copied_bytes.fetch_add(n, Ordering::Relaxed);
+            d.copied_files.fetch_add(1, Ordering::Relaxed);
+        }
     }
+    for ((&t, stage), written) in to.iter().zip(&stages).zip(&written) {
+        publish(&sh.dests[t], dir, stage, written)?;
+    }
+    Ok(())
+}
+
+/// Makes a staged directory durable and renames it into place on one target.
+fn publish(d: &Dest, dir: &str, stage: &Path, written: &[PathBuf]) -> anyhow::Result<()> {
+    let root = &d.plan.target;
     // Durable before published: fsync every file, then the directories, then rename.
-    for f in &written {
+    for f in written {
         std::fs::File::open(f)
             .and_then(|h| h.sync_all().map(|_| copy::drop_cache(&h)))
             .with_context(|| format!("cannot fsync {}", f.display()))?;
     }
     let mut dirs: BTreeSet<&Path> = written.iter().filter_map(|f| f.parent()).collect();
-    dirs.insert(&stage);
-    for d in dirs {
-        fsutil::fsync_dir(d).with_context(|| format!("cannot fsync {}", d.display()))?;
+    dirs.insert(stage);
+    for dir in dirs {
+        fsutil::fsync_dir(dir).with_context(|| format!("cannot fsync {}", dir.display()))?;
     }
     let dest = root.join(dir);
     if let Some(parent) = dest.parent().filter(|p| *p != root.as_path()) {
-        ensure_dir(parent, sh.plan.owner)?; // wal/ for a checkpoint
+        ensure_dir(parent, d.plan.owner)?; // wal/ for a checkpoint
     }
     if dest.exists() {
         anyhow::bail!(
@@ -467,7 +625,7 @@ fn stage_dir(sh: &Shared, dir: &str, files: &[String]) -> anyhow::Result<()> {
             dest.display()
         );
     }
-    std::fs::rename(&stage, &dest).with_context(|| {
+    std::fs::rename(stage, &dest).with_context(|| {
         format!(
             "cannot rename staged block {} to {}",
             stage.display(),
@@ -475,12 +633,14 @@ fn stage_dir(sh: &Shared, dir: &str, files: &[String]) -> anyhow::Result<()> {
         )
     })?;
     if !staged_as_a_whole(dir) {
-        sh.published.fetch_add(1, Ordering::Relaxed); // a block
+        d.published.fetch_add(1, Ordering::Relaxed); // a block
     }
-    if let Ok(mut d) = sh.touched_dirs.lock() {
-        d.insert(stage_root);
+    if let Ok(mut touched) = d.touched_dirs.lock() {
+        if let Some(stage_root) = stage.parent() {
+            touched.insert(stage_root.to_path_buf());
+        }
         if let Some(parent) = dest.parent() {
-            d.insert(parent.to_path_buf());
+            touched.insert(parent.to_path_buf());
         }
     }
     Ok(())
@@ -584,35 +744,55 @@ fn staged_complete(src: &Path, dst: &Path) -> bool {
     }
 }
 
-/// Copies one file to a temp name beside its destination, fsyncs, renames.
-fn one_file(sh: &Shared, rel: &str) -> anyhow::Result<()> {
-    let (src, dst) = (sh.plan.source.join(rel), sh.plan.target.join(rel));
-    let parent = dst
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no parent directory", dst.display()))?;
-    ensure_dir(parent, sh.plan.owner)?;
-    let name = dst.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = parent.join(format!(".{name}{}", tsdb::TMP_SUFFIX));
-    let n = match copy::copy_file(&src, &tmp, true, &sh.ctx) {
+/// Copies one file to a temp name beside its destination on each target in `to` (reading
+/// the source once), fsyncs, renames.
+fn one_file(sh: &Shared, rel: &str, to: &[usize]) -> anyhow::Result<()> {
+    let src = sh.source.join(rel);
+    let mut places = Vec::with_capacity(to.len());
+    for &t in to {
+        let dst = sh.dests[t].plan.target.join(rel);
+        let parent = dst
+            .parent()
+            .ok_or_else(|| anyhow!("{} has no parent directory", dst.display()))?
+            .to_path_buf();
+        ensure_dir(&parent, sh.dests[t].plan.owner)?;
+        let name = dst.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+        let tmp = parent.join(format!(".{name}{}", tsdb::TMP_SUFFIX));
+        places.push((t, parent, tmp, dst));
+    }
+    let outs: Vec<copy::Out> = places
+        .iter()
+        .map(|(t, _, tmp, _)| copy::Out {
+            path: tmp,
+            owner: sh.dests[*t].plan.owner,
+        })
+        .collect();
+    let n = match copy::copy_file(&src, &outs, true, &sh.ctx) {
         Ok(n) => n,
         Err(e) => {
             let e = anyhow::Error::from(e);
-            return if left_for_final(sh, rel, &e) {
+            return if left_for_final(sh, to, rel, &e) {
                 Ok(())
             } else {
                 Err(e)
             };
         }
     };
-    if let Err(e) = std::fs::rename(&tmp, &dst) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()));
-    }
-    sh.copied_bytes.fetch_add(n, Ordering::Relaxed);
-    sh.copied_files.fetch_add(1, Ordering::Relaxed);
-    if let Ok(mut d) = sh.touched_dirs.lock() {
-        d.insert(parent.to_path_buf());
+    sh.read_bytes.fetch_add(n, Ordering::Relaxed);
+    for (i, (t, parent, tmp, dst)) in places.iter().enumerate() {
+        if let Err(e) = std::fs::rename(tmp, dst) {
+            for (_, _, other, _) in &places[i..] {
+                let _ = std::fs::remove_file(other);
+            }
+            return Err(e)
+                .with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()));
+        }
+        let d = &sh.dests[*t];
+        d.copied_bytes.fetch_add(n, Ordering::Relaxed);
+        d.copied_files.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut touched) = d.touched_dirs.lock() {
+            touched.insert(parent.clone());
+        }
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! It reads only. Differences use rclone `check` sigils: `-` missing on the target,
 //! `+` extra on the target, `*` differs, `!` error.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,10 @@ pub struct VerifyReport {
     pub duration_seconds: f64,
 }
 
+/// Source hashes already computed in this run, by path: with several targets each source
+/// file is read once.
+type SourceHashes = Mutex<HashMap<String, u128>>;
+
 /// Runs verification. `parallelism` files are hashed at once. `progress_for` makes the
 /// progress sink once the number of bytes to read is known.
 pub fn run(
@@ -65,8 +70,44 @@ pub fn run(
     progress_for: &dyn Fn(u64) -> Box<dyn Progress>,
     cancel: &AtomicBool,
 ) -> anyhow::Result<VerifyReport> {
+    let src = inventory::scan(&m.source)?;
+    run_one(m, src, level, progress_for, cancel, &Mutex::default())
+}
+
+/// Verifies every target volume of the migration (`targets:`), one report each, scanning
+/// and hashing the source once.
+pub fn run_each(
+    m: &Migration,
+    level: VerifyLevel,
+    progress_for: &dyn Fn(u64) -> Box<dyn Progress>,
+    cancel: &AtomicBool,
+) -> anyhow::Result<Vec<VerifyReport>> {
+    let src = inventory::scan(&m.source)?;
+    let hashes = SourceHashes::default();
+    let mut reports = Vec::new();
+    for view in m.views() {
+        reports.push(run_one(
+            &view,
+            src.clone(),
+            level,
+            progress_for,
+            cancel,
+            &hashes,
+        )?);
+    }
+    Ok(reports)
+}
+
+fn run_one(
+    m: &Migration,
+    src: Inventory,
+    level: VerifyLevel,
+    progress_for: &dyn Fn(u64) -> Box<dyn Progress>,
+    cancel: &AtomicBool,
+    hashes: &SourceHashes,
+) -> anyhow::Result<VerifyReport> {
     let start = Instant::now();
-    let (plan, src, tgt) = plan::build_with_inventories(m, inventory::Depth::WithMeta)?;
+    let (plan, src, tgt) = plan::build_from(m, src, inventory::Depth::WithMeta)?;
     let mut diffs = Vec::new();
     let d = |sigil: char, path: &str, detail: String| Difference {
         path: path.to_string(),
@@ -160,15 +201,7 @@ pub fn run(
     let progress = progress_box.as_ref();
     let mut hashed = 0;
     if level != VerifyLevel::Meta {
-        hashed = hash_pairs(
-            &m.source,
-            &m.target_root,
-            &pairs,
-            m.parallelism,
-            progress,
-            cancel,
-            &mut diffs,
-        )?;
+        hashed = hash_pairs(m, &pairs, progress, cancel, hashes, &mut diffs)?;
     }
     if level == VerifyLevel::Deep && tgt.exists {
         let found = check::run(
@@ -252,19 +285,19 @@ fn ownership(tgt: &Inventory, m: &Migration, diffs: &mut Vec<Difference>) {
 
 /// Hashes source and target of each pair in parallel; records content differences.
 fn hash_pairs(
-    src_root: &Path,
-    tgt_root: &Path,
+    m: &Migration,
     pairs: &[(&FileInfo, &FileInfo)],
-    parallelism: usize,
     progress: &dyn Progress,
     cancel: &AtomicBool,
+    hashes: &SourceHashes,
     diffs: &mut Vec<Difference>,
 ) -> anyhow::Result<u64> {
     let next = AtomicU64::new(0);
     let hashed = AtomicU64::new(0);
     let found = Mutex::new(Vec::new());
     std::thread::scope(|s| {
-        for _ in 0..parallelism.max(1) {
+        let (src_root, tgt_root) = (&m.source, &m.target_root);
+        for _ in 0..m.parallelism.max(1) {
             s.spawn(|| {
                 let mut buf = vec![0u8; 1 << 20];
                 loop {
@@ -273,9 +306,23 @@ fn hash_pairs(
                         return;
                     }
                     let (s, t) = pairs[i];
-                    let a = hash_file(&src_root.join(&s.rel), &mut buf, progress);
+                    let known = hashes.lock().ok().and_then(|h| h.get(&s.rel).copied());
+                    let a = match known {
+                        Some(h) => {
+                            progress.add_bytes(s.size);
+                            Ok(h)
+                        }
+                        None => {
+                            let a = hash_file(&src_root.join(&s.rel), &mut buf, progress);
+                            hashed.fetch_add(s.size, Ordering::Relaxed);
+                            if let (Ok(h), Ok(mut map)) = (&a, hashes.lock()) {
+                                map.insert(s.rel.clone(), *h);
+                            }
+                            a
+                        }
+                    };
                     let b = hash_file(&tgt_root.join(&t.rel), &mut buf, progress);
-                    hashed.fetch_add(s.size + t.size, Ordering::Relaxed);
+                    hashed.fetch_add(t.size, Ordering::Relaxed);
                     let diff = match (a, b) {
                         (Ok(x), Ok(y)) if x == y => None,
                         (Ok(x), Ok(y)) => Some((
