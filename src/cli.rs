@@ -97,6 +97,10 @@ pub struct ApplyArgs {
     /// processes that cannot be inspected), say so with this flag.
     #[arg(long)]
     pub source_stopped: bool,
+    /// With `target.kubernetes`: how deep the verify that gates the StatefulSet's scale-up
+    /// (and the PV recovery) looks after the final phase.
+    #[arg(long, value_enum, default_value_t = VerifyLevel::Checksum)]
+    pub verify_level: VerifyLevel,
 }
 
 /// `--deadline`: a point in time or a duration from now.

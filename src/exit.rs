@@ -31,10 +31,19 @@ impl From<Code> for std::process::ExitCode {
 #[error("{0}")]
 pub struct InvalidInput(pub String);
 
-/// Maps an error to its exit code: [`InvalidInput`] anywhere in the chain means 2, else 3.
+/// Marks an error as a finding (exit 1): the command ran and what it found is not OK, e.g.
+/// the verify after an apply found differences.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Finding(pub String);
+
+/// Maps an error to its exit code: [`InvalidInput`] anywhere in the chain means 2,
+/// [`Finding`] 1, else 3.
 pub fn classify(err: &anyhow::Error) -> Code {
     if err.chain().any(|e| e.is::<InvalidInput>()) {
         Code::Invalid
+    } else if err.chain().any(|e| e.is::<Finding>()) {
+        Code::Findings
     } else {
         Code::Failure
     }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod exit;
 pub mod fsutil;
 pub mod inspect;
+pub mod k8s;
 pub mod live;
 pub mod logging;
 pub mod perms;
@@ -117,9 +118,36 @@ fn render_plans(plans: &[plan::MigrationPlan]) -> String {
     s
 }
 
+/// Reads each target's cluster objects (read-only) and adds them, with their blockers, to
+/// its plan. An unreachable cluster is a blocker that names the context and server.
+fn kube_preflight(
+    rt: &tokio::runtime::Runtime,
+    m: &plan::Migration,
+    plans: &mut [plan::MigrationPlan],
+) {
+    for (p, t) in plans.iter_mut().zip(&m.targets) {
+        let Some(k) = &t.kubernetes else { continue };
+        let data = p.stats.source_bytes;
+        let report = rt.block_on(async {
+            let read = async {
+                let cluster = k8s::connect(k).await?;
+                k8s::inspect(&cluster, k).await
+            };
+            match read.await {
+                Ok(state) => k8s::assess(k, &state, data),
+                Err(e) => k8s::unreachable(k, &e),
+            }
+        });
+        p.attach_kubernetes(report);
+    }
+}
+
 fn cmd_plan(a: &cli::PlanFileArgs) -> anyhow::Result<Code> {
     let m = plan::file::load(&a.file)?;
-    let plans = build_plans(&m)?;
+    let mut plans = build_plans(&m)?;
+    if m.targets.iter().any(|t| t.kubernetes.is_some()) {
+        kube_preflight(&runtime()?, &m, &mut plans);
+    }
     let ok = plans.iter().all(|p| p.ok);
     match &plans[..] {
         [p] => emit(a.output, p, || p.render_text())?,
@@ -207,6 +235,11 @@ struct ApplyOutput {
     /// With several target volumes (`targets:`): each one's plan and what was done.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     targets: Vec<TargetOutcome>,
+    /// The verify that gated the Kubernetes steps (with `target.kubernetes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verify: Option<VerifyOutput>,
+    /// Every change made to cluster objects: object, field, before → after.
+    kubernetes_changes: Vec<k8s::Change>,
     error: Option<String>,
     record: Option<std::path::PathBuf>,
 }
@@ -297,6 +330,14 @@ fn apply_steps(
     out: &mut ApplyOutput,
 ) -> anyhow::Result<Code> {
     let mut plans = build_plans(m)?;
+    let kube_targets: Vec<plan::file::KubeTarget> = m
+        .targets
+        .iter()
+        .filter_map(|t| t.kubernetes.clone())
+        .collect();
+    if !kube_targets.is_empty() {
+        kube_preflight(rt, m, &mut plans);
+    }
     if let Some(r) = a.bwlimit {
         for p in &mut plans {
             p.bwlimit = r.limit();
@@ -353,6 +394,21 @@ fn apply_steps(
         return Ok(Code::Findings);
     }
     let phase = a.phase;
+    // Nothing may write to the volume while data is copied: scale the StatefulSet to 0 and
+    // wait for every pod mounting the claim to go, before the first byte. A rerun that has
+    // nothing left to write does not disturb running pods.
+    let mut clusters = Vec::new();
+    for k in &kube_targets {
+        let c = rt.block_on(k8s::connect(k))?;
+        clusters.push((c, k.clone()));
+    }
+    let writes = plans.iter().any(|p| !p.writes_nothing());
+    if writes {
+        for (c, k) in &clusters {
+            let r = rt.block_on(k8s::quiesce(c, k, &mut out.kubernetes_changes));
+            r.map_err(|e| e.context(left_scaled_down(k)))?;
+        }
+    }
     let deadline = a.deadline.map(cli::Deadline::instant);
     // Bytes read from the source: targets in the same state share the reads.
     let total = plans
@@ -398,8 +454,76 @@ fn apply_steps(
         out.incomplete = true;
         return Ok(Code::Findings);
     }
+    if !clusters.is_empty() && phase != sync::Phase::Presync {
+        kube_finish(a, m, rt, cancel, &clusters, out)?;
+    }
     out.ok = true;
     Ok(Code::Ok)
+}
+
+/// What to tell the runbook owner when a step fails after the scale-down.
+fn left_scaled_down(k: &plan::file::KubeTarget) -> String {
+    match &k.stateful_set {
+        Some(s) => format!(
+            "statefulset/{}/{s} is left at 0 replicas (the replicas it had are in its annotation {}): the runbook owner decides; rerun apply to continue, or scale it back by hand",
+            k.namespace,
+            k8s::REPLICAS_ANNOTATION
+        ),
+        None => format!(
+            "the Kubernetes steps for persistentvolume/{} stopped here",
+            k.persistent_volume
+        ),
+    }
+}
+
+/// After the final phase: verify every target, and only if all match, recover Released PVs
+/// and scale the StatefulSets back (waiting for their claims to bind).
+fn kube_finish(
+    a: &ApplyArgs,
+    m: &plan::Migration,
+    rt: &tokio::runtime::Runtime,
+    cancel: &Arc<AtomicBool>,
+    clusters: &[(k8s::Cluster, plan::file::KubeTarget)],
+    out: &mut ApplyOutput,
+) -> anyhow::Result<()> {
+    let mm = m.clone();
+    let level = a.verify_level;
+    let worker_cancel = cancel.clone();
+    let verified = rt
+        .block_on(async move {
+            tokio::task::spawn_blocking(move || {
+                let progress_for = |total| progress::for_stderr("verify", total);
+                let reports = verify::run_each(&mm, level, &progress_for, &worker_cancel)?;
+                check_cancel(&worker_cancel, "verify")?;
+                Ok::<_, anyhow::Error>(VerifyOutput::from(reports))
+            })
+            .await
+        })
+        .context("the verify workers stopped unexpectedly")
+        .and_then(|r| r);
+    let first = &clusters[0].1;
+    let verified = verified.map_err(|e| e.context(left_scaled_down(first)))?;
+    let ok = verified.ok();
+    out.verify = Some(verified);
+    if !ok {
+        let k = clusters
+            .iter()
+            .map(|(_, k)| left_scaled_down(k))
+            .collect::<Vec<_>>();
+        return Err(anyhow::Error::new(exit::Finding(format!(
+            "the verify after the copy found differences (see `verify` in the report); {}",
+            k.join("; ")
+        ))));
+    }
+    for (c, k) in clusters {
+        rt.block_on(k8s::recover_pv(c, k, &mut out.kubernetes_changes))
+            .map_err(|e| e.context(left_scaled_down(k)))?;
+    }
+    for (c, k) in clusters {
+        rt.block_on(k8s::restore(c, k, &mut out.kubernetes_changes))
+            .map_err(|e| e.context(left_scaled_down(k)))?;
+    }
+    Ok(())
 }
 
 /// Why the final phase must not run, given what is known about the source server.
@@ -471,6 +595,16 @@ fn render_apply(out: &ApplyOutput) -> String {
                 q.display()
             ));
         }
+    }
+    if let Some(v) = &out.verify {
+        s.push_str("\nVerify before the Kubernetes steps:\n");
+        s.push_str(&v.render_text());
+    }
+    for c in &out.kubernetes_changes {
+        s.push_str(&format!(
+            "Kubernetes: {} {}: {} -> {}\n",
+            c.object, c.field, c.before, c.after
+        ));
     }
     if let Some(rec) = &out.record {
         s.push_str(&format!("Run record: {}\n", rec.display()));

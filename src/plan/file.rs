@@ -120,6 +120,80 @@ pub struct Target {
     pub sub_path: Option<SubPath>,
     /// The pod's securityContext: who must own the data.
     pub security_context: SecurityContext,
+    /// The PersistentVolume, claim and StatefulSet behind this volume (optional).
+    #[serde(default)]
+    pub kubernetes: Option<Kubernetes>,
+}
+
+/// `target.kubernetes`: the cluster objects behind the target volume.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Kubernetes {
+    /// Kubeconfig file; standard resolution (`$KUBECONFIG`, `~/.kube/config`) when absent.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context; its current context when absent.
+    #[serde(default)]
+    pub context: Option<String>,
+    /// Namespace of the claim and the StatefulSet.
+    pub namespace: K8sName,
+    /// The PersistentVolume that holds the target volume.
+    pub persistent_volume: K8sName,
+    /// The claim that binds (or will bind) it.
+    pub persistent_volume_claim: K8sName,
+    /// The StatefulSet whose pods mount the claim; scaled to 0 while data is written.
+    #[serde(default)]
+    pub stateful_set: Option<K8sName>,
+    /// How long to wait for pods to go and for the claim to bind (default 5m).
+    #[serde(default)]
+    pub wait_timeout: Option<WaitTimeout>,
+    /// Free room the PV must have beyond the data, in percent of the data (default 10).
+    #[serde(default)]
+    pub headroom_percent: Option<u32>,
+}
+
+/// A Kubernetes object name (DNS subdomain: lowercase letters, digits, `-` and `.`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(try_from = "String")]
+pub struct K8sName(pub String);
+impl TryFrom<String> for K8sName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok_chars = s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        let ends = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if s.len() <= 253 && ok_chars && ends(s.bytes().next()) && ends(s.bytes().last()) {
+            Ok(K8sName(s))
+        } else {
+            Err(format!(
+                "invalid Kubernetes name `{s}`: use lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit"
+            ))
+        }
+    }
+}
+
+impl std::fmt::Display for K8sName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A wait timeout such as `5m` or `90s` (jiff's friendly duration format), 1 s to 24 h.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "String")]
+pub struct WaitTimeout(pub std::time::Duration);
+impl TryFrom<String> for WaitTimeout {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let d: jiff::SignedDuration = s
+            .parse()
+            .map_err(|e| format!("invalid waitTimeout `{s}` ({e}): use e.g. `5m` or `90s`"))?;
+        match std::time::Duration::try_from(d) {
+            Ok(d) if (1..=86_400).contains(&d.as_secs()) => Ok(WaitTimeout(d)),
+            _ => Err(format!("invalid waitTimeout `{s}`: use between 1s and 24h")),
+        }
+    }
 }
 
 /// A relative path without `..`, like a Kubernetes volumeMount subPath.
@@ -299,7 +373,7 @@ pub struct Migration {
 }
 
 /// One resolved target volume.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct TargetSpec {
     /// The volume's mount path.
     pub mount: PathBuf,
@@ -307,7 +381,43 @@ pub struct TargetSpec {
     pub root: PathBuf,
     /// Owner of everything on it.
     pub owner: Owner,
+    /// The cluster objects behind it, if the plan names them.
+    pub kubernetes: Option<KubeTarget>,
 }
+
+/// `target.kubernetes`, resolved.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KubeTarget {
+    /// Kubeconfig file, if given (`~` expanded).
+    pub kubeconfig: Option<PathBuf>,
+    /// Context, if given.
+    pub context: Option<String>,
+    /// Namespace of the claim and StatefulSet.
+    pub namespace: String,
+    /// PersistentVolume name.
+    pub persistent_volume: String,
+    /// PersistentVolumeClaim name.
+    pub persistent_volume_claim: String,
+    /// StatefulSet name, if any.
+    pub stateful_set: Option<String>,
+    /// Every wait's limit.
+    #[serde(with = "secs")]
+    pub wait_timeout: std::time::Duration,
+    /// Required room beyond the data, percent.
+    pub headroom_percent: u32,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+/// Default wait for pods to stop and claims to bind.
+pub const DEFAULT_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Migration {
     /// One single-target view of this migration per target volume, in plan-file order.
@@ -322,6 +432,14 @@ impl Migration {
                 ..self.clone()
             })
             .collect()
+    }
+}
+
+/// `~/x` → `$HOME/x`, as a shell would; other paths unchanged.
+fn expand_home(p: &Path) -> PathBuf {
+    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => p.to_path_buf(),
     }
 }
 
@@ -451,6 +569,33 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
             ));
         }
         let sc = t.security_context;
+        let kubernetes = t.kubernetes.map(|k| KubeTarget {
+            kubeconfig: k.kubeconfig.map(|p| expand_home(&p)),
+            context: k.context,
+            namespace: k.namespace.0,
+            persistent_volume: k.persistent_volume.0,
+            persistent_volume_claim: k.persistent_volume_claim.0,
+            stateful_set: k.stateful_set.map(|s| s.0),
+            wait_timeout: k.wait_timeout.map_or(DEFAULT_WAIT, |w| w.0),
+            headroom_percent: k.headroom_percent.unwrap_or(10),
+        });
+        if let Some(k) = &kubernetes
+            && let Some(j) = targets.iter().position(|o| {
+                o.kubernetes.as_ref().is_some_and(|ok| {
+                    ok.persistent_volume == k.persistent_volume && ok.context == k.context
+                })
+            })
+        {
+            return Err(field_err(
+                &format!("{name}.path"),
+                &t.path,
+                format!(
+                    "PersistentVolume {} is already the one of {}[{j}]: each target has its own volume",
+                    k.persistent_volume,
+                    field.unwrap_or("targets")
+                ),
+            ));
+        }
         targets.push(TargetSpec {
             mount,
             root,
@@ -458,6 +603,7 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
                 uid: sc.run_as_user,
                 gid: sc.fs_group,
             },
+            kubernetes,
         });
     }
     let first = targets[0].clone();

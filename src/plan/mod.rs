@@ -74,6 +74,9 @@ pub struct MigrationPlan {
     pub blockers: Vec<String>,
     /// Opt-in repairs this plan makes (`transfer.headRepair`), and what they cost.
     pub repairs: Vec<String>,
+    /// The cluster objects behind the target (`target.kubernetes`), as read by the preflight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<crate::k8s::KubeReport>,
 }
 
 /// One selected source block.
@@ -525,6 +528,7 @@ pub fn build_from(
         warnings,
         blockers,
         repairs,
+        kubernetes: None,
     };
     Ok((plan, src, tgt))
 }
@@ -830,7 +834,29 @@ impl MigrationPlan {
             self.owner.gid,
             self.target.display()
         ));
+        if let Some(k) = &self.kubernetes {
+            a.extend(k.actions.iter().cloned());
+        }
         a
+    }
+
+    /// Adds the Kubernetes preflight: its blockers stop apply like any other.
+    pub fn attach_kubernetes(&mut self, report: crate::k8s::KubeReport) {
+        self.blockers.extend(report.blockers.iter().cloned());
+        self.warnings.extend(report.warnings.iter().cloned());
+        self.ok = self.blockers.is_empty();
+        self.kubernetes = Some(report);
+    }
+
+    /// Whether applying this plan would change nothing on the target.
+    pub fn writes_nothing(&self) -> bool {
+        self.stats.copy_files == 0
+            && self.leftovers.is_empty()
+            && self.ownership.is_empty()
+            && !self
+                .extraneous
+                .iter()
+                .any(|e| e.quarantined(self.delete_extraneous))
     }
 
     /// The report for people.
@@ -988,6 +1014,9 @@ impl MigrationPlan {
                 );
             }
         }
+        if let Some(k) = &self.kubernetes {
+            render_kubernetes(&mut s, k);
+        }
         for r in &self.repairs {
             let _ = writeln!(s, "REPAIR: {r}");
         }
@@ -1007,5 +1036,108 @@ impl MigrationPlan {
             }
         );
         s
+    }
+}
+
+/// The Kubernetes part of the plan text: each object, its state, and what apply does to it.
+fn render_kubernetes(s: &mut String, k: &crate::k8s::KubeReport) {
+    let _ = writeln!(s, "\nKubernetes:");
+    let Some(st) = &k.state else {
+        let _ = writeln!(
+            s,
+            "  (the cluster could not be read; see the blocker below)"
+        );
+        return;
+    };
+    let _ = writeln!(s, "  context {}  server {}", st.context, st.server);
+    let _ = writeln!(
+        s,
+        "  namespace/{}: {}",
+        k.namespace,
+        if st.namespace_exists {
+            "exists"
+        } else {
+            "MISSING"
+        }
+    );
+    match &st.persistent_volume {
+        Some(pv) => {
+            let _ = writeln!(
+                s,
+                "  persistentvolume/{}: {}, reclaimPolicy {}, capacity {}, claimRef {}{}, accessModes {}, storageClass {}, {}",
+                k.persistent_volume_name,
+                pv.phase,
+                pv.reclaim_policy,
+                pv.capacity,
+                pv.claim.as_deref().unwrap_or("(none)"),
+                pv.claim_uid
+                    .as_deref()
+                    .map_or(String::new(), |u| format!(" (uid {u})")),
+                pv.access_modes.join(","),
+                if pv.storage_class.is_empty() {
+                    "(none)"
+                } else {
+                    &pv.storage_class
+                },
+                pv.source
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "  persistentvolume/{}: MISSING",
+                k.persistent_volume_name
+            );
+        }
+    }
+    match &st.persistent_volume_claim {
+        Some(c) => {
+            let _ = writeln!(
+                s,
+                "  persistentvolumeclaim/{}/{}: {}, volumeName {}",
+                k.namespace,
+                k.persistent_volume_claim_name,
+                c.phase,
+                c.volume_name.as_deref().unwrap_or("(none)")
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "  persistentvolumeclaim/{}/{}: does not exist",
+                k.namespace, k.persistent_volume_claim_name
+            );
+        }
+    }
+    if let Some(name) = &k.stateful_set_name {
+        match &st.stateful_set {
+            Some(sts) => {
+                let _ = writeln!(
+                    s,
+                    "  statefulset/{}/{name}: {} replica(s) ({} ready), PVC retention whenScaled {} / whenDeleted {}{}",
+                    k.namespace,
+                    sts.replicas,
+                    sts.ready_replicas,
+                    sts.when_scaled,
+                    sts.when_deleted,
+                    sts.recorded_replicas.map_or(String::new(), |n| format!(
+                        ", scaled down from {n} by an earlier apply"
+                    ))
+                );
+            }
+            None => {
+                let _ = writeln!(s, "  statefulset/{}/{name}: MISSING", k.namespace);
+            }
+        }
+    }
+    if !st.pods_mounting.is_empty() {
+        let _ = writeln!(
+            s,
+            "  pods mounting the claim: {}",
+            st.pods_mounting.join(", ")
+        );
+    }
+    for a in &k.actions {
+        let _ = writeln!(s, "  apply will: {a}");
     }
 }

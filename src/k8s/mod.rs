@@ -1,0 +1,647 @@
+//! The Kubernetes objects behind a target volume (kube-rs): a read-only preflight for `plan`,
+//! and the changes `apply` makes: scale the StatefulSet to 0 before writing, recover a
+//! `Released` PV so its claim can bind again, scale back after a successful verify.
+//!
+//! Rules:
+//! - A PV with reclaimPolicy `Delete` is never modified (its provisioner may destroy the disk).
+//! - Recovery is a JSON patch that *tests* the old `claimRef.uid` and *removes* it (and
+//!   `claimRef.resourceVersion`): the PV becomes Available but stays reserved for the same
+//!   namespace/name. `claimRef: null` (any claim could take it) is never sent.
+//! - The replica count before the scale-down is kept in an annotation on the StatefulSet
+//!   ([`REPLICAS_ANNOTATION`]), so a rerun after any interruption finds it again.
+//! - Every wait has a timeout; every API error names the object.
+
+pub mod preflight;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::plan::file::KubeTarget;
+
+pub use preflight::{KubeReport, KubeState, assess, inspect, unreachable};
+
+/// Where the replica count before promigrate's scale-down is kept.
+pub const REPLICAS_ANNOTATION: &str = "promigrate.io/replicas-before-migration";
+
+/// The field manager named in every write.
+const MANAGER: &str = "promigrate";
+
+/// A connection to one cluster, and how to name it in messages.
+#[derive(Clone)]
+pub struct Cluster {
+    /// The client.
+    pub client: Client,
+    /// The kubeconfig context used (or "in-cluster"/"default").
+    pub context: String,
+    /// The API server URL.
+    pub server: String,
+}
+
+impl Cluster {
+    /// "context X (server Y)", for messages.
+    pub fn describe(&self) -> String {
+        format!("context `{}` (server {})", self.context, self.server)
+    }
+}
+
+/// One change made to a cluster object, for the run record.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    /// `kind/namespace/name` or `kind/name`.
+    pub object: String,
+    /// The field changed.
+    pub field: String,
+    /// Its value before.
+    pub before: String,
+    /// Its value after.
+    pub after: String,
+}
+
+/// Connects using the plan's kubeconfig and context (or the standard resolution). Fails
+/// fast (10 s) on an unreachable server.
+pub async fn connect(k: &KubeTarget) -> anyhow::Result<Cluster> {
+    let options = KubeConfigOptions {
+        context: k.context.clone(),
+        ..Default::default()
+    };
+    let (mut config, context) = match &k.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|e| {
+                anyhow!(
+                    "cannot read kubeconfig {} (target.kubernetes.kubeconfig): {e}",
+                    path.display()
+                )
+            })?;
+            let context = k
+                .context
+                .clone()
+                .or_else(|| kc.current_context.clone())
+                .unwrap_or_default();
+            let config = Config::from_custom_kubeconfig(kc, &options)
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "kubeconfig {}: context `{context}`: {e}; list the contexts with `kubectl config get-contexts --kubeconfig {}`",
+                        path.display(),
+                        path.display()
+                    )
+                })?;
+            (config, context)
+        }
+        None if k.context.is_some() => {
+            let context = k.context.clone().unwrap_or_default();
+            let config = Config::from_kubeconfig(&options).await.map_err(|e| {
+                anyhow!(
+                    "kubeconfig context `{context}`: {e}; list the contexts with `kubectl config get-contexts`"
+                )
+            })?;
+            (config, context)
+        }
+        None => {
+            let config = Config::infer().await.map_err(|e| {
+                anyhow!(
+                    "no Kubernetes configuration found ({e}): set target.kubernetes.kubeconfig, $KUBECONFIG or ~/.kube/config"
+                )
+            })?;
+            let context = Kubeconfig::read()
+                .ok()
+                .and_then(|kc| kc.current_context)
+                .unwrap_or_else(|| "in-cluster".into());
+            (config, context)
+        }
+    };
+    config.connect_timeout = Some(Duration::from_secs(10));
+    config.read_timeout = Some(Duration::from_secs(30));
+    let server = config.cluster_url.to_string();
+    let client = Client::try_from(config)
+        .with_context(|| format!("cannot make a Kubernetes client for context `{context}`"))?;
+    Ok(Cluster {
+        client,
+        context,
+        server,
+    })
+}
+
+/// Says which object an API error is about, and what the usual fix is.
+pub fn api_error(cluster: &Cluster, object: &str, e: kube::Error) -> anyhow::Error {
+    let hint = match &e {
+        kube::Error::Api(s) if s.code == 403 => {
+            "; the credentials of this context lack permission: see the README for the RBAC promigrate needs"
+        }
+        kube::Error::Api(s) if s.code == 404 => "; check the name and the namespace",
+        kube::Error::HyperError(_) | kube::Error::Service(_) => {
+            "; is the API server reachable from here (VPN, kubeconfig server address)?"
+        }
+        _ => "",
+    };
+    anyhow!("{object} via {}: {e}{hint}", cluster.describe())
+}
+
+/// The JSON patch that recovers a Released PV: test the old claim UID, remove it and the
+/// claim's resourceVersion. Keeps `claimRef.namespace/name`, so only that claim can bind.
+pub fn recovery_patch(old_uid: &str, has_resource_version: bool) -> json_patch::Patch {
+    let mut ops = vec![
+        json!({"op": "test", "path": "/spec/claimRef/uid", "value": old_uid}),
+        json!({"op": "remove", "path": "/spec/claimRef/uid"}),
+    ];
+    if has_resource_version {
+        ops.push(json!({"op": "remove", "path": "/spec/claimRef/resourceVersion"}));
+    }
+    serde_json::from_value(serde_json::Value::Array(ops)).unwrap_or_default()
+}
+
+/// The merge patch that sets (or, with `None`, removes) the replicas annotation.
+pub fn annotation_patch(value: Option<i32>) -> serde_json::Value {
+    json!({"metadata": {"annotations": {REPLICAS_ANNOTATION: value.map(|v| v.to_string())}}})
+}
+
+/// The merge patch of the `scale` subresource.
+pub fn scale_patch(replicas: i32) -> serde_json::Value {
+    json!({"spec": {"replicas": replicas}})
+}
+
+fn params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+/// Scales the StatefulSet to 0 (recording its replicas in an annotation first) and waits
+/// until no pod in the namespace mounts the claim. Without a StatefulSet only the wait
+/// runs: a pod still mounting the claim is an error.
+pub async fn quiesce(
+    cluster: &Cluster,
+    k: &KubeTarget,
+    changes: &mut Vec<Change>,
+) -> anyhow::Result<()> {
+    if let Some(name) = &k.stateful_set {
+        let api: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &k.namespace);
+        let object = format!("statefulset/{}/{name}", k.namespace);
+        let sts = api
+            .get(name)
+            .await
+            .map_err(|e| api_error(cluster, &object, e))?;
+        let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let recorded = recorded_replicas(&sts);
+        if replicas > 0 {
+            if recorded.is_none() {
+                api.patch(
+                    name,
+                    &params(),
+                    &Patch::Merge(annotation_patch(Some(replicas))),
+                )
+                .await
+                .map_err(|e| api_error(cluster, &object, e))?;
+                changes.push(Change {
+                    object: object.clone(),
+                    field: format!("metadata.annotations[{REPLICAS_ANNOTATION}]"),
+                    before: "(none)".into(),
+                    after: replicas.to_string(),
+                });
+            }
+            api.patch_scale(name, &params(), &Patch::Merge(scale_patch(0)))
+                .await
+                .map_err(|e| api_error(cluster, &object, e))?;
+            changes.push(Change {
+                object: object.clone(),
+                field: "spec.replicas".into(),
+                before: replicas.to_string(),
+                after: "0".into(),
+            });
+            tracing::info!("scaled {object} from {replicas} to 0");
+        }
+    }
+    let deadline = Instant::now() + k.wait_timeout;
+    loop {
+        let pods = pods_mounting(cluster, k).await?;
+        if pods.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "pod(s) {} in namespace {} still mount claim {} after {}s; nothing was written. {}",
+                pods.join(", "),
+                k.namespace,
+                k.persistent_volume_claim,
+                k.wait_timeout.as_secs(),
+                match &k.stateful_set {
+                    Some(s) => format!(
+                        "StatefulSet {s} is left at 0 replicas: find out why its pods do not stop, then rerun apply"
+                    ),
+                    None => "stop them (or name their StatefulSet in target.kubernetes.statefulSet), then rerun apply".into(),
+                }
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The replicas recorded before promigrate scaled the StatefulSet down, if any.
+pub fn recorded_replicas(sts: &StatefulSet) -> Option<i32> {
+    sts.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REPLICAS_ANNOTATION))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Names of the pods in the namespace whose volumes use the claim.
+pub async fn pods_mounting(cluster: &Cluster, k: &KubeTarget) -> anyhow::Result<Vec<String>> {
+    let api: Api<Pod> = Api::namespaced(cluster.client.clone(), &k.namespace);
+    let pods = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| api_error(cluster, &format!("pods in namespace {}", k.namespace), e))?;
+    Ok(pods
+        .items
+        .iter()
+        .filter(|p| {
+            p.spec.as_ref().is_some_and(|s| {
+                s.volumes.iter().flatten().any(|v| {
+                    v.persistent_volume_claim
+                        .as_ref()
+                        .is_some_and(|c| c.claim_name == k.persistent_volume_claim)
+                })
+            })
+        })
+        .filter_map(|p| p.metadata.name.clone())
+        .collect())
+}
+
+/// Recovers a `Released` PV (see the module docs). Does nothing to a PV in any other phase;
+/// refuses one with reclaimPolicy `Delete`. Waits until the PV controller reports it
+/// Available or Bound.
+pub async fn recover_pv(
+    cluster: &Cluster,
+    k: &KubeTarget,
+    changes: &mut Vec<Change>,
+) -> anyhow::Result<()> {
+    let api: Api<PersistentVolume> = Api::all(cluster.client.clone());
+    let name = &k.persistent_volume;
+    let object = format!("persistentvolume/{name}");
+    let pv = api
+        .get(name)
+        .await
+        .map_err(|e| api_error(cluster, &object, e))?;
+    let phase = pv.status.as_ref().and_then(|s| s.phase.clone());
+    if phase.as_deref() != Some("Released") {
+        return Ok(());
+    }
+    let spec = pv.spec.clone().unwrap_or_default();
+    if spec.persistent_volume_reclaim_policy.as_deref() == Some("Delete") {
+        anyhow::bail!(
+            "{object} is Released with reclaimPolicy Delete: promigrate never modifies such a PV (its provisioner may delete the disk)"
+        );
+    }
+    let Some(claim) = spec.claim_ref else {
+        return Ok(()); // Released without a claim: the controller makes it Available itself
+    };
+    let Some(old_uid) = claim.uid.clone() else {
+        return Ok(()); // already recovered; the controller will report Available
+    };
+    let patch = recovery_patch(&old_uid, claim.resource_version.is_some());
+    api.patch(name, &params(), &Patch::Json::<()>(patch))
+        .await
+        .map_err(|e| api_error(cluster, &object, e))
+        .with_context(|| {
+            format!(
+                "recovering {object}: the patch tests that claimRef.uid is still {old_uid}; if it changed, someone else touched the PV: rerun plan"
+            )
+        })?;
+    changes.push(Change {
+        object: object.clone(),
+        field: "spec.claimRef.uid".into(),
+        before: old_uid,
+        after: format!(
+            "(removed; still reserved for {}/{})",
+            claim.namespace.unwrap_or_default(),
+            claim.name.unwrap_or_default()
+        ),
+    });
+    tracing::info!("recovered Released {object}");
+    wait_for(k.wait_timeout, &object, "to become Available", || async {
+        let pv = api
+            .get(name)
+            .await
+            .map_err(|e| api_error(cluster, &object, e))?;
+        let phase = pv.status.and_then(|s| s.phase);
+        Ok(matches!(phase.as_deref(), Some("Available" | "Bound")))
+    })
+    .await
+}
+
+/// Scales the StatefulSet back to the replicas recorded before the migration, removes the
+/// annotation, and waits until the claim is Bound to this PV.
+pub async fn restore(
+    cluster: &Cluster,
+    k: &KubeTarget,
+    changes: &mut Vec<Change>,
+) -> anyhow::Result<()> {
+    if let Some(name) = &k.stateful_set {
+        let api: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &k.namespace);
+        let object = format!("statefulset/{}/{name}", k.namespace);
+        let sts = api
+            .get(name)
+            .await
+            .map_err(|e| api_error(cluster, &object, e))?;
+        if let Some(want) = recorded_replicas(&sts) {
+            let now = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            if now != want {
+                api.patch_scale(name, &params(), &Patch::Merge(scale_patch(want)))
+                    .await
+                    .map_err(|e| api_error(cluster, &object, e))?;
+                changes.push(Change {
+                    object: object.clone(),
+                    field: "spec.replicas".into(),
+                    before: now.to_string(),
+                    after: want.to_string(),
+                });
+                tracing::info!("scaled {object} back to {want}");
+            }
+            api.patch(name, &params(), &Patch::Merge(annotation_patch(None)))
+                .await
+                .map_err(|e| api_error(cluster, &object, e))?;
+            changes.push(Change {
+                object,
+                field: format!("metadata.annotations[{REPLICAS_ANNOTATION}]"),
+                before: want.to_string(),
+                after: "(removed)".into(),
+            });
+        }
+    }
+    // With a StatefulSet, or a claim that exists already: it must bind this PV.
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), &k.namespace);
+    let object = format!(
+        "persistentvolumeclaim/{}/{}",
+        k.namespace, k.persistent_volume_claim
+    );
+    let exists = pvcs
+        .get_opt(&k.persistent_volume_claim)
+        .await
+        .map_err(|e| api_error(cluster, &object, e))?
+        .is_some();
+    if k.stateful_set.is_none() && !exists {
+        return Ok(());
+    }
+    wait_for(
+        k.wait_timeout,
+        &object,
+        &format!("to be Bound to persistentvolume/{}", k.persistent_volume),
+        || async {
+            let pvc = pvcs
+                .get_opt(&k.persistent_volume_claim)
+                .await
+                .map_err(|e| api_error(cluster, &object, e))?;
+            Ok(pvc.is_some_and(|c| {
+                c.status.and_then(|s| s.phase).as_deref() == Some("Bound")
+                    && c.spec.and_then(|s| s.volume_name).as_deref()
+                        == Some(k.persistent_volume.as_str())
+            }))
+        },
+    )
+    .await
+}
+
+/// Polls `done` every second until it returns true or `timeout` passes.
+async fn wait_for<F, Fut>(
+    timeout: Duration,
+    object: &str,
+    what: &str,
+    mut done: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done().await? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "timed out after {}s waiting for {object} {what}",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Request shapes, against kube-rs's mock service (tower-test). The real control plane
+    //! tests are in tests/kube.rs.
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+    use tower_test::mock::{Handle, SendResponse};
+
+    type Mock = Handle<Request<Body>, Response<Body>>;
+
+    fn mock() -> (Cluster, Mock) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let cluster = Cluster {
+            client: Client::new(service, "default"),
+            context: "mock".into(),
+            server: "https://mock".into(),
+        };
+        (cluster, handle)
+    }
+
+    fn target() -> KubeTarget {
+        KubeTarget {
+            kubeconfig: None,
+            context: None,
+            namespace: "monitoring".into(),
+            persistent_volume: "pv-a".into(),
+            persistent_volume_claim: "data-prom-0".into(),
+            stateful_set: Some("prom".into()),
+            wait_timeout: Duration::from_secs(5),
+            headroom_percent: 10,
+        }
+    }
+
+    async fn next(
+        h: &mut Mock,
+    ) -> (
+        http::Method,
+        String,
+        Option<String>,
+        serde_json::Value,
+        SendResponse<Response<Body>>,
+    ) {
+        let (req, send) = h.next_request().await.expect("a request");
+        let method = req.method().clone();
+        let uri = req.uri().to_string();
+        let ctype = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let body = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        (method, uri, ctype, body, send)
+    }
+
+    fn reply(send: SendResponse<Response<Body>>, v: serde_json::Value) {
+        send.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&v).unwrap()))
+                .unwrap(),
+        );
+    }
+
+    fn pv(phase: &str, policy: &str) -> serde_json::Value {
+        json!({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": "pv-a", "resourceVersion": "7"},
+            "spec": {
+                "persistentVolumeReclaimPolicy": policy,
+                "capacity": {"storage": "10Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "hostPath": {"path": "/data"},
+                "claimRef": {"kind": "PersistentVolumeClaim", "namespace": "monitoring",
+                    "name": "data-prom-0", "uid": "old-uid", "resourceVersion": "42"}
+            },
+            "status": {"phase": phase}
+        })
+    }
+
+    #[tokio::test]
+    async fn recovery_tests_the_old_uid_and_keeps_the_reservation() {
+        let (cluster, mut h) = mock();
+        let server = tokio::spawn(async move {
+            let (m, uri, _, _, send) = next(&mut h).await;
+            assert_eq!(
+                (m, uri.as_str()),
+                (http::Method::GET, "/api/v1/persistentvolumes/pv-a")
+            );
+            reply(send, pv("Released", "Retain"));
+            let (m, uri, ctype, body, send) = next(&mut h).await;
+            assert_eq!(m, http::Method::PATCH);
+            assert!(uri.starts_with("/api/v1/persistentvolumes/pv-a?"), "{uri}");
+            assert!(uri.contains("fieldManager=promigrate"), "{uri}");
+            assert_eq!(ctype.as_deref(), Some("application/json-patch+json"));
+            assert_eq!(
+                body,
+                json!([
+                    {"op": "test", "path": "/spec/claimRef/uid", "value": "old-uid"},
+                    {"op": "remove", "path": "/spec/claimRef/uid"},
+                    {"op": "remove", "path": "/spec/claimRef/resourceVersion"}
+                ])
+            );
+            reply(send, pv("Released", "Retain"));
+            let (m, _, _, _, send) = next(&mut h).await;
+            assert_eq!(m, http::Method::GET);
+            reply(send, pv("Available", "Retain"));
+        });
+        let mut changes = Vec::new();
+        recover_pv(&cluster, &target(), &mut changes).await.unwrap();
+        server.await.unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].field, "spec.claimRef.uid");
+        assert_eq!(changes[0].before, "old-uid");
+    }
+
+    #[tokio::test]
+    async fn a_delete_policy_pv_is_never_patched() {
+        let (cluster, mut h) = mock();
+        let server = tokio::spawn(async move {
+            let (m, _, _, _, send) = next(&mut h).await;
+            assert_eq!(m, http::Method::GET);
+            reply(send, pv("Released", "Delete"));
+            // No second request may come.
+            let more = tokio::time::timeout(Duration::from_millis(300), h.next_request()).await;
+            assert!(
+                more.is_err() || more.unwrap().is_none(),
+                "a request followed the refusal"
+            );
+        });
+        let err = recover_pv(&cluster, &target(), &mut Vec::new())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("reclaimPolicy Delete") && err.contains("persistentvolume/pv-a"),
+            "{err}"
+        );
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn scale_down_records_replicas_first_then_scales_and_waits() {
+        let (cluster, mut h) = mock();
+        let server = tokio::spawn(async move {
+            let (m, uri, _, _, send) = next(&mut h).await;
+            assert_eq!(
+                (m, uri.as_str()),
+                (
+                    http::Method::GET,
+                    "/apis/apps/v1/namespaces/monitoring/statefulsets/prom"
+                )
+            );
+            let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                "metadata": {"name": "prom", "namespace": "monitoring"},
+                "spec": {"replicas": 2, "serviceName": "prom", "selector": {"matchLabels": {"app": "p"}},
+                    "template": {"metadata": {"labels": {"app": "p"}}, "spec": {"containers": []}}}});
+            reply(send, sts.clone());
+            let (m, uri, ctype, body, send) = next(&mut h).await;
+            assert_eq!(m, http::Method::PATCH);
+            assert!(
+                uri.starts_with("/apis/apps/v1/namespaces/monitoring/statefulsets/prom?"),
+                "{uri}"
+            );
+            assert_eq!(ctype.as_deref(), Some("application/merge-patch+json"));
+            assert_eq!(
+                body,
+                json!({"metadata": {"annotations": {REPLICAS_ANNOTATION: "2"}}})
+            );
+            reply(send, sts.clone());
+            let (m, uri, _, body, send) = next(&mut h).await;
+            assert_eq!(m, http::Method::PATCH);
+            assert!(
+                uri.starts_with("/apis/apps/v1/namespaces/monitoring/statefulsets/prom/scale?"),
+                "{uri}"
+            );
+            assert_eq!(body, json!({"spec": {"replicas": 0}}));
+            reply(
+                send,
+                json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+                "metadata": {"name": "prom"}, "spec": {"replicas": 0}}),
+            );
+            let (m, uri, _, _, send) = next(&mut h).await;
+            assert_eq!(
+                (m, uri.as_str()),
+                (http::Method::GET, "/api/v1/namespaces/monitoring/pods?")
+            );
+            reply(
+                send,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+            );
+        });
+        let mut changes = Vec::new();
+        quiesce(&cluster, &target(), &mut changes).await.unwrap();
+        server.await.unwrap();
+        let fields: Vec<&str> = changes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                format!("metadata.annotations[{REPLICAS_ANNOTATION}]").as_str(),
+                "spec.replicas"
+            ]
+        );
+    }
+}
