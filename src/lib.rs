@@ -128,13 +128,14 @@ fn kube_preflight(
     for (p, t) in plans.iter_mut().zip(&m.targets) {
         let Some(k) = &t.kubernetes else { continue };
         let data = p.stats.source_bytes;
+        let writes = !p.writes_nothing();
         let report = rt.block_on(async {
             let read = async {
                 let cluster = k8s::connect(k).await?;
                 k8s::inspect(&cluster, k).await
             };
             match read.await {
-                Ok(state) => k8s::assess(k, &state, data),
+                Ok(state) => k8s::assess(k, &state, data, writes),
                 Err(e) => k8s::unreachable(k, &e),
             }
         });

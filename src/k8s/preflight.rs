@@ -260,8 +260,9 @@ pub fn quantity_bytes(q: &str) -> Option<u64> {
 }
 
 /// Blockers, warnings and actions for one target's objects, given the bytes the TSDB will
-/// occupy on the volume. Pure: the same state always gives the same verdict.
-pub fn assess(k: &KubeTarget, state: &KubeState, data_bytes: u64) -> KubeReport {
+/// occupy on the volume and whether apply has anything to write. Pure: the same state
+/// always gives the same verdict.
+pub fn assess(k: &KubeTarget, state: &KubeState, data_bytes: u64, writes: bool) -> KubeReport {
     let mut r = KubeReport {
         namespace: k.namespace.clone(),
         persistent_volume_name: k.persistent_volume.clone(),
@@ -392,7 +393,12 @@ pub fn assess(k: &KubeTarget, state: &KubeState, data_bytes: u64) -> KubeReport 
         }
         _ => {}
     }
-    if !state.pods_mounting.is_empty() && k.stateful_set.is_none() {
+    if !state.pods_mounting.is_empty() && k.stateful_set.is_none() && !writes {
+        r.warnings.push(format!(
+            "pod(s) {} mount persistentvolumeclaim/{ns}/{pvc_name}; apply has nothing to write, so they are left running",
+            state.pods_mounting.join(", ")
+        ));
+    } else if !state.pods_mounting.is_empty() && k.stateful_set.is_none() {
         r.blockers.push(format!(
             "pod(s) {} mount persistentvolumeclaim/{ns}/{pvc_name} and would write while data is copied: stop them, or name their StatefulSet in target.kubernetes.statefulSet",
             state.pods_mounting.join(", ")
@@ -473,7 +479,7 @@ mod tests {
     #[test]
     fn each_dangerous_state_is_a_blocker_that_names_the_object() {
         let k = target();
-        assert!(assess(&k, &healthy(), 1 << 30).blockers.is_empty());
+        assert!(assess(&k, &healthy(), 1 << 30, true).blockers.is_empty());
         type Change = Box<dyn Fn(&mut KubeState)>;
         let cases: Vec<(&str, Change)> = vec![
             (
@@ -520,7 +526,7 @@ mod tests {
         for (want, change) in cases {
             let mut s = healthy();
             change(&mut s);
-            let r = assess(&k, &s, 1 << 30);
+            let r = assess(&k, &s, 1 << 30, true);
             assert!(
                 r.blockers.iter().any(|b| b.contains(want)),
                 "{want}: {:?}",
