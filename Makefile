@@ -12,10 +12,12 @@ demo: build
 	bash scripts/demo.sh
 
 ## All tests: unit, CLI, and real-component integration tests (real promtool/prometheus data,
-## real prometheus servers). Needs root: it chowns to other uids and mounts small tmpfs volumes.
+## real prometheus servers, a real Kubernetes control plane built once by scripts/test-cluster.sh).
+## Needs root: it chowns to other uids and mounts small tmpfs volumes.
 test:
 	bash scripts/deps.sh
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make test needs root (chown to runAsUser/fsGroup, tmpfs mounts): sudo make test" >&2; exit 1; fi
+	bash scripts/test-cluster.sh build
 	$(CARGO) test --locked
 
 ## Unit tests only (no root, no prometheus).

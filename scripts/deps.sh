@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the demo, the tests and the benchmarks need on a Debian machine, only where
 # it is missing: Debian's prometheus (prometheus + promtool: real TSDBs and a real server),
-# rsync and GNU time (benchmarks), util-linux (setpriv, mount). The Rust toolchain is expected
+# rsync and GNU time (benchmarks), util-linux (setpriv, mount), etcd-server and openssl (the
+# test control plane of scripts/test-cluster.sh). The Rust toolchain is expected
 # (rustup); crates are fetched by cargo.
 set -euo pipefail
 
@@ -13,6 +14,8 @@ command -v rsync >/dev/null 2>&1 || need+=(rsync)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 
 if [ ${#need[@]} -eq 0 ]; then
 	exit 0

@@ -1,0 +1,523 @@
+//! Kubernetes steps against a real control plane: etcd, kube-apiserver and
+//! kube-controller-manager (PV binder, PV/PVC protection, StatefulSet and garbage collector
+//! controllers) started by `scripts/test-cluster.sh` on 127.0.0.1. No kubelet and no
+//! scheduler: pods stay Pending, which is all a scale-down/up needs.
+//!
+//! Each test starts its own cluster (about 4 s once the binaries are built) and stops it when
+//! it ends, also on failure; a lock runs them one at a time.
+
+mod common;
+
+use common::*;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+const NS: &str = "monitoring";
+
+/// A running control plane; stopped on drop.
+struct TestCluster {
+    state: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    rt: tokio::runtime::Runtime,
+    client: Client,
+}
+
+impl TestCluster {
+    fn up() -> TestCluster {
+        let state = tempfile::tempdir().unwrap();
+        let out = Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-cluster.sh"))
+            .arg("up")
+            .arg(state.path().join("cluster"))
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "scripts/test-cluster.sh up failed (see its log above)"
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let kubeconfig = PathBuf::from(stdout.lines().last().unwrap().trim());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = rt.block_on(async {
+            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .unwrap();
+            Client::try_from(config).unwrap()
+        });
+        let c = TestCluster {
+            state,
+            kubeconfig,
+            rt,
+            client,
+        };
+        c.create(
+            Api::<Namespace>::all(c.client.clone()),
+            json!({"metadata": {"name": NS}}),
+        );
+        c
+    }
+
+    fn create<K>(&self, api: Api<K>, v: serde_json::Value) -> K
+    where
+        K: kube::Resource
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        let obj: K = serde_json::from_value(v).unwrap();
+        self.rt
+            .block_on(api.create(&PostParams::default(), &obj))
+            .unwrap()
+    }
+
+    fn pv(&self, name: &str) -> PersistentVolume {
+        let api: Api<PersistentVolume> = Api::all(self.client.clone());
+        self.rt.block_on(api.get(name)).unwrap()
+    }
+
+    fn pvc(&self, name: &str) -> Option<PersistentVolumeClaim> {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), NS);
+        self.rt.block_on(api.get_opt(name)).unwrap()
+    }
+
+    fn sts(&self, name: &str) -> StatefulSet {
+        let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), NS);
+        self.rt.block_on(api.get(name)).unwrap()
+    }
+
+    fn delete_sts(&self, name: &str) {
+        let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), NS);
+        self.rt
+            .block_on(api.delete(name, &DeleteParams::foreground()))
+            .unwrap();
+        self.wait(&format!("statefulset {name} gone"), || {
+            self.rt.block_on(api.get_opt(name)).unwrap().is_none()
+        });
+    }
+
+    fn delete_pvc(&self, name: &str) {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), NS);
+        self.rt
+            .block_on(api.delete(name, &DeleteParams::default()))
+            .unwrap();
+        self.wait(&format!("claim {name} gone"), || self.pvc(name).is_none());
+    }
+
+    /// Polls until `done` or 60 s.
+    fn wait(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn pv_phase(&self, name: &str) -> String {
+        self.pv(name)
+            .status
+            .and_then(|s| s.phase)
+            .unwrap_or_default()
+    }
+
+    fn wait_bound(&self, pvc: &str, pv: &str) {
+        self.wait(&format!("{pvc} bound to {pv}"), || {
+            self.pvc(pvc).is_some_and(|c| {
+                c.status.and_then(|s| s.phase).as_deref() == Some("Bound")
+                    && c.spec.and_then(|s| s.volume_name).as_deref() == Some(pv)
+            })
+        });
+    }
+
+    /// A hostPath PV of 10Gi in storage class `manual`.
+    fn make_pv(&self, name: &str, policy: &str, path: &Path) {
+        self.create(
+            Api::<PersistentVolume>::all(self.client.clone()),
+            json!({"metadata": {"name": name}, "spec": {
+                "capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": policy, "storageClassName": "manual",
+                "hostPath": {"path": path.display().to_string()}}}),
+        );
+    }
+
+    /// A StatefulSet `prom` whose volumeClaimTemplate `data` asks for a `manual` volume;
+    /// its claim for pod 0 is `data-prom-0`.
+    fn make_sts(&self, replicas: i32, when_scaled: &str) {
+        self.create(
+            Api::<StatefulSet>::namespaced(self.client.clone(), NS),
+            json!({"metadata": {"name": "prom"}, "spec": {
+                "replicas": replicas, "serviceName": "prom",
+                "selector": {"matchLabels": {"app": "prom"}},
+                "persistentVolumeClaimRetentionPolicy": {"whenScaled": when_scaled, "whenDeleted": "Retain"},
+                "template": {"metadata": {"labels": {"app": "prom"}}, "spec": {
+                    "securityContext": {"runAsUser": RUN_AS_USER, "fsGroup": FS_GROUP},
+                    "containers": [{"name": "prometheus", "image": "prom/prometheus",
+                        "volumeMounts": [{"name": "data", "mountPath": "/prometheus"}]}]}},
+                "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
+                    "accessModes": ["ReadWriteOnce"], "storageClassName": "manual",
+                    "resources": {"requests": {"storage": "1Gi"}}}}]}}),
+        );
+    }
+
+    fn replicas(&self) -> i32 {
+        self.sts("prom").spec.and_then(|s| s.replicas).unwrap_or(-1)
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-cluster.sh"))
+            .arg("down")
+            .arg(self.state.path().join("cluster"))
+            .status();
+    }
+}
+
+/// The workspace plan with `target.kubernetes` added.
+fn kube_plan(ws: &Workspace, kubeconfig: &Path, extra: &str) {
+    let yaml = plan_yaml(&ws.source, &ws.mount, "").replace(
+        "  securityContext:\n",
+        &format!(
+            "  kubernetes:\n    kubeconfig: {}\n    namespace: {NS}\n    persistentVolume: pv-prom\n    persistentVolumeClaim: data-prom-0\n    waitTimeout: 60s\n{extra}  securityContext:\n",
+            kubeconfig.display()
+        ),
+    );
+    std::fs::write(&ws.plan, yaml).unwrap();
+}
+
+fn changes(v: &serde_json::Value) -> Vec<(String, String, String, String)> {
+    v["kubernetes_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap().to_string();
+            (s("object"), s("field"), s("before"), s("after"))
+        })
+        .collect()
+}
+
+#[test]
+fn released_pv_is_recovered_and_the_recreated_statefulset_binds_it() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let k = TestCluster::up();
+    let ws = Workspace::new();
+    // The documented scenario: a Retain PV bound by a StatefulSet's claim, then the
+    // StatefulSet and the claim deleted: the PV goes Released.
+    k.make_pv("pv-prom", "Retain", &ws.mount);
+    k.make_sts(1, "Retain");
+    k.wait_bound("data-prom-0", "pv-prom");
+    let old_uid = k.pvc("data-prom-0").unwrap().metadata.uid.unwrap();
+    k.delete_sts("prom");
+    k.delete_pvc("data-prom-0");
+    k.wait("pv-prom Released", || k.pv_phase("pv-prom") == "Released");
+    // A pending claim that would happily take any `manual` volume: it must not get this one.
+    k.create(
+        Api::<PersistentVolumeClaim>::namespaced(k.client.clone(), NS),
+        json!({"metadata": {"name": "grabber"}, "spec": {"accessModes": ["ReadWriteOnce"],
+            "storageClassName": "manual", "resources": {"requests": {"storage": "1Gi"}}}}),
+    );
+
+    kube_plan(&ws, &k.kubeconfig, "");
+    let (code, text, err) = ws.run(&["plan"]);
+    assert_eq!(code, 0, "{text}\n{err}");
+    assert!(
+        text.contains("persistentvolume/pv-prom: Released, reclaimPolicy Retain, capacity 10Gi"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("tests claimRef.uid == {old_uid}")),
+        "{text}"
+    );
+
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        v["verify"]["ok"], true,
+        "apply verifies before the Kubernetes steps"
+    );
+    let pv = k.pv("pv-prom");
+    assert_eq!(pv.status.unwrap().phase.as_deref(), Some("Available"));
+    let claim = pv.spec.unwrap().claim_ref.unwrap();
+    assert_eq!(
+        (claim.namespace.as_deref(), claim.name.as_deref(), claim.uid),
+        (Some(NS), Some("data-prom-0"), None),
+        "still reserved for the same claim name"
+    );
+    assert_eq!(
+        changes(&v),
+        [(
+            "persistentvolume/pv-prom".to_string(),
+            "spec.claimRef.uid".to_string(),
+            old_uid,
+            format!("(removed; still reserved for {NS}/data-prom-0)")
+        )]
+    );
+    let record = latest_record(&ws, "apply");
+    assert_eq!(
+        record["report"]["kubernetes_changes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "{record}"
+    );
+
+    // The grabber stays Pending; the re-created StatefulSet's claim binds this PV.
+    std::thread::sleep(Duration::from_secs(2));
+    let grabber = k.pvc("grabber").unwrap();
+    assert_eq!(grabber.status.unwrap().phase.as_deref(), Some("Pending"));
+    k.make_sts(1, "Retain");
+    k.wait_bound("data-prom-0", "pv-prom");
+
+    // A rerun finds everything done and changes nothing.
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(changes(&v).is_empty(), "{:?}", changes(&v));
+    assert_eq!(k.replicas(), 1);
+}
+
+#[test]
+fn running_statefulset_is_scaled_to_zero_while_copying_and_back_after_verify() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let k = TestCluster::up();
+    let ws = Workspace::new();
+    k.make_pv("pv-prom", "Retain", &ws.mount);
+    k.make_sts(1, "Retain");
+    k.wait_bound("data-prom-0", "pv-prom");
+    k.wait("pod prom-0 created", || {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(k.client.clone(), NS);
+        k.rt.block_on(pods.get_opt("prom-0")).unwrap().is_some()
+    });
+    kube_plan(&ws, &k.kubeconfig, "    statefulSet: prom\n");
+
+    let (code, text, _) = ws.run(&["plan"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("statefulset/monitoring/prom: 1 replica(s)"),
+        "{text}"
+    );
+
+    // Slow enough to watch: the StatefulSet is at 0 while data is written.
+    let (_, plan) = ws.run_json(&["plan"]);
+    let bytes = plan["stats"]["copy_bytes"].as_u64().unwrap();
+    let rate = format!("{}K", (bytes / 1024 / 3).max(8));
+    let child = ws
+        .cmd(&["apply", "--yes", "--output", "json", "--bwlimit", &rate])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut saw_zero_while_copying = false;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        let writing = std::fs::read_dir(ws.target()).is_ok_and(|mut d| d.next().is_some());
+        if writing && k.replicas() == 0 {
+            saw_zero_while_copying = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert!(
+        saw_zero_while_copying,
+        "never saw replicas 0 while the target was written"
+    );
+    let fields: Vec<(String, String, String)> = changes(&v)
+        .into_iter()
+        .map(|(_, f, b, a)| (f, b, a))
+        .collect();
+    let ann = "metadata.annotations[promigrate.io/replicas-before-migration]".to_string();
+    assert_eq!(
+        fields,
+        [
+            (ann.clone(), "(none)".into(), "1".into()),
+            ("spec.replicas".into(), "1".into(), "0".into()),
+            ("spec.replicas".into(), "0".into(), "1".into()),
+            (ann, "1".into(), "(removed)".into()),
+        ]
+    );
+    assert_eq!(k.replicas(), 1);
+    let sts = k.sts("prom");
+    assert!(
+        !sts.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("promigrate.io/replicas-before-migration")
+    );
+    k.wait_bound("data-prom-0", "pv-prom");
+}
+
+#[test]
+fn failed_verify_leaves_the_statefulset_at_zero() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let k = TestCluster::up();
+    let ws = Workspace::new();
+    k.make_pv("pv-prom", "Retain", &ws.mount);
+    k.make_sts(2, "Retain");
+    k.wait_bound("data-prom-0", "pv-prom");
+    kube_plan(&ws, &k.kubeconfig, "    statefulSet: prom\n");
+    // Copy everything, then damage the copy so that only the checksum verify can see it.
+    let (code, _, err) = ws.run(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(k.replicas(), 2);
+    let chunk = some_block(&ws.target()).join("chunks/000001");
+    let meta = std::fs::metadata(&chunk).unwrap();
+    let mut data = std::fs::read(&chunk).unwrap();
+    data[100] ^= 0xff;
+    std::fs::write(&chunk, &data).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&chunk)
+        .unwrap()
+        .set_modified(meta.modified().unwrap())
+        .unwrap();
+    // Something to write, so the StatefulSet is scaled down: another block's tombstones.
+    let other = std::fs::read_dir(ws.target())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("tombstones").is_file() && !chunk.starts_with(p))
+        .unwrap();
+    std::fs::remove_file(other.join("tombstones")).unwrap();
+
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 1, "verify differences are findings: {v}");
+    assert_eq!(v["verify"]["ok"], false);
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("statefulset/monitoring/prom is left at 0 replicas"),
+        "{e}"
+    );
+    assert_eq!(k.replicas(), 0, "left at 0 for the runbook owner");
+    let ann = k.sts("prom").metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        ann.get("promigrate.io/replicas-before-migration")
+            .map(String::as_str),
+        Some("2")
+    );
+
+    // Fix the copy (rerun apply after removing the bad file): it continues and scales back.
+    std::fs::remove_file(&chunk).unwrap();
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(k.replicas(), 2);
+}
+
+#[test]
+fn delete_policy_pv_and_delete_retention_policy_are_refused_and_left_alone() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let k = TestCluster::up();
+    let ws = Workspace::new();
+    k.make_pv("pv-prom", "Delete", &ws.mount);
+    k.make_sts(1, "Delete");
+    k.wait_bound("data-prom-0", "pv-prom");
+    let pv_version = k.pv("pv-prom").metadata.resource_version;
+    let sts_version = k.sts("prom").metadata.resource_version;
+    kube_plan(&ws, &k.kubeconfig, "    statefulSet: prom\n");
+
+    let (code, text, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("BLOCKER: persistentvolume/pv-prom has reclaimPolicy Delete"),
+        "{text}"
+    );
+    assert!(
+        text.contains("persistentVolumeReclaimPolicy\\\":\\\"Retain")
+            || text.contains("persistentVolumeReclaimPolicy\":\"Retain"),
+        "the blocker gives the fix: {text}"
+    );
+    assert!(
+        text.contains("BLOCKER: statefulset/monitoring/prom has persistentVolumeClaimRetentionPolicy.whenScaled: Delete"),
+        "{text}"
+    );
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["refused"], true);
+    assert!(changes(&v).is_empty());
+    assert_eq!(
+        k.pv("pv-prom").metadata.resource_version,
+        pv_version,
+        "PV modified"
+    );
+    assert_eq!(
+        k.sts("prom").metadata.resource_version,
+        sts_version,
+        "StatefulSet modified"
+    );
+    assert!(!ws.target().exists(), "nothing may be written");
+}
+
+#[test]
+fn wrong_context_namespace_or_server_is_a_clear_blocker() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let k = TestCluster::up();
+    let ws = Workspace::new();
+    k.make_pv("pv-prom", "Retain", &ws.mount);
+
+    kube_plan(&ws, &k.kubeconfig, "    context: no-such-context\n");
+    let (code, text, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("no-such-context"), "{text}");
+
+    let plan = std::fs::read_to_string(&ws.plan).unwrap();
+    std::fs::write(
+        &ws.plan,
+        plan.replace("    context: no-such-context\n", "")
+            .replace(&format!("namespace: {NS}"), "namespace: monitorin"),
+    )
+    .unwrap();
+    let (code, text, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("BLOCKER: namespace monitorin does not exist in context `promigrate-test`"),
+        "{text}"
+    );
+
+    // A kubeconfig whose server has nothing listening: the error names context and server.
+    let dead = ws.dir.path().join("dead-kubeconfig");
+    let port = free_port();
+    let kc = std::fs::read_to_string(&k.kubeconfig).unwrap();
+    let server = kc
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &dead,
+        kc.replace(&server, &format!("https://127.0.0.1:{port}")),
+    )
+    .unwrap();
+    kube_plan(&ws, &dead, "");
+    let start = Instant::now();
+    let (code, text, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(&format!("server https://127.0.0.1:{port}"))
+            && text.contains("promigrate-test"),
+        "{text}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(60));
+    let (code, _, _) = ws.run(&["apply", "--yes"]);
+    assert_eq!(code, 1);
+    assert!(!ws.target().exists(), "nothing may be written");
+}
