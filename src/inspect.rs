@@ -96,7 +96,7 @@ pub fn run(
                 + inv.files.values().map(|f| f.size).sum::<u64>(),
         );
         let found = crate::tsdb::check::run(
-            dir,
+            &crate::source::Source::Local(dir.to_path_buf()),
             &inv,
             crate::tsdb::check::Depth::Deep,
             parallelism,

@@ -17,6 +17,8 @@ pub mod perms;
 pub mod plan;
 pub mod progress;
 pub mod record;
+pub mod source;
+pub mod ssh;
 pub mod sync;
 pub mod tsdb;
 pub mod units;
@@ -346,7 +348,7 @@ fn apply_steps(
             p.phases = plan::phases(&p.blocks, &p.files, p.bwlimit);
         }
     }
-    let source = m.source.clone();
+    let source = m.src.clone();
     let several = plans.len() > 1;
     // The final phase copies wal/ and chunks_head/: only consistent with the source stopped.
     if a.phase != sync::Phase::Presync
@@ -387,7 +389,7 @@ fn apply_steps(
     }
     // Again right before the first write: the prompt may have waited a while.
     if a.phase != sync::Phase::Presync
-        && let Some(why) = refusal(&live::probe(&source), a.source_stopped)
+        && let Some(why) = refusal(&source.probe(), a.source_stopped)
     {
         out.refusal = Some(why);
         out.refused = true;
@@ -445,7 +447,7 @@ fn apply_steps(
     result?;
     // And after: a server that started meanwhile makes the WAL/head copy inconsistent.
     if phase != sync::Phase::Presync
-        && let live::Liveness::Running(how) = live::probe(&source)
+        && let live::Liveness::Running(how) = source.probe()
     {
         anyhow::bail!(
             "the source Prometheus started while the final phase ran ({how}): the copied WAL and head may be inconsistent; stop it and rerun apply"

@@ -105,8 +105,33 @@ impl TryFrom<String> for Name {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Source {
     /// The Prometheus data directory (`--storage.tsdb.path`): it holds `wal/` and the blocks.
-    /// A relative path is taken relative to the plan file's directory.
+    /// A relative path is taken relative to the plan file's directory (on this host).
     pub path: Spanned<PathBuf>,
+    /// Read the directory on another host, over SSH, instead of locally.
+    #[serde(default)]
+    pub ssh: Option<Ssh>,
+}
+
+/// `source.ssh`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Ssh {
+    /// Host name or address.
+    pub host: String,
+    /// Port (default 22).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Remote user.
+    pub user: String,
+    /// Private key file (`~` expanded); the ssh-agent when absent.
+    #[serde(default)]
+    pub identity_file: Option<PathBuf>,
+    /// known_hosts file (default `~/.ssh/known_hosts`).
+    #[serde(default)]
+    pub known_hosts_file: Option<PathBuf>,
+    /// Accept and record an unknown host's key (never a changed one). Default false.
+    #[serde(default)]
+    pub accept_new_host_key: bool,
 }
 
 /// `target`.
@@ -347,8 +372,10 @@ pub struct Migration {
     pub plan_path: PathBuf,
     /// `metadata.name`.
     pub name: String,
-    /// The source TSDB directory.
+    /// The source TSDB directory (on the SSH host for an SSH source).
     pub source: PathBuf,
+    /// How to read it: locally or over SSH.
+    pub src: crate::source::Source,
     /// The target volume's mount path.
     pub target_mount: PathBuf,
     /// `target.path/subPath`: where the TSDB lands.
@@ -435,6 +462,10 @@ impl Migration {
     }
 }
 
+fn whole_err(plan_path: &Path, what: &str) -> InvalidInput {
+    InvalidInput(format!("plan file {}: {what}", plan_path.display()))
+}
+
 /// `~/x` → `$HOME/x`, as a shell would; other paths unchanged.
 fn expand_home(p: &Path) -> PathBuf {
     match (p.strip_prefix("~"), std::env::var_os("HOME")) {
@@ -506,8 +537,57 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
         }
     };
 
-    let source = abs(&file.source.path.value);
-    if !source.is_dir() {
+    let source = match &file.source.ssh {
+        Some(_) if !file.source.path.value.is_absolute() => {
+            return Err(field_err(
+                "source.path",
+                &file.source.path,
+                "with source.ssh the path is on the remote host and must be absolute".into(),
+            ));
+        }
+        Some(_) => file.source.path.value.clone(),
+        None => abs(&file.source.path.value),
+    };
+    let src = match &file.source.ssh {
+        Some(s) => {
+            if s.host.is_empty() || s.user.is_empty() {
+                return Err(whole_err(
+                    plan_path,
+                    "fields `source.ssh.host` and `source.ssh.user` must not be empty",
+                ));
+            }
+            let home = |p: &Path| abs(&expand_home(p));
+            let spec = crate::ssh::SshSpec {
+                host: s.host.clone(),
+                port: s.port.unwrap_or(22),
+                user: s.user.clone(),
+                identity_file: s.identity_file.as_deref().map(home),
+                known_hosts_file: home(
+                    s.known_hosts_file
+                        .as_deref()
+                        .unwrap_or(Path::new("~/.ssh/known_hosts")),
+                ),
+                accept_new_host_key: s.accept_new_host_key,
+            };
+            if let Some(k) = &spec.identity_file
+                && !k.is_file()
+            {
+                return Err(whole_err(
+                    plan_path,
+                    &format!(
+                        "field `source.ssh.identityFile`: {} is not a file",
+                        k.display()
+                    ),
+                ));
+            }
+            crate::source::Source::Ssh {
+                root: source.clone(),
+                pool: std::sync::Arc::new(crate::ssh::Pool::new(spec)),
+            }
+        }
+        None => crate::source::Source::Local(source.clone()),
+    };
+    if file.source.ssh.is_none() && !source.is_dir() {
         return Err(field_err(
             "source.path",
             &file.source.path,
@@ -611,6 +691,7 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
         plan_path: plan_path.to_path_buf(),
         name: file.metadata.name.0,
         source,
+        src,
         target_mount: first.mount,
         target_root: first.root,
         owner: first.owner,

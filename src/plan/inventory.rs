@@ -3,8 +3,6 @@
 //! Reads only: it opens nothing for writing and follows no symlink below the root.
 
 use std::collections::BTreeMap;
-use std::fs::Metadata;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -12,6 +10,7 @@ use serde_json::Value;
 use ulid::Ulid;
 
 use crate::fsutil::MTime;
+use crate::source::{Kind, Source, Stat};
 use crate::tsdb::{self, BlockMeta, RootEntry};
 
 /// A regular file, by its path relative to the TSDB root (`/`-separated).
@@ -32,17 +31,14 @@ pub struct FileInfo {
 }
 
 impl FileInfo {
-    fn new(rel: String, m: &Metadata) -> Self {
+    fn new(rel: String, m: &Stat) -> Self {
         FileInfo {
             rel,
-            size: m.len(),
-            mtime: MTime {
-                sec: m.mtime(),
-                nsec: m.mtime_nsec(),
-            },
-            mode: m.mode(),
-            uid: m.uid(),
-            gid: m.gid(),
+            size: m.size,
+            mtime: m.mtime,
+            mode: m.mode,
+            uid: m.uid,
+            gid: m.gid,
         }
     }
 
@@ -127,12 +123,12 @@ pub struct Attr {
 }
 
 impl Attr {
-    fn new(rel: String, m: &Metadata) -> Self {
+    fn new(rel: String, m: &Stat) -> Self {
         Attr {
             rel,
-            uid: m.uid(),
-            gid: m.gid(),
-            mode: m.mode(),
+            uid: m.uid,
+            gid: m.gid,
+            mode: m.mode,
         }
     }
 }
@@ -169,60 +165,61 @@ pub fn scan(root: &Path) -> Result<Inventory, ScanError> {
     scan_with(root, Depth::WithMeta)
 }
 
-/// Scans a TSDB root at the given depth. Every entry is stat'ed once; directory entry
-/// types come from `readdir`.
+/// Scans a local TSDB root at the given depth.
 pub fn scan_with(root: &Path, depth: Depth) -> Result<Inventory, ScanError> {
+    scan_source(&Source::Local(root.to_path_buf()), depth)
+}
+
+/// Scans a TSDB root, local or remote, at the given depth. Every entry's attributes come
+/// with its directory listing (one stat per entry locally, none extra over SFTP).
+pub fn scan_source(src: &Source, depth: Depth) -> Result<Inventory, ScanError> {
+    let root = src.root();
     let mut inv = Inventory {
         root: root.to_path_buf(),
         ..Default::default()
     };
-    let entries = match std::fs::read_dir(root) {
+    let entries = match src.list("") {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(inv),
         Err(e) => return Err(err(root, e)),
     };
     inv.exists = true;
-    let root_meta = std::fs::metadata(root).map_err(|e| err(root, e))?;
-    inv.attrs.push(Attr::new(String::new(), &root_meta));
+    let root_stat = src.stat("").map_err(|e| err(root, e))?;
+    inv.attrs.push(Attr::new(String::new(), &root_stat));
     for entry in entries {
-        let entry = entry.map_err(|e| err(root, e))?;
-        let path = entry.path();
-        let ft = entry.file_type().map_err(|e| err(&path, e))?;
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            inv.unknown
-                .push(entry.file_name().to_string_lossy().into_owned());
-            continue;
+        let name = match entry.name {
+            Ok(n) => n,
+            Err(lossy) => {
+                inv.unknown.push(lossy);
+                continue;
+            }
         };
-        if ft.is_symlink() {
+        let kind = entry.stat.kind();
+        if kind == Kind::Symlink {
             inv.excluded.push(Skipped {
                 rel: name,
                 reason: "symlink (not followed)".into(),
             });
             continue;
         }
-        match tsdb::classify_root(&name, ft.is_dir()) {
+        match tsdb::classify_root(&name, kind == Kind::Dir) {
             RootEntry::Block(ulid) => {
-                let block = scan_block(root, &name, ulid, depth, &mut inv)?;
                 // A live server deletes compacted blocks: one that vanished while it was
                 // scanned is simply not there (the next scan agrees).
-                if root.join(&name).is_dir() {
+                if let Some(block) = scan_block(src, &name, &entry.stat, ulid, depth, &mut inv)? {
                     inv.blocks.insert(name, block);
                 }
             }
             RootEntry::SegmentDir => {
-                let (files, dirs) = walk_into(root, &name, &mut inv)?;
-                inv.files.extend(files);
-                inv.dirs.push(name);
-                inv.dirs.extend(dirs);
+                if let Some((files, dirs)) = walk_into(src, &name, &entry.stat, &mut inv)? {
+                    inv.files.extend(files);
+                    inv.dirs.push(name);
+                    inv.dirs.extend(dirs);
+                }
             }
             RootEntry::DataFile | RootEntry::Runtime => {
-                let meta = match entry.metadata() {
-                    Ok(m) => m,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // e.g. `lock` at shutdown
-                    Err(e) => return Err(err(&path, e)),
-                };
-                inv.attrs.push(Attr::new(name.clone(), &meta));
-                let info = FileInfo::new(name.clone(), &meta);
+                inv.attrs.push(Attr::new(name.clone(), &entry.stat));
+                let info = FileInfo::new(name.clone(), &entry.stat);
                 if tsdb::classify_root(&name, false) == RootEntry::Runtime {
                     inv.runtime.push(info);
                 } else {
@@ -243,16 +240,18 @@ pub fn scan_with(root: &Path, depth: Depth) -> Result<Inventory, ScanError> {
 }
 
 fn scan_block(
-    root: &Path,
+    src: &Source,
     name: &str,
+    stat: &Stat,
     ulid: Ulid,
     depth: Depth,
     inv: &mut Inventory,
-) -> Result<Block, ScanError> {
-    let (files, dirs) = walk_into(root, name, inv)?;
-    let meta_path = root.join(name).join("meta.json");
+) -> Result<Option<Block>, ScanError> {
+    let Some((files, dirs)) = walk_into(src, name, stat, inv)? else {
+        return Ok(None);
+    };
     let read = match depth {
-        Depth::WithMeta => crate::sync::copy::read_source(&meta_path),
+        Depth::WithMeta => src.read(&format!("{name}/meta.json")),
         Depth::Layout => Err(std::io::Error::other("not read (layout-only scan)")),
     };
     let (meta, meta_json) = match read {
@@ -262,111 +261,99 @@ fn scan_block(
         },
         Err(e) => (Err(format!("{name}/meta.json: cannot read: {e}")), None),
     };
-    Ok(Block {
+    Ok(Some(Block {
         dir: name.to_string(),
         ulid,
         meta,
         meta_json,
         files,
         dirs,
-    })
+    }))
 }
 
-/// Walks `root/top` recursively without following links. Returns its files and its
-/// sub-directories (not `top` itself); records the owner and mode of `top` and of everything
-/// kept, and adds left-out entries and promigrate leftovers to `inv`.
+type Walked = (BTreeMap<String, FileInfo>, Vec<String>);
+
+/// Walks `root/top` recursively without following links, depth first in name order.
+/// Returns its files and its sub-directories (not `top` itself), or `None` if `top` vanished
+/// before it was listed; records the owner and mode of `top` and of everything kept, and
+/// adds left-out entries and promigrate leftovers to `inv`.
 fn walk_into(
-    root: &Path,
+    src: &Source,
     top: &str,
+    top_stat: &Stat,
     inv: &mut Inventory,
-) -> Result<(BTreeMap<String, FileInfo>, Vec<String>), ScanError> {
+) -> Result<Option<Walked>, ScanError> {
+    let listing = match src.list(top) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(&src.root().join(top), e)),
+    };
+    inv.attrs.push(Attr::new(top.to_string(), top_stat));
     let mut files = BTreeMap::new();
     let mut dirs = Vec::new();
-    let walker = walkdir::WalkDir::new(root.join(top))
-        .follow_links(false)
-        .sort_by_file_name();
-    let mut it = walker.into_iter();
-    while let Some(entry) = it.next() {
-        let entry = match entry {
-            Ok(entry) => entry,
-            // Deleted between listing and reading (a live server's compaction or WAL
-            // truncation): not there.
-            Err(e)
-                if e.io_error()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) =>
-            {
+    visit(src, top, listing, inv, &mut files, &mut dirs)?;
+    Ok(Some((files, dirs)))
+}
+
+fn visit(
+    src: &Source,
+    dir: &str,
+    listing: Vec<crate::source::Ent>,
+    inv: &mut Inventory,
+    files: &mut BTreeMap<String, FileInfo>,
+    dirs: &mut Vec<String>,
+) -> Result<(), ScanError> {
+    for entry in listing {
+        let name = match entry.name {
+            Ok(n) => n,
+            Err(lossy) => {
+                inv.excluded.push(Skipped {
+                    rel: format!("{dir}/{lossy}"),
+                    reason: "name is not UTF-8".into(),
+                });
                 continue;
             }
-            Err(e) => {
-                let path = e
-                    .path()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_else(|| root.join(top));
-                return Err(err(
-                    &path,
-                    e.into_io_error()
-                        .unwrap_or_else(|| std::io::Error::other("filesystem loop")),
-                ));
-            }
         };
-        let rel_path = entry.path().strip_prefix(root).unwrap_or(entry.path());
-        let Some(rel) = rel_path.to_str().map(str::to_owned) else {
+        let rel = format!("{dir}/{name}");
+        if name.ends_with(tsdb::TMP_SUFFIX) {
+            inv.leftovers.push(rel);
+            continue;
+        }
+        if let Some(reason) = tsdb::transient_reason(&name) {
             inv.excluded.push(Skipped {
-                rel: rel_path.to_string_lossy().into_owned(),
-                reason: "name is not UTF-8".into(),
+                rel,
+                reason: reason.into(),
             });
             continue;
-        };
-        let name = entry.file_name().to_str().unwrap_or_default();
-        let ft = entry.file_type();
-        if entry.depth() > 0 {
-            if name.ends_with(tsdb::TMP_SUFFIX) {
-                inv.leftovers.push(rel);
-                continue;
-            }
-            if let Some(reason) = tsdb::transient_reason(name) {
-                inv.excluded.push(Skipped {
-                    rel,
-                    reason: reason.into(),
-                });
-                if ft.is_dir() {
-                    it.skip_current_dir();
-                }
-                continue;
-            }
         }
-        if ft.is_symlink() {
-            inv.excluded.push(Skipped {
+        match entry.stat.kind() {
+            Kind::Symlink => inv.excluded.push(Skipped {
                 rel,
                 reason: "symlink (not followed)".into(),
-            });
-            continue;
-        }
-        if !ft.is_dir() && !ft.is_file() {
-            inv.excluded.push(Skipped {
+            }),
+            Kind::Other => inv.excluded.push(Skipped {
                 rel,
                 reason: "not a regular file or directory".into(),
-            });
-            continue;
-        }
-        let meta = match entry.metadata() {
-            Ok(m) => m,
-            Err(e)
-                if e.io_error()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) =>
-            {
-                continue;
+            }),
+            Kind::File => {
+                inv.attrs.push(Attr::new(rel.clone(), &entry.stat));
+                files.insert(rel.clone(), FileInfo::new(rel, &entry.stat));
             }
-            Err(e) => return Err(err(entry.path(), e.into())),
-        };
-        inv.attrs.push(Attr::new(rel.clone(), &meta));
-        if ft.is_file() {
-            files.insert(rel.clone(), FileInfo::new(rel, &meta));
-        } else if entry.depth() > 0 {
-            dirs.push(rel);
+            Kind::Dir => {
+                let sub = match src.list(&rel) {
+                    Ok(l) => l,
+                    // Deleted between listing and reading (a live server's compaction or
+                    // WAL truncation): not there.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(err(&src.root().join(&rel), e)),
+                };
+                inv.attrs.push(Attr::new(rel.clone(), &entry.stat));
+                dirs.push(rel.clone());
+                visit(src, &rel, sub, inv, files, dirs)?;
+            }
         }
     }
-    Ok((files, dirs))
+    Ok(())
 }
 
 /// The numbered files directly in `dir` (`wal`, `chunks_head`, `<ULID>/chunks`):

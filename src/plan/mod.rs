@@ -27,8 +27,14 @@ pub struct MigrationPlan {
     pub ok: bool,
     /// `metadata.name`.
     pub name: String,
-    /// Source TSDB directory.
+    /// Source TSDB directory (on `source_host` for an SSH source).
     pub source: PathBuf,
+    /// `user@host:port` of an SSH source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_host: Option<String>,
+    /// How the source is read.
+    #[serde(skip)]
+    pub src: crate::source::Source,
     /// Target TSDB directory (`target.path/subPath`).
     pub target: PathBuf,
     /// Where the target volume is mounted (`target.path`).
@@ -202,14 +208,14 @@ pub fn build_with_inventories(
     m: &Migration,
     target_depth: inventory::Depth,
 ) -> anyhow::Result<(MigrationPlan, Inventory, Inventory)> {
-    let src = inventory::scan(&m.source)?;
+    let src = inventory::scan_source(&m.src, inventory::Depth::WithMeta)?;
     build_from(m, src, target_depth)
 }
 
 /// One plan per target volume (`targets:`), all from a single scan of the source. Targets
 /// that share a filesystem must fit on it together.
 pub fn build_each(m: &Migration) -> anyhow::Result<Vec<MigrationPlan>> {
-    let src = inventory::scan(&m.source)?;
+    let src = inventory::scan_source(&m.src, inventory::Depth::WithMeta)?;
     let mut plans = Vec::with_capacity(m.targets.len());
     for view in m.views() {
         plans.push(build_from(&view, src.clone(), inventory::Depth::Layout)?.0);
@@ -263,7 +269,8 @@ pub fn build_from(
         fsutil::canonical_lenient(&m.source),
         fsutil::canonical_lenient(&m.target_root),
     );
-    if fsutil::is_within(&ct, &cs) || fsutil::is_within(&cs, &ct) {
+    let local = m.src.ssh().is_none();
+    if local && (fsutil::is_within(&ct, &cs) || fsutil::is_within(&cs, &ct)) {
         blockers.push(format!(
             "source {} and target {} overlap (one is inside the other): choose a target outside the source",
             cs.display(),
@@ -297,7 +304,7 @@ pub fn build_from(
             m.source.display()
         ));
     }
-    let source_state = crate::live::probe(&m.source);
+    let source_state = m.src.probe();
     match &source_state {
         crate::live::Liveness::Running(how) => warnings.push(format!(
             "the source Prometheus is running ({how}): `apply --phase presync` copies its blocks now; the final phase (and `all`) refuses until it is stopped"
@@ -502,6 +509,8 @@ pub fn build_from(
         ok: blockers.is_empty(),
         name: m.name.clone(),
         source: m.source.clone(),
+        source_host: m.src.ssh().map(|s| s.describe()),
+        src: m.src.clone(),
         target: m.target_root.clone(),
         mount: m.target_mount.clone(),
         owner: m.owner,
@@ -550,7 +559,7 @@ fn source_checks(
     use crate::tsdb::check;
     let never = std::sync::atomic::AtomicBool::new(false);
     let problems = check::run(
-        &m.source,
+        &m.src,
         src,
         check::Depth::Cheap,
         m.parallelism,
@@ -571,7 +580,7 @@ fn source_checks(
         if !gap || !files.iter().any(|f| f.rel.starts_with(&format!("{dir}/"))) {
             continue;
         }
-        let plan = check::repair::drop_before_last_gap(&m.source, src, dir)?;
+        let plan = check::repair::drop_before_last_gap(&m.src, src, dir)?;
         match (m.head_repair, plan) {
             (HeadRepair::DropUnsequential, Ok(r)) => {
                 repairs.push(r.describe);
@@ -659,8 +668,8 @@ fn small_file_differs(m: &Migration, rel: &str) -> bool {
     if !(rel.ends_with("/meta.json") || rel.ends_with("/tombstones")) {
         return false;
     }
-    let read = |root: &std::path::Path| crate::sync::copy::read_source(&root.join(rel));
-    match (read(&m.source), read(&m.target_root)) {
+    let target = crate::sync::copy::read_source(&m.target_root.join(rel));
+    match (m.src.read(rel), target) {
         (Ok(a), Ok(b)) => a != b,
         _ => true,
     }
@@ -863,7 +872,7 @@ impl MigrationPlan {
     pub fn render_text(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "Migration plan: {}", self.name);
-        let _ = writeln!(s, "  source  {}", self.source.display());
+        let _ = writeln!(s, "  source  {}", self.src.describe());
         let _ = writeln!(
             s,
             "  target  {}  ({} free)",

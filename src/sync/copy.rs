@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::perms::{self, Owner};
 use crate::progress::Progress;
+use crate::source::Source;
 use crate::sync::limiter::Throttle;
 
 /// Why a file copy stopped.
@@ -103,8 +104,17 @@ pub fn read_source(path: &Path) -> io::Result<Vec<u8>> {
 /// sets owner, mode (group-writable) and the source's access and modification times. With
 /// `durable`, fsyncs before returning. On failure every partial destination is removed.
 /// Returns the bytes read from the source (each destination got all of them).
-pub fn copy_file(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64, CopyError> {
-    let result = copy_inner(src, outs, durable, ctx);
+pub fn copy_file(
+    source: &Source,
+    rel: &str,
+    outs: &[Out],
+    durable: bool,
+    ctx: &Ctx,
+) -> Result<u64, CopyError> {
+    let result = match source {
+        Source::Local(root) => copy_inner(&root.join(rel), outs, durable, ctx),
+        Source::Ssh { .. } => copy_remote(source, rel, outs, durable, ctx),
+    };
     if result.is_err() {
         for o in outs {
             let _ = std::fs::remove_file(o.path);
@@ -128,6 +138,103 @@ fn dst_err(dst: &Path) -> impl Fn(io::Error) -> CopyError + '_ {
     }
 }
 
+/// Creates (or truncates) every destination, write-only, mode 0600 until it is complete.
+fn create_outputs(outs: &[Out]) -> Result<Vec<File>, CopyError> {
+    outs.iter()
+        .map(|o| {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(nix::fcntl::OFlag::O_CLOEXEC.bits())
+                .open(o.path)
+                .map_err(dst_err(o.path))
+        })
+        .collect()
+}
+
+/// Gives every finished destination its owner, mode and times, and with `durable` fsyncs it.
+fn finish_outputs(
+    outputs: &[File],
+    outs: &[Out],
+    src_mode: u32,
+    times: FileTimes,
+    durable: bool,
+) -> Result<(), CopyError> {
+    for (output, o) in outputs.iter().zip(outs) {
+        std::os::unix::fs::fchown(output, Some(o.owner.uid), Some(o.owner.gid)).map_err(|e| {
+            CopyError::Target {
+                path: o.path.to_path_buf(),
+                cause: io::Error::other(perms::explain(o.path, &e, o.owner)),
+            }
+        })?;
+        output
+            .set_permissions(std::fs::Permissions::from_mode(perms::file_mode_from(
+                src_mode,
+            )))
+            .map_err(dst_err(o.path))?;
+        output.set_times(times).map_err(dst_err(o.path))?;
+        if durable {
+            output.sync_all().map_err(dst_err(o.path))?;
+            drop_cache(output);
+        }
+    }
+    Ok(())
+}
+
+/// Copies a file of an SSH source: read through SFTP (resuming at the offset reached when
+/// the connection drops), each chunk written to every destination.
+fn copy_remote(
+    source: &Source,
+    rel: &str,
+    outs: &[Out],
+    durable: bool,
+    ctx: &Ctx,
+) -> Result<u64, CopyError> {
+    let path = source.root().join(rel);
+    let src_err = |e| CopyError::Source {
+        path: PathBuf::from(source.describe()).join(rel),
+        cause: e,
+    };
+    let (mut input, st) = source.open(rel).map_err(src_err)?;
+    let outputs = create_outputs(outs)?;
+    let mut buf = vec![0u8; ctx.throttle.chunk().clamp(64 << 10, 2 << 20)];
+    let mut done: u64 = 0;
+    loop {
+        if ctx.stopping() {
+            return Err(CopyError::Cancelled);
+        }
+        let want = (buf.len() as u64).min(st.size.saturating_sub(done)).max(1) as usize;
+        ctx.throttle.acquire(want);
+        let n = input.read(&mut buf[..want]).map_err(src_err)?;
+        if n == 0 {
+            break;
+        }
+        for (output, o) in outputs.iter().zip(outs) {
+            (&*output).write_all(&buf[..n]).map_err(dst_err(o.path))?;
+            start_writeback(output, done, n as u64);
+        }
+        done += n as u64;
+        ctx.progress.add_bytes(n as u64);
+    }
+    let now = match &mut input {
+        crate::source::Input::Remote(f) => f.stat_now().map_err(src_err)?,
+        crate::source::Input::Local(_) => st,
+    };
+    if now.size != done || st.size != done || !now.mtime.same(st.mtime) {
+        return Err(CopyError::Changed {
+            path,
+            copied: done,
+            now: now.size,
+        });
+    }
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(st.mtime.sec.max(0) as u64);
+    let times = FileTimes::new().set_accessed(mtime).set_modified(mtime);
+    finish_outputs(&outputs, outs, st.mode, times, durable)?;
+    Ok(done)
+}
+
 fn copy_inner(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64, CopyError> {
     let src_err = |e| CopyError::Source {
         path: src.to_path_buf(),
@@ -136,18 +243,7 @@ fn copy_inner(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64,
     let input = open_source(src).map_err(src_err)?;
     let meta = input.metadata().map_err(src_err)?;
     let cached_before = crate::cache::Residency::of(&input, meta.len());
-    let mut outputs = Vec::with_capacity(outs.len());
-    for o in outs {
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(nix::fcntl::OFlag::O_CLOEXEC.bits())
-            .open(o.path)
-            .map_err(dst_err(o.path))?;
-        outputs.push(f);
-    }
+    let outputs = create_outputs(outs)?;
     let tee = outputs.len() != 1;
     let mut buf = if tee {
         vec![0u8; ctx.throttle.chunk().min(TEE_BUF)]
@@ -200,24 +296,7 @@ fn copy_inner(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64,
     let times = FileTimes::new()
         .set_accessed(meta.accessed().map_err(src_err)?)
         .set_modified(meta.modified().map_err(src_err)?);
-    for (output, o) in outputs.iter().zip(outs) {
-        std::os::unix::fs::fchown(output, Some(o.owner.uid), Some(o.owner.gid)).map_err(|e| {
-            CopyError::Target {
-                path: o.path.to_path_buf(),
-                cause: io::Error::other(perms::explain(o.path, &e, o.owner)),
-            }
-        })?;
-        output
-            .set_permissions(std::fs::Permissions::from_mode(perms::file_mode_from(
-                meta.permissions().mode(),
-            )))
-            .map_err(dst_err(o.path))?;
-        output.set_times(times).map_err(dst_err(o.path))?;
-        if durable {
-            output.sync_all().map_err(dst_err(o.path))?;
-            drop_cache(output);
-        }
-    }
+    finish_outputs(&outputs, outs, meta.permissions().mode(), times, durable)?;
     Ok(done)
 }
 
@@ -280,7 +359,8 @@ mod tests {
         // One destination (copy_file_range) and two (read once, written twice).
         for outs in [vec![&t], vec![&t, &t2]] {
             let outs: Vec<Out> = outs.iter().map(|p| Out { path: p, owner }).collect();
-            assert_eq!(copy_file(&s, &outs, true, &ctx).unwrap(), data.len() as u64);
+            let src = Source::Local(d.path().to_path_buf());
+            assert_eq!(copy_file(&src, "s", &outs, true, &ctx).unwrap(), data.len() as u64);
             for o in &outs {
                 assert_eq!(std::fs::read(o.path).unwrap(), data);
                 let tm = std::fs::metadata(o.path).unwrap();
@@ -306,7 +386,7 @@ mod tests {
         let owner = Owner { uid: 0, gid: 0 };
         let outs = [Out { path: &t, owner }, Out { path: &t2, owner }];
         assert!(matches!(
-            copy_file(&s, &outs, false, &ctx),
+            copy_file(&Source::Local(d.path().to_path_buf()), "s", &outs, false, &ctx),
             Err(CopyError::Cancelled)
         ));
         assert!(!t.exists() && !t2.exists());

@@ -134,8 +134,8 @@ struct Dest<'a> {
 
 struct Shared<'a> {
     dests: Vec<Dest<'a>>,
-    /// The source directory (the same in every plan).
-    source: &'a Path,
+    /// The source (the same in every plan).
+    source: &'a crate::source::Source,
     ctx: Ctx<'a>,
     /// Bytes read from the source.
     read_bytes: AtomicU64,
@@ -369,7 +369,7 @@ fn execute(
                 left_for_final: Mutex::new(Vec::new()),
             })
             .collect(),
-        source: &first.source,
+        source: &first.src,
         ctx: Ctx {
             throttle: throttle.as_ref(),
             progress: opts.progress,
@@ -545,14 +545,13 @@ fn stage_dir(sh: &Shared, dir: &str, files: &[String], to: &[usize]) -> anyhow::
     let mut written: Vec<Vec<PathBuf>> = vec![Vec::with_capacity(files.len()); to.len()];
     for rel in files {
         let inner = rel.strip_prefix(&format!("{dir}/")).unwrap_or(rel);
-        let src = sh.source.join(rel);
         let mut need: Vec<(usize, PathBuf)> = Vec::new();
         for (k, (&t, stage)) in to.iter().zip(&stages).enumerate() {
             let dst = stage.join(inner);
             if let Some(parent) = dst.parent().filter(|p| p != stage) {
                 ensure_dir(parent, sh.dests[t].plan.owner)?;
             }
-            if staged_complete(&src, &dst) {
+            if staged_complete(sh.source, rel, &dst) {
                 sh.dests[t].resumed.fetch_add(1, Ordering::Relaxed);
             } else {
                 need.push((k, dst.clone()));
@@ -575,7 +574,7 @@ fn stage_dir(sh: &Shared, dir: &str, files: &[String], to: &[usize]) -> anyhow::
                 owner: sh.dests[to[*k]].plan.owner,
             })
             .collect();
-        let n = match copy::copy_file(&src, &outs, false, &sh.ctx) {
+        let n = match copy::copy_file(sh.source, rel, &outs, false, &sh.ctx) {
             Ok(n) => n,
             Err(e) => {
                 let e = anyhow::Error::from(e);
@@ -725,16 +724,16 @@ fn quarantine(
 
 /// Whether a staged file from an interrupted run is complete: same size and mtime as the
 /// source (the mtime is set only after the last byte is written).
-fn staged_complete(src: &Path, dst: &Path) -> bool {
+fn staged_complete(src: &crate::source::Source, rel: &str, dst: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(src), std::fs::symlink_metadata(dst)) {
-        (Ok(s), Ok(d)) => {
+    let Ok(d) = std::fs::symlink_metadata(dst) else {
+        return false; // not staged: no need to ask the source
+    };
+    match src.stat(rel) {
+        Ok(s) => {
             d.is_file()
-                && s.len() == d.len()
-                && fsutil::MTime {
-                    sec: s.mtime(),
-                    nsec: s.mtime_nsec(),
-                }
+                && s.size == d.len()
+                && s.mtime
                 .same(fsutil::MTime {
                     sec: d.mtime(),
                     nsec: d.mtime_nsec(),
@@ -747,7 +746,6 @@ fn staged_complete(src: &Path, dst: &Path) -> bool {
 /// Copies one file to a temp name beside its destination on each target in `to` (reading
 /// the source once), fsyncs, renames.
 fn one_file(sh: &Shared, rel: &str, to: &[usize]) -> anyhow::Result<()> {
-    let src = sh.source.join(rel);
     let mut places = Vec::with_capacity(to.len());
     for &t in to {
         let dst = sh.dests[t].plan.target.join(rel);
@@ -767,7 +765,7 @@ fn one_file(sh: &Shared, rel: &str, to: &[usize]) -> anyhow::Result<()> {
             owner: sh.dests[*t].plan.owner,
         })
         .collect();
-    let n = match copy::copy_file(&src, &outs, true, &sh.ctx) {
+    let n = match copy::copy_file(sh.source, rel, &outs, true, &sh.ctx) {
         Ok(n) => n,
         Err(e) => {
             let e = anyhow::Error::from(e);

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
@@ -20,7 +20,7 @@ use crate::perms;
 use crate::plan::inventory::{self, FileInfo, Inventory};
 use crate::plan::{self, Migration};
 use crate::progress::Progress;
-use crate::sync::copy::open_source;
+use crate::source::{Input, Source};
 use crate::tsdb::{check, meta};
 use crate::units;
 
@@ -70,7 +70,7 @@ pub fn run(
     progress_for: &dyn Fn(u64) -> Box<dyn Progress>,
     cancel: &AtomicBool,
 ) -> anyhow::Result<VerifyReport> {
-    let src = inventory::scan(&m.source)?;
+    let src = inventory::scan_source(&m.src, inventory::Depth::WithMeta)?;
     run_one(m, src, level, progress_for, cancel, &Mutex::default())
 }
 
@@ -82,7 +82,7 @@ pub fn run_each(
     progress_for: &dyn Fn(u64) -> Box<dyn Progress>,
     cancel: &AtomicBool,
 ) -> anyhow::Result<Vec<VerifyReport>> {
-    let src = inventory::scan(&m.source)?;
+    let src = inventory::scan_source(&m.src, inventory::Depth::WithMeta)?;
     let hashes = SourceHashes::default();
     let mut reports = Vec::new();
     for view in m.views() {
@@ -205,7 +205,7 @@ fn run_one(
     }
     if level == VerifyLevel::Deep && tgt.exists {
         let found = check::run(
-            &m.target_root,
+            &crate::source::Source::Local(m.target_root.clone()),
             &tgt,
             check::Depth::Deep,
             m.parallelism,
@@ -295,8 +295,9 @@ fn hash_pairs(
     let next = AtomicU64::new(0);
     let hashed = AtomicU64::new(0);
     let found = Mutex::new(Vec::new());
+    let target = Source::Local(m.target_root.clone());
     std::thread::scope(|s| {
-        let (src_root, tgt_root) = (&m.source, &m.target_root);
+        let (src_root, tgt_root) = (&m.src, &target);
         for _ in 0..m.parallelism.max(1) {
             s.spawn(|| {
                 let mut buf = vec![0u8; 1 << 20];
@@ -313,7 +314,7 @@ fn hash_pairs(
                             Ok(h)
                         }
                         None => {
-                            let a = hash_file(&src_root.join(&s.rel), &mut buf, progress);
+                            let a = hash_file(src_root, &s.rel, &mut buf, progress);
                             hashed.fetch_add(s.size, Ordering::Relaxed);
                             if let (Ok(h), Ok(mut map)) = (&a, hashes.lock()) {
                                 map.insert(s.rel.clone(), *h);
@@ -321,7 +322,7 @@ fn hash_pairs(
                             a
                         }
                     };
-                    let b = hash_file(&tgt_root.join(&t.rel), &mut buf, progress);
+                    let b = hash_file(tgt_root, &t.rel, &mut buf, progress);
                     hashed.fetch_add(t.size, Ordering::Relaxed);
                     let diff = match (a, b) {
                         (Ok(x), Ok(y)) if x == y => None,
@@ -350,11 +351,19 @@ fn hash_pairs(
     Ok(hashed.load(Ordering::Relaxed))
 }
 
-fn hash_file(path: &Path, buf: &mut [u8], progress: &dyn Progress) -> std::io::Result<u128> {
-    let mut f = open_source(path)?;
-    let len = f.metadata()?.len();
+fn hash_file(
+    root: &Source,
+    rel: &str,
+    buf: &mut [u8],
+    progress: &dyn Progress,
+) -> std::io::Result<u128> {
+    let (mut f, st) = root.open(rel)?;
+    let len = st.size;
     // Leave the page cache as it was (the source may be a live server's).
-    let cached_before = crate::cache::Residency::of(&f, len);
+    let cached_before = match &f {
+        Input::Local(file) => Some(crate::cache::Residency::of(file, len)),
+        Input::Remote(_) => None,
+    };
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut done = 0u64;
     let result = loop {
@@ -369,7 +378,9 @@ fn hash_file(path: &Path, buf: &mut [u8], progress: &dyn Progress) -> std::io::R
         progress.add_bytes(n as u64);
         done += n as u64;
     };
-    cached_before.drop_new_pages(&f, 0, done.max(len));
+    if let (Some(before), Input::Local(file)) = (&cached_before, &f) {
+        before.drop_new_pages(file, 0, done.max(len));
+    }
     result
 }
 

@@ -3,8 +3,8 @@
 //! Startup checks only the headers; chunk CRCs are checked when a query or compaction
 //! reads the chunk.
 
+use crate::source::Source;
 use std::io;
-use std::path::Path;
 
 use super::scan::Scanner;
 use super::{Depth, Effect, Problem};
@@ -15,12 +15,12 @@ const MAGIC: u32 = 0x85BD40DD;
 pub(super) const MAX_PER_FILE: usize = 20;
 
 pub(super) fn check(
-    root: &Path,
+    root: &Source,
     rel: &str,
     depth: Depth,
     progress: &dyn Progress,
 ) -> io::Result<Vec<Problem>> {
-    let mut s = Scanner::for_depth(&root.join(rel), depth)?;
+    let mut s = Scanner::in_source(root, rel, depth)?;
     let mut out = Vec::new();
     let p = |loc: String, what: String, effect: Effect| Problem::new(rel, loc, what, effect);
     if let Some(problem) = super::segment_header(&mut s, rel, MAGIC)? {

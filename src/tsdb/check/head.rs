@@ -4,8 +4,8 @@
 //! a zero tail. On a bad chunk Prometheus drops the head chunk files from that one on and
 //! replays the WAL: what the WAL no longer holds is lost.
 
+use crate::source::Source;
 use std::io;
-use std::path::Path;
 
 use super::chunks::MAX_PER_FILE;
 use super::scan::{Scanner, uvarint};
@@ -17,12 +17,12 @@ const MAGIC: u32 = 0x0130BC91;
 const FIXED: usize = 25;
 
 pub(super) fn check(
-    root: &Path,
+    root: &Source,
     rel: &str,
     depth: Depth,
     progress: &dyn Progress,
 ) -> io::Result<Vec<Problem>> {
-    let mut s = Scanner::for_depth(&root.join(rel), depth)?;
+    let mut s = Scanner::in_source(root, rel, depth)?;
     let p = |loc: String, what: String, effect: Effect| Problem::new(rel, loc, what, effect);
     if let Some(problem) = super::segment_header(&mut s, rel, MAGIC)? {
         return Ok(vec![problem]);

@@ -6,8 +6,8 @@
 //! Startup reads and checks the header, the TOC, the symbols and the postings offset table;
 //! series entries and postings lists are checked only when a query or compaction reads them.
 
+use crate::source::Source;
 use std::io;
-use std::path::Path;
 
 use super::chunks::MAX_PER_FILE;
 use super::scan::{Scanner, be32, uvarint, varint};
@@ -27,13 +27,13 @@ struct Toc {
 }
 
 pub(super) fn check(
-    root: &Path,
+    root: &Source,
     rel: &str,
     segments: &[u64],
     depth: Depth,
     progress: &dyn Progress,
 ) -> io::Result<Vec<Problem>> {
-    let mut s = Scanner::for_depth(&root.join(rel), depth)?;
+    let mut s = Scanner::in_source(root, rel, depth)?;
     let mut out = Vec::new();
     let len = s.len();
     let fatal = |loc: &str, what: String| vec![Problem::new(rel, loc, what, Effect::FailsStart)];

@@ -17,7 +17,7 @@ pub mod scan;
 mod tombstones;
 mod wal;
 
-use std::path::Path;
+use crate::source::Source;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -179,7 +179,7 @@ enum Job {
 /// Checks a scanned data directory. Files are read by `parallelism` workers; `progress`
 /// receives the bytes read.
 pub fn run(
-    root: &Path,
+    root: &Source,
     inv: &Inventory,
     depth: Depth,
     parallelism: usize,
@@ -311,7 +311,7 @@ pub fn run(
     problems
 }
 
-fn run_job(root: &Path, job: &Job, depth: Depth, progress: &dyn Progress) -> Vec<Problem> {
+fn run_job(root: &Source, job: &Job, depth: Depth, progress: &dyn Progress) -> Vec<Problem> {
     let (rel, result) = match job {
         Job::BlockChunks { rel } => (rel, chunks::check(root, rel, depth, progress)),
         Job::Index { rel, segments } => (rel, index::check(root, rel, segments, depth, progress)),

@@ -3,8 +3,8 @@
 //! Nothing here writes; the source is never touched. The copy then holds only the contiguous
 //! run of files after the last gap.
 
+use crate::source::Source;
 use std::io;
-use std::path::Path;
 
 use super::scan::{Scanner, uvarint};
 use crate::plan::inventory::{self, Inventory};
@@ -23,7 +23,7 @@ pub struct Repair {
 /// allowed when a checkpoint covers every dropped segment and the rest follows it.
 /// `Ok(Err(why))` when the repair is not possible.
 pub fn drop_before_last_gap(
-    root: &Path,
+    root: &Source,
     inv: &Inventory,
     dir: &str,
 ) -> io::Result<Result<Repair, String>> {
@@ -69,7 +69,7 @@ pub fn drop_before_last_gap(
     }
     let mut lost: Option<(i64, i64)> = None;
     for rel in &dropped {
-        if let Some((a, z)) = head_time_range(&root.join(rel))? {
+        if let Some((a, z)) = head_time_range(root, rel)? {
             lost = Some(lost.map_or((a, z), |(x, y)| (x.min(a), y.max(z))));
         }
     }
@@ -88,8 +88,8 @@ pub fn drop_before_last_gap(
 }
 
 /// The min and max sample time of the chunks in a head chunk file (no CRC checks).
-pub fn head_time_range(path: &Path) -> io::Result<Option<(i64, i64)>> {
-    let mut s = Scanner::open(path)?;
+pub fn head_time_range(root: &Source, rel: &str) -> io::Result<Option<(i64, i64)>> {
+    let mut s = Scanner::in_source(root, rel, super::Depth::Deep)?;
     if s.take(8)?.is_none() {
         return Ok(None);
     }

@@ -3,6 +3,8 @@
 //! holding them in memory.
 
 use std::fs::File;
+
+use crate::source::{Input, Source};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -16,7 +18,7 @@ pub const SMALL_BUF: usize = 16 << 10;
 
 /// Reads a file front to back through a fixed buffer.
 pub struct Scanner {
-    file: File,
+    file: Input,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -33,7 +35,9 @@ impl Drop for Scanner {
     fn drop(&mut self) {
         // Give back the page cache this reader used (the source may be a live server's).
         if let Some(before) = &self.cached_before {
-            before.drop_new_pages(&self.file, 0, self.len);
+            if let Input::Local(f) = &self.file {
+                before.drop_new_pages(f, 0, self.len);
+            }
         }
     }
 }
@@ -57,14 +61,31 @@ impl Scanner {
         }
     }
 
+    /// Opens `rel` below a (local or remote) TSDB root, for checks at `depth`.
+    pub fn in_source(src: &Source, rel: &str, depth: super::Depth) -> io::Result<Scanner> {
+        let buf = match depth {
+            super::Depth::Deep => BUF,
+            super::Depth::Cheap => SMALL_BUF,
+        };
+        let (input, stat) = src.open(rel)?;
+        Self::from_input(input, stat.size, buf)
+    }
+
     fn open_with(path: &Path, buf: usize) -> io::Result<Scanner> {
         let file = crate::sync::copy::open_source(path)?;
         let len = file.metadata()?.len();
+        Self::from_input(Input::Local(file), len, buf)
+    }
+
+    fn from_input(file: Input, len: u64, buf: usize) -> io::Result<Scanner> {
         let whole_file = buf == BUF;
-        let cached_before = whole_file.then(|| crate::cache::Residency::of(&file, len));
-        if whole_file {
-            advise_sequential(&file);
-        }
+        let cached_before = match &file {
+            Input::Local(f) if whole_file => {
+                advise_sequential(f);
+                Some(crate::cache::Residency::of(f, len))
+            }
+            _ => None,
+        };
         Ok(Scanner {
             file,
             cached_before,

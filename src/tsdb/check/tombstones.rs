@@ -1,16 +1,16 @@
 //! `<ULID>/tombstones`: magic 0x0130BA30, version 1, entries, then CRC32C over the entries
 //! (bytes 5 to size-4). A missing file means no tombstones; a damaged one fails startup.
 
+use crate::source::Source;
 use std::io;
-use std::path::Path;
 
 use super::scan::{Scanner, be32};
 use super::{Effect, Problem};
 
 const MAGIC: u32 = 0x0130BA30;
 
-pub(super) fn check(root: &Path, rel: &str) -> io::Result<Vec<Problem>> {
-    let mut s = Scanner::open_small(&root.join(rel))?;
+pub(super) fn check(root: &Source, rel: &str) -> io::Result<Vec<Problem>> {
+    let mut s = Scanner::in_source(root, rel, super::Depth::Cheap)?;
     let p = |loc: &str, what: String| vec![Problem::new(rel, loc, what, Effect::FailsStart)];
     let len = s.len();
     if len < 9 {

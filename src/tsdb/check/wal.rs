@@ -5,8 +5,8 @@
 //! deleting later segments: the data there is lost. A damaged checkpoint is a hard error: it
 //! does not start ("requires user intervention").
 
+use crate::source::Source;
 use std::io;
-use std::path::Path;
 
 use super::scan::{Scanner, be32};
 use super::{Depth, Effect, Problem};
@@ -16,7 +16,7 @@ const PAGE: u64 = 32 * 1024;
 const HEADER: u64 = 7;
 
 pub(super) fn check(
-    root: &Path,
+    root: &Source,
     rel: &str,
     last: bool,
     checkpoint: bool,
@@ -26,7 +26,7 @@ pub(super) fn check(
     if depth == Depth::Cheap {
         return Ok(Vec::new());
     }
-    let mut s = Scanner::open(&root.join(rel))?;
+    let mut s = Scanner::in_source(root, rel, super::Depth::Deep)?;
     let len = s.len();
     let bad = |off: u64, what: String| {
         vec![Problem::new(

@@ -1,0 +1,287 @@
+//! An SSH source (libssh2 through the `ssh2` crate): strict host-key checking against a
+//! known_hosts file, agent or key-file authentication, a pool of sessions (one per worker,
+//! each its own TCP connection) with reconnection, SFTP for listing and reading, and exec
+//! for the remote lock probe. ssh2 is blocking: it runs on the copy workers' own threads,
+//! never on the async runtime's.
+
+pub mod hostkey;
+
+use std::io::{self, Read};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+use ssh2::Session;
+
+/// Where the source is, over SSH (`source.ssh`, resolved).
+#[derive(Debug, Clone, Serialize)]
+pub struct SshSpec {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Remote user.
+    pub user: String,
+    /// Private key file; the agent when absent.
+    pub identity_file: Option<PathBuf>,
+    /// known_hosts file to check the host key against.
+    pub known_hosts_file: PathBuf,
+    /// Accept (and append) an unknown host's key: only when the plan says so.
+    pub accept_new_host_key: bool,
+}
+
+impl SshSpec {
+    /// `user@host:port`, for messages.
+    pub fn describe(&self) -> String {
+        format!("{}@{}:{}", self.user, self.host, self.port)
+    }
+}
+
+/// Why an SSH connection failed. Host-key refusals are kept apart: they are never retried.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    /// The host key is not the known one, or the host is unknown.
+    #[error("{0}")]
+    HostKey(String),
+    /// Authentication failed.
+    #[error("{0}")]
+    Auth(String),
+    /// Anything else (network, protocol).
+    #[error("{0}")]
+    Connect(String),
+}
+
+/// A connected, authenticated session and its SFTP channel.
+pub struct Conn {
+    /// The session (for exec).
+    pub sess: Session,
+    /// Its SFTP subsystem (for listing and reading).
+    pub sftp: ssh2::Sftp,
+}
+
+/// Connects, checks the host key, authenticates, opens SFTP. Nothing is read from the
+/// source before the host key has been accepted.
+pub fn connect_sftp(spec: &SshSpec) -> Result<Conn, SshError> {
+    let sess = connect(spec)?;
+    let sftp = sess.sftp().map_err(|e| {
+        SshError::Connect(format!(
+            "{}: cannot start SFTP: {e}; the source needs the sftp subsystem enabled in sshd",
+            spec.describe()
+        ))
+    })?;
+    Ok(Conn { sess, sftp })
+}
+
+/// Connects, checks the host key, authenticates. Nothing is read from the source before
+/// the host key has been accepted.
+pub fn connect(spec: &SshSpec) -> Result<Session, SshError> {
+    let addr = (spec.host.as_str(), spec.port)
+        .to_socket_addrs()
+        .map_err(|e| {
+            SshError::Connect(format!(
+                "cannot resolve {} (source.ssh.host): {e}",
+                spec.host
+            ))
+        })?
+        .next()
+        .ok_or_else(|| SshError::Connect(format!("{} has no address", spec.host)))?;
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|e| {
+        SshError::Connect(format!(
+            "cannot connect to {} ({addr}): {e}; is sshd running there and the port (source.ssh.port) right?",
+            spec.describe()
+        ))
+    })?;
+    let _ = tcp.set_nodelay(true);
+    let mut sess = Session::new()
+        .map_err(|e| SshError::Connect(format!("cannot start an SSH session: {e}")))?;
+    sess.set_tcp_stream(tcp);
+    sess.set_timeout(60_000);
+    sess.handshake().map_err(|e| {
+        SshError::Connect(format!("SSH handshake with {} failed: {e}", spec.describe()))
+    })?;
+    hostkey::check(&sess, spec)?;
+    authenticate(&sess, spec)?;
+    sess.set_keepalive(true, 15);
+    Ok(sess)
+}
+
+fn authenticate(sess: &Session, spec: &SshSpec) -> Result<(), SshError> {
+    let who = spec.describe();
+    match &spec.identity_file {
+        Some(key) => {
+            if hostkey::key_is_encrypted(key) {
+                // An agent holding the key can still do it.
+                if sess.userauth_agent(&spec.user).is_ok() && sess.authenticated() {
+                    return Ok(());
+                }
+                return Err(SshError::Auth(format!(
+                    "identity file {} is encrypted and no ssh-agent holds it: run `ssh-add {}` (with SSH_AUTH_SOCK set) or use an unencrypted deploy key",
+                    key.display(),
+                    key.display()
+                )));
+            }
+            sess.userauth_pubkey_file(&spec.user, None, key, None)
+                .map_err(|e| {
+                    SshError::Auth(format!(
+                        "{who} refused the key {} (source.ssh.identityFile): {}; check that its public key is in ~{}/.ssh/authorized_keys there",
+                        key.display(),
+                        e.message(),
+                        spec.user
+                    ))
+                })?;
+        }
+        None => {
+            sess.userauth_agent(&spec.user).map_err(|e| {
+                SshError::Auth(format!(
+                    "no ssh-agent key was accepted by {who} ({}): set source.ssh.identityFile, or start ssh-agent and ssh-add the key",
+                    e.message()
+                ))
+            })?;
+        }
+    }
+    if sess.authenticated() {
+        Ok(())
+    } else {
+        Err(SshError::Auth(format!("{who}: authentication failed")))
+    }
+}
+
+/// Runs a command on the remote host; returns its exit status and stdout.
+pub fn exec(sess: &Session, command: &str) -> io::Result<(i32, String)> {
+    let mut ch = sess.channel_session().map_err(io::Error::other)?;
+    ch.exec(command).map_err(io::Error::other)?;
+    let mut out = String::new();
+    ch.read_to_string(&mut out)?;
+    ch.wait_close().map_err(io::Error::other)?;
+    let status = ch.exit_status().map_err(io::Error::other)?;
+    Ok((status, out))
+}
+
+/// Quotes a path for a POSIX shell.
+pub fn shell_quote(p: &Path) -> String {
+    format!("'{}'", p.to_string_lossy().replace('\'', r"'\''"))
+}
+
+/// A pool of connected sessions to one host: each copy worker takes one (and so gets its own
+/// TCP connection), gives it back when done. A dropped connection is replaced, with backoff.
+pub struct Pool {
+    spec: SshSpec,
+    idle: Mutex<Vec<Conn>>,
+    /// Connection attempts before giving up, per request.
+    pub attempts: u32,
+}
+
+impl Pool {
+    /// A pool that connects lazily.
+    pub fn new(spec: SshSpec) -> Pool {
+        Pool {
+            spec,
+            idle: Mutex::new(Vec::new()),
+            attempts: 5,
+        }
+    }
+
+    /// The host.
+    pub fn spec(&self) -> &SshSpec {
+        &self.spec
+    }
+
+    /// A connection: an idle one, or a new one.
+    pub fn take(&self) -> Result<Conn, SshError> {
+        if let Some(s) = self.idle.lock().ok().and_then(|mut v| v.pop()) {
+            return Ok(s);
+        }
+        connect_sftp(&self.spec)
+    }
+
+    /// Gives a healthy connection back.
+    pub fn give(&self, s: Conn) {
+        if let Ok(mut v) = self.idle.lock() {
+            v.push(s);
+        }
+    }
+
+    /// Runs `f` with a session, reconnecting with backoff (1, 2, 4, … s) when the connection
+    /// fails. Host-key and authentication failures are not retried. `f` must be safe to run
+    /// again from the start.
+    pub fn with<T>(
+        &self,
+        what: &str,
+        mut f: impl FnMut(&Conn) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let mut last: Option<io::Error> = None;
+        for attempt in 0..self.attempts.max(1) {
+            if attempt > 0 {
+                let wait = Duration::from_secs(1 << (attempt - 1).min(4));
+                tracing::warn!(
+                    "{what}: SSH connection to {} failed ({}); reconnecting in {}s (attempt {}/{})",
+                    self.spec.describe(),
+                    last.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+                    wait.as_secs(),
+                    attempt + 1,
+                    self.attempts
+                );
+                std::thread::sleep(wait);
+            }
+            let sess = match self.take_or_refuse() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(e),
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            match f(&sess) {
+                Ok(v) => {
+                    self.give(sess);
+                    return Ok(v);
+                }
+                // Not a connection problem: the session is fine, the answer is final.
+                Err(e) if !is_connection_error(&e) => {
+                    self.give(sess);
+                    return Err(e);
+                }
+                Err(e) => last = Some(e), // the session is dropped
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            format!(
+                "{what}: gave up after {} attempts to reach {}: {}; rerun to resume (completed files are kept)",
+                self.attempts,
+                self.spec.describe(),
+                last.map(|e| e.to_string()).unwrap_or_default()
+            ),
+        ))
+    }
+}
+
+impl Pool {
+    /// [`Pool::take`] with the error as `io::Error`: host-key and authentication refusals
+    /// are `PermissionDenied` (never retried), the rest `ConnectionRefused`.
+    pub fn take_or_refuse(&self) -> io::Result<Conn> {
+        self.take().map_err(|e| match e {
+            SshError::HostKey(_) | SshError::Auth(_) => {
+                io::Error::new(io::ErrorKind::PermissionDenied, e)
+            }
+            SshError::Connect(_) => io::Error::new(io::ErrorKind::ConnectionRefused, e),
+        })
+    }
+}
+
+/// Whether an error means the connection is gone (as opposed to a missing file, say).
+pub fn is_connection_error(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    match e.kind() {
+        NotFound | PermissionDenied | InvalidData | InvalidInput => false,
+        ConnectionReset | ConnectionAborted | BrokenPipe | TimedOut | UnexpectedEof
+        | ConnectionRefused | NotConnected => true,
+        _ => {
+            // libssh2 errors arrive as `Other` with the session error inside.
+            let s = e.to_string();
+            !s.contains("no such file") && !s.contains("No such file")
+        }
+    }
+}
