@@ -7,8 +7,9 @@ build:
 	$(CARGO) build --release --locked
 
 ## Plan -> apply -> verify on a small real TSDB into a temp dir, showing the reports.
-demo: build
+demo:
 	bash scripts/deps.sh
+	$(MAKE) build
 	bash scripts/demo.sh
 
 ## All tests: unit, CLI, and real-component integration tests (real promtool/prometheus data,
@@ -34,6 +35,7 @@ bench:
 	bash scripts/bench.sh
 	bash scripts/bench-deep.sh
 	bash scripts/bench-phases.sh
+	bash scripts/bench-ssh.sh
 
 clean-fixtures:
 	rm -rf target/fixtures

@@ -208,23 +208,21 @@ impl Source {
                 }
                 v
             }
-            Source::Ssh { pool, .. } => {
-                pool.with(&format!("list {}", dir.display()), |c| {
-                    let entries = c.sftp.readdir(&dir).map_err(io::Error::from)?;
-                    Ok(entries
-                        .iter()
-                        .map(|(p, st)| Ent {
-                            name: p
-                                .file_name()
-                                .map(|n| n.to_os_string())
-                                .unwrap_or_default()
-                                .into_string()
-                                .map_err(|n| n.to_string_lossy().into_owned()),
-                            stat: Stat::of_sftp(st),
-                        })
-                        .collect())
-                })?
-            }
+            Source::Ssh { pool, .. } => pool.with(&format!("list {}", dir.display()), |c| {
+                let entries = c.sftp.readdir(&dir).map_err(io::Error::from)?;
+                Ok(entries
+                    .iter()
+                    .map(|(p, st)| Ent {
+                        name: p
+                            .file_name()
+                            .map(|n| n.to_os_string())
+                            .unwrap_or_default()
+                            .into_string()
+                            .map_err(|n| n.to_string_lossy().into_owned()),
+                        stat: Stat::of_sftp(st),
+                    })
+                    .collect())
+            })?,
         };
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -319,7 +317,10 @@ impl RemoteFile {
         if self.conn.is_none() {
             self.conn = Some(self.pool.take_or_refuse()?);
         }
-        let conn = self.conn.as_ref().ok_or_else(|| io::Error::other("no connection"))?;
+        let conn = self
+            .conn
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no connection"))?;
         let mut f = conn.sftp.open(&self.path).map_err(io::Error::from)?;
         let st = f.stat().map_err(io::Error::from)?;
         if self.pos > 0 {
@@ -353,7 +354,9 @@ impl Read for RemoteFile {
                 tracing::warn!(
                     "reading {} over SSH failed ({}); reconnecting in {}s and resuming at byte {} (attempt {}/{attempts})",
                     self.path.display(),
-                    last.as_ref().map(|e: &io::Error| e.to_string()).unwrap_or_default(),
+                    last.as_ref()
+                        .map(|e: &io::Error| e.to_string())
+                        .unwrap_or_default(),
                     wait.as_secs(),
                     self.pos,
                     attempt + 1

@@ -42,13 +42,14 @@ pub fn check(sess: &Session, spec: &SshSpec) -> Result<(), SshError> {
         .map_err(|e| SshError::HostKey(format!("cannot check host keys: {e}")))?;
     let exists = file.is_file();
     if exists {
-        kh.read_file(file, KnownHostFileKind::OpenSSH).map_err(|e| {
-            SshError::HostKey(format!(
-                "cannot read known_hosts file {} (source.ssh.knownHostsFile): {}",
-                file.display(),
-                e.message()
-            ))
-        })?;
+        kh.read_file(file, KnownHostFileKind::OpenSSH)
+            .map_err(|e| {
+                SshError::HostKey(format!(
+                    "cannot read known_hosts file {} (source.ssh.knownHostsFile): {}",
+                    file.display(),
+                    e.message()
+                ))
+            })?;
     }
     match kh.check_port(host, spec.port, &key) {
         CheckResult::Match => Ok(()),
@@ -57,9 +58,10 @@ pub fn check(sess: &Session, spec: &SshSpec) -> Result<(), SshError> {
             Err(SshError::HostKey(format!(
                 "HOST KEY MISMATCH for {name}: the server offered {fp} ({key_type:?}), but {}{}. Someone may be intercepting the connection, or the host was reinstalled. Nothing was read. If the change is expected, verify the new fingerprint out of band and replace that entry (ssh-keygen -R '{name}' -f {})",
                 file.display(),
-                line.map_or(" holds another key for it".to_string(), |(n, text)| format!(
-                    " line {n} holds another key for it: {text}"
-                )),
+                line.map_or(
+                    " holds another key for it".to_string(),
+                    |(n, text)| format!(" line {n} holds another key for it: {text}")
+                ),
                 file.display()
             )))
         }
@@ -77,7 +79,12 @@ pub fn check(sess: &Session, spec: &SshSpec) -> Result<(), SshError> {
                 .known_hosts()
                 .map_err(|e| SshError::HostKey(format!("cannot record the host key: {e}")))?;
             fresh
-                .add(&name, &key, "added by promigrate (acceptNewHostKey)", format)
+                .add(
+                    &name,
+                    &key,
+                    "added by promigrate (acceptNewHostKey)",
+                    format,
+                )
                 .map_err(|e| SshError::HostKey(format!("cannot record the host key: {e}")))?;
             let mut text = String::new();
             for h in fresh.iter().map_err(|e| SshError::HostKey(e.to_string()))? {
@@ -106,7 +113,11 @@ pub fn check(sess: &Session, spec: &SshSpec) -> Result<(), SshError> {
         CheckResult::NotFound => Err(SshError::HostKey(format!(
             "UNKNOWN HOST {name}: {} has no key for it{}; the server offered {fp} ({key_type:?}). Nothing was read. Verify that fingerprint out of band, then add the key (ssh-keyscan -p {} {host} >> {}), or set source.ssh.acceptNewHostKey: true for this one run",
             file.display(),
-            if exists { "" } else { " (the file does not exist)" },
+            if exists {
+                ""
+            } else {
+                " (the file does not exist)"
+            },
             spec.port,
             file.display()
         ))),

@@ -98,9 +98,28 @@ pub fn connect(spec: &SshSpec) -> Result<Session, SshError> {
         .map_err(|e| SshError::Connect(format!("cannot start an SSH session: {e}")))?;
     sess.set_tcp_stream(tcp);
     sess.set_timeout(60_000);
+    // Cipher order by what libssh2 costs in CPU per byte, measured here (1.1 GiB over one
+    // connection: aes128-ctr 4.65 s user, chacha20-poly1305 4.31 s, aes128-gcm 6.47 s,
+    // aes256-gcm 7.78 s); the rest stay as fallbacks for old servers.
+    for m in [ssh2::MethodType::CryptCs, ssh2::MethodType::CryptSc] {
+        let _ = sess.method_pref(
+            m,
+            "aes128-ctr,chacha20-poly1305@openssh.com,aes256-ctr,aes192-ctr,aes128-gcm@openssh.com,aes256-gcm@openssh.com",
+        );
+    }
     sess.handshake().map_err(|e| {
-        SshError::Connect(format!("SSH handshake with {} failed: {e}", spec.describe()))
+        SshError::Connect(format!(
+            "SSH handshake with {} failed: {e}",
+            spec.describe()
+        ))
     })?;
+    tracing::debug!(
+        cipher = sess.methods(ssh2::MethodType::CryptSc).unwrap_or("?"),
+        mac = sess.methods(ssh2::MethodType::MacSc).unwrap_or("?"),
+        kex = sess.methods(ssh2::MethodType::Kex).unwrap_or("?"),
+        "SSH session to {}",
+        spec.describe()
+    );
     hostkey::check(&sess, spec)?;
     authenticate(&sess, spec)?;
     sess.set_keepalive(true, 15);
@@ -206,11 +225,7 @@ impl Pool {
     /// Runs `f` with a session, reconnecting with backoff (1, 2, 4, … s) when the connection
     /// fails. Host-key and authentication failures are not retried. `f` must be safe to run
     /// again from the start.
-    pub fn with<T>(
-        &self,
-        what: &str,
-        mut f: impl FnMut(&Conn) -> io::Result<T>,
-    ) -> io::Result<T> {
+    pub fn with<T>(&self, what: &str, mut f: impl FnMut(&Conn) -> io::Result<T>) -> io::Result<T> {
         let mut last: Option<io::Error> = None;
         for attempt in 0..self.attempts.max(1) {
             if attempt > 0 {

@@ -360,7 +360,10 @@ mod tests {
         for outs in [vec![&t], vec![&t, &t2]] {
             let outs: Vec<Out> = outs.iter().map(|p| Out { path: p, owner }).collect();
             let src = Source::Local(d.path().to_path_buf());
-            assert_eq!(copy_file(&src, "s", &outs, true, &ctx).unwrap(), data.len() as u64);
+            assert_eq!(
+                copy_file(&src, "s", &outs, true, &ctx).unwrap(),
+                data.len() as u64
+            );
             for o in &outs {
                 assert_eq!(std::fs::read(o.path).unwrap(), data);
                 let tm = std::fs::metadata(o.path).unwrap();
@@ -386,7 +389,13 @@ mod tests {
         let owner = Owner { uid: 0, gid: 0 };
         let outs = [Out { path: &t, owner }, Out { path: &t2, owner }];
         assert!(matches!(
-            copy_file(&Source::Local(d.path().to_path_buf()), "s", &outs, false, &ctx),
+            copy_file(
+                &Source::Local(d.path().to_path_buf()),
+                "s",
+                &outs,
+                false,
+                &ctx
+            ),
             Err(CopyError::Cancelled)
         ));
         assert!(!t.exists() && !t2.exists());

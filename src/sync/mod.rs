@@ -733,8 +733,7 @@ fn staged_complete(src: &crate::source::Source, rel: &str, dst: &Path) -> bool {
         Ok(s) => {
             d.is_file()
                 && s.size == d.len()
-                && s.mtime
-                .same(fsutil::MTime {
+                && s.mtime.same(fsutil::MTime {
                     sec: d.mtime(),
                     nsec: d.mtime_nsec(),
                 })

@@ -34,10 +34,8 @@ pub struct Scanner {
 impl Drop for Scanner {
     fn drop(&mut self) {
         // Give back the page cache this reader used (the source may be a live server's).
-        if let Some(before) = &self.cached_before {
-            if let Input::Local(f) = &self.file {
-                before.drop_new_pages(f, 0, self.len);
-            }
+        if let (Some(before), Input::Local(f)) = (&self.cached_before, &self.file) {
+            before.drop_new_pages(f, 0, self.len);
         }
     }
 }

@@ -1,0 +1,407 @@
+//! An SSH source against a real OpenSSH `sshd` on 127.0.0.1 (Debian's openssh-server), with
+//! a generated host key and an authorized test key. Each test starts its own sshd on a free
+//! port and stops it (by its PID) when it ends.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A private sshd and the files a client needs.
+struct Sshd {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Child,
+}
+
+fn keygen(path: &Path, passphrase: &str) {
+    let st = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            passphrase,
+            "-C",
+            "promigrate-test",
+            "-f",
+        ])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ssh-keygen failed");
+}
+
+impl Sshd {
+    fn start() -> Sshd {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        keygen(&d.join("host_key"), "");
+        keygen(&d.join("client_key"), "");
+        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+        std::fs::create_dir_all("/run/sshd").unwrap(); // privilege separation directory
+        let port = free_port();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\n\
+             StrictModes no\nPermitRootLogin yes\nSubsystem sftp /usr/lib/openssh/sftp-server\n\
+             LogLevel ERROR\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("sshd_config"), config).unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start /usr/sbin/sshd (Debian's openssh-server; see scripts/deps.sh)");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "sshd did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let s = Sshd { dir, port, child };
+        // A known_hosts with the host key under [127.0.0.1]:port, hashed like OpenSSH does.
+        let pubkey = std::fs::read_to_string(s.path("host_key.pub")).unwrap();
+        let mut kh = pubkey
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        kh = format!("[127.0.0.1]:{port} {kh}\n");
+        std::fs::write(s.path("known_hosts"), kh).unwrap();
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-H", "-f"])
+            .arg(s.path("known_hosts"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        s
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The SHA-256 fingerprint of a public key file, as `ssh-keygen -l` prints it.
+    fn fingerprint(&self, pubkey: &str) -> String {
+        let out = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(self.path(pubkey))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    }
+
+    /// PIDs of the sshd processes serving connections (children of the listener).
+    fn connection_pids(&self) -> Vec<u32> {
+        let out = Command::new("pgrep")
+            .arg("-P")
+            .arg(self.child.id().to_string())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        for pid in self.connection_pids() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The workspace plan with `source.ssh` pointing at the sshd.
+fn ssh_plan(ws: &Workspace, sshd: &Sshd, key: &str, known_hosts: &Path, extra: &str) {
+    let yaml = plan_yaml(&ws.source, &ws.mount, extra).replace(
+        &format!("source:\n  path: {}\n", ws.source.display()),
+        &format!(
+            "source:\n  path: {}\n  ssh:\n    host: 127.0.0.1\n    port: {}\n    user: root\n    identityFile: {}\n    knownHostsFile: {}\n",
+            ws.source.display(),
+            sshd.port,
+            sshd.path(key).display(),
+            known_hosts.display()
+        ),
+    );
+    assert!(yaml.contains("ssh:"), "plan template changed");
+    std::fs::write(&ws.plan, yaml).unwrap();
+}
+
+fn file_hashes(dir: &Path) -> std::collections::BTreeMap<String, u128> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .filter(|e| !e.path().to_string_lossy().contains(".promigrate"))
+        .map(|e| {
+            (
+                e.path().strip_prefix(dir).unwrap().display().to_string(),
+                xxhash_rust::xxh3::xxh3_128(&std::fs::read(e.path()).unwrap()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn plan_apply_verify_over_ssh_copies_a_real_tsdb_exactly() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    ssh_plan(&ws, &sshd, "client_key", &sshd.path("known_hosts"), "");
+
+    let (code, text, err) = ws.run(&["plan"]);
+    assert_eq!(code, 0, "{text}\n{err}");
+    assert!(
+        text.contains(&format!(
+            "source  root@127.0.0.1:{}:{}",
+            sshd.port,
+            ws.source.display()
+        )),
+        "{text}"
+    );
+    // No lock file on the source: over SSH promigrate cannot see its processes.
+    assert!(
+        text.contains("cannot see the processes of 127.0.0.1"),
+        "{text}"
+    );
+
+    let (code, v) = ws.run_json(&["apply", "--yes", "--source-stopped"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(v["apply"]["copied_files"].as_u64().unwrap() > 10, "{v}");
+    // Everything except runtime files (lock, queries.active) arrived, byte for byte.
+    let mut want = file_hashes(&ws.source);
+    want.retain(|k, _| k != "lock" && k != "queries.active");
+    assert_eq!(file_hashes(&ws.target()), want);
+
+    let (code, out, _) = ws.run(&["verify", "--level", "deep"]);
+    assert_eq!(code, 0, "{out}");
+
+    // While something holds the source's lock (as a running Prometheus does), the remote
+    // probe (flock over an exec channel) sees it, and the final phase refuses.
+    std::fs::write(ws.source.join("lock"), b"").unwrap();
+    let mut holder = Command::new("flock")
+        .arg(ws.source.join("lock"))
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "final"]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(code, 1, "{v}");
+    assert!(
+        v["refusal"]
+            .as_str()
+            .unwrap()
+            .contains("is locked on 127.0.0.1"),
+        "{v}"
+    );
+    std::fs::remove_file(ws.source.join("lock")).unwrap();
+    // A rerun over SSH finds everything identical (SFTP times are whole seconds, and so are
+    // the copies' times).
+    let (code, v) = ws.run_json(&["apply", "--yes", "--source-stopped"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["apply"]["copied_files"], 0, "{v}");
+}
+
+#[test]
+fn mismatched_host_key_is_refused_before_anything_is_read() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    // known_hosts holds another key for [127.0.0.1]:port, on its second line.
+    keygen(&sshd.path("other_host_key"), "");
+    let other = std::fs::read_to_string(sshd.path("other_host_key.pub")).unwrap();
+    let other = other
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let kh = sshd.path("wrong_known_hosts");
+    std::fs::write(
+        &kh,
+        format!("# a comment\n[127.0.0.1]:{} {other}\n", sshd.port),
+    )
+    .unwrap();
+    ssh_plan(&ws, &sshd, "client_key", &kh, "");
+    for args in [vec!["plan"], vec!["apply", "--yes", "--source-stopped"]] {
+        let (code, out, err) = ws.run(&args);
+        assert_eq!(code, 3, "{out}\n{err}");
+        assert!(err.contains("HOST KEY MISMATCH"), "{err}");
+        assert!(
+            err.contains(&sshd.fingerprint("host_key.pub")),
+            "offered key shown: {err}"
+        );
+        assert!(err.contains("line 2"), "the disagreeing line: {err}");
+    }
+    assert!(!ws.target().exists(), "nothing may be written");
+}
+
+#[test]
+fn unknown_host_is_refused_unless_the_plan_accepts_new_keys() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    let kh = sshd.path("empty_known_hosts");
+    std::fs::write(&kh, "").unwrap();
+    ssh_plan(&ws, &sshd, "client_key", &kh, "");
+    let (code, out, err) = ws.run(&["plan"]);
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(err.contains("UNKNOWN HOST [127.0.0.1]:"), "{err}");
+    assert!(err.contains(&sshd.fingerprint("host_key.pub")), "{err}");
+    assert_eq!(std::fs::read_to_string(&kh).unwrap(), "", "nothing added");
+
+    // Explicit opt-in: the key is recorded, and then checked like any other.
+    let yaml = std::fs::read_to_string(&ws.plan).unwrap().replace(
+        "    knownHostsFile:",
+        "    acceptNewHostKey: true\n    knownHostsFile:",
+    );
+    std::fs::write(&ws.plan, yaml).unwrap();
+    let (code, out, err) = ws.run(&["plan"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        std::fs::read_to_string(&kh)
+            .unwrap()
+            .contains("ssh-ed25519")
+    );
+}
+
+#[test]
+fn wrong_or_encrypted_key_gives_a_clear_auth_error() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    keygen(&sshd.path("stranger_key"), "");
+    ssh_plan(&ws, &sshd, "stranger_key", &sshd.path("known_hosts"), "");
+    let (code, _, err) = ws.run(&["plan"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("refused the key") && err.contains("stranger_key"),
+        "{err}"
+    );
+    assert!(err.contains("authorized_keys"), "says what to do: {err}");
+
+    keygen(&sshd.path("locked_key"), "secret passphrase");
+    ssh_plan(&ws, &sshd, "locked_key", &sshd.path("known_hosts"), "");
+    let (code, _, err) = Workspace::run(&ws, &["plan"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("is encrypted and no ssh-agent holds it"),
+        "{err}"
+    );
+    assert!(!err.contains("secret passphrase"));
+}
+
+#[test]
+fn a_killed_connection_mid_copy_reconnects_and_resumes() {
+    let sshd = Sshd::start();
+    // 1 GiB of real blocks, slow enough that the kill lands mid-copy.
+    let ws = Workspace::new();
+    let source = gib_fixture();
+    let yaml_source = ws.source.clone();
+    ssh_plan(&ws, &sshd, "client_key", &sshd.path("known_hosts"), "");
+    let yaml = std::fs::read_to_string(&ws.plan).unwrap().replace(
+        &yaml_source.display().to_string(),
+        &source.display().to_string(),
+    );
+    std::fs::write(&ws.plan, yaml).unwrap();
+
+    let child = ws
+        .cmd(&["apply", "--yes", "--phase", "presync", "--bwlimit", "100M"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until data flows, then kill every sshd process serving a connection.
+    let start = Instant::now();
+    let staging = ws.target().join(".promigrate-staging");
+    while !staging.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "apply never started copying"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let served = sshd.connection_pids();
+    assert!(!served.is_empty(), "no sshd connection process to kill");
+    for pid in &served {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(log.contains("reconnecting"), "the drop was noticed: {log}");
+
+    // The source holds blocks only, so the presync copied everything: every byte equal.
+    let (code, out, _) = ws.run(&["verify", "--level", "checksum"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("OK: the target matches the source."), "{out}");
+}
+
+#[test]
+fn a_source_that_stays_unreachable_gives_up_with_a_resumable_state() {
+    let mut sshd = Sshd::start();
+    let ws = Workspace::new();
+    let source = gib_fixture();
+    let own = ws.source.clone();
+    ssh_plan(&ws, &sshd, "client_key", &sshd.path("known_hosts"), "");
+    let yaml = std::fs::read_to_string(&ws.plan)
+        .unwrap()
+        .replace(&own.display().to_string(), &source.display().to_string());
+    std::fs::write(&ws.plan, yaml).unwrap();
+    let child = ws
+        .cmd(&["apply", "--yes", "--phase", "presync", "--bwlimit", "50M"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let staging = ws.target().join(".promigrate-staging");
+    let start = Instant::now();
+    while !staging.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "apply never started copying"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    // The whole sshd goes away: listener and connections.
+    for pid in sshd.connection_pids() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    sshd.child.kill().unwrap();
+    sshd.child.wait().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{log}");
+    assert!(log.contains("gave up after 5 attempts"), "{log}");
+    assert!(log.contains("rerun to resume"), "{log}");
+    // Resumable: what was published stays, no temp file is visible under a final name.
+    assert_no_temp_files(&ws.target(), "after giving up");
+}
