@@ -1,5 +1,5 @@
 # promigrate: the two commands a newcomer needs are `make demo` and `make test`.
-.PHONY: demo test unit lint bench build clean-fixtures
+.PHONY: demo test unit lint bench build install clean-fixtures
 
 CARGO ?= cargo
 
@@ -36,6 +36,18 @@ bench:
 	bash scripts/bench-deep.sh
 	bash scripts/bench-phases.sh
 	bash scripts/bench-ssh.sh
+
+PREFIX ?= /usr/local
+## Installs the binary, the kubectl plugin link (`kubectl promigrate`), completions and the man page.
+install: build
+	install -Dm755 target/release/promigrate $(DESTDIR)$(PREFIX)/bin/promigrate
+	ln -sf promigrate $(DESTDIR)$(PREFIX)/bin/kubectl-promigrate
+	mkdir -p $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions \
+		$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d $(DESTDIR)$(PREFIX)/share/man/man1
+	target/release/promigrate completions bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/promigrate
+	target/release/promigrate completions zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_promigrate
+	target/release/promigrate completions fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/promigrate.fish
+	target/release/promigrate man > $(DESTDIR)$(PREFIX)/share/man/man1/promigrate.1
 
 clean-fixtures:
 	rm -rf target/fixtures

@@ -21,6 +21,7 @@ command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 command -v flock >/dev/null 2>&1 || need+=(util-linux)
 command -v pgrep >/dev/null 2>&1 || need+=(procps)
 command -v bc >/dev/null 2>&1 || need+=(bc)
+command -v prometheus-pushgateway >/dev/null 2>&1 || need+=(prometheus-pushgateway)
 # The ssh2 crate builds libssh2 against the system OpenSSL.
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 [ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)

@@ -59,7 +59,7 @@ ensure_etcd() {
 	command -v etcd >/dev/null 2>&1 || die "etcd-server installed but no etcd on PATH"
 }
 
-have_binaries() { [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ]; }
+have_binaries() { [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ] && [ -x "$BIN/kubectl" ]; }
 
 build_kube() {
 	have_binaries && return 0
@@ -104,7 +104,7 @@ build_kube() {
 			echo ")"
 		} >go.mod
 		rm -f go.sum
-		go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" "k8s.io/kubernetes/cmd/kube-controller-manager@$KUBE_VERSION"
+		go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" "k8s.io/kubernetes/cmd/kube-controller-manager@$KUBE_VERSION" "k8s.io/kubernetes/cmd/kubectl@$KUBE_VERSION"
 		local pkg=k8s.io/component-base/version cpkg=k8s.io/client-go/pkg/version ld="-s -w" p
 		for p in $pkg $cpkg; do
 			ld="$ld -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
@@ -112,7 +112,8 @@ build_kube() {
 		rm -rf "$CACHE/bin.tmp"
 		mkdir -p "$CACHE/bin.tmp"
 		go build -p "$BUILD_JOBS" -trimpath -ldflags "$ld" -o "$CACHE/bin.tmp/" \
-			k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+			k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+			k8s.io/kubernetes/cmd/kubectl
 	) >"$buildlog" 2>&1 || {
 		tail -n 30 "$buildlog" >&2
 		die "building Kubernetes $KUBE_VERSION failed (full log: $buildlog)"
@@ -127,6 +128,7 @@ cmd_build() {
 	ensure_etcd
 	build_kube
 	log "binaries: $BIN"
+	echo "$BIN"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -37,6 +37,40 @@ pub enum Command {
     /// Summarise any TSDB data directory: blocks, time range, samples, WAL and head segments.
     #[command(after_help = crate::exit::HELP)]
     Inspect(InspectArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of promigrate.
+    Man,
+    /// Print the JSON Schema of the plan file (for editor validation).
+    Schema,
+}
+
+/// The command line as parsed: as `promigrate`, or as the kubectl plugin `kubectl-promigrate`
+/// (`kubectl promigrate …`), whose help and usage then say `kubectl promigrate`.
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    let matches = command_for_invocation(std::env::args_os().next()).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The clap command, named after how the binary was invoked.
+pub fn command_for_invocation(argv0: Option<std::ffi::OsString>) -> clap::Command {
+    use clap::CommandFactory;
+    let invoked = argv0
+        .as_deref()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cmd = Cli::command();
+    if invoked == "kubectl-promigrate" {
+        cmd.name("kubectl-promigrate")
+            .bin_name("kubectl promigrate")
+    } else {
+        cmd
+    }
 }
 
 /// Report format on stdout.
@@ -101,6 +135,9 @@ pub struct ApplyArgs {
     /// (and the PV recovery) looks after the final phase.
     #[arg(long, value_enum, default_value_t = VerifyLevel::Checksum)]
     pub verify_level: VerifyLevel,
+    /// Push this run's metrics to a Pushgateway (overrides `report.pushgateway.url`).
+    #[arg(long, value_name = "URL")]
+    pub pushgateway: Option<String>,
 }
 
 /// `--deadline`: a point in time or a duration from now.
@@ -162,6 +199,9 @@ pub struct VerifyArgs {
     /// How deep to compare.
     #[arg(long, value_enum, default_value_t = VerifyLevel::Checksum)]
     pub level: VerifyLevel,
+    /// Push this run's metrics to a Pushgateway (overrides `report.pushgateway.url`).
+    #[arg(long, value_name = "URL")]
+    pub pushgateway: Option<String>,
     /// Where run records are written (`<DIR>/<metadata.name>/`).
     #[arg(long, value_name = "DIR", default_value = "migrations")]
     pub state_dir: PathBuf,

@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod k8s;
 pub mod live;
 pub mod logging;
+pub mod metrics;
 pub mod perms;
 pub mod plan;
 pub mod progress;
@@ -47,12 +48,16 @@ pub fn run(cli: Cli) -> anyhow::Result<Code> {
         Command::Apply(a) => a.common.output,
         Command::Verify(a) => a.common.output,
         Command::Inspect(a) => a.output,
+        Command::Completions { .. } | Command::Man | Command::Schema => Output::Text,
     };
     let result = match cli.command {
         Command::Plan(a) => cmd_plan(&a.common),
         Command::Apply(a) => cmd_apply(a),
         Command::Verify(a) => cmd_verify(a),
         Command::Inspect(a) => cmd_inspect(&a),
+        Command::Completions { shell } => cmd_completions(shell),
+        Command::Man => cmd_man(),
+        Command::Schema => cmd_schema(),
     };
     if let (Err(e), Output::Json) = (&result, output)
         && !REPORTED.load(Ordering::Relaxed)
@@ -61,6 +66,42 @@ pub fn run(cli: Cli) -> anyhow::Result<Code> {
         println!("{doc}");
     }
     result
+}
+
+/// `promigrate completions SHELL`: the script on stdout, for the name it was invoked as.
+fn cmd_completions(shell: clap_complete::Shell) -> anyhow::Result<Code> {
+    let mut cmd = cli::command_for_invocation(std::env::args_os().next());
+    let name = cmd.get_name().to_string();
+    let mut out = std::io::stdout().lock();
+    clap_complete::generate(shell, &mut cmd, name, &mut out);
+    Ok(Code::Ok)
+}
+
+/// `promigrate man`: the man page (roff) on stdout.
+fn cmd_man() -> anyhow::Result<Code> {
+    let cmd = cli::command_for_invocation(None);
+    let mut out = std::io::stdout().lock();
+    clap_mangen::Man::new(cmd)
+        .render(&mut out)
+        .context("cannot write the man page")?;
+    Ok(Code::Ok)
+}
+
+/// `promigrate schema`: the plan file's JSON Schema on stdout.
+fn cmd_schema() -> anyhow::Result<Code> {
+    let schema = plan::file::schema();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&schema).context("cannot encode the schema")?
+    );
+    Ok(Code::Ok)
+}
+
+/// Unix time now, in seconds.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn emit<T: Serialize>(
@@ -310,6 +351,25 @@ fn cmd_apply(a: ApplyArgs) -> anyhow::Result<Code> {
             exit::classify(e)
         }
     };
+    if let Some(url) = a.pushgateway.as_ref().or(m.pushgateway.as_ref())
+        && !a.dry_run
+    {
+        let reports: Vec<&sync::ApplyReport> =
+            out.outcomes().into_iter().filter_map(|(_, r)| r).collect();
+        let run = metrics::RunMetrics {
+            command: "apply",
+            success: code == Code::Ok,
+            exit_code: code as u8,
+            copied_bytes: reports.iter().map(|r| r.copied_bytes).sum(),
+            copied_files: reports.iter().map(|r| r.copied_files).sum(),
+            duration_seconds: (jiff::Timestamp::now() - started)
+                .total(jiff::Unit::Second)
+                .unwrap_or(0.0),
+            verify_differences: out.verify.as_ref().map(VerifyOutput::differences),
+            finished_unix: unix_now(),
+        };
+        metrics::push_or_warn(url, &m.name, &run);
+    }
     if let Some(dir) = &record_dir {
         let rec = record::RunRecord::new(
             "apply",
@@ -666,6 +726,16 @@ impl From<Vec<verify::VerifyReport>> for VerifyOutput {
 }
 
 impl VerifyOutput {
+    /// Differences over all targets.
+    fn differences(&self) -> u64 {
+        match self {
+            VerifyOutput::One(r) => r.differences.len() as u64,
+            VerifyOutput::Each { targets, .. } => {
+                targets.iter().map(|r| r.differences.len() as u64).sum()
+            }
+        }
+    }
+
     fn ok(&self) -> bool {
         match self {
             VerifyOutput::One(r) => r.ok,
@@ -740,6 +810,20 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<Code> {
         result.as_ref().ok(),
     );
     let path = record::write(&record_dir, &rec)?;
+    if let Some(url) = a.pushgateway.as_ref().or(m.pushgateway.as_ref()) {
+        let run = metrics::RunMetrics {
+            command: "verify",
+            success: code == Code::Ok,
+            exit_code: code as u8,
+            duration_seconds: (jiff::Timestamp::now() - started)
+                .total(jiff::Unit::Second)
+                .unwrap_or(0.0),
+            verify_differences: result.as_ref().ok().map(VerifyOutput::differences),
+            finished_unix: unix_now(),
+            ..Default::default()
+        };
+        metrics::push_or_warn(url, &m.name, &run);
+    }
     let report = result?;
     emit(a.common.output, &report, || {
         format!("{}Run record: {}\n", report.render_text(), path.display())

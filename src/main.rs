@@ -3,10 +3,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = promigrate::cli::Cli::parse();
+    let cli = promigrate::cli::parse();
     promigrate::logging::init(cli.log_format);
     let code = match promigrate::run(cli) {
         Ok(code) => code,

@@ -17,12 +17,14 @@ use crate::units::Rate;
 pub const API_VERSION: &str = "promigrate/v1";
 
 /// The top level of a plan file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PlanFile {
     /// Must be `promigrate/v1`.
+    #[schemars(schema_with = "api_version_schema")]
     pub api_version: ApiVersion,
     /// Must be `Migration`.
+    #[schemars(schema_with = "kind_schema")]
     pub kind: Kind,
     /// Names the migration; run records go to `migrations/<name>/`.
     pub metadata: Metadata,
@@ -30,13 +32,52 @@ pub struct PlanFile {
     pub source: Source,
     /// Where the TSDB goes (one volume).
     #[serde(default)]
+    #[schemars(with = "Option<Target>")]
     pub target: Option<Spanned<Target>>,
     /// Or several volumes (an HA pair): the source is read once and written to each.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<Target>>")]
     pub targets: Option<Spanned<Vec<Target>>>,
     /// How it is copied (all optional).
     #[serde(default)]
     pub transfer: Transfer,
+    /// Where run results are reported (all optional).
+    #[serde(default)]
+    pub report: Report,
+}
+
+/// `report`: where run results go besides the run record.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Report {
+    /// Push each apply's and verify's metrics to a Pushgateway.
+    #[serde(default)]
+    pub pushgateway: Option<PushgatewayConfig>,
+}
+
+/// `report.pushgateway`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PushgatewayConfig {
+    /// Base URL, e.g. `http://pushgateway.monitoring:9091`.
+    pub url: String,
+}
+
+fn api_version_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "const": API_VERSION})
+}
+
+fn kind_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "const": "Migration"})
+}
+
+/// How `transfer.bwlimit` is written: `200M`, `1.5`, or a number (KiB/s).
+#[allow(dead_code)]
+#[derive(schemars::JsonSchema)]
+#[serde(untagged)]
+enum RateSchema {
+    Text(String),
+    Number(f64),
 }
 
 /// `apiVersion`, checked while parsing.
@@ -72,10 +113,14 @@ impl TryFrom<String> for Kind {
 }
 
 /// `metadata`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Metadata {
     /// A DNS label (`[a-z0-9-]`, at most 63 characters); it names the run-record directory.
+    #[schemars(
+        with = "String",
+        regex(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    )]
     pub name: Name,
 }
 
@@ -101,11 +146,12 @@ impl TryFrom<String> for Name {
 }
 
 /// `source`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Source {
     /// The Prometheus data directory (`--storage.tsdb.path`): it holds `wal/` and the blocks.
     /// A relative path is taken relative to the plan file's directory (on this host).
+    #[schemars(with = "PathBuf")]
     pub path: Spanned<PathBuf>,
     /// Read the directory on another host, over SSH, instead of locally.
     #[serde(default)]
@@ -113,7 +159,7 @@ pub struct Source {
 }
 
 /// `source.ssh`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Ssh {
     /// Host name or address.
@@ -135,13 +181,15 @@ pub struct Ssh {
 }
 
 /// `target`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Target {
     /// Where the target volume is mounted on this host. It must exist.
+    #[schemars(with = "PathBuf")]
     pub path: Spanned<PathBuf>,
     /// Optional directory inside the volume where the TSDB lands (the operator uses `prometheus-db`).
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub sub_path: Option<SubPath>,
     /// The pod's securityContext: who must own the data.
     pub security_context: SecurityContext,
@@ -151,7 +199,7 @@ pub struct Target {
 }
 
 /// `target.kubernetes`: the cluster objects behind the target volume.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Kubernetes {
     /// Kubeconfig file; standard resolution (`$KUBECONFIG`, `~/.kube/config`) when absent.
@@ -161,16 +209,21 @@ pub struct Kubernetes {
     #[serde(default)]
     pub context: Option<String>,
     /// Namespace of the claim and the StatefulSet.
+    #[schemars(with = "String")]
     pub namespace: K8sName,
     /// The PersistentVolume that holds the target volume.
+    #[schemars(with = "String")]
     pub persistent_volume: K8sName,
     /// The claim that binds (or will bind) it.
+    #[schemars(with = "String")]
     pub persistent_volume_claim: K8sName,
     /// The StatefulSet whose pods mount the claim; scaled to 0 while data is written.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub stateful_set: Option<K8sName>,
     /// How long to wait for pods to go and for the claim to bind (default 5m).
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub wait_timeout: Option<WaitTimeout>,
     /// Free room the PV must have beyond the data, in percent of the data (default 10).
     #[serde(default)]
@@ -243,7 +296,7 @@ impl TryFrom<String> for SubPath {
 }
 
 /// `target.securityContext`: the uid and group Prometheus runs with in the pod.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SecurityContext {
     /// Owner uid of every file and directory on the target.
@@ -253,23 +306,27 @@ pub struct SecurityContext {
 }
 
 /// `transfer`: all optional.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Transfer {
     /// Bandwidth limit across all workers, rsync units (`200M` = 200 MiB/s, bare number = KiB/s).
     #[serde(default)]
+    #[schemars(with = "Option<RateSchema>")]
     pub bwlimit: Option<Rate>,
     /// Files copied at once (1-64, default 4).
     #[serde(default)]
+    #[schemars(with = "Option<u8>", range(min = 1, max = 64))]
     pub parallelism: Option<Parallelism>,
     /// Only blocks overlapping `[min, max)` (RFC 3339); blocks are selected whole.
     #[serde(default)]
+    #[schemars(with = "Option<RawTimeRange>")]
     pub time_range: Option<TimeRange>,
     /// Move target entries the plan would own but the source lacks to `.promigrate-quarantine/`.
     #[serde(default)]
     pub delete_extraneous: bool,
     /// Source blocks not to copy (e.g. damaged ones), by ULID.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub exclude_blocks: Vec<BlockId>,
     /// Opt-in repair of a broken head/WAL file sequence (`none` or `dropUnsequential`).
     #[serde(default)]
@@ -291,7 +348,9 @@ impl TryFrom<String> for BlockId {
 
 /// `transfer.headRepair`: what to do when `chunks_head/` or `wal/` files are not numbered
 /// contiguously (Prometheus refuses to start on such a directory).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum HeadRepair {
     /// No repair: a gap is a plan blocker.
@@ -327,7 +386,7 @@ pub struct TimeRange {
     pub max: Option<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawTimeRange {
     #[serde(default)]
@@ -397,6 +456,8 @@ pub struct Migration {
     pub exclude_blocks: Vec<ulid::Ulid>,
     /// Opt-in head/WAL sequence repair.
     pub head_repair: HeadRepair,
+    /// `report.pushgateway.url`, if set.
+    pub pushgateway: Option<String>,
 }
 
 /// One resolved target volume.
@@ -705,7 +766,13 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
         delete_extraneous: file.transfer.delete_extraneous,
         exclude_blocks: file.transfer.exclude_blocks.iter().map(|b| b.0).collect(),
         head_repair: file.transfer.head_repair,
+        pushgateway: file.report.pushgateway.map(|p| p.url),
     })
+}
+
+/// The JSON Schema of the plan file, from the same types that parse it.
+pub fn schema() -> schemars::Schema {
+    schemars::schema_for!(PlanFile)
 }
 
 #[cfg(test)]
