@@ -284,6 +284,9 @@ struct ApplyOutput {
     verify: Option<VerifyOutput>,
     /// Every change made to cluster objects: object, field, before → after.
     kubernetes_changes: Vec<k8s::Change>,
+    /// What was left scaled down when the run ended before the scale-up (presync, deadline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kubernetes_note: Option<String>,
     error: Option<String>,
     record: Option<std::path::PathBuf>,
 }
@@ -334,26 +337,20 @@ fn cmd_apply(a: ApplyArgs) -> anyhow::Result<Code> {
     let rt = runtime()?;
     let cancel = cancel_on_signal(&rt);
     let m = plan::file::load(&a.common.file)?;
-    let record_dir = if a.dry_run {
-        None
-    } else {
-        Some(record::prepare(&a.state_dir, &m.name)?)
-    };
     let mut out = ApplyOutput {
         dry_run: a.dry_run,
         ..Default::default()
     };
-    let outcome = apply_steps(&a, &m, &rt, &cancel, &mut out);
-    let code = match &outcome {
-        Ok(code) => *code,
-        Err(e) => {
-            out.error = Some(format!("{e:#}"));
-            exit::classify(e)
-        }
-    };
+    let result = apply_and_record(&a, &m, &rt, &cancel, started, &mut out);
+    // Last, from the final outcome: a run that failed anywhere (even writing its record)
+    // reports that.
     if let Some(url) = a.pushgateway.as_ref().or(m.pushgateway.as_ref())
         && !a.dry_run
     {
+        let code = match &result {
+            Ok(c) => *c,
+            Err(e) => exit::classify(e),
+        };
         let reports: Vec<&sync::ApplyReport> =
             out.outcomes().into_iter().filter_map(|(_, r)| r).collect();
         let run = metrics::RunMetrics {
@@ -370,6 +367,30 @@ fn cmd_apply(a: ApplyArgs) -> anyhow::Result<Code> {
         };
         metrics::push_or_warn(url, &m.name, &run);
     }
+    result
+}
+
+fn apply_and_record(
+    a: &ApplyArgs,
+    m: &plan::Migration,
+    rt: &tokio::runtime::Runtime,
+    cancel: &Arc<AtomicBool>,
+    started: jiff::Timestamp,
+    out: &mut ApplyOutput,
+) -> anyhow::Result<Code> {
+    let record_dir = if a.dry_run {
+        None
+    } else {
+        Some(record::prepare(&a.state_dir, &m.name)?)
+    };
+    let outcome = apply_steps(a, m, rt, cancel, out);
+    let code = match &outcome {
+        Ok(code) => *code,
+        Err(e) => {
+            out.error = Some(format!("{e:#}"));
+            exit::classify(e)
+        }
+    };
     if let Some(dir) = &record_dir {
         let rec = record::RunRecord::new(
             "apply",
@@ -377,11 +398,11 @@ fn cmd_apply(a: ApplyArgs) -> anyhow::Result<Code> {
             started,
             code as u8,
             out.error.clone(),
-            &out,
+            &*out,
         );
         out.record = Some(record::write(dir, &rec)?);
     }
-    emit(a.common.output, &out, || render_apply(&out))?;
+    emit(a.common.output, &*out, || render_apply(out))?;
     outcome
 }
 
@@ -393,10 +414,12 @@ fn apply_steps(
     out: &mut ApplyOutput,
 ) -> anyhow::Result<Code> {
     let mut plans = build_plans(m)?;
-    let kube_targets: Vec<plan::file::KubeTarget> = m
+    // (index of the target, its cluster objects)
+    let kube_targets: Vec<(usize, plan::file::KubeTarget)> = m
         .targets
         .iter()
-        .filter_map(|t| t.kubernetes.clone())
+        .enumerate()
+        .filter_map(|(i, t)| t.kubernetes.clone().map(|k| (i, k)))
         .collect();
     if !kube_targets.is_empty() {
         kube_preflight(rt, m, &mut plans);
@@ -461,16 +484,23 @@ fn apply_steps(
     // wait for every pod mounting the claim to go, before the first byte. A rerun that has
     // nothing left to write does not disturb running pods.
     let mut clusters = Vec::new();
-    for k in &kube_targets {
+    for (i, k) in &kube_targets {
         let c = rt.block_on(k8s::connect(k))?;
-        clusters.push((c, k.clone()));
+        clusters.push((*i, c, k.clone()));
     }
-    let writes = plans.iter().any(|p| !p.writes_nothing());
-    if writes {
-        for (c, k) in &clusters {
-            let r = rt.block_on(k8s::quiesce(c, k, &mut out.kubernetes_changes));
-            r.map_err(|e| e.context(left_scaled_down(k)))?;
+    // Only the targets this run writes are quiesced (a StatefulSet shared by several
+    // targets is scaled down once, for the first that writes).
+    let mut quiesced: Vec<plan::file::KubeTarget> = Vec::new();
+    for (i, c, k) in &clusters {
+        if plans[*i].writes_nothing() {
+            continue;
         }
+        let r = rt.block_on(k8s::quiesce(c, k, &mut out.kubernetes_changes));
+        if let Err(e) = r {
+            quiesced.push(k.clone());
+            return Err(e.context(left_scaled_down_all(&quiesced)));
+        }
+        quiesced.push(k.clone());
     }
     let deadline = a.deadline.map(cli::Deadline::instant);
     // Bytes read from the source: targets in the same state share the reads.
@@ -504,24 +534,43 @@ fn apply_steps(
         .context("the copy workers stopped unexpectedly")?;
     let incomplete = reports.iter().any(|r| r.incomplete);
     out.set(plans, Some(reports));
-    result?;
+    let note = (!quiesced.is_empty()).then(|| left_scaled_down_all(&quiesced));
+    result.map_err(|e| match &note {
+        Some(n) => e.context(n.clone()),
+        None => e,
+    })?;
     // And after: a server that started meanwhile makes the WAL/head copy inconsistent.
     if phase != sync::Phase::Presync
         && let live::Liveness::Running(how) = source.probe()
     {
         anyhow::bail!(
-            "the source Prometheus started while the final phase ran ({how}): the copied WAL and head may be inconsistent; stop it and rerun apply"
+            "the source Prometheus started while the final phase ran ({how}): the copied WAL and head may be inconsistent; stop it and rerun apply{}",
+            note.as_ref().map_or(String::new(), |n| format!("; {n}"))
         );
     }
     if incomplete {
         out.incomplete = true;
+        out.kubernetes_note = note;
         return Ok(Code::Findings);
     }
-    if !clusters.is_empty() && phase != sync::Phase::Presync {
-        kube_finish(a, m, rt, cancel, &clusters, out)?;
+    if phase == sync::Phase::Presync {
+        out.kubernetes_note = note.map(|n| format!("{n} (until the final phase verifies)"));
+    } else if !clusters.is_empty() {
+        let pairs: Vec<(k8s::Cluster, plan::file::KubeTarget)> = clusters
+            .iter()
+            .map(|(_, c, k)| (c.clone(), k.clone()))
+            .collect();
+        kube_finish(a, m, rt, cancel, &pairs, note, out)?;
     }
     out.ok = true;
     Ok(Code::Ok)
+}
+
+/// [`left_scaled_down`] for every target quiesced so far.
+fn left_scaled_down_all(ks: &[plan::file::KubeTarget]) -> String {
+    let mut v: Vec<String> = ks.iter().map(left_scaled_down).collect();
+    v.dedup();
+    v.join("; ")
 }
 
 /// What to tell the runbook owner when a step fails after the scale-down.
@@ -547,6 +596,7 @@ fn kube_finish(
     rt: &tokio::runtime::Runtime,
     cancel: &Arc<AtomicBool>,
     clusters: &[(k8s::Cluster, plan::file::KubeTarget)],
+    note: Option<String>,
     out: &mut ApplyOutput,
 ) -> anyhow::Result<()> {
     let mm = m.clone();
@@ -564,27 +614,28 @@ fn kube_finish(
         })
         .context("the verify workers stopped unexpectedly")
         .and_then(|r| r);
-    let first = &clusters[0].1;
-    let verified = verified.map_err(|e| e.context(left_scaled_down(first)))?;
+    let left = || note.clone().unwrap_or_default();
+    let verified = verified.map_err(|e| e.context(left()))?;
     let ok = verified.ok();
     out.verify = Some(verified);
     if !ok {
-        let k = clusters
-            .iter()
-            .map(|(_, k)| left_scaled_down(k))
-            .collect::<Vec<_>>();
         return Err(anyhow::Error::new(exit::Finding(format!(
-            "the verify after the copy found differences (see `verify` in the report); {}",
-            k.join("; ")
+            "the verify after the copy found differences (see `verify` in the report); no PV was recovered and no StatefulSet scaled back{}",
+            note.as_ref().map_or(String::new(), |n| format!("; {n}"))
         ))));
     }
     for (c, k) in clusters {
         rt.block_on(k8s::recover_pv(c, k, &mut out.kubernetes_changes))
-            .map_err(|e| e.context(left_scaled_down(k)))?;
+            .map_err(|e| e.context(left()))?;
     }
     for (c, k) in clusters {
         rt.block_on(k8s::restore(c, k, &mut out.kubernetes_changes))
-            .map_err(|e| e.context(left_scaled_down(k)))?;
+            .map_err(|e| {
+                e.context(format!(
+                    "restoring the objects of persistentvolume/{} (see kubernetes_changes for what was already done)",
+                    k.persistent_volume
+                ))
+            })?;
     }
     Ok(())
 }
@@ -628,10 +679,11 @@ fn render_apply(out: &ApplyOutput) -> String {
     }
     for (p, r) in &outcomes {
         let Some(r) = r else { continue };
-        let verb = match (out.ok, out.incomplete) {
-            (true, _) => "Applied",
-            (false, true) => "INCOMPLETE (stopped at the deadline; rerun apply to continue)",
-            (false, false) => "Stopped part-way",
+        let verb = match (out.ok, out.incomplete, r.ok) {
+            (true, _, _) => "Applied",
+            (false, true, _) => "INCOMPLETE (stopped at the deadline; rerun apply to continue)",
+            (false, false, true) => "Copied, but a later step failed (see the error)",
+            (false, false, false) => "Stopped part-way",
         };
         let to = if outcomes.len() > 1 {
             format!(" to {}", p.target.display())
@@ -668,6 +720,9 @@ fn render_apply(out: &ApplyOutput) -> String {
             "Kubernetes: {} {}: {} -> {}\n",
             c.object, c.field, c.before, c.after
         ));
+    }
+    if let Some(n) = &out.kubernetes_note {
+        s.push_str(&format!("Kubernetes: {n}\n"));
     }
     if let Some(rec) = &out.record {
         s.push_str(&format!("Run record: {}\n", rec.display()));

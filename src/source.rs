@@ -276,7 +276,7 @@ impl Source {
 /// non-blocking flock on it, as Prometheus holds it while it runs.
 fn remote_probe(root: &Path, pool: &Pool) -> Liveness {
     let cmd = format!(
-        "cd {} || exit 97; if exec 9<lock; then flock -n -E 99 9; echo \"lock $?\"; else echo absent; fi 2>/dev/null",
+        "cd {} || exit 97; if [ -e lock ] && command exec 9<lock; then flock -n -E 99 9; echo \"lock $?\"; else echo absent; fi 2>/dev/null",
         ssh::shell_quote(root)
     );
     let out = pool.with("probe the source lock", |c| ssh::exec(&c.sess, &cmd));

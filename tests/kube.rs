@@ -424,47 +424,132 @@ fn failed_verify_leaves_the_statefulset_at_zero() {
 }
 
 #[test]
-fn delete_policy_pv_and_delete_retention_policy_are_refused_and_left_alone() {
+fn delete_policy_pv_and_delete_retention_policy_are_each_refused_and_left_alone() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let k = TestCluster::up();
     let ws = Workspace::new();
     k.make_pv("pv-prom", "Delete", &ws.mount);
-    k.make_sts(1, "Delete");
+    k.make_sts(1, "Retain");
     k.wait_bound("data-prom-0", "pv-prom");
-    let pv_version = k.pv("pv-prom").metadata.resource_version;
-    let sts_version = k.sts("prom").metadata.resource_version;
     kube_plan(&ws, &k.kubeconfig, "    statefulSet: prom\n");
-
-    let (code, text, _) = ws.run(&["plan"]);
-    assert_eq!(code, 1, "{text}");
+    let refused_unchanged = |want: &str, not: &str| {
+        let pv_version = k.pv("pv-prom").metadata.resource_version;
+        let sts_version = k.sts("prom").metadata.resource_version;
+        let (code, text, _) = ws.run(&["plan"]);
+        assert_eq!(code, 1, "{text}");
+        assert!(text.contains(want), "{text}");
+        assert!(!text.contains(not), "only the one blocker: {text}");
+        let (code, v) = ws.run_json(&["apply", "--yes"]);
+        assert_eq!(code, 1, "{v}");
+        assert_eq!(v["refused"], true);
+        assert!(changes(&v).is_empty());
+        assert_eq!(
+            k.pv("pv-prom").metadata.resource_version,
+            pv_version,
+            "PV modified"
+        );
+        assert_eq!(
+            k.sts("prom").metadata.resource_version,
+            sts_version,
+            "StatefulSet modified"
+        );
+        assert!(!ws.target().exists(), "nothing may be written");
+    };
+    let pv_blocker = "BLOCKER: persistentvolume/pv-prom has reclaimPolicy Delete";
+    let sts_blocker = "BLOCKER: statefulset/monitoring/prom has persistentVolumeClaimRetentionPolicy.whenScaled: Delete";
+    // The PV alone.
+    refused_unchanged(pv_blocker, sts_blocker);
+    let (_, text, _) = ws.run(&["plan"]);
     assert!(
-        text.contains("BLOCKER: persistentvolume/pv-prom has reclaimPolicy Delete"),
-        "{text}"
-    );
-    assert!(
-        text.contains("persistentVolumeReclaimPolicy\\\":\\\"Retain")
-            || text.contains("persistentVolumeReclaimPolicy\":\"Retain"),
+        text.contains(r#"persistentVolumeReclaimPolicy\":\"Retain"#)
+            || text.contains(r#"persistentVolumeReclaimPolicy":"Retain"#),
         "the blocker gives the fix: {text}"
     );
-    assert!(
-        text.contains("BLOCKER: statefulset/monitoring/prom has persistentVolumeClaimRetentionPolicy.whenScaled: Delete"),
-        "{text}"
-    );
+    // Then the StatefulSet alone: the PV made Retain, the retention policy made Delete.
+    let pp = kube::api::PatchParams::default();
+    let pvs: Api<PersistentVolume> = Api::all(k.client.clone());
+    k.rt.block_on(pvs.patch(
+        "pv-prom",
+        &pp,
+        &kube::api::Patch::Merge(json!({"spec": {"persistentVolumeReclaimPolicy": "Retain"}})),
+    ))
+    .unwrap();
+    let sts: Api<StatefulSet> = Api::namespaced(k.client.clone(), NS);
+    k.rt.block_on(sts.patch(
+        "prom",
+        &pp,
+        &kube::api::Patch::Merge(
+            json!({"spec": {"persistentVolumeClaimRetentionPolicy": {"whenScaled": "Delete"}}}),
+        ),
+    ))
+    .unwrap();
+    refused_unchanged(sts_blocker, pv_blocker);
+    assert_eq!(k.replicas(), 1);
+}
+
+#[test]
+fn stale_annotation_and_idle_statefulset_are_left_as_they_are() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let k = TestCluster::up();
+    let ws = Workspace::new();
+    k.make_pv("pv-prom", "Retain", &ws.mount);
+    k.make_sts(1, "Retain");
+    k.wait_bound("data-prom-0", "pv-prom");
+    kube_plan(&ws, &k.kubeconfig, "    statefulSet: prom\n");
     let (code, v) = ws.run_json(&["apply", "--yes"]);
-    assert_eq!(code, 1, "{v}");
-    assert_eq!(v["refused"], true);
-    assert!(changes(&v).is_empty());
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(k.replicas(), 1);
+
+    // After a rollback someone scaled by hand and left the annotation (5): a rerun with
+    // nothing to write keeps 1 replica and only removes the stale annotation.
+    let sts: Api<StatefulSet> = Api::namespaced(k.client.clone(), NS);
+    let pp = kube::api::PatchParams::default();
+    k.rt.block_on(sts.patch(
+        "prom",
+        &pp,
+        &kube::api::Patch::Merge(
+            json!({"metadata": {"annotations": {"promigrate.io/replicas-before-migration": "5"}}}),
+        ),
+    ))
+    .unwrap();
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{v}");
     assert_eq!(
-        k.pv("pv-prom").metadata.resource_version,
-        pv_version,
-        "PV modified"
+        k.replicas(),
+        1,
+        "a stale annotation must not scale anything"
     );
-    assert_eq!(
-        k.sts("prom").metadata.resource_version,
-        sts_version,
-        "StatefulSet modified"
+    assert!(
+        !k.sts("prom")
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("promigrate.io/replicas-before-migration")
     );
-    assert!(!ws.target().exists(), "nothing may be written");
+
+    // A StatefulSet kept at 0 by its owner, its claim deleted (the PV is Released): apply
+    // recovers the PV and does not wait for a claim nothing will create.
+    k.rt.block_on(sts.patch_scale(
+        "prom",
+        &pp,
+        &kube::api::Patch::Merge(json!({"spec": {"replicas": 0}})),
+    ))
+    .unwrap();
+    k.wait("pod prom-0 gone", || {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(k.client.clone(), NS);
+        k.rt.block_on(pods.get_opt("prom-0")).unwrap().is_none()
+    });
+    k.delete_pvc("data-prom-0");
+    k.wait("pv-prom Released", || k.pv_phase("pv-prom") == "Released");
+    let start = Instant::now();
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(
+        start.elapsed() < Duration::from_secs(50),
+        "it waited for the claim"
+    );
+    assert_eq!(k.replicas(), 0, "left at 0, as its owner had it");
+    assert_eq!(k.pv_phase("pv-prom"), "Available");
 }
 
 #[test]

@@ -149,6 +149,9 @@ pub fn api_error(cluster: &Cluster, object: &str, e: kube::Error) -> anyhow::Err
 /// claim's resourceVersion. Keeps `claimRef.namespace/name`, so only that claim can bind.
 pub fn recovery_patch(old_uid: &str, has_resource_version: bool) -> json_patch::Patch {
     let mut ops = vec![
+        // Refuse if the policy changed since it was read: under anything but Retain, a
+        // released volume is deleted or scrubbed.
+        json!({"op": "test", "path": "/spec/persistentVolumeReclaimPolicy", "value": "Retain"}),
         json!({"op": "test", "path": "/spec/claimRef/uid", "value": old_uid}),
         json!({"op": "remove", "path": "/spec/claimRef/uid"}),
     ];
@@ -193,7 +196,9 @@ pub async fn quiesce(
         let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let recorded = recorded_replicas(&sts);
         if replicas > 0 {
-            if recorded.is_none() {
+            // Running now: what it runs with now is what it goes back to, whatever an older
+            // annotation says (someone may have scaled it by hand since).
+            if recorded != Some(replicas) {
                 api.patch(
                     name,
                     &params(),
@@ -204,7 +209,7 @@ pub async fn quiesce(
                 changes.push(Change {
                     object: object.clone(),
                     field: format!("metadata.annotations[{REPLICAS_ANNOTATION}]"),
-                    before: "(none)".into(),
+                    before: recorded.map_or("(none)".into(), |r| r.to_string()),
                     after: replicas.to_string(),
                 });
             }
@@ -297,9 +302,13 @@ pub async fn recover_pv(
         return Ok(());
     }
     let spec = pv.spec.clone().unwrap_or_default();
-    if spec.persistent_volume_reclaim_policy.as_deref() == Some("Delete") {
+    let policy = spec
+        .persistent_volume_reclaim_policy
+        .clone()
+        .unwrap_or_else(|| "Retain".into());
+    if policy != "Retain" {
         anyhow::bail!(
-            "{object} is Released with reclaimPolicy Delete: promigrate never modifies such a PV (its provisioner may delete the disk)"
+            "{object} is Released with reclaimPolicy {policy}: promigrate modifies only Retain PVs (under Delete the provisioner may delete the disk, under Recycle the volume is scrubbed)"
         );
     }
     let Some(claim) = spec.claim_ref else {
@@ -339,13 +348,16 @@ pub async fn recover_pv(
     .await
 }
 
-/// Scales the StatefulSet back to the replicas recorded before the migration, removes the
-/// annotation, and waits until the claim is Bound to this PV.
+/// Scales the StatefulSet back to the replicas recorded before the migration (only if it is
+/// still at 0: one running already keeps its replicas, and a stale annotation is removed),
+/// removes the annotation, and waits until the claim is Bound to this PV (when the claim
+/// exists or the StatefulSet runs pods that will create it).
 pub async fn restore(
     cluster: &Cluster,
     k: &KubeTarget,
     changes: &mut Vec<Change>,
 ) -> anyhow::Result<()> {
+    let mut runs = false;
     if let Some(name) = &k.stateful_set {
         let api: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &k.namespace);
         let object = format!("statefulset/{}/{name}", k.namespace);
@@ -353,9 +365,11 @@ pub async fn restore(
             .get(name)
             .await
             .map_err(|e| api_error(cluster, &object, e))?;
+        let now = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        runs = now > 0;
         if let Some(want) = recorded_replicas(&sts) {
-            let now = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            if now != want {
+            if now == 0 && want > 0 {
+                runs = true;
                 api.patch_scale(name, &params(), &Patch::Merge(scale_patch(want)))
                     .await
                     .map_err(|e| api_error(cluster, &object, e))?;
@@ -389,8 +403,8 @@ pub async fn restore(
         .await
         .map_err(|e| api_error(cluster, &object, e))?
         .is_some();
-    if k.stateful_set.is_none() && !exists {
-        return Ok(());
+    if !exists && !runs {
+        return Ok(()); // nothing will create the claim now; it binds the PV when it comes
     }
     wait_for(
         k.wait_timeout,
@@ -538,6 +552,7 @@ mod tests {
             assert_eq!(
                 body,
                 json!([
+                    {"op": "test", "path": "/spec/persistentVolumeReclaimPolicy", "value": "Retain"},
                     {"op": "test", "path": "/spec/claimRef/uid", "value": "old-uid"},
                     {"op": "remove", "path": "/spec/claimRef/uid"},
                     {"op": "remove", "path": "/spec/claimRef/resourceVersion"}

@@ -286,9 +286,11 @@ pub fn assess(k: &KubeTarget, state: &KubeState, data_bytes: u64, writes: bool) 
             state.context
         )),
         Some(pv) => {
-            if pv.reclaim_policy == "Delete" {
+            if pv.reclaim_policy != "Retain" {
                 r.blockers.push(format!(
-                    "persistentvolume/{pv_name} has reclaimPolicy Delete: deleting its claim would destroy the disk, and promigrate never modifies such a PV. Change it first: kubectl patch pv {pv_name} -p '{{\"spec\":{{\"persistentVolumeReclaimPolicy\":\"Retain\"}}}}'"
+                    "persistentvolume/{pv_name} has reclaimPolicy {}: releasing its claim would {} the volume, and promigrate modifies only Retain PVs. Change it first: kubectl patch pv {pv_name} -p '{{\"spec\":{{\"persistentVolumeReclaimPolicy\":\"Retain\"}}}}'",
+                    pv.reclaim_policy,
+                    if pv.reclaim_policy == "Recycle" { "scrub" } else { "destroy" }
                 ));
             }
             if pv.phase == "Failed" {
@@ -318,7 +320,7 @@ pub fn assess(k: &KubeTarget, state: &KubeState, data_bytes: u64, writes: bool) 
                     "persistentvolume/{pv_name} is claimed by {claim}, not {ns}/{pvc_name}: check target.kubernetes.persistentVolumeClaim, or free the PV by hand"
                 ));
             }
-            if pv.phase == "Released" && pv.reclaim_policy != "Delete" {
+            if pv.phase == "Released" && pv.reclaim_policy == "Retain" {
                 match &pv.claim_uid {
                     Some(uid) => r.actions.push(format!(
                         "persistentvolume/{pv_name}: after a successful verify, recover it from Released with a JSON patch that tests claimRef.uid == {uid} and removes it{}; it stays reserved for {ns}/{pvc_name}",
@@ -486,6 +488,12 @@ mod tests {
                 "reclaimPolicy Delete",
                 Box::new(|s| {
                     s.persistent_volume.as_mut().unwrap().reclaim_policy = "Delete".into()
+                }),
+            ),
+            (
+                "reclaimPolicy Recycle: releasing its claim would scrub",
+                Box::new(|s| {
+                    s.persistent_volume.as_mut().unwrap().reclaim_policy = "Recycle".into()
                 }),
             ),
             (

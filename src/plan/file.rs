@@ -711,7 +711,7 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
         }
         let sc = t.security_context;
         let kubernetes = t.kubernetes.map(|k| KubeTarget {
-            kubeconfig: k.kubeconfig.map(|p| expand_home(&p)),
+            kubeconfig: k.kubeconfig.map(|p| abs(&expand_home(&p))),
             context: k.context,
             namespace: k.namespace.0,
             persistent_volume: k.persistent_volume.0,

@@ -192,18 +192,23 @@ struct Prepared {
     staged_dirs: Vec<String>,
 }
 
+/// Creates the path down to the TSDB root (parts created here get the target owner) and
+/// takes the target's apply lock, before anything that was there is touched.
+fn lock(plan: &MigrationPlan) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let root = &plan.target;
+    let below_mount = root.strip_prefix(&plan.mount).unwrap_or(Path::new(""));
+    make_dirs(&plan.mount, below_mount, plan.owner)?;
+    lock_target(root, plan.owner)
+}
+
 fn prepare(
     plan: &MigrationPlan,
+    lock: nix::fcntl::Flock<std::fs::File>,
     phase: Phase,
     report: &mut ApplyReport,
 ) -> anyhow::Result<Prepared> {
     let root = &plan.target;
     let owner = plan.owner;
-    // Create the path down to the TSDB root (parts created here get the target owner), take
-    // the apply lock, and only then touch anything that was there.
-    let below_mount = root.strip_prefix(&plan.mount).unwrap_or(Path::new(""));
-    make_dirs(&plan.mount, below_mount, owner)?;
-    let lock = lock_target(root, owner)?;
     let mut fixed = u64::from(ensure_dir(root, owner)?);
     let new_blocks: BTreeSet<String> = plan
         .blocks
@@ -342,10 +347,15 @@ fn execute(
         }
         return Ok(()); // past the deadline before anything was touched
     }
-    // Every target is locked before any is written.
+    // Every target is locked before anything on any of them is changed (beyond creating
+    // the TSDB directory the lock lives in).
+    let mut locks = Vec::with_capacity(plans.len());
+    for plan in plans {
+        locks.push(lock(plan)?);
+    }
     let mut prepared = Vec::with_capacity(plans.len());
-    for (plan, report) in plans.iter().zip(reports.iter_mut()) {
-        prepared.push(prepare(plan, opts.phase, report)?);
+    for ((plan, report), lock) in plans.iter().zip(reports.iter_mut()).zip(locks) {
+        prepared.push(prepare(plan, lock, opts.phase, report)?);
     }
     let jobs = merge(
         plans
