@@ -230,6 +230,17 @@ fn killed_ha_apply_resumes_on_both_targets() {
 
     let (code, v) = ws.run_json(&["apply", "--yes"]);
     assert_eq!(code, 0, "{v}");
+    // It resumed: together the targets got less than two full copies in this run.
+    let rerun: u64 = v["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["apply"]["copied_bytes"].as_u64().unwrap())
+        .sum();
+    assert!(
+        rerun < 2 * bytes,
+        "the rerun copied everything again: {rerun}"
+    );
     for t in [ws.target(), b.clone()] {
         assert_no_temp_files(&t, "after the resumed apply");
     }
