@@ -831,6 +831,38 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<Code> {
     let rt = runtime()?;
     let cancel = cancel_on_signal(&rt);
     let m = plan::file::load(&a.common.file)?;
+    let mut differences = None;
+    let result = verify_and_record(&a, &m, &rt, cancel, started, &mut differences);
+    // Last, from the final outcome (a record that could not be written is a failure too).
+    if let Some(url) = a.pushgateway.as_ref().or(m.pushgateway.as_ref()) {
+        let code = match &result {
+            Ok(c) => *c,
+            Err(e) => exit::classify(e),
+        };
+        let run = metrics::RunMetrics {
+            command: "verify",
+            success: code == Code::Ok,
+            exit_code: code as u8,
+            duration_seconds: (jiff::Timestamp::now() - started)
+                .total(jiff::Unit::Second)
+                .unwrap_or(0.0),
+            verify_differences: differences,
+            finished_unix: unix_now(),
+            ..Default::default()
+        };
+        metrics::push_or_warn(url, &m.name, &run);
+    }
+    result
+}
+
+fn verify_and_record(
+    a: &VerifyArgs,
+    m: &plan::Migration,
+    rt: &tokio::runtime::Runtime,
+    cancel: Arc<AtomicBool>,
+    started: jiff::Timestamp,
+    differences: &mut Option<u64>,
+) -> anyhow::Result<Code> {
     let record_dir = record::prepare(&a.state_dir, &m.name)?;
     let mm = m.clone();
     let level = a.level;
@@ -855,6 +887,7 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<Code> {
         Ok(_) => Code::Findings,
         Err(e) => exit::classify(e),
     };
+    *differences = result.as_ref().ok().map(VerifyOutput::differences);
     let error = result.as_ref().err().map(|e| format!("{e:#}"));
     let rec = record::RunRecord::new(
         "verify",
@@ -865,20 +898,6 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<Code> {
         result.as_ref().ok(),
     );
     let path = record::write(&record_dir, &rec)?;
-    if let Some(url) = a.pushgateway.as_ref().or(m.pushgateway.as_ref()) {
-        let run = metrics::RunMetrics {
-            command: "verify",
-            success: code == Code::Ok,
-            exit_code: code as u8,
-            duration_seconds: (jiff::Timestamp::now() - started)
-                .total(jiff::Unit::Second)
-                .unwrap_or(0.0),
-            verify_differences: result.as_ref().ok().map(VerifyOutput::differences),
-            finished_unix: unix_now(),
-            ..Default::default()
-        };
-        metrics::push_or_warn(url, &m.name, &run);
-    }
     let report = result?;
     emit(a.common.output, &report, || {
         format!("{}Run record: {}\n", report.render_text(), path.display())
