@@ -4,30 +4,8 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
-
-fn content_hashes(dir: &Path) -> BTreeMap<String, u128> {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().is_file())
-        .map(|e| {
-            let rel = e
-                .path()
-                .strip_prefix(dir)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            (
-                rel,
-                xxhash_rust::xxh3::xxh3_128(&std::fs::read(e.path()).unwrap()),
-            )
-        })
-        .collect()
-}
 
 #[test]
 fn second_apply_rewrites_nothing_and_source_is_untouched() {

@@ -171,17 +171,8 @@ fn verify_names_the_target_that_differs() {
 
     // Flip one byte of a chunk file on target B, keeping its size and mtime.
     let chunk = some_block(&b).join("chunks/000001");
-    let meta = std::fs::metadata(&chunk).unwrap();
-    let mut data = std::fs::read(&chunk).unwrap();
-    let mid = data.len() / 2;
-    data[mid] ^= 0xff;
-    std::fs::write(&chunk, &data).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&chunk)
-        .unwrap()
-        .set_modified(meta.modified().unwrap())
-        .unwrap();
+    let len = std::fs::metadata(&chunk).unwrap().len() as usize;
+    flip_byte_keeping_mtime(&chunk, len / 2);
 
     let (code, v) = ws.run_json(&["verify", "--level", "checksum"]);
     assert_eq!(code, 1, "{v}");

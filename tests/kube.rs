@@ -382,16 +382,7 @@ fn failed_verify_leaves_the_statefulset_at_zero() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(k.replicas(), 2);
     let chunk = some_block(&ws.target()).join("chunks/000001");
-    let meta = std::fs::metadata(&chunk).unwrap();
-    let mut data = std::fs::read(&chunk).unwrap();
-    data[100] ^= 0xff;
-    std::fs::write(&chunk, &data).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&chunk)
-        .unwrap()
-        .set_modified(meta.modified().unwrap())
-        .unwrap();
+    flip_byte_keeping_mtime(&chunk, 100);
     // Something to write, so the StatefulSet is scaled down: another block's tombstones.
     let other = std::fs::read_dir(ws.target())
         .unwrap()

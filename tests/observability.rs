@@ -103,16 +103,7 @@ fn runs_push_their_metrics_and_a_failure_keeps_the_last_success_time() {
 
     // A failed verify: a flipped byte on the target.
     let chunk = some_block(&ws.target()).join("chunks/000001");
-    let meta = std::fs::metadata(&chunk).unwrap();
-    let mut data = std::fs::read(&chunk).unwrap();
-    data[20] ^= 0xff;
-    std::fs::write(&chunk, &data).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&chunk)
-        .unwrap()
-        .set_modified(meta.modified().unwrap())
-        .unwrap();
+    flip_byte_keeping_mtime(&chunk, 20);
     let (code, _, _) = ws.run(&["verify", "--pushgateway", &pg.url()]);
     assert_eq!(code, 1);
     let s = pg.samples();

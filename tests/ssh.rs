@@ -149,19 +149,11 @@ fn ssh_plan(ws: &Workspace, sshd: &Sshd, key: &str, known_hosts: &Path, extra: &
     std::fs::write(&ws.plan, yaml).unwrap();
 }
 
+/// [`content_hashes`] without promigrate's own files (the apply lock).
 fn file_hashes(dir: &Path) -> std::collections::BTreeMap<String, u128> {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().is_file())
-        .filter(|e| !e.path().to_string_lossy().contains(".promigrate"))
-        .map(|e| {
-            (
-                e.path().strip_prefix(dir).unwrap().display().to_string(),
-                xxhash_rust::xxh3::xxh3_128(&std::fs::read(e.path()).unwrap()),
-            )
-        })
-        .collect()
+    let mut h = content_hashes(dir);
+    h.retain(|rel, _| !rel.contains(".promigrate"));
+    h
 }
 
 #[test]

@@ -113,6 +113,42 @@ pub fn cached_share(dir: &Path) -> f64 {
     res as f64 / size.max(1) as f64
 }
 
+/// Every file below `dir` (relative path → xxh3-128 of its content).
+pub fn content_hashes(dir: &Path) -> std::collections::BTreeMap<String, u128> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let rel = e
+                .path()
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            (
+                rel,
+                xxhash_rust::xxh3::xxh3_128(&std::fs::read(e.path()).unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// Flips the byte at `offset` of a file and puts its mtime back, so that only a content
+/// comparison (not size + mtime) can see the change.
+pub fn flip_byte_keeping_mtime(path: &Path, offset: usize) {
+    let before = std::fs::metadata(path).unwrap();
+    let mut data = std::fs::read(path).unwrap();
+    data[offset] ^= 0xff;
+    std::fs::write(path, &data).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(before.modified().unwrap())
+        .unwrap();
+}
+
 /// Drops the page cache (root only).
 pub fn drop_page_cache() {
     let st = Command::new("sh")
