@@ -187,12 +187,7 @@ pub async fn quiesce(
     changes: &mut Vec<Change>,
 ) -> anyhow::Result<()> {
     if let Some(name) = &k.stateful_set {
-        let api: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &k.namespace);
-        let object = format!("statefulset/{}/{name}", k.namespace);
-        let sts = api
-            .get(name)
-            .await
-            .map_err(|e| api_error(cluster, &object, e))?;
+        let (api, object, sts) = stateful_set(cluster, k, name).await?;
         let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let recorded = recorded_replicas(&sts);
         if replicas > 0 {
@@ -247,6 +242,36 @@ pub async fn quiesce(
             );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The StatefulSet's API, its name for messages, and its current state.
+async fn stateful_set(
+    cluster: &Cluster,
+    k: &KubeTarget,
+    name: &str,
+) -> anyhow::Result<(Api<StatefulSet>, String, StatefulSet)> {
+    let api: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &k.namespace);
+    let object = format!("statefulset/{}/{name}", k.namespace);
+    let sts = api
+        .get(name)
+        .await
+        .map_err(|e| api_error(cluster, &object, e))?;
+    Ok((api, object, sts))
+}
+
+/// A target for unit tests: PV `pv-a`, claim `monitoring/data-prom-0`, StatefulSet `prom`.
+#[cfg(test)]
+pub(crate) fn test_target() -> KubeTarget {
+    KubeTarget {
+        kubeconfig: None,
+        context: None,
+        namespace: "monitoring".into(),
+        persistent_volume: "pv-a".into(),
+        persistent_volume_claim: "data-prom-0".into(),
+        stateful_set: Some("prom".into()),
+        wait_timeout: Duration::from_secs(5),
+        headroom_percent: 10,
     }
 }
 
@@ -359,12 +384,7 @@ pub async fn restore(
 ) -> anyhow::Result<()> {
     let mut runs = false;
     if let Some(name) = &k.stateful_set {
-        let api: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &k.namespace);
-        let object = format!("statefulset/{}/{name}", k.namespace);
-        let sts = api
-            .get(name)
-            .await
-            .map_err(|e| api_error(cluster, &object, e))?;
+        let (api, object, sts) = stateful_set(cluster, k, name).await?;
         let now = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         runs = now > 0;
         if let Some(want) = recorded_replicas(&sts) {
@@ -472,19 +492,6 @@ mod tests {
         (cluster, handle)
     }
 
-    fn target() -> KubeTarget {
-        KubeTarget {
-            kubeconfig: None,
-            context: None,
-            namespace: "monitoring".into(),
-            persistent_volume: "pv-a".into(),
-            persistent_volume_claim: "data-prom-0".into(),
-            stateful_set: Some("prom".into()),
-            wait_timeout: Duration::from_secs(5),
-            headroom_percent: 10,
-        }
-    }
-
     async fn next(
         h: &mut Mock,
     ) -> (
@@ -564,7 +571,9 @@ mod tests {
             reply(send, pv("Available", "Retain"));
         });
         let mut changes = Vec::new();
-        recover_pv(&cluster, &target(), &mut changes).await.unwrap();
+        recover_pv(&cluster, &test_target(), &mut changes)
+            .await
+            .unwrap();
         server.await.unwrap();
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].field, "spec.claimRef.uid");
@@ -585,7 +594,7 @@ mod tests {
                 "a request followed the refusal"
             );
         });
-        let err = recover_pv(&cluster, &target(), &mut Vec::new())
+        let err = recover_pv(&cluster, &test_target(), &mut Vec::new())
             .await
             .unwrap_err()
             .to_string();
@@ -648,7 +657,9 @@ mod tests {
             );
         });
         let mut changes = Vec::new();
-        quiesce(&cluster, &target(), &mut changes).await.unwrap();
+        quiesce(&cluster, &test_target(), &mut changes)
+            .await
+            .unwrap();
         server.await.unwrap();
         let fields: Vec<&str> = changes.iter().map(|c| c.field.as_str()).collect();
         assert_eq!(

@@ -437,19 +437,6 @@ mod tests {
         assert_eq!(quantity_bytes("-1Gi"), None);
     }
 
-    fn target() -> KubeTarget {
-        KubeTarget {
-            kubeconfig: None,
-            context: None,
-            namespace: "monitoring".into(),
-            persistent_volume: "pv-a".into(),
-            persistent_volume_claim: "data-prom-0".into(),
-            stateful_set: Some("prom".into()),
-            wait_timeout: std::time::Duration::from_secs(60),
-            headroom_percent: 10,
-        }
-    }
-
     fn healthy() -> KubeState {
         KubeState {
             context: "test".into(),
@@ -480,7 +467,7 @@ mod tests {
 
     #[test]
     fn each_dangerous_state_is_a_blocker_that_names_the_object() {
-        let k = target();
+        let k = crate::k8s::test_target();
         assert!(assess(&k, &healthy(), 1 << 30, true).blockers.is_empty());
         type Change = Box<dyn Fn(&mut KubeState)>;
         let cases: Vec<(&str, Change)> = vec![
