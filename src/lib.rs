@@ -97,11 +97,28 @@ fn cmd_schema() -> anyhow::Result<Code> {
     Ok(Code::Ok)
 }
 
-/// Unix time now, in seconds.
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+/// The metrics every run reports: its outcome (from the final result), duration and end.
+fn run_metrics(
+    command: &'static str,
+    result: &anyhow::Result<Code>,
+    started: jiff::Timestamp,
+) -> metrics::RunMetrics {
+    let code = match result {
+        Ok(c) => *c,
+        Err(e) => exit::classify(e),
+    };
+    metrics::RunMetrics {
+        command,
+        success: code == Code::Ok,
+        exit_code: code as u8,
+        duration_seconds: (jiff::Timestamp::now() - started)
+            .total(jiff::Unit::Second)
+            .unwrap_or(0.0),
+        finished_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        ..Default::default()
+    }
 }
 
 fn emit<T: Serialize>(
@@ -143,7 +160,7 @@ fn build_plans(m: &plan::Migration) -> anyhow::Result<Vec<plan::MigrationPlan>> 
 }
 
 /// The text of several plans, each under a heading naming its target.
-fn render_plans(plans: &[plan::MigrationPlan]) -> String {
+fn render_plans(plans: &[&plan::MigrationPlan]) -> String {
     if let [p] = plans {
         return p.render_text();
     }
@@ -201,7 +218,7 @@ fn cmd_plan(a: &cli::PlanFileArgs) -> anyhow::Result<Code> {
                 ok,
                 targets: &plans,
             },
-            || render_plans(&plans),
+            || render_plans(&plans.iter().collect::<Vec<_>>()),
         )?,
     }
     Ok(if ok { Code::Ok } else { Code::Findings })
@@ -347,23 +364,13 @@ fn cmd_apply(a: ApplyArgs) -> anyhow::Result<Code> {
     if let Some(url) = a.pushgateway.as_ref().or(m.pushgateway.as_ref())
         && !a.dry_run
     {
-        let code = match &result {
-            Ok(c) => *c,
-            Err(e) => exit::classify(e),
-        };
         let reports: Vec<&sync::ApplyReport> =
             out.outcomes().into_iter().filter_map(|(_, r)| r).collect();
         let run = metrics::RunMetrics {
-            command: "apply",
-            success: code == Code::Ok,
-            exit_code: code as u8,
             copied_bytes: reports.iter().map(|r| r.copied_bytes).sum(),
             copied_files: reports.iter().map(|r| r.copied_files).sum(),
-            duration_seconds: (jiff::Timestamp::now() - started)
-                .total(jiff::Unit::Second)
-                .unwrap_or(0.0),
             verify_differences: out.verify.as_ref().map(VerifyOutput::differences),
-            finished_unix: unix_now(),
+            ..run_metrics("apply", &result, started)
         };
         metrics::push_or_warn(url, &m.name, &run);
     }
@@ -462,7 +469,7 @@ fn apply_steps(
         return Ok(if ok { Code::Ok } else { Code::Findings });
     }
     if a.common.output == Output::Text {
-        print!("{}", render_plans(&plans));
+        print!("{}", render_plans(&plans.iter().collect::<Vec<_>>()));
     }
     check_cancel(cancel, "apply")?;
     if !a.yes && std::io::stdin().is_terminal() && !confirm(&plans)? {
@@ -599,21 +606,7 @@ fn kube_finish(
     note: Option<String>,
     out: &mut ApplyOutput,
 ) -> anyhow::Result<()> {
-    let mm = m.clone();
-    let level = a.verify_level;
-    let worker_cancel = cancel.clone();
-    let verified = rt
-        .block_on(async move {
-            tokio::task::spawn_blocking(move || {
-                let progress_for = |total| progress::for_stderr("verify", total);
-                let reports = verify::run_each(&mm, level, &progress_for, &worker_cancel)?;
-                check_cancel(&worker_cancel, "verify")?;
-                Ok::<_, anyhow::Error>(VerifyOutput::from(reports))
-            })
-            .await
-        })
-        .context("the verify workers stopped unexpectedly")
-        .and_then(|r| r);
+    let verified = run_verify(rt, m, a.verify_level, cancel.clone());
     let left = || note.clone().unwrap_or_default();
     let verified = verified.map_err(|e| e.context(left()))?;
     let ok = verified.ok();
@@ -659,7 +652,7 @@ fn render_apply(out: &ApplyOutput) -> String {
     if outcomes.is_empty() {
         return s; // the error is printed on stderr
     }
-    let plans: Vec<plan::MigrationPlan> = outcomes.iter().map(|(p, _)| (*p).clone()).collect();
+    let plans: Vec<&plan::MigrationPlan> = outcomes.iter().map(|(p, _)| *p).collect();
     let ok = plans.iter().all(|p| p.ok);
     if let Some(why) = &out.refusal {
         s.push_str(&render_plans(&plans));
@@ -835,24 +828,38 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<Code> {
     let result = verify_and_record(&a, &m, &rt, cancel, started, &mut differences);
     // Last, from the final outcome (a record that could not be written is a failure too).
     if let Some(url) = a.pushgateway.as_ref().or(m.pushgateway.as_ref()) {
-        let code = match &result {
-            Ok(c) => *c,
-            Err(e) => exit::classify(e),
-        };
         let run = metrics::RunMetrics {
-            command: "verify",
-            success: code == Code::Ok,
-            exit_code: code as u8,
-            duration_seconds: (jiff::Timestamp::now() - started)
-                .total(jiff::Unit::Second)
-                .unwrap_or(0.0),
             verify_differences: differences,
-            finished_unix: unix_now(),
-            ..Default::default()
+            ..run_metrics("verify", &result, started)
         };
         metrics::push_or_warn(url, &m.name, &run);
     }
     result
+}
+
+/// Verifies every target of the migration on the blocking pool (the source hashed once).
+fn run_verify(
+    rt: &tokio::runtime::Runtime,
+    m: &plan::Migration,
+    level: cli::VerifyLevel,
+    cancel: Arc<AtomicBool>,
+) -> anyhow::Result<VerifyOutput> {
+    let mm = m.clone();
+    rt.block_on(async move {
+        tokio::task::spawn_blocking(move || {
+            let progress_for = |total| progress::for_stderr("verify", total);
+            let reports = if mm.targets.len() == 1 {
+                vec![verify::run(&mm, level, &progress_for, &cancel)?]
+            } else {
+                verify::run_each(&mm, level, &progress_for, &cancel)?
+            };
+            check_cancel(&cancel, "verify")?;
+            Ok::<_, anyhow::Error>(VerifyOutput::from(reports))
+        })
+        .await
+    })
+    .context("the verify workers stopped unexpectedly")
+    .and_then(|r| r)
 }
 
 fn verify_and_record(
@@ -864,24 +871,7 @@ fn verify_and_record(
     differences: &mut Option<u64>,
 ) -> anyhow::Result<Code> {
     let record_dir = record::prepare(&a.state_dir, &m.name)?;
-    let mm = m.clone();
-    let level = a.level;
-    let result = rt
-        .block_on(async move {
-            tokio::task::spawn_blocking(move || {
-                let progress_for = |total| progress::for_stderr("verify", total);
-                let reports = if mm.targets.len() == 1 {
-                    vec![verify::run(&mm, level, &progress_for, &cancel)?]
-                } else {
-                    verify::run_each(&mm, level, &progress_for, &cancel)?
-                };
-                check_cancel(&cancel, "verify")?;
-                Ok::<_, anyhow::Error>(VerifyOutput::from(reports))
-            })
-            .await
-        })
-        .context("the verify workers stopped unexpectedly")
-        .and_then(|r| r);
+    let result = run_verify(rt, m, a.level, cancel);
     let code = match &result {
         Ok(r) if r.ok() => Code::Ok,
         Ok(_) => Code::Findings,
