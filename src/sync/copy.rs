@@ -154,6 +154,14 @@ fn create_outputs(outs: &[Out]) -> Result<Vec<File>, CopyError> {
         .collect()
 }
 
+/// Writes one chunk to every destination.
+fn write_to_all(outputs: &[File], outs: &[Out], data: &[u8]) -> Result<(), CopyError> {
+    for (output, o) in outputs.iter().zip(outs) {
+        (&*output).write_all(data).map_err(dst_err(o.path))?;
+    }
+    Ok(())
+}
+
 /// Gives every finished destination its owner, mode and times, and with `durable` fsyncs it.
 fn finish_outputs(
     outputs: &[File],
@@ -211,8 +219,8 @@ fn copy_remote(
         if n == 0 {
             break;
         }
-        for (output, o) in outputs.iter().zip(outs) {
-            (&*output).write_all(&buf[..n]).map_err(dst_err(o.path))?;
+        write_to_all(&outputs, outs, &buf[..n])?;
+        for output in &outputs {
             start_writeback(output, done, n as u64);
         }
         done += n as u64;
@@ -270,9 +278,7 @@ fn copy_inner(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64,
             })?
         } else {
             let n = (&input).read(&mut buf[..want as usize]).map_err(src_err)?;
-            for (output, o) in outputs.iter().zip(outs) {
-                (&*output).write_all(&buf[..n]).map_err(dst_err(o.path))?;
-            }
+            write_to_all(&outputs, outs, &buf[..n])?;
             n as u64
         };
         if n == 0 {
