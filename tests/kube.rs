@@ -176,6 +176,28 @@ impl TestCluster {
         );
     }
 
+    /// A PV `pv-prom` with `policy` on `mount`, bound by the claim of StatefulSet `prom`.
+    fn bound_statefulset(&self, policy: &str, replicas: i32, when_scaled: &str, mount: &Path) {
+        self.make_pv("pv-prom", policy, mount);
+        self.make_sts(replicas, when_scaled);
+        self.wait_bound("data-prom-0", "pv-prom");
+    }
+
+    /// Merge-patches StatefulSet `prom`.
+    fn patch_sts(&self, patch: serde_json::Value) {
+        let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), NS);
+        let pp = kube::api::PatchParams::default();
+        self.rt
+            .block_on(api.patch("prom", &pp, &kube::api::Patch::Merge(patch)))
+            .unwrap();
+    }
+
+    /// Whether pod `prom-0` exists.
+    fn pod_exists(&self) -> bool {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client.clone(), NS);
+        self.rt.block_on(pods.get_opt("prom-0")).unwrap().is_some()
+    }
+
     fn replicas(&self) -> i32 {
         self.sts("prom").spec.and_then(|s| s.replicas).unwrap_or(-1)
     }
@@ -222,9 +244,7 @@ fn released_pv_is_recovered_and_the_recreated_statefulset_binds_it() {
     let ws = Workspace::new();
     // The documented scenario: a Retain PV bound by a StatefulSet's claim, then the
     // StatefulSet and the claim deleted: the PV goes Released.
-    k.make_pv("pv-prom", "Retain", &ws.mount);
-    k.make_sts(1, "Retain");
-    k.wait_bound("data-prom-0", "pv-prom");
+    k.bound_statefulset("Retain", 1, "Retain", &ws.mount);
     let old_uid = k.pvc("data-prom-0").unwrap().metadata.uid.unwrap();
     k.delete_sts("prom");
     k.delete_pvc("data-prom-0");
@@ -300,13 +320,8 @@ fn running_statefulset_is_scaled_to_zero_while_copying_and_back_after_verify() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let k = TestCluster::up();
     let ws = Workspace::new();
-    k.make_pv("pv-prom", "Retain", &ws.mount);
-    k.make_sts(1, "Retain");
-    k.wait_bound("data-prom-0", "pv-prom");
-    k.wait("pod prom-0 created", || {
-        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(k.client.clone(), NS);
-        k.rt.block_on(pods.get_opt("prom-0")).unwrap().is_some()
-    });
+    k.bound_statefulset("Retain", 1, "Retain", &ws.mount);
+    k.wait("pod prom-0 created", || k.pod_exists());
     kube_plan(&ws, &k.kubeconfig, "    statefulSet: prom\n");
 
     let (code, text, _) = ws.run(&["plan"]);
@@ -373,9 +388,7 @@ fn failed_verify_leaves_the_statefulset_at_zero() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let k = TestCluster::up();
     let ws = Workspace::new();
-    k.make_pv("pv-prom", "Retain", &ws.mount);
-    k.make_sts(2, "Retain");
-    k.wait_bound("data-prom-0", "pv-prom");
+    k.bound_statefulset("Retain", 2, "Retain", &ws.mount);
     kube_plan(&ws, &k.kubeconfig, "    statefulSet: prom\n");
     // Copy everything, then damage the copy so that only the checksum verify can see it.
     let (code, _, err) = ws.run(&["apply", "--yes"]);
@@ -419,9 +432,7 @@ fn delete_policy_pv_and_delete_retention_policy_are_each_refused_and_left_alone(
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let k = TestCluster::up();
     let ws = Workspace::new();
-    k.make_pv("pv-prom", "Delete", &ws.mount);
-    k.make_sts(1, "Retain");
-    k.wait_bound("data-prom-0", "pv-prom");
+    k.bound_statefulset("Delete", 1, "Retain", &ws.mount);
     kube_plan(&ws, &k.kubeconfig, "    statefulSet: prom\n");
     let refused_unchanged = |want: &str, not: &str| {
         let pv_version = k.pv("pv-prom").metadata.resource_version;
@@ -465,15 +476,9 @@ fn delete_policy_pv_and_delete_retention_policy_are_each_refused_and_left_alone(
         &kube::api::Patch::Merge(json!({"spec": {"persistentVolumeReclaimPolicy": "Retain"}})),
     ))
     .unwrap();
-    let sts: Api<StatefulSet> = Api::namespaced(k.client.clone(), NS);
-    k.rt.block_on(sts.patch(
-        "prom",
-        &pp,
-        &kube::api::Patch::Merge(
-            json!({"spec": {"persistentVolumeClaimRetentionPolicy": {"whenScaled": "Delete"}}}),
-        ),
-    ))
-    .unwrap();
+    k.patch_sts(
+        json!({"spec": {"persistentVolumeClaimRetentionPolicy": {"whenScaled": "Delete"}}}),
+    );
     refused_unchanged(sts_blocker, pv_blocker);
     assert_eq!(k.replicas(), 1);
 }
@@ -483,9 +488,7 @@ fn stale_annotation_and_idle_statefulset_are_left_as_they_are() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let k = TestCluster::up();
     let ws = Workspace::new();
-    k.make_pv("pv-prom", "Retain", &ws.mount);
-    k.make_sts(1, "Retain");
-    k.wait_bound("data-prom-0", "pv-prom");
+    k.bound_statefulset("Retain", 1, "Retain", &ws.mount);
     kube_plan(&ws, &k.kubeconfig, "    statefulSet: prom\n");
     let (code, v) = ws.run_json(&["apply", "--yes"]);
     assert_eq!(code, 0, "{v}");
@@ -493,16 +496,9 @@ fn stale_annotation_and_idle_statefulset_are_left_as_they_are() {
 
     // After a rollback someone scaled by hand and left the annotation (5): a rerun with
     // nothing to write keeps 1 replica and only removes the stale annotation.
-    let sts: Api<StatefulSet> = Api::namespaced(k.client.clone(), NS);
-    let pp = kube::api::PatchParams::default();
-    k.rt.block_on(sts.patch(
-        "prom",
-        &pp,
-        &kube::api::Patch::Merge(
-            json!({"metadata": {"annotations": {"promigrate.io/replicas-before-migration": "5"}}}),
-        ),
-    ))
-    .unwrap();
+    k.patch_sts(
+        json!({"metadata": {"annotations": {"promigrate.io/replicas-before-migration": "5"}}}),
+    );
     let (code, v) = ws.run_json(&["apply", "--yes"]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(
@@ -520,16 +516,8 @@ fn stale_annotation_and_idle_statefulset_are_left_as_they_are() {
 
     // A StatefulSet kept at 0 by its owner, its claim deleted (the PV is Released): apply
     // recovers the PV and does not wait for a claim nothing will create.
-    k.rt.block_on(sts.patch_scale(
-        "prom",
-        &pp,
-        &kube::api::Patch::Merge(json!({"spec": {"replicas": 0}})),
-    ))
-    .unwrap();
-    k.wait("pod prom-0 gone", || {
-        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(k.client.clone(), NS);
-        k.rt.block_on(pods.get_opt("prom-0")).unwrap().is_none()
-    });
+    k.patch_sts(json!({"spec": {"replicas": 0}}));
+    k.wait("pod prom-0 gone", || !k.pod_exists());
     k.delete_pvc("data-prom-0");
     k.wait("pv-prom Released", || k.pv_phase("pv-prom") == "Released");
     let start = Instant::now();
