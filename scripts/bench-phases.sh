@@ -32,13 +32,8 @@ src="$work/source"
 mkdir -p "$src/wal" "$src/chunks_head"
 
 # Blocks: hard links, oldest first, until block_gib.
-want=$((block_gib * 1024 * 1024 * 1024))
-have=0
-for b in $(ls target/fixtures/bench-blocks-4gib | sort); do
-	[ "$have" -ge "$want" ] && break
-	cp -al "target/fixtures/bench-blocks-4gib/$b" "$src/$b"
-	have=$((have + $(du -sb "$src/$b" | cut -f1)))
-done
+. scripts/bench-blocks.sh
+link_blocks "$src" "$block_gib" >/dev/null
 # WAL: 128 MiB segments of repeated real pages.
 seg=target/fixtures/tsdb/wal/00000001
 pages=$(($(stat -c %s "$seg") / 32768))

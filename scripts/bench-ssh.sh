@@ -33,13 +33,8 @@ trap cleanup EXIT
 # Source: hard links of the first N GiB of blocks.
 src="$work/source"
 mkdir -p "$src"
-want=$((gib * 1024 * 1024 * 1024))
-have=0
-for b in $(ls target/fixtures/bench-blocks-4gib | sort); do
-	[ "$have" -ge "$want" ] && break
-	cp -al "target/fixtures/bench-blocks-4gib/$b" "$src/$b"
-	have=$((have + $(du -sb "$src/$b" | cut -f1)))
-done
+. scripts/bench-blocks.sh
+have=$(link_blocks "$src" "$gib")
 files=$(find "$src" -type f | wc -l)
 
 # A private sshd on a free loopback port.
