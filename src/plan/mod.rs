@@ -209,16 +209,44 @@ pub fn build_with_inventories(
     target_depth: inventory::Depth,
 ) -> anyhow::Result<(MigrationPlan, Inventory, Inventory)> {
     let src = inventory::scan_source(&m.src, inventory::Depth::WithMeta)?;
-    build_from(m, src, target_depth)
+    let facts = source_facts(m, &src);
+    build_from(m, src, &facts, target_depth)
+}
+
+/// What is known of the source itself, whatever the target: whether its server runs, and
+/// what the cheap format checks found. Found once, shared by the plans of every target.
+pub struct SourceFacts {
+    /// Whether the source Prometheus runs.
+    pub state: crate::live::Liveness,
+    /// The cheap format checks' findings over the whole source inventory.
+    pub problems: Vec<crate::tsdb::check::Problem>,
+}
+
+/// Probes the source server and runs the cheap format checks on the source inventory.
+pub fn source_facts(m: &Migration, src: &Inventory) -> SourceFacts {
+    use crate::tsdb::check;
+    let never = std::sync::atomic::AtomicBool::new(false);
+    SourceFacts {
+        state: m.src.probe(),
+        problems: check::run(
+            &m.src,
+            src,
+            check::Depth::Cheap,
+            m.parallelism,
+            &crate::progress::Hidden,
+            &never,
+        ),
+    }
 }
 
 /// One plan per target volume (`targets:`), all from a single scan of the source. Targets
 /// that share a filesystem must fit on it together.
 pub fn build_each(m: &Migration) -> anyhow::Result<Vec<MigrationPlan>> {
     let src = inventory::scan_source(&m.src, inventory::Depth::WithMeta)?;
+    let facts = source_facts(m, &src);
     let mut plans = Vec::with_capacity(m.targets.len());
     for view in m.views() {
-        plans.push(build_from(&view, src.clone(), inventory::Depth::Layout)?.0);
+        plans.push(build_from(&view, src.clone(), &facts, inventory::Depth::Layout)?.0);
     }
     shared_filesystems(&mut plans);
     Ok(plans)
@@ -254,10 +282,11 @@ fn shared_filesystems(plans: &mut [MigrationPlan]) {
     }
 }
 
-/// Builds the plan of one target from an already scanned source.
+/// Builds the plan of one target from an already scanned source and what is known of it.
 pub fn build_from(
     m: &Migration,
     src: Inventory,
+    facts: &SourceFacts,
     target_depth: inventory::Depth,
 ) -> anyhow::Result<(MigrationPlan, Inventory, Inventory)> {
     let tgt = inventory::scan_with(&m.target_root, target_depth)?;
@@ -304,7 +333,7 @@ pub fn build_from(
             m.source.display()
         ));
     }
-    let source_state = m.src.probe();
+    let source_state = facts.state.clone();
     match &source_state {
         crate::live::Liveness::Running(how) => warnings.push(format!(
             "the source Prometheus is running ({how}): `apply --phase presync` copies its blocks now; the final phase (and `all`) refuses until it is stopped"
@@ -442,6 +471,7 @@ pub fn build_from(
     let (files, repairs) = source_checks(
         m,
         &src,
+        &facts.problems,
         &selected,
         files,
         &mut stats,
@@ -546,9 +576,11 @@ pub fn build_from(
 /// damaged WAL/head files become blockers; a broken head/WAL sequence is repaired instead
 /// when `transfer.headRepair: dropUnsequential` allows it (the dropped files leave `files`,
 /// and the returned repairs say what is lost).
+#[allow(clippy::too_many_arguments)]
 fn source_checks(
     m: &Migration,
     src: &Inventory,
+    problems: &[crate::tsdb::check::Problem],
     selected: &[&inventory::Block],
     mut files: Vec<FilePlan>,
     stats: &mut PlanStats,
@@ -557,15 +589,6 @@ fn source_checks(
 ) -> anyhow::Result<(Vec<FilePlan>, Vec<String>)> {
     use crate::plan::file::HeadRepair;
     use crate::tsdb::check;
-    let never = std::sync::atomic::AtomicBool::new(false);
-    let problems = check::run(
-        &m.src,
-        src,
-        check::Depth::Cheap,
-        m.parallelism,
-        &crate::progress::Hidden,
-        &never,
-    );
     let mut repairs = Vec::new();
     let copied = |rel: &str| {
         files.iter().any(|f| {
@@ -593,7 +616,7 @@ fn source_checks(
             )),
         }
     }
-    for p in &problems {
+    for p in problems {
         let top = p.path.split('/').next().unwrap_or("");
         let in_selected_block = selected.iter().any(|b| b.dir == top);
         // Selected blocks have a readable meta.json whose ulid matches (else they were not

@@ -71,7 +71,16 @@ pub fn run(
     cancel: &AtomicBool,
 ) -> anyhow::Result<VerifyReport> {
     let src = inventory::scan_source(&m.src, inventory::Depth::WithMeta)?;
-    run_one(m, src, level, progress_for, cancel, &Mutex::default())
+    let facts = plan::source_facts(m, &src);
+    run_one(
+        m,
+        src,
+        &facts,
+        level,
+        progress_for,
+        cancel,
+        &Mutex::default(),
+    )
 }
 
 /// Verifies every target volume of the migration (`targets:`), one report each, scanning
@@ -83,12 +92,14 @@ pub fn run_each(
     cancel: &AtomicBool,
 ) -> anyhow::Result<Vec<VerifyReport>> {
     let src = inventory::scan_source(&m.src, inventory::Depth::WithMeta)?;
+    let facts = plan::source_facts(m, &src);
     let hashes = SourceHashes::default();
     let mut reports = Vec::new();
     for view in m.views() {
         reports.push(run_one(
             &view,
             src.clone(),
+            &facts,
             level,
             progress_for,
             cancel,
@@ -98,16 +109,18 @@ pub fn run_each(
     Ok(reports)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_one(
     m: &Migration,
     src: Inventory,
+    facts: &plan::SourceFacts,
     level: VerifyLevel,
     progress_for: &dyn Fn(u64) -> Box<dyn Progress>,
     cancel: &AtomicBool,
     hashes: &SourceHashes,
 ) -> anyhow::Result<VerifyReport> {
     let start = Instant::now();
-    let (plan, src, tgt) = plan::build_from(m, src, inventory::Depth::WithMeta)?;
+    let (plan, src, tgt) = plan::build_from(m, src, facts, inventory::Depth::WithMeta)?;
     let mut diffs = Vec::new();
     let d = |sigil: char, path: &str, detail: String| Difference {
         path: path.to_string(),
