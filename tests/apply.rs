@@ -46,13 +46,7 @@ fn kill_and_resume(delay: Duration) {
     let total_files = plan["stats"]["source_files"].as_u64().unwrap();
     let total_bytes = plan["stats"]["copy_bytes"].as_u64().unwrap();
     // Slow enough (~5 s) that the kill lands mid-copy.
-    let rate = format!("{}K", (total_bytes / 1024 / 5).max(8));
-    let mut child = ws
-        .cmd(&["apply", "--yes", "--bwlimit", &rate])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_slow_apply(&ws, total_bytes, 5);
     std::thread::sleep(delay);
     assert!(
         child.try_wait().unwrap().is_none(),

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 /// The second target's owner differs from the first's, so ownership is checked per target.
@@ -201,14 +201,8 @@ fn killed_ha_apply_resumes_on_both_targets() {
     ha_plan(&ws, &source, &b, "");
     let (_, plan) = ws.run_json(&["plan"]);
     let bytes = plan["targets"][0]["stats"]["copy_bytes"].as_u64().unwrap();
-    // ~4 s at this rate: the kill lands mid-copy.
-    let rate = format!("{}K", (bytes / 1024 / 4).max(8));
-    let mut child = ws
-        .cmd(&["apply", "--yes", "--bwlimit", &rate])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // ~4 s: the kill lands mid-copy.
+    let mut child = spawn_slow_apply(&ws, bytes, 4);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         child.try_wait().unwrap().is_none(),

@@ -113,25 +113,42 @@ pub fn cached_share(dir: &Path) -> f64 {
     res as f64 / size.max(1) as f64
 }
 
-/// Every file below `dir` (relative path → xxh3-128 of its content).
-pub fn content_hashes(dir: &Path) -> std::collections::BTreeMap<String, u128> {
+/// Every regular file below `dir`: (path relative to `dir`, its walk entry).
+pub fn files_below(dir: &Path) -> impl Iterator<Item = (String, walkdir::DirEntry)> + '_ {
     walkdir::WalkDir::new(dir)
         .into_iter()
         .map(|e| e.unwrap())
         .filter(|e| e.file_type().is_file())
-        .map(|e| {
+        .map(move |e| {
             let rel = e
                 .path()
                 .strip_prefix(dir)
                 .unwrap()
                 .to_string_lossy()
                 .into_owned();
-            (
-                rel,
-                xxhash_rust::xxh3::xxh3_128(&std::fs::read(e.path()).unwrap()),
-            )
+            (rel, e)
+        })
+}
+
+/// Every file below `dir` (relative path → xxh3-128 of its content).
+pub fn content_hashes(dir: &Path) -> std::collections::BTreeMap<String, u128> {
+    files_below(dir)
+        .map(|(rel, e)| {
+            let data = std::fs::read(e.path()).unwrap();
+            (rel, xxhash_rust::xxh3::xxh3_128(&data))
         })
         .collect()
+}
+
+/// Starts `apply --yes` rate-limited so that copying `bytes` takes about `seconds`, with its
+/// output discarded: long enough for a test to interrupt it mid-copy.
+pub fn spawn_slow_apply(ws: &Workspace, bytes: u64, seconds: u64) -> Child {
+    let rate = format!("{}K", (bytes / 1024 / seconds).max(8));
+    ws.cmd(&["apply", "--yes", "--bwlimit", &rate])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 /// Flips the byte at `offset` of a file and puts its mtime back, so that only a content
@@ -291,18 +308,9 @@ pub fn run(mut c: Command) -> (i32, String, String) {
 /// Every file below `dir` (relative path → (inode, mtime ns, size)).
 pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, (u64, i128, u64)> {
     use std::os::unix::fs::MetadataExt;
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().is_file())
-        .map(|e| {
+    files_below(dir)
+        .map(|(rel, e)| {
             let m = e.metadata().unwrap();
-            let rel = e
-                .path()
-                .strip_prefix(dir)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
             (
                 rel,
                 (
