@@ -332,27 +332,31 @@ impl RemoteFile {
 
     /// The file's attributes now (to see whether it changed while it was read).
     pub fn stat_now(&mut self) -> io::Result<Stat> {
-        match self.file.as_mut() {
-            Some(f) => f.stat().map(|s| Stat::of_sftp(&s)).map_err(io::Error::from),
-            None => self.ensure_open(),
-        }
+        self.retrying("checking", |f| {
+            f.stat().map(|s| Stat::of_sftp(&s)).map_err(io::Error::from)
+        })
     }
 
     fn reset(&mut self) {
         self.file = None;
         self.conn = None; // a broken session is dropped, not pooled
     }
-}
 
-impl Read for RemoteFile {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Runs `op` on the open file; when the connection is gone, reconnects with backoff
+    /// (1, 2, 4, … s), reopens the file at the offset reached, and runs it again. Other
+    /// errors, and running out of attempts, are returned.
+    fn retrying<T>(
+        &mut self,
+        what: &str,
+        mut op: impl FnMut(&mut ssh2::File) -> io::Result<T>,
+    ) -> io::Result<T> {
         let attempts = self.pool.attempts.max(1);
         let mut last = None;
         for attempt in 0..attempts {
             if attempt > 0 {
                 let wait = Duration::from_secs(1 << (attempt - 1).min(4));
                 tracing::warn!(
-                    "reading {} over SSH failed ({}); reconnecting in {}s and resuming at byte {} (attempt {}/{attempts})",
+                    "{what} {} over SSH failed ({}); reconnecting in {}s and resuming at byte {} (attempt {}/{attempts})",
                     self.path.display(),
                     last.as_ref()
                         .map(|e: &io::Error| e.to_string())
@@ -376,11 +380,8 @@ impl Read for RemoteFile {
             let Some(f) = self.file.as_mut() else {
                 continue;
             };
-            match f.read(buf) {
-                Ok(n) => {
-                    self.pos += n as u64;
-                    return Ok(n);
-                }
+            match op(f) {
+                Ok(v) => return Ok(v),
                 Err(e) if ssh::is_connection_error(&e) => {
                     self.reset();
                     last = Some(e);
@@ -391,11 +392,19 @@ impl Read for RemoteFile {
         Err(io::Error::new(
             io::ErrorKind::ConnectionAborted,
             format!(
-                "reading {} over SSH: gave up after {attempts} attempts ({}); rerun to resume (completed files are kept)",
+                "{what} {} over SSH: gave up after {attempts} attempts ({}); rerun to resume (completed files are kept)",
                 self.path.display(),
                 last.map(|e| e.to_string()).unwrap_or_default()
             ),
         ))
+    }
+}
+
+impl Read for RemoteFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.retrying("reading", |f| f.read(buf))?;
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
