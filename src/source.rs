@@ -257,7 +257,7 @@ impl Source {
                     file: None,
                     pos: 0,
                 };
-                let st = f.ensure_open()?;
+                let st = f.stat_now()?;
                 Ok((Input::Remote(f), st))
             }
         }
@@ -313,24 +313,26 @@ pub struct RemoteFile {
 }
 
 impl RemoteFile {
-    fn ensure_open(&mut self) -> io::Result<Stat> {
+    /// Opens the file at the offset reached, on a new connection when `fresh` (a retry never
+    /// trusts an idle one).
+    fn ensure_open(&mut self, fresh: bool) -> io::Result<()> {
         if self.conn.is_none() {
-            self.conn = Some(self.pool.take_or_refuse()?);
+            self.conn = Some(self.pool.take_or_refuse(fresh)?);
         }
         let conn = self
             .conn
             .as_ref()
             .ok_or_else(|| io::Error::other("no connection"))?;
         let mut f = conn.sftp.open(&self.path).map_err(io::Error::from)?;
-        let st = f.stat().map_err(io::Error::from)?;
         if self.pos > 0 {
             f.seek(SeekFrom::Start(self.pos))?;
         }
         self.file = Some(f);
-        Ok(Stat::of_sftp(&st))
+        Ok(())
     }
 
-    /// The file's attributes now (to see whether it changed while it was read).
+    /// The file's attributes now (when opened: at open time; later, to see whether it
+    /// changed while it was read).
     pub fn stat_now(&mut self) -> io::Result<Stat> {
         self.retrying("checking", |f| {
             f.stat().map(|s| Stat::of_sftp(&s)).map_err(io::Error::from)
@@ -368,12 +370,13 @@ impl RemoteFile {
                 std::thread::sleep(wait);
             }
             if self.file.is_none()
-                && let Err(e) = self.ensure_open()
+                && let Err(e) = self.ensure_open(attempt > 0)
             {
                 if !ssh::is_connection_error(&e) {
                     return Err(e);
                 }
                 self.reset();
+                self.pool.discard_idle();
                 last = Some(e);
                 continue;
             }
@@ -384,6 +387,7 @@ impl RemoteFile {
                 Ok(v) => return Ok(v),
                 Err(e) if ssh::is_connection_error(&e) => {
                     self.reset();
+                    self.pool.discard_idle();
                     last = Some(e);
                 }
                 Err(e) => return Err(e),

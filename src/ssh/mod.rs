@@ -207,12 +207,20 @@ impl Pool {
         &self.spec
     }
 
-    /// A connection: an idle one, or a new one.
-    pub fn take(&self) -> Result<Conn, SshError> {
-        if let Some(s) = self.idle.lock().ok().and_then(|mut v| v.pop()) {
+    /// A connection: an idle one (unless `fresh`), or a new one.
+    pub fn take(&self, fresh: bool) -> Result<Conn, SshError> {
+        if !fresh && let Some(s) = self.idle.lock().ok().and_then(|mut v| v.pop()) {
             return Ok(s);
         }
         connect_sftp(&self.spec)
+    }
+
+    /// Drops every idle connection: after one connection failed, the others opened at the
+    /// same time are likely gone too, and a retry must not spend an attempt on them.
+    pub fn discard_idle(&self) {
+        if let Ok(mut v) = self.idle.lock() {
+            v.clear();
+        }
     }
 
     /// Gives a healthy connection back.
@@ -240,7 +248,7 @@ impl Pool {
                 );
                 std::thread::sleep(wait);
             }
-            let sess = match self.take_or_refuse() {
+            let sess = match self.take_or_refuse(attempt > 0) {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(e),
                 Err(e) => {
@@ -258,7 +266,10 @@ impl Pool {
                     self.give(sess);
                     return Err(e);
                 }
-                Err(e) => last = Some(e), // the session is dropped
+                Err(e) => {
+                    self.discard_idle(); // the session is dropped, and its idle siblings
+                    last = Some(e);
+                }
             }
         }
         Err(io::Error::new(
@@ -276,8 +287,8 @@ impl Pool {
 impl Pool {
     /// [`Pool::take`] with the error as `io::Error`: host-key and authentication refusals
     /// are `PermissionDenied` (never retried), the rest `ConnectionRefused`.
-    pub fn take_or_refuse(&self) -> io::Result<Conn> {
-        self.take().map_err(|e| match e {
+    pub fn take_or_refuse(&self, fresh: bool) -> io::Result<Conn> {
+        self.take(fresh).map_err(|e| match e {
             SshError::HostKey(_) | SshError::Auth(_) => {
                 io::Error::new(io::ErrorKind::PermissionDenied, e)
             }
