@@ -14,6 +14,7 @@ pub mod k8s;
 pub mod live;
 pub mod logging;
 pub mod metrics;
+pub mod par;
 pub mod perms;
 pub mod plan;
 pub mod progress;

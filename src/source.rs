@@ -63,7 +63,7 @@ impl Stat {
         }
     }
 
-    fn of_sftp(s: &ssh2::FileStat) -> Stat {
+    pub(crate) fn of_sftp(s: &ssh2::FileStat) -> Stat {
         Stat {
             size: s.size.unwrap_or(0),
             mtime: MTime {
@@ -230,13 +230,19 @@ impl Source {
 
     /// Reads a whole (small) file.
     pub fn read(&self, rel: &str) -> io::Result<Vec<u8>> {
+        let p = self.path(rel);
         match self {
-            Source::Local(_) => crate::sync::copy::read_source(&self.path(rel)),
-            Source::Ssh { .. } => {
+            Source::Local(_) => crate::sync::copy::read_source(&p),
+            // Read from the start on every attempt; no stat first (a round trip saved per
+            // meta.json and tombstones file).
+            Source::Ssh { pool, .. } => pool.with(&format!("read {}", p.display()), |c| {
                 let mut v = Vec::new();
-                self.open(rel)?.0.read_to_end(&mut v)?;
+                c.sftp
+                    .open(&p)
+                    .map_err(io::Error::from)?
+                    .read_to_end(&mut v)?;
                 Ok(v)
-            }
+            }),
         }
     }
 

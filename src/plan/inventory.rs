@@ -167,12 +167,17 @@ pub fn scan(root: &Path) -> Result<Inventory, ScanError> {
 
 /// Scans a local TSDB root at the given depth.
 pub fn scan_with(root: &Path, depth: Depth) -> Result<Inventory, ScanError> {
-    scan_source(&Source::Local(root.to_path_buf()), depth)
+    scan_source(&Source::Local(root.to_path_buf()), depth, SCAN_THREADS)
 }
 
-/// Scans a TSDB root, local or remote, at the given depth. Every entry's attributes come
-/// with its directory listing (one stat per entry locally, none extra over SFTP).
-pub fn scan_source(src: &Source, depth: Depth) -> Result<Inventory, ScanError> {
+/// Blocks scanned at once by default (each a few listings and a meta.json read: round trips
+/// over SSH).
+pub const SCAN_THREADS: usize = 4;
+
+/// Scans a TSDB root, local or remote, at the given depth, `threads` blocks at a time.
+/// Every entry's attributes come with its directory listing (one stat per entry locally,
+/// none extra over SFTP).
+pub fn scan_source(src: &Source, depth: Depth, threads: usize) -> Result<Inventory, ScanError> {
     let root = src.root();
     let mut inv = Inventory {
         root: root.to_path_buf(),
@@ -186,6 +191,31 @@ pub fn scan_source(src: &Source, depth: Depth) -> Result<Inventory, ScanError> {
     inv.exists = true;
     let root_stat = src.stat("").map_err(|e| err(root, e))?;
     inv.attrs.push(Attr::new(String::new(), &root_stat));
+    // Blocks are scanned first, in parallel, each into its own part; the parts are merged in
+    // name order below, so the inventory is the same as a scan one block at a time.
+    let blocks: Vec<(&str, &Stat, Ulid)> = entries
+        .iter()
+        .filter_map(|e| {
+            let name = e.name.as_deref().ok()?;
+            match tsdb::classify_root(name, e.stat.kind() == Kind::Dir) {
+                RootEntry::Block(ulid) if e.stat.kind() != Kind::Symlink => {
+                    Some((name, &e.stat, ulid))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    let mut scanned: BTreeMap<String, (Option<Block>, Inventory)> = BTreeMap::new();
+    for (&(name, _, _), r) in
+        blocks
+            .iter()
+            .zip(crate::par::map(&blocks, threads, |&(name, stat, ulid)| {
+                let mut part = Inventory::default();
+                scan_block(src, name, stat, ulid, depth, &mut part).map(|b| (b, part))
+            }))
+    {
+        scanned.insert(name.to_string(), r?);
+    }
     for entry in entries {
         let name = match entry.name {
             Ok(n) => n,
@@ -203,11 +233,16 @@ pub fn scan_source(src: &Source, depth: Depth) -> Result<Inventory, ScanError> {
             continue;
         }
         match tsdb::classify_root(&name, kind == Kind::Dir) {
-            RootEntry::Block(ulid) => {
+            RootEntry::Block(_) => {
                 // A live server deletes compacted blocks: one that vanished while it was
                 // scanned is simply not there (the next scan agrees).
-                if let Some(block) = scan_block(src, &name, &entry.stat, ulid, depth, &mut inv)? {
-                    inv.blocks.insert(name, block);
+                if let Some((block, part)) = scanned.remove(&name) {
+                    inv.attrs.extend(part.attrs);
+                    inv.excluded.extend(part.excluded);
+                    inv.leftovers.extend(part.leftovers);
+                    if let Some(block) = block {
+                        inv.blocks.insert(name, block);
+                    }
                 }
             }
             RootEntry::SegmentDir => {

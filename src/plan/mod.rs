@@ -208,7 +208,7 @@ pub fn build_with_inventories(
     m: &Migration,
     target_depth: inventory::Depth,
 ) -> anyhow::Result<(MigrationPlan, Inventory, Inventory)> {
-    let src = inventory::scan_source(&m.src, inventory::Depth::WithMeta)?;
+    let src = inventory::scan_source(&m.src, inventory::Depth::WithMeta, m.parallelism)?;
     let facts = source_facts(m, &src);
     build_from(m, src, &facts, target_depth)
 }
@@ -226,23 +226,30 @@ pub struct SourceFacts {
 pub fn source_facts(m: &Migration, src: &Inventory) -> SourceFacts {
     use crate::tsdb::check;
     let never = std::sync::atomic::AtomicBool::new(false);
-    SourceFacts {
-        state: m.src.probe(),
-        problems: check::run(
+    // The probe (over SSH, a remote command) runs beside the checks.
+    std::thread::scope(|s| {
+        let state = s.spawn(|| m.src.probe());
+        let problems = check::run(
             &m.src,
             src,
             check::Depth::Cheap,
             m.parallelism,
             &crate::progress::Hidden,
             &never,
-        ),
-    }
+        );
+        SourceFacts {
+            state: state
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            problems,
+        }
+    })
 }
 
 /// One plan per target volume (`targets:`), all from a single scan of the source. Targets
 /// that share a filesystem must fit on it together.
 pub fn build_each(m: &Migration) -> anyhow::Result<Vec<MigrationPlan>> {
-    let src = inventory::scan_source(&m.src, inventory::Depth::WithMeta)?;
+    let src = inventory::scan_source(&m.src, inventory::Depth::WithMeta, m.parallelism)?;
     let facts = source_facts(m, &src);
     let mut plans = Vec::with_capacity(m.targets.len());
     for view in m.views() {

@@ -70,7 +70,7 @@ pub fn run(
     progress_for: &dyn Fn(u64) -> Box<dyn Progress>,
     cancel: &AtomicBool,
 ) -> anyhow::Result<VerifyReport> {
-    let src = inventory::scan_source(&m.src, inventory::Depth::WithMeta)?;
+    let src = inventory::scan_source(&m.src, inventory::Depth::WithMeta, m.parallelism)?;
     let facts = plan::source_facts(m, &src);
     run_one(
         m,
@@ -91,7 +91,7 @@ pub fn run_each(
     progress_for: &dyn Fn(u64) -> Box<dyn Progress>,
     cancel: &AtomicBool,
 ) -> anyhow::Result<Vec<VerifyReport>> {
-    let src = inventory::scan_source(&m.src, inventory::Depth::WithMeta)?;
+    let src = inventory::scan_source(&m.src, inventory::Depth::WithMeta, m.parallelism)?;
     let facts = plan::source_facts(m, &src);
     let hashes = SourceHashes::default();
     let mut reports = Vec::new();
