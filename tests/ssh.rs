@@ -36,6 +36,11 @@ fn keygen(path: &Path, passphrase: &str) {
 
 impl Sshd {
     fn start() -> Sshd {
+        Self::start_with("")
+    }
+
+    /// An sshd with `extra` lines in its configuration.
+    fn start_with(extra: &str) -> Sshd {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         keygen(&d.join("host_key"), "");
@@ -48,7 +53,7 @@ impl Sshd {
              AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\n\
              StrictModes no\nPermitRootLogin yes\nSubsystem sftp /usr/lib/openssh/sftp-server\n\
-             LogLevel ERROR\n",
+             LogLevel ERROR\n{extra}",
             d = d.display()
         );
         std::fs::write(d.join("sshd_config"), config).unwrap();
@@ -149,6 +154,17 @@ fn ssh_plan(ws: &Workspace, sshd: &Sshd, key: &str, known_hosts: &Path, extra: &
     std::fs::write(&ws.plan, yaml).unwrap();
 }
 
+/// Sets `source.ssh.read` in the workspace plan.
+fn set_read(ws: &Workspace, read: &str) {
+    let yaml = std::fs::read_to_string(&ws.plan).unwrap();
+    let (head, tail) = yaml.split_once("    knownHostsFile:").unwrap();
+    std::fs::write(
+        &ws.plan,
+        format!("{head}    read: {read}\n    knownHostsFile:{tail}"),
+    )
+    .unwrap();
+}
+
 /// [`content_hashes`] without promigrate's own files (the apply lock).
 fn file_hashes(dir: &Path) -> std::collections::BTreeMap<String, u128> {
     let mut h = content_hashes(dir);
@@ -181,6 +197,11 @@ fn plan_apply_verify_over_ssh_copies_a_real_tsdb_exactly() {
     let (code, v) = ws.run_json(&["apply", "--yes", "--source-stopped"]);
     assert_eq!(code, 0, "{v}");
     assert!(v["apply"]["copied_files"].as_u64().unwrap() > 10, "{v}");
+    // By default every file came through the tar streams.
+    assert_eq!(
+        v["apply"]["streamed_files"], v["apply"]["copied_files"],
+        "{v}"
+    );
     // Everything except runtime files (lock, queries.active) arrived, byte for byte.
     let mut want = file_hashes(&ws.source);
     want.retain(|k, _| k != "lock" && k != "queries.active");
@@ -325,13 +346,43 @@ fn wrong_or_encrypted_key_gives_a_clear_auth_error() {
 }
 
 #[test]
+fn sftp_reads_and_a_host_without_exec_copy_the_same_without_tar() {
+    // `read: sftp`, and a host that allows SFTP only (every command is refused), where the
+    // default `read: tar` finds out and falls back.
+    for (read, extra) in [("sftp", ""), ("tar", "ForceCommand internal-sftp\n")] {
+        let sshd = Sshd::start_with(extra);
+        let ws = Workspace::new();
+        ssh_plan(&ws, &sshd, "client_key", &sshd.path("known_hosts"), "");
+        set_read(&ws, read);
+        let (code, out, log) = ws.run(&["apply", "--yes", "--source-stopped", "--output", "json"]);
+        assert_eq!(code, 0, "{read} {extra}: {log}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(v["apply"]["copied_files"].as_u64().unwrap() > 10, "{v}");
+        assert_eq!(v["apply"]["streamed_files"], 0, "{read} {extra}: {v}");
+        if !extra.is_empty() {
+            assert!(log.contains("cannot stream files through tar"), "{log}");
+        }
+        let mut want = file_hashes(&ws.source);
+        want.retain(|k, _| k != "lock" && k != "queries.active");
+        assert_eq!(file_hashes(&ws.target()), want, "{read} {extra}");
+    }
+}
+
+#[test]
 fn a_killed_connection_mid_copy_reconnects_and_resumes() {
+    // Through the tar streams (the default), then SFTP only.
+    killed_connection_mid_copy("tar", "the tar stream from 127.0.0.1 failed");
+    killed_connection_mid_copy("sftp", "reconnecting");
+}
+
+fn killed_connection_mid_copy(read: &str, noticed: &str) {
     let sshd = Sshd::start();
     // 1 GiB of real blocks, slow enough that the kill lands mid-copy.
     let ws = Workspace::new();
     let source = gib_fixture();
     let yaml_source = ws.source.clone();
     ssh_plan(&ws, &sshd, "client_key", &sshd.path("known_hosts"), "");
+    set_read(&ws, read);
     let yaml = std::fs::read_to_string(&ws.plan).unwrap().replace(
         &yaml_source.display().to_string(),
         &source.display().to_string(),
@@ -367,7 +418,10 @@ fn a_killed_connection_mid_copy_reconnects_and_resumes() {
     let out = child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{log}");
-    assert!(log.contains("reconnecting"), "the drop was noticed: {log}");
+    assert!(
+        log.contains(noticed),
+        "the drop was noticed ({read}): {log}"
+    );
 
     // The source holds blocks only, so the presync copied everything: every byte equal.
     let (code, out, _) = ws.run(&["verify", "--level", "checksum"]);

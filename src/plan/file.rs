@@ -178,6 +178,10 @@ pub struct Ssh {
     /// Accept and record an unknown host's key (never a changed one). Default false.
     #[serde(default)]
     pub accept_new_host_key: bool,
+    /// How apply reads files: `tar` (default: a GNU tar stream per worker, SFTP where the
+    /// host has no GNU tar 1.29+) or `sftp`.
+    #[serde(default)]
+    pub read: crate::ssh::ReadVia,
 }
 
 /// `target`.
@@ -629,6 +633,7 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
                         .unwrap_or(Path::new("~/.ssh/known_hosts")),
                 ),
                 accept_new_host_key: s.accept_new_host_key,
+                read: s.read,
             };
             if let Some(k) = &spec.identity_file
                 && !k.is_file()

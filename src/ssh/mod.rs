@@ -5,6 +5,7 @@
 //! never on the async runtime's.
 
 pub mod hostkey;
+pub mod stream;
 
 use std::io::{self, Read};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -30,6 +31,22 @@ pub struct SshSpec {
     pub known_hosts_file: PathBuf,
     /// Accept (and append) an unknown host's key: only when the plan says so.
     pub accept_new_host_key: bool,
+    /// How apply reads files.
+    pub read: ReadVia,
+}
+
+/// How apply reads the files of an SSH source (`source.ssh.read`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadVia {
+    /// Through GNU tar on the host, one stream per worker ([`stream`]); SFTP where the host
+    /// has no GNU tar 1.29+ or refuses exec, and for files the stream does not deliver.
+    #[default]
+    Tar,
+    /// Through SFTP only.
+    Sftp,
 }
 
 impl SshSpec {

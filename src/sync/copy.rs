@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::perms::{self, Owner};
 use crate::progress::Progress;
 use crate::source::Source;
+use crate::ssh::stream::{self, SshPipe, TarStream};
 use crate::sync::limiter::Throttle;
 
 /// Why a file copy stopped.
@@ -100,20 +101,181 @@ pub fn read_source(path: &Path) -> io::Result<Vec<u8>> {
     Ok(v)
 }
 
+/// Whether the copy workers stream an SSH source through tar, and what they streamed.
+#[derive(Debug, Default)]
+pub struct Streaming {
+    /// Set while streaming is on; cleared when the host's tar turns out unable to stream.
+    pub on: AtomicBool,
+    /// Files read through tar streams.
+    pub files: std::sync::atomic::AtomicU64,
+}
+
+/// How one copy worker reads the source: file by file (a local file, or SFTP), or, for an
+/// SSH source whose host has GNU tar, from the worker's own tar stream, one batch (a job's
+/// files) at a time. A stream that fails is dropped and its files are read over SFTP; a new
+/// one is started for the next batch, unless starting failed three times.
+pub struct Reader<'a> {
+    source: &'a Source,
+    stream: Option<TarStream<SshPipe>>,
+    /// Shared by the workers.
+    streaming: &'a Streaming,
+    /// This worker's own: cleared after three failed starts.
+    mine: bool,
+    failures: u32,
+    /// Files read from the stream and not yet confirmed unchanged.
+    unchecked: Vec<(String, stream::Head)>,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader of `source`, through tar streams while `streaming` is on (an SSH source).
+    pub fn new(source: &'a Source, streaming: &'a Streaming) -> Reader<'a> {
+        Reader {
+            source,
+            stream: None,
+            streaming,
+            mine: matches!(source, Source::Ssh { .. }),
+            failures: 0,
+            unchecked: Vec::new(),
+        }
+    }
+
+    /// Confirms that the files read from the stream since the last call have not changed
+    /// since tar opened them (size and mtime now, as in their headers). Called once per
+    /// batch, before its files are published: between batches the stream is quiet, so the
+    /// answers do not queue behind archive data.
+    pub fn confirm_unchanged(&mut self) -> Result<(), CopyError> {
+        for (rel, head) in std::mem::take(&mut self.unchecked) {
+            let now = match self.stream.as_ref() {
+                Some(s) => s.pipe().stat(&rel).or_else(|_| self.source.stat(&rel)),
+                None => self.source.stat(&rel),
+            };
+            let now = now.map_err(|e| CopyError::Source {
+                path: PathBuf::from(self.source.describe()).join(&rel),
+                cause: e,
+            })?;
+            if now.size != head.size || now.mtime.sec != head.mtime {
+                return Err(CopyError::Changed {
+                    path: self.source.root().join(&rel),
+                    copied: head.size,
+                    now: now.size,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a batch: the files of one job that will be copied, in the order they will be.
+    pub fn begin(&mut self, files: &[String]) {
+        let Source::Ssh { root, pool } = self.source else {
+            return;
+        };
+        self.unchecked.clear();
+        if !self.streams() {
+            return;
+        }
+        let names: Vec<String> = files
+            .iter()
+            .filter(|f| stream::streamable(f))
+            .cloned()
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        if self
+            .stream
+            .as_ref()
+            .is_some_and(|s| !s.usable() || !s.idle())
+        {
+            self.stream = None; // a batch left unread (or a failure): not reused
+        }
+        if self.stream.is_none() {
+            match SshPipe::start(pool, root) {
+                Ok(p) => self.stream = Some(TarStream::new(p)),
+                Err(e) => {
+                    self.failures += 1;
+                    self.mine = self.failures < 3;
+                    tracing::warn!(
+                        "cannot start the tar stream from {} ({e}); reading over SFTP{}",
+                        pool.spec().host,
+                        if self.mine { "" } else { " from now on" }
+                    );
+                    return;
+                }
+            }
+        }
+        if let Some(s) = self.stream.as_mut()
+            && let Err(e) = s.send(&names)
+        {
+            self.broke(&e);
+        }
+    }
+
+    /// Whether this worker reads through a tar stream.
+    pub fn streams(&self) -> bool {
+        self.mine && self.streaming.on.load(Ordering::Relaxed)
+    }
+
+    /// Called when the stream ended or failed before delivering anything: its tar did not
+    /// run (no GNU tar 1.29 or newer, exec refused, SFTP-only host). No worker streams from
+    /// then on.
+    fn tar_unusable(&mut self) {
+        let Some(s) = self.stream.take() else {
+            return;
+        };
+        if self.streaming.on.swap(false, Ordering::Relaxed)
+            && let Source::Ssh { pool, .. } = self.source
+        {
+            tracing::info!(
+                "{} cannot stream files through tar (remote tar exited with {}; GNU tar 1.29 or newer is needed): files are read over SFTP, which is slower",
+                pool.spec().host,
+                s.into_pipe().exit_status()
+            );
+        }
+    }
+
+    /// Drops a failed stream.
+    fn broke(&mut self, e: &io::Error) {
+        if let (Some(_), Source::Ssh { pool, .. }) = (self.stream.take(), self.source) {
+            tracing::warn!(
+                "the tar stream from {} failed ({e}); its files are read over SFTP, and the next batch starts a new stream",
+                pool.spec().host
+            );
+            pool.discard_idle();
+        }
+    }
+
+    /// Ends the stream; its connection goes back to the pool when it ended cleanly.
+    pub fn finish(mut self) {
+        let (Some(mut s), Source::Ssh { pool, .. }) = (self.stream.take(), self.source) else {
+            return;
+        };
+        if s.idle() && s.finish_input().is_ok() {
+            let pipe = s.into_pipe();
+            if let Some(conn) = pipe.into_conn() {
+                pool.give(conn);
+            }
+        }
+    }
+}
+
 /// Copies `src` to every destination in `outs` (created or truncated), reading it once, then
 /// sets owner, mode (group-writable) and the source's access and modification times. With
 /// `durable`, fsyncs before returning. On failure every partial destination is removed.
 /// Returns the bytes read from the source (each destination got all of them).
 pub fn copy_file(
-    source: &Source,
+    reader: &mut Reader,
     rel: &str,
     outs: &[Out],
     durable: bool,
     ctx: &Ctx,
 ) -> Result<u64, CopyError> {
+    let source = reader.source;
     let result = match source {
         Source::Local(root) => copy_inner(&root.join(rel), outs, durable, ctx),
-        Source::Ssh { .. } => copy_remote(source, rel, outs, durable, ctx),
+        Source::Ssh { .. } => match copy_streamed(reader, rel, outs, durable, ctx) {
+            Some(r) => r,
+            None => copy_remote(source, rel, outs, durable, ctx),
+        },
     };
     if result.is_err() {
         for o in outs {
@@ -189,6 +351,76 @@ fn finish_outputs(
         }
     }
     Ok(())
+}
+
+/// Copies a file of an SSH source from the worker's tar stream, when the stream has it.
+/// `None`: read it over SFTP instead (not asked of the stream, skipped by tar, or the
+/// stream failed, then nothing of it is kept).
+fn copy_streamed(
+    reader: &mut Reader,
+    rel: &str,
+    outs: &[Out],
+    durable: bool,
+    ctx: &Ctx,
+) -> Option<Result<u64, CopyError>> {
+    let s = reader.stream.as_mut().filter(|s| s.expects(rel))?;
+    let head = match s.open(rel) {
+        Ok(Some(h)) => h,
+        // Nothing came, or no archive: the command is not a working GNU tar (or the host
+        // allows SFTP only). A dropped connection is not that.
+        Ok(None) if s.never_delivered() => {
+            reader.tar_unusable();
+            return None;
+        }
+        Err(e) if s.never_delivered() && e.kind() == io::ErrorKind::InvalidData => {
+            reader.tar_unusable();
+            return None;
+        }
+        Ok(None) => return None, // tar skipped it: SFTP says why
+        Err(e) => {
+            reader.broke(&e);
+            return None;
+        }
+    };
+    let outputs = match create_outputs(outs) {
+        Ok(o) => o,
+        Err(e) => return Some(Err(e)),
+    };
+    let mut buf = vec![0u8; ctx.throttle.chunk().clamp(64 << 10, 2 << 20)];
+    let mut done: u64 = 0;
+    while done < head.size {
+        if ctx.stopping() {
+            return Some(Err(CopyError::Cancelled));
+        }
+        let want = (buf.len() as u64).min(head.size - done) as usize;
+        ctx.throttle.acquire(want);
+        let n = match s.read(&mut buf[..want]) {
+            Ok(n) => n,
+            Err(e) => {
+                reader.broke(&e);
+                return None;
+            }
+        };
+        if let Err(e) = write_to_all(&outputs, outs, &buf[..n]) {
+            return Some(Err(e));
+        }
+        for output in &outputs {
+            start_writeback(output, done, n as u64);
+        }
+        done += n as u64;
+        ctx.progress.add_bytes(n as u64);
+    }
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(head.mtime.max(0) as u64);
+    let times = FileTimes::new().set_accessed(mtime).set_modified(mtime);
+    if let Err(e) = finish_outputs(&outputs, outs, head.mode, times, durable) {
+        return Some(Err(e));
+    }
+    // tar saw the size and mtime when it opened the file; whether it changed while it was
+    // read is asked at the end of the batch (confirm_unchanged), before anything of it is
+    // published.
+    reader.unchecked.push((rel.to_string(), head));
+    reader.streaming.files.fetch_add(1, Ordering::Relaxed);
+    Some(Ok(done))
 }
 
 /// Copies a file of an SSH source: read through SFTP (resuming at the offset reached when
@@ -367,7 +599,14 @@ mod tests {
             let outs: Vec<Out> = outs.iter().map(|p| Out { path: p, owner }).collect();
             let src = Source::Local(d.path().to_path_buf());
             assert_eq!(
-                copy_file(&src, "s", &outs, true, &ctx).unwrap(),
+                copy_file(
+                    &mut Reader::new(&src, &Streaming::default()),
+                    "s",
+                    &outs,
+                    true,
+                    &ctx
+                )
+                .unwrap(),
                 data.len() as u64
             );
             for o in &outs {
@@ -396,7 +635,10 @@ mod tests {
         let outs = [Out { path: &t, owner }, Out { path: &t2, owner }];
         assert!(matches!(
             copy_file(
-                &Source::Local(d.path().to_path_buf()),
+                &mut Reader::new(
+                    &Source::Local(d.path().to_path_buf()),
+                    &Streaming::default()
+                ),
                 "s",
                 &outs,
                 false,

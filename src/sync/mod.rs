@@ -28,7 +28,7 @@ use crate::perms::{self, Owner};
 use crate::plan::{MigrationPlan, State};
 use crate::progress::Progress;
 use crate::tsdb;
-use copy::{CopyError, Ctx};
+use copy::{CopyError, Ctx, Reader, Streaming};
 
 /// Options of one apply run.
 pub struct ApplyOptions<'a> {
@@ -90,6 +90,9 @@ pub struct ApplyReport {
     pub incomplete: bool,
     /// Blocks a presync left for the final phase, and why (vanished or changed while copied).
     pub left_for_final: Vec<String>,
+    /// Source files this run read through tar streams (an SSH source with `read: tar`; the
+    /// rest were read over SFTP). The same for every target of the run.
+    pub streamed_files: u64,
 }
 
 /// A piece of work, identical for every target that needs it, so that targets in the same
@@ -144,6 +147,8 @@ struct Shared<'a> {
     bwlimit: Option<u64>,
     /// Set when the deadline stopped the run.
     out_of_time: AtomicBool,
+    /// Workers read an SSH source through tar streams (cleared when the host's tar cannot).
+    streaming: Streaming,
 }
 
 /// Executes the plan (refusing one with blockers). Returns what was done, also when it
@@ -391,6 +396,15 @@ fn execute(
         started: Instant::now(),
         bwlimit: opts.bwlimit.or(first.bwlimit),
         out_of_time: AtomicBool::new(false),
+        streaming: Streaming {
+            on: AtomicBool::new(match &first.src {
+                crate::source::Source::Ssh { pool, .. } => {
+                    pool.spec().read == crate::ssh::ReadVia::Tar
+                }
+                crate::source::Source::Local(_) => false,
+            }),
+            files: AtomicU64::new(0),
+        },
     };
     let jobs_result = run_jobs(&shared, jobs, first.parallelism);
     opts.progress.finish();
@@ -406,6 +420,7 @@ fn execute(
             .map(|v| v.clone())
             .unwrap_or_default();
         report.incomplete = out_of_time;
+        report.streamed_files = shared.streaming.files.load(Ordering::Relaxed);
     }
     jobs_result?;
 
@@ -448,29 +463,36 @@ fn run_jobs(shared: &Shared, jobs: VecDeque<Job>, parallelism: usize) -> anyhow:
     std::thread::scope(|s| {
         for _ in 0..parallelism.max(1) {
             s.spawn(|| {
+                let mut reader = Reader::new(shared.source, &shared.streaming);
                 loop {
                     if failed.load(Ordering::Relaxed) || shared.ctx.stopping() {
-                        return;
+                        break;
                     }
                     let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
-                        return;
+                        break;
                     };
                     if !fits_before_deadline(shared, job.work.bytes()) {
                         shared.out_of_time.store(true, Ordering::Relaxed);
-                        return;
+                        break;
+                    }
+                    if reader.streams() {
+                        reader.begin(&to_read(shared, &job));
                     }
                     let r = match &job.work {
-                        Work::NewDir { dir, files, .. } => stage_dir(shared, dir, files, &job.to),
-                        Work::File { rel, .. } => one_file(shared, rel, &job.to),
+                        Work::NewDir { dir, files, .. } => {
+                            stage_dir(shared, &mut reader, dir, files, &job.to)
+                        }
+                        Work::File { rel, .. } => one_file(shared, &mut reader, rel, &job.to),
                     };
                     if let Err(e) = r {
                         failed.store(true, Ordering::Relaxed);
                         if let Ok(mut slot) = first_error.lock() {
                             slot.get_or_insert(e);
                         }
-                        return;
+                        break;
                     }
                 }
+                reader.finish();
             });
         }
     });
@@ -533,10 +555,9 @@ fn left_for_final(sh: &Shared, to: &[usize], what: &str, err: &anyhow::Error) ->
     true
 }
 
-/// Stages a whole block on each target in `to`, makes it durable, and renames it into place.
-fn stage_dir(sh: &Shared, dir: &str, files: &[String], to: &[usize]) -> anyhow::Result<()> {
-    let stages: Vec<PathBuf> = to
-        .iter()
+/// Where `dir` is staged on each target in `to`.
+fn stages(sh: &Shared, dir: &str, to: &[usize]) -> Vec<PathBuf> {
+    to.iter()
         .map(|&t| {
             sh.dests[t]
                 .plan
@@ -544,7 +565,43 @@ fn stage_dir(sh: &Shared, dir: &str, files: &[String], to: &[usize]) -> anyhow::
                 .join(tsdb::STAGING_DIR)
                 .join(staging_name(dir))
         })
-        .collect();
+        .collect()
+}
+
+/// Where `rel` (a file of `dir`) is staged in `stage`.
+fn staged_file(stage: &Path, dir: &str, rel: &str) -> PathBuf {
+    stage.join(rel.strip_prefix(&format!("{dir}/")).unwrap_or(rel))
+}
+
+/// The source files a job will read, in order: a staged file from an interrupted run that
+/// is complete on every target is not read again.
+fn to_read(sh: &Shared, job: &Job) -> Vec<String> {
+    match &job.work {
+        Work::NewDir { dir, files, .. } => {
+            let stages = stages(sh, dir, &job.to);
+            files
+                .iter()
+                .filter(|rel| {
+                    stages
+                        .iter()
+                        .any(|st| !staged_complete(sh.source, rel, &staged_file(st, dir, rel)))
+                })
+                .cloned()
+                .collect()
+        }
+        Work::File { rel, .. } => vec![rel.clone()],
+    }
+}
+
+/// Stages a whole block on each target in `to`, makes it durable, and renames it into place.
+fn stage_dir(
+    sh: &Shared,
+    reader: &mut Reader,
+    dir: &str,
+    files: &[String],
+    to: &[usize],
+) -> anyhow::Result<()> {
+    let stages = stages(sh, dir, to);
     for (&t, stage) in to.iter().zip(&stages) {
         let owner = sh.dests[t].plan.owner;
         if let Some(stage_root) = stage.parent() {
@@ -554,10 +611,9 @@ fn stage_dir(sh: &Shared, dir: &str, files: &[String], to: &[usize]) -> anyhow::
     }
     let mut written: Vec<Vec<PathBuf>> = vec![Vec::with_capacity(files.len()); to.len()];
     for rel in files {
-        let inner = rel.strip_prefix(&format!("{dir}/")).unwrap_or(rel);
         let mut need: Vec<(usize, PathBuf)> = Vec::new();
         for (k, (&t, stage)) in to.iter().zip(&stages).enumerate() {
-            let dst = stage.join(inner);
+            let dst = staged_file(stage, dir, rel);
             if let Some(parent) = dst.parent().filter(|p| p != stage) {
                 ensure_dir(parent, sh.dests[t].plan.owner)?;
             }
@@ -584,7 +640,7 @@ fn stage_dir(sh: &Shared, dir: &str, files: &[String], to: &[usize]) -> anyhow::
                 owner: sh.dests[to[*k]].plan.owner,
             })
             .collect();
-        let n = match copy::copy_file(sh.source, rel, &outs, false, &sh.ctx) {
+        let n = match copy::copy_file(reader, rel, &outs, false, &sh.ctx) {
             Ok(n) => n,
             Err(e) => {
                 let e = anyhow::Error::from(e);
@@ -603,6 +659,16 @@ fn stage_dir(sh: &Shared, dir: &str, files: &[String], to: &[usize]) -> anyhow::
             d.copied_bytes.fetch_add(n, Ordering::Relaxed);
             d.copied_files.fetch_add(1, Ordering::Relaxed);
         }
+    }
+    if let Err(e) = reader.confirm_unchanged() {
+        let e = anyhow::Error::from(e);
+        if left_for_final(sh, to, dir, &e) {
+            for stage in &stages {
+                let _ = std::fs::remove_dir_all(stage);
+            }
+            return Ok(());
+        }
+        return Err(e);
     }
     for ((&t, stage), written) in to.iter().zip(&stages).zip(&written) {
         publish(&sh.dests[t], dir, stage, written)?;
@@ -754,7 +820,7 @@ fn staged_complete(src: &crate::source::Source, rel: &str, dst: &Path) -> bool {
 
 /// Copies one file to a temp name beside its destination on each target in `to` (reading
 /// the source once), fsyncs, renames.
-fn one_file(sh: &Shared, rel: &str, to: &[usize]) -> anyhow::Result<()> {
+fn one_file(sh: &Shared, reader: &mut Reader, rel: &str, to: &[usize]) -> anyhow::Result<()> {
     let mut places = Vec::with_capacity(to.len());
     for &t in to {
         let dst = sh.dests[t].plan.target.join(rel);
@@ -774,9 +840,14 @@ fn one_file(sh: &Shared, rel: &str, to: &[usize]) -> anyhow::Result<()> {
             owner: sh.dests[*t].plan.owner,
         })
         .collect();
-    let n = match copy::copy_file(sh.source, rel, &outs, true, &sh.ctx) {
+    let copied = copy::copy_file(reader, rel, &outs, true, &sh.ctx)
+        .and_then(|n| reader.confirm_unchanged().map(|_| n));
+    let n = match copied {
         Ok(n) => n,
         Err(e) => {
+            for o in &outs {
+                let _ = std::fs::remove_file(o.path);
+            }
             let e = anyhow::Error::from(e);
             return if left_for_final(sh, to, rel, &e) {
                 Ok(())
