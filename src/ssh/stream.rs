@@ -533,8 +533,29 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+    /// Runs `f`, failing (rather than hanging) if it waits on tar for 60 s: a batch whose
+    /// end tar holds back would never be read.
+    fn within_a_minute(f: impl FnOnce() + Send + 'static) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            f();
+            let _ = tx.send(());
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(()) => t.join().unwrap(),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::panic::resume_unwind(t.join().unwrap_err())
+            }
+            Err(e) => panic!("the stream waited on tar: {e:?}"),
+        }
+    }
+
     #[test]
     fn delivers_batches_in_order_without_waiting_and_skips_missing_files() {
+        within_a_minute(delivers_batches);
+    }
+
+    fn delivers_batches() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir(d.path().join("b")).unwrap();
         // Sizes around the 512-byte block and 10 KiB record boundaries.
@@ -580,6 +601,10 @@ mod tests {
 
     #[test]
     fn names_not_asked_for_are_refused_and_a_batch_needs_the_last_one_read() {
+        within_a_minute(refuses_names_not_asked_for);
+    }
+
+    fn refuses_names_not_asked_for() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("x"), b"x").unwrap();
         std::fs::write(d.path().join("y"), b"y").unwrap();
