@@ -394,8 +394,14 @@ fn copy_streamed(
         }
         let want = (buf.len() as u64).min(head.size - done) as usize;
         ctx.throttle.acquire(want);
-        let n = match s.read(&mut buf[..want]) {
-            Ok(n) => n,
+        // The whole chunk before writing: one write and one writeback hint per chunk, and
+        // the bandwidth taken is the bandwidth used (a channel read returns a packet or so).
+        let n = match fill(&mut buf[..want], |b| s.read(b)) {
+            Ok(n) if n == want => n,
+            Ok(_) => {
+                reader.broke(&io::Error::from(io::ErrorKind::UnexpectedEof));
+                return None;
+            }
             Err(e) => {
                 reader.broke(&e);
                 return None;
@@ -447,7 +453,7 @@ fn copy_remote(
         }
         let want = (buf.len() as u64).min(st.size.saturating_sub(done)).max(1) as usize;
         ctx.throttle.acquire(want);
-        let n = input.read(&mut buf[..want]).map_err(src_err)?;
+        let n = fill(&mut buf[..want], |b| input.read(b)).map_err(src_err)?;
         if n == 0 {
             break;
         }
@@ -536,6 +542,20 @@ fn copy_inner(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64,
         .set_modified(meta.modified().map_err(src_err)?);
     finish_outputs(&outputs, outs, meta.permissions().mode(), times, durable)?;
     Ok(done)
+}
+
+/// Reads into all of `buf` unless the input ends first; returns how much was read.
+fn fill(buf: &mut [u8], mut read: impl FnMut(&mut [u8]) -> io::Result<usize>) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 /// Drops a written (and fsync'ed, so clean) file from the page cache.
