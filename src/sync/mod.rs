@@ -609,6 +609,18 @@ fn stage_dir(
         }
         ensure_dir(stage, owner)?;
     }
+    // A copy error leaves the block for the final phase (in a presync whose source moved on;
+    // its staging is removed), or fails the run.
+    let stop = |e: CopyError| {
+        let e = anyhow::Error::from(e);
+        if left_for_final(sh, to, dir, &e) {
+            for stage in &stages {
+                let _ = std::fs::remove_dir_all(stage);
+            }
+            return Ok(());
+        }
+        Err(e)
+    };
     let mut written: Vec<Vec<PathBuf>> = vec![Vec::with_capacity(files.len()); to.len()];
     for rel in files {
         let mut need: Vec<(usize, PathBuf)> = Vec::new();
@@ -642,16 +654,7 @@ fn stage_dir(
             .collect();
         let n = match copy::copy_file(reader, rel, &outs, false, &sh.ctx) {
             Ok(n) => n,
-            Err(e) => {
-                let e = anyhow::Error::from(e);
-                if left_for_final(sh, to, dir, &e) {
-                    for stage in &stages {
-                        let _ = std::fs::remove_dir_all(stage);
-                    }
-                    return Ok(());
-                }
-                return Err(e);
-            }
+            Err(e) => return stop(e),
         };
         sh.read_bytes.fetch_add(n, Ordering::Relaxed);
         for (k, _) in &need {
@@ -661,14 +664,7 @@ fn stage_dir(
         }
     }
     if let Err(e) = reader.confirm_unchanged() {
-        let e = anyhow::Error::from(e);
-        if left_for_final(sh, to, dir, &e) {
-            for stage in &stages {
-                let _ = std::fs::remove_dir_all(stage);
-            }
-            return Ok(());
-        }
-        return Err(e);
+        return stop(e);
     }
     for ((&t, stage), written) in to.iter().zip(&stages).zip(&written) {
         publish(&sh.dests[t], dir, stage, written)?;
