@@ -12,9 +12,10 @@
 //! `--no-recursion`, `--hard-dereference`).
 //!
 //! GNU tar holds back the last partial 10 KiB record until it gets more names or the end of
-//! its input. So every batch of names is followed by [`MARKERS`] times `/dev/null`: a
-//! device is archived as a 512-byte header alone, so together they make a whole record and
-//! everything of the batch before them is written out at once. (The source directory itself
+//! its input, and it writes a full record only when it needs the next block. So every batch
+//! of names is followed by [`MARKERS`] (a record and one block) times `/dev/null`: a device
+//! is archived as a 512-byte header alone, so the record holding the batch's last byte, and
+//! the one holding the first marker, are written out at once. (The source directory itself
 //! would do too, but tar reads a directory it archives, even with `--no-recursion`: measured
 //! here, that was a tenth of the CPU.) They also tell the reader where the batch ends when
 //! tar skipped its last files.
@@ -29,8 +30,13 @@ use super::{Conn, Pool, shell_quote};
 /// read over SFTP instead.
 const MAX_NAME: usize = 99;
 
-/// Device headers after each batch: 20 × 512 bytes, one record of tar's default size.
-const MARKERS: u64 = 20;
+/// tar's record, in 512-byte blocks (`-b`, tar's default, given so that a `TAR_OPTIONS` on
+/// the host cannot change it).
+const RECORD_BLOCKS: u64 = 20;
+
+/// Device headers after each batch: one more than a record (with exactly a record, a batch
+/// ending on a record boundary would leave all of them held back).
+const MARKERS: u64 = RECORD_BLOCKS + 1;
 
 /// The marker, and its name in the archive (tar drops the leading `/`).
 const MARKER: &[u8] = b"/dev/null\0";
@@ -39,7 +45,7 @@ const MARKER_NAME: &[u8] = b"dev/null";
 /// The tar command, run in the source directory; `names` come on its stdin.
 fn command(root: &Path) -> String {
     format!(
-        "LC_ALL=C exec tar -C {} --null --verbatim-files-from --no-recursion --hard-dereference -H gnu -cf - -T -",
+        "LC_ALL=C exec tar -C {} --null --verbatim-files-from --no-recursion --hard-dereference -H gnu -b {RECORD_BLOCKS} -cf - -T -",
         shell_quote(root)
     )
 }
@@ -144,7 +150,7 @@ impl<P: Pipe> TarStream<P> {
 
     /// Whether every batch was read to its end.
     pub fn idle(&self) -> bool {
-        !self.broken && self.pending.is_empty()
+        !self.broken && self.pending.is_empty() && self.left == 0
     }
 
     /// Asks for a batch of files (each [`streamable`]); the previous batch must have been
@@ -174,7 +180,7 @@ impl<P: Pipe> TarStream<P> {
 
     /// Ends the names: tar finishes the archive.
     pub fn finish_input(&mut self) -> io::Result<()> {
-        if self.input_closed || self.broken {
+        if self.input_closed {
             return Ok(());
         }
         self.input_closed = true;
@@ -298,7 +304,7 @@ impl<P: Pipe> TarStream<P> {
             match self.pipe.read(&mut block[got..])? {
                 0 if got == 0 => {
                     self.ended = true; // tar exited without an end marker (it failed)
-                    return Ok(None);
+                    return self.end_of_archive();
                 }
                 // The remote command ended (a dropped connection is an error, not an end)
                 // mid-block: what came was not a tar archive.
@@ -313,11 +319,23 @@ impl<P: Pipe> TarStream<P> {
         }
         if block.iter().all(|&b| b == 0) {
             self.ended = true;
-            return Ok(None);
+            return self.end_of_archive();
         }
         let item = parse_head(&block)?;
         self.delivered = true;
         Ok(Some(item))
+    }
+
+    /// The archive ended: expected once the input has ended, and a sign that tar never ran
+    /// when nothing came at all; otherwise tar died mid-run, which breaks the stream.
+    fn end_of_archive(&mut self) -> io::Result<Option<Item>> {
+        if self.input_closed || !self.delivered {
+            Ok(None)
+        } else {
+            Err(io::Error::other(
+                "the remote tar ended before its input did",
+            ))
+        }
     }
 
     /// Marks the stream broken on an error.
@@ -347,8 +365,10 @@ fn parse_head(block: &[u8; 512]) -> io::Result<Item> {
         return Ok(Item::Marker);
     }
     if !h.entry_type().is_file() {
-        return Err(bad(&format!(
-            "entry {} is not a regular file ({:?})",
+        // A real archive (the checksum holds) with a file that is no longer a regular one:
+        // SFTP says what it is; tar itself works.
+        return Err(io::Error::other(format!(
+            "tar stream: entry {} is not a regular file ({:?})",
             String::from_utf8_lossy(&h.path_bytes()),
             h.entry_type()
         )));
@@ -597,6 +617,24 @@ mod tests {
         assert_eq!(read_all(&mut s), files[3].1);
         s.finish_input().unwrap();
         assert!(s.idle() && !s.usable());
+    }
+
+    #[test]
+    fn a_skipped_file_right_after_a_record_boundary_or_first_in_a_stream_is_seen_at_once() {
+        within_a_minute(|| {
+            let d = tempfile::tempdir().unwrap();
+            // A header and 19 data blocks: the batch's file ends on a record boundary.
+            std::fs::write(d.path().join("r"), vec![3u8; 19 * 512]).unwrap();
+            let mut s = TarStream::new(LocalTar::start(d.path()));
+            s.send(&names(&["gone"])).unwrap();
+            assert_eq!(s.open("gone").unwrap(), None);
+            s.send(&names(&["r", "gone"])).unwrap();
+            s.open("r").unwrap().unwrap();
+            assert_eq!(read_all(&mut s), vec![3u8; 19 * 512]);
+            // Its markers start a record: were they exactly a record, tar would hold them.
+            assert_eq!(s.open("gone").unwrap(), None);
+            assert!(s.idle());
+        });
     }
 
     #[test]

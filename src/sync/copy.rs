@@ -164,12 +164,13 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    /// Starts a batch: the files of one job that will be copied, in the order they will be.
+    /// Starts a job: asks the stream for the files it will read, in the order it will read
+    /// them (none when not streaming).
     pub fn begin(&mut self, files: &[String]) {
+        self.unchecked.clear();
         let Source::Ssh { root, pool } = self.source else {
             return;
         };
-        self.unchecked.clear();
         if !self.streams() {
             return;
         }
@@ -190,7 +191,10 @@ impl<'a> Reader<'a> {
         }
         if self.stream.is_none() {
             match SshPipe::start(pool, root) {
-                Ok(p) => self.stream = Some(TarStream::new(p)),
+                Ok(p) => {
+                    self.stream = Some(TarStream::new(p));
+                    self.failures = 0;
+                }
                 Err(e) => {
                     self.failures += 1;
                     self.mine = self.failures < 3;
@@ -219,9 +223,10 @@ impl<'a> Reader<'a> {
     /// run (no GNU tar 1.29 or newer, exec refused, SFTP-only host). No worker streams from
     /// then on.
     fn tar_unusable(&mut self) {
-        let Some(s) = self.stream.take() else {
+        let Some(mut s) = self.stream.take() else {
             return;
         };
+        let _ = s.finish_input(); // whatever runs there ends, and tells how
         if self.streaming.on.swap(false, Ordering::Relaxed)
             && let Source::Ssh { pool, .. } = self.source
         {

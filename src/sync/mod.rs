@@ -475,9 +475,12 @@ fn run_jobs(shared: &Shared, jobs: VecDeque<Job>, parallelism: usize) -> anyhow:
                         shared.out_of_time.store(true, Ordering::Relaxed);
                         break;
                     }
-                    if reader.streams() {
-                        reader.begin(&to_read(shared, &job));
-                    }
+                    let batch = if reader.streams() {
+                        to_read(shared, &job)
+                    } else {
+                        Vec::new()
+                    };
+                    reader.begin(&batch);
                     let r = match &job.work {
                         Work::NewDir { dir, files, .. } => {
                             stage_dir(shared, &mut reader, dir, files, &job.to)
