@@ -193,6 +193,14 @@ is_ours() {
 	return 1
 }
 
+# wait_gone STATE NAME TRIES: waits up to TRIES × 0.1 s for our NAME process to be gone.
+wait_gone() {
+	for _ in $(seq "$3"); do
+		is_ours "$1" "$2" || return 0
+		sleep 0.1
+	done
+}
+
 stop_one() {
 	local state=$1 name=$2 pid
 	if ! is_ours "$state" "$name"; then
@@ -202,17 +210,11 @@ stop_one() {
 	pid=$(cat "$state/$name.pid")
 	log "stopping $name (pid $pid)"
 	kill -TERM "$pid" 2>/dev/null || true
-	for _ in $(seq 100); do
-		is_ours "$state" "$name" || break
-		sleep 0.1
-	done
+	wait_gone "$state" "$name" 100
 	if is_ours "$state" "$name"; then
 		log "$name (pid $pid) did not stop in 10 s: SIGKILL"
 		kill -KILL "$pid" 2>/dev/null || true
-		for _ in $(seq 50); do
-			is_ours "$state" "$name" || break
-			sleep 0.1
-		done
+		wait_gone "$state" "$name" 50
 	fi
 	rm -f "$state/$name.pid"
 }

@@ -57,21 +57,7 @@ impl Sshd {
             d = d.display()
         );
         std::fs::write(d.join("sshd_config"), config).unwrap();
-        let child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(d.join("sshd_config"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start /usr/sbin/sshd (Debian's openssh-server; see scripts/deps.sh)");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "sshd did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = listen(d, port);
         let s = Sshd { dir, port, child };
         // A known_hosts with the host key under [127.0.0.1]:port, hashed like OpenSSH does.
         let pubkey = std::fs::read_to_string(s.path("host_key.pub")).unwrap();
@@ -91,6 +77,11 @@ impl Sshd {
             .unwrap();
         assert!(st.success());
         s
+    }
+
+    /// Starts the listener again (after the test stopped it), with the same keys and port.
+    fn restart(&mut self) {
+        self.child = listen(self.dir.path(), self.port);
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -123,6 +114,26 @@ impl Sshd {
             .filter_map(|l| l.trim().parse().ok())
             .collect()
     }
+}
+
+/// Runs sshd with the configuration in `dir` until it accepts connections on `port`.
+fn listen(dir: &Path, port: u16) -> Child {
+    let child = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(dir.join("sshd_config"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start /usr/sbin/sshd (Debian's openssh-server; see scripts/deps.sh)");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "sshd did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }
 
 impl Drop for Sshd {
@@ -375,29 +386,25 @@ fn a_killed_connection_mid_copy_reconnects_and_resumes() {
     killed_connection_mid_copy("sftp", "reconnecting");
 }
 
-fn killed_connection_mid_copy(read: &str, noticed: &str) {
-    let sshd = Sshd::start();
-    // 1 GiB of real blocks, slow enough that the kill lands mid-copy.
-    let ws = Workspace::new();
-    let source = gib_fixture();
-    let yaml_source = ws.source.clone();
-    ssh_plan(&ws, &sshd, "client_key", &sshd.path("known_hosts"), "");
-    set_read(&ws, read);
+/// A presync over SSH of 1 GiB of real blocks at `bwlimit` (slow enough for a test to
+/// interrupt it mid-copy), with its log piped; returns once it has started copying.
+fn copying_a_gib(ws: &Workspace, sshd: &Sshd, read: &str, bwlimit: &str) -> Child {
+    let own = ws.source.clone();
+    ssh_plan(ws, sshd, "client_key", &sshd.path("known_hosts"), "");
+    set_read(ws, read);
     let yaml = std::fs::read_to_string(&ws.plan).unwrap().replace(
-        &yaml_source.display().to_string(),
-        &source.display().to_string(),
+        &own.display().to_string(),
+        &gib_fixture().display().to_string(),
     );
     std::fs::write(&ws.plan, yaml).unwrap();
-
     let child = ws
-        .cmd(&["apply", "--yes", "--phase", "presync", "--bwlimit", "100M"])
+        .cmd(&["apply", "--yes", "--phase", "presync", "--bwlimit", bwlimit])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until data flows, then kill every sshd process serving a connection.
-    let start = Instant::now();
     let staging = ws.target().join(".promigrate-staging");
+    let start = Instant::now();
     while !staging.exists() {
         assert!(
             start.elapsed() < Duration::from_secs(60),
@@ -405,6 +412,14 @@ fn killed_connection_mid_copy(read: &str, noticed: &str) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    child
+}
+
+fn killed_connection_mid_copy(read: &str, noticed: &str) {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    let child = copying_a_gib(&ws, &sshd, read, "100M");
+    // Once data flows, kill every sshd process serving a connection.
     std::thread::sleep(Duration::from_millis(1500));
     let served = sshd.connection_pids();
     assert!(!served.is_empty(), "no sshd connection process to kill");
@@ -433,28 +448,7 @@ fn killed_connection_mid_copy(read: &str, noticed: &str) {
 fn a_source_that_stays_unreachable_gives_up_with_a_resumable_state() {
     let mut sshd = Sshd::start();
     let ws = Workspace::new();
-    let source = gib_fixture();
-    let own = ws.source.clone();
-    ssh_plan(&ws, &sshd, "client_key", &sshd.path("known_hosts"), "");
-    let yaml = std::fs::read_to_string(&ws.plan)
-        .unwrap()
-        .replace(&own.display().to_string(), &source.display().to_string());
-    std::fs::write(&ws.plan, yaml).unwrap();
-    let child = ws
-        .cmd(&["apply", "--yes", "--phase", "presync", "--bwlimit", "50M"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let staging = ws.target().join(".promigrate-staging");
-    let start = Instant::now();
-    while !staging.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "apply never started copying"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = copying_a_gib(&ws, &sshd, "tar", "50M");
     std::thread::sleep(Duration::from_millis(1000));
     // The whole sshd goes away: listener and connections.
     for pid in sshd.connection_pids() {
@@ -473,21 +467,7 @@ fn a_source_that_stays_unreachable_gives_up_with_a_resumable_state() {
 
     // Resumable: the same sshd comes back, the rerun copies only what is missing, and every
     // byte is equal.
-    sshd.child = Command::new("/usr/sbin/sshd")
-        .args(["-D", "-e", "-f"])
-        .arg(sshd.path("sshd_config"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", sshd.port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "sshd did not come back"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    sshd.restart();
     let (_, v) = ws.run_json(&["plan"]);
     let left = v["phases"]["presync"]["bytes"].as_u64().unwrap();
     assert!(left > 0, "the copy was not interrupted: {v}");
