@@ -417,19 +417,22 @@ impl SshPipe {
             .map_err(io::Error::from)
     }
 
-    /// How tar exited (after its end; -1 when unknown).
-    pub fn exit_status(mut self) -> i32 {
-        let _ = io::copy(&mut self.channel, &mut io::sink());
-        let _ = self.channel.wait_close();
-        self.channel.exit_status().unwrap_or(-1)
-    }
-
-    /// The connection back (for the pool) once tar has finished: after the end of its
-    /// input, what it still writes is read and dropped.
-    pub fn into_conn(mut self) -> Option<Conn> {
+    /// Reads what tar still writes after the end of its input and waits for the channel
+    /// to close: whether it closed cleanly, and tar's exit status (-1 when unknown).
+    fn wait_for_exit(&mut self) -> (bool, i32) {
         let drained = io::copy(&mut self.channel, &mut io::sink()).is_ok();
         let closed = drained && self.channel.wait_close().is_ok();
-        let status = self.channel.exit_status().unwrap_or(-1);
+        (closed, self.channel.exit_status().unwrap_or(-1))
+    }
+
+    /// How tar exited (after its end; -1 when unknown).
+    pub fn exit_status(mut self) -> i32 {
+        self.wait_for_exit().1
+    }
+
+    /// The connection back (for the pool) once tar has finished.
+    pub fn into_conn(mut self) -> Option<Conn> {
+        let (closed, status) = self.wait_for_exit();
         if status != 0 {
             tracing::debug!(
                 "the remote tar exited with {status} (files it skipped were read over SFTP)"

@@ -391,36 +391,18 @@ fn copy_streamed(
         Ok(o) => o,
         Err(e) => return Some(Err(e)),
     };
-    let mut buf = vec![0u8; ctx.throttle.chunk().clamp(64 << 10, 2 << 20)];
-    let mut done: u64 = 0;
-    while done < head.size {
-        if ctx.stopping() {
-            return Some(Err(CopyError::Cancelled));
+    let done = match pump(&outputs, outs, head.size, ctx, |b| s.read(b)) {
+        Ok(n) if n == head.size => n,
+        Ok(_) => {
+            reader.broke(&io::Error::from(io::ErrorKind::UnexpectedEof));
+            return None;
         }
-        let want = (buf.len() as u64).min(head.size - done) as usize;
-        ctx.throttle.acquire(want);
-        // The whole chunk before writing: one write and one writeback hint per chunk, and
-        // the bandwidth taken is the bandwidth used (a channel read returns a packet or so).
-        let n = match fill(&mut buf[..want], |b| s.read(b)) {
-            Ok(n) if n == want => n,
-            Ok(_) => {
-                reader.broke(&io::Error::from(io::ErrorKind::UnexpectedEof));
-                return None;
-            }
-            Err(e) => {
-                reader.broke(&e);
-                return None;
-            }
-        };
-        if let Err(e) = write_to_all(&outputs, outs, &buf[..n]) {
-            return Some(Err(e));
+        Err(Stop::Read(e)) => {
+            reader.broke(&e);
+            return None;
         }
-        for output in &outputs {
-            start_writeback(output, done, n as u64);
-        }
-        done += n as u64;
-        ctx.progress.add_bytes(n as u64);
-    }
+        Err(Stop::Copy(e)) => return Some(Err(e)),
+    };
     let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(head.mtime.max(0) as u64);
     let times = FileTimes::new().set_accessed(mtime).set_modified(mtime);
     if let Err(e) = finish_outputs(&outputs, outs, head.mode, times, durable) {
@@ -450,25 +432,10 @@ fn copy_remote(
     };
     let (mut input, st) = source.open(rel).map_err(src_err)?;
     let outputs = create_outputs(outs)?;
-    let mut buf = vec![0u8; ctx.throttle.chunk().clamp(64 << 10, 2 << 20)];
-    let mut done: u64 = 0;
-    loop {
-        if ctx.stopping() {
-            return Err(CopyError::Cancelled);
-        }
-        let want = (buf.len() as u64).min(st.size.saturating_sub(done)).max(1) as usize;
-        ctx.throttle.acquire(want);
-        let n = fill(&mut buf[..want], |b| input.read(b)).map_err(src_err)?;
-        if n == 0 {
-            break;
-        }
-        write_to_all(&outputs, outs, &buf[..n])?;
-        for output in &outputs {
-            start_writeback(output, done, n as u64);
-        }
-        done += n as u64;
-        ctx.progress.add_bytes(n as u64);
-    }
+    let done = pump(&outputs, outs, st.size, ctx, |b| input.read(b)).map_err(|e| match e {
+        Stop::Read(e) => src_err(e),
+        Stop::Copy(e) => e,
+    })?;
     let now = match &mut input {
         crate::source::Input::Remote(f) => f.stat_now().map_err(src_err)?,
         crate::source::Input::Local(_) => st,
@@ -547,6 +514,47 @@ fn copy_inner(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64,
         .set_modified(meta.modified().map_err(src_err)?);
     finish_outputs(&outputs, outs, meta.permissions().mode(), times, durable)?;
     Ok(done)
+}
+
+/// Why [`pump`] stopped early.
+enum Stop {
+    /// Reading the source failed.
+    Read(io::Error),
+    /// Writing failed, or the run is stopping.
+    Copy(CopyError),
+}
+
+/// Copies a remote input to every output until it ends (it is expected to hold `size`
+/// bytes; a file that grew is read to its new end, for the caller to notice), in throttled
+/// chunks. Each chunk is read whole before it is written: one write and one writeback hint
+/// per chunk, and the bandwidth taken is the bandwidth used (a channel read returns a
+/// packet or so). Returns the bytes copied.
+fn pump(
+    outputs: &[File],
+    outs: &[Out],
+    size: u64,
+    ctx: &Ctx,
+    mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
+) -> Result<u64, Stop> {
+    let mut buf = vec![0u8; ctx.throttle.chunk().clamp(64 << 10, 2 << 20)];
+    let mut done: u64 = 0;
+    loop {
+        if ctx.stopping() {
+            return Err(Stop::Copy(CopyError::Cancelled));
+        }
+        let want = (buf.len() as u64).min(size.saturating_sub(done)).max(1) as usize;
+        ctx.throttle.acquire(want);
+        let n = fill(&mut buf[..want], &mut read).map_err(Stop::Read)?;
+        if n == 0 {
+            return Ok(done);
+        }
+        write_to_all(outputs, outs, &buf[..n]).map_err(Stop::Copy)?;
+        for output in outputs {
+            start_writeback(output, done, n as u64);
+        }
+        done += n as u64;
+        ctx.progress.add_bytes(n as u64);
+    }
 }
 
 /// Reads into all of `buf` unless the input ends first; returns how much was read.

@@ -18,8 +18,7 @@ mod tombstones;
 mod wal;
 
 use crate::source::Source;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
@@ -288,25 +287,14 @@ pub fn run(
         );
     }
 
-    let next = AtomicUsize::new(0);
-    let found = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..parallelism.max(1) {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= jobs.len() || cancel.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let out = run_job(root, &jobs[i], depth, progress);
-                    if let Ok(mut f) = found.lock() {
-                        f.extend(out);
-                    }
-                }
-            });
+    let found = crate::par::map(&jobs, parallelism, |job| {
+        if cancel.load(Ordering::Relaxed) {
+            Vec::new() // interrupted: the jobs not started yet are skipped
+        } else {
+            run_job(root, job, depth, progress)
         }
     });
-    problems.extend(found.into_inner().unwrap_or_default());
+    problems.extend(found.into_iter().flatten());
     problems.sort();
     problems
 }
