@@ -168,7 +168,7 @@ impl<'a> Reader<'a> {
     /// them (none when not streaming).
     pub fn begin(&mut self, files: &[String]) {
         self.unchecked.clear();
-        let Source::Ssh { root, pool } = self.source else {
+        let Source::Ssh { root, pool, .. } = self.source else {
             return;
         };
         if !self.streams() {
@@ -438,6 +438,8 @@ fn copy_remote(
     })?;
     let now = match &mut input {
         crate::source::Input::Remote(f) => f.stat_now().map_err(src_err)?,
+        // Copies read the source itself, never a snapshot.
+        crate::source::Input::Prefetched(_) => st,
         crate::source::Input::Local(_) => st,
     };
     if now.size != done || st.size != done || !now.mtime.same(st.mtime) {
@@ -536,25 +538,35 @@ fn pump(
     ctx: &Ctx,
     mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
 ) -> Result<u64, Stop> {
-    let mut buf = vec![0u8; ctx.throttle.chunk().clamp(64 << 10, 2 << 20)];
-    let mut done: u64 = 0;
-    loop {
-        if ctx.stopping() {
-            return Err(Stop::Copy(CopyError::Cancelled));
-        }
-        let want = (buf.len() as u64).min(size.saturating_sub(done)).max(1) as usize;
-        ctx.throttle.acquire(want);
-        let n = fill(&mut buf[..want], &mut read).map_err(Stop::Read)?;
-        if n == 0 {
-            return Ok(done);
-        }
-        write_to_all(outputs, outs, &buf[..n]).map_err(Stop::Copy)?;
-        for output in outputs {
-            start_writeback(output, done, n as u64);
-        }
-        done += n as u64;
-        ctx.progress.add_bytes(n as u64);
+    thread_local! {
+        // One buffer per copy worker, for all its files: a fresh zeroed one per file cost
+        // a memset (or page faults) of the whole chunk each time.
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    BUF.with_borrow_mut(|buf| {
+        let size_wanted = ctx.throttle.chunk().clamp(64 << 10, 2 << 20);
+        if buf.len() != size_wanted {
+            *buf = vec![0u8; size_wanted];
+        }
+        let mut done: u64 = 0;
+        loop {
+            if ctx.stopping() {
+                return Err(Stop::Copy(CopyError::Cancelled));
+            }
+            let want = (buf.len() as u64).min(size.saturating_sub(done)).max(1) as usize;
+            ctx.throttle.acquire(want);
+            let n = fill(&mut buf[..want], &mut read).map_err(Stop::Read)?;
+            if n == 0 {
+                return Ok(done);
+            }
+            write_to_all(outputs, outs, &buf[..n]).map_err(Stop::Copy)?;
+            for output in outputs {
+                start_writeback(output, done, n as u64);
+            }
+            done += n as u64;
+            ctx.progress.add_bytes(n as u64);
+        }
+    })
 }
 
 /// Reads into all of `buf` unless the input ends first; returns how much was read.
