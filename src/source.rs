@@ -25,6 +25,9 @@ pub enum Source {
         root: PathBuf,
         /// Connections to the host.
         pool: Arc<Pool>,
+        /// What a few commands told of the whole directory at the start of a scan
+        /// ([`Source::snapshot`]); `None` for everything else.
+        snap: Option<Arc<ssh::snapshot::Snapshot>>,
     },
 }
 
@@ -115,6 +118,9 @@ pub enum Input {
     Local(File),
     /// A remote file, read through SFTP.
     Remote(RemoteFile),
+    /// A remote file whose ends (or all) a [`Source::snapshot`] holds; the rest is read
+    /// through SFTP.
+    Prefetched(Prefetched),
 }
 
 impl Read for Input {
@@ -122,6 +128,7 @@ impl Read for Input {
         match self {
             Input::Local(f) => f.read(buf),
             Input::Remote(f) => f.read(buf),
+            Input::Prefetched(f) => f.read(buf),
         }
     }
 }
@@ -131,6 +138,7 @@ impl Seek for Input {
         match self {
             Input::Local(f) => f.seek(pos),
             Input::Remote(f) => f.seek(pos),
+            Input::Prefetched(f) => f.seek(pos),
         }
     }
 }
@@ -147,7 +155,7 @@ impl Source {
     pub fn describe(&self) -> String {
         match self {
             Source::Local(p) => p.display().to_string(),
-            Source::Ssh { root, pool } => {
+            Source::Ssh { root, pool, .. } => {
                 format!("{}:{}", pool.spec().describe(), root.display())
             }
         }
@@ -172,10 +180,13 @@ impl Source {
     /// Attributes of `rel` (`""`: the root), links not followed.
     pub fn stat(&self, rel: &str) -> io::Result<Stat> {
         let p = self.path(rel);
+        if let Some(st) = self.snap().and_then(|s| s.stat(rel)) {
+            return Ok(st);
+        }
         match self {
             Source::Local(_) => std::fs::symlink_metadata(&p).map(|m| Stat::of(&m)),
             Source::Ssh { pool, .. } => pool.with(&format!("stat {}", p.display()), |c| {
-                c.sftp
+                c.sftp()?
                     .lstat(&p)
                     .map(|s| Stat::of_sftp(&s))
                     .map_err(io::Error::from)
@@ -186,6 +197,9 @@ impl Source {
     /// The entries of directory `rel` (`""`: the root), sorted by name, with their
     /// attributes. Entries that vanish while listed are left out.
     pub fn list(&self, rel: &str) -> io::Result<Vec<Ent>> {
+        if let Some(l) = self.snap().and_then(|s| s.list(rel)) {
+            return Ok(l);
+        }
         let dir = self.path(rel);
         let mut out = match self {
             Source::Local(_) => {
@@ -209,7 +223,7 @@ impl Source {
                 v
             }
             Source::Ssh { pool, .. } => pool.with(&format!("list {}", dir.display()), |c| {
-                let entries = c.sftp.readdir(&dir).map_err(io::Error::from)?;
+                let entries = c.sftp()?.readdir(&dir).map_err(io::Error::from)?;
                 Ok(entries
                     .iter()
                     .map(|(p, st)| Ent {
@@ -230,6 +244,9 @@ impl Source {
 
     /// Reads a whole (small) file.
     pub fn read(&self, rel: &str) -> io::Result<Vec<u8>> {
+        if let Some((data, _)) = self.snap().and_then(|s| s.whole(rel)) {
+            return Ok(data.to_vec());
+        }
         let p = self.path(rel);
         match self {
             Source::Local(_) => crate::sync::copy::read_source(&p),
@@ -237,7 +254,7 @@ impl Source {
             // meta.json and tombstones file).
             Source::Ssh { pool, .. } => pool.with(&format!("read {}", p.display()), |c| {
                 let mut v = Vec::new();
-                c.sftp
+                c.sftp()?
                     .open(&p)
                     .map_err(io::Error::from)?
                     .read_to_end(&mut v)?;
@@ -255,7 +272,7 @@ impl Source {
                 let st = Stat::of(&f.metadata()?);
                 Ok((Input::Local(f), st))
             }
-            Source::Ssh { pool, .. } => {
+            Source::Ssh { pool, snap, .. } => {
                 let mut f = RemoteFile {
                     pool: pool.clone(),
                     path: p,
@@ -263,9 +280,58 @@ impl Source {
                     file: None,
                     pos: 0,
                 };
+                let snap = snap.as_deref();
+                let known = snap.and_then(|s| {
+                    s.whole(rel)
+                        .map(|(d, st)| (d.to_vec(), Vec::new(), st))
+                        .or_else(|| s.ends(rel).map(|(h, t, st)| (h.to_vec(), t.to_vec(), st)))
+                });
+                if let Some((head, tail, st)) = known {
+                    return Ok((
+                        Input::Prefetched(Prefetched {
+                            head,
+                            tail,
+                            len: st.size,
+                            pos: 0,
+                            rest: f,
+                        }),
+                        st,
+                    ));
+                }
                 let st = f.stat_now()?;
                 Ok((Input::Remote(f), st))
             }
+        }
+    }
+
+    /// The snapshot this source answers from, if any.
+    fn snap(&self) -> Option<&ssh::snapshot::Snapshot> {
+        match self {
+            Source::Ssh { snap, .. } => snap.as_deref(),
+            Source::Local(_) => None,
+        }
+    }
+
+    /// This source answering listings, attributes and the reads of the cheap checks from
+    /// one [`ssh::snapshot`] of the remote directory taken now, instead of an SFTP round
+    /// trip each: for one scan (and the checks that follow it), never for copying or
+    /// hashing. Local sources, `read: sftp`, and hosts where the snapshot cannot be taken
+    /// are returned as they are.
+    pub fn snapshot(&self) -> Source {
+        match self {
+            Source::Ssh {
+                root,
+                pool,
+                snap: None,
+            } if pool.spec().read == ssh::ReadVia::Tar => match ssh::snapshot::take(pool, root) {
+                Some(s) => Source::Ssh {
+                    root: root.clone(),
+                    pool: pool.clone(),
+                    snap: Some(Arc::new(s)),
+                },
+                None => self.clone(),
+            },
+            _ => self.clone(),
         }
     }
 
@@ -273,7 +339,11 @@ impl Source {
     pub fn probe(&self) -> Liveness {
         match self {
             Source::Local(p) => crate::live::probe(p),
-            Source::Ssh { root, pool } => remote_probe(root, pool),
+            Source::Ssh { root, pool, snap } => match snap.as_deref().and_then(|s| s.lock()) {
+                // Asked by the snapshot's listing command, at the start of this scan.
+                Some(answer) => lock_answer(root, pool, answer),
+                None => remote_probe(root, pool),
+            },
         }
     }
 }
@@ -281,30 +351,35 @@ impl Source {
 /// The lock probe on the remote host: open `lock` read-only (never creating it) and try a
 /// non-blocking flock on it, as Prometheus holds it while it runs.
 fn remote_probe(root: &Path, pool: &Pool) -> Liveness {
-    let cmd = format!(
-        "cd {} || exit 97; if [ -e lock ] && command exec 9<lock; then flock -n -E 99 9; echo \"lock $?\"; else echo absent; fi 2>/dev/null",
-        ssh::shell_quote(root)
-    );
-    let out = pool.with("probe the source lock", |c| ssh::exec(&c.sess, &cmd));
-    match out {
-        Ok((_, text)) => match text.trim() {
-            "lock 99" => Liveness::Running(format!(
-                "{} is locked on {}",
-                root.join("lock").display(),
-                pool.spec().host
-            )),
-            "lock 0" => Liveness::Stopped { clean: false },
-            "absent" => Liveness::Unknown(format!(
-                "{} has no lock file, and promigrate cannot see the processes of {} over SSH",
-                root.display(),
-                pool.spec().host
-            )),
-            other => Liveness::Unknown(format!(
-                "the remote lock probe answered `{other}` (is util-linux flock installed on {}?)",
-                pool.spec().host
-            )),
-        },
+    let cmd = format!("cd {} || exit 97; {LOCK_PROBE}", ssh::shell_quote(root));
+    match pool.with("probe the source lock", |c| ssh::exec(&c.sess, &cmd)) {
+        Ok((_, text)) => lock_answer(root, pool, &text),
         Err(e) => Liveness::Unknown(format!("the remote lock probe failed: {e}")),
+    }
+}
+
+/// The remote lock probe, in the TSDB directory: prints one line, `lock 0` (free), `lock
+/// 99` (held) or `absent`. In a subshell, so the lock file is closed again when it ends.
+pub(crate) const LOCK_PROBE: &str = "(if [ -e lock ] && command exec 9<lock; then flock -n -E 99 9; echo \"lock $?\"; else echo absent; fi) 2>/dev/null";
+
+/// What the lock probe's answer means.
+fn lock_answer(root: &Path, pool: &Pool, text: &str) -> Liveness {
+    match text.trim() {
+        "lock 99" => Liveness::Running(format!(
+            "{} is locked on {}",
+            root.join("lock").display(),
+            pool.spec().host
+        )),
+        "lock 0" => Liveness::Stopped { clean: false },
+        "absent" => Liveness::Unknown(format!(
+            "{} has no lock file, and promigrate cannot see the processes of {} over SSH",
+            root.display(),
+            pool.spec().host
+        )),
+        other => Liveness::Unknown(format!(
+            "the remote lock probe answered `{other}` (is util-linux flock installed on {}?)",
+            pool.spec().host
+        )),
     }
 }
 
@@ -329,7 +404,7 @@ impl RemoteFile {
             .conn
             .as_ref()
             .ok_or_else(|| io::Error::other("no connection"))?;
-        let mut f = conn.sftp.open(&self.path).map_err(io::Error::from)?;
+        let mut f = conn.sftp()?.open(&self.path).map_err(io::Error::from)?;
         if self.pos > 0 {
             f.seek(SeekFrom::Start(self.pos))?;
         }
@@ -430,6 +505,54 @@ impl Seek for RemoteFile {
         }
         self.pos = new;
         Ok(new)
+    }
+}
+
+/// A remote file read from a snapshot where it holds the bytes: its first `head.len()`
+/// bytes and its last `tail.len()` (of `len`); anything between through SFTP, opened only
+/// then.
+pub struct Prefetched {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+    len: u64,
+    pos: u64,
+    rest: RemoteFile,
+}
+
+impl Read for Prefetched {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let tail_at = self.len.saturating_sub(self.tail.len() as u64);
+        let (pos, head) = (self.pos, self.head.len() as u64);
+        let n = if pos >= self.len {
+            0
+        } else if pos < head {
+            let src = &self.head[pos as usize..];
+            let n = src.len().min(buf.len());
+            buf[..n].copy_from_slice(&src[..n]);
+            n
+        } else if pos >= tail_at {
+            let src = &self.tail[(pos - tail_at) as usize..];
+            let n = src.len().min(buf.len());
+            buf[..n].copy_from_slice(&src[..n]);
+            n
+        } else {
+            let want = ((tail_at - pos) as usize).min(buf.len());
+            self.rest.seek(SeekFrom::Start(pos))?;
+            self.rest.read(&mut buf[..want])?
+        };
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Prefetched {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.pos = match pos {
+            SeekFrom::Start(p) => p,
+            SeekFrom::Current(d) => self.pos.saturating_add_signed(d),
+            SeekFrom::End(d) => self.len.saturating_add_signed(d),
+        };
+        Ok(self.pos)
     }
 }
 

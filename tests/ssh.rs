@@ -356,6 +356,64 @@ fn wrong_or_encrypted_key_gives_a_clear_auth_error() {
     assert!(!err.contains("secret passphrase"));
 }
 
+/// The plan over `read: tar` (listing, meta.json and the cheap checks' reads from one
+/// snapshot: a `find`, a `head`, a `tail` and a `tar`) is the plan over SFTP, damage found
+/// in the prefetched bytes included.
+#[test]
+fn the_snapshot_plans_what_sftp_plans_and_finds_the_same_damage() {
+    use std::io::{Seek, SeekFrom, Write};
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    let plan = |read: &str| {
+        ssh_plan(&ws, &sshd, "client_key", &sshd.path("known_hosts"), "");
+        set_read(&ws, read);
+        let mut cmd = ws.cmd(&["plan", "--output", "json"]);
+        cmd.env("RUST_LOG", "promigrate=debug");
+        let (code, out, err) = run(cmd);
+        // Only `read: tar` takes the snapshot, and it delivered everything the checks read.
+        let snap = err.lines().find(|l| l.contains("source listed by find"));
+        if read == "tar" {
+            let snap = snap.unwrap_or_else(|| panic!("no snapshot: {err}"));
+            assert!(
+                snap.contains("whole=8 ends=8"),
+                "4 blocks: meta.json and tombstones whole, index and a chunk segment each: {snap}"
+            );
+        } else {
+            assert!(snap.is_none(), "{err}");
+        }
+        let mut v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v.as_object_mut().unwrap().remove("duration_seconds");
+        (code, v)
+    };
+    let (code, tar) = plan("tar");
+    assert_eq!(code, 0, "{tar}");
+    let (_, sftp) = plan("sftp");
+    assert_eq!(tar, sftp);
+    // Damage where only the prefetched bytes show it: the last byte of an index (its TOC
+    // CRC) and the first of a chunk segment (its magic number).
+    let block = some_block(&ws.source);
+    let name = block.file_name().unwrap().to_string_lossy().into_owned();
+    let flip = |path: &Path, from_end: bool| {
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+        let at = if from_end { f.metadata().unwrap().len() - 1 } else { 0 };
+        let mut b = [0u8];
+        f.seek(SeekFrom::Start(at)).unwrap();
+        std::io::Read::read_exact(&mut f, &mut b).unwrap();
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.write_all(&[b[0] ^ 0xff]).unwrap();
+    };
+    flip(&block.join("index"), true);
+    flip(&block.join("chunks/000001"), false);
+    let (code, tar) = plan("tar");
+    assert_eq!(code, 1, "{tar}");
+    let blockers = tar["blockers"].to_string();
+    for want in [&name, "index", "TOC", "chunks/000001", "magic"] {
+        assert!(blockers.contains(want), "{want} not in {blockers}");
+    }
+    let (_, sftp) = plan("sftp");
+    assert_eq!(tar, sftp);
+}
+
 #[test]
 fn sftp_reads_and_a_host_without_exec_copy_the_same_without_tar() {
     // `read: sftp`, and a host that allows SFTP only (every command is refused), where the

@@ -649,6 +649,7 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
             crate::source::Source::Ssh {
                 root: source.clone(),
                 pool: std::sync::Arc::new(crate::ssh::Pool::new(spec)),
+                snap: None,
             }
         }
         None => crate::source::Source::Local(source.clone()),

@@ -208,9 +208,29 @@ pub fn build_with_inventories(
     m: &Migration,
     target_depth: inventory::Depth,
 ) -> anyhow::Result<(MigrationPlan, Inventory, Inventory)> {
-    let src = inventory::scan_source(&m.src, inventory::Depth::WithMeta, m.parallelism)?;
-    let facts = source_facts(m, &src);
+    let (src, facts) = scan_and_check(m)?;
     build_from(m, src, &facts, target_depth)
+}
+
+/// Scans the source (with every meta.json) and finds its [`SourceFacts`]. A remote source
+/// answers both from one snapshot ([`crate::source::Source::snapshot`]).
+pub fn scan_and_check(m: &Migration) -> anyhow::Result<(Inventory, SourceFacts)> {
+    let t = std::time::Instant::now();
+    let view = m.src.snapshot();
+    let src = inventory::scan_source(&view, inventory::Depth::WithMeta, m.parallelism)?;
+    tracing::debug!(
+        blocks = src.blocks.len(),
+        seconds = t.elapsed().as_secs_f64(),
+        "source scanned"
+    );
+    let t = std::time::Instant::now();
+    let facts = source_facts(m, &view, &src);
+    tracing::debug!(
+        problems = facts.problems.len(),
+        seconds = t.elapsed().as_secs_f64(),
+        "source checked (cheap format checks, liveness)"
+    );
+    Ok((src, facts))
 }
 
 /// What is known of the source itself, whatever the target: whether its server runs, and
@@ -222,15 +242,16 @@ pub struct SourceFacts {
     pub problems: Vec<crate::tsdb::check::Problem>,
 }
 
-/// Probes the source server and runs the cheap format checks on the source inventory.
-pub fn source_facts(m: &Migration, src: &Inventory) -> SourceFacts {
+/// Probes the source server and runs the cheap format checks (reading through `view`, the
+/// source or a snapshot of it) on the source inventory.
+fn source_facts(m: &Migration, view: &crate::source::Source, src: &Inventory) -> SourceFacts {
     use crate::tsdb::check;
     let never = std::sync::atomic::AtomicBool::new(false);
     // The probe (over SSH, a remote command) runs beside the checks.
     std::thread::scope(|s| {
-        let state = s.spawn(|| m.src.probe());
+        let state = s.spawn(|| view.probe());
         let problems = check::run(
-            &m.src,
+            view,
             src,
             check::Depth::Cheap,
             m.parallelism,
@@ -249,8 +270,7 @@ pub fn source_facts(m: &Migration, src: &Inventory) -> SourceFacts {
 /// One plan per target volume (`targets:`), all from a single scan of the source. Targets
 /// that share a filesystem must fit on it together.
 pub fn build_each(m: &Migration) -> anyhow::Result<Vec<MigrationPlan>> {
-    let src = inventory::scan_source(&m.src, inventory::Depth::WithMeta, m.parallelism)?;
-    let facts = source_facts(m, &src);
+    let (src, facts) = scan_and_check(m)?;
     let mut plans = Vec::with_capacity(m.targets.len());
     for view in m.views() {
         plans.push(build_from(&view, src.clone(), &facts, inventory::Depth::Layout)?.0);

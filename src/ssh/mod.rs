@@ -5,6 +5,7 @@
 //! never on the async runtime's.
 
 pub mod hostkey;
+pub mod snapshot;
 pub mod stream;
 
 use std::io::{self, Read};
@@ -70,25 +71,46 @@ pub enum SshError {
     Connect(String),
 }
 
-/// A connected, authenticated session and its SFTP channel.
+/// A connected, authenticated session, and its SFTP channel once one is needed.
 pub struct Conn {
     /// The session (for exec).
     pub sess: Session,
-    /// Its SFTP subsystem (for listing and reading).
-    pub sftp: ssh2::Sftp,
+    /// Its SFTP subsystem (for listing and reading), started on first use: every
+    /// subsystem and command costs the host a run of the login shell's startup files, and
+    /// a connection that only runs commands (the snapshot, a tar stream) needs none.
+    sftp: std::sync::OnceLock<ssh2::Sftp>,
+    /// The host, for messages.
+    host: String,
 }
 
-/// Connects, checks the host key, authenticates, opens SFTP. Nothing is read from the
-/// source before the host key has been accepted.
-pub fn connect_sftp(spec: &SshSpec) -> Result<Conn, SshError> {
+impl Conn {
+    /// The connection's SFTP channel, started now if it is not yet.
+    pub fn sftp(&self) -> io::Result<&ssh2::Sftp> {
+        if let Some(s) = self.sftp.get() {
+            return Ok(s);
+        }
+        let s = self.sess.sftp().map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!(
+                    "{}: cannot start SFTP: {e}; the source needs the sftp subsystem enabled in sshd",
+                    self.host
+                ),
+            )
+        })?;
+        Ok(self.sftp.get_or_init(|| s))
+    }
+}
+
+/// Connects, checks the host key, authenticates. Nothing is read from the source before
+/// the host key has been accepted. SFTP starts when first used ([`Conn::sftp`]).
+pub fn open_conn(spec: &SshSpec) -> Result<Conn, SshError> {
     let sess = connect(spec)?;
-    let sftp = sess.sftp().map_err(|e| {
-        SshError::Connect(format!(
-            "{}: cannot start SFTP: {e}; the source needs the sftp subsystem enabled in sshd",
-            spec.describe()
-        ))
-    })?;
-    Ok(Conn { sess, sftp })
+    Ok(Conn {
+        sess,
+        sftp: std::sync::OnceLock::new(),
+        host: spec.describe(),
+    })
 }
 
 /// Connects, checks the host key, authenticates. Nothing is read from the source before
@@ -229,7 +251,7 @@ impl Pool {
         if !fresh && let Some(s) = self.idle.lock().ok().and_then(|mut v| v.pop()) {
             return Ok(s);
         }
-        connect_sftp(&self.spec)
+        open_conn(&self.spec)
     }
 
     /// Drops every idle connection: after one connection failed, the others opened at the

@@ -411,7 +411,7 @@ impl SshPipe {
     /// between batches, when little archive data is in flight ahead of the answer.
     pub fn stat(&self, rel: &str) -> io::Result<crate::source::Stat> {
         self.conn
-            .sftp
+            .sftp()?
             .lstat(&self.root.join(rel))
             .map(|s| crate::source::Stat::of_sftp(&s))
             .map_err(io::Error::from)

@@ -70,8 +70,7 @@ pub fn run(
     progress_for: &dyn Fn(u64) -> Box<dyn Progress>,
     cancel: &AtomicBool,
 ) -> anyhow::Result<VerifyReport> {
-    let src = inventory::scan_source(&m.src, inventory::Depth::WithMeta, m.parallelism)?;
-    let facts = plan::source_facts(m, &src);
+    let (src, facts) = plan::scan_and_check(m)?;
     run_one(
         m,
         src,
@@ -91,8 +90,7 @@ pub fn run_each(
     progress_for: &dyn Fn(u64) -> Box<dyn Progress>,
     cancel: &AtomicBool,
 ) -> anyhow::Result<Vec<VerifyReport>> {
-    let src = inventory::scan_source(&m.src, inventory::Depth::WithMeta, m.parallelism)?;
-    let facts = plan::source_facts(m, &src);
+    let (src, facts) = plan::scan_and_check(m)?;
     let hashes = SourceHashes::default();
     let mut reports = Vec::new();
     for view in m.views() {
@@ -375,7 +373,7 @@ fn hash_file(
     // Leave the page cache as it was (the source may be a live server's).
     let cached_before = match &f {
         Input::Local(file) => Some(crate::cache::Residency::of(file, len)),
-        Input::Remote(_) => None,
+        Input::Remote(_) | Input::Prefetched(_) => None,
     };
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut done = 0u64;
