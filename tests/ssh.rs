@@ -394,8 +394,16 @@ fn the_snapshot_plans_what_sftp_plans_and_finds_the_same_damage() {
     let block = some_block(&ws.source);
     let name = block.file_name().unwrap().to_string_lossy().into_owned();
     let flip = |path: &Path, from_end: bool| {
-        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
-        let at = if from_end { f.metadata().unwrap().len() - 1 } else { 0 };
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let at = if from_end {
+            f.metadata().unwrap().len() - 1
+        } else {
+            0
+        };
         let mut b = [0u8];
         f.seek(SeekFrom::Start(at)).unwrap();
         std::io::Read::read_exact(&mut f, &mut b).unwrap();

@@ -101,9 +101,18 @@ impl Snapshot {
 
 /// Takes a snapshot of `root` on the pool's host; `None` (the reason logged at debug level)
 /// when `find` cannot list it, e.g. on a host without GNU find or one that allows SFTP only.
+/// One attempt: a host that cannot be reached is then retried, with backoff and clear
+/// messages, by the SFTP scan that takes over.
 pub fn take(pool: &Pool, root: &Path) -> Option<Snapshot> {
     let t = std::time::Instant::now();
-    let r = pool.with("list the source", |c| {
+    let c = match pool.take_or_refuse(false) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!("no snapshot of the source ({e})");
+            return None;
+        }
+    };
+    let r = (|| -> io::Result<Snapshot> {
         let (status, out) = run(&c.sess, &[(&find_command(root), Vec::new())])?
             .pop()
             .ok_or_else(|| io::Error::other("no answer"))?;
@@ -129,7 +138,10 @@ pub fn take(pool: &Pool, root: &Path) -> Option<Snapshot> {
             }
         }
         Ok(snap)
-    });
+    })();
+    if !matches!(&r, Err(e) if super::is_connection_error(e)) {
+        pool.give(c);
+    }
     match r {
         Ok(s) => {
             let (entries, whole, ends) = s.counts();
