@@ -32,17 +32,37 @@ struct TestCluster {
 
 impl TestCluster {
     fn up() -> TestCluster {
-        let state = tempfile::tempdir().unwrap();
-        let out = Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-cluster.sh"))
-            .arg("up")
-            .arg(state.path().join("cluster"))
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap();
+        let start = |state: &tempfile::TempDir| {
+            Command::new("bash")
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-cluster.sh"))
+                .arg("up")
+                .arg(state.path().join("cluster"))
+                .stderr(Stdio::inherit())
+                .output()
+                .unwrap()
+        };
+        let mut state = tempfile::tempdir().unwrap();
+        let mut out = start(&state);
+        if !out.status.success() {
+            // Starting the control plane is not what these tests test: a kube-apiserver
+            // that exited before it was ready (seen once in CI) gets its log shown and
+            // one more start.
+            for log in ["etcd.log", "kube-apiserver.log"] {
+                let text = std::fs::read_to_string(state.path().join("cluster").join(log))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                eprintln!("--- last lines of {log} ---");
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+            eprintln!("test-cluster up failed; starting it once more");
+            state = tempfile::tempdir().unwrap();
+            out = start(&state);
+        }
         assert!(
             out.status.success(),
-            "scripts/test-cluster.sh up failed (see its log above)"
+            "scripts/test-cluster.sh up failed twice (see its logs above)"
         );
         let stdout = String::from_utf8_lossy(&out.stdout);
         let kubeconfig = PathBuf::from(stdout.lines().last().unwrap().trim());
