@@ -240,6 +240,10 @@ pub struct SourceFacts {
     pub state: crate::live::Liveness,
     /// The cheap format checks' findings over the whole source inventory.
     pub problems: Vec<crate::tsdb::check::Problem>,
+    /// The source as it was scanned (over SSH, answering from the scan's snapshot): the
+    /// reads planning makes after the scan (meta.json and tombstones compared with the
+    /// target's) get the bytes the scan saw, without another round trip each.
+    pub scanned: crate::source::Source,
 }
 
 /// Probes the source server and runs the cheap format checks (reading through `view`, the
@@ -259,6 +263,7 @@ fn source_facts(m: &Migration, view: &crate::source::Source, src: &Inventory) ->
             &never,
         );
         SourceFacts {
+            scanned: view.clone(),
             state: state
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p)),
@@ -432,7 +437,9 @@ pub fn build_from(
         // meta.json and tombstones are rewritten in place on a live source (compaction marks,
         // deletions): compare their bytes, not only size and mtime. They are small.
         let state = |f: &FileInfo| match diff::file(f, tb.and_then(|t| t.files.get(&f.rel))) {
-            diff::State::Identical if small_file_differs(m, &f.rel) => diff::State::Differs,
+            diff::State::Identical if small_file_differs(m, &facts.scanned, &f.rel) => {
+                diff::State::Differs
+            }
             s => s,
         };
         let mut d = diff::block(b, tb);
@@ -714,12 +721,12 @@ pub fn phases(blocks: &[BlockPlan], files: &[FilePlan], bwlimit: Option<u64>) ->
 }
 
 /// Whether a block's meta.json or tombstones differs in content between source and target.
-fn small_file_differs(m: &Migration, rel: &str) -> bool {
+fn small_file_differs(m: &Migration, source: &crate::source::Source, rel: &str) -> bool {
     if !(rel.ends_with("/meta.json") || rel.ends_with("/tombstones")) {
         return false;
     }
     let target = crate::sync::copy::read_source(&m.target_root.join(rel));
-    match (m.src.read(rel), target) {
+    match (source.read(rel), target) {
         (Ok(a), Ok(b)) => a != b,
         _ => true,
     }
