@@ -280,17 +280,11 @@ impl Source {
                     file: None,
                     pos: 0,
                 };
-                let snap = snap.as_deref();
-                let known = snap.and_then(|s| {
-                    s.whole(rel)
-                        .map(|(d, st)| (d.to_vec(), Vec::new(), st))
-                        .or_else(|| s.ends(rel).map(|(h, t, st)| (h.to_vec(), t.to_vec(), st)))
-                });
-                if let Some((head, tail, st)) = known {
+                if let Some((head, tail, st)) = snap.as_deref().and_then(|s| s.bytes(rel)) {
                     return Ok((
                         Input::Prefetched(Prefetched {
-                            head,
-                            tail,
+                            head: head.to_vec(),
+                            tail: tail.to_vec(),
                             len: st.size,
                             pos: 0,
                             rest: f,
@@ -526,15 +520,9 @@ impl Read for Prefetched {
         let n = if pos >= self.len {
             0
         } else if pos < head {
-            let src = &self.head[pos as usize..];
-            let n = src.len().min(buf.len());
-            buf[..n].copy_from_slice(&src[..n]);
-            n
+            (&self.head[pos as usize..]).read(buf)?
         } else if pos >= tail_at {
-            let src = &self.tail[(pos - tail_at) as usize..];
-            let n = src.len().min(buf.len());
-            buf[..n].copy_from_slice(&src[..n]);
-            n
+            (&self.tail[(pos - tail_at) as usize..]).read(buf)?
         } else {
             let want = ((tail_at - pos) as usize).min(buf.len());
             self.rest.seek(SeekFrom::Start(pos))?;

@@ -93,6 +93,14 @@ impl Snapshot {
         Some((h, t, self.stat(rel)?))
     }
 
+    /// What the snapshot holds of `rel`'s bytes: a head and a tail (all of a file read
+    /// whole is its head), and its attributes.
+    pub fn bytes(&self, rel: &str) -> Option<(&[u8], &[u8], Stat)> {
+        self.whole(rel)
+            .map(|(d, st)| (d, &[][..], st))
+            .or_else(|| self.ends(rel))
+    }
+
     /// Entries listed, files read whole, files with their ends read.
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.stats.len(), self.whole.len(), self.ends.len())
@@ -169,7 +177,7 @@ fn find_command(root: &Path) -> String {
         "cd {} || exit 97; {}; LC_ALL=C exec find . \\( -path . -o -path './*/*' -o -name wal -o -name wbl -o -name chunks_head -o -name 'chunk_snapshot.*' -o -name '{}' \\) -printf '+{fields}' -o -printf '-{fields}' -prune",
         shell_quote(root),
         crate::source::LOCK_PROBE,
-        "?".repeat(26)
+        BLOCKS
     )
 }
 
@@ -183,9 +191,6 @@ struct Batch {
     tails: Vec<(String, usize)>,
     /// Files read whole (through tar), or none when the archive would be too big.
     whole: Vec<String>,
-    /// Whether any block has a `meta.json` / `tombstones` (a pattern that matches nothing
-    /// stays as it is, and tar would fail on it).
-    patterns: [bool; 2],
 }
 
 /// Names of blocks (26 characters), for the shell.
@@ -196,28 +201,40 @@ const SEGMENT: &str = "[0-9][0-9][0-9][0-9][0-9][0-9]";
 /// The command that reads what [`Batch`] expects: heads, then tails (nothing between the
 /// files), then a tar archive of the whole files, then the [`TRAILER`] of exit statuses.
 fn read_command(root: &Path, b: &Batch) -> String {
+    // Only patterns that match a listed file: one that matches nothing stays as written,
+    // and the tool would fail on it. Heads are every index (as many as tails), then every
+    // chunk segment.
+    let index = format!("./{BLOCKS}/index");
+    let chunks = format!("./{BLOCKS}/chunks/{SEGMENT}");
+    let heads: Vec<&str> = [
+        (!b.tails.is_empty(), index.as_str()),
+        (b.heads.len() > b.tails.len(), chunks.as_str()),
+    ]
+    .into_iter()
+    .filter_map(|(any, p)| any.then_some(p))
+    .collect();
+    let whole: Vec<String> = ["meta.json", "tombstones"]
+        .into_iter()
+        .filter(|n| b.whole.iter().any(|w| w.ends_with(&format!("/{n}"))))
+        .map(|n| format!("./{BLOCKS}/{n}"))
+        .collect();
     let mut c = format!(
         "cd {} || exit 97; export LC_ALL=C; h=0; t=0; w=0",
         shell_quote(root)
     );
-    if !b.heads.is_empty() {
+    if !heads.is_empty() {
         c += &format!(
-            "; head -q -c {ENDS} -- ./{BLOCKS}/index ./{BLOCKS}/chunks/{SEGMENT} 2>/dev/null || h=$?"
+            "; head -q -c {ENDS} -- {} 2>/dev/null || h=$?",
+            heads.join(" ")
         );
     }
     if !b.tails.is_empty() {
-        c += &format!("; tail -q -c {ENDS} -- ./{BLOCKS}/index 2>/dev/null || t=$?");
+        c += &format!("; tail -q -c {ENDS} -- {index} 2>/dev/null || t=$?");
     }
-    if !b.whole.is_empty() {
-        let names: Vec<String> = ["meta.json", "tombstones"]
-            .iter()
-            .zip(b.patterns)
-            .filter(|(_, any)| *any)
-            .map(|(n, _)| format!("./{BLOCKS}/{n}"))
-            .collect();
+    if !whole.is_empty() {
         c += &format!(
             "; tar -cf - -H gnu -b 1 --hard-dereference --no-recursion -- {} 2>/dev/null || w=$?",
-            names.join(" ")
+            whole.join(" ")
         );
     }
     c + "; printf ' %03d %03d %03d\\n' \"$h\" \"$t\" \"$w\""
@@ -395,12 +412,11 @@ impl Snapshot {
             }
         }
         let mut total = 0u64;
-        for (i, name) in ["meta.json", "tombstones"].iter().enumerate() {
+        for name in ["meta.json", "tombstones"] {
             for x in &blocks {
                 let rel = format!("{x}/{name}");
                 if let Some(st) = self.stats.get(&rel) {
                     total += st.size.div_ceil(512) * 512 + 512;
-                    b.patterns[i] = true;
                     b.whole.push(rel);
                 }
             }
@@ -716,6 +732,19 @@ mod tests {
         std::os::unix::fs::symlink(d.path().join(ULID), &other).unwrap();
         let out = listing(d.path());
         assert!(parse_find(&out).unwrap().wanted().is_none());
+    }
+
+    #[test]
+    fn a_pattern_that_would_match_nothing_is_left_out() {
+        // Blocks without chunk segments or tombstones: their patterns would stay as
+        // written, head and tar would fail on them, and nothing would be taken.
+        let d = tree();
+        for f in ["chunks/000001", "chunks/000002", "tombstones"] {
+            std::fs::remove_file(d.path().join(ULID).join(f)).unwrap();
+        }
+        let snap = snapshot_of(d.path());
+        assert_eq!(snap.ends(&format!("{ULID}/index")).unwrap().1.len(), ENDS);
+        assert!(snap.whole(&format!("{ULID}/meta.json")).is_some());
     }
 
     #[test]
