@@ -14,6 +14,8 @@ use crate::units;
 pub trait Progress: Send + Sync {
     /// `n` more bytes are done.
     fn add_bytes(&self, n: u64);
+    /// `n` bytes counted before are to be done again (a copy that fell back part-way).
+    fn take_back(&self, n: u64);
     /// The run is over.
     fn finish(&self);
 }
@@ -22,6 +24,7 @@ pub trait Progress: Send + Sync {
 pub struct Hidden;
 impl Progress for Hidden {
     fn add_bytes(&self, _: u64) {}
+    fn take_back(&self, _: u64) {}
     fn finish(&self) {}
 }
 
@@ -54,6 +57,9 @@ struct Bar(ProgressBar);
 impl Progress for Bar {
     fn add_bytes(&self, n: u64) {
         self.0.inc(n);
+    }
+    fn take_back(&self, n: u64) {
+        self.0.dec(n);
     }
     fn finish(&self) {
         self.0.finish_and_clear();
@@ -95,5 +101,34 @@ impl Progress for Lines {
             units::duration(eta)
         );
     }
+    fn take_back(&self, n: u64) {
+        let _ = self
+            .done
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                Some(d.saturating_sub(n))
+            });
+    }
     fn finish(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_taken_back_are_no_longer_counted_as_done() {
+        let lines = Lines {
+            label: "copy".into(),
+            total: 100,
+            done: AtomicU64::new(0),
+            start: Instant::now(),
+            last: Mutex::new(Instant::now()),
+            every: Duration::from_secs(3600),
+        };
+        lines.add_bytes(70);
+        lines.take_back(30);
+        assert_eq!(lines.done.load(Ordering::Relaxed), 40);
+        lines.take_back(50);
+        assert_eq!(lines.done.load(Ordering::Relaxed), 0);
+    }
 }

@@ -393,11 +393,15 @@ fn copy_streamed(
     };
     let done = match pump(&outputs, outs, head.size, ctx, |b| s.read(b)) {
         Ok(n) if n == head.size => n,
-        Ok(_) => {
+        // The stream broke part-way: what it delivered is read again over SFTP, so the
+        // progress takes it back.
+        Ok(n) => {
+            ctx.progress.take_back(n);
             reader.broke(&io::Error::from(io::ErrorKind::UnexpectedEof));
             return None;
         }
-        Err(Stop::Read(e)) => {
+        Err(Stop::Read(e, n)) => {
+            ctx.progress.take_back(n);
             reader.broke(&e);
             return None;
         }
@@ -433,7 +437,7 @@ fn copy_remote(
     let (mut input, st) = source.open(rel).map_err(src_err)?;
     let outputs = create_outputs(outs)?;
     let done = pump(&outputs, outs, st.size, ctx, |b| input.read(b)).map_err(|e| match e {
-        Stop::Read(e) => src_err(e),
+        Stop::Read(e, _) => src_err(e),
         Stop::Copy(e) => e,
     })?;
     let now = match &mut input {
@@ -520,8 +524,8 @@ fn copy_inner(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64,
 
 /// Why [`pump`] stopped early.
 enum Stop {
-    /// Reading the source failed.
-    Read(io::Error),
+    /// Reading the source failed after this many bytes were copied.
+    Read(io::Error, u64),
     /// Writing failed, or the run is stopping.
     Copy(CopyError),
 }
@@ -555,7 +559,7 @@ fn pump(
             }
             let want = (buf.len() as u64).min(size.saturating_sub(done)).max(1) as usize;
             ctx.throttle.acquire(want);
-            let n = fill(&mut buf[..want], &mut read).map_err(Stop::Read)?;
+            let n = fill(&mut buf[..want], &mut read).map_err(|e| Stop::Read(e, done))?;
             if n == 0 {
                 return Ok(done);
             }
