@@ -256,7 +256,7 @@ fn run(sess: &ssh2::Session, cmds: &[(&str, Vec<u8>)]) -> io::Result<Vec<(i32, V
     let mut outs = Vec::with_capacity(chans.len());
     for mut ch in chans {
         let mut out = Vec::new();
-        ch.read_to_end(&mut out)?;
+        (&mut ch).take(WINDOW as u64).read_to_end(&mut out)?;
         if out.len() >= WINDOW as usize {
             return Err(io::Error::other("command output larger than expected"));
         }
@@ -364,7 +364,10 @@ impl Snapshot {
     /// What [`read_command`]'s patterns match, from the listing: in every block,
     /// `index` (head and tail), chunk segments (head), `meta.json` and `tombstones`
     /// (whole). `None` when the listing cannot tell: a root entry of 26 characters that is
-    /// not a directory listed here (a link, say), or no block at all.
+    /// not a directory listed here (a link, say), or no block at all; and when a name the
+    /// patterns match is not a regular file (`head` would wait on a FIFO, `tail` read a
+    /// link to `/dev/zero` forever), or the whole files are too many to fetch (then no
+    /// archive would prove where each head and tail starts).
     fn wanted(&self) -> Option<Batch> {
         let root = self.dirs.get("")?;
         let mut blocks = Vec::new();
@@ -381,6 +384,25 @@ impl Snapshot {
         }
         blocks.sort();
         let mut b = Batch::default();
+        let regular = |st: &Stat| st.mode & 0o170000 == 0o100000;
+        if blocks.iter().any(|x| {
+            let listed = |rel: String| self.stats.get(&rel).is_some_and(|st| !regular(st));
+            ["index", "meta.json", "tombstones"]
+                .into_iter()
+                .any(|n| listed(format!("{x}/{n}")))
+                || self
+                    .dirs
+                    .get(&format!("{x}/chunks"))
+                    .into_iter()
+                    .flatten()
+                    .any(|e| {
+                        e.name.as_ref().is_ok_and(|n| {
+                            n.len() == 6 && n.bytes().all(|c| c.is_ascii_digit())
+                        }) && !regular(&e.stat)
+                    })
+        }) {
+            return None;
+        }
         let ends = |rel: &str| {
             self.stats
                 .get(rel)
@@ -416,15 +438,12 @@ impl Snapshot {
             for x in &blocks {
                 let rel = format!("{x}/{name}");
                 if let Some(st) = self.stats.get(&rel) {
-                    total += st.size.div_ceil(512) * 512 + 512;
+                    total = total.saturating_add(st.size.div_ceil(512) * 512 + 512);
                     b.whole.push(rel);
                 }
             }
         }
-        if total > WHOLE_TOTAL {
-            b.whole.clear();
-        }
-        Some(b)
+        (total <= WHOLE_TOTAL && !b.whole.is_empty()).then_some(b)
     }
 
     /// Takes what [`read_command`] printed, if all of it is exactly as expected: every
@@ -732,6 +751,26 @@ mod tests {
         std::os::unix::fs::symlink(d.path().join(ULID), &other).unwrap();
         let out = listing(d.path());
         assert!(parse_find(&out).unwrap().wanted().is_none());
+    }
+
+    #[test]
+    fn a_fifo_or_a_link_where_the_patterns_look_is_not_read_at_all() {
+        // head would wait on a FIFO for ever, tail would read a link to /dev/zero for ever:
+        // no read command, everything is left to SFTP (which only lists them).
+        let d = tree();
+        let seg = d.path().join(ULID).join("chunks/000002");
+        std::fs::remove_file(&seg).unwrap();
+        nix::unistd::mkfifo(&seg, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(parse_find(&listing(d.path())).unwrap().wanted().is_none());
+        std::fs::remove_file(&seg).unwrap();
+        let index = d.path().join(ULID).join("index");
+        std::fs::remove_file(&index).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &index).unwrap();
+        assert!(parse_find(&listing(d.path())).unwrap().wanted().is_none());
+        // As a regular file again: read.
+        std::fs::remove_file(&index).unwrap();
+        std::fs::write(&index, [1u8; 100]).unwrap();
+        assert!(parse_find(&listing(d.path())).unwrap().wanted().is_some());
     }
 
     #[test]
