@@ -396,9 +396,10 @@ impl Snapshot {
                     .into_iter()
                     .flatten()
                     .any(|e| {
-                        e.name.as_ref().is_ok_and(|n| {
-                            n.len() == 6 && n.bytes().all(|c| c.is_ascii_digit())
-                        }) && !regular(&e.stat)
+                        e.name
+                            .as_ref()
+                            .is_ok_and(|n| n.len() == 6 && n.bytes().all(|c| c.is_ascii_digit()))
+                            && !regular(&e.stat)
                     })
         }) {
             return None;

@@ -38,14 +38,15 @@ const RECORD_BLOCKS: u64 = 20;
 /// ending on a record boundary would leave all of them held back).
 const MARKERS: u64 = RECORD_BLOCKS + 1;
 
-/// The marker, and its name in the archive (tar drops the leading `/`).
+/// The marker, and its name in the archive (kept absolute by `-P`: otherwise tar says on
+/// its stderr that it removed the `/`, and anything on tar's stderr is a complaint).
 const MARKER: &[u8] = b"/dev/null\0";
-const MARKER_NAME: &[u8] = b"dev/null";
+const MARKER_NAME: &[u8] = b"/dev/null";
 
 /// The tar command, run in the source directory; `names` come on its stdin.
 fn command(root: &Path) -> String {
     format!(
-        "LC_ALL=C exec tar -C {} --null --verbatim-files-from --no-recursion --hard-dereference -H gnu -b {RECORD_BLOCKS} -cf - -T -",
+        "LC_ALL=C exec tar -C {} --null --verbatim-files-from --no-recursion --hard-dereference -P -H gnu -b {RECORD_BLOCKS} -cf - -T -",
         shell_quote(root)
     )
 }
@@ -130,6 +131,11 @@ impl<P: Pipe> TarStream<P> {
     /// The transport.
     pub fn pipe(&self) -> &P {
         &self.pipe
+    }
+
+    /// The transport, to ask it for tar's complaints.
+    pub fn pipe_mut(&mut self) -> &mut P {
+        &mut self.pipe
     }
 
     /// The transport, to finish it.
@@ -263,7 +269,7 @@ impl<P: Pipe> TarStream<P> {
 
     /// Discards what is left of the current entry, and its padding.
     fn skip_rest(&mut self) -> io::Result<()> {
-        let n = self.left + self.pad;
+        let n = self.left.saturating_add(self.pad);
         if n > 0 {
             let copied = io::copy(&mut (&mut self.pipe).take(n), &mut io::sink())?;
             if copied != n {
@@ -417,6 +423,40 @@ impl SshPipe {
             .map_err(io::Error::from)
     }
 
+    /// What tar wrote to its stderr and was not taken yet, without waiting (at most 64 KiB
+    /// is kept). GNU tar reports a file it could not read there ("Read error at byte …"),
+    /// puts zeros in the archive for the rest of it and goes on; its header's size and mtime
+    /// are still right. Messages travel on the same connection as the archive and the SFTP
+    /// answers, so whatever tar wrote before a batch's end has arrived (and is returned
+    /// here) once an SFTP answer asked for after that end has come back.
+    pub fn complaints(&mut self) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        self.conn.sess.set_blocking(false);
+        let mut stderr = self.channel.stderr();
+        loop {
+            match stderr.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if got.len() < 64 << 10 {
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        got.extend_from_slice(
+                            format!("(its stderr could not be read: {e})").as_bytes(),
+                        );
+                    }
+                    break;
+                }
+            }
+        }
+        self.conn.sess.set_blocking(true);
+        String::from_utf8_lossy(&got).trim().to_string()
+    }
+
     /// Reads what tar still writes after the end of its input and waits for the channel
     /// to close: whether it closed cleanly, and tar's exit status (-1 when unknown).
     fn wait_for_exit(&mut self) -> (bool, i32) {
@@ -469,10 +509,10 @@ impl Pipe for SshPipe {
 /// Starts the tar command on a channel of `conn`.
 fn exec_tar(conn: &Conn, root: &Path) -> io::Result<ssh2::Channel> {
     let mut channel = conn.sess.channel_session().map_err(io::Error::from)?;
-    // tar's complaints are not read (a skipped file is read over SFTP, which says why);
-    // ignoring them keeps them from holding the channel's window.
+    // tar's stderr is kept apart from the archive and read between batches (complaints):
+    // a file it could not read is in the archive with zeros for the unread rest.
     channel
-        .handle_extended_data(ssh2::ExtendedData::Ignore)
+        .handle_extended_data(ssh2::ExtendedData::Normal)
         .map_err(io::Error::from)?;
     channel.exec(&command(root)).map_err(io::Error::from)?;
     Ok(channel)

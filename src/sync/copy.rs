@@ -110,6 +110,14 @@ pub struct Streaming {
     pub files: std::sync::atomic::AtomicU64,
 }
 
+/// A file copied from a tar stream, not confirmed yet.
+struct Streamed {
+    rel: String,
+    head: stream::Head,
+    outs: Vec<(PathBuf, Owner)>,
+    durable: bool,
+}
+
 /// How one copy worker reads the source: file by file (a local file, or SFTP), or, for an
 /// SSH source whose host has GNU tar, from the worker's own tar stream, one batch (a job's
 /// files) at a time. A stream that fails is dropped and its files are read over SFTP; a new
@@ -122,8 +130,9 @@ pub struct Reader<'a> {
     /// This worker's own: cleared after three failed starts.
     mine: bool,
     failures: u32,
-    /// Files read from the stream and not yet confirmed unchanged.
-    unchecked: Vec<(String, stream::Head)>,
+    /// Files read from the stream and not yet confirmed unchanged and read without a
+    /// complaint from tar, with where they were written.
+    unchecked: Vec<Streamed>,
 }
 
 impl<'a> Reader<'a> {
@@ -140,25 +149,82 @@ impl<'a> Reader<'a> {
     }
 
     /// Confirms that the files read from the stream since the last call have not changed
-    /// since tar opened them (size and mtime now, as in their headers). Called once per
-    /// batch, before its files are published: between batches the stream is quiet, so the
-    /// answers do not queue behind archive data.
-    pub fn confirm_unchanged(&mut self) -> Result<(), CopyError> {
-        for (rel, head) in std::mem::take(&mut self.unchecked) {
-            let now = match self.stream.as_ref() {
-                Some(s) => s.pipe().stat(&rel).or_else(|_| self.source.stat(&rel)),
-                None => self.source.stat(&rel),
+    /// since tar opened them (size and mtime now, as in their headers) and that tar read
+    /// them without a complaint. Called once per batch, before its files are published:
+    /// between batches the stream is quiet, so the answers do not queue behind archive
+    /// data. When tar complained during the batch (it puts zeros in place of what it could
+    /// not read), or its connection stopped answering, the files it delivered are copied
+    /// again over SFTP, whose errors are the ones the rest of the tool knows.
+    pub fn confirm_unchanged(&mut self, ctx: &Ctx) -> Result<(), CopyError> {
+        let files = std::mem::take(&mut self.unchecked);
+        if files.is_empty() {
+            // Nothing delivered (tar skipped every file: SFTP says why); what tar said about
+            // that is not held against the next batch.
+            if let Some(s) = self.stream.as_mut() {
+                let said = s.pipe_mut().complaints();
+                if !said.is_empty() {
+                    tracing::debug!("the remote tar said: {said}");
+                }
+            }
+            return Ok(());
+        }
+        // Whether every answer came over the stream's own connection, after the batch.
+        let mut in_order = self.stream.is_some();
+        for f in &files {
+            let now = match self.stream.as_ref().map(|s| s.pipe().stat(&f.rel)) {
+                Some(Ok(now)) => Ok(now),
+                _ => {
+                    in_order = false;
+                    self.source.stat(&f.rel)
+                }
             };
             let now = now.map_err(|e| CopyError::Source {
-                path: PathBuf::from(self.source.describe()).join(&rel),
+                path: PathBuf::from(self.source.describe()).join(&f.rel),
                 cause: e,
             })?;
-            if now.size != head.size || now.mtime.sec != head.mtime {
+            if now.size != f.head.size || now.mtime.sec != f.head.mtime {
                 return Err(CopyError::Changed {
-                    path: self.source.root().join(&rel),
-                    copied: head.size,
+                    path: self.source.root().join(&f.rel),
+                    copied: f.head.size,
                     now: now.size,
                 });
+            }
+        }
+        let complaints = match self.stream.as_mut() {
+            Some(s) if in_order => s.pipe_mut().complaints(),
+            _ => String::new(),
+        };
+        if in_order && complaints.is_empty() {
+            return Ok(());
+        }
+        if let Source::Ssh { pool, .. } = self.source {
+            let why = if complaints.is_empty() {
+                "its connection stopped answering".to_string()
+            } else {
+                format!("it reported: {complaints}")
+            };
+            tracing::warn!(
+                "the tar stream from {} cannot vouch for the {} file(s) of this batch ({why}); they are copied again over SFTP",
+                pool.spec().host,
+                files.len()
+            );
+        }
+        for f in files {
+            ctx.progress.take_back(f.head.size);
+            self.streaming.files.fetch_sub(1, Ordering::Relaxed);
+            let outs: Vec<Out> = f
+                .outs
+                .iter()
+                .map(|(path, owner)| Out {
+                    path,
+                    owner: *owner,
+                })
+                .collect();
+            if let Err(e) = copy_remote(self.source, &f.rel, &outs, f.durable, ctx) {
+                for o in &outs {
+                    let _ = std::fs::remove_file(o.path);
+                }
+                return Err(e);
             }
         }
         Ok(())
@@ -415,7 +481,15 @@ fn copy_streamed(
     // tar saw the size and mtime when it opened the file; whether it changed while it was
     // read is asked at the end of the batch (confirm_unchanged), before anything of it is
     // published.
-    reader.unchecked.push((rel.to_string(), head));
+    reader.unchecked.push(Streamed {
+        rel: rel.to_string(),
+        head,
+        outs: outs
+            .iter()
+            .map(|o| (o.path.to_path_buf(), o.owner))
+            .collect(),
+        durable,
+    });
     reader.streaming.files.fetch_add(1, Ordering::Relaxed);
     Some(Ok(done))
 }
