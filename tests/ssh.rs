@@ -471,11 +471,12 @@ fn sftp_reads_and_a_host_without_exec_copy_the_same_without_tar() {
 }
 
 /// GNU tar, on a disk that fails to read a file part-way, writes "Read error at byte …" to
-/// its stderr, zeros for the rest of the file, and goes on; the header's size and mtime
-/// are right. Simulated here for every first chunk segment (a real read error needs a
-/// failing device): the host's `tar` is the real GNU tar piped through a filter that does
-/// exactly that. The files of such a batch are copied again over SFTP, and the copy is
-/// exact.
+/// its stderr (after the name `-v` lists, before the next one), zeros for the rest of the
+/// file, and goes on; the header's size and mtime are right. Simulated here for every first
+/// chunk segment (a real read error needs a failing device): the host's `tar` is the real
+/// GNU tar, without `-v`, piped through a filter that lists each member on stderr as tar
+/// does and does the rest. The files of such a batch are copied again over SFTP, and the
+/// copy is exact.
 #[test]
 fn a_file_tar_could_not_read_is_copied_again_over_sftp() {
     let bin = tempfile::tempdir().unwrap();
@@ -496,8 +497,8 @@ while (1) {
         my $name = unpack("Z100", $b);
         $left = int((oct(unpack("Z12", substr($b, 124, 12))) + 511) / 512);
         $bad = $name =~ m{/chunks/000001$} ? 1 : 0;
-        print STDERR "tar: $name: Read error at byte 0, while reading 10240 bytes: Input/output error
-" if $bad;
+        print STDERR "$name\n";
+        print STDERR "tar: $name: Read error at byte 0, while reading 10240 bytes: Input/output error\n" if $bad;
     }
     syswrite(STDOUT, $b);
 }
@@ -505,7 +506,7 @@ while (1) {
     std::fs::write(bin.path().join("filter.pl"), filter).unwrap();
     let real_tar = which("tar");
     let script = format!(
-        "#!/bin/sh\n{} \"$@\" | perl {}\n",
+        "#!/bin/sh\nfor a; do shift; [ \"$a\" = -cvf ] && a=-cf; set -- \"$@\" \"$a\"; done\n{} \"$@\" | perl {}\n",
         real_tar.display(),
         bin.path().join("filter.pl").display()
     );

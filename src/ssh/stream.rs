@@ -43,10 +43,12 @@ const MARKERS: u64 = RECORD_BLOCKS + 1;
 const MARKER: &[u8] = b"/dev/null\0";
 const MARKER_NAME: &[u8] = b"/dev/null";
 
-/// The tar command, run in the source directory; `names` come on its stdin.
+/// The tar command, run in the source directory; `names` come on its stdin. The archive goes
+/// to stdout; `-v` lists each member on stderr, among tar's complaints (see
+/// [`TarStream::batch_said`]); `TAR_OPTIONS` on the host could turn complaints off.
 fn command(root: &Path) -> String {
     format!(
-        "LC_ALL=C exec tar -C {} --null --verbatim-files-from --no-recursion --hard-dereference -P -H gnu -b {RECORD_BLOCKS} -cf - -T -",
+        "LC_ALL=C TAR_OPTIONS= exec tar -C {} --null --verbatim-files-from --no-recursion --hard-dereference -P -H gnu -b {RECORD_BLOCKS} -cvf - -T -",
         shell_quote(root)
     )
 }
@@ -66,6 +68,8 @@ pub fn streamable(rel: &str) -> bool {
 pub trait Pipe: Read + Write {
     /// Ends the names (tar then finishes the archive and exits).
     fn finish_input(&mut self) -> io::Result<()>;
+    /// Reads what tar writes to its stderr (waiting for it; 0 at its end).
+    fn read_said(&mut self, buf: &mut [u8]) -> io::Result<usize>;
 }
 
 /// What the archive says of a file: its attributes when tar opened it.
@@ -109,6 +113,12 @@ pub struct TarStream<P> {
     broken: bool,
     /// A header (file or marker) was read: tar runs.
     delivered: bool,
+    /// tar's stderr: an unfinished line, the current batch's names (listed there by `-v`
+    /// as tar archives them), how many markers it listed and how many were sent.
+    said: Vec<u8>,
+    batch: std::collections::HashSet<String>,
+    markers_said: u64,
+    markers_sent: u64,
 }
 
 impl<P: Pipe> TarStream<P> {
@@ -125,17 +135,16 @@ impl<P: Pipe> TarStream<P> {
             ended: false,
             broken: false,
             delivered: false,
+            said: Vec::new(),
+            batch: Default::default(),
+            markers_said: 0,
+            markers_sent: 0,
         }
     }
 
     /// The transport.
     pub fn pipe(&self) -> &P {
         &self.pipe
-    }
-
-    /// The transport, to ask it for tar's complaints.
-    pub fn pipe_mut(&mut self) -> &mut P {
-        &mut self.pipe
     }
 
     /// The transport, to finish it.
@@ -181,7 +190,50 @@ impl<P: Pipe> TarStream<P> {
         self.check(r)?;
         self.pending.extend(names.iter().cloned());
         self.markers_unread += MARKERS;
+        self.batch = names.iter().cloned().collect();
+        self.markers_sent += MARKERS;
         Ok(())
+    }
+
+    /// What tar said on its stderr about the current batch, other than listing its names:
+    /// its complaints (`tar: NAME: Read error at byte …`, `… file changed as we read it`,
+    /// `… Cannot stat …`, in the C locale). tar lists each member there as it archives it
+    /// (`-v` with the archive on stdout), and writes a complaint about a file while it
+    /// archives it, so once the batch's first marker is listed, everything it will ever
+    /// say about the batch's files has been said. Waits for that line; an error when tar
+    /// ends first. Call it once per batch, after reading the batch's files.
+    pub fn batch_said(&mut self) -> io::Result<Vec<String>> {
+        let want = self.markers_sent.saturating_sub(MARKERS) + 1;
+        let mut complaints = Vec::new();
+        let mut buf = [0u8; 4096];
+        while self.markers_said < want {
+            let n = match self.pipe.read_said(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.broken = true;
+                    return Err(e);
+                }
+            };
+            if n == 0 {
+                self.broken = true;
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("tar ended before it got to the end of the batch ({complaints:?})"),
+                ));
+            }
+            self.said.extend_from_slice(&buf[..n]);
+            while let Some(nl) = self.said.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.said.drain(..=nl).collect();
+                let line = String::from_utf8_lossy(&line[..nl]).into_owned();
+                if line.as_bytes() == MARKER_NAME {
+                    self.markers_said += 1;
+                } else if !self.batch.contains(&line) && complaints.len() < 100 {
+                    complaints.push(line);
+                }
+            }
+        }
+        Ok(complaints)
     }
 
     /// Ends the names: tar finishes the archive.
@@ -393,7 +445,6 @@ fn parse_head(block: &[u8; 512]) -> io::Result<Item> {
 pub struct SshPipe {
     channel: ssh2::Channel,
     conn: Conn,
-    root: std::path::PathBuf,
 }
 
 impl SshPipe {
@@ -406,55 +457,7 @@ impl SshPipe {
     /// Starts tar on `conn`.
     pub fn start_on(conn: Conn, root: &Path) -> io::Result<SshPipe> {
         let channel = exec_tar(&conn, root)?;
-        Ok(SshPipe {
-            channel,
-            conn,
-            root: root.to_path_buf(),
-        })
-    }
-
-    /// Attributes of `rel` now, through this connection's SFTP (whole seconds). Asked
-    /// between batches, when little archive data is in flight ahead of the answer.
-    pub fn stat(&self, rel: &str) -> io::Result<crate::source::Stat> {
-        self.conn
-            .sftp()?
-            .lstat(&self.root.join(rel))
-            .map(|s| crate::source::Stat::of_sftp(&s))
-            .map_err(io::Error::from)
-    }
-
-    /// What tar wrote to its stderr and was not taken yet, without waiting (at most 64 KiB
-    /// is kept). GNU tar reports a file it could not read there ("Read error at byte …"),
-    /// puts zeros in the archive for the rest of it and goes on; its header's size and mtime
-    /// are still right. Messages travel on the same connection as the archive and the SFTP
-    /// answers, so whatever tar wrote before a batch's end has arrived (and is returned
-    /// here) once an SFTP answer asked for after that end has come back.
-    pub fn complaints(&mut self) -> String {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        self.conn.sess.set_blocking(false);
-        let mut stderr = self.channel.stderr();
-        loop {
-            match stderr.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if got.len() < 64 << 10 {
-                        got.extend_from_slice(&buf[..n]);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    if e.kind() != io::ErrorKind::WouldBlock {
-                        got.extend_from_slice(
-                            format!("(its stderr could not be read: {e})").as_bytes(),
-                        );
-                    }
-                    break;
-                }
-            }
-        }
-        self.conn.sess.set_blocking(true);
-        String::from_utf8_lossy(&got).trim().to_string()
+        Ok(SshPipe { channel, conn })
     }
 
     /// Reads what tar still writes after the end of its input and waits for the channel
@@ -504,13 +507,17 @@ impl Pipe for SshPipe {
     fn finish_input(&mut self) -> io::Result<()> {
         self.channel.send_eof().map_err(io::Error::from)
     }
+    fn read_said(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.channel.stderr().read(buf)
+    }
 }
 
 /// Starts the tar command on a channel of `conn`.
 fn exec_tar(conn: &Conn, root: &Path) -> io::Result<ssh2::Channel> {
     let mut channel = conn.sess.channel_session().map_err(io::Error::from)?;
-    // tar's stderr is kept apart from the archive and read between batches (complaints):
-    // a file it could not read is in the archive with zeros for the unread rest.
+    // tar's stderr is kept apart from the archive and read after each batch
+    // (TarStream::batch_said): a file it could not read is in the archive with zeros for
+    // the unread rest, and only its stderr says so.
     channel
         .handle_extended_data(ssh2::ExtendedData::Normal)
         .map_err(io::Error::from)?;
@@ -528,6 +535,7 @@ mod tests {
         child: Child,
         stdin: Option<ChildStdin>,
         stdout: ChildStdout,
+        stderr: std::process::ChildStderr,
     }
 
     impl LocalTar {
@@ -537,12 +545,13 @@ mod tests {
                 .arg(command(root))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
             LocalTar {
                 stdin: child.stdin.take(),
                 stdout: child.stdout.take().unwrap(),
+                stderr: child.stderr.take().unwrap(),
                 child,
             }
         }
@@ -570,6 +579,9 @@ mod tests {
         fn finish_input(&mut self) -> io::Result<()> {
             self.stdin = None;
             Ok(())
+        }
+        fn read_said(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.stderr.read(buf)
         }
     }
 
@@ -663,6 +675,59 @@ mod tests {
     }
 
     #[test]
+    fn what_tar_says_is_told_per_batch() {
+        within_a_minute(what_tar_says);
+    }
+
+    fn what_tar_says() {
+        let d = tempfile::tempdir().unwrap();
+        let big = d.path().join("big");
+        std::fs::write(&big, vec![3u8; 4 << 20]).unwrap();
+        std::fs::write(d.path().join("small"), b"s").unwrap();
+        let mut s = TarStream::new(LocalTar::start(d.path()));
+        // Read without a word (its names listed by -v are not complaints).
+        s.send(&names(&["small", "big"])).unwrap();
+        s.open("small").unwrap().unwrap();
+        s.open("big").unwrap().unwrap();
+        read_all(&mut s);
+        assert_eq!(s.batch_said().unwrap(), Vec::<String>::new());
+        // A skipped file: tar says why, in the batch it was skipped in only.
+        s.send(&names(&["gone", "small"])).unwrap();
+        assert_eq!(s.open("gone").unwrap(), None);
+        s.open("small").unwrap().unwrap();
+        read_all(&mut s);
+        assert_eq!(
+            s.batch_said().unwrap(),
+            ["tar: gone: Cannot stat: No such file or directory"]
+        );
+        // A file that grows while tar reads it (tar waits on the full pipe meanwhile):
+        // the data is what tar read, whole, and only its stderr says it changed.
+        s.send(&names(&["big"])).unwrap();
+        s.open("big").unwrap().unwrap();
+        let mut first = vec![0u8; 1000];
+        let mut got = 0;
+        while got < first.len() {
+            got += s.read(&mut first[got..]).unwrap();
+        }
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&big)
+            .unwrap()
+            .write_all(b"more")
+            .unwrap();
+        assert_eq!(read_all(&mut s).len(), (4 << 20) - 1000);
+        assert_eq!(
+            s.batch_said().unwrap(),
+            ["tar: big: file changed as we read it"]
+        );
+        s.send(&names(&["small"])).unwrap();
+        s.open("small").unwrap().unwrap();
+        read_all(&mut s);
+        assert_eq!(s.batch_said().unwrap(), Vec::<String>::new());
+        s.finish_input().unwrap();
+    }
+
+    #[test]
     fn a_skipped_file_right_after_a_record_boundary_or_first_in_a_stream_is_seen_at_once() {
         within_a_minute(|| {
             let d = tempfile::tempdir().unwrap();
@@ -738,6 +803,9 @@ mod tests {
     impl Pipe for Cut {
         fn finish_input(&mut self) -> io::Result<()> {
             Ok(())
+        }
+        fn read_said(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Ok(0)
         }
     }
 

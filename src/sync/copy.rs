@@ -130,9 +130,11 @@ pub struct Reader<'a> {
     /// This worker's own: cleared after three failed starts.
     mine: bool,
     failures: u32,
-    /// Files read from the stream and not yet confirmed unchanged and read without a
-    /// complaint from tar, with where they were written.
+    /// Files read from the stream and not yet confirmed read without a complaint from
+    /// tar, with where they were written.
     unchecked: Vec<Streamed>,
+    /// The names of the current batch sent to the stream.
+    sent: Vec<String>,
 }
 
 impl<'a> Reader<'a> {
@@ -145,64 +147,60 @@ impl<'a> Reader<'a> {
             mine: matches!(source, Source::Ssh { .. }),
             failures: 0,
             unchecked: Vec::new(),
+            sent: Vec::new(),
         }
     }
 
-    /// Confirms that the files read from the stream since the last call have not changed
-    /// since tar opened them (size and mtime now, as in their headers) and that tar read
-    /// them without a complaint. Called once per batch, before its files are published:
-    /// between batches the stream is quiet, so the answers do not queue behind archive
-    /// data. When tar complained during the batch (it puts zeros in place of what it could
-    /// not read), or its connection stopped answering, the files it delivered are copied
-    /// again over SFTP, whose errors are the ones the rest of the tool knows.
+    /// Confirms that tar read the files it delivered since the last call without a
+    /// complaint: GNU tar that cannot read a file part-way (a failing disk) puts zeros in
+    /// the archive for the rest of it, with the header's size and mtime still right, and
+    /// says so only on its stderr; so does a file that changed while tar read it (its
+    /// ctime, or a size that grew). Called once per batch, after its files were read and
+    /// before they are published. When tar complained about one of them, or the stream
+    /// failed before it could tell, the files it delivered in the batch are copied again
+    /// over SFTP, whose checks and errors are the ones the rest of the tool knows. A
+    /// complaint about a file tar skipped (vanished, unreadable) is not one: SFTP reads
+    /// that file and says what is wrong with it.
     pub fn confirm_unchanged(&mut self, ctx: &Ctx) -> Result<(), CopyError> {
         let files = std::mem::take(&mut self.unchecked);
-        if files.is_empty() {
-            // Nothing delivered (tar skipped every file: SFTP says why); what tar said about
-            // that is not held against the next batch.
-            if let Some(s) = self.stream.as_mut() {
-                let said = s.pipe_mut().complaints();
-                if !said.is_empty() {
-                    tracing::debug!("the remote tar said: {said}");
-                }
-            }
-            return Ok(());
-        }
-        // Whether every answer came over the stream's own connection, after the batch.
-        let mut in_order = self.stream.is_some();
-        for f in &files {
-            let now = match self.stream.as_ref().map(|s| s.pipe().stat(&f.rel)) {
-                Some(Ok(now)) => Ok(now),
-                _ => {
-                    in_order = false;
-                    self.source.stat(&f.rel)
-                }
-            };
-            let now = now.map_err(|e| CopyError::Source {
-                path: PathBuf::from(self.source.describe()).join(&f.rel),
-                cause: e,
-            })?;
-            if now.size != f.head.size || now.mtime.sec != f.head.mtime {
-                return Err(CopyError::Changed {
-                    path: self.source.root().join(&f.rel),
-                    copied: f.head.size,
-                    now: now.size,
-                });
-            }
-        }
-        let complaints = match self.stream.as_mut() {
-            Some(s) if in_order => s.pipe_mut().complaints(),
-            _ => String::new(),
+        let sent = std::mem::take(&mut self.sent);
+        let said = match self.stream.as_mut() {
+            Some(s) if !sent.is_empty() => s.batch_said(),
+            _ => Err(io::Error::other("the stream failed")),
         };
-        if in_order && complaints.is_empty() {
+        let delivered: std::collections::HashSet<&str> =
+            files.iter().map(|f| f.rel.as_str()).collect();
+        let why = match said {
+            Ok(lines) => {
+                let skipped = |l: &String| {
+                    sent.iter().any(|n| {
+                        !delivered.contains(n.as_str())
+                            && l.strip_prefix("tar: ")
+                                .and_then(|r| r.strip_prefix(n.as_str()))
+                                .is_some_and(|r| r.starts_with(": "))
+                    })
+                };
+                let complaints: Vec<String> = lines.into_iter().filter(|l| !skipped(l)).collect();
+                if complaints.is_empty() {
+                    return Ok(());
+                }
+                format!("it reported: {}", complaints.join("; "))
+            }
+            Err(e) => {
+                if !sent.is_empty() {
+                    self.broke(&e);
+                }
+                if files.is_empty() {
+                    return Ok(());
+                }
+                format!("it could not tell whether it read them whole: {e}")
+            }
+        };
+        if files.is_empty() {
+            tracing::debug!("the remote tar said of files it skipped: {why}");
             return Ok(());
         }
         if let Source::Ssh { pool, .. } = self.source {
-            let why = if complaints.is_empty() {
-                "its connection stopped answering".to_string()
-            } else {
-                format!("it reported: {complaints}")
-            };
             tracing::warn!(
                 "the tar stream from {} cannot vouch for the {} file(s) of this batch ({why}); they are copied again over SFTP",
                 pool.spec().host,
@@ -234,6 +232,7 @@ impl<'a> Reader<'a> {
     /// them (none when not streaming).
     pub fn begin(&mut self, files: &[String]) {
         self.unchecked.clear();
+        self.sent.clear();
         let Source::Ssh { root, pool, .. } = self.source else {
             return;
         };
@@ -273,10 +272,11 @@ impl<'a> Reader<'a> {
                 }
             }
         }
-        if let Some(s) = self.stream.as_mut()
-            && let Err(e) = s.send(&names)
-        {
-            self.broke(&e);
+        if let Some(s) = self.stream.as_mut() {
+            match s.send(&names) {
+                Ok(()) => self.sent = names,
+                Err(e) => self.broke(&e),
+            }
         }
     }
 
