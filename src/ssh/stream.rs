@@ -228,8 +228,14 @@ impl<P: Pipe> TarStream<P> {
                 let line = String::from_utf8_lossy(&line[..nl]).into_owned();
                 if line.as_bytes() == MARKER_NAME {
                     self.markers_said += 1;
-                } else if !self.batch.contains(&line) && complaints.len() < 100 {
-                    complaints.push(line);
+                } else if !self.batch.contains(&line) {
+                    // At most 100 kept; the 101st stands for the rest, and is a complaint
+                    // about no name in particular.
+                    match complaints.len() {
+                        0..100 => complaints.push(line),
+                        100 => complaints.push("(and more)".to_string()),
+                        _ => {}
+                    }
                 }
             }
         }

@@ -110,12 +110,28 @@ pub struct Streaming {
     pub files: std::sync::atomic::AtomicU64,
 }
 
-/// A file copied from a tar stream, not confirmed yet.
+/// A file copied from a tar stream, not confirmed yet (its copies do not have the source's
+/// mtime yet).
 struct Streamed {
     rel: String,
     head: stream::Head,
     outs: Vec<(PathBuf, Owner)>,
     durable: bool,
+}
+
+impl Streamed {
+    /// Gives the copies the source's times, now that tar vouched for the file.
+    fn vouched(&self) -> Result<(), CopyError> {
+        let mtime =
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.head.mtime.max(0) as u64);
+        let times = FileTimes::new().set_accessed(mtime).set_modified(mtime);
+        for (path, _) in &self.outs {
+            File::open(path)
+                .and_then(|f| f.set_times(times))
+                .map_err(dst_err(path))?;
+        }
+        Ok(())
+    }
 }
 
 /// How one copy worker reads the source: file by file (a local file, or SFTP), or, for an
@@ -182,7 +198,7 @@ impl<'a> Reader<'a> {
                 };
                 let complaints: Vec<String> = lines.into_iter().filter(|l| !skipped(l)).collect();
                 if complaints.is_empty() {
-                    return Ok(());
+                    return files.iter().try_for_each(Streamed::vouched);
                 }
                 format!("it reported: {}", complaints.join("; "))
             }
@@ -473,9 +489,9 @@ fn copy_streamed(
         }
         Err(Stop::Copy(e)) => return Some(Err(e)),
     };
-    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(head.mtime.max(0) as u64);
-    let times = FileTimes::new().set_accessed(mtime).set_modified(mtime);
-    if let Err(e) = finish_outputs(&outputs, outs, head.mode, times, durable) {
+    // The source's mtime only once tar vouched for the file (confirm_unchanged): a staged
+    // file with the source's size and mtime is taken as complete by a resumed run.
+    if let Err(e) = finish_outputs(&outputs, outs, head.mode, FileTimes::new(), durable) {
         return Some(Err(e));
     }
     // tar saw the size and mtime when it opened the file; whether it changed while it was
