@@ -48,11 +48,17 @@ impl Sshd {
         std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
         std::fs::create_dir_all("/run/sshd").unwrap(); // privilege separation directory
         let port = free_port();
+        // `extra` may name its own SFTP server (sshd refuses a second Subsystem line).
+        let sftp = if extra.contains("Subsystem sftp ") {
+            ""
+        } else {
+            "Subsystem sftp /usr/lib/openssh/sftp-server\n"
+        };
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\n\
-             StrictModes no\nPermitRootLogin yes\nSubsystem sftp /usr/lib/openssh/sftp-server\n\
+             StrictModes no\nPermitRootLogin yes\n{sftp}\
              LogLevel ERROR\n{extra}",
             d = d.display()
         );
@@ -480,43 +486,7 @@ fn sftp_reads_and_a_host_without_exec_copy_the_same_without_tar() {
 #[test]
 fn a_file_tar_could_not_read_is_copied_again_over_sftp() {
     let bin = tempfile::tempdir().unwrap();
-    let filter = r#"
-$| = 1;
-my ($left, $bad) = (0, 0);
-while (1) {
-    my $b = "";
-    while (length($b) < 512) {
-        my $n = sysread(STDIN, $b, 512 - length($b), length($b));
-        last if !$n;
-    }
-    last if $b eq "";
-    if ($left > 0) {
-        $left--;
-        $b = "\0" x 512 if $bad;
-    } elsif (length($b) == 512 && substr($b, 0, 1) ne "\0") {
-        my $name = unpack("Z100", $b);
-        $left = int((oct(unpack("Z12", substr($b, 124, 12))) + 511) / 512);
-        $bad = $name =~ m{/chunks/000001$} ? 1 : 0;
-        print STDERR "$name\n";
-        print STDERR "tar: $name: Read error at byte 0, while reading 10240 bytes: Input/output error\n" if $bad;
-    }
-    syswrite(STDOUT, $b);
-}
-"#;
-    std::fs::write(bin.path().join("filter.pl"), filter).unwrap();
-    let real_tar = which("tar");
-    let script = format!(
-        "#!/bin/sh\nfor a; do shift; [ \"$a\" = -cvf ] && a=-cf; set -- \"$@\" \"$a\"; done\n{} \"$@\" | perl {}\n",
-        real_tar.display(),
-        bin.path().join("filter.pl").display()
-    );
-    let tar = bin.path().join("tar");
-    std::fs::write(&tar, script).unwrap();
-    std::fs::set_permissions(&tar, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let sshd = Sshd::start_with(&format!(
-        "SetEnv PATH={}:/usr/local/bin:/usr/bin:/bin\n",
-        bin.path().display()
-    ));
+    let sshd = Sshd::start_with(&failing_tar(bin.path(), false, ""));
     let ws = Workspace::new();
     ssh_plan(&ws, &sshd, "client_key", &sshd.path("known_hosts"), "");
     let (code, out, log) = ws.run(&["apply", "--yes", "--source-stopped", "--output", "json"]);
@@ -546,6 +516,92 @@ while (1) {
     want.retain(|k, _| k != "lock" && k != "queries.active");
     assert_eq!(file_hashes(&ws.target()), want);
     assert_eq!(ws.run(&["verify", "--level", "checksum"]).0, 0);
+}
+
+/// sshd configuration lines that give its sessions a `tar` (in `bin`) which is the real GNU
+/// tar, without `-v`, piped through a filter that lists each member on stderr as `tar -v`
+/// does, and for every first chunk segment says "Read error at byte 0" there, as GNU tar
+/// does, and puts zeros in place of its data. With `quit`, the archive ends right after
+/// that file (as when the connection drops).
+fn failing_tar(bin: &Path, quit: bool, extra: &str) -> String {
+    let filter = r#"
+$| = 1;
+my $quit = @ARGV && $ARGV[0] eq "quit";
+my ($left, $bad) = (0, 0);
+while (1) {
+    my $b = "";
+    while (length($b) < 512) {
+        my $n = sysread(STDIN, $b, 512 - length($b), length($b));
+        last if !$n;
+    }
+    last if $b eq "";
+    if ($left > 0) {
+        $left--;
+        $b = "\0" x 512 if $bad;
+        syswrite(STDOUT, $b);
+        exit 0 if $bad && $quit && $left == 0;
+        next;
+    }
+    if (length($b) == 512 && substr($b, 0, 1) ne "\0") {
+        my $name = unpack("Z100", $b);
+        $left = int((oct(unpack("Z12", substr($b, 124, 12))) + 511) / 512);
+        $bad = $name =~ m{/chunks/000001$} ? 1 : 0;
+        print STDERR "$name\n";
+        print STDERR "tar: $name: Read error at byte 0, while reading 10240 bytes: Input/output error\n" if $bad;
+    }
+    syswrite(STDOUT, $b);
+}
+"#;
+    std::fs::write(bin.join("filter.pl"), filter).unwrap();
+    let script = format!(
+        "#!/bin/sh\nfor a; do shift; [ \"$a\" = -cvf ] && a=-cf; set -- \"$@\" \"$a\"; done\n{} \"$@\" | perl {} {}\n",
+        which("tar").display(),
+        bin.join("filter.pl").display(),
+        if quit { "quit" } else { "" }
+    );
+    let tar = bin.join("tar");
+    std::fs::write(&tar, script).unwrap();
+    std::fs::set_permissions(&tar, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    format!(
+        "SetEnv PATH={}:/usr/local/bin:/usr/bin:/bin\n{extra}",
+        bin.display()
+    )
+}
+
+/// A run that stops after tar delivered a file and before it vouched for it (here: the
+/// stream ends right after a file tar could not read, and SFTP, which would read it and the
+/// rest of the batch, is refused) leaves staged files without the source's mtime: the next
+/// run copies them again instead of taking them as complete.
+#[test]
+fn a_staged_file_tar_did_not_vouch_for_is_not_resumed() {
+    let bin = tempfile::tempdir().unwrap();
+    let broken = Sshd::start_with(&failing_tar(
+        bin.path(),
+        true,
+        "Subsystem sftp /bin/false\n",
+    ));
+    let ws = Workspace::new();
+    // Only blocks, whose checks the scan's snapshot answers without SFTP.
+    for d in ["wal", "chunks_head"] {
+        std::fs::remove_dir_all(ws.source.join(d)).unwrap();
+    }
+    ssh_plan(&ws, &broken, "client_key", &broken.path("known_hosts"), "");
+    let (code, _, log) = ws.run(&["apply", "--yes", "--source-stopped"]);
+    assert_ne!(code, 0, "{log}");
+    let staged: Vec<PathBuf> = walkdir::WalkDir::new(ws.target().join(".promigrate-staging"))
+        .into_iter()
+        .map(|e| e.unwrap().into_path())
+        .filter(|p| p.ends_with("chunks/000001"))
+        .collect();
+    assert!(!staged.is_empty(), "a zeroed segment is staged: {log}");
+    drop(broken);
+    let sshd = Sshd::start();
+    ssh_plan(&ws, &sshd, "client_key", &sshd.path("known_hosts"), "");
+    let (code, _, log) = ws.run(&["apply", "--yes", "--source-stopped"]);
+    assert_eq!(code, 0, "{log}");
+    let mut want = file_hashes(&ws.source);
+    want.retain(|k, _| k != "lock" && k != "queries.active");
+    assert_eq!(file_hashes(&ws.target()), want);
 }
 
 /// Where `prog` is on PATH.
