@@ -167,8 +167,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Confirms that tar read the files it delivered since the last call without a
-    /// complaint: GNU tar that cannot read a file part-way (a failing disk) puts zeros in
+    /// Confirms that tar read the files it delivered in this batch without a complaint: GNU tar that cannot read a file part-way (a failing disk) puts zeros in
     /// the archive for the rest of it, with the header's size and mtime still right, and
     /// says so only on its stderr; so does a file that changed while tar read it (its
     /// ctime, or a size that grew). Called once per batch, after its files were read and
@@ -177,7 +176,7 @@ impl<'a> Reader<'a> {
     /// over SFTP, whose checks and errors are the ones the rest of the tool knows. A
     /// complaint about a file tar skipped (vanished, unreadable) is not one: SFTP reads
     /// that file and says what is wrong with it.
-    pub fn confirm_unchanged(&mut self, ctx: &Ctx) -> Result<(), CopyError> {
+    pub fn confirm_batch(&mut self, ctx: &Ctx) -> Result<(), CopyError> {
         let files = std::mem::take(&mut self.unchecked);
         let sent = std::mem::take(&mut self.sent);
         let said = match self.stream.as_mut() {
@@ -489,14 +488,13 @@ fn copy_streamed(
         }
         Err(Stop::Copy(e)) => return Some(Err(e)),
     };
-    // The source's mtime only once tar vouched for the file (confirm_unchanged): a staged
+    // The source's mtime only once tar vouched for the file (confirm_batch): a staged
     // file with the source's size and mtime is taken as complete by a resumed run.
     if let Err(e) = finish_outputs(&outputs, outs, head.mode, FileTimes::new(), durable) {
         return Some(Err(e));
     }
-    // tar saw the size and mtime when it opened the file; whether it changed while it was
-    // read is asked at the end of the batch (confirm_unchanged), before anything of it is
-    // published.
+    // Whether tar read it whole and unchanged is known at the end of the batch, from what
+    // tar says on its stderr (confirm_batch), before anything of it is published.
     reader.unchecked.push(Streamed {
         rel: rel.to_string(),
         head,

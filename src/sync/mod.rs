@@ -666,7 +666,7 @@ fn stage_dir(
             d.copied_files.fetch_add(1, Ordering::Relaxed);
         }
     }
-    if let Err(e) = reader.confirm_unchanged(&sh.ctx) {
+    if let Err(e) = reader.confirm_batch(&sh.ctx) {
         return stop(e);
     }
     for ((&t, stage), written) in to.iter().zip(&stages).zip(&written) {
@@ -840,7 +840,7 @@ fn one_file(sh: &Shared, reader: &mut Reader, rel: &str, to: &[usize]) -> anyhow
         })
         .collect();
     let copied = copy::copy_file(reader, rel, &outs, true, &sh.ctx)
-        .and_then(|n| reader.confirm_unchanged(&sh.ctx).map(|_| n));
+        .and_then(|n| reader.confirm_batch(&sh.ctx).map(|_| n));
     let n = match copied {
         Ok(n) => n,
         Err(e) => {
