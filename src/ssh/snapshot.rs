@@ -384,36 +384,18 @@ impl Snapshot {
         }
         blocks.sort();
         let mut b = Batch::default();
-        let regular = |st: &Stat| st.mode & 0o170000 == 0o100000;
-        if blocks.iter().any(|x| {
-            let listed = |rel: String| self.stats.get(&rel).is_some_and(|st| !regular(st));
-            ["index", "meta.json", "tombstones"]
-                .into_iter()
-                .any(|n| listed(format!("{x}/{n}")))
-                || self
-                    .dirs
-                    .get(&format!("{x}/chunks"))
-                    .into_iter()
-                    .flatten()
-                    .any(|e| {
-                        e.name
-                            .as_ref()
-                            .is_ok_and(|n| n.len() == 6 && n.bytes().all(|c| c.is_ascii_digit()))
-                            && !regular(&e.stat)
-                    })
-        }) {
-            return None;
-        }
-        let ends = |rel: &str| {
-            self.stats
-                .get(rel)
-                .map(|s| s.size.min(ENDS as u64) as usize)
+        // A listed file: `Some(None)` when it is not listed, `None` (no batch at all) when
+        // it is not a regular file, since the patterns match it all the same.
+        let file = |rel: &str| match self.stats.get(rel) {
+            Some(st) if st.mode & 0o170000 != 0o100000 => None,
+            st => Some(st),
         };
+        let ends = |st: &Stat| st.size.min(ENDS as u64) as usize;
         for x in &blocks {
             let index = format!("{x}/index");
-            if let Some(n) = ends(&index) {
-                b.heads.push((index.clone(), n));
-                b.tails.push((index, n));
+            if let Some(st) = file(&index)? {
+                b.heads.push((index.clone(), ends(st)));
+                b.tails.push((index, ends(st)));
             }
         }
         for x in &blocks {
@@ -429,8 +411,8 @@ impl Snapshot {
             segs.sort();
             for n in segs {
                 let rel = format!("{chunks}/{n}");
-                if let Some(k) = ends(&rel) {
-                    b.heads.push((rel, k));
+                if let Some(st) = file(&rel)? {
+                    b.heads.push((rel, ends(st)));
                 }
             }
         }
@@ -438,7 +420,7 @@ impl Snapshot {
         for name in ["meta.json", "tombstones"] {
             for x in &blocks {
                 let rel = format!("{x}/{name}");
-                if let Some(st) = self.stats.get(&rel) {
+                if let Some(st) = file(&rel)? {
                     total = total.saturating_add(st.size.div_ceil(512) * 512 + 512);
                     b.whole.push(rel);
                 }
