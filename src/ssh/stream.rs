@@ -114,9 +114,11 @@ pub struct TarStream<P> {
     /// A header (file or marker) was read: tar runs.
     delivered: bool,
     /// tar's stderr: an unfinished line, the current batch's names (listed there by `-v`
-    /// as tar archives them), how many markers it listed and how many were sent.
+    /// as tar archives them) and those of them tar skipped, how many markers it listed and
+    /// how many were sent.
     said: Vec<u8>,
     batch: std::collections::HashSet<String>,
+    skipped: std::collections::HashSet<String>,
     markers_said: u64,
     markers_sent: u64,
 }
@@ -137,6 +139,7 @@ impl<P: Pipe> TarStream<P> {
             delivered: false,
             said: Vec::new(),
             batch: Default::default(),
+            skipped: Default::default(),
             markers_said: 0,
             markers_sent: 0,
         }
@@ -177,6 +180,11 @@ impl<P: Pipe> TarStream<P> {
         if self.peeked == Some(Item::Marker) {
             self.peeked = None; // the previous batch's: skipped like the rest of them
         }
+        if self.said_due() {
+            // The previous batch was given up without asking: what tar said of it is not
+            // held against this one.
+            self.batch_said()?;
+        }
         let mut buf = Vec::new();
         for n in names {
             debug_assert!(streamable(n));
@@ -191,22 +199,29 @@ impl<P: Pipe> TarStream<P> {
         self.pending.extend(names.iter().cloned());
         self.markers_unread += MARKERS;
         self.batch = names.iter().cloned().collect();
+        self.skipped.clear();
         self.markers_sent += MARKERS;
         Ok(())
     }
 
-    /// What tar said on its stderr about the current batch, other than listing its names:
-    /// its complaints (`tar: NAME: Read error at byte …`, `… file changed as we read it`,
-    /// `… Cannot stat …`, in the C locale). tar lists each member there as it archives it
-    /// (`-v` with the archive on stdout), and writes a complaint about a file while it
-    /// archives it, so once the batch's first marker is listed, everything it will ever
-    /// say about the batch's files has been said. Waits for that line; an error when tar
-    /// ends first. Call it once per batch, after reading the batch's files.
+    /// Whether the current batch's stderr has not been read up to its first marker yet.
+    fn said_due(&self) -> bool {
+        self.markers_sent > 0 && self.markers_said <= self.markers_sent - MARKERS
+    }
+
+    /// What tar said on its stderr about the files it delivered in the current batch, other
+    /// than listing their names: its complaints (`tar: NAME: Read error at byte …`, `…
+    /// file changed as we read it`, in the C locale). A complaint about a file it skipped
+    /// (`… Cannot stat …`) is left out: whoever reads that file instead finds out why. tar
+    /// lists each member there as it archives it (`-v` with the archive on stdout), and
+    /// writes a complaint about a file while it archives it, so once the batch's first
+    /// marker is listed, everything it will ever say about the batch's files has been
+    /// said. Waits for that line; an error when tar ends first. Call it after reading the
+    /// batch's files; nothing is said twice (an empty answer when asked again).
     pub fn batch_said(&mut self) -> io::Result<Vec<String>> {
-        let want = self.markers_sent.saturating_sub(MARKERS) + 1;
         let mut complaints = Vec::new();
         let mut buf = [0u8; 4096];
-        while self.markers_said < want {
+        while self.said_due() {
             let n = match self.pipe.read_said(&mut buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -226,9 +241,16 @@ impl<P: Pipe> TarStream<P> {
             while let Some(nl) = self.said.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.said.drain(..=nl).collect();
                 let line = String::from_utf8_lossy(&line[..nl]).into_owned();
+                let about_skipped = || {
+                    self.skipped.iter().any(|n| {
+                        line.strip_prefix("tar: ")
+                            .and_then(|r| r.strip_prefix(n.as_str()))
+                            .is_some_and(|r| r.starts_with(": "))
+                    })
+                };
                 if line.as_bytes() == MARKER_NAME {
                     self.markers_said += 1;
-                } else if !self.batch.contains(&line) {
+                } else if !self.batch.contains(&line) && !about_skipped() {
                     // At most 100 kept; the 101st stands for the rest, and is a complaint
                     // about no name in particular.
                     match complaints.len() {
@@ -276,7 +298,7 @@ impl<P: Pipe> TarStream<P> {
             }
         };
         self.pending.pop_front();
-        match item {
+        let r = match item {
             None => Ok(None), // the archive ended: tar skipped the rest
             Some(Item::Marker) => {
                 self.peeked = Some(Item::Marker); // the batch ended: rel, and the rest, skipped
@@ -298,7 +320,11 @@ impl<P: Pipe> TarStream<P> {
                     format!("the tar stream sent {} when {rel} was expected", h.name),
                 ))
             }
+        };
+        if matches!(r, Ok(None)) {
+            self.skipped.insert(rel.to_string());
         }
+        r
     }
 
     /// Reads data of the current entry (0 at its end).
@@ -697,35 +723,43 @@ mod tests {
         s.open("big").unwrap().unwrap();
         read_all(&mut s);
         assert_eq!(s.batch_said().unwrap(), Vec::<String>::new());
-        // A skipped file: tar says why, in the batch it was skipped in only.
+        // A skipped file: tar says why, which is no complaint about the files it delivered
+        // (whoever reads the skipped one finds out), and is not held against a later batch.
         s.send(&names(&["gone", "small"])).unwrap();
         assert_eq!(s.open("gone").unwrap(), None);
         s.open("small").unwrap().unwrap();
         read_all(&mut s);
-        assert_eq!(
-            s.batch_said().unwrap(),
-            ["tar: gone: Cannot stat: No such file or directory"]
-        );
+        assert_eq!(s.batch_said().unwrap(), Vec::<String>::new());
         // A file that grows while tar reads it (tar waits on the full pipe meanwhile):
         // the data is what tar read, whole, and only its stderr says it changed.
-        s.send(&names(&["big"])).unwrap();
-        s.open("big").unwrap().unwrap();
-        let mut first = vec![0u8; 1000];
-        let mut got = 0;
-        while got < first.len() {
-            got += s.read(&mut first[got..]).unwrap();
-        }
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&big)
-            .unwrap()
-            .write_all(b"more")
-            .unwrap();
-        assert_eq!(read_all(&mut s).len(), (4 << 20) - 1000);
+        let grow_while_read = |s: &mut TarStream<LocalTar>| {
+            s.send(&names(&["big"])).unwrap();
+            s.open("big").unwrap().unwrap();
+            let mut first = vec![0u8; 1000];
+            let mut got = 0;
+            while got < first.len() {
+                got += s.read(&mut first[got..]).unwrap();
+            }
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&big)
+                .unwrap()
+                .write_all(b"more")
+                .unwrap();
+            assert_eq!(
+                read_all(s).len(),
+                std::fs::metadata(&big).unwrap().len() as usize - 1004
+            );
+        };
+        grow_while_read(&mut s);
         assert_eq!(
             s.batch_said().unwrap(),
             ["tar: big: file changed as we read it"]
         );
+        assert_eq!(s.batch_said().unwrap(), Vec::<String>::new()); // said once
+        // A batch given up without asking what tar said of it (its files abandoned): that
+        // is not blamed on the next batch.
+        grow_while_read(&mut s);
         s.send(&names(&["small"])).unwrap();
         s.open("small").unwrap().unwrap();
         read_all(&mut s);

@@ -149,8 +149,6 @@ pub struct Reader<'a> {
     /// Files read from the stream and not yet confirmed read without a complaint from
     /// tar, with where they were written.
     unchecked: Vec<Streamed>,
-    /// The names of the current batch sent to the stream.
-    sent: Vec<String>,
 }
 
 impl<'a> Reader<'a> {
@@ -163,56 +161,36 @@ impl<'a> Reader<'a> {
             mine: matches!(source, Source::Ssh { .. }),
             failures: 0,
             unchecked: Vec::new(),
-            sent: Vec::new(),
         }
     }
 
-    /// Confirms that tar read the files it delivered in this batch without a complaint: GNU tar that cannot read a file part-way (a failing disk) puts zeros in
-    /// the archive for the rest of it, with the header's size and mtime still right, and
-    /// says so only on its stderr; so does a file that changed while tar read it (its
-    /// ctime, or a size that grew). Called once per batch, after its files were read and
-    /// before they are published. When tar complained about one of them, or the stream
-    /// failed before it could tell, the files it delivered in the batch are copied again
-    /// over SFTP, whose checks and errors are the ones the rest of the tool knows. A
-    /// complaint about a file tar skipped (vanished, unreadable) is not one: SFTP reads
-    /// that file and says what is wrong with it.
+    /// Confirms that tar read the files it delivered in this batch without a complaint
+    /// ([`TarStream::batch_said`]): GNU tar that cannot read a file part-way (a failing
+    /// disk) puts zeros in the archive for the rest of it, with the header's size and mtime
+    /// still right, and says so only on its stderr; so does a file that changed while tar
+    /// read it (its ctime, or a size that grew). Called once per batch, after its files
+    /// were read and before they are published. When tar complained, or the stream failed
+    /// before it could tell, the files it delivered in the batch are copied again over
+    /// SFTP, whose checks and errors are the ones the rest of the tool knows.
     pub fn confirm_batch(&mut self, ctx: &Ctx) -> Result<(), CopyError> {
         let files = std::mem::take(&mut self.unchecked);
-        let sent = std::mem::take(&mut self.sent);
         let said = match self.stream.as_mut() {
-            Some(s) if !sent.is_empty() => s.batch_said(),
-            _ => Err(io::Error::other("the stream failed")),
+            Some(s) => s.batch_said(),
+            None if files.is_empty() => return Ok(()),
+            None => Err(io::Error::other("the stream failed")),
         };
-        let delivered: std::collections::HashSet<&str> =
-            files.iter().map(|f| f.rel.as_str()).collect();
         let why = match said {
-            Ok(lines) => {
-                let skipped = |l: &String| {
-                    sent.iter().any(|n| {
-                        !delivered.contains(n.as_str())
-                            && l.strip_prefix("tar: ")
-                                .and_then(|r| r.strip_prefix(n.as_str()))
-                                .is_some_and(|r| r.starts_with(": "))
-                    })
-                };
-                let complaints: Vec<String> = lines.into_iter().filter(|l| !skipped(l)).collect();
-                if complaints.is_empty() {
-                    return files.iter().try_for_each(Streamed::vouched);
-                }
-                format!("it reported: {}", complaints.join("; "))
+            Ok(complaints) if complaints.is_empty() => {
+                return files.iter().try_for_each(Streamed::vouched);
             }
+            Ok(complaints) => format!("it reported: {}", complaints.join("; ")),
             Err(e) => {
-                if !sent.is_empty() {
-                    self.broke(&e);
-                }
-                if files.is_empty() {
-                    return Ok(());
-                }
+                self.broke(&e);
                 format!("it could not tell whether it read them whole: {e}")
             }
         };
         if files.is_empty() {
-            tracing::debug!("the remote tar said of files it skipped: {why}");
+            tracing::debug!("the remote tar stream, with nothing delivered: {why}");
             return Ok(());
         }
         if let Source::Ssh { pool, .. } = self.source {
@@ -233,12 +211,9 @@ impl<'a> Reader<'a> {
                     owner: *owner,
                 })
                 .collect();
-            if let Err(e) = copy_remote(self.source, &f.rel, &outs, f.durable, ctx) {
-                for o in &outs {
-                    let _ = std::fs::remove_file(o.path);
-                }
-                return Err(e);
-            }
+            // The batch has been read, so the stream expects none of its names: this reads
+            // over SFTP (and removes the copies if that fails).
+            copy_file(self, &f.rel, &outs, f.durable, ctx)?;
         }
         Ok(())
     }
@@ -247,7 +222,6 @@ impl<'a> Reader<'a> {
     /// them (none when not streaming).
     pub fn begin(&mut self, files: &[String]) {
         self.unchecked.clear();
-        self.sent.clear();
         let Source::Ssh { root, pool, .. } = self.source else {
             return;
         };
@@ -287,11 +261,10 @@ impl<'a> Reader<'a> {
                 }
             }
         }
-        if let Some(s) = self.stream.as_mut() {
-            match s.send(&names) {
-                Ok(()) => self.sent = names,
-                Err(e) => self.broke(&e),
-            }
+        if let Some(s) = self.stream.as_mut()
+            && let Err(e) = s.send(&names)
+        {
+            self.broke(&e);
         }
     }
 
