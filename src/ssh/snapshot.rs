@@ -25,7 +25,7 @@
 //! so a snapshot only ever saves round trips. Every command only reads.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::Path;
 
 use crate::fsutil::MTime;
@@ -121,9 +121,7 @@ pub fn take(pool: &Pool, root: &Path) -> Option<Snapshot> {
         }
     };
     let r = (|| -> io::Result<Snapshot> {
-        let (status, out) = run(&c.sess, &[(&find_command(root), Vec::new())])?
-            .pop()
-            .ok_or_else(|| io::Error::other("no answer"))?;
+        let (status, out) = run(&c.sess, &find_command(root))?;
         if status != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -137,10 +135,7 @@ pub fn take(pool: &Pool, root: &Path) -> Option<Snapshot> {
             parse_find(records).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         snap.lock = Some(String::from_utf8_lossy(&out[..nl]).into_owned());
         if let Some(b) = snap.wanted() {
-            let cmd = read_command(root, &b);
-            let (_, out) = run(&c.sess, &[(&cmd, Vec::new())])?
-                .pop()
-                .ok_or_else(|| io::Error::other("no answer"))?;
+            let (_, out) = run(&c.sess, &read_command(root, &b))?;
             if let Err(why) = snap.add_batch(&b, &out) {
                 tracing::debug!("snapshot reads left to SFTP: {why}");
             }
@@ -240,30 +235,21 @@ fn read_command(root: &Path, b: &Batch) -> String {
     c + "; printf ' %03d %03d %03d\\n' \"$h\" \"$t\" \"$w\""
 }
 
-/// Runs the commands side by side on channels of one session, each given its input; returns
-/// each exit status and output, in order. Every output must fit in [`WINDOW`].
-fn run(sess: &ssh2::Session, cmds: &[(&str, Vec<u8>)]) -> io::Result<Vec<(i32, Vec<u8>)>> {
-    let mut chans = Vec::with_capacity(cmds.len());
-    for (cmd, input) in cmds {
-        let mut ch = sess
-            .channel_open("session", WINDOW, 32 << 10, None)
-            .map_err(io::Error::from)?;
-        ch.exec(cmd).map_err(io::Error::from)?;
-        ch.write_all(input)?;
-        ch.send_eof().map_err(io::Error::from)?;
-        chans.push(ch);
+/// Runs a command on a channel of `sess` (with nothing on its stdin); returns its exit
+/// status and output, which must fit in [`WINDOW`].
+fn run(sess: &ssh2::Session, cmd: &str) -> io::Result<(i32, Vec<u8>)> {
+    let mut ch = sess
+        .channel_open("session", WINDOW, 32 << 10, None)
+        .map_err(io::Error::from)?;
+    ch.exec(cmd).map_err(io::Error::from)?;
+    ch.send_eof().map_err(io::Error::from)?;
+    let mut out = Vec::new();
+    (&mut ch).take(WINDOW as u64).read_to_end(&mut out)?;
+    if out.len() >= WINDOW as usize {
+        return Err(io::Error::other("command output larger than expected"));
     }
-    let mut outs = Vec::with_capacity(chans.len());
-    for mut ch in chans {
-        let mut out = Vec::new();
-        (&mut ch).take(WINDOW as u64).read_to_end(&mut out)?;
-        if out.len() >= WINDOW as usize {
-            return Err(io::Error::other("command output larger than expected"));
-        }
-        ch.wait_close().map_err(io::Error::from)?;
-        outs.push((ch.exit_status().map_err(io::Error::from)?, out));
-    }
-    Ok(outs)
+    ch.wait_close().map_err(io::Error::from)?;
+    Ok((ch.exit_status().map_err(io::Error::from)?, out))
 }
 
 /// Parses `find`'s records: `±type mode uid gid size mtime path`, NUL-terminated.
@@ -537,18 +523,16 @@ impl Snapshot {
 mod tests {
     use super::*;
 
-    /// Runs a snapshot command on this host, as sshd would through the login shell.
-    fn local(cmd: &str, input: &[u8]) -> (i32, Vec<u8>) {
-        let mut child = std::process::Command::new("sh")
+    /// Runs a snapshot command on this host, as sshd would through the login shell (with
+    /// nothing on its stdin, as [`run`]).
+    fn local(cmd: &str) -> (i32, Vec<u8>) {
+        let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(cmd)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
+            .stdin(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .spawn()
+            .output()
             .unwrap();
-        child.stdin.take().unwrap().write_all(input).unwrap();
-        let out = child.wait_with_output().unwrap();
         (out.status.code().unwrap_or(-1), out.stdout)
     }
 
@@ -574,7 +558,7 @@ mod tests {
 
     /// find's records, after the lock probe's line (checked).
     fn listing(root: &Path) -> Vec<u8> {
-        let (status, out) = local(&find_command(root), b"");
+        let (status, out) = local(&find_command(root));
         assert_eq!(status, 0);
         let nl = out.iter().position(|&b| b == b'\n').unwrap();
         assert_eq!(&out[..nl], b"absent");
@@ -585,7 +569,7 @@ mod tests {
         let out = listing(root);
         let mut snap = parse_find(&out).unwrap();
         let b = snap.wanted().unwrap();
-        let (s, out) = local(&read_command(root, &b), b"");
+        let (s, out) = local(&read_command(root, &b));
         assert_eq!(s, 0);
         snap.add_batch(&b, &out).unwrap();
         snap
@@ -659,7 +643,7 @@ mod tests {
         let out = listing(d.path());
         let mut snap = parse_find(&out).unwrap();
         let b = &snap.wanted().unwrap();
-        let read = || local(&read_command(d.path(), b), b"").1;
+        let read = || local(&read_command(d.path(), b)).1;
         // As listed: all of it taken.
         let mut fresh = parse_find(&out).unwrap();
         fresh.add_batch(b, &read()).unwrap();
@@ -726,7 +710,7 @@ mod tests {
         std::fs::create_dir_all(other.join("chunks")).unwrap();
         std::fs::write(other.join("index"), vec![1u8; 100]).unwrap();
         std::fs::write(other.join("meta.json"), b"{}").unwrap();
-        let (_, got) = local(&read_command(d.path(), &b), b"");
+        let (_, got) = local(&read_command(d.path(), &b));
         assert!(snap.add_batch(&b, &got).is_err());
         assert!(snap.ends(&format!("{ULID}/index")).is_none());
         // A link with a block's name: what it holds is not listed, so no reads at all.
@@ -773,7 +757,7 @@ mod tests {
     fn the_lock_probe_answers_before_the_listing() {
         let d = tree();
         let first_line = || {
-            let (_, out) = local(&find_command(d.path()), b"");
+            let (_, out) = local(&find_command(d.path()));
             let nl = out.iter().position(|&b| b == b'\n').unwrap();
             String::from_utf8(out[..nl].to_vec()).unwrap()
         };
@@ -793,7 +777,7 @@ mod tests {
     #[test]
     fn a_root_that_is_not_there_or_garbage_is_no_snapshot() {
         let d = tempfile::tempdir().unwrap();
-        let (s, _) = local(&find_command(&d.path().join("nope")), b"");
+        let (s, _) = local(&find_command(&d.path().join("nope")));
         assert_eq!(s, 97);
         assert!(parse_find(b"+f 644 0 0 1 1.5 x\0").is_err()); // no root record
         assert!(parse_find(b"*d 755 0 0 1 1.5 \0").is_err());
