@@ -189,6 +189,14 @@ fn file_hashes(dir: &Path) -> std::collections::BTreeMap<String, u128> {
     h
 }
 
+/// What the target must hold after a full apply: the source's files, but for the ones
+/// promigrate does not copy (`lock`, `queries.active`).
+fn copied_hashes(ws: &Workspace) -> std::collections::BTreeMap<String, u128> {
+    let mut want = file_hashes(&ws.source);
+    want.retain(|k, _| k != "lock" && k != "queries.active");
+    want
+}
+
 #[test]
 fn plan_apply_verify_over_ssh_copies_a_real_tsdb_exactly() {
     let sshd = Sshd::start();
@@ -220,9 +228,7 @@ fn plan_apply_verify_over_ssh_copies_a_real_tsdb_exactly() {
         "{v}"
     );
     // Everything except runtime files (lock, queries.active) arrived, byte for byte.
-    let mut want = file_hashes(&ws.source);
-    want.retain(|k, _| k != "lock" && k != "queries.active");
-    assert_eq!(file_hashes(&ws.target()), want);
+    assert_eq!(file_hashes(&ws.target()), copied_hashes(&ws));
 
     let (code, out, _) = ws.run(&["verify", "--level", "deep"]);
     assert_eq!(code, 0, "{out}");
@@ -483,9 +489,11 @@ fn sftp_reads_and_a_host_without_exec_copy_the_same_without_tar() {
         if !extra.is_empty() {
             assert!(log.contains("cannot stream files through tar"), "{log}");
         }
-        let mut want = file_hashes(&ws.source);
-        want.retain(|k, _| k != "lock" && k != "queries.active");
-        assert_eq!(file_hashes(&ws.target()), want, "{read} {extra}");
+        assert_eq!(
+            file_hashes(&ws.target()),
+            copied_hashes(&ws),
+            "{read} {extra}"
+        );
     }
 }
 
@@ -525,9 +533,7 @@ fn a_file_tar_could_not_read_is_copied_again_over_sftp() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let copied = v["apply"]["copied_files"].as_u64().unwrap();
     assert_eq!(v["apply"]["streamed_files"], copied - hit.1, "{v}");
-    let mut want = file_hashes(&ws.source);
-    want.retain(|k, _| k != "lock" && k != "queries.active");
-    assert_eq!(file_hashes(&ws.target()), want);
+    assert_eq!(file_hashes(&ws.target()), copied_hashes(&ws));
     assert_eq!(ws.run(&["verify", "--level", "checksum"]).0, 0);
 }
 
@@ -612,9 +618,7 @@ fn a_staged_file_tar_did_not_vouch_for_is_not_resumed() {
     ssh_plan(&ws, &sshd, "client_key", &sshd.path("known_hosts"), "");
     let (code, _, log) = ws.run(&["apply", "--yes", "--source-stopped"]);
     assert_eq!(code, 0, "{log}");
-    let mut want = file_hashes(&ws.source);
-    want.retain(|k, _| k != "lock" && k != "queries.active");
-    assert_eq!(file_hashes(&ws.target()), want);
+    assert_eq!(file_hashes(&ws.target()), copied_hashes(&ws));
 }
 
 /// Where `prog` is on PATH.
