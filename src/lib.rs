@@ -694,6 +694,7 @@ fn render_apply(out: &ApplyOutput) -> String {
             units::duration(r.duration_seconds),
             units::bytes(r.average_rate as u64)
         ));
+        s.push_str(&format!("Selection: {}\n", p.selection.line()));
         for l in &r.left_for_final {
             s.push_str(&format!("Left for the final phase: {l}\n"));
         }

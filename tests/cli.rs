@@ -105,6 +105,24 @@ const MALFORMED: &[(&str, &str, &str, &str)] = &[
         "`target.securityContext.runAsUser`",
     ),
     (
+        "uid is chown's no-change value",
+        "runAsUser: 1000",
+        "runAsUser: 4294967295",
+        "`target.securityContext.runAsUser`",
+    ),
+    (
+        "gid is chown's no-change value",
+        "fsGroup: 2000",
+        "fsGroup: 4294967295",
+        "`target.securityContext.fsGroup`",
+    ),
+    (
+        "uid past 32 bits",
+        "runAsUser: 1000",
+        "runAsUser: 4294967296",
+        "`target.securityContext.runAsUser`",
+    ),
+    (
         "missing fsGroup",
         "    fsGroup: 2000\n",
         "",
@@ -356,12 +374,25 @@ fn time_range_selects_whole_blocks_and_reports_the_expanded_range() {
         b["max_time"].as_i64().unwrap(),
     );
     let ts = |ms: i64| jiff::Timestamp::from_millisecond(ms).unwrap().to_string();
-    let extra = format!(
+    let range = format!(
         "  timeRange: {{ min: \"{}\", max: \"{}\" }}\n",
         ts(bmin + 60_000),
         ts(bmax - 60_000)
     );
-    ws.write_plan(&extra);
+    // Leaving blocks and the head data out must be asked for explicitly.
+    ws.write_plan(&range);
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "leaves out {} of {} source blocks",
+            blocks.len() - 1,
+            blocks.len()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("transfer.acceptPartialSelection"), "{out}");
+    ws.write_plan(&format!("{range}  acceptPartialSelection: true\n"));
     let (code, v) = ws.run_json(&["plan"]);
     assert_eq!(code, 0, "{v}");
     let sel = v["blocks"].as_array().unwrap();
@@ -374,10 +405,97 @@ fn time_range_selects_whole_blocks_and_reports_the_expanded_range() {
     );
     assert!(
         v["files"].as_array().unwrap().is_empty(),
-        "no WAL when max is set"
+        "no WAL when max is before the newest data"
     );
+    assert_eq!(v["selection"]["blocks_selected"], 1);
+    assert_eq!(v["selection"]["blocks_total"], blocks.len());
     let (_, out, _) = ws.run(&["plan"]);
     assert!(out.contains("whole blocks selected cover"), "{out}");
+    assert!(
+        out.contains(&format!("1 of {} source blocks selected", blocks.len())),
+        "{out}"
+    );
+}
+
+/// A timeRange that selects nothing (a year typo, an example's range left in) must not give
+/// an empty copy and a "go".
+#[test]
+fn a_time_range_that_selects_nothing_is_a_blocker_and_verify_never_says_ok() {
+    let ws = Workspace::new();
+    let (_, all) = ws.run_json(&["plan"]);
+    let n = all["blocks"].as_array().unwrap().len();
+    let range = "  timeRange: { min: \"2015-05-01T00:00:00Z\", max: \"2015-11-01T00:00:00Z\" }\n";
+    ws.write_plan(range);
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("selects no block"), "{out}");
+    assert!(
+        out.contains("2015-05-01T00:00:00Z"),
+        "names the requested range: {out}"
+    );
+    assert!(
+        out.contains("the source's blocks cover"),
+        "names the source's range: {out}"
+    );
+    assert!(
+        out.contains(&format!("0 of {n} source blocks selected")),
+        "{out}"
+    );
+    let (code, _, err) = ws.run(&["apply", "--yes"]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        std::fs::read_dir(&ws.mount).unwrap().count(),
+        0,
+        "nothing written"
+    );
+    let (code, out, _) = ws.run(&["verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(!out.contains("OK"), "{out}");
+    // Accepted explicitly, the empty copy still never verifies as OK: nothing was checked.
+    ws.write_plan(&format!("{range}  acceptPartialSelection: true\n"));
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out, err) = ws.run(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("0 of {n} source blocks selected")),
+        "{out}"
+    );
+    let (code, out, _) = ws.run(&["verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no source file was checked"), "{out}");
+    assert!(
+        out.contains(&format!("0 of {n} source blocks selected")),
+        "{out}"
+    );
+}
+
+/// `timeRange.max` after the newest data keeps the head (WAL, head chunks): nothing is left out.
+#[test]
+fn a_time_range_ending_in_the_future_keeps_the_head() {
+    let ws = Workspace::new();
+    let (_, all) = ws.run_json(&["plan"]);
+    let n = all["blocks"].as_array().unwrap().len();
+    let files = all["files"].as_array().unwrap().len();
+    assert!(files > 0, "the fixture has head data");
+    let max = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
+    ws.write_plan(&format!("  timeRange: {{ max: \"{max}\" }}\n"));
+    let (code, v) = ws.run_json(&["plan"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["files"].as_array().unwrap().len(), files, "{v}");
+    assert_eq!(v["blocks"].as_array().unwrap().len(), n);
+    let (code, out, _) = ws.run(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("{n} of {n} source blocks selected")),
+        "{out}"
+    );
+    let (code, out, _) = ws.run(&["verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("{n} of {n} source blocks selected")),
+        "{out}"
+    );
 }
 
 #[test]

@@ -276,7 +276,7 @@ fn the_final_phase_quarantines_nothing_that_is_still_in_the_source() {
     let b = &plan["blocks"][1];
     let ts = |ms: i64| jiff::Timestamp::from_millisecond(ms).unwrap().to_string();
     ws.write_plan(&format!(
-        "  timeRange: {{ min: \"{}\", max: \"{}\" }}\n",
+        "  timeRange: {{ min: \"{}\", max: \"{}\" }}\n  acceptPartialSelection: true\n",
         ts(b["min_time"].as_i64().unwrap() + 60_000),
         ts(b["max_time"].as_i64().unwrap() - 60_000)
     ));

@@ -303,10 +303,33 @@ impl TryFrom<String> for SubPath {
 #[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SecurityContext {
-    /// Owner uid of every file and directory on the target.
-    pub run_as_user: u32,
-    /// Owner gid of every file and directory on the target; dirs get setgid and group write.
-    pub fs_group: u32,
+    /// Owner uid of every file and directory on the target (0 to 4294967294).
+    #[schemars(with = "u32", range(max = 4_294_967_294u32))]
+    pub run_as_user: LinuxId,
+    /// Owner gid of every file and directory on the target; dirs get setgid and group write
+    /// (0 to 4294967294).
+    #[schemars(with = "u32", range(max = 4_294_967_294u32))]
+    pub fs_group: LinuxId,
+}
+
+/// A uid or gid a Linux file can have: 0 to 2^32-2. 2^32-1 is `(uid_t)-1`, which chown(2)
+/// reads as "leave unchanged": an owner of that value would own nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "i64")]
+pub struct LinuxId(pub u32);
+impl TryFrom<i64> for LinuxId {
+    type Error = String;
+    fn try_from(n: i64) -> Result<Self, String> {
+        match u32::try_from(n) {
+            Ok(u32::MAX) => Err(format!(
+                "{n} is not a usable uid/gid: chown reads it as \"leave unchanged\", so nothing would be owned; use the pod's numeric id (0 to 4294967294), e.g. 1000"
+            )),
+            Ok(v) => Ok(LinuxId(v)),
+            Err(_) => Err(format!(
+                "{n} is not a Linux uid/gid: use a number from 0 to 4294967294, e.g. 1000"
+            )),
+        }
+    }
 }
 
 /// `transfer`: all optional.
@@ -328,6 +351,12 @@ pub struct Transfer {
     /// Move target entries the plan would own but the source lacks to `.promigrate-quarantine/`.
     #[serde(default)]
     pub delete_extraneous: bool,
+    /// Copy the selection even though it leaves out source blocks or the head data (WAL,
+    /// head chunks): by `timeRange`, or by `excludeBlocks` that leave no block. Without it,
+    /// such a selection is a plan blocker (a wrong year in `timeRange` would otherwise give
+    /// an empty copy that verifies). Default false.
+    #[serde(default)]
+    pub accept_partial_selection: bool,
     /// Source blocks not to copy (e.g. damaged ones), by ULID.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
@@ -456,6 +485,9 @@ pub struct Migration {
     pub time_range: Option<TimeRange>,
     /// Quarantine extraneous target entries.
     pub delete_extraneous: bool,
+    /// `transfer.acceptPartialSelection`: a selection that leaves source data out is not a
+    /// blocker.
+    pub accept_partial_selection: bool,
     /// Source blocks not to copy.
     pub exclude_blocks: Vec<ulid::Ulid>,
     /// Opt-in head/WAL sequence repair.
@@ -747,8 +779,8 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
             mount,
             root,
             owner: Owner {
-                uid: sc.run_as_user,
-                gid: sc.fs_group,
+                uid: sc.run_as_user.0,
+                gid: sc.fs_group.0,
             },
             kubernetes,
         });
@@ -770,6 +802,7 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
             .map_or(DEFAULT_PARALLELISM, |p| p.0.get()),
         time_range: file.transfer.time_range,
         delete_extraneous: file.transfer.delete_extraneous,
+        accept_partial_selection: file.transfer.accept_partial_selection,
         exclude_blocks: file.transfer.exclude_blocks.iter().map(|b| b.0).collect(),
         head_repair: file.transfer.head_repair,
         pushgateway: file.report.pushgateway.map(|p| p.url),
@@ -818,7 +851,7 @@ transfer:
         let tr = p.transfer.time_range.unwrap();
         assert_eq!(tr.min, Some(1_746_057_600_000));
         assert!(p.transfer.delete_extraneous);
-        assert_eq!(p.target.unwrap().value.security_context.fs_group, 2000);
+        assert_eq!(p.target.unwrap().value.security_context.fs_group.0, 2000);
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct MigrationPlan {
     pub time_range: Option<file::TimeRange>,
     /// The range the selected whole blocks actually cover (ms), when a time range is set.
     pub selected_range: Option<(i64, i64)>,
+    /// How much of the source the selection holds.
+    pub selection: Selection,
     /// Selected source blocks and their state on the target.
     pub blocks: Vec<BlockPlan>,
     /// Non-block data files (WAL, WBL, head chunks) and their state.
@@ -83,6 +85,44 @@ pub struct MigrationPlan {
     /// The cluster objects behind the target (`target.kubernetes`), as read by the preflight.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<crate::k8s::KubeReport>,
+}
+
+/// How much of the source the selection (timeRange, excludeBlocks) holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Selection {
+    /// Source blocks selected.
+    pub blocks_selected: usize,
+    /// Source blocks in all.
+    pub blocks_total: usize,
+    /// Bytes of the selected blocks and head data.
+    pub bytes_selected: u64,
+    /// Bytes of every source block and all head data.
+    pub bytes_total: u64,
+    /// Whether the head data (wal/, chunks_head/, wbl/, chunk snapshots) is selected.
+    pub head: bool,
+}
+
+impl Selection {
+    /// "N of M source blocks selected (X of Y)", as every report says it.
+    pub fn line(&self) -> String {
+        format!(
+            "{} of {} source blocks selected ({} of {}){}",
+            self.blocks_selected,
+            self.blocks_total,
+            units::bytes(self.bytes_selected),
+            units::bytes(self.bytes_total),
+            if self.head {
+                ""
+            } else {
+                "; head data (wal/, chunks_head/) not selected"
+            }
+        )
+    }
+
+    /// Whether the source has data and none of it is selected.
+    pub fn is_empty_of_nonempty(&self) -> bool {
+        self.bytes_total > 0 && self.bytes_selected == 0
+    }
 }
 
 /// One selected source block.
@@ -471,8 +511,13 @@ pub fn build_from(
         });
     }
 
-    // WAL, WBL, head chunks: the newest data. Left out when the range ends before now.
-    let with_head = m.time_range.is_none_or(|tr| tr.max.is_none());
+    // WAL, WBL, head chunks: the newest data. Left out only when the range ends before the
+    // newest data (the newest block's end, or the head files' last write).
+    let newest = newest_data(&src);
+    let with_head = m
+        .time_range
+        .and_then(|tr| tr.max)
+        .is_none_or(|max| newest.is_none_or(|n| max > n));
     let (files, dirs): (Vec<FilePlan>, Vec<String>) = if with_head {
         let files = src
             .files
@@ -488,14 +533,16 @@ pub fn build_from(
         });
         (files, src.dirs.clone())
     } else {
-        if !src.files.is_empty() {
-            warnings.push(
-                "wal/, chunks_head/ and wbl/ (the newest, not yet compacted data) are not copied because transfer.timeRange.max is set".into(),
-            );
-        }
+        let why = format!(
+            "head data; transfer.timeRange.max {} is before the newest data ({})",
+            m.time_range
+                .and_then(|tr| tr.max)
+                .map_or("-".into(), units::ms_utc),
+            newest.map_or("-".into(), units::ms_utc)
+        );
         skipped.extend(src.files.keys().map(|r| inventory::Skipped {
             rel: r.clone(),
-            reason: "head data; transfer.timeRange.max is set".into(),
+            reason: why.clone(),
         }));
         (Vec::new(), Vec::new())
     };
@@ -512,6 +559,27 @@ pub fn build_from(
         &mut blockers,
         &mut skipped,
     )?;
+
+    let selection = Selection {
+        blocks_selected: selected.len(),
+        blocks_total: src.blocks.len(),
+        bytes_selected: selected.iter().map(|b| b.size()).sum::<u64>()
+            + files.iter().map(|f| f.size).sum::<u64>(),
+        bytes_total: src.blocks.values().map(|b| b.size()).sum::<u64>()
+            + src.files.values().map(|f| f.size).sum::<u64>(),
+        head: with_head,
+    };
+    if let Some(text) = left_out(m, &src, &selected, with_head, newest) {
+        if m.accept_partial_selection {
+            warnings.push(format!(
+                "{text} (accepted: transfer.acceptPartialSelection)"
+            ));
+        } else {
+            blockers.push(format!(
+                "{text}. If that is what you want, set transfer.acceptPartialSelection: true; otherwise correct or remove the selection"
+            ));
+        }
+    }
 
     // What the source blocks were compacted from: a target block whose data they hold was
     // compacted away in the source (parents name the direct ones; sources the level-1 ones).
@@ -583,6 +651,7 @@ pub fn build_from(
         delete_extraneous: m.delete_extraneous,
         time_range: m.time_range,
         selected_range,
+        selection,
         blocks,
         files,
         dirs,
@@ -688,6 +757,101 @@ fn source_checks(
         }));
     }
     Ok((files, repairs))
+}
+
+/// The newest time the source holds data for (ms): the newest block's end or the head
+/// files' last write, whichever is later.
+fn newest_data(src: &Inventory) -> Option<i64> {
+    let blocks = src
+        .blocks
+        .values()
+        .filter_map(|b| b.meta.as_ref().ok())
+        .map(|m| m.max_time);
+    let head = src.files.values().map(|f| f.mtime.sec.saturating_mul(1000));
+    blocks.chain(head).max()
+}
+
+/// What the selection leaves out of the source that the user did not name block by block
+/// (`timeRange` leaves out blocks or the head; `excludeBlocks` leaves no block), or `None`.
+fn left_out(
+    m: &Migration,
+    src: &Inventory,
+    selected: &[&inventory::Block],
+    with_head: bool,
+    newest: Option<i64>,
+) -> Option<String> {
+    let metas = || src.blocks.values().filter_map(|b| b.meta.as_ref().ok());
+    let out_of_range: Vec<&inventory::Block> = src
+        .blocks
+        .values()
+        .filter(|b| {
+            b.meta.as_ref().is_ok_and(|meta| {
+                m.time_range
+                    .is_some_and(|tr| !tr.overlaps(meta.min_time, meta.max_time))
+            })
+        })
+        .collect();
+    let head_bytes: u64 = src.files.values().map(|f| f.size).sum();
+    let head_out = !with_head && head_bytes > 0;
+    let none = selected.is_empty() && !src.blocks.is_empty();
+    if !none && out_of_range.is_empty() && !head_out {
+        return None;
+    }
+    let requested = match m.time_range {
+        Some(tr) => {
+            let f = |v: Option<i64>| v.map_or("-".to_string(), units::ms_utc);
+            format!("transfer.timeRange [{}, {})", f(tr.min), f(tr.max))
+        }
+        None => "transfer.excludeBlocks".to_string(),
+    };
+    let source_range = match (
+        metas().map(|m| m.min_time).min(),
+        metas().map(|m| m.max_time).max(),
+    ) {
+        (Some(a), Some(z)) => format!(
+            "the source's blocks cover [{}, {})",
+            units::ms_utc(a),
+            units::ms_utc(z)
+        ),
+        _ => "the source has no readable block".to_string(),
+    };
+    let head = if head_bytes > 0 {
+        format!(
+            ", its head data (wal/, chunks_head/: {}) reaches {}",
+            units::bytes(head_bytes),
+            newest.map_or("-".into(), units::ms_utc)
+        )
+    } else {
+        String::new()
+    };
+    let total: u64 = src.blocks.values().map(|b| b.size()).sum();
+    if none {
+        return Some(format!(
+            "{requested} selects no block of the source ({} blocks, {}): {source_range}{head}; the copy would hold none of them",
+            src.blocks.len(),
+            units::bytes(total)
+        ));
+    }
+    let mut parts = Vec::new();
+    if !out_of_range.is_empty() {
+        parts.push(format!(
+            "{} of {} source blocks ({} of {})",
+            out_of_range.len(),
+            src.blocks.len(),
+            units::bytes(out_of_range.iter().map(|b| b.size()).sum()),
+            units::bytes(total)
+        ));
+    }
+    if head_out {
+        parts.push(format!(
+            "the head data (wal/, chunks_head/, wbl/: {}; timeRange.max is before the newest data)",
+            units::bytes(head_bytes)
+        ));
+    }
+    Some(format!(
+        "{requested} leaves out {}: {source_range}{head}",
+        parts.join(" and ")
+    ))
 }
 
 fn extra_reason(kind: ExtraKind) -> &'static str {
@@ -958,6 +1122,7 @@ impl MigrationPlan {
                 }
             }
         }
+        let _ = writeln!(s, "  select  {}", self.selection.line());
         let _ = writeln!(
             s,
             "\nBlocks (= identical, - to copy, * differs, + extraneous):"

@@ -46,6 +46,8 @@ pub struct VerifyReport {
     pub source: PathBuf,
     /// Target TSDB directory.
     pub target: PathBuf,
+    /// How much of the source the plan selects (and so what this verify proves).
+    pub selection: plan::Selection,
     /// Source files compared.
     pub checked_files: u64,
     /// Bytes of those files.
@@ -200,6 +202,17 @@ fn run_one(
         ));
     }
     ownership(&tgt, m, &mut diffs);
+    if checked.0 == 0 && !(src.blocks.is_empty() && src.files.is_empty()) {
+        diffs.push(d(
+            '!',
+            "",
+            format!(
+                "no source file was checked: the selection is empty, while the source holds {} block(s) and {} head file(s); nothing proves the target holds its data",
+                src.blocks.len(),
+                src.files.len()
+            ),
+        ));
+    }
 
     let target_bytes: u64 = tgt.blocks.values().map(|b| b.size()).sum::<u64>()
         + tgt.files.values().map(|f| f.size).sum::<u64>();
@@ -247,6 +260,7 @@ fn run_one(
         level,
         source: m.source.clone(),
         target: m.target_root.clone(),
+        selection: plan.selection,
         checked_files: checked.0,
         checked_bytes: checked.1,
         hashed_bytes: hashed,
@@ -409,6 +423,7 @@ impl VerifyReport {
             self.source.display(),
             self.target.display()
         );
+        let _ = writeln!(s, "Selection: {}", self.selection.line());
         for d in &self.differences {
             let path = if d.path.is_empty() { "(plan)" } else { &d.path };
             let _ = writeln!(s, "{} {}  {}", d.sigil, path, d.detail);
