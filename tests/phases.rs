@@ -341,3 +341,96 @@ fn a_final_phase_past_its_deadline_changes_nothing() {
     );
     assert!(!ws.target().join("wal/checkpoint.00000000").exists());
 }
+
+/// The meta.json maxTime of a block directory.
+fn max_time(block: &Path) -> i64 {
+    let text = std::fs::read_to_string(block.join("meta.json")).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    m["maxTime"].as_i64().unwrap()
+}
+
+/// Regression: between presync and final, the source's retention deletes its oldest block.
+/// The copy promigrate made of it must not stay on the target (verify said "do not cut
+/// over"): the final phase quarantines it, and plan, apply and verify agree.
+#[test]
+fn a_block_the_source_retention_deletes_after_the_presync_is_quarantined_by_the_final_phase() {
+    let ws = Workspace::new();
+    let (code, out, err) = ws.run(&["apply", "--yes", "--phase", "presync"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let before = blocks(&ws.source);
+    let oldest = before.iter().min_by_key(|b| max_time(b)).unwrap().clone();
+    let newest = before.iter().map(|b| max_time(b)).max().unwrap();
+    let ulid = oldest.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(ws.target().join(&ulid).join("meta.json").exists());
+    // A real Prometheus whose retention is just shorter than the oldest block's age relative
+    // to the newest block: it deletes that block when it opens the TSDB.
+    let retention = format!("{}ms", newest - max_time(&oldest) - 1);
+    let mut server =
+        PromServer::start_with_retention(&ws.source, &ws.dir.path().join("prom"), &retention);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while oldest.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.stop();
+    assert!(
+        !oldest.exists(),
+        "retention {retention} did not delete {ulid}:\n{}",
+        server.log_text()
+    );
+
+    let (code, plan) = ws.run_json(&["plan"]);
+    assert_eq!(code, 0, "{plan}");
+    let extra = plan["extraneous"].as_array().unwrap();
+    let gone = extra.iter().find(|e| e["rel"] == ulid.as_str());
+    assert!(gone.is_some(), "plan does not list {ulid}: {plan}");
+    assert_eq!(gone.unwrap()["kind"], "dropped", "{plan}");
+    let (_, text, _) = ws.run(&["plan"]);
+    assert!(
+        text.contains("moved to quarantine by the final phase"),
+        "{text}"
+    );
+
+    let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "final"]);
+    assert_eq!(code, 0, "{v}");
+    let quarantined: Vec<&str> = v["apply"]["quarantined"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|q| q.as_str())
+        .collect();
+    assert!(quarantined.contains(&ulid.as_str()), "{v}");
+    assert!(!ws.target().join(&ulid).exists());
+    let q = std::path::PathBuf::from(v["apply"]["quarantine_dir"].as_str().unwrap());
+    assert!(
+        q.join(&ulid).join("meta.json").exists(),
+        "moved, not deleted"
+    );
+    let (code, out, _) = ws.run(&["verify"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+/// A target block the source lacks that promigrate did not put there is not promigrate's
+/// to move: it stays (without deleteExtraneous), and the plan says so.
+#[test]
+fn a_foreign_block_the_source_lacks_is_left_in_place() {
+    let ws = Workspace::new();
+    assert_eq!(ws.run(&["apply", "--yes"]).0, 0);
+    let foreign = ws.target().join("01ARZ3NDEKTSV4RRFFQ69G5FAV");
+    copy_tree(&some_block(&ws.source), &foreign);
+    let meta = std::fs::read_to_string(foreign.join("meta.json")).unwrap();
+    let mut m: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    m["ulid"] = "01ARZ3NDEKTSV4RRFFQ69G5FAV".into();
+    m["compaction"]["sources"] = serde_json::json!(["01ARZ3NDEKTSV4RRFFQ69G5FAV"]);
+    std::fs::write(foreign.join("meta.json"), m.to_string()).unwrap();
+    let (_, plan) = ws.run_json(&["plan"]);
+    let e = plan["extraneous"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["rel"] == "01ARZ3NDEKTSV4RRFFQ69G5FAV")
+        .cloned();
+    assert_eq!(e.unwrap()["kind"], "block", "{plan}");
+    let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "final"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(foreign.join("meta.json").exists());
+}

@@ -184,6 +184,10 @@ pub enum ExtraKind {
     /// A block the source has compacted into another one (a `compaction.parents` entry of a
     /// source block): the final phase quarantines it.
     CompactedAway,
+    /// A block promigrate published (it carries [`tsdb::COPIED_XATTR`]) that the source no
+    /// longer has at all: retention deleted it, or it was dropped otherwise since it was
+    /// copied. The final phase quarantines it, as the source did not keep it either.
+    Dropped,
     /// Any other block: quarantined only with `deleteExtraneous`.
     Block,
     /// A file inside a block directory that the source block lacks: likewise.
@@ -193,7 +197,11 @@ pub enum ExtraKind {
 impl Extraneous {
     /// Whether the final phase (and `all`) moves it to quarantine.
     pub fn quarantined(&self, delete_extraneous: bool) -> bool {
-        delete_extraneous || matches!(self.kind, ExtraKind::Segment | ExtraKind::CompactedAway)
+        delete_extraneous
+            || matches!(
+                self.kind,
+                ExtraKind::Segment | ExtraKind::CompactedAway | ExtraKind::Dropped
+            )
     }
 }
 
@@ -854,10 +862,13 @@ fn left_out(
     ))
 }
 
-fn extra_reason(kind: ExtraKind) -> &'static str {
+pub fn extra_reason(kind: ExtraKind) -> &'static str {
     match kind {
         ExtraKind::Segment => "not in the source; wal/ and chunks_head/ are mirrored",
         ExtraKind::CompactedAway => "compacted away in the source",
+        ExtraKind::Dropped => {
+            "no longer in the source (retention or compaction dropped it since promigrate copied it)"
+        }
         ExtraKind::Block => "block not in the source selection",
         ExtraKind::BlockFile => "file the source block lacks",
     }
@@ -961,6 +972,10 @@ fn extraneous(
                 size: b.size(),
                 kind: if compacted_away(b) {
                     ExtraKind::CompactedAway
+                } else if !in_source.contains(dir.as_str())
+                    && tsdb::is_copied(&m.target_root.join(dir))
+                {
+                    ExtraKind::Dropped
                 } else {
                     ExtraKind::Block
                 },

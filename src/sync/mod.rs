@@ -611,6 +611,9 @@ fn stage_dir(
             ensure_dir(stage_root, owner)?;
         }
         ensure_dir(stage, owner)?;
+        if !staged_as_a_whole(dir) {
+            mark_copied(stage, &sh.dests[t].plan.name);
+        }
     }
     // A copy error leaves the block for the final phase (in a presync whose source moved on;
     // its staging is removed), or fails the run.
@@ -718,6 +721,21 @@ fn publish(d: &Dest, dir: &str, stage: &Path, written: &[PathBuf]) -> anyhow::Re
         }
     }
     Ok(())
+}
+
+/// Marks a staged block as promigrate's (renaming it keeps the mark), so that the final phase
+/// can quarantine it if the source drops it later. A filesystem without user extended
+/// attributes only loses that: the block then stays when the source drops it.
+fn mark_copied(stage: &Path, name: &str) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if let Err(e) = tsdb::mark_copied(stage, name) {
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "cannot mark {} as copied by promigrate ({e}): the target filesystem keeps no user extended attributes, so a block the source drops later (retention, compaction) will not be recognised as promigrate's and will stay on the target",
+                stage.display()
+            )
+        });
+    }
 }
 
 /// Segment directories that must appear whole or not at all: WAL checkpoints and chunk

@@ -17,6 +17,20 @@ pub const STAGING_DIR: &str = ".promigrate-staging";
 pub const QUARANTINE_DIR: &str = ".promigrate-quarantine";
 /// File under the target root that a running apply holds an exclusive flock on.
 pub const LOCK_FILE: &str = ".promigrate-lock";
+/// Extended attribute promigrate sets on every block directory it publishes (the value is the
+/// migration's name): a target block the source no longer has (retention, compaction) is
+/// promigrate's to quarantine only when it carries this mark.
+pub const COPIED_XATTR: &str = "user.promigrate.copied";
+
+/// Marks a block directory as published by promigrate for migration `name`.
+pub fn mark_copied(dir: &std::path::Path, name: &str) -> std::io::Result<()> {
+    xattr::set(dir, COPIED_XATTR, name.as_bytes())
+}
+
+/// Whether a block directory carries promigrate's mark (see [`COPIED_XATTR`]).
+pub fn is_copied(dir: &std::path::Path) -> bool {
+    matches!(xattr::get(dir, COPIED_XATTR), Ok(Some(_)))
+}
 
 /// What a top-level entry of a TSDB data directory is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -187,10 +187,18 @@ fn run_one(
                 .blocks
                 .contains_key(e.rel.split('/').next().unwrap_or(""))
         {
+            let fate = if e.quarantined(m.delete_extraneous) {
+                "the final phase moves it to the quarantine"
+            } else {
+                "left in place (transfer.deleteExtraneous: true quarantines it)"
+            };
             diffs.push(d(
                 '+',
                 &e.rel,
-                "on the target but not in the source selection".into(),
+                format!(
+                    "on the target but not in the source selection: {}; {fate}",
+                    plan::extra_reason(e.kind)
+                ),
             ));
         }
     }

@@ -394,11 +394,29 @@ impl PromServer {
         Self::spawn(data, work, None, false).ready()
     }
 
+    /// Like [`PromServer::start`], with `--storage.tsdb.retention.time` set to `retention`
+    /// (a Prometheus duration such as `36h` or `5400000ms`): it deletes older blocks at start.
+    pub fn start_with_retention(data: &Path, work: &Path, retention: &str) -> PromServer {
+        Self::spawn_with(data, work, None, false, retention)
+            .ready()
+            .unwrap_or_else(|log| panic!("prometheus exited:\n{log}"))
+    }
+
     fn spawn(
         data: &Path,
         work: &Path,
         as_user: Option<(u32, u32)>,
         scrape_self: bool,
+    ) -> PromServer {
+        Self::spawn_with(data, work, as_user, scrape_self, "3650d")
+    }
+
+    fn spawn_with(
+        data: &Path,
+        work: &Path,
+        as_user: Option<(u32, u32)>,
+        scrape_self: bool,
+        retention: &str,
     ) -> PromServer {
         std::fs::create_dir_all(work).unwrap();
         std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -429,7 +447,7 @@ impl PromServer {
         cmd.arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", data.display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--storage.tsdb.retention.time=3650d")
+            .arg(format!("--storage.tsdb.retention.time={retention}"))
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)
             .stdin(Stdio::null());
