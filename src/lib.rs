@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod inspect;
 pub mod k8s;
 pub mod live;
+pub mod lock;
 pub mod logging;
 pub mod metrics;
 pub mod par;

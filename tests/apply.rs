@@ -405,23 +405,74 @@ fn a_second_apply_on_the_same_target_is_refused_while_one_runs() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let lock = ws.target().join(".promigrate-lock");
+    let staging = ws.target().join(".promigrate-staging");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !lock.exists() {
+    while !staging.exists() {
         assert!(
             std::time::Instant::now() < deadline,
             "first apply never started"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let (code, _, err) = ws.run(&["apply", "--yes"]);
+    let (code, out, err) = ws.run(&["apply", "--yes"]);
     assert!(
         first.try_wait().unwrap().is_none(),
         "the first apply ended too early for this test"
     );
-    assert_eq!(code, 3, "{err}");
-    assert!(err.contains("another promigrate apply"), "{err}");
+    // Its plan names the running apply as a blocker: refused (exit 1), nothing written.
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("an apply is in progress on this target"),
+        "{out}"
+    );
+    assert!(out.contains("apply refused"), "{out}");
     assert!(first.wait().unwrap().success());
     let (code, out, _) = ws.run(&["verify"]);
     assert_eq!(code, 0, "the lock file is not a difference:\n{out}");
+}
+
+/// Regression: while an apply runs, plan said "Plan OK" and verify read its half-written
+/// state as "leftover of an interrupted apply". Both must name the running apply. And the
+/// lock is the directory's own flock: no file of promigrate's is left behind.
+#[test]
+fn plan_and_verify_name_a_running_apply_and_no_lock_file_is_left() {
+    let ws = Workspace::new();
+    let mut first = ws
+        .cmd(&["apply", "--yes", "--bwlimit", "100K"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let staging = ws.target().join(".promigrate-staging");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !staging.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first apply never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let busy = format!(
+        "an apply is in progress on this target (pid {}, since ",
+        first.id()
+    );
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&busy), "{out}");
+    let (code, out, err) = ws.run(&["verify"]);
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first apply ended too early for this test"
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains(&busy), "{out}");
+    assert!(!out.contains("leftover"), "{out}");
+    assert!(!out.contains("OK"), "{out}");
+    assert!(first.wait().unwrap().success());
+    assert!(
+        !ws.target().join(".promigrate-lock").exists(),
+        "a lock file was left in the data directory"
+    );
+    let (code, out, _) = ws.run(&["verify"]);
+    assert_eq!(code, 0, "{out}");
 }

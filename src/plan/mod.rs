@@ -407,6 +407,11 @@ pub fn build_from(
             m.target_root.join(&link.rel).display()
         ));
     }
+    if let Some(h) = crate::lock::writer(&m.target_root) {
+        blockers.push(format!(
+            "an apply is in progress on this target ({h}): wait for it to finish, then plan again"
+        ));
+    }
     if src.blocks.is_empty() && !src.dirs.iter().any(|d| d == "wal") {
         blockers.push(format!(
             "source {} holds no blocks and no wal/: is source.path the Prometheus data directory (--storage.tsdb.path)?",

@@ -191,7 +191,7 @@ pub fn apply_each(
 /// A target made ready for writing: its path exists, its lock is held, stale temp files
 /// are gone.
 struct Prepared {
-    _lock: nix::fcntl::Flock<std::fs::File>,
+    _lock: crate::lock::Guard,
     fixed: u64,
     /// New checkpoint/chunk-snapshot directories, staged and renamed in whole.
     staged_dirs: Vec<String>,
@@ -199,16 +199,16 @@ struct Prepared {
 
 /// Creates the path down to the TSDB root (parts created here get the target owner) and
 /// takes the target's apply lock, before anything that was there is touched.
-fn lock(plan: &MigrationPlan) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+fn lock(plan: &MigrationPlan) -> anyhow::Result<crate::lock::Guard> {
     let root = &plan.target;
     let below_mount = root.strip_prefix(&plan.mount).unwrap_or(Path::new(""));
     make_dirs(&plan.mount, below_mount, plan.owner)?;
-    lock_target(root, plan.owner)
+    lock_target(root)
 }
 
 fn prepare(
     plan: &MigrationPlan,
-    lock: nix::fcntl::Flock<std::fs::File>,
+    lock: crate::lock::Guard,
     phase: Phase,
     report: &mut ApplyReport,
 ) -> anyhow::Result<Prepared> {
@@ -892,32 +892,23 @@ fn one_file(sh: &Shared, reader: &mut Reader, rel: &str, to: &[usize]) -> anyhow
     Ok(())
 }
 
-/// Takes the target's apply lock, so two applies never write the same target at once.
-/// Held until the returned guard is dropped (or the process dies).
-fn lock_target(root: &Path, owner: Owner) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    use nix::fcntl::{Flock, FlockArg};
-    let path = root.join(tsdb::LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-        if errno == nix::errno::Errno::EWOULDBLOCK {
-            anyhow!(
-                "another promigrate apply is writing {} ({} is locked): wait for it to finish",
-                root.display(),
-                path.display()
-            )
-        } else {
-            anyhow!("cannot lock {}: {errno}", path.display())
-        }
+/// Takes the target's apply lock (an exclusive flock on the TSDB directory itself), so two
+/// applies never write the same target at once and no verify reads it half-written. Held
+/// until the returned guard is dropped (or the process dies).
+fn lock_target(root: &Path) -> anyhow::Result<crate::lock::Guard> {
+    let lock = crate::lock::exclusive(root).map_err(|e| match e {
+        crate::lock::LockError::Busy(h) => anyhow!(
+            "another promigrate apply or verify is using {} ({h}): wait for it to finish",
+            root.display()
+        ),
+        e => anyhow!("{e}"),
     })?;
-    // Like everything on the target, the lock file belongs to the pod's user.
-    let meta = std::fs::symlink_metadata(&path)
-        .with_context(|| format!("cannot stat {}", path.display()))?;
-    perms::fix(&path, &meta, owner).map_err(|e| anyhow!(perms::explain(&path, &e, owner)))?;
+    // The lock file of earlier releases is ours, and no longer used.
+    let old = root.join(tsdb::LOCK_FILE);
+    if old.is_file() {
+        std::fs::remove_file(&old)
+            .with_context(|| format!("cannot remove the old lock file {}", old.display()))?;
+    }
     Ok(lock)
 }
 

@@ -46,8 +46,9 @@ pub struct VerifyReport {
     pub source: PathBuf,
     /// Target TSDB directory.
     pub target: PathBuf,
-    /// How much of the source the plan selects (and so what this verify proves).
-    pub selection: plan::Selection,
+    /// How much of the source the plan selects (and so what this verify proves); `None` when
+    /// verify compared nothing (an apply was writing the target).
+    pub selection: Option<plan::Selection>,
     /// Source files compared.
     pub checked_files: u64,
     /// Bytes of those files.
@@ -120,6 +121,13 @@ fn run_one(
     hashes: &SourceHashes,
 ) -> anyhow::Result<VerifyReport> {
     let start = Instant::now();
+    // Read the target only while no apply writes it (an apply waits for this to finish).
+    let _reading = match crate::lock::shared(&m.target_root) {
+        Err(crate::lock::LockError::Busy(h)) => {
+            return Ok(busy(m, level, h, start));
+        }
+        held => held.ok(),
+    };
     let (plan, src, tgt) = plan::build_from(m, src, facts, inventory::Depth::WithMeta)?;
     let mut diffs = Vec::new();
     let d = |sigil: char, path: &str, detail: String| Difference {
@@ -268,13 +276,35 @@ fn run_one(
         level,
         source: m.source.clone(),
         target: m.target_root.clone(),
-        selection: plan.selection,
+        selection: Some(plan.selection),
         checked_files: checked.0,
         checked_bytes: checked.1,
         hashed_bytes: hashed,
         differences: diffs,
         duration_seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The report of a verify that found an apply writing the target: it compares nothing.
+fn busy(m: &Migration, level: VerifyLevel, h: crate::lock::Holder, start: Instant) -> VerifyReport {
+    VerifyReport {
+        ok: false,
+        level,
+        source: m.source.clone(),
+        target: m.target_root.clone(),
+        selection: None,
+        checked_files: 0,
+        checked_bytes: 0,
+        hashed_bytes: 0,
+        differences: vec![Difference {
+            path: String::new(),
+            sigil: '!',
+            detail: format!(
+                "an apply is in progress on this target ({h}): its state is not a result; verify again once it has finished"
+            ),
+        }],
+        duration_seconds: start.elapsed().as_secs_f64(),
+    }
 }
 
 fn compare_file<'a>(
@@ -431,7 +461,9 @@ impl VerifyReport {
             self.source.display(),
             self.target.display()
         );
-        let _ = writeln!(s, "Selection: {}", self.selection.line());
+        if let Some(sel) = &self.selection {
+            let _ = writeln!(s, "Selection: {}", sel.line());
+        }
         for d in &self.differences {
             let path = if d.path.is_empty() { "(plan)" } else { &d.path };
             let _ = writeln!(s, "{} {}  {}", d.sigil, path, d.detail);
