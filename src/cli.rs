@@ -149,16 +149,47 @@ pub enum Deadline {
     After(std::time::Duration),
 }
 
+/// A `--deadline` fixed at the start of a run: its time (UTC) and the instant it falls on.
+#[derive(Debug, Clone, Copy)]
+pub struct ResolvedDeadline {
+    /// When it falls (UTC).
+    pub at: jiff::Timestamp,
+    /// The same, on the monotonic clock.
+    pub instant: std::time::Instant,
+}
+
+impl ResolvedDeadline {
+    /// Time left until it.
+    pub fn left(&self) -> std::time::Duration {
+        self.instant
+            .saturating_duration_since(std::time::Instant::now())
+    }
+}
+
 impl Deadline {
-    /// The instant it falls on, for a run starting now.
-    pub fn instant(self) -> std::time::Instant {
-        let now = std::time::Instant::now();
+    /// Fixes the deadline for a run that starts at `now`; a time already past is refused
+    /// (invalid input), showing the current time.
+    pub fn resolve(self, now: jiff::Timestamp) -> anyhow::Result<ResolvedDeadline> {
+        let instant = std::time::Instant::now();
+        let fmt = |t: jiff::Timestamp| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
         match self {
-            Deadline::After(d) => now + d,
-            Deadline::At(t) => {
-                let left = jiff::Timestamp::now().duration_until(t);
-                now + std::time::Duration::try_from(left).unwrap_or_default()
-            }
+            Deadline::After(d) => Ok(ResolvedDeadline {
+                at: now
+                    .checked_add(jiff::SignedDuration::try_from(d).unwrap_or_default())
+                    .unwrap_or(now),
+                instant: instant + d,
+            }),
+            Deadline::At(t) if t <= now => Err(crate::exit::InvalidInput(format!(
+                "--deadline {} is already past: it is now {} UTC. Give a later time, or a duration such as 45m. Nothing was written",
+                fmt(t),
+                fmt(now)
+            ))
+            .into()),
+            Deadline::At(t) => Ok(ResolvedDeadline {
+                at: t,
+                instant: instant
+                    + std::time::Duration::try_from(now.duration_until(t)).unwrap_or_default(),
+            }),
         }
     }
 }

@@ -244,7 +244,15 @@ fn cmd_inspect(a: &cli::InspectArgs) -> anyhow::Result<Code> {
 /// resumable.
 fn cancel_on_signal(runtime: &tokio::runtime::Runtime) -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
-    let f = flag.clone();
+    arm_cancel(runtime, flag.clone());
+    flag
+}
+
+/// From now on, Ctrl-C and SIGTERM set `flag` instead of ending the process. Until this is
+/// called the default action applies: the process ends at once (apply arms it only once it
+/// is past its prompt, so Ctrl-C at `[y/N]` ends it with nothing written).
+fn arm_cancel(runtime: &tokio::runtime::Runtime, flag: Arc<AtomicBool>) {
+    let f = flag;
     runtime.spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -258,7 +266,6 @@ fn cancel_on_signal(runtime: &tokio::runtime::Runtime) -> Arc<AtomicBool> {
         tracing::warn!("signal received: stopping at the next chunk; rerun to resume");
         f.store(true, Ordering::Relaxed);
     });
-    flag
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -306,6 +313,8 @@ struct ApplyOutput {
     /// What was left scaled down when the run ended before the scale-up (presync, deadline).
     #[serde(skip_serializing_if = "Option::is_none")]
     kubernetes_note: Option<String>,
+    /// Things to know about this run (e.g. a deadline shorter than the estimate).
+    warnings: Vec<String>,
     error: Option<String>,
     record: Option<std::path::PathBuf>,
 }
@@ -353,14 +362,23 @@ impl ApplyOutput {
 
 fn cmd_apply(a: ApplyArgs) -> anyhow::Result<Code> {
     let started = jiff::Timestamp::now();
+    // The deadline counts from now, before anything is read or changed.
+    let deadline = a.deadline.map(|d| d.resolve(started)).transpose()?;
+    if !a.yes && !a.dry_run && !std::io::stdin().is_terminal() {
+        return Err(exit::InvalidInput(
+            "apply would write, and stdin is not a terminal to confirm it on: pass --yes (or --dry-run to see what it would do). Nothing was written".into(),
+        )
+        .into());
+    }
     let rt = runtime()?;
-    let cancel = cancel_on_signal(&rt);
+    // Armed after the confirmation prompt (see arm_cancel).
+    let cancel = Arc::new(AtomicBool::new(false));
     let m = plan::file::load(&a.common.file)?;
     let mut out = ApplyOutput {
         dry_run: a.dry_run,
         ..Default::default()
     };
-    let result = apply_and_record(&a, &m, &rt, &cancel, started, &mut out);
+    let result = apply_and_record(&a, &m, &rt, &cancel, deadline, started, &mut out);
     // Last, from the final outcome: a run that failed anywhere (even writing its record)
     // reports that.
     if let Some(url) = a.pushgateway.as_ref().or(m.pushgateway.as_ref())
@@ -384,6 +402,7 @@ fn apply_and_record(
     m: &plan::Migration,
     rt: &tokio::runtime::Runtime,
     cancel: &Arc<AtomicBool>,
+    deadline: Option<cli::ResolvedDeadline>,
     started: jiff::Timestamp,
     out: &mut ApplyOutput,
 ) -> anyhow::Result<Code> {
@@ -392,7 +411,7 @@ fn apply_and_record(
     } else {
         Some(record::prepare(&a.state_dir, &m.name)?)
     };
-    let outcome = apply_steps(a, m, rt, cancel, out);
+    let outcome = apply_steps(a, m, rt, cancel, deadline, out);
     let code = match &outcome {
         Ok(code) => *code,
         Err(e) => {
@@ -420,6 +439,7 @@ fn apply_steps(
     m: &plan::Migration,
     rt: &tokio::runtime::Runtime,
     cancel: &Arc<AtomicBool>,
+    deadline: Option<cli::ResolvedDeadline>,
     out: &mut ApplyOutput,
 ) -> anyhow::Result<Code> {
     let mut plans = build_plans(m)?;
@@ -470,15 +490,39 @@ fn apply_steps(
         out.set(plans, None);
         return Ok(if ok { Code::Ok } else { Code::Findings });
     }
+    if let Some(d) = deadline {
+        let estimate = plans
+            .iter()
+            .filter_map(|p| match a.phase {
+                sync::Phase::Presync => p.phases.presync.eta_seconds,
+                sync::Phase::Final => p.phases.final_.eta_seconds,
+                sync::Phase::All => p.stats.eta_seconds,
+            })
+            .fold(None, |acc: Option<f64>, e| {
+                Some(acc.map_or(e, |x| x.max(e)))
+            });
+        let left = d.left().as_secs_f64();
+        if let Some(est) = estimate.filter(|e| *e > left) {
+            let w = format!(
+                "--deadline {} leaves {} but the plan estimates {} at the bandwidth limit: the run will likely stop incomplete (rerun to continue)",
+                d.at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                units::duration(left),
+                units::duration(est)
+            );
+            tracing::warn!("{w}");
+            out.warnings.push(w);
+        }
+    }
     if a.common.output == Output::Text {
         print!("{}", render_plans(&plans.iter().collect::<Vec<_>>()));
     }
-    check_cancel(cancel, "apply")?;
-    if !a.yes && std::io::stdin().is_terminal() && !confirm(&plans)? {
+    if !a.yes && !confirm(&plans)? {
         out.refused = true;
         out.set(plans, None);
         return Ok(Code::Findings);
     }
+    arm_cancel(rt, cancel.clone());
+    check_cancel(cancel, "apply")?;
     // Again right before the first write: the prompt may have waited a while.
     if a.phase != sync::Phase::Presync
         && let Some(why) = refusal(&source.probe(), a.source_stopped)
@@ -489,6 +533,13 @@ fn apply_steps(
         return Ok(Code::Findings);
     }
     let phase = a.phase;
+    let deadline = deadline.map(|d| d.instant);
+    if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+        // Out of time before any change (the plan and the prompt took it): no scale-down.
+        out.incomplete = true;
+        out.set(plans, None);
+        return Ok(Code::Findings);
+    }
     // Nothing may write to the volume while data is copied: scale the StatefulSet to 0 and
     // wait for every pod mounting the claim to go, before the first byte. A rerun that has
     // nothing left to write does not disturb running pods.
@@ -511,7 +562,6 @@ fn apply_steps(
         }
         quiesced.push(k.clone());
     }
-    let deadline = a.deadline.map(cli::Deadline::instant);
     // Bytes read from the source: targets in the same state share the reads.
     let total = plans
         .iter()
@@ -706,6 +756,14 @@ fn render_apply(out: &ApplyOutput) -> String {
                 q.display()
             ));
         }
+    }
+    for w in &out.warnings {
+        s.push_str(&format!("warning: {w}\n"));
+    }
+    if out.incomplete && outcomes.iter().all(|(_, r)| r.is_none()) {
+        s.push_str(
+            "INCOMPLETE: the deadline passed before anything was changed; nothing was written.\n",
+        );
     }
     if let Some(v) = &out.verify {
         s.push_str("\nVerify before the Kubernetes steps:\n");

@@ -692,3 +692,111 @@ fn yaml_fraction_bwlimit_is_kib_and_tiny_limits_are_refused() {
         "{err}"
     );
 }
+
+/// Runs `apply` under `script` (a terminal), returning the child and a buffer that collects
+/// what it prints.
+fn apply_on_a_terminal(
+    ws: &Workspace,
+) -> (
+    std::process::Child,
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    let cmdline = format!(
+        "exec {} apply -f {} --state-dir {}",
+        env!("CARGO_BIN_EXE_promigrate"),
+        ws.plan.display(),
+        ws.state.display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cmdline, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let b = buf.clone();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            b.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    (child, buf)
+}
+
+/// Regression: Ctrl-C at the `[y/N]` prompt was ignored (the stop-at-next-chunk handler was
+/// already installed), and a `y` typed afterwards wrote. It must end apply at once.
+#[test]
+fn ctrl_c_at_the_prompt_ends_apply_with_nothing_written() {
+    let ws = Workspace::new();
+    let (mut child, buf) = apply_on_a_terminal(&ws);
+    let text = || String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
+    let start = std::time::Instant::now();
+    while !text().contains("Apply this plan to") {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "no prompt: {}",
+            text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    use std::io::Write;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"\x03").unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = stdin.write_all(b"y\n");
+    let _ = stdin.flush();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "apply still runs after Ctrl-C at the prompt: {}",
+            text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    drop(stdin);
+    assert_ne!(status.code(), Some(0), "{}", text());
+    assert!(!text().contains("Applied"), "{}", text());
+    assert_eq!(
+        std::fs::read_dir(&ws.mount).unwrap().count(),
+        0,
+        "something was written: {}",
+        text()
+    );
+}
+
+/// Regression: with no terminal and no --yes, apply went ahead without asking.
+#[test]
+fn apply_without_a_terminal_needs_yes() {
+    let ws = Workspace::new();
+    let (code, out, err) = ws.run(&["apply"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("--yes"), "{err}");
+    assert_eq!(std::fs::read_dir(&ws.mount).unwrap().count(), 0);
+    // A dry run needs no confirmation.
+    assert_eq!(ws.run(&["apply", "--dry-run"]).0, 0);
+}
+
+/// A deadline shorter than the plan's estimate is said at the start.
+#[test]
+fn a_deadline_shorter_than_the_estimate_is_warned_about_at_the_start() {
+    let ws = Workspace::new();
+    let (code, v) = ws.run_json(&["apply", "--yes", "--bwlimit", "8K", "--deadline", "2s"]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["incomplete"], true, "{v}");
+    let w = v["warnings"].as_array().unwrap();
+    assert!(
+        w.iter().any(|w| w.as_str().unwrap().contains("--deadline")),
+        "{v}"
+    );
+}

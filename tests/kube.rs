@@ -218,6 +218,15 @@ impl TestCluster {
         self.rt.block_on(pods.get_opt("prom-0")).unwrap().is_some()
     }
 
+    /// Merge-patches pod `prom-0`.
+    fn patch_pod(&self, patch: serde_json::Value) {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client.clone(), NS);
+        let pp = kube::api::PatchParams::default();
+        self.rt
+            .block_on(pods.patch("prom-0", &pp, &kube::api::Patch::Merge(patch)))
+            .unwrap();
+    }
+
     fn replicas(&self) -> i32 {
         self.sts("prom").spec.and_then(|s| s.replicas).unwrap_or(-1)
     }
@@ -604,4 +613,39 @@ fn wrong_context_namespace_or_server_is_a_clear_blocker() {
     let (code, _, _) = ws.run(&["apply", "--yes"]);
     assert_eq!(code, 1);
     assert!(!ws.target().exists(), "nothing may be written");
+}
+
+/// Regression: `--deadline 45m` was counted from after the scale-down wait (up to
+/// waitTimeout), so the change window could be overrun by that much. It counts from the start:
+/// a scale-down that outlasts it leaves the run incomplete, with nothing copied.
+#[test]
+fn the_deadline_counts_from_the_start_not_from_after_the_scale_down() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let k = TestCluster::up();
+    let ws = Workspace::new();
+    k.bound_statefulset("Retain", 1, "Retain", &ws.mount);
+    k.wait("pod prom-0 created", || k.pod_exists());
+    // A finalizer keeps the pod terminating, so the scale-down waits until the test lifts it.
+    k.patch_pod(json!({"metadata": {"finalizers": ["promigrate.test/hold"]}}));
+    kube_plan(&ws, &k.kubeconfig, "    statefulSet: prom\n");
+    let child = ws
+        .cmd(&["apply", "--yes", "--output", "json", "--deadline", "3s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    k.wait("statefulset scaled to 0", || k.replicas() == 0);
+    std::thread::sleep(Duration::from_secs(5));
+    k.patch_pod(json!({"metadata": {"finalizers": null}}));
+    let out = child.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(out.status.code(), Some(1), "{v}");
+    assert_eq!(v["incomplete"], true, "{v}");
+    assert_eq!(v["apply"]["copied_bytes"], 0, "{v}");
 }

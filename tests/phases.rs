@@ -332,8 +332,14 @@ fn a_final_phase_past_its_deadline_changes_nothing() {
         "--deadline",
         "2020-01-01T00:00:00Z",
     ]);
-    assert_eq!(code, 1, "{v}");
-    assert_eq!(v["incomplete"], true);
+    // Refused as invalid input at the start, showing the current time (it ran as an
+    // incomplete apply before, after planning).
+    assert_eq!(code, 2, "{v}");
+    assert_eq!(v["ok"], false);
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT").to_string();
+    let err = v["error"].as_str().unwrap();
+    assert!(err.contains("already past"), "{err}");
+    assert!(err.contains(&now), "shows the current UTC time: {err}");
     assert_eq!(
         snapshot(&ws.target()),
         before,
