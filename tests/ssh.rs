@@ -17,11 +17,16 @@ struct Sshd {
 }
 
 fn keygen(path: &Path, passphrase: &str) {
+    keygen_type(path, "ed25519", passphrase);
+}
+
+/// An SSH key pair of type `kind` (`ed25519`, `ecdsa`, `rsa`) at `path` and `path.pub`.
+fn keygen_type(path: &Path, kind: &str, passphrase: &str) {
     let st = Command::new("ssh-keygen")
         .args([
             "-q",
             "-t",
-            "ed25519",
+            kind,
             "-N",
             passphrase,
             "-C",
@@ -41,9 +46,25 @@ impl Sshd {
 
     /// An sshd with `extra` lines in its configuration.
     fn start_with(extra: &str) -> Sshd {
+        Self::start_keys(&["ed25519"], extra)
+    }
+
+    /// An sshd with a host key of each type in `kinds` (the first in `host_key`, the others
+    /// in `host_key_<type>`) and `extra` lines in its configuration; its `known_hosts` holds
+    /// the first key only.
+    fn start_keys(kinds: &[&str], extra: &str) -> Sshd {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        keygen(&d.join("host_key"), "");
+        let mut host_keys = String::new();
+        for (i, kind) in kinds.iter().enumerate() {
+            let name = if i == 0 {
+                "host_key".to_string()
+            } else {
+                format!("host_key_{kind}")
+            };
+            keygen_type(&d.join(&name), kind, "");
+            host_keys.push_str(&format!("HostKey {}\n", d.join(&name).display()));
+        }
         keygen(&d.join("client_key"), "");
         std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
         std::fs::create_dir_all("/run/sshd").unwrap(); // privilege separation directory
@@ -55,7 +76,7 @@ impl Sshd {
             "Subsystem sftp /usr/lib/openssh/sftp-server\n"
         };
         let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+            "Port {port}\nListenAddress 127.0.0.1\n{host_keys}PidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\n\
              StrictModes no\nPermitRootLogin yes\n{sftp}\
@@ -66,22 +87,12 @@ impl Sshd {
         let child = listen(d, port);
         let s = Sshd { dir, port, child };
         // A known_hosts with the host key under [127.0.0.1]:port, hashed like OpenSSH does.
-        let pubkey = std::fs::read_to_string(s.path("host_key.pub")).unwrap();
-        let mut kh = pubkey
-            .split_whitespace()
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(" ");
-        kh = format!("[127.0.0.1]:{port} {kh}\n");
+        let kh = format!(
+            "[127.0.0.1]:{port} {}\n",
+            public_key(&s.path("host_key.pub"))
+        );
         std::fs::write(s.path("known_hosts"), kh).unwrap();
-        let st = Command::new("ssh-keygen")
-            .args(["-q", "-H", "-f"])
-            .arg(s.path("known_hosts"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success());
+        hash_known_hosts(&s.path("known_hosts"));
         s
     }
 
@@ -120,6 +131,28 @@ impl Sshd {
             .filter_map(|l| l.trim().parse().ok())
             .collect()
     }
+}
+
+/// The `type base64` part of a public key file (without its comment).
+fn public_key(pub_file: &Path) -> String {
+    std::fs::read_to_string(pub_file)
+        .unwrap()
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Hashes the host names of a known_hosts file in place, as OpenSSH's HashKnownHosts does.
+fn hash_known_hosts(file: &Path) {
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-H", "-f"])
+        .arg(file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
 }
 
 /// Runs sshd with the configuration in `dir` until it accepts connections on `port`.
@@ -280,14 +313,7 @@ fn mismatched_host_key_is_refused_before_anything_is_read() {
     )
     .unwrap();
     // Hashed, as OpenSSH's HashKnownHosts writes it.
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-H", "-f"])
-        .arg(&kh)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    hash_known_hosts(&kh);
     let text = std::fs::read_to_string(&kh).unwrap();
     assert!(
         text.contains("|1|") && !text.contains("127.0.0.1"),
@@ -341,6 +367,135 @@ fn unknown_host_is_refused_unless_the_plan_accepts_new_keys() {
             .unwrap()
             .contains("ssh-ed25519")
     );
+}
+
+/// Issue 13: a host with host keys of several types, and a known_hosts that records one of
+/// them (any one, plain or hashed): promigrate asks for the recorded type first, as OpenSSH
+/// does, and connects. It used to take the server's ed25519 key and call it a mismatch.
+#[test]
+fn known_hosts_with_one_of_the_hosts_key_types_connects() {
+    let kinds = ["ed25519", "ecdsa", "rsa"];
+    let sshd = Sshd::start_keys(&kinds, "");
+    let ws = Workspace::new();
+    for kind in kinds {
+        let file = if kind == "ed25519" {
+            "host_key.pub".to_string()
+        } else {
+            format!("host_key_{kind}.pub")
+        };
+        let kh = sshd.path(&format!("{kind}_known_hosts"));
+        std::fs::write(
+            &kh,
+            format!(
+                "# only the {kind} key\n[127.0.0.1]:{} {}\n",
+                sshd.port,
+                public_key(&sshd.path(&file))
+            ),
+        )
+        .unwrap();
+        if kind == "rsa" {
+            hash_known_hosts(&kh);
+        }
+        ssh_plan(&ws, &sshd, "client_key", &kh, "");
+        let (code, out, err) = ws.run(&["plan"]);
+        assert_eq!(
+            code, 0,
+            "known_hosts with the {kind} key only: {out}\n{err}"
+        );
+    }
+}
+
+/// A recorded key of the type the host offers that is not the offered key is still refused
+/// before anything is read (and so is a key that known_hosts marks @revoked).
+#[test]
+fn another_key_of_the_recorded_type_is_still_a_mismatch() {
+    let sshd = Sshd::start_keys(&["ed25519", "ecdsa"], "");
+    let ws = Workspace::new();
+    keygen_type(&sshd.path("other_ecdsa_key"), "ecdsa", "");
+    let kh = sshd.path("wrong_known_hosts");
+    std::fs::write(
+        &kh,
+        format!(
+            "[127.0.0.1]:{} {}\n",
+            sshd.port,
+            public_key(&sshd.path("other_ecdsa_key.pub"))
+        ),
+    )
+    .unwrap();
+    ssh_plan(&ws, &sshd, "client_key", &kh, "");
+    for args in [vec!["plan"], vec!["apply", "--yes", "--source-stopped"]] {
+        let (code, out, err) = ws.run(&args);
+        assert_eq!(code, 3, "{out}\n{err}");
+        assert!(err.contains("HOST KEY MISMATCH"), "{err}");
+        // The host was asked for its ECDSA key, the type known_hosts records.
+        assert!(
+            err.contains(&sshd.fingerprint("host_key_ecdsa.pub")),
+            "offered key shown: {err}"
+        );
+        assert!(
+            err.contains("line 1 holds another key for it"),
+            "the disagreeing line: {err}"
+        );
+    }
+    assert!(!ws.target().exists(), "nothing may be written");
+
+    // The right key, but revoked.
+    let real = public_key(&sshd.path("host_key_ecdsa.pub"));
+    std::fs::write(
+        &kh,
+        format!(
+            "@revoked [127.0.0.1]:{p} {real}\n[127.0.0.1]:{p} {real}\n",
+            p = sshd.port
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = ws.run(&["plan"]);
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(err.contains("REVOKED HOST KEY"), "{err}");
+    assert!(!ws.target().exists(), "nothing may be written");
+}
+
+/// A host that offers none of the key types known_hosts records for it is refused, but not
+/// as a mismatch: the recorded key may well be right, and the message must not tell the
+/// operator to delete it. acceptNewHostKey does not add the offered key either.
+#[test]
+fn a_host_offering_none_of_the_recorded_key_types_is_refused_without_blaming_the_key() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    keygen_type(&sshd.path("ecdsa_key"), "ecdsa", "");
+    let kh = sshd.path("ecdsa_known_hosts");
+    let recorded = format!(
+        "[127.0.0.1]:{} {}\n",
+        sshd.port,
+        public_key(&sshd.path("ecdsa_key.pub"))
+    );
+    std::fs::write(&kh, &recorded).unwrap();
+    ssh_plan(&ws, &sshd, "client_key", &kh, "");
+    for accept in [false, true] {
+        if accept {
+            let yaml = std::fs::read_to_string(&ws.plan).unwrap().replace(
+                "    knownHostsFile:",
+                "    acceptNewHostKey: true\n    knownHostsFile:",
+            );
+            std::fs::write(&ws.plan, yaml).unwrap();
+        }
+        let (code, out, err) = ws.run(&["plan"]);
+        assert_eq!(code, 3, "{out}\n{err}");
+        assert!(
+            err.contains("only ecdsa-sha2-nistp256 keys") && err.contains("ssh-ed25519"),
+            "names both types: {err}"
+        );
+        assert!(err.contains(&sshd.fingerprint("host_key.pub")), "{err}");
+        assert!(
+            !err.contains("MISMATCH")
+                && !err.contains("intercepting")
+                && !err.contains("ssh-keygen -R")
+                && !err.contains("check that it exists"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&kh).unwrap(), recorded);
+    }
+    assert!(!ws.target().exists(), "nothing may be written");
 }
 
 #[test]

@@ -135,12 +135,25 @@ impl Attr {
 
 /// A failure to read a directory, naming the path.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read {path}: {cause}; check that it exists and that this user may read it")]
+#[error("cannot read {path}: {cause}{}", advice(.cause))]
 pub struct ScanError {
     /// The path that failed.
     pub path: PathBuf,
     /// The cause (in the message, so not a `#[source]`).
     pub cause: std::io::Error,
+}
+
+/// What to do about a failed read, unless the cause says it itself: an SSH refusal (host
+/// key, authentication) has nothing to do with the path or its permissions.
+fn advice(cause: &std::io::Error) -> &'static str {
+    if cause
+        .get_ref()
+        .is_some_and(|e| e.is::<crate::ssh::SshError>())
+    {
+        ""
+    } else {
+        "; check that it exists and that this user may read it"
+    }
 }
 
 fn err(path: &Path, cause: std::io::Error) -> ScanError {

@@ -146,6 +146,19 @@ pub fn connect(spec: &SshSpec) -> Result<Session, SshError> {
             "aes128-ctr,chacha20-poly1305@openssh.com,aes256-ctr,aes192-ctr,aes128-gcm@openssh.com,aes256-gcm@openssh.com",
         );
     }
+    // Before the handshake: the host-key algorithms of the key types known_hosts records
+    // for this host come first, so that a host with several host keys offers a checkable one.
+    let known = hostkey::KnownHost::read(spec)?;
+    if let Ok(supported) = sess.supported_algs(ssh2::MethodType::HostKey) {
+        let prefs = known.algorithm_preference(&supported).join(",");
+        sess.method_pref(ssh2::MethodType::HostKey, &prefs)
+            .map_err(|e| {
+                SshError::Connect(format!(
+                    "cannot set the host-key algorithms ({prefs}) for {}: {e}",
+                    spec.describe()
+                ))
+            })?;
+    }
     sess.handshake().map_err(|e| {
         SshError::Connect(format!(
             "SSH handshake with {} failed: {e}",
@@ -156,10 +169,11 @@ pub fn connect(spec: &SshSpec) -> Result<Session, SshError> {
         cipher = sess.methods(ssh2::MethodType::CryptSc).unwrap_or("?"),
         mac = sess.methods(ssh2::MethodType::MacSc).unwrap_or("?"),
         kex = sess.methods(ssh2::MethodType::Kex).unwrap_or("?"),
+        hostkey = sess.methods(ssh2::MethodType::HostKey).unwrap_or("?"),
         "SSH session to {}",
         spec.describe()
     );
-    hostkey::check(&sess, spec)?;
+    hostkey::check(&sess, spec, &known)?;
     authenticate(&sess, spec)?;
     sess.set_keepalive(true, 15);
     Ok(sess)
