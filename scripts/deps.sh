@@ -2,7 +2,8 @@
 # Installs what the demo, the tests and the benchmarks need on a Debian machine, only where
 # it is missing: Debian's prometheus (prometheus + promtool: real TSDBs and a real server),
 # rsync and GNU time (benchmarks), util-linux (setpriv, mount), etcd-server and openssl (the
-# test control plane of scripts/test-cluster.sh). The Rust toolchain is expected
+# test control plane of scripts/test-cluster.sh), apache2-utils (htpasswd: the bcrypt hash of
+# the HTTPS Pushgateway's basic-auth user in tests/observability.rs). The Rust toolchain is expected
 # (rustup); crates are fetched by cargo.
 set -euo pipefail
 
@@ -22,6 +23,7 @@ command -v flock >/dev/null 2>&1 || need+=(util-linux)
 command -v pgrep >/dev/null 2>&1 || need+=(procps)
 command -v bc >/dev/null 2>&1 || need+=(bc)
 command -v prometheus-pushgateway >/dev/null 2>&1 || need+=(prometheus-pushgateway)
+command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 # The ssh2 crate builds libssh2 against the system OpenSSL.
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 [ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)

@@ -135,7 +135,8 @@ pub struct ApplyArgs {
     /// (and the PV recovery) looks after the final phase.
     #[arg(long, value_enum, default_value_t = VerifyLevel::Checksum)]
     pub verify_level: VerifyLevel,
-    /// Push this run's metrics to a Pushgateway (overrides `report.pushgateway.url`).
+    /// Push this run's metrics to a Pushgateway (overrides `report.pushgateway.url`; the
+    /// plan's `caFile` and credentials still apply).
     #[arg(long, value_name = "URL")]
     pub pushgateway: Option<String>,
 }
@@ -230,7 +231,8 @@ pub struct VerifyArgs {
     /// How deep to compare.
     #[arg(long, value_enum, default_value_t = VerifyLevel::Checksum)]
     pub level: VerifyLevel,
-    /// Push this run's metrics to a Pushgateway (overrides `report.pushgateway.url`).
+    /// Push this run's metrics to a Pushgateway (overrides `report.pushgateway.url`; the
+    /// plan's `caFile` and credentials still apply).
     #[arg(long, value_name = "URL")]
     pub pushgateway: Option<String>,
     /// Where run records are written (`<DIR>/<metadata.name>/`).

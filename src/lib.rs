@@ -381,7 +381,7 @@ fn cmd_apply(a: ApplyArgs) -> anyhow::Result<Code> {
     let result = apply_and_record(&a, &m, &rt, &cancel, deadline, started, &mut out);
     // Last, from the final outcome: a run that failed anywhere (even writing its record)
     // reports that.
-    if let Some(url) = a.pushgateway.as_ref().or(m.pushgateway.as_ref())
+    if let Some(gw) = pushgateway(a.pushgateway.as_deref(), &m)
         && !a.dry_run
     {
         let reports: Vec<&sync::ApplyReport> =
@@ -392,9 +392,22 @@ fn cmd_apply(a: ApplyArgs) -> anyhow::Result<Code> {
             verify_differences: out.verify.as_ref().map(VerifyOutput::differences),
             ..run_metrics("apply", &result, started)
         };
-        metrics::push_or_warn(url, &m.name, &run);
+        metrics::push_or_warn(&gw, &m.name, &run);
     }
     result
+}
+
+/// The gateway to push to: `--pushgateway URL` replaces `report.pushgateway.url` and keeps
+/// the plan's CA and credentials.
+fn pushgateway(cli_url: Option<&str>, m: &plan::Migration) -> Option<metrics::Pushgateway> {
+    match (cli_url, &m.pushgateway) {
+        (Some(url), Some(gw)) => Some(metrics::Pushgateway {
+            url: url.to_string(),
+            ..gw.clone()
+        }),
+        (Some(url), None) => Some(metrics::Pushgateway::new(url)),
+        (None, gw) => gw.clone(),
+    }
 }
 
 fn apply_and_record(
@@ -888,12 +901,12 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<Code> {
     let mut differences = None;
     let result = verify_and_record(&a, &m, &rt, cancel, started, &mut differences);
     // Last, from the final outcome (a record that could not be written is a failure too).
-    if let Some(url) = a.pushgateway.as_ref().or(m.pushgateway.as_ref()) {
+    if let Some(gw) = pushgateway(a.pushgateway.as_deref(), &m) {
         let run = metrics::RunMetrics {
             verify_differences: differences,
             ..run_metrics("verify", &result, started)
         };
-        metrics::push_or_warn(url, &m.name, &run);
+        metrics::push_or_warn(&gw, &m.name, &run);
     }
     result
 }

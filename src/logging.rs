@@ -16,7 +16,12 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. Safe to call once per process.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // ureq-proto dumps every request's bytes at trace level (its `util` module), a Pushgateway
+    // push's Authorization header included: off, whatever RUST_LOG says.
+    if let Ok(d) = "ureq_proto::util=off".parse() {
+        filter = filter.add_directive(d);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -13,23 +13,111 @@ use std::time::{Duration, Instant};
 struct Pushgateway {
     port: u16,
     child: Child,
+    /// Set when it serves HTTPS with basic auth.
+    tls: Option<Tls>,
+}
+
+/// What an HTTPS Pushgateway was given: a CA and a server certificate for 127.0.0.1 made by
+/// openssl, and one basic-auth user (`promigrate`) whose bcrypt hash htpasswd made.
+struct Tls {
+    dir: tempfile::TempDir,
+    password: String,
+}
+
+impl Tls {
+    const USER: &str = "promigrate";
+
+    fn new(password: &str) -> Tls {
+        let dir = tempfile::tempdir().unwrap();
+        let sh = |script: &str| {
+            let out = Command::new("bash")
+                .arg("-ec")
+                .arg(script)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{script}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+              -keyout ca.key -out ca.pem -days 2 -subj /CN=promigrate-test-ca \
+              -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+              -keyout server.key -out server.csr -subj /CN=127.0.0.1 2>/dev/null
+            printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > ext
+            openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+              -out server.pem -days 2 -extfile ext 2>/dev/null");
+        // htpasswd (apache2-utils; see scripts/deps.sh) reads the password on stdin.
+        let mut c = Command::new("htpasswd");
+        c.args(["-niB", "-C", "4", Tls::USER])
+            .current_dir(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = c
+            .spawn()
+            .expect("htpasswd (apache2-utils; see scripts/deps.sh)");
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let line = String::from_utf8(out.stdout).unwrap();
+        let hash = line.trim().split_once(':').unwrap().1.to_string();
+        std::fs::write(
+            dir.path().join("web.yml"),
+            format!(
+                "tls_server_config:\n  cert_file: {d}/server.pem\n  key_file: {d}/server.key\n\
+                 basic_auth_users:\n  {}: '{hash}'\n",
+                Tls::USER,
+                d = dir.path().display()
+            ),
+        )
+        .unwrap();
+        Tls {
+            dir,
+            password: password.to_string(),
+        }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
 }
 
 impl Pushgateway {
     fn start() -> Pushgateway {
+        Self::spawn(None)
+    }
+
+    /// A Pushgateway serving HTTPS, with basic auth, from its `--web.config.file`.
+    fn start_tls(password: &str) -> Pushgateway {
+        Self::spawn(Some(Tls::new(password)))
+    }
+
+    fn spawn(tls: Option<Tls>) -> Pushgateway {
         let port = free_port();
-        let child = Command::new("prometheus-pushgateway")
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        let mut c = Command::new("prometheus-pushgateway");
+        c.arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        if let Some(t) = &tls {
+            c.arg(format!(
+                "--web.config.file={}",
+                t.dir.path().join("web.yml").display()
+            ));
+        }
+        let child = c
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start prometheus-pushgateway (Debian package; see scripts/deps.sh)");
-        let pg = Pushgateway { port, child };
+        let pg = Pushgateway { port, child, tls };
         let start = Instant::now();
-        while ureq::get(&format!("{}/-/ready", pg.url())).call().is_err() {
+        while let Err(e) = pg.get("/-/ready") {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
-                "pushgateway not ready"
+                "pushgateway not ready: {e}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -37,17 +125,42 @@ impl Pushgateway {
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// GET `path`: with ureq over HTTP, with curl (trusting the test CA, with the basic-auth
+    /// user) over HTTPS.
+    fn get(&self, path: &str) -> Result<String, String> {
+        let url = format!("{}{path}", self.url());
+        match &self.tls {
+            None => ureq::get(&url)
+                .call()
+                .map_err(|e| e.to_string())?
+                .body_mut()
+                .read_to_string()
+                .map_err(|e| e.to_string()),
+            Some(t) => {
+                let out = Command::new("curl")
+                    .args(["-sS", "--fail", "--max-time", "5", "--cacert"])
+                    .arg(t.ca())
+                    .arg("--user")
+                    .arg(format!("{}:{}", Tls::USER, t.password))
+                    .arg(&url)
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                if out.status.success() {
+                    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+                } else {
+                    Err(String::from_utf8_lossy(&out.stderr).into_owned())
+                }
+            }
+        }
     }
 
     /// Every promigrate sample the Pushgateway serves: (name, command label) → value.
     fn samples(&self) -> BTreeMap<(String, String), f64> {
-        let text = ureq::get(&format!("{}/metrics", self.url()))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap();
+        let text = self.get("/metrics").unwrap();
         let mut out = BTreeMap::new();
         for line in text.lines().filter(|l| l.starts_with("promigrate_")) {
             let (series, value) = line.rsplit_once(' ').unwrap();
@@ -154,6 +267,128 @@ fn a_pushgateway_that_is_down_does_not_fail_the_run() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("could not push metrics"), "{err}");
     assert!(err.contains(&dead), "{err}");
+}
+
+/// Every file below `dir`, read as text (lossily).
+fn all_text_below(dir: &Path) -> String {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| String::from_utf8_lossy(&std::fs::read(e.path()).unwrap()).into_owned())
+        .collect()
+}
+
+/// Asserts that no 12-character piece of `secret` is in `text`: ureq's trace log dumps the
+/// request 16 bytes a row, so a whole secret would show up only in pieces.
+fn assert_not_in(text: &str, secret: &str, what: &str) {
+    let chars: Vec<char> = secret.chars().collect();
+    for w in chars.windows(12.min(chars.len())) {
+        let piece: String = w.iter().collect();
+        assert!(!text.contains(&piece), "{what} holds `{piece}` of a secret");
+    }
+}
+
+fn pushgateway_report(url: &str, more: &str) -> String {
+    format!("report:\n  pushgateway:\n    url: {url}\n{more}")
+}
+
+#[test]
+fn an_https_pushgateway_with_basic_auth_gets_the_metrics_and_never_sees_the_password_logged() {
+    use base64::Engine;
+    let password = "correct-horse-battery-staple-42";
+    let pg = Pushgateway::start_tls(password);
+    let tls = pg.tls.as_ref().unwrap();
+    let ws = Workspace::new();
+    // Relative paths: next to the plan file. The password file ends with a newline, as an
+    // editor or `echo` leaves it.
+    std::fs::copy(tls.ca(), ws.dir.path().join("gateway-ca.pem")).unwrap();
+    std::fs::create_dir(ws.dir.path().join("secrets")).unwrap();
+    std::fs::write(ws.dir.path().join("secrets/pw"), format!("{password}\n")).unwrap();
+    let auth = "    caFile: gateway-ca.pem\n    basicAuth:\n      username: promigrate\n      passwordFile: secrets/pw\n";
+    ws.write_plan(&pushgateway_report(&pg.url(), auth));
+
+    let (code, out, err) = ws.run(&["apply", "--yes", "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("could not push"), "{err}");
+    // Every log line ureq and rustls have, wire dumps included.
+    let mut verify = ws.cmd(&["verify", "--output", "json"]);
+    verify.env("RUST_LOG", "trace");
+    let (vcode, vout, verr) = run(verify);
+    assert_eq!(vcode, 0, "{verr}");
+    assert!(!verr.contains("could not push"), "{verr}");
+    let s = pg.samples();
+    assert_eq!(get(&s, "promigrate_last_run_success", "apply"), Some(1.0));
+    assert_eq!(get(&s, "promigrate_last_run_success", "verify"), Some(1.0));
+    assert_eq!(
+        get(&s, "promigrate_verify_differences", "verify"),
+        Some(0.0)
+    );
+
+    let header = base64::engine::general_purpose::STANDARD.encode(format!("promigrate:{password}"));
+    let records = all_text_below(&ws.state);
+    assert!(records.contains("\"verify\""), "no run records: {records}");
+    for (what, text) in [
+        ("apply stdout", &out),
+        ("apply stderr", &err),
+        ("verify stdout", &vout),
+        ("verify stderr", &verr),
+        ("the run records", &records),
+    ] {
+        assert_not_in(text, password, what);
+        assert_not_in(text, &header, what);
+    }
+}
+
+#[test]
+fn an_https_pushgateway_refusing_the_password_or_the_certificate_gives_a_warning_only() {
+    let pg = Pushgateway::start_tls("the-right-password");
+    let tls = pg.tls.as_ref().unwrap();
+    let ws = Workspace::new();
+    let wrong = "a-wrong-password-of-some-length";
+    std::fs::write(ws.dir.path().join("pw"), wrong).unwrap();
+    let ca = tls.ca().display().to_string();
+    let auth = |ca_line: &str| {
+        format!("{ca_line}    basicAuth:\n      username: promigrate\n      passwordFile: pw\n")
+    };
+
+    // A wrong password: the gateway says 401, the run is not affected, nothing is pushed.
+    ws.write_plan(&pushgateway_report(
+        &pg.url(),
+        &auth(&format!("    caFile: {ca}\n")),
+    ));
+    let (code, out, err) = ws.run(&["apply", "--yes", "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("could not push metrics"), "{err}");
+    assert!(err.contains("401"), "{err}");
+    for (what, text) in [
+        ("stdout", &out),
+        ("stderr", &err),
+        ("the run records", &all_text_below(&ws.state)),
+    ] {
+        assert_not_in(text, wrong, what);
+    }
+    assert!(pg.samples().is_empty(), "pushed with a wrong password");
+
+    // No caFile: the test CA is in no trust store, so TLS fails, and the warning says why.
+    ws.write_plan(&pushgateway_report(&pg.url(), &auth("")));
+    let (code, _, err) = ws.run(&["verify"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("could not push metrics"), "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(
+        pg.samples().is_empty(),
+        "pushed over an unverified connection"
+    );
+
+    // A password file that is not there: the plan file is invalid (exit 2), the field named.
+    std::fs::remove_file(ws.dir.path().join("pw")).unwrap();
+    let (code, _, err) = ws.run(&["verify"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("report.pushgateway.basicAuth.passwordFile"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -55,12 +55,37 @@ pub struct Report {
     pub pushgateway: Option<PushgatewayConfig>,
 }
 
-/// `report.pushgateway`.
+/// `report.pushgateway`. Relative file paths are taken relative to the plan file's directory
+/// and `~` is expanded; the files are read when the plan is loaded.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PushgatewayConfig {
-    /// Base URL, e.g. `http://pushgateway.monitoring:9091`.
+    /// Base URL, e.g. `http://pushgateway.monitoring:9091` or `https://my-gtw:443`.
     pub url: String,
+    /// PEM file of the CA(s) an `https://` gateway's certificate must chain to; the system
+    /// trust store when absent.
+    #[serde(default)]
+    #[schemars(with = "Option<PathBuf>")]
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// HTTP basic auth. Not with `bearerTokenFile`.
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuth>,
+    /// File holding a token sent as `Authorization: Bearer <token>`. Not with `basicAuth`.
+    #[serde(default)]
+    #[schemars(with = "Option<PathBuf>")]
+    pub bearer_token_file: Option<Spanned<PathBuf>>,
+}
+
+/// `report.pushgateway.basicAuth`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BasicAuth {
+    /// User name (no `:`).
+    #[schemars(with = "String")]
+    pub username: Spanned<String>,
+    /// File holding the password (a trailing newline is ignored). Never logged.
+    #[schemars(with = "PathBuf")]
+    pub password_file: Spanned<PathBuf>,
 }
 
 fn api_version_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -492,8 +517,8 @@ pub struct Migration {
     pub exclude_blocks: Vec<ulid::Ulid>,
     /// Opt-in head/WAL sequence repair.
     pub head_repair: HeadRepair,
-    /// `report.pushgateway.url`, if set.
-    pub pushgateway: Option<String>,
+    /// `report.pushgateway`, if set, its files read.
+    pub pushgateway: Option<crate::metrics::Pushgateway>,
 }
 
 /// One resolved target volume.
@@ -785,6 +810,11 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
             kubernetes,
         });
     }
+    let pushgateway = file
+        .report
+        .pushgateway
+        .map(|p| resolve_pushgateway(p, plan_path))
+        .transpose()?;
     let first = targets[0].clone();
     Ok(Migration {
         plan_path: plan_path.to_path_buf(),
@@ -805,7 +835,130 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
         accept_partial_selection: file.transfer.accept_partial_selection,
         exclude_blocks: file.transfer.exclude_blocks.iter().map(|b| b.0).collect(),
         head_repair: file.transfer.head_repair,
-        pushgateway: file.report.pushgateway.map(|p| p.url),
+        pushgateway,
+    })
+}
+
+/// Reads `report.pushgateway`'s files: the CA certificates and the secret. Each error names
+/// its field; none shows a secret.
+fn resolve_pushgateway(
+    p: PushgatewayConfig,
+    plan_path: &Path,
+) -> Result<crate::metrics::Pushgateway, InvalidInput> {
+    use crate::metrics::{Auth, CaFile, Secret};
+    let base = plan_path.parent().unwrap_or(Path::new("."));
+    let err = |field: &str, at: &Spanned<PathBuf>, what: String| {
+        InvalidInput(format!(
+            "plan file {}: field `report.pushgateway.{field}` (line {}): {what}",
+            plan_path.display(),
+            at.referenced.line()
+        ))
+    };
+    let path_of = |at: &Spanned<PathBuf>| {
+        let p = expand_home(&at.value);
+        if p.is_absolute() { p } else { base.join(p) }
+    };
+    // A secret file's text without its trailing newline; empty is an error.
+    let read_secret = |field: &str, at: &Spanned<PathBuf>| {
+        let path = path_of(at);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            err(
+                field,
+                at,
+                format!(
+                    "cannot read {}: {e}; point it at a file holding only the secret",
+                    path.display()
+                ),
+            )
+        })?;
+        let secret = text.trim_end_matches(['\n', '\r']);
+        if secret.is_empty() {
+            return Err(err(field, at, format!("{} is empty", path.display())));
+        }
+        if secret.chars().any(|c| c.is_control()) {
+            return Err(err(
+                field,
+                at,
+                format!(
+                    "{} holds more than one line or control characters: write the secret alone, on one line",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(Secret::new(secret.to_string()))
+    };
+
+    let ca = match &p.ca_file {
+        None => None,
+        Some(at) => {
+            let path = path_of(at);
+            let pem = std::fs::read(&path).map_err(|e| {
+                let what = format!(
+                    "cannot read {}: {e}; point it at the PEM file of the CA that signed the gateway's certificate",
+                    path.display()
+                );
+                err("caFile", at, what)
+            })?;
+            let mut certs = Vec::new();
+            for item in ureq::tls::parse_pem(&pem) {
+                match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+                    // A key kept in the same file is no CA: not trusted, not an error.
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Err(err(
+                            "caFile",
+                            at,
+                            format!("{} is not valid PEM ({e})", path.display()),
+                        ));
+                    }
+                }
+            }
+            if certs.is_empty() {
+                return Err(err(
+                    "caFile",
+                    at,
+                    format!(
+                        "{} holds no certificate: give a PEM file with `-----BEGIN CERTIFICATE-----` blocks",
+                        path.display()
+                    ),
+                ));
+            }
+            Some(CaFile {
+                path,
+                roots: ureq::tls::RootCerts::new_with_certs(&certs),
+            })
+        }
+    };
+    let auth = match (p.basic_auth, &p.bearer_token_file) {
+        (Some(_), Some(at)) => {
+            return Err(InvalidInput(format!(
+                "plan file {}: fields `report.pushgateway.basicAuth` and `report.pushgateway.bearerTokenFile` (line {}) are both set: use one of them",
+                plan_path.display(),
+                at.referenced.line()
+            )));
+        }
+        (Some(b), None) => {
+            let user = b.username.value;
+            if user.is_empty() || user.contains(':') {
+                return Err(InvalidInput(format!(
+                    "plan file {}: field `report.pushgateway.basicAuth.username` (line {}): give a non-empty name without `:`",
+                    plan_path.display(),
+                    b.username.referenced.line()
+                )));
+            }
+            Some(Auth::Basic {
+                password: read_secret("basicAuth.passwordFile", &b.password_file)?,
+                username: user,
+            })
+        }
+        (None, Some(at)) => Some(Auth::Bearer(read_secret("bearerTokenFile", at)?)),
+        (None, None) => None,
+    };
+    Ok(crate::metrics::Pushgateway {
+        url: p.url,
+        ca,
+        auth,
     })
 }
 
@@ -907,6 +1060,126 @@ transfer:
         let empty = missing.replace("transfer:", "targets: []\ntransfer:");
         let e = resolve_err(&empty);
         assert!(e.contains("`targets`") && e.contains("empty"), "{e}");
+    }
+
+    /// Resolves GOOD (source and target in `d`) with `report` appended; the plan file is
+    /// `d/p.yaml`.
+    fn resolve_with_report(d: &Path, report: &str) -> Result<Migration, String> {
+        let dir = d.display().to_string();
+        let text = GOOD.replace("/data", &dir).replace("/mnt/pv", &dir) + report;
+        let plan = d.join("p.yaml");
+        resolve(parse(&text, &plan).map_err(|e| e.0)?, &plan).map_err(|e| e.0)
+    }
+
+    const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn pushgateway_files_are_read_relative_to_the_plan_and_secrets_lose_their_newline() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("tls")).unwrap();
+        std::fs::write(d.path().join("tls/ca.pem"), PEM).unwrap();
+        std::fs::write(d.path().join("pw"), "s3cret\r\n").unwrap();
+        std::fs::write(d.path().join("token"), "tok-123\n").unwrap();
+        let report = "report:\n  pushgateway:\n    url: https://gw:443\n    caFile: tls/ca.pem\n";
+        let m = resolve_with_report(
+            d.path(),
+            &format!(
+                "{report}    basicAuth:\n      username: promigrate\n      passwordFile: pw\n"
+            ),
+        )
+        .unwrap();
+        let gw = m.pushgateway.unwrap();
+        assert_eq!(gw.url, "https://gw:443");
+        assert_eq!(gw.ca.as_ref().unwrap().path, d.path().join("tls/ca.pem"));
+        match &gw.auth {
+            Some(crate::metrics::Auth::Basic { username, password }) => {
+                assert_eq!(username, "promigrate");
+                assert_eq!(password.expose(), "s3cret");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{gw:?}").contains("s3cret"), "{gw:?}");
+        let m = resolve_with_report(d.path(), &format!("{report}    bearerTokenFile: token\n"))
+            .unwrap();
+        match m.pushgateway.unwrap().auth {
+            Some(crate::metrics::Auth::Bearer(t)) => assert_eq!(t.expose(), "tok-123"),
+            other => panic!("{other:?}"),
+        }
+        // No caFile, no credentials: the system trust store, no header.
+        let m =
+            resolve_with_report(d.path(), "report:\n  pushgateway:\n    url: http://gw\n").unwrap();
+        let gw = m.pushgateway.unwrap();
+        assert!(gw.ca.is_none() && gw.auth.is_none());
+    }
+
+    #[test]
+    fn pushgateway_file_errors_name_the_field() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("ca.pem"), PEM).unwrap();
+        std::fs::write(d.path().join("not-pem"), "hello\n").unwrap();
+        std::fs::write(
+            d.path().join("bad-pem"),
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("pw"), "s3cret\n").unwrap();
+        std::fs::write(d.path().join("empty"), "\n").unwrap();
+        std::fs::write(d.path().join("two-lines"), "a\nb\n").unwrap();
+        let gw = "report:\n  pushgateway:\n    url: https://gw:443\n";
+        let basic = |user: &str, file: &str| {
+            format!("    basicAuth:\n      username: {user}\n      passwordFile: {file}\n")
+        };
+        for (more, field, what) in [
+            (
+                "    caFile: nope.pem\n",
+                "`report.pushgateway.caFile` (line 21)",
+                "cannot read",
+            ),
+            (
+                "    caFile: not-pem\n",
+                "`report.pushgateway.caFile`",
+                "holds no certificate",
+            ),
+            (
+                "    caFile: bad-pem\n",
+                "`report.pushgateway.caFile`",
+                "is not valid PEM",
+            ),
+            (
+                &basic("promigrate", "nope"),
+                "`report.pushgateway.basicAuth.passwordFile` (line 23)",
+                "cannot read",
+            ),
+            (
+                &basic("promigrate", "empty"),
+                "`report.pushgateway.basicAuth.passwordFile`",
+                "is empty",
+            ),
+            (
+                &basic("promigrate", "two-lines"),
+                "`report.pushgateway.basicAuth.passwordFile`",
+                "more than one line",
+            ),
+            (
+                &basic("\"a:b\"", "pw"),
+                "`report.pushgateway.basicAuth.username` (line 22)",
+                "without `:`",
+            ),
+            (
+                "    bearerTokenFile: nope\n",
+                "`report.pushgateway.bearerTokenFile` (line 21)",
+                "cannot read",
+            ),
+            (
+                &(basic("promigrate", "pw") + "    bearerTokenFile: pw\n"),
+                "`report.pushgateway.basicAuth` and `report.pushgateway.bearerTokenFile` (line 24)",
+                "use one of them",
+            ),
+        ] {
+            let e = resolve_with_report(d.path(), &format!("{gw}{more}")).unwrap_err();
+            assert!(e.contains(field) && e.contains(what), "{more}: {e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
     }
 
     #[test]
