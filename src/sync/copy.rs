@@ -24,7 +24,7 @@ pub enum CopyError {
     Source { path: PathBuf, cause: io::Error },
     /// The source changed while being copied (the server is still writing it).
     #[error(
-        "source file {path} changed while it was copied ({copied} bytes copied, now {now} bytes): stop the source Prometheus before copying its wal/ and chunks_head/"
+        "source file {path} changed while it was copied ({copied} bytes copied, now {now} bytes, or rewritten in place): stop the source Prometheus before copying its wal/ and chunks_head/"
     )]
     Changed {
         path: PathBuf,
@@ -536,12 +536,14 @@ fn copy_inner(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64,
         Vec::new()
     };
     let mut done: u64 = 0;
-    loop {
+    // Up to the size at open: a file that grows is caught by the comparison below, not read
+    // to its new end.
+    while done < meta.len() {
         if ctx.stopping() {
             return Err(CopyError::Cancelled);
         }
         let chunk = if tee { buf.len() } else { ctx.throttle.chunk() };
-        let want = (chunk as u64).min(meta.len().saturating_sub(done)).max(1);
+        let want = (chunk as u64).min(meta.len() - done);
         ctx.throttle.acquire(want as usize);
         let n = if !tee {
             let (output, o) = (&outputs[0], &outs[0]);
@@ -568,8 +570,20 @@ fn copy_inner(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64,
         done += n;
         ctx.progress.add_bytes(n);
     }
+    // Unchanged while it was read: the same size, modification and change times (fstat of
+    // the open file). A rewrite in place keeps the size but moves mtime and ctime.
     let now = input.metadata().map_err(src_err)?;
-    if now.len() != done || meta.len() != done {
+    let stamp = |m: &std::fs::Metadata| {
+        use std::os::unix::fs::MetadataExt;
+        (
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        )
+    };
+    if meta.len() != done || stamp(&now) != stamp(&meta) {
         return Err(CopyError::Changed {
             path: src.to_path_buf(),
             copied: done,
@@ -591,9 +605,8 @@ enum Stop {
     Copy(CopyError),
 }
 
-/// Copies a remote input to every output until it ends (it is expected to hold `size`
-/// bytes; a file that grew is read to its new end, for the caller to notice), in throttled
-/// chunks. Each chunk is read whole before it is written: one write and one writeback hint
+/// Copies a remote input to every output until it ends or `size` bytes are copied (a file
+/// that grew is the caller's to notice, from its size afterwards), in throttled chunks. Each chunk is read whole before it is written: one write and one writeback hint
 /// per chunk, and the bandwidth taken is the bandwidth used (a channel read returns a
 /// packet or so). Returns the bytes copied.
 fn pump(
@@ -615,10 +628,13 @@ fn pump(
         }
         let mut done: u64 = 0;
         loop {
+            if done >= size {
+                return Ok(done);
+            }
             if ctx.stopping() {
                 return Err(Stop::Copy(CopyError::Cancelled));
             }
-            let want = (buf.len() as u64).min(size.saturating_sub(done)).max(1) as usize;
+            let want = (buf.len() as u64).min(size - done) as usize;
             ctx.throttle.acquire(want);
             let n = fill(&mut buf[..want], &mut read).map_err(|e| Stop::Read(e, done))?;
             if n == 0 {
@@ -726,6 +742,84 @@ mod tests {
                 assert_eq!(tm.mode() & 0o660, 0o660);
             }
         }
+    }
+
+    /// A progress sink that runs `act` on the source once, after the first chunk, and
+    /// counts the chunks.
+    struct Meddle<F: Fn() + Send + Sync> {
+        act: F,
+        calls: std::sync::atomic::AtomicU64,
+    }
+    impl<F: Fn() + Send + Sync> Progress for Meddle<F> {
+        fn add_bytes(&self, _: u64) {
+            if self.calls.fetch_add(1, Ordering::Relaxed) == 0 {
+                (self.act)();
+            }
+        }
+        fn take_back(&self, _: u64) {}
+        fn finish(&self) {}
+    }
+
+    fn copy_meddled(act: impl Fn() + Send + Sync, s: &Path) -> (Result<u64, CopyError>, u64) {
+        let d = s.parent().unwrap();
+        let sm = std::fs::metadata(s).unwrap();
+        let owner = Owner {
+            uid: sm.uid(),
+            gid: sm.gid(),
+        };
+        let t = d.join("t");
+        let cancel = AtomicBool::new(false);
+        let progress = Meddle {
+            act,
+            calls: Default::default(),
+        };
+        let ctx = Ctx {
+            throttle: &Unlimited,
+            progress: &progress,
+            cancel: &cancel,
+            deadline: None,
+        };
+        let src = Source::Local(d.to_path_buf());
+        let r = copy_file(
+            &mut Reader::new(&src, &Streaming::default()),
+            "s",
+            &[Out { path: &t, owner }],
+            true,
+            &ctx,
+        );
+        (r, progress.calls.load(Ordering::Relaxed))
+    }
+
+    /// Regression: a file rewritten in place with the same size while it was copied was
+    /// published as complete (only the size was compared).
+    #[test]
+    fn a_file_rewritten_in_place_with_the_same_size_is_not_taken_as_copied() {
+        let d = tempfile::tempdir().unwrap();
+        let s = d.path().join("s");
+        std::fs::write(&s, vec![1u8; 100_000]).unwrap();
+        let rewrite = || {
+            let f = OpenOptions::new().write(true).open(&s).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&f, &[2u8; 10], 0).unwrap();
+        };
+        let (r, _) = copy_meddled(rewrite, &s);
+        assert!(matches!(r, Err(CopyError::Changed { .. })), "{r:?}");
+        assert!(!d.path().join("t").exists(), "the partial copy stays");
+    }
+
+    /// Regression: a file that grew past its size at open was read one byte per call to
+    /// its new end.
+    #[test]
+    fn a_file_that_grows_while_copied_is_not_read_byte_by_byte() {
+        let d = tempfile::tempdir().unwrap();
+        let s = d.path().join("s");
+        std::fs::write(&s, vec![1u8; 100_000]).unwrap();
+        let grow = || {
+            let mut f = OpenOptions::new().append(true).open(&s).unwrap();
+            f.write_all(&vec![2u8; 200_000]).unwrap();
+        };
+        let (r, chunks) = copy_meddled(grow, &s);
+        assert!(matches!(r, Err(CopyError::Changed { .. })), "{r:?}");
+        assert!(chunks < 10, "{chunks} reads for 300 kB");
     }
 
     #[test]
