@@ -22,6 +22,7 @@ command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 command -v flock >/dev/null 2>&1 || need+=(util-linux)
 command -v pgrep >/dev/null 2>&1 || need+=(procps)
 command -v bc >/dev/null 2>&1 || need+=(bc)
+command -v strace >/dev/null 2>&1 || need+=(strace)
 command -v prometheus-pushgateway >/dev/null 2>&1 || need+=(prometheus-pushgateway)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 # The ssh2 crate builds libssh2 against the system OpenSSL.

@@ -383,7 +383,9 @@ fn write_to_all(outputs: &[File], outs: &[Out], data: &[u8]) -> Result<(), CopyE
     Ok(())
 }
 
-/// Gives every finished destination its owner, mode and times, and with `durable` fsyncs it.
+/// Gives every finished destination its owner and mode, with `durable` fsyncs it, and only
+/// then its times: the source's mtime is the mark a resumed run takes as "complete", so it
+/// must never reach the disk before the data.
 fn finish_outputs(
     outputs: &[File],
     outs: &[Out],
@@ -403,11 +405,11 @@ fn finish_outputs(
                 src_mode,
             )))
             .map_err(dst_err(o.path))?;
-        output.set_times(times).map_err(dst_err(o.path))?;
         if durable {
             output.sync_all().map_err(dst_err(o.path))?;
             drop_cache(output);
         }
+        output.set_times(times).map_err(dst_err(o.path))?;
     }
     Ok(())
 }

@@ -422,15 +422,25 @@ fn execute(
         report.incomplete = out_of_time;
         report.streamed_files = shared.streaming.files.load(Ordering::Relaxed);
     }
+    // Every directory this run changed is made durable, also when it stops part-way: what
+    // was renamed into place stays in place after a crash.
+    let mut synced: anyhow::Result<()> = Ok(());
+    for d in &shared.dests {
+        let dirs = d.touched_dirs.lock().map(|d| d.clone()).unwrap_or_default();
+        for dir in dirs.iter().chain(std::iter::once(&d.plan.target)) {
+            if let Err(e) = fsutil::fsync_dir(dir) {
+                if synced.is_ok() {
+                    synced =
+                        Err(e).with_context(|| format!("cannot fsync directory {}", dir.display()));
+                }
+            }
+        }
+    }
     jobs_result?;
+    synced?;
 
     for ((d, pr), report) in shared.dests.iter().zip(&prepared).zip(reports.iter_mut()) {
         let (plan, root) = (d.plan, &d.plan.target);
-        let dirs = d.touched_dirs.lock().map(|d| d.clone()).unwrap_or_default();
-        for dir in dirs.iter().chain(std::iter::once(root)) {
-            fsutil::fsync_dir(dir)
-                .with_context(|| format!("cannot fsync directory {}", dir.display()))?;
-        }
         let staging = root.join(tsdb::STAGING_DIR);
         if staging.exists() && std::fs::remove_dir(&staging).is_ok() {
             fsutil::fsync_dir(root).with_context(|| format!("cannot fsync {}", root.display()))?;
@@ -628,6 +638,9 @@ fn stage_dir(
         Err(e)
     };
     let mut written: Vec<Vec<PathBuf>> = vec![Vec::with_capacity(files.len()); to.len()];
+    // Staged files found complete from an earlier run: fsync'ed again before publishing
+    // (this run's copies are fsync'ed before they get their mark).
+    let mut resumed: Vec<Vec<PathBuf>> = vec![Vec::new(); to.len()];
     for rel in files {
         let mut need: Vec<(usize, PathBuf)> = Vec::new();
         for (k, (&t, stage)) in to.iter().zip(&stages).enumerate() {
@@ -637,6 +650,7 @@ fn stage_dir(
             }
             if staged_complete(sh.source, rel, &dst) {
                 sh.dests[t].resumed.fetch_add(1, Ordering::Relaxed);
+                resumed[k].push(dst.clone());
             } else {
                 need.push((k, dst.clone()));
             }
@@ -658,7 +672,7 @@ fn stage_dir(
                 owner: sh.dests[to[*k]].plan.owner,
             })
             .collect();
-        let n = match copy::copy_file(reader, rel, &outs, false, &sh.ctx) {
+        let n = match copy::copy_file(reader, rel, &outs, true, &sh.ctx) {
             Ok(n) => n,
             Err(e) => return stop(e),
         };
@@ -672,17 +686,24 @@ fn stage_dir(
     if let Err(e) = reader.confirm_batch(&sh.ctx) {
         return stop(e);
     }
-    for ((&t, stage), written) in to.iter().zip(&stages).zip(&written) {
-        publish(&sh.dests[t], dir, stage, written)?;
+    for (((&t, stage), written), resumed) in to.iter().zip(&stages).zip(&written).zip(&resumed) {
+        publish(&sh.dests[t], dir, stage, written, resumed)?;
     }
     Ok(())
 }
 
-/// Makes a staged directory durable and renames it into place on one target.
-fn publish(d: &Dest, dir: &str, stage: &Path, written: &[PathBuf]) -> anyhow::Result<()> {
+/// Makes a staged directory durable and renames it into place on one target. The files this
+/// run wrote are durable already; `resumed` ones (staged by an earlier run) are fsync'ed here.
+fn publish(
+    d: &Dest,
+    dir: &str,
+    stage: &Path,
+    written: &[PathBuf],
+    resumed: &[PathBuf],
+) -> anyhow::Result<()> {
     let root = &d.plan.target;
-    // Durable before published: fsync every file, then the directories, then rename.
-    for f in written {
+    // Durable before published: every file, then the directories, then rename.
+    for f in resumed {
         std::fs::File::open(f)
             .and_then(|h| h.sync_all().map(|_| copy::drop_cache(&h)))
             .with_context(|| format!("cannot fsync {}", f.display()))?;
@@ -787,9 +808,17 @@ fn quarantine(
         .find(|p| !root.join(p).exists())
         .unwrap_or_else(|| base.join(&stamp));
     let qdir = root.join(&qrel);
+    // The quarantine's directories, created here and renamed into: each is fsync'ed after
+    // the moves (with the directories the entries left, below).
+    let mut made: BTreeSet<PathBuf> = BTreeSet::new();
     for e in quarantine {
         let to = qdir.join(&e.rel);
         let parent_rel = Path::new(&e.rel).parent().unwrap_or(Path::new(""));
+        let mut cur = root.to_path_buf();
+        for c in qrel.join(parent_rel).components() {
+            cur.push(c);
+            made.insert(cur.clone());
+        }
         make_dirs(root, &qrel.join(parent_rel), owner)?;
         std::fs::rename(root.join(&e.rel), &to).with_context(|| {
             format!(
@@ -800,6 +829,10 @@ fn quarantine(
         })?;
         report.quarantined.push(e.rel.clone());
         report.quarantine_dir = Some(qdir.clone());
+    }
+    // Deepest first, so each directory's entry in its parent is durable after it.
+    for dir in made.iter().rev() {
+        fsutil::fsync_dir(dir).with_context(|| format!("cannot fsync {}", dir.display()))?;
     }
     for d in ["", "wal", "wbl", "chunks_head"] {
         let dir = root.join(d);
