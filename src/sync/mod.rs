@@ -428,11 +428,11 @@ fn execute(
     for d in &shared.dests {
         let dirs = d.touched_dirs.lock().map(|d| d.clone()).unwrap_or_default();
         for dir in dirs.iter().chain(std::iter::once(&d.plan.target)) {
-            if let Err(e) = fsutil::fsync_dir(dir) {
-                if synced.is_ok() {
-                    synced =
-                        Err(e).with_context(|| format!("cannot fsync directory {}", dir.display()));
-                }
+            if let Err(e) = fsutil::fsync_dir(dir)
+                && synced.is_ok()
+            {
+                synced =
+                    Err(e).with_context(|| format!("cannot fsync directory {}", dir.display()));
             }
         }
     }
