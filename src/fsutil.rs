@@ -97,3 +97,171 @@ mod tests {
         assert!(!a.same(MTime { sec: 6, nsec: 123 }));
     }
 }
+
+/// Operations on paths below a base directory (the target volume's mount) that never follow
+/// a symbolic link and never leave the base, by construction: every path is resolved by
+/// `openat2(2)` from the base's descriptor with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, so a
+/// link anywhere on the way (put there before or during the run) is an error (`ELOOP`), not
+/// a path into somewhere else. The base itself is opened with `O_NOFOLLOW`.
+pub mod beneath {
+    use std::ffi::OsStr;
+    use std::io;
+    use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+    use std::path::{Component, Path};
+
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+    use nix::sys::stat::Mode;
+
+    fn err(e: nix::errno::Errno) -> io::Error {
+        io::Error::from_raw_os_error(e as i32)
+    }
+
+    /// `path` relative to `base`, or an error if it is not below it.
+    fn rel<'a>(base: &Path, path: &'a Path) -> io::Result<&'a Path> {
+        let r = path.strip_prefix(base).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not below {}", path.display(), base.display()),
+            )
+        })?;
+        if r.components().any(|c| !matches!(c, Component::Normal(_))) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is not a plain path below {}",
+                    path.display(),
+                    base.display()
+                ),
+            ));
+        }
+        Ok(if r.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            r
+        })
+    }
+
+    fn open_base(base: &Path) -> io::Result<OwnedFd> {
+        nix::fcntl::open(
+            base,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(err)
+    }
+
+    /// Opens `path` (below `base`) with `flags` (and `mode` when it creates).
+    pub fn open(base: &Path, path: &Path, flags: OFlag, mode: u32) -> io::Result<OwnedFd> {
+        let b = open_base(base)?;
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .mode(Mode::from_bits_truncate(mode))
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        openat2(b.as_fd(), rel(base, path)?, how).map_err(err)
+    }
+
+    /// The directory holding `path` (below `base`), opened, and `path`'s last component.
+    fn parent<'a>(base: &Path, path: &'a Path) -> io::Result<(OwnedFd, &'a OsStr)> {
+        let name = path.file_name().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} has no name", path.display()),
+            )
+        })?;
+        let dir = path.parent().unwrap_or(base);
+        Ok((
+            open(base, dir, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)?,
+            name,
+        ))
+    }
+
+    /// Creates the directory `path` (below `base`; its parent must exist), mode 0700.
+    pub fn mkdir(base: &Path, path: &Path) -> io::Result<()> {
+        let (dir, name) = parent(base, path)?;
+        nix::sys::stat::mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o700)).map_err(err)
+    }
+
+    /// Renames `from` to `to`, both below `base`.
+    pub fn rename(base: &Path, from: &Path, to: &Path) -> io::Result<()> {
+        let (a, an) = parent(base, from)?;
+        let (b, bn) = parent(base, to)?;
+        nix::fcntl::renameat(a.as_fd(), an, b.as_fd(), bn).map_err(err)
+    }
+
+    /// `path`'s status (an `O_PATH` descriptor of it, and its fstat); a link is refused
+    /// (`ELOOP`), never followed.
+    pub fn stat(base: &Path, path: &Path) -> io::Result<(OwnedFd, nix::sys::stat::FileStat)> {
+        let fd = open(base, path, OFlag::O_PATH, 0)?;
+        let st = nix::sys::stat::fstat(fd.as_fd()).map_err(err)?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(io::Error::other(format!(
+                "{} is a symbolic link: promigrate never changes or writes through links",
+                path.display()
+            )));
+        }
+        Ok((fd, st))
+    }
+
+    /// Sets the owner of the entry behind an `O_PATH` descriptor.
+    pub fn chown(fd: &OwnedFd, uid: u32, gid: u32) -> io::Result<()> {
+        nix::unistd::fchownat(
+            fd.as_fd(),
+            "",
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+            nix::fcntl::AtFlags::AT_EMPTY_PATH,
+        )
+        .map_err(err)
+    }
+
+    /// Sets the mode of the entry behind an `O_PATH` descriptor (through its
+    /// `/proc/self/fd` entry: fchmod does not take an `O_PATH` descriptor).
+    pub fn chmod(fd: &OwnedFd, mode: u32) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let p = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn links_anywhere_below_the_base_are_refused() {
+            let d = tempfile::tempdir().unwrap();
+            let base = d.path().join("base");
+            let outside = d.path().join("outside");
+            std::fs::create_dir_all(base.join("a")).unwrap();
+            std::fs::create_dir(&outside).unwrap();
+            std::os::unix::fs::symlink(&outside, base.join("link")).unwrap();
+            std::os::unix::fs::symlink("a", base.join("rel")).unwrap();
+            // Through a link on the way: refused (ELOOP, or ENOTDIR for a link opened as
+            // the directory to create in), nothing created.
+            for p in [
+                base.join("link/x"),
+                base.join("rel/x"),
+                base.join("link/a/x"),
+            ] {
+                let e = mkdir(&base, &p).unwrap_err();
+                assert!(
+                    matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)),
+                    "{p:?}: {e}"
+                );
+            }
+            assert!(stat(&base, &base.join("link")).is_err());
+            assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+            assert!(!base.join("a/x").exists());
+            // A plain path works, and so does the base itself.
+            mkdir(&base, &base.join("a/x")).unwrap();
+            assert!(stat(&base, &base).unwrap().1.st_mode & libc::S_IFMT == libc::S_IFDIR);
+            rename(&base, &base.join("a/x"), &base.join("y")).unwrap();
+            assert!(base.join("y").is_dir());
+            // Not below the base at all.
+            assert!(mkdir(&base, &outside.join("z")).is_err());
+            // A base that is itself a link is refused.
+            let lbase = d.path().join("lbase");
+            std::os::unix::fs::symlink(&base, &lbase).unwrap();
+            assert!(stat(&lbase, &lbase).is_err());
+        }
+    }
+}

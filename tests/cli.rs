@@ -528,6 +528,59 @@ fn symlinks_on_the_target_are_never_written_through() {
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
 }
 
+/// Regression: a `target.path` that is a symbolic link (to the real mount) got the owner on
+/// the link, the real directory stayed root:root 0755 (Prometheus then fails on its lock
+/// file), and verify passed. The link is resolved: owner and modes go to the real directory,
+/// verify checks it, and the pod's user can run Prometheus on it.
+#[test]
+fn a_target_path_that_is_a_symlink_is_resolved_and_the_real_directory_owned() {
+    use std::os::unix::fs::MetadataExt;
+    let ws = Workspace::new();
+    let real = ws.dir.path().join("real-pv");
+    std::fs::create_dir(&real).unwrap();
+    std::fs::remove_dir(&ws.mount).unwrap();
+    std::os::unix::fs::symlink(&real, &ws.mount).unwrap();
+    // No subPath: the TSDB is the volume's root, which is the link.
+    let plan = std::fs::read_to_string(&ws.plan).unwrap();
+    std::fs::write(&ws.plan, plan.replace("  subPath: prometheus-db\n", "")).unwrap();
+    let (code, out, err) = ws.run(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let md = std::fs::metadata(&real).unwrap();
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (RUN_AS_USER, FS_GROUP),
+        "the real directory's owner"
+    );
+    assert_eq!(
+        md.mode() & 0o2070,
+        0o2070,
+        "the real directory's mode: {:o}",
+        md.mode()
+    );
+    let (code, out, _) = ws.run(&["verify"]);
+    assert_eq!(code, 0, "{out}");
+    // Prometheus, as the pod's user, starts on it (it creates its lock file there).
+    let mut server = PromServer::start(
+        &real,
+        &ws.dir.path().join("prom"),
+        Some((RUN_AS_USER, FS_GROUP)),
+    );
+    server.stop();
+
+    // A subPath that is a link inside the volume is refused, naming it.
+    let ws = Workspace::new();
+    std::fs::create_dir(ws.mount.join("data")).unwrap();
+    std::os::unix::fs::symlink("data", ws.target()).unwrap();
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("symbolic link"), "{out}");
+    assert!(out.contains("prometheus-db"), "{out}");
+    assert_eq!(ws.run(&["apply", "--yes"]).0, 1);
+    assert_eq!(std::fs::read_dir(ws.mount.join("data")).unwrap().count(), 0);
+    let md = std::fs::symlink_metadata(ws.mount.join("data")).unwrap();
+    assert_eq!(md.uid(), 0, "nothing was chowned through the link");
+}
+
 #[test]
 fn unwritable_state_dir_fails_before_copying() {
     let ws = Workspace::new();

@@ -28,15 +28,30 @@ fn calls(log: &Path) -> Vec<Call> {
         .filter_map(|l| {
             let l = l.trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ');
             let (name, rest) = l.split_once('(')?;
-            let mut paths = Vec::new();
-            // fd<path> and "path" arguments, in order.
+            // fd<path> and "path" arguments, in order; a relative "name" right after a
+            // directory descriptor (mkdirat, renameat) is joined to that directory's path.
+            let mut paths: Vec<String> = Vec::new();
+            let mut last_fd: Option<String> = None;
             let mut s = rest;
             while let Some(i) = s.find(['<', '"']) {
-                let close = if s.as_bytes()[i] == b'<' { '>' } else { '"' };
+                let is_fd = s.as_bytes()[i] == b'<';
+                let close = if is_fd { '>' } else { '"' };
                 let Some(j) = s[i + 1..].find(close) else {
                     break;
                 };
-                paths.push(s[i + 1..i + 1 + j].to_string());
+                let text = s[i + 1..i + 1 + j].to_string();
+                if is_fd {
+                    paths.push(text.clone());
+                    last_fd = Some(text);
+                } else {
+                    match last_fd.take() {
+                        Some(dir) if !text.starts_with('/') => {
+                            paths.pop();
+                            paths.push(format!("{dir}/{text}"));
+                        }
+                        _ => paths.push(text),
+                    }
+                }
                 s = &s[i + 2 + j..];
             }
             Some(Call {

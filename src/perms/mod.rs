@@ -6,12 +6,7 @@
 //! directories without following links, so nothing outside the target is touched. Nothing is
 //! changed when it already holds, which keeps a rerun free of writes.
 
-use std::fs::Metadata;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-
-use nix::fcntl::AtFlags;
-use nix::unistd::{Gid, Uid, fchownat};
 
 /// The owner every target entry must have: `runAsUser:fsGroup`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -58,29 +53,24 @@ pub fn problem_of(uid: u32, gid: u32, st_mode: u32, owner: Owner) -> Option<Stri
     (!issues.is_empty()).then(|| issues.join(", "))
 }
 
-/// Sets owner and mode of `path` (never following a symlink) if they differ.
-/// Returns whether anything changed.
-pub fn fix(path: &Path, meta: &Metadata, owner: Owner) -> std::io::Result<bool> {
+/// Gives the entry at `path` (below `base`, the target volume's mount) `owner` and the
+/// group-writable mode. Never through a link: `path` is resolved from `base` without
+/// following any (see [`crate::fsutil::beneath`]), and a link is an error. Returns whether
+/// anything changed.
+pub fn fix(base: &Path, path: &Path, owner: Owner) -> std::io::Result<bool> {
+    use crate::fsutil::beneath;
+    let (fd, st) = beneath::stat(base, path)?;
     let mut changed = false;
-    if meta.uid() != owner.uid || meta.gid() != owner.gid {
-        fchownat(
-            nix::fcntl::AT_FDCWD,
-            path,
-            Some(Uid::from_raw(owner.uid)),
-            Some(Gid::from_raw(owner.gid)),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+    if st.st_uid != owner.uid || st.st_gid != owner.gid {
+        beneath::chown(&fd, owner.uid, owner.gid)?;
         changed = true;
     }
-    if !meta.file_type().is_symlink() {
-        // chown may clear setgid on some systems, so compute the mode from what is wanted.
-        let mode = meta.mode() & 0o7777;
-        let want = wanted_mode(mode, meta.is_dir());
-        if mode != want || changed {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(want))?;
-            changed |= mode != want;
-        }
+    let mode = st.st_mode & 0o7777;
+    let want = wanted_mode(mode, st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+    // chown clears setgid on directories for non-root callers: set the mode again.
+    if mode != want || changed {
+        beneath::chmod(&fd, want)?;
+        changed |= mode != want;
     }
     Ok(changed)
 }
@@ -102,6 +92,7 @@ pub fn explain(path: &Path, err: &std::io::Error, owner: Owner) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
     fn modes() {
@@ -126,12 +117,18 @@ mod tests {
             problem_of(meta.uid(), meta.gid(), meta.mode(), want).unwrap(),
             "mode 0644, want 0664"
         );
-        assert!(fix(&f, &meta, want).unwrap());
+        assert!(fix(dir.path(), &f, want).unwrap());
         let meta = std::fs::symlink_metadata(&f).unwrap();
         assert!(problem_of(meta.uid(), meta.gid(), meta.mode(), want).is_none());
         assert!(
-            !fix(&f, &meta, want).unwrap(),
+            !fix(dir.path(), &f, want).unwrap(),
             "a second fix changes nothing"
         );
+        // A link is refused, and what it points to keeps its mode.
+        let l = dir.path().join("l");
+        std::os::unix::fs::symlink(&f, &l).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(fix(dir.path(), &l, want).is_err());
+        assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o777, 0o644);
     }
 }

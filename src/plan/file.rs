@@ -524,7 +524,9 @@ pub struct Migration {
 /// One resolved target volume.
 #[derive(Debug, Clone)]
 pub struct TargetSpec {
-    /// The volume's mount path.
+    /// `target.path` as the plan gives it (absolute).
+    pub mount_given: PathBuf,
+    /// The volume's mount path, with symbolic links resolved.
     pub mount: PathBuf,
     /// `path/subPath`: where the TSDB lands.
     pub root: PathBuf,
@@ -757,6 +759,16 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
                 ),
             ));
         }
+        // A mount path that is (or passes through) a symbolic link is resolved: promigrate
+        // works on the real directory, and below it never follows a link.
+        let mount_given = mount;
+        let mount = mount_given.canonicalize().map_err(|e| {
+            field_err(
+                &format!("{name}.path"),
+                &t.path,
+                format!("cannot resolve {}: {e}", mount_given.display()),
+            )
+        })?;
         let root = match &t.sub_path {
             Some(SubPath(p)) => mount.join(p),
             None => mount.clone(),
@@ -801,6 +813,7 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
             ));
         }
         targets.push(TargetSpec {
+            mount_given,
             mount,
             root,
             owner: Owner {

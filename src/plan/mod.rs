@@ -407,6 +407,22 @@ pub fn build_from(
             m.target_root.join(&link.rel).display()
         ));
     }
+    if let Some(t) = m.targets.first().filter(|t| t.mount_given != t.mount) {
+        warnings.push(format!(
+            "target.path {} is a symbolic link: promigrate works on the directory it resolves to, {}",
+            t.mount_given.display(),
+            t.mount.display()
+        ));
+    }
+    if let Ok(md) = std::fs::symlink_metadata(&m.target_root)
+        && md.file_type().is_symlink()
+    {
+        blockers.push(format!(
+            "the target {} is a symbolic link (to {}): promigrate never writes, chowns or chmods through links; set target.subPath to the real directory, or replace the link with it",
+            m.target_root.display(),
+            std::fs::read_link(&m.target_root).map_or("?".into(), |l| l.display().to_string())
+        ));
+    }
     if let Some(h) = crate::lock::writer(&m.target_root) {
         blockers.push(format!(
             "an apply is in progress on this target ({h}): wait for it to finish, then plan again"

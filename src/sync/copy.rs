@@ -63,6 +63,8 @@ pub struct Out<'a> {
     pub path: &'a Path,
     /// Its owner.
     pub owner: Owner,
+    /// The directory it is created below, never through a link (the target volume's mount).
+    pub base: &'a Path,
 }
 
 /// The largest chunk read into memory when one source file goes to several destinations.
@@ -115,7 +117,8 @@ pub struct Streaming {
 struct Streamed {
     rel: String,
     head: stream::Head,
-    outs: Vec<(PathBuf, Owner)>,
+    /// Each copy: its path, owner, and the base it lies below.
+    outs: Vec<(PathBuf, Owner, PathBuf)>,
     durable: bool,
 }
 
@@ -125,8 +128,9 @@ impl Streamed {
         let mtime =
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.head.mtime.max(0) as u64);
         let times = FileTimes::new().set_accessed(mtime).set_modified(mtime);
-        for (path, _) in &self.outs {
-            File::open(path)
+        for (path, _, base) in &self.outs {
+            crate::fsutil::beneath::open(base, path, nix::fcntl::OFlag::O_RDONLY, 0)
+                .map(File::from)
                 .and_then(|f| f.set_times(times))
                 .map_err(dst_err(path))?;
         }
@@ -206,9 +210,10 @@ impl<'a> Reader<'a> {
             let outs: Vec<Out> = f
                 .outs
                 .iter()
-                .map(|(path, owner)| Out {
+                .map(|(path, owner, base)| Out {
                     path,
                     owner: *owner,
+                    base,
                 })
                 .collect();
             // The batch has been read, so the stream expects none of its names: this reads
@@ -359,18 +364,20 @@ fn dst_err(dst: &Path) -> impl Fn(io::Error) -> CopyError + '_ {
     }
 }
 
-/// Creates (or truncates) every destination, write-only, mode 0600 until it is complete.
+/// Creates (or truncates) every destination, write-only, mode 0600 until it is complete;
+/// never through a link ([`crate::fsutil::beneath`]).
 fn create_outputs(outs: &[Out]) -> Result<Vec<File>, CopyError> {
+    use nix::fcntl::OFlag;
     outs.iter()
         .map(|o| {
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .custom_flags(nix::fcntl::OFlag::O_CLOEXEC.bits())
-                .open(o.path)
-                .map_err(dst_err(o.path))
+            crate::fsutil::beneath::open(
+                o.base,
+                o.path,
+                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC,
+                0o600,
+            )
+            .map(File::from)
+            .map_err(dst_err(o.path))
         })
         .collect()
 }
@@ -475,7 +482,7 @@ fn copy_streamed(
         head,
         outs: outs
             .iter()
-            .map(|o| (o.path.to_path_buf(), o.owner))
+            .map(|o| (o.path.to_path_buf(), o.owner, o.base.to_path_buf()))
             .collect(),
         durable,
     });
@@ -724,7 +731,14 @@ mod tests {
         let t2 = d.path().join("t2");
         // One destination (copy_file_range) and two (read once, written twice).
         for outs in [vec![&t], vec![&t, &t2]] {
-            let outs: Vec<Out> = outs.iter().map(|p| Out { path: p, owner }).collect();
+            let outs: Vec<Out> = outs
+                .iter()
+                .map(|p| Out {
+                    path: p,
+                    owner,
+                    base: d.path(),
+                })
+                .collect();
             let src = Source::Local(d.path().to_path_buf());
             assert_eq!(
                 copy_file(
@@ -785,7 +799,11 @@ mod tests {
         let r = copy_file(
             &mut Reader::new(&src, &Streaming::default()),
             "s",
-            &[Out { path: &t, owner }],
+            &[Out {
+                path: &t,
+                owner,
+                base: d,
+            }],
             true,
             &ctx,
         );
@@ -838,7 +856,19 @@ mod tests {
         };
         let t2 = d.path().join("t2");
         let owner = Owner { uid: 0, gid: 0 };
-        let outs = [Out { path: &t, owner }, Out { path: &t2, owner }];
+        let base = d.path();
+        let outs = [
+            Out {
+                path: &t,
+                owner,
+                base,
+            },
+            Out {
+                path: &t2,
+                owner,
+                base,
+            },
+        ];
         assert!(matches!(
             copy_file(
                 &mut Reader::new(

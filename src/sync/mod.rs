@@ -214,7 +214,7 @@ fn prepare(
 ) -> anyhow::Result<Prepared> {
     let root = &plan.target;
     let owner = plan.owner;
-    let mut fixed = u64::from(ensure_dir(root, owner)?);
+    let mut fixed = u64::from(ensure_dir(&plan.mount, root, owner)?);
     let new_blocks: BTreeSet<String> = plan
         .blocks
         .iter()
@@ -246,7 +246,7 @@ fn prepare(
             .iter()
             .filter(|d| !staged_dirs.contains(d) && !in_any(&staged_dirs, d))
         {
-            fixed += u64::from(ensure_dir(&root.join(d), owner)?);
+            fixed += u64::from(ensure_dir(&plan.mount, &root.join(d), owner)?);
         }
     }
     Ok(Prepared {
@@ -448,22 +448,16 @@ fn execute(
         // Only now that everything is copied: what the source compacted away, and files the
         // mirror does not want, move to the quarantine (an interrupted run leaves them).
         quarantine(plan, opts, root, plan.owner, report)?;
-        report.ownership_fixed = pr.fixed + fix_ownership(root, plan.owner, &plan.ownership)?;
+        report.ownership_fixed =
+            pr.fixed + fix_ownership(&plan.mount, root, plan.owner, &plan.ownership)?;
     }
     Ok(())
 }
 
 /// Creates `base/rel` one component at a time; directories created here get the target
-/// owner and mode (existing ones are left as they are).
+/// owner and mode (existing ones are left as they are). Never through a link.
 fn make_dirs(base: &Path, rel: &Path, owner: Owner) -> anyhow::Result<()> {
-    let mut cur = base.to_path_buf();
-    for c in rel.components() {
-        cur.push(c);
-        if !cur.is_dir() {
-            ensure_dir(&cur, owner)?;
-        }
-    }
-    Ok(())
+    create_below(base, &base.join(rel), owner)
 }
 
 fn run_jobs(shared: &Shared, jobs: VecDeque<Job>, parallelism: usize) -> anyhow::Result<()> {
@@ -616,11 +610,11 @@ fn stage_dir(
 ) -> anyhow::Result<()> {
     let stages = stages(sh, dir, to);
     for (&t, stage) in to.iter().zip(&stages) {
-        let owner = sh.dests[t].plan.owner;
+        let (owner, mount) = (sh.dests[t].plan.owner, &sh.dests[t].plan.mount);
         if let Some(stage_root) = stage.parent() {
-            ensure_dir(stage_root, owner)?;
+            ensure_dir(mount, stage_root, owner)?;
         }
-        ensure_dir(stage, owner)?;
+        ensure_dir(mount, stage, owner)?;
         if !staged_as_a_whole(dir) {
             mark_copied(stage, &sh.dests[t].plan.name);
         }
@@ -646,7 +640,7 @@ fn stage_dir(
         for (k, (&t, stage)) in to.iter().zip(&stages).enumerate() {
             let dst = staged_file(stage, dir, rel);
             if let Some(parent) = dst.parent().filter(|p| p != stage) {
-                ensure_dir(parent, sh.dests[t].plan.owner)?;
+                ensure_dir(&sh.dests[t].plan.mount, parent, sh.dests[t].plan.owner)?;
             }
             if staged_complete(sh.source, rel, &dst) {
                 sh.dests[t].resumed.fetch_add(1, Ordering::Relaxed);
@@ -670,6 +664,7 @@ fn stage_dir(
             .map(|(k, p)| copy::Out {
                 path: p,
                 owner: sh.dests[to[*k]].plan.owner,
+                base: &sh.dests[to[*k]].plan.mount,
             })
             .collect();
         let n = match copy::copy_file(reader, rel, &outs, true, &sh.ctx) {
@@ -715,7 +710,7 @@ fn publish(
     }
     let dest = root.join(dir);
     if let Some(parent) = dest.parent().filter(|p| *p != root.as_path()) {
-        ensure_dir(parent, d.plan.owner)?; // wal/ for a checkpoint
+        ensure_dir(&d.plan.mount, parent, d.plan.owner)?; // wal/ for a checkpoint
     }
     if dest.exists() {
         anyhow::bail!(
@@ -723,7 +718,7 @@ fn publish(
             dest.display()
         );
     }
-    std::fs::rename(stage, &dest).with_context(|| {
+    fsutil::beneath::rename(&d.plan.mount, stage, &dest).with_context(|| {
         format!(
             "cannot rename staged block {} to {}",
             stage.display(),
@@ -820,7 +815,7 @@ fn quarantine(
             made.insert(cur.clone());
         }
         make_dirs(root, &qrel.join(parent_rel), owner)?;
-        std::fs::rename(root.join(&e.rel), &to).with_context(|| {
+        fsutil::beneath::rename(root, &root.join(&e.rel), &to).with_context(|| {
             format!(
                 "cannot move extraneous {} to {}",
                 root.join(&e.rel).display(),
@@ -878,7 +873,7 @@ fn one_file(sh: &Shared, reader: &mut Reader, rel: &str, to: &[usize]) -> anyhow
             .parent()
             .ok_or_else(|| anyhow!("{} has no parent directory", dst.display()))?
             .to_path_buf();
-        ensure_dir(&parent, sh.dests[t].plan.owner)?;
+        ensure_dir(&sh.dests[t].plan.mount, &parent, sh.dests[t].plan.owner)?;
         let name = dst.file_name().and_then(|n| n.to_str()).unwrap_or("file");
         let tmp = parent.join(format!(".{name}{}", tsdb::TMP_SUFFIX));
         places.push((t, parent, tmp, dst));
@@ -888,6 +883,7 @@ fn one_file(sh: &Shared, reader: &mut Reader, rel: &str, to: &[usize]) -> anyhow
         .map(|(t, _, tmp, _)| copy::Out {
             path: tmp,
             owner: sh.dests[*t].plan.owner,
+            base: &sh.dests[*t].plan.mount,
         })
         .collect();
     let copied = copy::copy_file(reader, rel, &outs, true, &sh.ctx)
@@ -908,7 +904,7 @@ fn one_file(sh: &Shared, reader: &mut Reader, rel: &str, to: &[usize]) -> anyhow
     };
     sh.read_bytes.fetch_add(n, Ordering::Relaxed);
     for (i, (t, parent, tmp, dst)) in places.iter().enumerate() {
-        if let Err(e) = std::fs::rename(tmp, dst) {
+        if let Err(e) = fsutil::beneath::rename(&sh.dests[*t].plan.mount, tmp, dst) {
             for (_, _, other, _) in &places[i..] {
                 let _ = std::fs::remove_file(other);
             }
@@ -945,26 +941,57 @@ fn lock_target(root: &Path) -> anyhow::Result<crate::lock::Guard> {
     Ok(lock)
 }
 
-/// Creates a directory (and missing parents) and gives it the target owner and mode.
-/// Returns whether an already existing directory's owner or mode had to be changed.
-fn ensure_dir(dir: &Path, owner: Owner) -> anyhow::Result<bool> {
-    let existed = dir.is_dir();
-    if !existed {
-        std::fs::create_dir_all(dir).map_err(|e| {
+/// Creates the directories down to `dir` (below `base`, the volume's mount) that are missing,
+/// each given the target owner and mode. Never through a link: each is made relative to its
+/// parent's descriptor, resolved without following links ([`fsutil::beneath`]).
+fn create_below(base: &Path, dir: &Path, owner: Owner) -> anyhow::Result<()> {
+    let rel = dir.strip_prefix(base).unwrap_or(Path::new(""));
+    let mut cur = base.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        match fsutil::beneath::stat(base, &cur) {
+            Ok((_, st)) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => continue,
+            Ok(_) => anyhow::bail!(
+                "{} is not a directory: promigrate needs one there; move it away and rerun apply",
+                cur.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow!("cannot create directory {}: {e}", cur.display())),
+        }
+        match fsutil::beneath::mkdir(base, &cur) {
+            // Another worker made it meanwhile (and gives it its owner).
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if fsutil::beneath::stat(base, &cur)
+                    .is_ok_and(|(_, st)| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                {
+                    continue;
+                }
+                return Err(anyhow!("cannot create directory {}: {e}", cur.display()));
+            }
+            r => r,
+        }
+        .map_err(|e| {
             if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) {
                 anyhow!(
                     "target volume is full: cannot create {}; free space and rerun apply",
-                    dir.display()
+                    cur.display()
                 )
             } else {
-                anyhow!("cannot create directory {}: {e}", dir.display())
+                anyhow!("cannot create directory {}: {e}", cur.display())
             }
         })?;
+        perms::fix(base, &cur, owner).map_err(|e| anyhow!(perms::explain(&cur, &e, owner)))?;
     }
-    let meta =
-        std::fs::symlink_metadata(dir).with_context(|| format!("cannot stat {}", dir.display()))?;
+    Ok(())
+}
+
+/// Creates a directory (and missing parents) below `base` and gives it the target owner and
+/// mode. Returns whether an already existing directory's owner or mode had to be changed.
+fn ensure_dir(base: &Path, dir: &Path, owner: Owner) -> anyhow::Result<bool> {
+    let existed = fsutil::beneath::stat(base, dir).is_ok();
+    create_below(base, dir, owner)?;
     let changed =
-        perms::fix(dir, &meta, owner).map_err(|e| anyhow!(perms::explain(dir, &e, owner)))?;
+        perms::fix(base, dir, owner).map_err(|e| anyhow!(perms::explain(dir, &e, owner)))?;
     Ok(existed && changed)
 }
 
@@ -1003,7 +1030,7 @@ fn clean_leftovers(
 /// Fixes the owner and mode of the existing target entries the plan found wrong. Entries
 /// written by this run already got them when they were created. An entry that is gone
 /// (quarantined, replaced) is skipped. Returns how many were changed.
-fn fix_ownership(root: &Path, owner: Owner, rels: &[String]) -> anyhow::Result<u64> {
+fn fix_ownership(base: &Path, root: &Path, owner: Owner, rels: &[String]) -> anyhow::Result<u64> {
     let mut fixed = 0u64;
     for rel in rels {
         let p = if rel.is_empty() {
@@ -1011,13 +1038,11 @@ fn fix_ownership(root: &Path, owner: Owner, rels: &[String]) -> anyhow::Result<u
         } else {
             root.join(rel)
         };
-        let meta = match std::fs::symlink_metadata(&p) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", p.display())),
-        };
-        if perms::fix(&p, &meta, owner).map_err(|e| anyhow!(perms::explain(&p, &e, owner)))? {
-            fixed += 1;
+        match perms::fix(base, &p, owner) {
+            Ok(true) => fixed += 1,
+            Ok(false) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow!(perms::explain(&p, &e, owner))),
         }
     }
     Ok(fixed)
