@@ -9,6 +9,7 @@ pub mod cache;
 pub mod cli;
 pub mod exit;
 pub mod fsutil;
+pub mod hash;
 pub mod inspect;
 pub mod k8s;
 pub mod live;

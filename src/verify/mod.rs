@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,7 +19,7 @@ use crate::perms;
 use crate::plan::inventory::{self, FileInfo, Inventory};
 use crate::plan::{self, Migration};
 use crate::progress::Progress;
-use crate::source::{Input, Source};
+use crate::source::Source;
 use crate::tsdb::{check, meta};
 use crate::units;
 
@@ -363,7 +362,7 @@ fn hash_pairs(
         let (src_root, tgt_root) = (&m.src, &target);
         for _ in 0..m.parallelism.max(1) {
             s.spawn(|| {
-                let mut buf = vec![0u8; 1 << 20];
+                let mut buf = vec![0u8; crate::hash::BUF_SIZE];
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                     if i >= pairs.len() || cancel.load(Ordering::Relaxed) {
@@ -377,7 +376,7 @@ fn hash_pairs(
                             Ok(h)
                         }
                         None => {
-                            let a = hash_file(src_root, &s.rel, &mut buf, progress);
+                            let a = crate::hash::file(src_root, &s.rel, &mut buf, progress);
                             hashed.fetch_add(s.size, Ordering::Relaxed);
                             if let (Ok(h), Ok(mut map)) = (&a, hashes.lock()) {
                                 map.insert(s.rel.clone(), *h);
@@ -385,7 +384,7 @@ fn hash_pairs(
                             a
                         }
                     };
-                    let b = hash_file(tgt_root, &t.rel, &mut buf, progress);
+                    let b = crate::hash::file(tgt_root, &t.rel, &mut buf, progress);
                     hashed.fetch_add(t.size, Ordering::Relaxed);
                     let diff = match (a, b) {
                         (Ok(x), Ok(y)) if x == y => None,
@@ -412,39 +411,6 @@ fn hash_pairs(
     }
     diffs.extend(found.into_inner().unwrap_or_default());
     Ok(hashed.load(Ordering::Relaxed))
-}
-
-fn hash_file(
-    root: &Source,
-    rel: &str,
-    buf: &mut [u8],
-    progress: &dyn Progress,
-) -> std::io::Result<u128> {
-    let (mut f, st) = root.open(rel)?;
-    let len = st.size;
-    // Leave the page cache as it was (the source may be a live server's).
-    let cached_before = match &f {
-        Input::Local(file) => Some(crate::cache::Residency::of(file, len)),
-        Input::Remote(_) | Input::Prefetched(_) => None,
-    };
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    let mut done = 0u64;
-    let result = loop {
-        let n = match f.read(buf) {
-            Ok(n) => n,
-            Err(e) => break Err(e),
-        };
-        if n == 0 {
-            break Ok(h.digest128());
-        }
-        h.update(&buf[..n]);
-        progress.add_bytes(n as u64);
-        done += n as u64;
-    };
-    if let (Some(before), Input::Local(file)) = (&cached_before, &f) {
-        before.drop_new_pages(file, 0, done.max(len));
-    }
-    result
 }
 
 impl VerifyReport {
