@@ -5,7 +5,6 @@
 //! It reads only. Differences use rclone `check` sigils: `-` missing on the target,
 //! `+` extra on the target, `*` differs, `!` error.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -60,10 +59,6 @@ pub struct VerifyReport {
     pub duration_seconds: f64,
 }
 
-/// Source hashes already computed in this run, by path: with several targets each source
-/// file is read once.
-type SourceHashes = Mutex<HashMap<String, u128>>;
-
 /// Runs verification. `parallelism` files are hashed at once. `progress_for` makes the
 /// progress sink once the number of bytes to read is known.
 pub fn run(
@@ -73,15 +68,7 @@ pub fn run(
     cancel: &AtomicBool,
 ) -> anyhow::Result<VerifyReport> {
     let (src, facts) = plan::scan_and_check(m)?;
-    run_one(
-        m,
-        src,
-        &facts,
-        level,
-        progress_for,
-        cancel,
-        &Mutex::default(),
-    )
+    run_one(m, src, &facts, level, progress_for, cancel)
 }
 
 /// Verifies every target volume of the migration (`targets:`), one report each, scanning
@@ -93,7 +80,6 @@ pub fn run_each(
     cancel: &AtomicBool,
 ) -> anyhow::Result<Vec<VerifyReport>> {
     let (src, facts) = plan::scan_and_check(m)?;
-    let hashes = SourceHashes::default();
     let mut reports = Vec::new();
     for view in m.views() {
         reports.push(run_one(
@@ -103,13 +89,13 @@ pub fn run_each(
             level,
             progress_for,
             cancel,
-            &hashes,
         )?);
     }
     Ok(reports)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Verifies one target. Source hashes are kept in `facts`, so that with several targets each
+/// source file is read once.
 fn run_one(
     m: &Migration,
     src: Inventory,
@@ -117,7 +103,6 @@ fn run_one(
     level: VerifyLevel,
     progress_for: &dyn Fn(u64) -> Box<dyn Progress>,
     cancel: &AtomicBool,
-    hashes: &SourceHashes,
 ) -> anyhow::Result<VerifyReport> {
     let start = Instant::now();
     // Read the target only while no apply writes it (an apply waits for this to finish).
@@ -127,7 +112,15 @@ fn run_one(
         }
         held => held.ok(),
     };
-    let (plan, src, tgt) = plan::build_from(m, src, facts, inventory::Depth::WithMeta)?;
+    // Verify compares content itself, below: the plan's quick check is enough here.
+    let (plan, src, tgt) = plan::build_from(
+        m,
+        src,
+        facts,
+        inventory::Depth::WithMeta,
+        plan::Compare::Quick,
+        &|_| Box::new(crate::progress::Hidden),
+    )?;
     let mut diffs = Vec::new();
     let d = |sigil: char, path: &str, detail: String| Difference {
         path: path.to_string(),
@@ -240,7 +233,7 @@ fn run_one(
     let progress = progress_box.as_ref();
     let mut hashed = 0;
     if level != VerifyLevel::Meta {
-        hashed = hash_pairs(m, &pairs, progress, cancel, hashes, &mut diffs)?;
+        hashed = hash_pairs(m, &pairs, progress, cancel, &facts.hashes, &mut diffs)?;
     }
     if level == VerifyLevel::Deep && tgt.exists {
         let found = check::run(
@@ -351,7 +344,7 @@ fn hash_pairs(
     pairs: &[(&FileInfo, &FileInfo)],
     progress: &dyn Progress,
     cancel: &AtomicBool,
-    hashes: &SourceHashes,
+    hashes: &plan::SourceHashes,
     diffs: &mut Vec<Difference>,
 ) -> anyhow::Result<u64> {
     let next = AtomicU64::new(0);
