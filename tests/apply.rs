@@ -489,8 +489,8 @@ fn ino_mtime(p: &std::path::Path) -> (u64, i128) {
 
 /// Issue 13 (item 13): a byte flipped in a target block file with its size and mtime kept is
 /// a `*` for verify, but the quick check (size + mtime) sees nothing, so apply copied 0 B and
-/// said "Next: verify": a loop. `apply --checksum` replaces exactly that file (temp + fsync +
-/// rename, the source's mtime).
+/// said "Next: verify": a loop. verify names the way out, and `apply --checksum` replaces
+/// exactly that file (temp + fsync + rename, the source's mtime).
 #[test]
 fn issue_13_checksum_replaces_a_block_file_only_content_tells_apart() {
     let ws = Workspace::new();
@@ -505,7 +505,18 @@ fn issue_13_checksum_replaces_a_block_file_only_content_tells_apart() {
 
     let (code, out, _) = ws.run(&["verify"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains(&format!("* {rel}  content differs")), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&format!("* {rel}  content differs")))
+        .unwrap_or_else(|| panic!("no content difference for {rel}:\n{out}"));
+    assert!(
+        line.contains("the quick check (size+mtime) cannot see this")
+            && line.contains(&format!(
+                "run `promigrate apply -f {} --checksum`",
+                ws.plan.display()
+            )),
+        "verify names the remedy: {line}"
+    );
 
     // Without --checksum apply cannot see it (the loop the issue describes).
     let (code, v) = ws.run_json(&["apply", "--yes"]);
@@ -592,7 +603,12 @@ fn issue_13_checksum_in_the_final_phase_replaces_a_wal_segment() {
     flip_byte_keeping_mtime(&seg, 100);
     let (code, out, _) = ws.run(&["verify"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains(&format!("* {rel}  content differs")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&format!("* {rel}  content differs"))
+                && l.contains("--checksum`")),
+        "{out}"
+    );
 
     let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "presync", "--checksum"]);
     assert_eq!(code, 0, "{v}");

@@ -338,6 +338,35 @@ fn ownership(tgt: &Inventory, m: &Migration, diffs: &mut Vec<Difference>) {
     }
 }
 
+/// What to do about a content difference between `s` and `t` (equal sizes): a plain apply
+/// replaces a file whose mtime differs (or that it compares by its bytes anyway); one with
+/// the source's size and mtime needs `apply --checksum`.
+fn remedy(plan_path: &std::path::Path, s: &FileInfo, t: &FileInfo) -> String {
+    let plan = if plan_path.as_os_str().is_empty() {
+        "<plan>".to_string()
+    } else {
+        shell_word(plan_path)
+    };
+    if s.same_as(t) && !plan::compared_by_bytes(&s.rel) {
+        format!(
+            "the quick check (size+mtime) cannot see this: run `promigrate apply -f {plan} --checksum`"
+        )
+    } else {
+        format!("`promigrate apply -f {plan}` replaces it")
+    }
+}
+
+/// A path as one shell word: as it is when that is safe, else single-quoted.
+fn shell_word(p: &std::path::Path) -> String {
+    let text = p.to_string_lossy();
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+,:=@%~".contains(c);
+    if !text.is_empty() && text.chars().all(plain) && !text.starts_with('~') {
+        text.into_owned()
+    } else {
+        crate::ssh::shell_quote(p)
+    }
+}
+
 /// Hashes source and target of each pair in parallel; records content differences.
 fn hash_pairs(
     m: &Migration,
@@ -383,7 +412,10 @@ fn hash_pairs(
                         (Ok(x), Ok(y)) if x == y => None,
                         (Ok(x), Ok(y)) => Some((
                             '*',
-                            format!("content differs (xxh3-128 source {x:032x}, target {y:032x})"),
+                            format!(
+                                "content differs (xxh3-128 source {x:032x}, target {y:032x}); {}",
+                                remedy(&m.plan_path, s, t)
+                            ),
                         )),
                         (Err(e), _) => Some(('!', format!("cannot read the source: {e}"))),
                         (_, Err(e)) => Some(('!', format!("cannot read the target: {e}"))),
@@ -453,5 +485,55 @@ impl VerifyReport {
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsutil::MTime;
+    use std::path::Path;
+
+    fn fi(rel: &str, size: u64, sec: i64) -> FileInfo {
+        FileInfo {
+            rel: rel.into(),
+            size,
+            mtime: MTime { sec, nsec: 0 },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    #[test]
+    fn the_remedy_of_a_content_difference_is_the_apply_that_sees_it() {
+        let plan = Path::new("plans/prod.yaml");
+        let chunk = fi("B/chunks/000001", 10, 5);
+        // Same size and mtime: only --checksum sees it.
+        assert_eq!(
+            remedy(plan, &chunk, &chunk.clone()),
+            "the quick check (size+mtime) cannot see this: run `promigrate apply -f plans/prod.yaml --checksum`"
+        );
+        // Another mtime, or a file compared by its bytes anyway: a plain apply replaces it.
+        assert_eq!(
+            remedy(plan, &chunk, &fi("B/chunks/000001", 10, 6)),
+            "`promigrate apply -f plans/prod.yaml` replaces it"
+        );
+        let meta = fi("B/meta.json", 10, 5);
+        assert_eq!(
+            remedy(plan, &meta, &meta.clone()),
+            "`promigrate apply -f plans/prod.yaml` replaces it"
+        );
+        // Unknown plan path; a path the shell would split or expand is quoted.
+        assert!(
+            remedy(Path::new(""), &chunk, &chunk.clone()).contains("apply -f <plan> --checksum")
+        );
+        assert_eq!(
+            shell_word(Path::new("/tmp/my plan.yaml")),
+            "'/tmp/my plan.yaml'"
+        );
+        assert_eq!(shell_word(Path::new("it's.yaml")), r"'it'\''s.yaml'");
+        assert_eq!(shell_word(Path::new("~/plan.yaml")), "'~/plan.yaml'");
+        assert_eq!(shell_word(Path::new("a/b-c_d.yaml")), "a/b-c_d.yaml");
     }
 }
