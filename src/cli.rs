@@ -99,6 +99,10 @@ pub struct PlanFileArgs {
 pub struct PlanArgs {
     #[command(flatten)]
     pub common: PlanFileArgs,
+    /// Also compare the content (xxh3-128 of both sides) of every file whose size and mtime
+    /// match, like `rsync -c`: shows what the quick check cannot see. Reads those files whole.
+    #[arg(long)]
+    pub checksum: bool,
 }
 
 /// `promigrate apply`.
@@ -116,6 +120,11 @@ pub struct ApplyArgs {
     /// Print the actions apply would take, and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also compare the content (xxh3-128 of both sides) of every file whose size and mtime
+    /// match, like `rsync -c`, and replace those that differ (the `*` content differences of
+    /// verify). Reads those files whole; a presync compares block files only.
+    #[arg(long)]
+    pub checksum: bool,
     /// Where run records are written (`<DIR>/<metadata.name>/`).
     #[arg(long, value_name = "DIR", default_value = "migrations")]
     pub state_dir: PathBuf,

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod cli;
 pub mod exit;
 pub mod fsutil;
+pub mod hash;
 pub mod inspect;
 pub mod k8s;
 pub mod live;
@@ -53,7 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Code> {
         Command::Completions { .. } | Command::Man | Command::Schema => Output::Text,
     };
     let result = match cli.command {
-        Command::Plan(a) => cmd_plan(&a.common),
+        Command::Plan(a) => cmd_plan(&a),
         Command::Apply(a) => cmd_apply(a),
         Command::Verify(a) => cmd_verify(a),
         Command::Inspect(a) => cmd_inspect(&a),
@@ -153,11 +154,25 @@ struct PlanEach<'a> {
 }
 
 /// Builds the plan of every target volume, scanning the source once.
-fn build_plans(m: &plan::Migration) -> anyhow::Result<Vec<plan::MigrationPlan>> {
+fn build_plans(
+    m: &plan::Migration,
+    compare: plan::Compare,
+) -> anyhow::Result<Vec<plan::MigrationPlan>> {
+    let progress_for = |total| progress::for_stderr("checksum", total);
     if m.targets.len() == 1 {
-        Ok(vec![plan::build(m)?])
+        Ok(vec![plan::build(m, compare, &progress_for)?])
     } else {
-        plan::build_each(m)
+        plan::build_each(m, compare, &progress_for)
+    }
+}
+
+/// How `--checksum` compares for a run of `phase`: a presync copies no WAL/head file, so
+/// it hashes block files only.
+fn compare_of(checksum: bool, phase: sync::Phase) -> plan::Compare {
+    match (checksum, phase) {
+        (false, _) => plan::Compare::Quick,
+        (true, sync::Phase::Presync) => plan::Compare::ChecksumBlocks,
+        (true, _) => plan::Compare::Checksum,
     }
 }
 
@@ -205,9 +220,10 @@ fn kube_preflight(
     }
 }
 
-fn cmd_plan(a: &cli::PlanFileArgs) -> anyhow::Result<Code> {
+fn cmd_plan(args: &cli::PlanArgs) -> anyhow::Result<Code> {
+    let a = &args.common;
     let m = plan::file::load(&a.file)?;
-    let mut plans = build_plans(&m)?;
+    let mut plans = build_plans(&m, compare_of(args.checksum, sync::Phase::All))?;
     if m.targets.iter().any(|t| t.kubernetes.is_some()) {
         kube_preflight(&runtime()?, &m, &mut plans);
     }
@@ -455,7 +471,7 @@ fn apply_steps(
     deadline: Option<cli::ResolvedDeadline>,
     out: &mut ApplyOutput,
 ) -> anyhow::Result<Code> {
-    let mut plans = build_plans(m)?;
+    let mut plans = build_plans(m, compare_of(a.checksum, a.phase))?;
     // (index of the target, its cluster objects)
     let kube_targets: Vec<(usize, plan::file::KubeTarget)> = m
         .targets
@@ -759,6 +775,9 @@ fn render_apply(out: &ApplyOutput) -> String {
             units::bytes(r.average_rate as u64)
         ));
         s.push_str(&format!("Selection: {}\n", p.selection.line()));
+        if let Some(line) = p.checksum_line() {
+            s.push_str(&format!("{line}\n"));
+        }
         for l in &r.left_for_final {
             s.push_str(&format!("Left for the final phase: {l}\n"));
         }

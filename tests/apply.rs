@@ -476,3 +476,163 @@ fn plan_and_verify_name_a_running_apply_and_no_lock_file_is_left() {
     let (code, out, _) = ws.run(&["verify"]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// The target file's inode and mtime (ns).
+fn ino_mtime(p: &std::path::Path) -> (u64, i128) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).unwrap();
+    (
+        m.ino(),
+        m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+    )
+}
+
+/// Issue 13 (item 13): a byte flipped in a target block file with its size and mtime kept is
+/// a `*` for verify, but the quick check (size + mtime) sees nothing, so apply copied 0 B and
+/// said "Next: verify": a loop. verify names the way out, and `apply --checksum` replaces
+/// exactly that file (temp + fsync + rename, the source's mtime).
+#[test]
+fn issue_13_checksum_replaces_a_block_file_only_content_tells_apart() {
+    let ws = Workspace::new();
+    assert_eq!(ws.run(&["apply", "--yes"]).0, 0);
+    let block = some_block(&ws.target());
+    let ulid = block.file_name().unwrap().to_string_lossy().into_owned();
+    let rel = format!("{ulid}/chunks/000001");
+    let chunk = ws.target().join(&rel);
+    let len = std::fs::metadata(&chunk).unwrap().len() as usize;
+    flip_byte_keeping_mtime(&chunk, len / 2);
+    let before = ino_mtime(&chunk);
+
+    let (code, out, _) = ws.run(&["verify"]);
+    assert_eq!(code, 1, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&format!("* {rel}  content differs")))
+        .unwrap_or_else(|| panic!("no content difference for {rel}:\n{out}"));
+    assert!(
+        line.contains("the quick check (size+mtime) cannot see this")
+            && line.contains(&format!(
+                "run `promigrate apply -f {} --checksum`",
+                ws.plan.display()
+            )),
+        "verify names the remedy: {line}"
+    );
+
+    // Without --checksum apply cannot see it (the loop the issue describes).
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["apply"]["copied_files"], 0, "{v}");
+
+    // plan --checksum and apply --checksum --dry-run show it, and write nothing.
+    let (code, v) = ws.run_json(&["plan", "--checksum"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["stats"]["checksum_differing_files"], 1, "{}", v["stats"]);
+    assert_eq!(v["checksum_differing"], serde_json::json!([rel]));
+    let (code, out, _) = ws.run(&["apply", "--yes", "--checksum", "--dry-run"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("update block {ulid} (1 file(s)")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("  * {rel}")), "{out}");
+    assert_eq!(ino_mtime(&chunk), before, "a dry run wrote");
+
+    let (code, v) = ws.run_json(&["apply", "--yes", "--checksum"]);
+    assert_eq!(code, 0, "{v}");
+    let stats = &v["plan"]["stats"];
+    assert_eq!(v["apply"]["copied_files"], 1, "{v}");
+    assert_eq!(stats["checksum_differing_files"], 1, "{stats}");
+    // Every selected file is on the target with its size and mtime: all compared.
+    assert_eq!(
+        stats["checksum_compared_files"], stats["source_files"],
+        "{stats}"
+    );
+    let b = v["plan"]["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["ulid"] == ulid.as_str())
+        .unwrap();
+    assert_eq!(b["state"], "differs");
+    assert_eq!(b["copy"], serde_json::json!([rel]));
+    let after = ino_mtime(&chunk);
+    assert_ne!(
+        after.0, before.0,
+        "replaced by a rename, not rewritten in place"
+    );
+    assert_eq!(
+        after.1,
+        ino_mtime(&ws.source.join(&rel)).1,
+        "the source's mtime"
+    );
+    assert_eq!(
+        std::fs::read(&chunk).unwrap(),
+        std::fs::read(ws.source.join(&rel)).unwrap()
+    );
+    assert_no_temp_files(&ws.mount, "after apply --checksum");
+    let (code, out, _) = ws.run(&["verify"]);
+    assert_eq!(code, 0, "{out}");
+
+    // The text report says what was compared; a rerun finds nothing left to replace.
+    let (code, out, err) = ws.run(&["apply", "--yes", "--checksum"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "Compared by content (--checksum): {} file(s) with equal size and mtime, 0 differ",
+            stats["source_files"]
+        )),
+        "{out}"
+    );
+    assert!(out.contains("0 B in 0 file(s) copied"), "{out}");
+}
+
+/// The same for a WAL segment: a presync with --checksum leaves WAL/head alone (it hashes
+/// block files only); the final phase with --checksum replaces the segment.
+#[test]
+fn issue_13_checksum_in_the_final_phase_replaces_a_wal_segment() {
+    let ws = Workspace::new();
+    assert_eq!(ws.run(&["apply", "--yes"]).0, 0);
+    let mut segs: Vec<String> = std::fs::read_dir(ws.target().join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.chars().all(|c| c.is_ascii_digit()))
+        .collect();
+    segs.sort();
+    let rel = format!("wal/{}", segs[0]);
+    let seg = ws.target().join(&rel);
+    flip_byte_keeping_mtime(&seg, 100);
+    let (code, out, _) = ws.run(&["verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&format!("* {rel}  content differs"))
+                && l.contains("--checksum`")),
+        "{out}"
+    );
+
+    let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "presync", "--checksum"]);
+    assert_eq!(code, 0, "{v}");
+    let block_files: u64 = v["plan"]["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["files"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        v["plan"]["stats"]["checksum_compared_files"], block_files,
+        "{v}"
+    );
+    assert_eq!(v["plan"]["stats"]["checksum_differing_files"], 0, "{v}");
+    assert_eq!(v["apply"]["copied_files"], 0, "{v}");
+
+    let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "final", "--checksum"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["plan"]["stats"]["checksum_differing_files"], 1, "{v}");
+    assert_eq!(v["apply"]["copied_files"], 1, "{v}");
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        std::fs::read(ws.source.join(&rel)).unwrap()
+    );
+    let (code, out, _) = ws.run(&["verify"]);
+    assert_eq!(code, 0, "{out}");
+}

@@ -191,6 +191,17 @@ fn verify_names_the_target_that_differs() {
     );
     let (_, text, _) = ws.run(&["verify", "--level", "checksum"]);
     assert!(text.contains("FAILED: 1 of 2 targets differ"), "{text}");
+
+    // apply --checksum (issue 13) replaces it on B only.
+    let (code, v) = ws.run_json(&["apply", "--yes", "--checksum"]);
+    assert_eq!(code, 0, "{v}");
+    let t = v["targets"].as_array().unwrap();
+    assert_eq!(t[0]["apply"]["copied_files"], 0, "{}", t[0]);
+    assert_eq!(t[0]["plan"]["stats"]["checksum_differing_files"], 0);
+    assert_eq!(t[1]["apply"]["copied_files"], 1, "{}", t[1]);
+    assert_eq!(t[1]["plan"]["stats"]["checksum_differing_files"], 1);
+    let (code, out, _) = ws.run(&["verify", "--level", "checksum"]);
+    assert_eq!(code, 0, "{out}");
 }
 
 #[test]

@@ -1,13 +1,16 @@
 //! `plan`: inventory source and target, compare them, and describe what `apply` would do,
 //! with the cost (bytes, files, ETA), warnings and blockers. Building a plan changes nothing:
-//! it only reads directories and meta.json files.
+//! it only reads directories and meta.json files (and, with [`Compare`] set to a checksum,
+//! every file the quick check calls identical, on both sides).
 
 pub mod diff;
 pub mod file;
 pub mod inventory;
 
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -17,8 +20,36 @@ use inventory::{FileInfo, Inventory};
 
 use crate::fsutil;
 use crate::perms::Owner;
+use crate::progress::Progress;
 use crate::tsdb;
 use crate::units;
+
+/// How a plan tells that a target file is already the source's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compare {
+    /// The quick check, like rsync: same size and modification time (meta.json and
+    /// tombstones, which a live source rewrites, by their bytes).
+    #[default]
+    Quick,
+    /// The quick check, then, for block files it calls identical, a content hash (xxh3-128)
+    /// of both sides, like `rsync -c`. For a presync, which copies no WAL/head file.
+    ChecksumBlocks,
+    /// The same for block files and WAL/head files.
+    Checksum,
+}
+
+impl Compare {
+    /// Whether block files are compared by content.
+    pub fn blocks(self) -> bool {
+        self != Compare::Quick
+    }
+
+    /// Whether WAL/head files are compared by content.
+    pub fn head(self) -> bool {
+        self == Compare::Checksum
+    }
+}
 
 /// What `apply` will do, as data. Serialised for `--output json`.
 #[derive(Debug, Clone, Serialize)]
@@ -82,6 +113,11 @@ pub struct MigrationPlan {
     pub blockers: Vec<String>,
     /// Opt-in repairs this plan makes (`transfer.headRepair`), and what they cost.
     pub repairs: Vec<String>,
+    /// How files were compared with the target.
+    pub compare: Compare,
+    /// Files (relative to the TSDB root) with the size and mtime of the source's but other
+    /// content: found by a checksum comparison only; apply replaces them.
+    pub checksum_differing: Vec<String>,
     /// The cluster objects behind the target (`target.kubernetes`), as read by the preflight.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<crate::k8s::KubeReport>,
@@ -241,23 +277,33 @@ pub struct PlanStats {
     pub identical_files: u64,
     /// Files present on the target but different.
     pub differing_files: u64,
+    /// Files compared by content (`--checksum`): those the quick check calls identical.
+    pub checksum_compared_files: u64,
+    /// Of those, the files whose content differs (included in `differing_files`).
+    pub checksum_differing_files: u64,
     /// Estimated copy time at the bandwidth limit (seconds), if limited.
     pub eta_seconds: Option<f64>,
 }
 
-/// Builds the plan for a migration. Reads only.
-pub fn build(m: &Migration) -> anyhow::Result<MigrationPlan> {
-    Ok(build_with_inventories(m, inventory::Depth::Layout)?.0)
-}
+/// Progress of the content comparison, made once the number of bytes to read is known.
+pub type ProgressFor<'a> = &'a dyn Fn(u64) -> Box<dyn Progress>;
 
-/// Builds the plan and returns the source and target inventories it was built from.
-/// The plan itself needs no target meta.json (`Depth::Layout`); verify asks for them.
-pub fn build_with_inventories(
+/// Builds the plan for a migration, comparing files as `compare` says. Reads only.
+pub fn build(
     m: &Migration,
-    target_depth: inventory::Depth,
-) -> anyhow::Result<(MigrationPlan, Inventory, Inventory)> {
+    compare: Compare,
+    progress_for: ProgressFor,
+) -> anyhow::Result<MigrationPlan> {
     let (src, facts) = scan_and_check(m)?;
-    build_from(m, src, &facts, target_depth)
+    Ok(build_from(
+        m,
+        src,
+        &facts,
+        inventory::Depth::Layout,
+        compare,
+        progress_for,
+    )?
+    .0)
 }
 
 /// Scans the source (with every meta.json) and finds its [`SourceFacts`]. A remote source
@@ -292,7 +338,13 @@ pub struct SourceFacts {
     /// reads planning makes after the scan (meta.json and tombstones compared with the
     /// target's) get the bytes the scan saw, without another round trip each.
     pub scanned: crate::source::Source,
+    /// Content hashes (xxh3-128) of source files computed so far, by path: with several
+    /// targets each source file is hashed once.
+    pub hashes: SourceHashes,
 }
+
+/// Source content hashes by path (relative to the TSDB root).
+pub type SourceHashes = Mutex<HashMap<String, u128>>;
 
 /// Probes the source server and runs the cheap format checks (reading through `view`, the
 /// source or a snapshot of it) on the source inventory.
@@ -316,17 +368,32 @@ fn source_facts(m: &Migration, view: &crate::source::Source, src: &Inventory) ->
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p)),
             problems,
+            hashes: SourceHashes::default(),
         }
     })
 }
 
 /// One plan per target volume (`targets:`), all from a single scan of the source. Targets
 /// that share a filesystem must fit on it together.
-pub fn build_each(m: &Migration) -> anyhow::Result<Vec<MigrationPlan>> {
+pub fn build_each(
+    m: &Migration,
+    compare: Compare,
+    progress_for: ProgressFor,
+) -> anyhow::Result<Vec<MigrationPlan>> {
     let (src, facts) = scan_and_check(m)?;
     let mut plans = Vec::with_capacity(m.targets.len());
     for view in m.views() {
-        plans.push(build_from(&view, src.clone(), &facts, inventory::Depth::Layout)?.0);
+        plans.push(
+            build_from(
+                &view,
+                src.clone(),
+                &facts,
+                inventory::Depth::Layout,
+                compare,
+                progress_for,
+            )?
+            .0,
+        );
     }
     shared_filesystems(&mut plans);
     Ok(plans)
@@ -362,12 +429,16 @@ fn shared_filesystems(plans: &mut [MigrationPlan]) {
     }
 }
 
-/// Builds the plan of one target from an already scanned source and what is known of it.
+/// Builds the plan of one target from an already scanned source and what is known of it,
+/// and returns the source and target inventories it was built from. The plan itself needs
+/// no target meta.json (`Depth::Layout`); verify asks for them.
 pub fn build_from(
     m: &Migration,
     src: Inventory,
     facts: &SourceFacts,
     target_depth: inventory::Depth,
+    compare: Compare,
+    progress_for: ProgressFor,
 ) -> anyhow::Result<(MigrationPlan, Inventory, Inventory)> {
     let tgt = inventory::scan_with(&m.target_root, target_depth)?;
     let mut warnings = Vec::new();
@@ -498,14 +569,70 @@ pub fn build_from(
             ));
 
     selected.sort_by_key(|b| b.meta.as_ref().map(|m| m.min_time).unwrap_or_default());
-    let mut stats = PlanStats::default();
+
+    // WAL, WBL, head chunks: the newest data. Left out only when the range ends before the
+    // newest data (the newest block's end, or the head files' last write).
+    let newest = newest_data(&src);
+    let with_head = m
+        .time_range
+        .and_then(|tr| tr.max)
+        .is_none_or(|max| newest.is_none_or(|n| max > n));
+
+    // With a checksum: every file the quick check calls identical, compared by content.
+    let mut same_size_and_mtime: Vec<&FileInfo> = Vec::new();
+    if compare.blocks() {
+        for b in &selected {
+            let Some(tb) = tgt.blocks.get(&b.dir) else {
+                continue;
+            };
+            same_size_and_mtime.extend(
+                b.files
+                    .values()
+                    .filter(|f| diff::file(f, tb.files.get(&f.rel)) == State::Identical),
+            );
+        }
+    }
+    if compare.head() && with_head {
+        same_size_and_mtime.extend(
+            src.files
+                .values()
+                .filter(|f| diff::file(f, tgt.files.get(&f.rel)) == State::Identical),
+        );
+    }
+    let content = content_differs(
+        &facts.scanned,
+        &m.target_root,
+        &same_size_and_mtime,
+        m.parallelism,
+        &facts.hashes,
+        progress_for,
+    );
+    let compared: BTreeSet<&str> = same_size_and_mtime.iter().map(|f| f.rel.as_str()).collect();
+    for (rel, why) in &content.unreadable {
+        warnings.push(format!(
+            "cannot compare the content of {rel} ({why}): apply copies it again"
+        ));
+    }
+
+    let mut stats = PlanStats {
+        checksum_compared_files: compared.len() as u64,
+        ..PlanStats::default()
+    };
     let mut blocks = Vec::new();
     for b in &selected {
         let meta = b.meta.as_ref().expect("selected blocks have a meta");
         let tb = tgt.blocks.get(&b.dir);
         // meta.json and tombstones are rewritten in place on a live source (compaction marks,
-        // deletions): compare their bytes, not only size and mtime. They are small.
+        // deletions): compare their bytes, not only size and mtime. They are small. With a
+        // checksum every file's content was compared already.
         let state = |f: &FileInfo| match diff::file(f, tb.and_then(|t| t.files.get(&f.rel))) {
+            diff::State::Identical if compared.contains(f.rel.as_str()) => {
+                if content.differ.contains(&f.rel) {
+                    diff::State::Differs
+                } else {
+                    diff::State::Identical
+                }
+            }
             diff::State::Identical if small_file_differs(m, &facts.scanned, &f.rel) => {
                 diff::State::Differs
             }
@@ -540,26 +667,21 @@ pub fn build_from(
         });
     }
 
-    // WAL, WBL, head chunks: the newest data. Left out only when the range ends before the
-    // newest data (the newest block's end, or the head files' last write).
-    let newest = newest_data(&src);
-    let with_head = m
-        .time_range
-        .and_then(|tr| tr.max)
-        .is_none_or(|max| newest.is_none_or(|n| max > n));
     let (files, dirs): (Vec<FilePlan>, Vec<String>) = if with_head {
+        let state = |f: &FileInfo| match diff::file(f, tgt.files.get(&f.rel)) {
+            diff::State::Identical if content.differ.contains(&f.rel) => diff::State::Differs,
+            s => s,
+        };
         let files = src
             .files
             .values()
             .map(|f| FilePlan {
                 rel: f.rel.clone(),
                 size: f.size,
-                state: diff::file(f, tgt.files.get(&f.rel)),
+                state: state(f),
             })
             .collect();
-        count(&mut stats, src.files.values(), |f| {
-            diff::file(f, tgt.files.get(&f.rel))
-        });
+        count(&mut stats, src.files.values(), state);
         (files, src.dirs.clone())
     } else {
         let why = format!(
@@ -588,6 +710,15 @@ pub fn build_from(
         &mut blockers,
         &mut skipped,
     )?;
+
+    // A file dropped by a repair is not copied, whatever its content.
+    let checksum_differing: Vec<String> = content
+        .differ
+        .iter()
+        .filter(|r| files.iter().any(|f| &f.rel == *r) || blocks.iter().any(|b| b.copy.contains(r)))
+        .cloned()
+        .collect();
+    stats.checksum_differing_files = checksum_differing.len() as u64;
 
     let selection = Selection {
         blocks_selected: selected.len(),
@@ -699,6 +830,8 @@ pub fn build_from(
         warnings,
         blockers,
         repairs,
+        compare,
+        checksum_differing,
         kubernetes: None,
     };
     Ok((plan, src, tgt))
@@ -916,9 +1049,98 @@ pub fn phases(blocks: &[BlockPlan], files: &[FilePlan], bwlimit: Option<u64>) ->
     }
 }
 
+/// What the content comparison found.
+#[derive(Debug, Default)]
+struct Content {
+    /// Files whose content differs, or that could not be read on a side.
+    differ: BTreeSet<String>,
+    /// Those that could not be read, and why.
+    unreadable: Vec<(String, String)>,
+}
+
+/// Which of `files` (on the target with the source's size and mtime) differ in content:
+/// each is hashed (xxh3-128) on both sides, `parallelism` at a time. Source hashes already
+/// in `hashes` are not computed again. A file that cannot be read counts as differing:
+/// apply copies it again (and a source that cannot be read fails that copy, naming it).
+fn content_differs(
+    source: &crate::source::Source,
+    target_root: &std::path::Path,
+    files: &[&FileInfo],
+    parallelism: usize,
+    hashes: &SourceHashes,
+    progress_for: ProgressFor,
+) -> Content {
+    if files.is_empty() {
+        return Content::default();
+    }
+    let t = std::time::Instant::now();
+    let bytes: u64 = files.iter().map(|f| f.size).sum();
+    tracing::info!(
+        files = files.len(),
+        bytes,
+        "comparing content (--checksum) of the files with equal size and mtime"
+    );
+    let progress = progress_for(2 * bytes);
+    let target = crate::source::Source::Local(target_root.to_path_buf());
+    let results = crate::par::map_with(
+        files,
+        parallelism,
+        || vec![0u8; crate::hash::BUF_SIZE],
+        |buf, f| {
+            let known = hashes.lock().ok().and_then(|h| h.get(&f.rel).copied());
+            let a = match known {
+                Some(h) => {
+                    progress.add_bytes(f.size);
+                    Ok(h)
+                }
+                None => {
+                    let a = crate::hash::file(source, &f.rel, buf, progress.as_ref());
+                    if let (Ok(h), Ok(mut map)) = (&a, hashes.lock()) {
+                        map.insert(f.rel.clone(), *h);
+                    }
+                    a
+                }
+            };
+            let b = crate::hash::file(&target, &f.rel, buf, progress.as_ref());
+            match (a, b) {
+                (Ok(x), Ok(y)) => Ok(x != y),
+                (Err(e), _) => Err(format!("the source: {e}")),
+                (_, Err(e)) => Err(format!("the target: {e}")),
+            }
+        },
+    );
+    progress.finish();
+    let mut out = Content::default();
+    for (f, r) in files.iter().zip(results) {
+        match r {
+            Ok(false) => {}
+            Ok(true) => {
+                out.differ.insert(f.rel.clone());
+            }
+            Err(why) => {
+                out.differ.insert(f.rel.clone());
+                out.unreadable.push((f.rel.clone(), why));
+            }
+        }
+    }
+    tracing::info!(
+        files = files.len(),
+        differ = out.differ.len(),
+        seconds = t.elapsed().as_secs_f64(),
+        "content compared"
+    );
+    out
+}
+
+/// Whether the quick check compares this file's bytes too: a block's meta.json and
+/// tombstones, which a live source rewrites in place.
+pub fn compared_by_bytes(rel: &str) -> bool {
+    rel.ends_with("/meta.json") || rel.ends_with("/tombstones")
+}
+
 /// Whether a block's meta.json or tombstones differs in content between source and target.
 fn small_file_differs(m: &Migration, source: &crate::source::Source, rel: &str) -> bool {
-    if !(rel.ends_with("/meta.json") || rel.ends_with("/tombstones")) {
+    if !compared_by_bytes(rel) {
         return false;
     }
     let target = crate::sync::copy::read_source(&m.target_root.join(rel));
@@ -1114,6 +1336,19 @@ impl MigrationPlan {
         self.kubernetes = Some(report);
     }
 
+    /// What the content comparison (`--checksum`) did, in a line; `None` without one.
+    pub fn checksum_line(&self) -> Option<String> {
+        let scope = match self.compare {
+            Compare::Quick => return None,
+            Compare::ChecksumBlocks => " (block files only: a presync copies no WAL/head file)",
+            Compare::Checksum => "",
+        };
+        Some(format!(
+            "Compared by content (--checksum): {} file(s) with equal size and mtime, {} differ{scope}",
+            self.stats.checksum_compared_files, self.stats.checksum_differing_files
+        ))
+    }
+
     /// Whether applying this plan would change nothing on the target.
     pub fn writes_nothing(&self) -> bool {
         self.stats.copy_files == 0
@@ -1234,6 +1469,12 @@ impl MigrationPlan {
             let _ = writeln!(s, "\nNot copied from the source:");
             for k in &self.skipped {
                 let _ = writeln!(s, "  {}  ({})", k.rel, k.reason);
+            }
+        }
+        if let Some(line) = self.checksum_line() {
+            let _ = writeln!(s, "\n{line}");
+            for rel in &self.checksum_differing {
+                let _ = writeln!(s, "  * {rel}");
             }
         }
         let st = &self.stats;
@@ -1406,5 +1647,70 @@ fn render_kubernetes(s: &mut String, k: &crate::k8s::KubeReport) {
     }
     for a in &k.actions {
         let _ = writeln!(s, "  apply will: {a}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(root: &std::path::Path, rel: &str) -> FileInfo {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(root.join(rel)).unwrap();
+        FileInfo {
+            rel: rel.into(),
+            size: md.len(),
+            mtime: fsutil::MTime {
+                sec: md.mtime(),
+                nsec: md.mtime_nsec(),
+            },
+            mode: md.mode(),
+            uid: md.uid(),
+            gid: md.gid(),
+        }
+    }
+
+    #[test]
+    fn checksum_finds_other_content_and_unreadable_files_and_hashes_the_source_once() {
+        let (src, tgt) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for root in [src.path(), tgt.path()] {
+            std::fs::create_dir_all(root.join("B/chunks")).unwrap();
+            std::fs::write(root.join("B/index"), b"same").unwrap();
+            std::fs::write(root.join("B/chunks/000001"), b"abcd").unwrap();
+        }
+        std::fs::write(tgt.path().join("B/chunks/000001"), b"abXd").unwrap();
+        std::fs::write(src.path().join("B/gone"), b"only on the source").unwrap();
+        let files: Vec<FileInfo> = ["B/index", "B/chunks/000001", "B/gone"]
+            .iter()
+            .map(|r| info(src.path(), r))
+            .collect();
+        let refs: Vec<&FileInfo> = files.iter().collect();
+        let source = crate::source::Source::Local(src.path().to_path_buf());
+        let hashes = SourceHashes::default();
+        let hidden = |_| Box::new(crate::progress::Hidden) as Box<dyn Progress>;
+        let found = content_differs(&source, tgt.path(), &refs, 2, &hashes, &hidden);
+        assert_eq!(
+            found.differ.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["B/chunks/000001", "B/gone"]
+        );
+        assert_eq!(found.unreadable.len(), 1);
+        assert!(
+            found.unreadable[0].0 == "B/gone" && found.unreadable[0].1.starts_with("the target:"),
+            "{:?}",
+            found.unreadable
+        );
+        // Source hashes are kept for the next target: a source file that changed since is
+        // not read again.
+        assert_eq!(hashes.lock().unwrap().len(), 3);
+        std::fs::write(src.path().join("B/index"), b"SAME").unwrap();
+        let again = content_differs(&source, tgt.path(), &refs[..1], 1, &hashes, &hidden);
+        assert!(again.differ.is_empty());
+    }
+
+    #[test]
+    fn each_comparison_hashes_its_scope() {
+        assert!(!Compare::Quick.blocks() && !Compare::Quick.head());
+        assert!(Compare::ChecksumBlocks.blocks() && !Compare::ChecksumBlocks.head());
+        assert!(Compare::Checksum.blocks() && Compare::Checksum.head());
     }
 }

@@ -5,9 +5,7 @@
 //! It reads only. Differences use rclone `check` sigils: `-` missing on the target,
 //! `+` extra on the target, `*` differs, `!` error.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,7 +18,7 @@ use crate::perms;
 use crate::plan::inventory::{self, FileInfo, Inventory};
 use crate::plan::{self, Migration};
 use crate::progress::Progress;
-use crate::source::{Input, Source};
+use crate::source::Source;
 use crate::tsdb::{check, meta};
 use crate::units;
 
@@ -61,10 +59,6 @@ pub struct VerifyReport {
     pub duration_seconds: f64,
 }
 
-/// Source hashes already computed in this run, by path: with several targets each source
-/// file is read once.
-type SourceHashes = Mutex<HashMap<String, u128>>;
-
 /// Runs verification. `parallelism` files are hashed at once. `progress_for` makes the
 /// progress sink once the number of bytes to read is known.
 pub fn run(
@@ -74,15 +68,7 @@ pub fn run(
     cancel: &AtomicBool,
 ) -> anyhow::Result<VerifyReport> {
     let (src, facts) = plan::scan_and_check(m)?;
-    run_one(
-        m,
-        src,
-        &facts,
-        level,
-        progress_for,
-        cancel,
-        &Mutex::default(),
-    )
+    run_one(m, src, &facts, level, progress_for, cancel)
 }
 
 /// Verifies every target volume of the migration (`targets:`), one report each, scanning
@@ -94,7 +80,6 @@ pub fn run_each(
     cancel: &AtomicBool,
 ) -> anyhow::Result<Vec<VerifyReport>> {
     let (src, facts) = plan::scan_and_check(m)?;
-    let hashes = SourceHashes::default();
     let mut reports = Vec::new();
     for view in m.views() {
         reports.push(run_one(
@@ -104,13 +89,13 @@ pub fn run_each(
             level,
             progress_for,
             cancel,
-            &hashes,
         )?);
     }
     Ok(reports)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Verifies one target. Source hashes are kept in `facts`, so that with several targets each
+/// source file is read once.
 fn run_one(
     m: &Migration,
     src: Inventory,
@@ -118,7 +103,6 @@ fn run_one(
     level: VerifyLevel,
     progress_for: &dyn Fn(u64) -> Box<dyn Progress>,
     cancel: &AtomicBool,
-    hashes: &SourceHashes,
 ) -> anyhow::Result<VerifyReport> {
     let start = Instant::now();
     // Read the target only while no apply writes it (an apply waits for this to finish).
@@ -128,7 +112,15 @@ fn run_one(
         }
         held => held.ok(),
     };
-    let (plan, src, tgt) = plan::build_from(m, src, facts, inventory::Depth::WithMeta)?;
+    // Verify compares content itself, below: the plan's quick check is enough here.
+    let (plan, src, tgt) = plan::build_from(
+        m,
+        src,
+        facts,
+        inventory::Depth::WithMeta,
+        plan::Compare::Quick,
+        &|_| Box::new(crate::progress::Hidden),
+    )?;
     let mut diffs = Vec::new();
     let d = |sigil: char, path: &str, detail: String| Difference {
         path: path.to_string(),
@@ -241,7 +233,7 @@ fn run_one(
     let progress = progress_box.as_ref();
     let mut hashed = 0;
     if level != VerifyLevel::Meta {
-        hashed = hash_pairs(m, &pairs, progress, cancel, hashes, &mut diffs)?;
+        hashed = hash_pairs(m, &pairs, progress, cancel, &facts.hashes, &mut diffs)?;
     }
     if level == VerifyLevel::Deep && tgt.exists {
         let found = check::run(
@@ -346,13 +338,42 @@ fn ownership(tgt: &Inventory, m: &Migration, diffs: &mut Vec<Difference>) {
     }
 }
 
+/// What to do about a content difference between `s` and `t` (equal sizes): a plain apply
+/// replaces a file whose mtime differs (or that it compares by its bytes anyway); one with
+/// the source's size and mtime needs `apply --checksum`.
+fn remedy(plan_path: &std::path::Path, s: &FileInfo, t: &FileInfo) -> String {
+    let plan = if plan_path.as_os_str().is_empty() {
+        "<plan>".to_string()
+    } else {
+        shell_word(plan_path)
+    };
+    if s.same_as(t) && !plan::compared_by_bytes(&s.rel) {
+        format!(
+            "the quick check (size+mtime) cannot see this: run `promigrate apply -f {plan} --checksum`"
+        )
+    } else {
+        format!("`promigrate apply -f {plan}` replaces it")
+    }
+}
+
+/// A path as one shell word: as it is when that is safe, else single-quoted.
+fn shell_word(p: &std::path::Path) -> String {
+    let text = p.to_string_lossy();
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+,:=@%~".contains(c);
+    if !text.is_empty() && text.chars().all(plain) && !text.starts_with('~') {
+        text.into_owned()
+    } else {
+        crate::ssh::shell_quote(p)
+    }
+}
+
 /// Hashes source and target of each pair in parallel; records content differences.
 fn hash_pairs(
     m: &Migration,
     pairs: &[(&FileInfo, &FileInfo)],
     progress: &dyn Progress,
     cancel: &AtomicBool,
-    hashes: &SourceHashes,
+    hashes: &plan::SourceHashes,
     diffs: &mut Vec<Difference>,
 ) -> anyhow::Result<u64> {
     let next = AtomicU64::new(0);
@@ -363,7 +384,7 @@ fn hash_pairs(
         let (src_root, tgt_root) = (&m.src, &target);
         for _ in 0..m.parallelism.max(1) {
             s.spawn(|| {
-                let mut buf = vec![0u8; 1 << 20];
+                let mut buf = vec![0u8; crate::hash::BUF_SIZE];
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                     if i >= pairs.len() || cancel.load(Ordering::Relaxed) {
@@ -377,7 +398,7 @@ fn hash_pairs(
                             Ok(h)
                         }
                         None => {
-                            let a = hash_file(src_root, &s.rel, &mut buf, progress);
+                            let a = crate::hash::file(src_root, &s.rel, &mut buf, progress);
                             hashed.fetch_add(s.size, Ordering::Relaxed);
                             if let (Ok(h), Ok(mut map)) = (&a, hashes.lock()) {
                                 map.insert(s.rel.clone(), *h);
@@ -385,13 +406,16 @@ fn hash_pairs(
                             a
                         }
                     };
-                    let b = hash_file(tgt_root, &t.rel, &mut buf, progress);
+                    let b = crate::hash::file(tgt_root, &t.rel, &mut buf, progress);
                     hashed.fetch_add(t.size, Ordering::Relaxed);
                     let diff = match (a, b) {
                         (Ok(x), Ok(y)) if x == y => None,
                         (Ok(x), Ok(y)) => Some((
                             '*',
-                            format!("content differs (xxh3-128 source {x:032x}, target {y:032x})"),
+                            format!(
+                                "content differs (xxh3-128 source {x:032x}, target {y:032x}); {}",
+                                remedy(&m.plan_path, s, t)
+                            ),
                         )),
                         (Err(e), _) => Some(('!', format!("cannot read the source: {e}"))),
                         (_, Err(e)) => Some(('!', format!("cannot read the target: {e}"))),
@@ -412,39 +436,6 @@ fn hash_pairs(
     }
     diffs.extend(found.into_inner().unwrap_or_default());
     Ok(hashed.load(Ordering::Relaxed))
-}
-
-fn hash_file(
-    root: &Source,
-    rel: &str,
-    buf: &mut [u8],
-    progress: &dyn Progress,
-) -> std::io::Result<u128> {
-    let (mut f, st) = root.open(rel)?;
-    let len = st.size;
-    // Leave the page cache as it was (the source may be a live server's).
-    let cached_before = match &f {
-        Input::Local(file) => Some(crate::cache::Residency::of(file, len)),
-        Input::Remote(_) | Input::Prefetched(_) => None,
-    };
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    let mut done = 0u64;
-    let result = loop {
-        let n = match f.read(buf) {
-            Ok(n) => n,
-            Err(e) => break Err(e),
-        };
-        if n == 0 {
-            break Ok(h.digest128());
-        }
-        h.update(&buf[..n]);
-        progress.add_bytes(n as u64);
-        done += n as u64;
-    };
-    if let (Some(before), Input::Local(file)) = (&cached_before, &f) {
-        before.drop_new_pages(file, 0, done.max(len));
-    }
-    result
 }
 
 impl VerifyReport {
@@ -494,5 +485,55 @@ impl VerifyReport {
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsutil::MTime;
+    use std::path::Path;
+
+    fn fi(rel: &str, size: u64, sec: i64) -> FileInfo {
+        FileInfo {
+            rel: rel.into(),
+            size,
+            mtime: MTime { sec, nsec: 0 },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    #[test]
+    fn the_remedy_of_a_content_difference_is_the_apply_that_sees_it() {
+        let plan = Path::new("plans/prod.yaml");
+        let chunk = fi("B/chunks/000001", 10, 5);
+        // Same size and mtime: only --checksum sees it.
+        assert_eq!(
+            remedy(plan, &chunk, &chunk.clone()),
+            "the quick check (size+mtime) cannot see this: run `promigrate apply -f plans/prod.yaml --checksum`"
+        );
+        // Another mtime, or a file compared by its bytes anyway: a plain apply replaces it.
+        assert_eq!(
+            remedy(plan, &chunk, &fi("B/chunks/000001", 10, 6)),
+            "`promigrate apply -f plans/prod.yaml` replaces it"
+        );
+        let meta = fi("B/meta.json", 10, 5);
+        assert_eq!(
+            remedy(plan, &meta, &meta.clone()),
+            "`promigrate apply -f plans/prod.yaml` replaces it"
+        );
+        // Unknown plan path; a path the shell would split or expand is quoted.
+        assert!(
+            remedy(Path::new(""), &chunk, &chunk.clone()).contains("apply -f <plan> --checksum")
+        );
+        assert_eq!(
+            shell_word(Path::new("/tmp/my plan.yaml")),
+            "'/tmp/my plan.yaml'"
+        );
+        assert_eq!(shell_word(Path::new("it's.yaml")), r"'it'\''s.yaml'");
+        assert_eq!(shell_word(Path::new("~/plan.yaml")), "'~/plan.yaml'");
+        assert_eq!(shell_word(Path::new("a/b-c_d.yaml")), "a/b-c_d.yaml");
     }
 }
