@@ -1,17 +1,25 @@
-//! Small filesystem facts and helpers: free space and filesystem type (statfs), directory
-//! fsync, path containment, modification-time comparison.
+//! Small filesystem facts and helpers: free space, free inodes, read-only flag and
+//! filesystem type (statvfs, statfs), directory fsync, path containment, modification-time
+//! comparison.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use nix::sys::statfs::{NFS_SUPER_MAGIC, statfs};
-use nix::sys::statvfs::statvfs;
+use nix::sys::statvfs::{FsFlags, statvfs};
 
-/// Free space and type of the filesystem holding a path.
+/// Free space, inodes, flags and type of the filesystem holding a path.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FsInfo {
     /// Bytes available to unprivileged users (`f_bavail * f_frsize`).
     pub free_bytes: u64,
+    /// The unit free space is counted in (`f_frsize`): a file takes a whole number of them.
+    pub block_size: u64,
+    /// Inodes available to unprivileged users (`f_favail`); `None` when the filesystem
+    /// reports no inode total at all (btrfs and others allocate inodes as needed).
+    pub free_inodes: Option<u64>,
+    /// Mounted read-only (`ST_RDONLY`): every write fails with EROFS, root's included.
+    pub read_only: bool,
     /// Whether it is NFS (slow for Prometheus, and locking is unreliable).
     pub is_nfs: bool,
 }
@@ -22,8 +30,19 @@ pub fn fs_info(path: &Path) -> std::io::Result<FsInfo> {
     let s = statfs(path).map_err(std::io::Error::from)?;
     Ok(FsInfo {
         free_bytes: v.blocks_available() as u64 * v.fragment_size() as u64,
+        block_size: v.fragment_size() as u64,
+        free_inodes: (v.files() > 0).then_some(v.files_available() as u64),
+        read_only: v.flags().contains(FsFlags::ST_RDONLY),
         is_nfs: s.filesystem_type() == NFS_SUPER_MAGIC,
     })
+}
+
+/// `p` itself if it exists, else its nearest existing ancestor (symlinks are not followed).
+pub fn nearest_existing(p: &Path) -> PathBuf {
+    p.ancestors()
+        .find(|a| a.symlink_metadata().is_ok())
+        .unwrap_or(p)
+        .to_path_buf()
 }
 
 /// fsyncs a directory, so renames and creations in it are durable.

@@ -602,26 +602,13 @@ fn unwritable_state_dir_fails_before_copying() {
     assert_eq!(std::fs::read_dir(&ws.mount).unwrap().count(), 0);
 }
 
-/// Runs promigrate as an unprivileged user (uid 1000) via setpriv.
-fn as_user(ws: &Workspace, args: &[&str]) -> (i32, String, String) {
-    let mut c = std::process::Command::new("setpriv");
-    c.args(["--reuid=1000", "--regid=1000", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_promigrate"))
-        .args(args);
-    c.arg("-f").arg(&ws.plan);
-    if args[0] != "plan" {
-        c.arg("--state-dir").arg(ws.dir.path().join("user-records"));
-    }
-    run(c)
-}
-
 #[test]
 fn permission_problems_name_the_path_and_what_to_do() {
     use std::os::unix::fs::PermissionsExt;
     let ws = Workspace::new();
     // A source the user cannot read.
     std::fs::set_permissions(&ws.source, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let (code, _, err) = as_user(&ws, &["plan"]);
+    let (code, _, err) = as_user(&ws, (1000, 1000), &["plan"]);
     assert_eq!(code, 3, "{err}");
     assert!(
         err.contains(&ws.source.display().to_string()) && err.contains("may read it"),
@@ -634,13 +621,19 @@ fn permission_problems_name_the_path_and_what_to_do() {
     std::os::unix::fs::chown(ws.dir.path(), Some(1000), Some(1000)).unwrap();
     // Not root: other users' processes cannot be inspected, so whether the source runs is
     // unknown and the final phase wants the operator's word.
-    let (code, out, _) = as_user(&ws, &["apply", "--yes"]);
+    let (code, out, _) = as_user(&ws, (1000, 1000), &["apply", "--yes"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("--source-stopped"), "{out}");
-    let (code, _, err) = as_user(&ws, &["apply", "--yes", "--source-stopped"]);
-    assert_eq!(code, 3, "{err}");
-    assert!(err.contains("run promigrate as root"), "{err}");
+    // The plan foresees the chown failing (see tests/preflight.rs): apply refuses before
+    // writing, instead of failing at its first chown.
+    let (code, out, err) = as_user(&ws, (1000, 1000), &["apply", "--yes", "--source-stopped"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("CAP_CHOWN") && out.contains("run as root") && out.contains("apply refused"),
+        "{out}"
+    );
     assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(std::fs::read_dir(&ws.mount).unwrap().count(), 0);
 }
 
 #[test]

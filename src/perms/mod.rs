@@ -89,6 +89,88 @@ pub fn explain(path: &Path, err: &std::io::Error, owner: Owner) -> String {
     }
 }
 
+/// Who this process is, as far as setting owners and modes goes: its effective uid and gid,
+/// supplementary groups, and effective capabilities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    /// Effective uid.
+    pub uid: u32,
+    /// Effective gid.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// Holds CAP_CHOWN: may give any owner and group.
+    pub cap_chown: bool,
+    /// Holds CAP_FOWNER: may set the mode of entries it does not own.
+    pub cap_fowner: bool,
+}
+
+/// Bit of CAP_CHOWN in the capability sets.
+const CAP_CHOWN: u64 = 1 << 0;
+/// Bit of CAP_FOWNER in the capability sets.
+const CAP_FOWNER: u64 = 1 << 3;
+
+impl Process {
+    /// This process. Its capabilities come from `CapEff` in `/proc/self/status`; without
+    /// it, root is taken to hold them all and anyone else none.
+    pub fn current() -> Process {
+        let uid = nix::unistd::geteuid().as_raw();
+        let caps = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| effective_caps(&s))
+            .unwrap_or(if uid == 0 { u64::MAX } else { 0 });
+        Process {
+            uid,
+            gid: nix::unistd::getegid().as_raw(),
+            groups: nix::unistd::getgroups()
+                .map(|g| g.into_iter().map(nix::unistd::Gid::as_raw).collect())
+                .unwrap_or_default(),
+            cap_chown: caps & CAP_CHOWN != 0,
+            cap_fowner: caps & CAP_FOWNER != 0,
+        }
+    }
+
+    /// Whether it is in group `gid` (effective or supplementary).
+    fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
+
+    /// Whether it can give an entry it creates `owner`, and then the group-writable mode
+    /// ([`fix`] chowns, then chmods): as that very uid in that group, or with CAP_CHOWN
+    /// (and CAP_FOWNER for the mode, once the entry belongs to another uid).
+    pub fn can_give(&self, owner: Owner) -> bool {
+        if self.uid == owner.uid {
+            self.in_group(owner.gid) || self.cap_chown
+        } else {
+            self.cap_chown && self.cap_fowner
+        }
+    }
+
+    /// Whether it can give `owner` (and the mode) to an existing entry owned by `uid`:
+    /// taking another user's entry needs CAP_CHOWN.
+    pub fn can_fix(&self, uid: u32, owner: Owner) -> bool {
+        self.can_give(owner) && (uid == self.uid || self.cap_chown)
+    }
+
+    /// What it lacks to give `owner`, for messages: "CAP_CHOWN", "CAP_FOWNER" or both (as
+    /// the owner's uid itself it needs only CAP_CHOWN, for a group it is not in).
+    pub fn missing_caps(&self, owner: Owner) -> &'static str {
+        match (self.cap_chown, self.cap_fowner || self.uid == owner.uid) {
+            (false, false) => "CAP_CHOWN and CAP_FOWNER",
+            (false, true) => "CAP_CHOWN",
+            _ => "CAP_FOWNER",
+        }
+    }
+}
+
+/// The effective capability set from the text of `/proc/<pid>/status` (`CapEff:`, hex).
+fn effective_caps(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +212,57 @@ mod tests {
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(fix(dir.path(), &l, want).is_err());
         assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o777, 0o644);
+    }
+
+    #[test]
+    fn who_may_give_an_owner() {
+        assert_eq!(
+            effective_caps("Name:\tx\nCapInh:\t0\nCapEff:\t000001fffeffffff\n"),
+            Some(0x1fffeffffff)
+        );
+        assert_eq!(effective_caps("Name:\tx\n"), None);
+        let want = Owner {
+            uid: 1000,
+            gid: 2000,
+        };
+        let user = |uid, gid, groups: &[u32]| Process {
+            uid,
+            gid,
+            groups: groups.to_vec(),
+            cap_chown: false,
+            cap_fowner: false,
+        };
+        assert!(user(1000, 2000, &[]).can_give(want));
+        assert!(
+            user(1000, 1000, &[2000]).can_give(want),
+            "a supplementary group"
+        );
+        assert!(!user(1000, 1000, &[]).can_give(want));
+        assert!(!user(65534, 2000, &[]).can_give(want));
+        assert!(user(1000, 2000, &[]).can_fix(1000, want));
+        assert!(
+            !user(1000, 2000, &[]).can_fix(0, want),
+            "another user's entry"
+        );
+        let root = Process {
+            cap_chown: true,
+            cap_fowner: true,
+            ..user(0, 0, &[])
+        };
+        assert!(root.can_give(want) && root.can_fix(0, want));
+        let no_fowner = Process {
+            cap_fowner: false,
+            ..root.clone()
+        };
+        assert!(
+            !no_fowner.can_give(want),
+            "chown works, the chmod after it does not"
+        );
+        assert_eq!(no_fowner.missing_caps(want), "CAP_FOWNER");
+        assert_eq!(user(1000, 1000, &[]).missing_caps(want), "CAP_CHOWN");
+        assert_eq!(
+            user(65534, 2000, &[]).missing_caps(want),
+            "CAP_CHOWN and CAP_FOWNER"
+        );
     }
 }

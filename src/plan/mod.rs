@@ -6,6 +6,7 @@
 pub mod diff;
 pub mod file;
 pub mod inventory;
+pub mod preflight;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -107,10 +108,19 @@ pub struct MigrationPlan {
     pub phases: Phases,
     /// Free space on the target filesystem.
     pub target_free_bytes: u64,
+    /// Free inodes on the target filesystem (`None`: it has no fixed number of them).
+    pub target_free_inodes: Option<u64>,
+    /// What apply takes of the target filesystem: bytes with headroom, and inodes.
+    pub target_needs: preflight::Needs,
     /// Things to know; they do not stop apply.
     pub warnings: Vec<String>,
-    /// Things that stop apply (exit 1).
+    /// Things that stop apply (exit 1), and that verify reports as differences.
     pub blockers: Vec<String>,
+    /// What apply would hit at its first writes to the target (a read-only mount, no
+    /// permission to write, an owner this process cannot give, too few inodes, too little
+    /// space): they stop apply (exit 1) like blockers, but verify, which only reads,
+    /// ignores them.
+    pub write_blockers: Vec<String>,
     /// Opt-in repairs this plan makes (`transfer.headRepair`), and what they cost.
     pub repairs: Vec<String>,
     /// How files were compared with the target.
@@ -413,19 +423,26 @@ fn shared_filesystems(plans: &mut [MigrationPlan]) {
         if same.len() < 2 {
             continue;
         }
-        let need: u64 = same.iter().map(|j| plans[*j].stats.copy_bytes).sum();
-        let free = plans[i].target_free_bytes;
-        if need > free {
-            let p = &mut plans[i];
-            p.blockers.push(format!(
-                "{} target(s) share the filesystem of {}: together they need {} but {} is free; give each target its own volume or free space",
+        let need: u64 = same.iter().map(|j| plans[*j].target_needs.bytes).sum();
+        let inodes: u64 = same.iter().map(|j| plans[*j].target_needs.inodes).sum();
+        let p = &mut plans[i];
+        if need > p.target_free_bytes {
+            p.write_blockers.push(format!(
+                "{} target(s) share the filesystem of {}: together they need {} (with headroom) but {} is free; give each target its own volume or free space",
                 same.len(),
                 p.mount.display(),
                 crate::units::bytes(need),
-                crate::units::bytes(free)
+                crate::units::bytes(p.target_free_bytes)
             ));
-            p.ok = false;
         }
+        if let Some(free) = p.target_free_inodes.filter(|f| inodes > *f) {
+            p.write_blockers.push(format!(
+                "{} target(s) share the filesystem of {}: together they create {inodes} files and directories but {free} inodes are free; give each target its own volume or free inodes",
+                same.len(),
+                p.mount.display(),
+            ));
+        }
+        p.ok = p.blockers.is_empty() && p.write_blockers.is_empty();
     }
 }
 
@@ -778,16 +795,41 @@ pub fn build_from(
     }
 
     stats.eta_seconds = m.bwlimit.map(|r| stats.copy_bytes as f64 / r as f64);
-    let fs = fsutil::fs_info(&m.target_mount)
-        .map_err(|e| anyhow::anyhow!("cannot statfs target {}: {e}", m.target_mount.display()))?;
-    if stats.copy_bytes > fs.free_bytes {
-        blockers.push(format!(
-            "not enough space on the target: {} to copy, {} free on {}; grow the volume or select fewer blocks (transfer.timeRange)",
-            units::bytes(stats.copy_bytes),
-            units::bytes(fs.free_bytes),
-            m.target_mount.display()
-        ));
-    }
+    // Where apply writes first: the TSDB root, or the directory it will be created in.
+    let probe = fsutil::nearest_existing(&m.target_root);
+    let fs = fsutil::fs_info(&probe)
+        .map_err(|e| anyhow::anyhow!("cannot statfs target {}: {e}", probe.display()))?;
+    let target_needs = {
+        let written = blocks
+            .iter()
+            .flat_map(|b| {
+                let sb = &src.blocks[&b.ulid];
+                b.copy.iter().map(move |r| (r.as_str(), sb.files[r].size))
+            })
+            .chain(
+                files
+                    .iter()
+                    .filter(|f| f.state != State::Identical)
+                    .map(|f| (f.rel.as_str(), f.size)),
+            )
+            .collect();
+        let staged = blocks.iter().any(|b| b.state == State::Copy)
+            || dirs
+                .iter()
+                .any(|d| crate::sync::staged_as_a_whole(d) && !m.target_root.join(d).is_dir());
+        let writes = preflight::Writes {
+            files: written,
+            dirs: &dirs,
+            quarantined: extraneous
+                .iter()
+                .filter(|e| e.quarantined(m.delete_extraneous))
+                .map(|e| e.rel.as_str())
+                .collect(),
+            staged,
+            marked: blocks.iter().filter(|b| b.state == State::Copy).count() as u64,
+        };
+        preflight::needs(&m.target_root, &m.target_mount, &writes, fs.block_size)
+    };
     if fs.is_nfs {
         warnings.push(format!(
             "the target {} is on NFS: Prometheus does not support NFS for its TSDB (corruption and slow compaction are known); prefer a block volume",
@@ -796,9 +838,9 @@ pub fn build_from(
     }
 
     let phases = phases(&blocks, &files, m.bwlimit);
-    let plan = MigrationPlan {
+    let mut plan = MigrationPlan {
         phases,
-        ok: blockers.is_empty(),
+        ok: false, // set below, with the write preflight
         name: m.name.clone(),
         source: m.source.clone(),
         source_host: m.src.ssh().map(|s| s.describe()),
@@ -827,13 +869,39 @@ pub fn build_from(
         stats,
         source_state,
         target_free_bytes: fs.free_bytes,
+        target_free_inodes: fs.free_inodes,
+        target_needs,
         warnings,
         blockers,
+        write_blockers: Vec::new(),
         repairs,
         compare,
         checksum_differing,
         kubernetes: None,
     };
+    let fixes = tgt
+        .attrs
+        .iter()
+        .filter(|a| crate::perms::problem_of(a.uid, a.gid, a.mode, m.owner).is_some())
+        .map(|a| (a.rel.as_str(), a.uid, a.gid))
+        .collect();
+    let (write_blockers, write_warnings) = preflight::check(
+        &preflight::Target {
+            root: &m.target_root,
+            mount: &m.target_mount,
+            owner: m.owner,
+            fs: &fs,
+            probe: &probe,
+            copy_bytes: plan.stats.copy_bytes,
+            needs: plan.target_needs,
+            writes: plan.target_needs.inodes > 0 || !plan.writes_nothing(),
+            fixes,
+        },
+        &crate::perms::Process::current(),
+    );
+    plan.write_blockers = write_blockers;
+    plan.warnings.extend(write_warnings);
+    plan.ok = plan.blockers.is_empty() && plan.write_blockers.is_empty();
     Ok((plan, src, tgt))
 }
 
@@ -1332,7 +1400,7 @@ impl MigrationPlan {
     pub fn attach_kubernetes(&mut self, report: crate::k8s::KubeReport) {
         self.blockers.extend(report.blockers.iter().cloned());
         self.warnings.extend(report.warnings.iter().cloned());
-        self.ok = self.blockers.is_empty();
+        self.ok = self.blockers.is_empty() && self.write_blockers.is_empty();
         self.kubernetes = Some(report);
     }
 
@@ -1367,9 +1435,18 @@ impl MigrationPlan {
         let _ = writeln!(s, "  source  {}", self.src.describe());
         let _ = writeln!(
             s,
-            "  target  {}  ({} free)",
+            "  target  {}  ({} free{})",
             self.target.display(),
-            units::bytes(self.target_free_bytes)
+            units::bytes(self.target_free_bytes),
+            if self.target_needs.inodes > 0 {
+                format!(
+                    "; apply needs {} and {} inode(s)",
+                    units::bytes(self.target_needs.bytes),
+                    self.target_needs.inodes
+                )
+            } else {
+                String::new()
+            }
         );
         let _ = writeln!(
             s,
@@ -1531,7 +1608,7 @@ impl MigrationPlan {
         for w in &self.warnings {
             let _ = writeln!(s, "warning: {w}");
         }
-        for b in &self.blockers {
+        for b in self.blockers.iter().chain(&self.write_blockers) {
             let _ = writeln!(s, "BLOCKER: {b}");
         }
         let _ = writeln!(

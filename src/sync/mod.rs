@@ -756,7 +756,7 @@ fn mark_copied(stage: &Path, name: &str) {
 
 /// Segment directories that must appear whole or not at all: WAL checkpoints and chunk
 /// snapshots (Prometheus loads the newest one it finds).
-fn staged_as_a_whole(dir: &str) -> bool {
+pub(crate) fn staged_as_a_whole(dir: &str) -> bool {
     let checkpoint = dir
         .strip_prefix("wal/")
         .or_else(|| dir.strip_prefix("wbl/"))

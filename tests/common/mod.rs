@@ -545,12 +545,17 @@ pub struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     pub fn mount(at: &Path, size: &str) -> Tmpfs {
+        Self::mount_with(at, &format!("size={size}"))
+    }
+
+    /// A tmpfs with the given mount options (`size=…`, `nr_inodes=…`), mode 0755.
+    pub fn mount_with(at: &Path, options: &str) -> Tmpfs {
         let st = Command::new("mount")
             .args([
                 "-t",
                 "tmpfs",
                 "-o",
-                &format!("size={size},mode=0755"),
+                &format!("{options},mode=0755"),
                 "tmpfs",
             ])
             .arg(at)
@@ -558,7 +563,7 @@ impl Tmpfs {
             .unwrap();
         assert!(
             st.success(),
-            "mount tmpfs on {} (tests run as root: see .ci/run)",
+            "mount tmpfs -o {options} on {} (tests run as root: see .ci/run)",
             at.display()
         );
         Tmpfs(at.to_path_buf())
@@ -569,4 +574,55 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
     }
+}
+
+/// A directory bind-mounted onto itself and remounted read-only; unmounted on drop (also
+/// when the remount fails). Needs root.
+pub struct ReadOnlyBind(PathBuf);
+
+impl ReadOnlyBind {
+    pub fn mount(at: &Path) -> ReadOnlyBind {
+        let st = Command::new("mount")
+            .arg("--bind")
+            .arg(at)
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "mount --bind {} (tests run as root)",
+            at.display()
+        );
+        let guard = ReadOnlyBind(at.to_path_buf());
+        let st = Command::new("mount")
+            .args(["-o", "remount,bind,ro"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "remount {} read-only", at.display());
+        guard
+    }
+}
+
+impl Drop for ReadOnlyBind {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Runs promigrate as `uid:gid` with no supplementary groups (setpriv drops every
+/// capability), with the workspace's plan, and a state dir of its own for apply and verify
+/// (the user must be able to create it: chown the workspace dir to them).
+pub fn as_user(ws: &Workspace, (uid, gid): (u32, u32), args: &[&str]) -> (i32, String, String) {
+    let mut c = Command::new("setpriv");
+    c.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .arg("--clear-groups")
+        .arg(env!("CARGO_BIN_EXE_promigrate"))
+        .args(args);
+    c.arg("-f").arg(&ws.plan);
+    if args[0] != "plan" {
+        c.arg("--state-dir").arg(ws.dir.path().join("user-records"));
+    }
+    run(c)
 }
