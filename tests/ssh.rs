@@ -889,3 +889,44 @@ fn a_source_that_stays_unreachable_gives_up_with_a_resumable_state() {
     let (code, out, _) = ws.run(&["verify", "--level", "checksum"]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// Issue 13: source files dated before 1970 (negative seconds) over SSH. `read: tar` (GNU
+/// find lists, tar copies) keeps the true time; SFTP (protocol 3) carries times as unsigned
+/// 32-bit seconds, so with `read: sftp` the file arrives dated 2^32 s later (in 2096), and the
+/// plan says so. Either way a rerun finds it identical (`=`, 0 B copied) instead of copying
+/// it again forever.
+#[test]
+fn files_dated_before_1970_compare_identical_after_an_ssh_apply() {
+    for read in ["tar", "sftp"] {
+        let sshd = Sshd::start();
+        let ws = Workspace::new();
+        ssh_plan(&ws, &sshd, "client_key", &sshd.path("known_hosts"), "");
+        set_read(&ws, read);
+        let block = some_block(&ws.source);
+        let name = block.file_name().unwrap().to_string_lossy().into_owned();
+        for f in ["tombstones", "meta.json"] {
+            date_before_1970(&block.join(f));
+        }
+        let (code, v) = ws.run_json(&["apply", "--yes", "--source-stopped"]);
+        assert_eq!(code, 0, "{read}: {v}");
+        let want = if read == "tar" {
+            -315_619_200
+        } else {
+            -315_619_200 + (1i64 << 32)
+        };
+        for f in ["tombstones", "meta.json"] {
+            let got = mtime_of(&ws.target().join(&name).join(f)).0;
+            assert_eq!(got, want, "{read}: {f}");
+        }
+        let (code, text, err) = ws.run(&["plan"]);
+        assert_eq!(code, 0, "{read}: {text}\n{err}");
+        assert!(text.contains(&format!("  = {name}")), "{read}: {text}");
+        assert!(text.contains("To copy: 0 B in 0 file(s)"), "{read}: {text}");
+        if read == "sftp" {
+            assert!(text.contains("32-bit"), "{text}");
+        }
+        let (code, v) = ws.run_json(&["apply", "--yes", "--source-stopped"]);
+        assert_eq!(code, 0, "{read}: {v}");
+        assert_eq!(v["apply"]["copied_bytes"], 0, "{read}: {v}");
+    }
+}
