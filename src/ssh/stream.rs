@@ -904,4 +904,31 @@ mod tests {
         ];
         assert_eq!(mtime_of(&head_with_mtime(gnu)), -315_619_200);
     }
+
+    /// Issue 13: a huge time in a header (octal at its widest, base-256 beyond 64 bits either
+    /// way) is read without a panic, saturated to `i64` (not cut to its last 8 bytes), and a
+    /// copy can be given it.
+    #[test]
+    fn a_huge_time_in_a_header_saturates_without_panic() {
+        let base256 = |first: u8, rest: u8, last: [u8; 8]| {
+            let mut f = [rest; 12];
+            f[0] = first;
+            f[4..].copy_from_slice(&last);
+            f
+        };
+        let cases = [
+            (*b"77777777777\0", 0o77777777777),
+            (*b"777777777777", 0o777777777777),
+            (base256(0x80, 0xff, [0xff; 8]), i64::MAX),
+            (base256(0x80, 0, [0, 0, 0, 0, 0, 0, 0, 0]), 0),
+            (base256(0x80, 1, [0; 8]), i64::MAX), // 2^88 + 2^80 + 2^72 + 2^64
+            (base256(0xff, 0x80, [0; 8]), i64::MIN),
+            (base256(0xff, 0xff, [0xff; 8]), -1),
+        ];
+        for (field, want) in cases {
+            let got = mtime_of(&head_with_mtime(field));
+            assert_eq!(got, want, "{field:02x?}");
+            crate::fsutil::MTime { sec: got, nsec: 0 }.system_time();
+        }
+    }
 }
