@@ -384,6 +384,9 @@ pub fn assess(k: &KubeTarget, state: &KubeState, data_bytes: u64, writes: bool) 
                 (0, None) => r.actions.push(format!(
                     "statefulset/{ns}/{name}: has 0 replicas and is left so"
                 )),
+                (n, _) if !writes => r.actions.push(format!(
+                    "statefulset/{ns}/{name}: {n} replica(s), left running: apply has nothing to write"
+                )),
                 (n, _) => r.actions.push(format!(
                     "statefulset/{ns}/{name}: record {n} replicas in annotation {}, scale to 0 and wait (up to {}s) for its pods to go before writing; scale back to {n} after a successful verify and wait for the claim to bind",
                     super::REPLICAS_ANNOTATION,

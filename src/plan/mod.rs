@@ -1127,6 +1127,20 @@ impl MigrationPlan {
                 .any(|e| e.quarantined(self.delete_extraneous))
     }
 
+    /// Whether applying `phase` of this plan would change nothing on the target: a presync
+    /// copies blocks only (WAL and head files wait for the final phase), removes leftovers
+    /// and fixes ownership, and quarantines nothing.
+    pub fn phase_writes_nothing(&self, phase: crate::sync::Phase) -> bool {
+        match phase {
+            crate::sync::Phase::Presync => {
+                self.phases.presync.files == 0
+                    && self.leftovers.is_empty()
+                    && self.ownership.is_empty()
+            }
+            crate::sync::Phase::Final | crate::sync::Phase::All => self.writes_nothing(),
+        }
+    }
+
     /// The report for people.
     pub fn render_text(&self) -> String {
         let mut s = String::new();
