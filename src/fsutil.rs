@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::sys::statfs::{NFS_SUPER_MAGIC, statfs};
 use nix::sys::statvfs::{FsFlags, statvfs};
@@ -91,6 +92,20 @@ impl MTime {
     pub fn same(self, other: MTime) -> bool {
         self.sec == other.sec && (self.nsec == other.nsec || self.nsec == 0 || other.nsec == 0)
     }
+
+    /// This time as a [`SystemTime`], to give a copy: times before 1970 (negative seconds)
+    /// included, never a panic (a 64-bit `time_t` holds every `i64`; a filesystem clamps
+    /// what it cannot store).
+    pub fn system_time(self) -> SystemTime {
+        let nsec = Duration::from_nanos(self.nsec.clamp(0, 999_999_999) as u64);
+        let secs = Duration::from_secs(self.sec.unsigned_abs());
+        let t = if self.sec >= 0 {
+            UNIX_EPOCH.checked_add(secs)
+        } else {
+            UNIX_EPOCH.checked_sub(secs)
+        };
+        t.and_then(|t| t.checked_add(nsec)).unwrap_or(UNIX_EPOCH)
+    }
 }
 
 #[cfg(test)]
@@ -114,6 +129,19 @@ mod tests {
         assert!(a.same(MTime { sec: 5, nsec: 0 }));
         assert!(!a.same(MTime { sec: 5, nsec: 124 }));
         assert!(!a.same(MTime { sec: 6, nsec: 123 }));
+    }
+
+    #[test]
+    fn times_before_1970_and_huge_ones_convert_without_panic() {
+        let before = MTime {
+            sec: -315_619_200,
+            nsec: 500_000_000,
+        };
+        let d = UNIX_EPOCH.duration_since(before.system_time()).unwrap();
+        assert_eq!(d, Duration::from_millis(315_619_199_500));
+        for sec in [i64::MAX, i64::MIN, 0o77777777777] {
+            MTime { sec, nsec: 0 }.system_time();
+        }
     }
 }
 

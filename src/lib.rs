@@ -196,16 +196,18 @@ fn render_plans(plans: &[&plan::MigrationPlan]) -> String {
 }
 
 /// Reads each target's cluster objects (read-only) and adds them, with their blockers, to
-/// its plan. An unreachable cluster is a blocker that names the context and server.
+/// its plan, for an apply of `phase`. An unreachable cluster is a blocker that names the
+/// context and server.
 fn kube_preflight(
     rt: &tokio::runtime::Runtime,
     m: &plan::Migration,
     plans: &mut [plan::MigrationPlan],
+    phase: sync::Phase,
 ) {
     for (p, t) in plans.iter_mut().zip(&m.targets) {
         let Some(k) = &t.kubernetes else { continue };
         let data = p.stats.source_bytes;
-        let writes = !p.writes_nothing();
+        let writes = !p.phase_writes_nothing(phase);
         let report = rt.block_on(async {
             let read = async {
                 let cluster = k8s::connect(k).await?;
@@ -225,7 +227,7 @@ fn cmd_plan(args: &cli::PlanArgs) -> anyhow::Result<Code> {
     let m = plan::file::load(&a.file)?;
     let mut plans = build_plans(&m, compare_of(args.checksum, sync::Phase::All))?;
     if m.targets.iter().any(|t| t.kubernetes.is_some()) {
-        kube_preflight(&runtime()?, &m, &mut plans);
+        kube_preflight(&runtime()?, &m, &mut plans, sync::Phase::All);
     }
     let ok = plans.iter().all(|p| p.ok);
     match &plans[..] {
@@ -480,7 +482,7 @@ fn apply_steps(
         .filter_map(|(i, t)| t.kubernetes.clone().map(|k| (i, k)))
         .collect();
     if !kube_targets.is_empty() {
-        kube_preflight(rt, m, &mut plans);
+        kube_preflight(rt, m, &mut plans, a.phase);
     }
     if let Some(r) = a.bwlimit {
         for p in &mut plans {
@@ -578,10 +580,11 @@ fn apply_steps(
         clusters.push((*i, c, k.clone()));
     }
     // Only the targets this run writes are quiesced (a StatefulSet shared by several
-    // targets is scaled down once, for the first that writes).
+    // targets is scaled down once, for the first that writes); a presync writes no WAL or
+    // head file, so differences there alone leave the pods running.
     let mut quiesced: Vec<plan::file::KubeTarget> = Vec::new();
     for (i, c, k) in &clusters {
-        if plans[*i].writes_nothing() {
+        if plans[*i].phase_writes_nothing(phase) {
             continue;
         }
         let r = rt.block_on(k8s::quiesce(c, k, &mut out.kubernetes_changes));

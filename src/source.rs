@@ -298,6 +298,13 @@ impl Source {
         }
     }
 
+    /// Whether attributes come over SFTP (an SSH source without a [`Source::snapshot`]):
+    /// SFTP (protocol 3) carries times as unsigned 32-bit seconds, so a time before 1970
+    /// arrives 2^32 s later, after 2038-01-19.
+    pub fn times_over_sftp(&self) -> bool {
+        matches!(self, Source::Ssh { snap: None, .. })
+    }
+
     /// The snapshot this source answers from, if any.
     fn snap(&self) -> Option<&ssh::snapshot::Snapshot> {
         match self {

@@ -477,6 +477,7 @@ fn plan_and_verify_name_a_running_apply_and_no_lock_file_is_left() {
     assert_eq!(code, 0, "{out}");
 }
 
+<<<<<<< HEAD
 /// The target file's inode and mtime (ns).
 fn ino_mtime(p: &std::path::Path) -> (u64, i128) {
     use std::os::unix::fs::MetadataExt;
@@ -635,4 +636,36 @@ fn issue_13_checksum_in_the_final_phase_replaces_a_wal_segment() {
     );
     let (code, out, _) = ws.run(&["verify"]);
     assert_eq!(code, 0, "{out}");
+=======
+/// Issue 13: source files dated before 1970 (negative seconds, with nanoseconds) get their
+/// time on the target and then compare identical: the plan shows `=`, a rerun copies 0 B.
+#[test]
+fn files_dated_before_1970_compare_identical_after_apply() {
+    let ws = Workspace::new();
+    let block = some_block(&ws.source);
+    let name = block.file_name().unwrap().to_string_lossy().into_owned();
+    for f in ["tombstones", "meta.json"] {
+        date_before_1970(&block.join(f));
+    }
+    assert_eq!(
+        mtime_of(&block.join("tombstones")),
+        (-315_619_200, 500_000_000)
+    );
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{v}");
+    for f in ["tombstones", "meta.json"] {
+        assert_eq!(
+            mtime_of(&ws.target().join(&name).join(f)),
+            (-315_619_200, 500_000_000),
+            "{f}"
+        );
+    }
+    let (code, text, err) = ws.run(&["plan"]);
+    assert_eq!(code, 0, "{text}\n{err}");
+    assert!(text.contains(&format!("  = {name}")), "{text}");
+    assert!(text.contains("To copy: 0 B in 0 file(s)"), "{text}");
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["apply"]["copied_bytes"], 0, "{v}");
+>>>>>>> i13-edges
 }

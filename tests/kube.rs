@@ -649,3 +649,43 @@ fn the_deadline_counts_from_the_start_not_from_after_the_scale_down() {
     assert_eq!(v["incomplete"], true, "{v}");
     assert_eq!(v["apply"]["copied_bytes"], 0, "{v}");
 }
+
+/// Issue 13: a presync copies blocks only, so one whose only differences are WAL files
+/// writes nothing and leaves the StatefulSet running (it was scaled to 0 and waited for).
+#[test]
+fn a_presync_with_only_wal_differences_leaves_the_statefulset_running() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let k = TestCluster::up();
+    let ws = Workspace::new();
+    k.bound_statefulset("Retain", 1, "Retain", &ws.mount);
+    kube_plan(&ws, &k.kubeconfig, "    statefulSet: prom\n");
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(k.replicas(), 1);
+
+    // A new WAL segment on the source (a copy of the first: whole valid pages).
+    let wal = ws.source.join("wal");
+    let last = std::fs::read_dir(&wal)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.parse::<u32>().ok())
+        .max()
+        .unwrap();
+    std::fs::copy(wal.join("00000000"), wal.join(format!("{:08}", last + 1))).unwrap();
+    let (code, plan) = ws.run_json(&["plan"]);
+    assert_eq!(code, 0, "{plan}");
+    assert_eq!(plan["phases"]["presync"]["files"], 0, "{plan}");
+    assert_eq!(plan["phases"]["final"]["files"], 1, "{plan}");
+
+    let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "presync"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(changes(&v), [], "{v}");
+    assert!(v["actions"].to_string().contains("left running"), "{v}");
+    assert_eq!(k.replicas(), 1);
+    assert!(
+        !k.sts("prom")
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("promigrate.io/replicas-before-migration")
+    );
+}

@@ -890,3 +890,117 @@ fn a_source_that_stays_unreachable_gives_up_with_a_resumable_state() {
     let (code, out, _) = ws.run(&["verify", "--level", "checksum"]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// Issue 13: source files dated before 1970 (negative seconds) over SSH. `read: tar` (GNU
+/// find lists, tar copies) keeps the true time; SFTP (protocol 3) carries times as unsigned
+/// 32-bit seconds, so with `read: sftp` the file arrives dated 2^32 s later (in 2096), and the
+/// plan says so. Either way a rerun finds it identical (`=`, 0 B copied) instead of copying
+/// it again forever.
+#[test]
+fn files_dated_before_1970_compare_identical_after_an_ssh_apply() {
+    for read in ["tar", "sftp"] {
+        let sshd = Sshd::start();
+        let ws = Workspace::new();
+        ssh_plan(&ws, &sshd, "client_key", &sshd.path("known_hosts"), "");
+        set_read(&ws, read);
+        let block = some_block(&ws.source);
+        let name = block.file_name().unwrap().to_string_lossy().into_owned();
+        for f in ["tombstones", "meta.json"] {
+            date_before_1970(&block.join(f));
+        }
+        let (code, v) = ws.run_json(&["apply", "--yes", "--source-stopped"]);
+        assert_eq!(code, 0, "{read}: {v}");
+        let want = if read == "tar" {
+            -315_619_200
+        } else {
+            -315_619_200 + (1i64 << 32)
+        };
+        for f in ["tombstones", "meta.json"] {
+            let got = mtime_of(&ws.target().join(&name).join(f)).0;
+            assert_eq!(got, want, "{read}: {f}");
+        }
+        let (code, text, err) = ws.run(&["plan"]);
+        assert_eq!(code, 0, "{read}: {text}\n{err}");
+        assert!(text.contains(&format!("  = {name}")), "{read}: {text}");
+        assert!(text.contains("To copy: 0 B in 0 file(s)"), "{read}: {text}");
+        if read == "sftp" {
+            assert!(text.contains("32-bit"), "{text}");
+        }
+        let (code, v) = ws.run_json(&["apply", "--yes", "--source-stopped"]);
+        assert_eq!(code, 0, "{read}: {v}");
+        assert_eq!(v["apply"]["copied_bytes"], 0, "{read}: {v}");
+    }
+}
+
+/// The SshSpec of the sshd's host (127.0.0.1 and its port), as a plan would resolve it.
+fn spec_of(sshd: &Sshd) -> promigrate::ssh::SshSpec {
+    promigrate::ssh::SshSpec {
+        host: "127.0.0.1".into(),
+        port: sshd.port,
+        user: "root".into(),
+        identity_file: Some(sshd.path("client_key")),
+        known_hosts_file: sshd.path("known_hosts"),
+        accept_new_host_key: false,
+        read: promigrate::ssh::ReadVia::Tar,
+    }
+}
+
+/// Issue 13: every address the host name resolves to is tried, in order, as OpenSSH does:
+/// the first refuses (a closed port on 127.0.0.1), the second is the real sshd. (No name
+/// here resolves to two loopback addresses, so the test gives the list itself.)
+#[test]
+fn every_resolved_address_is_tried_until_one_answers() {
+    let sshd = Sshd::start();
+    let spec = spec_of(&sshd);
+    let closed: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let real: std::net::SocketAddr = format!("127.0.0.1:{}", sshd.port).parse().unwrap();
+    let sess = promigrate::ssh::connect_to(&spec, &[closed, real])
+        .unwrap_or_else(|e| panic!("the second address was not tried: {e}"));
+    assert!(sess.authenticated());
+    // Both refusing: the message names each address.
+    let other: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let err = promigrate::ssh::connect_to(&spec, &[closed, other])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains(&closed.to_string()) && err.contains(&other.to_string()),
+        "{err}"
+    );
+}
+
+/// Issue 13: a host name that does not resolve fails at once (not after 5 attempts and
+/// 15 s of backoff), exit 3, naming source.ssh.host; `plan` reads only, so nothing about
+/// resuming or rerunning apply.
+#[test]
+fn a_host_name_that_does_not_resolve_fails_at_once() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    ssh_plan(&ws, &sshd, "client_key", &sshd.path("known_hosts"), "");
+    let yaml = std::fs::read_to_string(&ws.plan)
+        .unwrap()
+        .replace("host: 127.0.0.1", "host: no-such-host.invalid");
+    std::fs::write(&ws.plan, yaml).unwrap();
+    for args in [&["plan"][..], &["apply", "--yes", "--source-stopped"]] {
+        let t = Instant::now();
+        let (code, out, err) = ws.run(args);
+        let took = t.elapsed();
+        assert_eq!(code, 3, "{args:?}: {out}\n{err}");
+        assert!(
+            took < Duration::from_secs(3),
+            "{args:?} took {took:?} (the backoff sums to 15 s): {err}"
+        );
+        assert!(
+            err.contains("source.ssh.host")
+                && err.contains("no-such-host.invalid")
+                && err.contains("does not resolve"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("attempt"), "{args:?}: retried: {err}");
+        if args[0] == "plan" {
+            for word in ["resume", "rerun"] {
+                assert!(!err.contains(word), "{word}: {err}");
+            }
+        }
+    }
+}

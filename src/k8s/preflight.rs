@@ -230,32 +230,30 @@ fn sts_state(s: &StatefulSet) -> StsState {
     }
 }
 
-/// A Kubernetes quantity (`100Gi`, `500G`, `1e9`, `1073741824`) in bytes.
+/// A Kubernetes quantity (`100Gi`, `500G`, `1e9`, `1E`, `2Ei`, `1073741824`) in bytes,
+/// parsed by `kube_quantity` and rounded up as Kubernetes' `Value()` does (`500m` is 1);
+/// `None` for what is not a quantity, a negative one, or one beyond `u64`.
 pub fn quantity_bytes(q: &str) -> Option<u64> {
     let q = q.trim();
-    let split = q
-        .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let mult: f64 = match suffix {
-        "" => 1.0,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "m" => 1e-3,
-        _ => return None,
+    // kube_quantity reads a missing number as 0 (`Gi`); Kubernetes refuses it.
+    if !q
+        .trim_start_matches('+')
+        .starts_with(|c: char| c.is_ascii_digit() || c == '.')
+    {
+        return None;
+    }
+    // kube_quantity 0.9 takes the `E` of the exa suffixes for an exponent and fails (`1E`,
+    // `2Ei`): those are read as peta, times 1000 or 1024.
+    let exa = q
+        .strip_suffix("Ei")
+        .map(|n| (n, "Pi", 1024.0))
+        .or_else(|| q.strip_suffix('E').map(|n| (n, "P", 1000.0)));
+    let (text, times) = match exa {
+        Some((num, peta, times)) if !num.contains(['e', 'E']) => (format!("{num}{peta}"), times),
+        _ => (q.to_string(), 1.0),
     };
-    let n: f64 = num.parse().ok()?;
-    let bytes = n * mult;
+    let parsed = kube_quantity::ParsedQuantity::try_from(text.as_str()).ok()?;
+    let bytes = parsed.to_bytes_f64()? * times;
     (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then(|| bytes.ceil() as u64)
 }
 
@@ -386,6 +384,9 @@ pub fn assess(k: &KubeTarget, state: &KubeState, data_bytes: u64, writes: bool) 
                 (0, None) => r.actions.push(format!(
                     "statefulset/{ns}/{name}: has 0 replicas and is left so"
                 )),
+                (n, _) if !writes => r.actions.push(format!(
+                    "statefulset/{ns}/{name}: {n} replica(s), left running: apply has nothing to write"
+                )),
                 (n, _) => r.actions.push(format!(
                     "statefulset/{ns}/{name}: record {n} replicas in annotation {}, scale to 0 and wait (up to {}s) for its pods to go before writing; scale back to {n} after a successful verify and wait for the claim to bind",
                     super::REPLICAS_ANNOTATION,
@@ -435,6 +436,23 @@ mod tests {
         assert_eq!(quantity_bytes("1.5Ki"), Some(1536));
         assert_eq!(quantity_bytes("lots"), None);
         assert_eq!(quantity_bytes("-1Gi"), None);
+    }
+
+    /// Issue 13: the exa suffixes (`E` reads like an exponent), milli, fractions, and what
+    /// is not a quantity.
+    #[test]
+    fn quantities_with_exa_suffixes_and_fractions() {
+        assert_eq!(quantity_bytes("1E"), Some(1_000_000_000_000_000_000));
+        assert_eq!(quantity_bytes("2Ei"), Some(2 << 60));
+        assert_eq!(quantity_bytes("1.5E"), Some(1_500_000_000_000_000_000));
+        assert_eq!(quantity_bytes("500m"), Some(1)); // rounded up, as Kubernetes' Value()
+        assert_eq!(quantity_bytes("1.5Gi"), Some(1_610_612_736));
+        assert_eq!(quantity_bytes("100M"), Some(100_000_000));
+        assert_eq!(quantity_bytes("1e3"), Some(1000));
+        assert_eq!(quantity_bytes("1E3"), Some(1000));
+        for bad in ["1.5Xi", "1e3E", "Gi", "", "16Ei"] {
+            assert_eq!(quantity_bytes(bad), None, "{bad:?}");
+        }
     }
 
     fn healthy() -> KubeState {

@@ -537,6 +537,24 @@ pub fn build_from(
         crate::live::Liveness::Stopped { clean: true } => {}
     }
 
+    if facts.scanned.times_over_sftp() {
+        let files = src.blocks.values().flat_map(|b| b.files.values());
+        let late: Vec<&FileInfo> = files
+            .chain(src.files.values())
+            .filter(|f| f.mtime.sec >= 1 << 31)
+            .collect();
+        if let Some(f) = late.first() {
+            let at = jiff::Timestamp::from_second(f.mtime.sec)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            warnings.push(format!(
+                "{} source file(s) are dated after 2038-01-19 by SFTP (e.g. {} at {at}): SFTP carries times as unsigned 32-bit seconds, so a file dated before 1970 on the host arrives so; it is copied with the time SFTP gives and compares identical on a rerun; with source.ssh.read: tar (GNU find and tar on the host) the true time is kept",
+                late.len(),
+                f.rel
+            ));
+        }
+    }
+
     // Block selection.
     let mut skipped = src.excluded.clone();
     skipped.extend(src.unknown.iter().map(|u| inventory::Skipped {
@@ -1426,6 +1444,20 @@ impl MigrationPlan {
                 .extraneous
                 .iter()
                 .any(|e| e.quarantined(self.delete_extraneous))
+    }
+
+    /// Whether applying `phase` of this plan would change nothing on the target: a presync
+    /// copies blocks only (WAL and head files wait for the final phase), removes leftovers
+    /// and fixes ownership, and quarantines nothing.
+    pub fn phase_writes_nothing(&self, phase: crate::sync::Phase) -> bool {
+        match phase {
+            crate::sync::Phase::Presync => {
+                self.phases.presync.files == 0
+                    && self.leftovers.is_empty()
+                    && self.ownership.is_empty()
+            }
+            crate::sync::Phase::Final | crate::sync::Phase::All => self.writes_nothing(),
+        }
     }
 
     /// The report for people.

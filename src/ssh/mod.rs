@@ -9,7 +9,7 @@ pub mod snapshot;
 pub mod stream;
 
 use std::io::{self, Read};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -66,6 +66,9 @@ pub enum SshError {
     /// Authentication failed.
     #[error("{0}")]
     Auth(String),
+    /// The host name does not resolve: retrying will not change that.
+    #[error("{0}")]
+    Resolve(String),
     /// Anything else (network, protocol).
     #[error("{0}")]
     Connect(String),
@@ -116,22 +119,52 @@ pub fn open_conn(spec: &SshSpec) -> Result<Conn, SshError> {
 /// Connects, checks the host key, authenticates. Nothing is read from the source before
 /// the host key has been accepted.
 pub fn connect(spec: &SshSpec) -> Result<Session, SshError> {
-    let addr = (spec.host.as_str(), spec.port)
+    connect_to(spec, &resolve(spec)?)
+}
+
+/// The addresses of `source.ssh.host`, in the resolver's order. A name that does not
+/// resolve is [`SshError::Resolve`].
+pub fn resolve(spec: &SshSpec) -> Result<Vec<SocketAddr>, SshError> {
+    let addrs: Vec<SocketAddr> = (spec.host.as_str(), spec.port)
         .to_socket_addrs()
         .map_err(|e| {
-            SshError::Connect(format!(
-                "cannot resolve {} (source.ssh.host): {e}",
+            SshError::Resolve(format!(
+                "source.ssh.host {} does not resolve ({e}): check the name, or give the address",
                 spec.host
             ))
         })?
-        .next()
-        .ok_or_else(|| SshError::Connect(format!("{} has no address", spec.host)))?;
-    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|e| {
-        SshError::Connect(format!(
-            "cannot connect to {} ({addr}): {e}; is sshd running there and the port (source.ssh.port) right?",
-            spec.describe()
-        ))
-    })?;
+        .collect();
+    if addrs.is_empty() {
+        return Err(SshError::Resolve(format!(
+            "source.ssh.host {} does not resolve to any address: check the name, or give the address",
+            spec.host
+        )));
+    }
+    Ok(addrs)
+}
+
+/// [`connect`] to the host at `addrs` (resolved from `spec.host`, which the host key is
+/// checked for): each address in turn until one accepts the TCP connection, as OpenSSH
+/// does (a name with an IPv6 and an IPv4 address, sshd listening on one of them).
+pub fn connect_to(spec: &SshSpec, addrs: &[SocketAddr]) -> Result<Session, SshError> {
+    let mut refused = Vec::new();
+    let tcp = addrs
+        .iter()
+        .find_map(|addr| match TcpStream::connect_timeout(addr, Duration::from_secs(10)) {
+            Ok(tcp) => Some(tcp),
+            Err(e) => {
+                tracing::debug!("{}: {addr}: {e}", spec.describe());
+                refused.push(format!("{addr}: {e}"));
+                None
+            }
+        })
+        .ok_or_else(|| {
+            SshError::Connect(format!(
+                "cannot connect to {} ({}); is sshd running there and the port (source.ssh.port) right?",
+                spec.describe(),
+                refused.join("; ")
+            ))
+        })?;
     let _ = tcp.set_nodelay(true);
     let mut sess = Session::new()
         .map_err(|e| SshError::Connect(format!("cannot start an SSH session: {e}")))?;
@@ -303,7 +336,7 @@ impl Pool {
             }
             let sess = match self.take_or_refuse(attempt > 0) {
                 Ok(s) => s,
-                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(e),
+                Err(e) if !is_connection_error(&e) => return Err(e),
                 Err(e) => {
                     last = Some(e);
                     continue;
@@ -339,12 +372,14 @@ impl Pool {
 
 impl Pool {
     /// [`Pool::take`] with the error as `io::Error`: host-key and authentication refusals
-    /// are `PermissionDenied` (never retried), the rest `ConnectionRefused`.
+    /// are `PermissionDenied`, a name that does not resolve `InvalidInput` (neither is
+    /// retried), the rest `ConnectionRefused`.
     pub fn take_or_refuse(&self, fresh: bool) -> io::Result<Conn> {
         self.take(fresh).map_err(|e| match e {
             SshError::HostKey(_) | SshError::Auth(_) => {
                 io::Error::new(io::ErrorKind::PermissionDenied, e)
             }
+            SshError::Resolve(_) => io::Error::new(io::ErrorKind::InvalidInput, e),
             SshError::Connect(_) => io::Error::new(io::ErrorKind::ConnectionRefused, e),
         })
     }
@@ -353,6 +388,9 @@ impl Pool {
 /// Whether an error means the connection is gone (as opposed to a missing file, say).
 pub fn is_connection_error(e: &io::Error) -> bool {
     use io::ErrorKind::*;
+    if let Some(ssh) = e.get_ref().and_then(|e| e.downcast_ref::<SshError>()) {
+        return matches!(ssh, SshError::Connect(_));
+    }
     match e.kind() {
         NotFound | PermissionDenied | InvalidData | InvalidInput => false,
         ConnectionReset | ConnectionAborted | BrokenPipe | TimedOut | UnexpectedEof

@@ -485,7 +485,7 @@ impl Snapshot {
                 .to_str()
                 .map(|p| p.strip_prefix("./").unwrap_or(p).to_string())
                 .ok_or("tar: a name that is not UTF-8")?;
-            let mtime = e.header().mtime().map_err(|e| format!("tar: {e}"))?;
+            let mtime = super::stream::header_mtime(e.header()).map_err(|e| format!("tar: {e}"))?;
             if !e.header().entry_type().is_file() || !names.contains(&rel) {
                 return Err(format!("tar: unexpected entry {rel}"));
             }
@@ -498,7 +498,7 @@ impl Snapshot {
             let stat = Stat {
                 size: data.len() as u64,
                 mtime: MTime {
-                    sec: mtime as i64,
+                    sec: mtime,
                     nsec: 0,
                 },
                 ..listed

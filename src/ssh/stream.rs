@@ -468,9 +468,25 @@ fn parse_head(block: &[u8; 512]) -> io::Result<Item> {
     Ok(Item::File(Head {
         name,
         size: h.size().map_err(|e| bad(&e.to_string()))?,
-        mtime: i64::try_from(h.mtime().map_err(|e| bad(&e.to_string()))?).unwrap_or(i64::MAX),
+        mtime: header_mtime(h).map_err(|e| bad(&e.to_string()))?,
         mode: h.mode().map_err(|e| bad(&e.to_string()))?,
     }))
+}
+
+/// A header's mtime in seconds: octal, or GNU tar's base-256 (its first byte 0x80 for a
+/// positive value, 0xff for a negative one: GNU tar writes a time before 1970 so), which the
+/// `tar` crate reads as unsigned and from its last 8 bytes only. Saturated to `i64`.
+pub(crate) fn header_mtime(h: &tar::Header) -> io::Result<i64> {
+    let field = &h.as_old().mtime;
+    if field[0] & 0x80 == 0 {
+        return Ok(i64::try_from(h.mtime()?).unwrap_or(i64::MAX));
+    }
+    // The first byte's other 7 bits, sign-extended, then 88 more bits: within an i128.
+    let first = i128::from(((field[0] << 1) as i8) >> 1);
+    let v = field[1..]
+        .iter()
+        .fold(first, |v, &b| (v << 8) | i128::from(b));
+    Ok(v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64)
 }
 
 /// A tar running on the SSH host, on one of the pool's connections.
@@ -858,5 +874,61 @@ mod tests {
             assert!(!streamable(bad), "{bad:?}");
         }
         assert!(streamable("01HXYZ/chunks/000001"));
+    }
+
+    /// The header block of a regular file `a` whose mtime field holds `mtime` as it is.
+    fn head_with_mtime(mtime: [u8; 12]) -> [u8; 512] {
+        let mut h = tar::Header::new_gnu();
+        h.set_path("a").unwrap();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.as_old_mut().mtime = mtime;
+        h.set_cksum();
+        *h.as_bytes()
+    }
+
+    fn mtime_of(block: &[u8; 512]) -> i64 {
+        match parse_head(block).unwrap() {
+            Item::File(h) => h.mtime,
+            Item::Marker => panic!("a marker"),
+        }
+    }
+
+    /// Issue 13: GNU tar writes a time before 1970 in base-256 (this is its header of a file
+    /// touched with `-d 1960-01-01`); the `tar` crate reads it as a huge unsigned number.
+    #[test]
+    fn a_time_before_1970_in_a_header_is_negative() {
+        let gnu = [
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xed, 0x30, 0x08, 0x80,
+        ];
+        assert_eq!(mtime_of(&head_with_mtime(gnu)), -315_619_200);
+    }
+
+    /// Issue 13: a huge time in a header (octal at its widest, base-256 beyond 64 bits either
+    /// way) is read without a panic, saturated to `i64` (not cut to its last 8 bytes), and a
+    /// copy can be given it.
+    #[test]
+    fn a_huge_time_in_a_header_saturates_without_panic() {
+        let base256 = |first: u8, rest: u8, last: [u8; 8]| {
+            let mut f = [rest; 12];
+            f[0] = first;
+            f[4..].copy_from_slice(&last);
+            f
+        };
+        let cases = [
+            (*b"77777777777\0", 0o77777777777),
+            (*b"777777777777", 0o777777777777),
+            (base256(0x80, 0xff, [0xff; 8]), i64::MAX),
+            (base256(0x80, 0, [0, 0, 0, 0, 0, 0, 0, 0]), 0),
+            (base256(0x80, 1, [0; 8]), i64::MAX), // 2^88 + 2^80 + 2^72 + 2^64
+            (base256(0xff, 0x80, [0; 8]), i64::MIN),
+            (base256(0xff, 0xff, [0xff; 8]), -1),
+        ];
+        for (field, want) in cases {
+            let got = mtime_of(&head_with_mtime(field));
+            assert_eq!(got, want, "{field:02x?}");
+            crate::fsutil::MTime { sec: got, nsec: 0 }.system_time();
+        }
     }
 }

@@ -125,8 +125,11 @@ struct Streamed {
 impl Streamed {
     /// Gives the copies the source's times, now that tar vouched for the file.
     fn vouched(&self) -> Result<(), CopyError> {
-        let mtime =
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.head.mtime.max(0) as u64);
+        let mtime = crate::fsutil::MTime {
+            sec: self.head.mtime,
+            nsec: 0,
+        }
+        .system_time();
         let times = FileTimes::new().set_accessed(mtime).set_modified(mtime);
         for (path, _, base) in &self.outs {
             crate::fsutil::beneath::open(base, path, nix::fcntl::OFlag::O_RDONLY, 0)
@@ -523,7 +526,7 @@ fn copy_remote(
             now: now.size,
         });
     }
-    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(st.mtime.sec.max(0) as u64);
+    let mtime = st.mtime.system_time();
     let times = FileTimes::new().set_accessed(mtime).set_modified(mtime);
     finish_outputs(&outputs, outs, st.mode, times, durable)?;
     Ok(done)

@@ -166,6 +166,24 @@ pub fn flip_byte_keeping_mtime(path: &Path, offset: usize) {
         .unwrap();
 }
 
+/// Dates a file `1960-01-01T00:00:00.5Z` (`touch -d`): before 1970, so its mtime is negative
+/// seconds (-315619200) with nanoseconds (500000000).
+pub fn date_before_1970(path: &Path) {
+    let st = Command::new("touch")
+        .args(["-d", "1960-01-01T00:00:00.5Z"])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(st.success(), "touch -d 1960-01-01 {}", path.display());
+}
+
+/// A file's mtime: (seconds, nanoseconds).
+pub fn mtime_of(path: &Path) -> (i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (m.mtime(), m.mtime_nsec())
+}
+
 /// Drops the page cache (root only).
 pub fn drop_page_cache() {
     let st = Command::new("sh")
