@@ -477,7 +477,6 @@ fn plan_and_verify_name_a_running_apply_and_no_lock_file_is_left() {
     assert_eq!(code, 0, "{out}");
 }
 
-<<<<<<< HEAD
 /// The target file's inode and mtime (ns).
 fn ino_mtime(p: &std::path::Path) -> (u64, i128) {
     use std::os::unix::fs::MetadataExt;
@@ -636,7 +635,8 @@ fn issue_13_checksum_in_the_final_phase_replaces_a_wal_segment() {
     );
     let (code, out, _) = ws.run(&["verify"]);
     assert_eq!(code, 0, "{out}");
-=======
+}
+
 /// Issue 13: source files dated before 1970 (negative seconds, with nanoseconds) get their
 /// time on the target and then compare identical: the plan shows `=`, a rerun copies 0 B.
 #[test]
@@ -667,5 +667,4 @@ fn files_dated_before_1970_compare_identical_after_apply() {
     let (code, v) = ws.run_json(&["apply", "--yes"]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["apply"]["copied_bytes"], 0, "{v}");
->>>>>>> i13-edges
 }
