@@ -821,6 +821,36 @@ fn ctrl_c_at_the_prompt_ends_apply_with_nothing_written() {
     );
 }
 
+/// End of input (Ctrl-D) at the prompt is a "no": nothing written, exit 1.
+#[test]
+fn end_of_input_at_the_prompt_writes_nothing() {
+    let ws = Workspace::new();
+    let (mut child, buf) = apply_on_a_terminal(&ws);
+    let text = || String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
+    let start = std::time::Instant::now();
+    while !text().contains("Apply this plan to") {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "no prompt: {}",
+            text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    use std::io::Write;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"\x04").unwrap();
+    stdin.flush().unwrap();
+    let status = child.wait().unwrap();
+    drop(stdin);
+    assert_eq!(status.code(), Some(1), "{}", text());
+    assert_eq!(
+        std::fs::read_dir(&ws.mount).unwrap().count(),
+        0,
+        "{}",
+        text()
+    );
+}
+
 /// Regression: with no terminal and no --yes, apply went ahead without asking.
 #[test]
 fn apply_without_a_terminal_needs_yes() {
