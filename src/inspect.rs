@@ -48,6 +48,19 @@ pub struct SegmentRange {
     pub checkpoints: Vec<String>,
 }
 
+/// One chunk snapshot directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotSummary {
+    /// Its name, `chunk_snapshot.<index>.<offset>`.
+    pub dir: String,
+    /// Segment files in it.
+    pub files: usize,
+    /// Bytes.
+    pub size: u64,
+    /// Whether Prometheus would load this one (the newest).
+    pub loaded: bool,
+}
+
 /// The result of `inspect`.
 #[derive(Debug, Clone, Serialize)]
 pub struct InspectReport {
@@ -67,6 +80,9 @@ pub struct InspectReport {
     pub total_block_bytes: u64,
     /// WAL, WBL and head chunk segments.
     pub segments: Vec<SegmentRange>,
+    /// Chunk snapshots (`chunk_snapshot.<index>.<offset>/`, written at shutdown with
+    /// `memory-snapshot-on-shutdown`), oldest first; Prometheus loads the newest.
+    pub chunk_snapshots: Vec<SnapshotSummary>,
     /// Problems found (unreadable meta.json, name mismatch).
     pub problems: Vec<String>,
     /// With `--deep`: format problems, with what Prometheus would do about each.
@@ -163,7 +179,29 @@ fn summarise(inv: &Inventory) -> InspectReport {
             })
         })
         .collect();
+    let newest = crate::tsdb::check::newest_snapshot(inv);
+    let mut chunk_snapshots: Vec<SnapshotSummary> = inv
+        .dirs
+        .iter()
+        .filter(|d| d.starts_with("chunk_snapshot.") && !d.contains('/'))
+        .map(|d| {
+            let under = |rel: &&String| rel.starts_with(&format!("{d}/"));
+            SnapshotSummary {
+                dir: d.clone(),
+                files: inv.files.keys().filter(under).count(),
+                size: inv
+                    .files
+                    .iter()
+                    .filter(|(r, _)| under(r))
+                    .map(|(_, f)| f.size)
+                    .sum(),
+                loaded: newest.as_ref() == Some(d),
+            }
+        })
+        .collect();
+    chunk_snapshots.sort_by(|a, b| a.dir.cmp(&b.dir));
     InspectReport {
+        chunk_snapshots,
         ok: problems.is_empty(),
         dir: inv.root.clone(),
         min_time: blocks.iter().map(|b| b.min_time).min(),
@@ -243,6 +281,20 @@ impl InspectReport {
             }
             let _ = writeln!(s);
         }
+        for c in &self.chunk_snapshots {
+            let _ = writeln!(
+                s,
+                "{}/: chunk snapshot ({} file(s), {}){}",
+                c.dir,
+                c.files,
+                units::bytes(c.size),
+                if c.loaded {
+                    "; loaded at startup"
+                } else {
+                    "; older, not loaded (Prometheus deletes it)"
+                }
+            );
+        }
         for p in &self.problems {
             let _ = writeln!(s, "problem: {p}");
         }
@@ -259,5 +311,40 @@ impl InspectReport {
             None => {}
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `inspect` lists chunk snapshots as `plan` does, and says which one Prometheus loads.
+    #[test]
+    fn chunk_snapshots_are_listed_with_the_one_prometheus_loads() {
+        let d = tempfile::tempdir().unwrap();
+        for (dir, bytes) in [
+            ("chunk_snapshot.000002.0000001000", 10usize),
+            ("chunk_snapshot.000010.0000000000", 20),
+        ] {
+            std::fs::create_dir_all(d.path().join(dir)).unwrap();
+            std::fs::write(d.path().join(dir).join("00000000"), vec![0u8; bytes]).unwrap();
+        }
+        std::fs::create_dir_all(d.path().join("wal")).unwrap();
+        let r = run(
+            d.path(),
+            false,
+            1,
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .unwrap();
+        assert_eq!(r.chunk_snapshots.len(), 2);
+        assert!(!r.chunk_snapshots[0].loaded);
+        assert!(r.chunk_snapshots[1].loaded, "index 10 is newer than 2");
+        assert_eq!(r.chunk_snapshots[1].size, 20);
+        let text = r.render_text();
+        assert!(
+            text.contains("chunk_snapshot.000010.0000000000/: chunk snapshot (1 file(s), 20 B); loaded at startup"),
+            "{text}"
+        );
     }
 }

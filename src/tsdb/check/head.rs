@@ -38,6 +38,13 @@ pub(super) fn check(
             break; // the preallocated zero tail
         }
         let encoding = fixed[24] & 0x7f; // 0x80 marks out-of-order chunks
+        // What Prometheus does about a bad out-of-order head chunk: it deletes the files from
+        // there on and replays the WAL and WBL.
+        let effect = if fixed[24] & 0x80 != 0 {
+            Effect::HeadReplayed
+        } else {
+            Effect::DropsData
+        };
         let mut crc = crc32c::crc32c(fixed);
         s.take(FIXED)?;
         let Some(vb) = s.peek((s.remaining().min(10)) as usize)? else {
@@ -53,24 +60,28 @@ pub(super) fn check(
         };
         crc = crc32c::crc32c_append(crc, &vb[..n]);
         s.take(n)?;
-        if len >= super::scan::BUF as u64 || len.saturating_add(4) > s.remaining() {
+        // The only limit is the file's end; the CRC is streamed over any length.
+        if len.saturating_add(4) > s.remaining() {
             out.push(p(
                 format!("chunk at offset {off}"),
-                format!("chunk claims {len} bytes, more than the file holds"),
+                format!(
+                    "chunk claims {len} bytes, more than the file holds ({} left)",
+                    s.remaining()
+                ),
                 Effect::DropsData,
             ));
             break;
         }
-        let Some(data) = s.take(len as usize)? else {
+        let Some(c) = s.crc_span_from(crc, len)? else {
             break;
         };
-        crc = crc32c::crc32c_append(crc, data);
+        crc = c;
         let Some(stored) = s.be32()? else { break };
         if stored != crc {
             out.push(p(
                 format!("chunk at offset {off}"),
                 format!("chunk CRC32C {crc:#010x} does not match the stored {stored:#010x}"),
-                Effect::DropsData,
+                effect,
             ));
             break; // Prometheus stops reading the file here too.
         }
@@ -78,10 +89,60 @@ pub(super) fn check(
             out.push(p(
                 format!("chunk at offset {off}"),
                 format!("unknown chunk encoding {encoding}"),
-                Effect::DropsData,
+                effect,
             ));
         }
     }
     progress.add_bytes(s.len());
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use integer_encoding::VarInt;
+
+    /// A head chunk: seriesRef | mint | maxt | encoding | uvarint len | data | CRC32C.
+    fn chunk(series: u64, encoding: u8, data: &[u8]) -> Vec<u8> {
+        let mut v = series.to_be_bytes().to_vec();
+        v.extend_from_slice(&1000i64.to_be_bytes());
+        v.extend_from_slice(&2000i64.to_be_bytes());
+        v.push(encoding);
+        v.extend((data.len() as u64).encode_var_vec());
+        v.extend_from_slice(data);
+        let crc = crc32c::crc32c(&v);
+        v.extend_from_slice(&crc.to_be_bytes());
+        v
+    }
+
+    fn check_file(bytes: &[u8]) -> Vec<Problem> {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("chunks_head")).unwrap();
+        std::fs::write(d.path().join("chunks_head/000001"), bytes).unwrap();
+        check(
+            &Source::Local(d.path().to_path_buf()),
+            "chunks_head/000001",
+            Depth::Deep,
+            &crate::progress::Hidden,
+        )
+        .unwrap()
+    }
+
+    /// Regression: a head chunk of 1 MiB or more was reported as damage (a false no-go), and
+    /// the chunks after it were not checked.
+    #[test]
+    fn head_chunks_of_several_mib_pass_and_what_follows_is_checked() {
+        let big: Vec<u8> = (0..2_500_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let mut file = MAGIC.to_be_bytes().to_vec();
+        file.extend_from_slice(&[1, 0, 0, 0]);
+        file.extend(chunk(1, 2, &big));
+        file.extend(chunk(2, 1, b"xor"));
+        file.extend(vec![0u8; 4096]); // the preallocated zero tail
+        assert!(check_file(&file).is_empty(), "{:?}", check_file(&file));
+        let at = file.len() - 4096 - 6;
+        file[at] ^= 0x20;
+        let found = check_file(&file);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].problem.contains("does not match"), "{found:?}");
+    }
 }

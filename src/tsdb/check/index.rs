@@ -146,8 +146,7 @@ pub(super) fn check(
             }
             break;
         }
-        if n >= super::scan::BUF as u64 || s.pos().saturating_add(n).saturating_add(4) > series_end
-        {
+        if s.pos().saturating_add(n).saturating_add(4) > series_end {
             report(
                 &mut out,
                 Problem::new(
@@ -159,11 +158,17 @@ pub(super) fn check(
             );
             break;
         }
-        let Some(body) = s.take(n as usize)? else {
+        // An entry longer than the buffer (a series with very many chunks) is read whole, as
+        // Prometheus reads it: its size is bounded by the series section.
+        let read = |body: &[u8]| (crc32c::crc32c(body), chunk_refs(body));
+        let found = if n <= super::scan::BUF as u64 {
+            s.take(n as usize)?.map(read)
+        } else {
+            s.take_vec(n)?.as_deref().map(read)
+        };
+        let Some((crc, refs)) = found else {
             break;
         };
-        let crc = crc32c::crc32c(body);
-        let refs = chunk_refs(body);
         let Some(stored) = s.be32()? else { break };
         if crc != stored {
             report(

@@ -53,6 +53,14 @@ pub enum Effect {
     /// Served, but retention and compaction delete blocks by their meta.json ulid, so this
     /// directory is never deleted.
     Undeletable,
+    /// The chunk snapshot is dropped at startup ("Failed to load chunk snapshot") and the WAL
+    /// is replayed instead: the samples survive, the start is slower, and exemplars older
+    /// than the last checkpoint (which only the snapshot held) are lost.
+    SnapshotDropped,
+    /// An out-of-order head chunk: Prometheus deletes the head chunk files from this one on
+    /// and replays the WAL and WBL: samples survive; exemplars older than the last checkpoint
+    /// are lost.
+    HeadReplayed,
 }
 
 impl Effect {
@@ -70,6 +78,12 @@ impl Effect {
             Effect::WrongData => "Prometheus starts, but queries may return wrong data",
             Effect::Undeletable => {
                 "Prometheus serves it, but deletes blocks by their meta.json ulid, so retention and compaction never remove this directory"
+            }
+            Effect::SnapshotDropped => {
+                "Prometheus drops the chunk snapshot at startup and replays the WAL instead: the samples survive, the start is slower, and exemplars older than the last checkpoint are lost"
+            }
+            Effect::HeadReplayed => {
+                "Prometheus deletes the head chunk files from this one on and replays the WAL and WBL: the samples survive, the start is slower, and exemplars older than the last checkpoint are lost"
             }
         }
     }
@@ -171,7 +185,7 @@ enum Job {
     Wal {
         rel: String,
         last: bool,
-        checkpoint: bool,
+        kind: wal::Kind,
     },
 }
 
@@ -264,7 +278,7 @@ pub fn run(
             .map(|(_, rel, _)| Job::HeadChunks { rel: rel.clone() }),
     );
 
-    for dir in wal_dirs(inv) {
+    for (dir, kind) in wal_dirs(inv) {
         let segs = numbered(inv, &dir);
         // Prometheus lists every segment and refuses a gap anywhere, checkpoints included.
         problems.extend(contiguity(
@@ -274,7 +288,6 @@ pub fn run(
             Effect::FailsStart,
             "segments are not sequential",
         ));
-        let checkpoint = dir.contains("checkpoint.");
         let n = segs.len();
         jobs.extend(
             segs.into_iter()
@@ -282,7 +295,7 @@ pub fn run(
                 .map(|(i, (_, rel, _))| Job::Wal {
                     rel,
                     last: i + 1 == n,
-                    checkpoint,
+                    kind,
                 }),
         );
     }
@@ -305,14 +318,7 @@ fn run_job(root: &Source, job: &Job, depth: Depth, progress: &dyn Progress) -> V
         Job::Index { rel, segments } => (rel, index::check(root, rel, segments, depth, progress)),
         Job::Tombstones { rel } => (rel, tombstones::check(root, rel)),
         Job::HeadChunks { rel } => (rel, head::check(root, rel, depth, progress)),
-        Job::Wal {
-            rel,
-            last,
-            checkpoint,
-        } => (
-            rel,
-            wal::check(root, rel, *last, *checkpoint, depth, progress),
-        ),
+        Job::Wal { rel, last, kind } => (rel, wal::check(root, rel, *last, *kind, depth, progress)),
     };
     match result {
         Ok(problems) => problems,
@@ -370,14 +376,15 @@ fn contiguity(
     out
 }
 
-/// The WAL-format directories Prometheus reads: `wal`, `wbl`, and the newest
-/// `wal/checkpoint.N` (older checkpoints are never read; they are deleted later).
-fn wal_dirs(inv: &Inventory) -> Vec<String> {
-    let mut dirs: Vec<String> = inv
+/// The WAL-format directories Prometheus reads: `wal`, `wbl`, the newest
+/// `wal/checkpoint.N` and the newest `chunk_snapshot.N.M` (older checkpoints and snapshots
+/// are never read; Prometheus deletes them later).
+fn wal_dirs(inv: &Inventory) -> Vec<(String, wal::Kind)> {
+    let mut dirs: Vec<(String, wal::Kind)> = inv
         .dirs
         .iter()
         .filter(|d| *d == "wal" || *d == "wbl")
-        .cloned()
+        .map(|d| (d.clone(), wal::Kind::Log))
         .collect();
     let newest_checkpoint = inv
         .dirs
@@ -387,7 +394,82 @@ fn wal_dirs(inv: &Inventory) -> Vec<String> {
             (!n.contains('/')).then(|| tsdb::segment_number(n).map(|num| (num, d.clone())))?
         })
         .max();
-    dirs.extend(newest_checkpoint.map(|(_, d)| d));
-    dirs.sort();
+    dirs.extend(newest_checkpoint.map(|(_, d)| (d, wal::Kind::Checkpoint)));
+    dirs.extend(newest_snapshot(inv).map(|d| (d, wal::Kind::Snapshot)));
+    dirs.sort_by(|a, b| a.0.cmp(&b.0));
     dirs
+}
+
+/// The chunk snapshot Prometheus loads: the `chunk_snapshot.<index>.<offset>` with the
+/// highest (index, offset), as tsdb's LastChunkSnapshot picks it.
+pub fn newest_snapshot(inv: &Inventory) -> Option<String> {
+    inv.dirs
+        .iter()
+        .filter_map(|d| {
+            let rest = d.strip_prefix("chunk_snapshot.")?;
+            let (i, o) = rest.split_once('.')?;
+            let key: (u64, u64) = (i.parse().ok()?, o.parse().ok()?);
+            Some((key, d.clone()))
+        })
+        .max()
+        .map(|(_, d)| d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One WAL-format segment holding `records`, each a full record in one fragment.
+    fn wal_segment(records: &[&[u8]]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for r in records {
+            v.push(1u8);
+            v.extend_from_slice(&(r.len() as u16).to_be_bytes());
+            v.extend_from_slice(&crc32c::crc32c(r).to_be_bytes());
+            v.extend_from_slice(r);
+        }
+        v.resize(32 * 1024, 0);
+        v
+    }
+
+    fn deep(dir: &std::path::Path) -> Vec<Problem> {
+        let inv = crate::plan::inventory::scan(dir).unwrap();
+        run(
+            &Source::Local(dir.to_path_buf()),
+            &inv,
+            Depth::Deep,
+            2,
+            &crate::progress::Hidden,
+            &AtomicBool::new(false),
+        )
+    }
+
+    /// Regression: `chunk_snapshot.*` was never format-checked. A damaged one is dropped by
+    /// Prometheus at start, which then replays the WAL: a slower start, and the exemplars
+    /// only the snapshot held are lost. Only the newest snapshot is read by Prometheus.
+    #[test]
+    fn the_newest_chunk_snapshot_is_checked_and_its_damage_reported_truthfully() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("wal")).unwrap();
+        std::fs::write(d.path().join("wal/00000003"), wal_segment(&[b"series"])).unwrap();
+        let snap = d.path().join("chunk_snapshot.000003.0000032768");
+        std::fs::create_dir_all(&snap).unwrap();
+        let mut seg = wal_segment(&[b"snapshot series record", b"exemplars"]);
+        std::fs::write(snap.join("00000000"), &seg).unwrap();
+        assert!(deep(d.path()).is_empty(), "{:?}", deep(d.path()));
+        seg[10] ^= 0x01; // inside the first record's data
+        std::fs::write(snap.join("00000000"), &seg).unwrap();
+        let found = deep(d.path());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].path, "chunk_snapshot.000003.0000032768/00000000");
+        assert_eq!(found[0].effect, Effect::SnapshotDropped);
+        let text = found[0].effect.describe();
+        assert!(text.contains("replays the WAL"), "{text}");
+        assert!(text.contains("exemplars"), "{text}");
+        // An older snapshot is not read by Prometheus (and is deleted by it): not checked.
+        let old = d.path().join("chunk_snapshot.000002.0000001000");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("00000000"), b"garbage").unwrap();
+        assert_eq!(deep(d.path()).len(), 1);
+    }
 }

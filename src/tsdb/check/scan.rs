@@ -186,8 +186,13 @@ impl Scanner {
     }
 
     /// CRC-32C over the next `n` bytes (any size), consuming them; `None` if the file is shorter.
-    pub fn crc_span(&mut self, mut n: u64) -> io::Result<Option<u32>> {
-        let mut crc = 0u32;
+    pub fn crc_span(&mut self, n: u64) -> io::Result<Option<u32>> {
+        self.crc_span_from(0, n)
+    }
+
+    /// Continues the CRC-32C `crc` over the next `n` bytes (any size), consuming them, with
+    /// memory bounded by the buffer; `None` if the file is shorter.
+    pub fn crc_span_from(&mut self, mut crc: u32, mut n: u64) -> io::Result<Option<u32>> {
         while n > 0 {
             let step = n.min(self.buf.len() as u64) as usize;
             let Some(b) = self.take(step)? else {
@@ -197,6 +202,26 @@ impl Scanner {
             n -= step as u64;
         }
         Ok(Some(crc))
+    }
+
+    /// Consumes and returns the next `n` bytes, of any size (a span longer than the buffer is
+    /// gathered into a vector of its own); `None` if the file is shorter. The caller bounds
+    /// `n` (by a section or file end).
+    pub fn take_vec(&mut self, n: u64) -> io::Result<Option<Vec<u8>>> {
+        if n > self.remaining() {
+            return Ok(None);
+        }
+        let mut v = Vec::with_capacity(n as usize);
+        let mut left = n;
+        while left > 0 {
+            let step = left.min(self.buf.len() as u64) as usize;
+            let Some(b) = self.take(step)? else {
+                return Ok(None);
+            };
+            v.extend_from_slice(b);
+            left -= step as u64;
+        }
+        Ok(Some(v))
     }
 
     /// Whether every byte from here to `end` is zero (consumes them).

@@ -15,14 +15,28 @@ use crate::progress::Progress;
 const PAGE: u64 = 32 * 1024;
 const HEADER: u64 = 7;
 
+/// Which WAL-format directory a segment is in: what Prometheus does about damage differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// `wal/` or `wbl/`: repaired by truncation.
+    Log,
+    /// `wal/checkpoint.N/`: a hard error.
+    Checkpoint,
+    /// `chunk_snapshot.N.M/`: dropped, and the WAL replayed instead.
+    Snapshot,
+}
+
 pub(super) fn check(
     root: &Source,
     rel: &str,
     last: bool,
-    checkpoint: bool,
+    kind: Kind,
     depth: Depth,
     progress: &dyn Progress,
 ) -> io::Result<Vec<Problem>> {
+    // Only the live log can end in a torn write (a server that was not stopped cleanly);
+    // checkpoints and snapshots are written whole under a temporary name first.
+    let checkpoint = kind != Kind::Log;
     if depth == Depth::Cheap {
         return Ok(Vec::new());
     }
@@ -33,10 +47,10 @@ pub(super) fn check(
             rel,
             format!("offset {off} (page {})", off / PAGE),
             what,
-            if checkpoint {
-                Effect::FailsStart
-            } else {
-                Effect::DropsData
+            match kind {
+                Kind::Log => Effect::DropsData,
+                Kind::Checkpoint => Effect::FailsStart,
+                Kind::Snapshot => Effect::SnapshotDropped,
             },
         )]
     };
