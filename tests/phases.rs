@@ -390,6 +390,23 @@ fn a_block_the_source_retention_deletes_after_the_presync_is_quarantined_by_the_
     let gone = extra.iter().find(|e| e["rel"] == ulid.as_str());
     assert!(gone.is_some(), "plan does not list {ulid}: {plan}");
     assert_eq!(gone.unwrap()["kind"], "dropped", "{plan}");
+    // The mark is this migration's: under another migration's name the block is not its to
+    // move (it stays, as any foreign block).
+    let plan_text = std::fs::read_to_string(&ws.plan).unwrap();
+    std::fs::write(
+        &ws.plan,
+        plan_text.replace("name: test-migration", "name: other-migration"),
+    )
+    .unwrap();
+    let (_, other) = ws.run_json(&["plan"]);
+    let e = other["extraneous"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["rel"] == ulid.as_str())
+        .cloned();
+    assert_eq!(e.unwrap()["kind"], "block", "{other}");
+    std::fs::write(&ws.plan, plan_text).unwrap();
     let (_, text, _) = ws.run(&["plan"]);
     assert!(
         text.contains("moved to quarantine by the final phase"),

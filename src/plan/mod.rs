@@ -1302,7 +1302,7 @@ fn extraneous(
                 kind: if compacted_away(b) {
                     ExtraKind::CompactedAway
                 } else if !in_source.contains(dir.as_str())
-                    && tsdb::is_copied(&m.target_root.join(dir))
+                    && tsdb::is_copied(&m.target_root.join(dir), &m.name)
                 {
                     ExtraKind::Dropped
                 } else {

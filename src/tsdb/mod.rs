@@ -27,9 +27,11 @@ pub fn mark_copied(dir: &std::path::Path, name: &str) -> std::io::Result<()> {
     xattr::set(dir, COPIED_XATTR, name.as_bytes())
 }
 
-/// Whether a block directory carries promigrate's mark (see [`COPIED_XATTR`]).
-pub fn is_copied(dir: &std::path::Path) -> bool {
-    matches!(xattr::get(dir, COPIED_XATTR), Ok(Some(_)))
+/// Whether a block directory carries promigrate's mark for migration `name` (see
+/// [`COPIED_XATTR`]): a block another migration copied onto the same volume is not this
+/// one's to move.
+pub fn is_copied(dir: &std::path::Path, name: &str) -> bool {
+    matches!(xattr::get(dir, COPIED_XATTR), Ok(Some(v)) if v == name.as_bytes())
 }
 
 /// What a top-level entry of a TSDB data directory is.
