@@ -571,6 +571,9 @@ fn apply_steps(
         out.set(plans, None);
         return Ok(Code::Findings);
     }
+    // The targets' locks come first: a target another promigrate uses (a verify reading it)
+    // stops the run here, before the StatefulSet is touched.
+    let held = sync::lock_existing(&plans)?;
     // Nothing may write to the volume while data is copied: scale the StatefulSet to 0 and
     // wait for every pod mounting the claim to go, before the first byte. A rerun that has
     // nothing left to write does not disturb running pods.
@@ -619,6 +622,7 @@ fn apply_steps(
                 progress: progress.as_ref(),
                 phase,
                 deadline,
+                held: std::sync::Mutex::new(held),
             };
             sync::apply_each(&worker_plans, &opts)
         }).await })

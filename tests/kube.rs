@@ -689,3 +689,39 @@ fn a_presync_with_only_wal_differences_leaves_the_statefulset_running() {
             .contains_key("promigrate.io/replicas-before-migration")
     );
 }
+
+/// Regression (found in review): an apply took its target lock only after the scale-down,
+/// so a verify reading the target made it fail with the StatefulSet left at 0. It is refused
+/// before anything in the cluster changes.
+#[test]
+fn a_target_in_use_by_a_verify_stops_apply_before_the_scale_down() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let k = TestCluster::up();
+    let ws = Workspace::new();
+    k.bound_statefulset("Retain", 1, "Retain", &ws.mount);
+    k.wait("pod prom-0 created", || k.pod_exists());
+    kube_plan(&ws, &k.kubeconfig, "    statefulSet: prom\n");
+    std::fs::create_dir_all(ws.target()).unwrap();
+    // A reader holding the shared lock, as a running verify does.
+    let mut reader = Command::new("flock")
+        .arg("-s")
+        .arg(ws.target())
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    let _ = reader.kill();
+    let _ = reader.wait();
+    assert_eq!(code, 3, "{v}");
+    assert!(
+        v["error"].as_str().unwrap_or_default().contains("is using"),
+        "{v}"
+    );
+    assert!(changes(&v).is_empty(), "{v}");
+    assert_eq!(k.replicas(), 1);
+    assert!(
+        std::fs::read_dir(ws.target()).unwrap().next().is_none(),
+        "nothing written"
+    );
+}

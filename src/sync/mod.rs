@@ -42,6 +42,26 @@ pub struct ApplyOptions<'a> {
     pub phase: Phase,
     /// Stop at a block/file boundary before this instant (the run is then `incomplete`).
     pub deadline: Option<Instant>,
+    /// Target locks the caller already holds ([`lock_existing`]), by target: taken before the
+    /// Kubernetes scale-down, so that a busy target stops the run before anything changes.
+    pub held: std::sync::Mutex<Vec<Option<crate::lock::Guard>>>,
+}
+
+/// Takes the apply lock of every target whose TSDB directory exists already, without
+/// creating anything: a target another promigrate is using (a verify reading it) is refused
+/// here, before the caller changes anything in the cluster. The others are locked by the
+/// apply itself, once it has created their directory.
+pub fn lock_existing(plans: &[MigrationPlan]) -> anyhow::Result<Vec<Option<crate::lock::Guard>>> {
+    plans
+        .iter()
+        .map(|p| {
+            if fsutil::beneath::stat(&p.mount, &p.target).is_ok() {
+                lock_target(&p.target).map(Some)
+            } else {
+                Ok(None)
+            }
+        })
+        .collect()
 }
 
 /// The parts of a migration.
@@ -354,9 +374,18 @@ fn execute(
     }
     // Every target is locked before anything on any of them is changed (beyond creating
     // the TSDB directory the lock lives in).
+    let mut held = opts
+        .held
+        .lock()
+        .map(|mut h| std::mem::take(&mut *h))
+        .unwrap_or_default();
+    held.resize_with(plans.len(), || None);
     let mut locks = Vec::with_capacity(plans.len());
-    for plan in plans {
-        locks.push(lock(plan)?);
+    for (plan, held) in plans.iter().zip(held) {
+        locks.push(match held {
+            Some(g) => g,
+            None => lock(plan)?,
+        });
     }
     let mut prepared = Vec::with_capacity(plans.len());
     for ((plan, report), lock) in plans.iter().zip(reports.iter_mut()).zip(locks) {

@@ -105,7 +105,7 @@ fn run_one(
     cancel: &AtomicBool,
 ) -> anyhow::Result<VerifyReport> {
     let start = Instant::now();
-    // Read the target only while no apply writes it (an apply waits for this to finish).
+    // Read the target only while no apply writes it (an apply is refused meanwhile).
     let _reading = match crate::lock::shared(&m.target_root) {
         Err(crate::lock::LockError::Busy(h)) => {
             return Ok(busy(m, level, h, start));
