@@ -186,8 +186,18 @@ impl Deadline {
             Deadline::After(d) => Ok(ResolvedDeadline {
                 at: now
                     .checked_add(jiff::SignedDuration::try_from(d).unwrap_or_default())
-                    .unwrap_or(now),
-                instant: instant + d,
+                    .map_err(|_| {
+                        crate::exit::InvalidInput(format!(
+                            "--deadline {}s is too far away: give a duration such as 45m or an RFC 3339 time",
+                            d.as_secs()
+                        ))
+                    })?,
+                instant: instant.checked_add(d).ok_or_else(|| {
+                    crate::exit::InvalidInput(format!(
+                        "--deadline {}s is too far away: give a duration such as 45m or an RFC 3339 time",
+                        d.as_secs()
+                    ))
+                })?,
             }),
             Deadline::At(t) if t <= now => Err(crate::exit::InvalidInput(format!(
                 "--deadline {} is already past: it is now {} UTC. Give a later time, or a duration such as 45m. Nothing was written",
@@ -198,7 +208,15 @@ impl Deadline {
             Deadline::At(t) => Ok(ResolvedDeadline {
                 at: t,
                 instant: instant
-                    + std::time::Duration::try_from(now.duration_until(t)).unwrap_or_default(),
+                    .checked_add(
+                        std::time::Duration::try_from(now.duration_until(t)).unwrap_or_default(),
+                    )
+                    .ok_or_else(|| {
+                        crate::exit::InvalidInput(format!(
+                            "--deadline {} is too far away: give a time within the change window",
+                            fmt(t)
+                        ))
+                    })?,
             }),
         }
     }

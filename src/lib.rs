@@ -270,15 +270,21 @@ fn cancel_on_signal(runtime: &tokio::runtime::Runtime) -> Arc<AtomicBool> {
 /// called the default action applies: the process ends at once (apply arms it only once it
 /// is past its prompt, so Ctrl-C at `[y/N]` ends it with nothing written).
 fn arm_cancel(runtime: &tokio::runtime::Runtime, flag: Arc<AtomicBool>) {
+    use tokio::signal::unix::{SignalKind, signal};
     let f = flag;
+    // Registered here, before returning (not when the task first runs): a signal right
+    // after this call already stops at the next chunk instead of ending the process.
+    let _in_runtime = runtime.enter();
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!("cannot install the signal handlers: Ctrl-C ends the process at once");
+        return;
+    };
     runtime.spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
+            _ = int.recv() => {},
             _ = term.recv() => {},
         }
         tracing::warn!("signal received: stopping at the next chunk; rerun to resume");
@@ -526,8 +532,8 @@ fn apply_steps(
             .iter()
             .filter_map(|p| match a.phase {
                 sync::Phase::Presync => p.phases.presync.eta_seconds,
-                sync::Phase::Final => p.phases.final_.eta_seconds,
-                sync::Phase::All => p.stats.eta_seconds,
+                // The final phase also copies whatever blocks are still to copy.
+                sync::Phase::Final | sync::Phase::All => p.stats.eta_seconds,
             })
             .fold(None, |acc: Option<f64>, e| {
                 Some(acc.map_or(e, |x| x.max(e)))

@@ -226,6 +226,19 @@ fn push(gw: &Pushgateway, migration: &str, m: &RunMetrics) -> Result<(), String>
         .post(&group_url(&gw.url, migration, m.command))
         .content_type("text/plain; version=0.0.4");
     if let Some(v) = gw.authorization()? {
+        // A password or token never goes out in clear text (e.g. to a --pushgateway
+        // http:// override of a plan whose gateway is https).
+        if !gw
+            .url
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("https://")
+        {
+            return Err(format!(
+                "not sending the credentials of report.pushgateway over plain http to {}: use an https:// URL",
+                gw.url
+            ));
+        }
         req = req.header(ureq::http::header::AUTHORIZATION, v);
     }
     req.send(encode_text(m))
@@ -285,6 +298,21 @@ mod tests {
             "Bearer tok-123"
         );
         assert!(!format!("{gw:?}").contains("tok-123"), "{gw:?}");
+    }
+
+    /// Credentials are never sent in clear text: a push with them to an http:// URL (e.g. a
+    /// --pushgateway override) is refused before any connection.
+    #[test]
+    fn credentials_are_not_sent_over_plain_http() {
+        // A listener that records whether anything connected.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let mut gw = Pushgateway::new(&format!("http://{}", l.local_addr().unwrap()));
+        gw.auth = Some(Auth::Bearer(Secret::new("tok-123".into())));
+        let e = push(&gw, "m", &RunMetrics::default()).unwrap_err();
+        assert!(e.contains("plain http"), "{e}");
+        assert!(!e.contains("tok-123"), "{e}");
+        assert!(l.accept().is_err(), "something connected");
     }
 
     #[test]

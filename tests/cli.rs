@@ -579,6 +579,22 @@ fn a_target_path_that_is_a_symlink_is_resolved_and_the_real_directory_owned() {
     assert_eq!(std::fs::read_dir(ws.mount.join("data")).unwrap().count(), 0);
     let md = std::fs::symlink_metadata(ws.mount.join("data")).unwrap();
     assert_eq!(md.uid(), 0, "nothing was chowned through the link");
+
+    // A link higher up in a longer subPath (found in review: only the last part was checked).
+    let ws = Workspace::new();
+    std::fs::create_dir(ws.mount.join("data")).unwrap();
+    std::os::unix::fs::symlink("data", ws.mount.join("a")).unwrap();
+    let plan = std::fs::read_to_string(&ws.plan).unwrap();
+    std::fs::write(
+        &ws.plan,
+        plan.replace("subPath: prometheus-db", "subPath: a/prometheus-db"),
+    )
+    .unwrap();
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("is a symbolic link"), "{out}");
+    assert_eq!(ws.run(&["apply", "--yes"]).0, 1);
+    assert_eq!(std::fs::read_dir(ws.mount.join("data")).unwrap().count(), 0);
 }
 
 #[test]

@@ -113,6 +113,61 @@ fn free_space_without_headroom_is_a_blocker() {
     assert_eq!(code, 0, "{out}{err}");
 }
 
+/// Regression (found in review): what an interrupted run staged was counted twice, as used
+/// space and as still to be written, so the rerun "to continue" could be blocked by its own
+/// progress on a volume sized to the plan.
+#[test]
+fn what_an_interrupted_run_staged_counts_as_free_for_the_rerun() {
+    let ws = Workspace::new();
+    let (_, plan) = ws.run_json(&["plan"]);
+    let need = plan["target_needs"]["bytes"].as_u64().unwrap();
+    let _fs = Tmpfs::mount_with(&ws.mount, &format!("size={need}"));
+    // The largest block, staged whole (files with the source's size and mtime), as a run
+    // stopped before publishing it leaves it.
+    let big = plan["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|b| b["size"].as_u64().unwrap())
+        .unwrap()["ulid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let staging = ws.target().join(".promigrate-staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    copy_tree(&ws.source.join(&big), &staging.join(&big));
+    // With the owner and modes apply gives what it stages.
+    for (cmd, args) in [
+        ("chown", vec!["-R", "1000:2000"]),
+        ("chmod", vec!["-R", "g+rw"]),
+    ] {
+        let st = std::process::Command::new(cmd)
+            .args(&args)
+            .arg(&staging)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    for d in [
+        staging.clone(),
+        staging.join(&big),
+        staging.join(&big).join("chunks"),
+    ] {
+        let st = std::process::Command::new("chmod")
+            .arg("g+rwxs")
+            .arg(&d)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(v["apply"]["resumed_files"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(ws.run(&["verify"]).0, 0);
+}
+
 #[test]
 fn an_unprivileged_user_cannot_give_the_data_another_owner() {
     let ws = Workspace::new();

@@ -502,14 +502,26 @@ pub fn build_from(
             t.mount.display()
         ));
     }
-    if let Ok(md) = std::fs::symlink_metadata(&m.target_root)
-        && md.file_type().is_symlink()
+    // path/subPath, and every directory on the way down from the mount, must be a real one.
+    let mut cur = m.target_mount.clone();
+    for c in m
+        .target_root
+        .strip_prefix(&m.target_mount)
+        .unwrap_or(std::path::Path::new(""))
+        .components()
     {
-        blockers.push(format!(
-            "the target {} is a symbolic link (to {}): promigrate never writes, chowns or chmods through links; set target.subPath to the real directory, or replace the link with it",
-            m.target_root.display(),
-            std::fs::read_link(&m.target_root).map_or("?".into(), |l| l.display().to_string())
-        ));
+        cur.push(c);
+        if let Ok(md) = std::fs::symlink_metadata(&cur)
+            && md.file_type().is_symlink()
+        {
+            blockers.push(format!(
+                "{} in the target's path {} is a symbolic link (to {}): promigrate never writes, chowns or chmods through links; set target.subPath to the real directory, or replace the link with it",
+                cur.display(),
+                m.target_root.display(),
+                std::fs::read_link(&cur).map_or("?".into(), |l| l.display().to_string())
+            ));
+            break;
+        }
     }
     if let Some(h) = crate::lock::writer(&m.target_root) {
         blockers.push(format!(
@@ -903,12 +915,21 @@ pub fn build_from(
         .filter(|a| crate::perms::problem_of(a.uid, a.gid, a.mode, m.owner).is_some())
         .map(|a| (a.rel.as_str(), a.uid, a.gid))
         .collect();
+    // What an interrupted run staged is reused or removed by apply before it needs more:
+    // its space and inodes count as free (a rerun after --deadline must not be blocked by
+    // its own earlier progress).
+    let staged = staged_usage(&m.target_root);
+    let mut fs_for_writes = fs.clone();
+    fs_for_writes.free_bytes = fs_for_writes.free_bytes.saturating_add(staged.0);
+    fs_for_writes.free_inodes = fs_for_writes
+        .free_inodes
+        .map(|i| i.saturating_add(staged.1));
     let (write_blockers, write_warnings) = preflight::check(
         &preflight::Target {
             root: &m.target_root,
             mount: &m.target_mount,
             owner: m.owner,
-            fs: &fs,
+            fs: &fs_for_writes,
             probe: &probe,
             copy_bytes: plan.stats.copy_bytes,
             needs: plan.target_needs,
@@ -921,6 +942,24 @@ pub fn build_from(
     plan.warnings.extend(write_warnings);
     plan.ok = plan.blockers.is_empty() && plan.write_blockers.is_empty();
     Ok((plan, src, tgt))
+}
+
+/// Bytes (allocated) and entries under the target's staging directory, left by an
+/// interrupted run; (0, 0) when there is none. Not followed through a link.
+fn staged_usage(root: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let dir = root.join(tsdb::STAGING_DIR);
+    if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+        return (0, 0);
+    }
+    walkdir::WalkDir::new(&dir)
+        .min_depth(1)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .fold((0, 0), |(b, n), md| {
+            (b.saturating_add(md.blocks().saturating_mul(512)), n + 1)
+        })
 }
 
 /// Runs the cheap format checks on the selected source data. Damaged selected blocks and

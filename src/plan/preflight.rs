@@ -155,6 +155,14 @@ pub fn check(t: &Target, who: &Process) -> (Vec<String>, Vec<String>) {
     if !t.writes {
         return (blockers, warnings);
     }
+    // Every write below the mount resolves its path with openat2 (Linux 5.6+), never
+    // following a link; a kernel or seccomp profile without it would fail the first write.
+    if let Err(e) = crate::fsutil::beneath::stat(t.mount, t.mount) {
+        blockers.push(format!(
+            "cannot open the target volume {} without following links ({e}): apply resolves every path below it with openat2(2), which needs Linux 5.6 or newer and a seccomp profile that allows it; run promigrate on such a host",
+            t.mount.display()
+        ));
+    }
     if !t.fs.read_only
         && let Some(why) = not_writable(t, who)
     {

@@ -128,10 +128,19 @@ pub fn resolve(spec: &SshSpec) -> Result<Vec<SocketAddr>, SshError> {
     let addrs: Vec<SocketAddr> = (spec.host.as_str(), spec.port)
         .to_socket_addrs()
         .map_err(|e| {
-            SshError::Resolve(format!(
-                "source.ssh.host {} does not resolve ({e}): check the name, or give the address",
-                spec.host
-            ))
+            // EAI_AGAIN ("Temporary failure in name resolution", glibc's text in the C locale
+            // Rust runs getaddrinfo in) is a resolver hiccup: a connection error, retried.
+            if e.to_string().contains("Temporary failure") {
+                SshError::Connect(format!(
+                    "cannot resolve source.ssh.host {} for now ({e})",
+                    spec.host
+                ))
+            } else {
+                SshError::Resolve(format!(
+                    "source.ssh.host {} does not resolve ({e}): check the name, or give the address",
+                    spec.host
+                ))
+            }
         })?
         .collect();
     if addrs.is_empty() {

@@ -838,6 +838,8 @@ fn quarantine(
     for e in quarantine {
         let to = qdir.join(&e.rel);
         let parent_rel = Path::new(&e.rel).parent().unwrap_or(Path::new(""));
+        // The directory the entry leaves (a block's chunks/ for a stray file) changes too.
+        made.insert(root.join(parent_rel));
         let mut cur = root.to_path_buf();
         for c in qrel.join(parent_rel).components() {
             cur.push(c);
@@ -1035,6 +1037,13 @@ fn clean_leftovers(
     for rel in leftovers {
         let p = root.join(rel);
         if rel == tsdb::STAGING_DIR {
+            // Never list or remove through a link put in its place.
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| !m.is_dir()) {
+                anyhow::bail!(
+                    "{} is not a directory (a symbolic link?): promigrate never removes through links; move it away and rerun apply",
+                    p.display()
+                );
+            }
             let Ok(entries) = std::fs::read_dir(&p) else {
                 continue;
             };
