@@ -396,10 +396,9 @@ fn kill_9_mid_block_keeps_complete_staged_files() {
     assert_eq!(ws.run(&["verify"]).0, 0);
 }
 
-#[test]
-fn a_second_apply_on_the_same_target_is_refused_while_one_runs() {
-    let ws = Workspace::new();
-    let mut first = ws
+/// Starts `apply --yes --bwlimit 100K` and waits until it is copying blocks.
+fn slow_apply_under_way(ws: &Workspace) -> std::process::Child {
+    let first = ws
         .cmd(&["apply", "--yes", "--bwlimit", "100K"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -414,6 +413,13 @@ fn a_second_apply_on_the_same_target_is_refused_while_one_runs() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    first
+}
+
+#[test]
+fn a_second_apply_on_the_same_target_is_refused_while_one_runs() {
+    let ws = Workspace::new();
+    let mut first = slow_apply_under_way(&ws);
     let (code, out, err) = ws.run(&["apply", "--yes"]);
     assert!(
         first.try_wait().unwrap().is_none(),
@@ -437,21 +443,7 @@ fn a_second_apply_on_the_same_target_is_refused_while_one_runs() {
 #[test]
 fn plan_and_verify_name_a_running_apply_and_no_lock_file_is_left() {
     let ws = Workspace::new();
-    let mut first = ws
-        .cmd(&["apply", "--yes", "--bwlimit", "100K"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let staging = ws.target().join(".promigrate-staging");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !staging.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "first apply never started"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut first = slow_apply_under_way(&ws);
     let busy = format!(
         "an apply is in progress on this target (pid {}, since ",
         first.id()

@@ -791,13 +791,8 @@ fn apply_on_a_terminal(
     (child, buf)
 }
 
-/// Regression: Ctrl-C at the `[y/N]` prompt was ignored (the stop-at-next-chunk handler was
-/// already installed), and a `y` typed afterwards wrote. It must end apply at once.
-#[test]
-fn ctrl_c_at_the_prompt_ends_apply_with_nothing_written() {
-    let ws = Workspace::new();
-    let (mut child, buf) = apply_on_a_terminal(&ws);
-    let text = || String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
+/// Waits (up to 30 s) until `text()` shows apply's confirmation question.
+fn wait_for_prompt(text: &dyn Fn() -> String) {
     let start = std::time::Instant::now();
     while !text().contains("Apply this plan to") {
         assert!(
@@ -807,6 +802,16 @@ fn ctrl_c_at_the_prompt_ends_apply_with_nothing_written() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// Regression: Ctrl-C at the `[y/N]` prompt was ignored (the stop-at-next-chunk handler was
+/// already installed), and a `y` typed afterwards wrote. It must end apply at once.
+#[test]
+fn ctrl_c_at_the_prompt_ends_apply_with_nothing_written() {
+    let ws = Workspace::new();
+    let (mut child, buf) = apply_on_a_terminal(&ws);
+    let text = || String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
+    wait_for_prompt(&text);
     use std::io::Write;
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"\x03").unwrap();
@@ -843,15 +848,7 @@ fn end_of_input_at_the_prompt_writes_nothing() {
     let ws = Workspace::new();
     let (mut child, buf) = apply_on_a_terminal(&ws);
     let text = || String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
-    let start = std::time::Instant::now();
-    while !text().contains("Apply this plan to") {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
-            "no prompt: {}",
-            text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for_prompt(&text);
     use std::io::Write;
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"\x04").unwrap();

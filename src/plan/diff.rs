@@ -88,18 +88,10 @@ pub fn block(src: &Block, tgt: Option<&Block>) -> BlockDiff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fsutil::MTime;
     use std::collections::BTreeMap;
 
     fn fi(rel: &str, size: u64, sec: i64) -> FileInfo {
-        FileInfo {
-            rel: rel.into(),
-            size,
-            mtime: MTime { sec, nsec: 0 },
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        }
+        FileInfo::for_test(rel, size, sec)
     }
 
     fn blk(files: &[FileInfo]) -> Block {

@@ -42,6 +42,19 @@ impl FileInfo {
         }
     }
 
+    /// A file entry for unit tests: `rel`, `size`, mtime `sec` (whole seconds), 0644 root.
+    #[cfg(test)]
+    pub fn for_test(rel: &str, size: u64, sec: i64) -> Self {
+        FileInfo {
+            rel: rel.into(),
+            size,
+            mtime: crate::fsutil::MTime { sec, nsec: 0 },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
     /// The quick check (like rsync's): same size and modification time.
     pub fn same_as(&self, other: &FileInfo) -> bool {
         self.size == other.size && self.mtime.same(other.mtime)
