@@ -69,7 +69,7 @@ build() {
 	fi
 	local start=$SECONDS src=$CACHE/src buildlog=$CACHE/build.log
 	mkdir -p "$src"
-	log "building prometheus + promtool $release ($MODULE@$VERSION) into $BIN (cold: about 5-9 min on 2 cores; log: $buildlog)"
+	log "building prometheus + promtool $release ($MODULE@$VERSION) into $BIN (cold: about 4-6 min on 2 cores; log: $buildlog)"
 	(
 		set -euo pipefail
 		cd "$src"
