@@ -13,12 +13,14 @@ demo:
 	bash scripts/demo.sh
 
 ## All tests: unit, CLI, and real-component integration tests (real promtool/prometheus data,
-## real prometheus servers, a real Kubernetes control plane built once by scripts/test-cluster.sh).
+## real prometheus servers, a real Kubernetes control plane built once by scripts/test-cluster.sh,
+## and Prometheus 3.x built once from the Go module proxy by scripts/prometheus3.sh).
 ## Needs root: it chowns to other uids and mounts small tmpfs volumes.
 test:
 	bash scripts/deps.sh
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make test needs root (chown to runAsUser/fsGroup, tmpfs mounts): sudo make test" >&2; exit 1; fi
 	bash scripts/test-cluster.sh build
+	bash scripts/prometheus3.sh build
 	$(CARGO) test --locked
 
 ## Unit tests only (no root, no prometheus).

@@ -1,6 +1,7 @@
 //! Shared helpers of the integration tests: real TSDB fixtures (promtool + a real
-//! prometheus, via scripts/gen-tsdb.sh), plan files, the promigrate binary, and real
-//! Prometheus servers started on 127.0.0.1 and stopped by their PID.
+//! prometheus: Debian's 2.42 via scripts/gen-tsdb.sh, 3.x built by scripts/prometheus3.sh via
+//! scripts/gen-tsdb3.sh), plan files, the promigrate binary, and real Prometheus servers (2.42
+//! or 3.x: [`PromFlavor`]) started on 127.0.0.1 and stopped by their PID.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -67,6 +68,57 @@ pub fn gib_fixture() -> &'static Path {
                 "1".as_ref(),
             ],
         )
+    })
+}
+
+/// The bin dir of Prometheus 3.x (`prometheus`, `promtool`), built once from the Go module
+/// proxy by scripts/prometheus3.sh (cached by version in ~/.cache/promigrate; minutes when cold,
+/// then instant; test binaries may race: it is flock'ed).
+pub fn prom3_bin() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new("bash")
+            .arg(root.join("scripts/prometheus3.sh"))
+            .arg("build")
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/prometheus3.sh build (needs go: see README, Tests)");
+        assert!(out.status.success(), "scripts/prometheus3.sh build failed");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let dir = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+        assert!(
+            dir.join("prometheus").is_file() && dir.join("promtool").is_file(),
+            "scripts/prometheus3.sh build printed {stdout:?}, not a bin dir"
+        );
+        dir
+    })
+}
+
+/// A real Prometheus 3.x TSDB (scripts/gen-tsdb3.sh, about a minute): promtool 3.x blocks,
+/// blocks compacted from the head and from out-of-order data (some with chunks of 1 MiB or
+/// more: a native histogram of 36000 buckets), tombstones, a zstd WAL with a checkpoint,
+/// wbl/, chunks_head/ with out-of-order chunks, and chunk_snapshot.*. Tests never write into
+/// it: they copy it first.
+pub fn prom3_fixture() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let bin = prom3_bin();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        std::fs::create_dir_all(root.join("target/fixtures")).unwrap();
+        let dir = fixture_path("tsdb3");
+        let status = Command::new("bash")
+            .arg(root.join("scripts/gen-tsdb3.sh"))
+            .arg(&dir)
+            .env("PROMETHEUS3_BIN_DIR", bin)
+            .status()
+            .expect("run scripts/gen-tsdb3.sh");
+        assert!(
+            status.success(),
+            "scripts/gen-tsdb3.sh {} failed",
+            dir.display()
+        );
+        dir
     })
 }
 
@@ -383,6 +435,37 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The feature flags scripts/gen-tsdb3.sh runs Prometheus 3.x with.
+pub const PROM3_FEATURES: &str = "exemplar-storage,memory-snapshot-on-shutdown,metadata-wal-records,created-timestamp-zero-ingestion,st-storage,fast-startup";
+
+/// Which Prometheus a [`PromServer`] runs and what it adds to its flags and config; the
+/// default is Debian's 2.42 (`prometheus` on PATH) as the tests always ran it.
+#[derive(Clone, Debug, Default)]
+pub struct PromFlavor {
+    /// The `prometheus` binary; `None` runs `prometheus` from PATH.
+    pub binary: Option<PathBuf>,
+    /// Extra command-line flags.
+    pub flags: Vec<String>,
+    /// YAML appended to the generated prometheus.yml (top-level sections, e.g. `storage:`).
+    pub config: String,
+}
+
+impl PromFlavor {
+    /// Prometheus 3.x (built by [`prom3_bin`]) with the features, WAL compression and
+    /// out-of-order window scripts/gen-tsdb3.sh writes its data with, so that it reads the
+    /// chunk snapshot and the WBL like the server that wrote them.
+    pub fn prom3() -> PromFlavor {
+        PromFlavor {
+            binary: Some(prom3_bin().join("prometheus")),
+            flags: vec![
+                format!("--enable-feature={PROM3_FEATURES}"),
+                "--storage.tsdb.wal-compression-type=zstd".to_string(),
+            ],
+            config: "storage:\n  tsdb:\n    out_of_order_time_window: 30m\n".to_string(),
+        }
+    }
+}
+
 /// A real `prometheus` server on 127.0.0.1, stopped (SIGTERM, then SIGKILL) by its PID on drop.
 pub struct PromServer {
     child: Child,
@@ -415,9 +498,31 @@ impl PromServer {
     /// Like [`PromServer::start`], with `--storage.tsdb.retention.time` set to `retention`
     /// (a Prometheus duration such as `36h` or `5400000ms`): it deletes older blocks at start.
     pub fn start_with_retention(data: &Path, work: &Path, retention: &str) -> PromServer {
-        Self::spawn_with(data, work, None, false, retention)
+        Self::spawn_with(&PromFlavor::default(), data, work, None, false, retention)
             .ready()
             .unwrap_or_else(|log| panic!("prometheus exited:\n{log}"))
+    }
+
+    /// Like [`PromServer::start`], running the given [`PromFlavor`] (e.g. Prometheus 3.x).
+    pub fn start_flavor(
+        flavor: &PromFlavor,
+        data: &Path,
+        work: &Path,
+        as_user: Option<(u32, u32)>,
+    ) -> PromServer {
+        Self::try_start_flavor(flavor, data, work, as_user)
+            .unwrap_or_else(|log| panic!("prometheus exited:\n{log}"))
+    }
+
+    /// Like [`PromServer::start_flavor`]; a server that exits before it is ready is an `Err`
+    /// with its log.
+    pub fn try_start_flavor(
+        flavor: &PromFlavor,
+        data: &Path,
+        work: &Path,
+        as_user: Option<(u32, u32)>,
+    ) -> Result<PromServer, String> {
+        Self::spawn_with(flavor, data, work, as_user, false, "3650d").ready()
     }
 
     fn spawn(
@@ -426,10 +531,18 @@ impl PromServer {
         as_user: Option<(u32, u32)>,
         scrape_self: bool,
     ) -> PromServer {
-        Self::spawn_with(data, work, as_user, scrape_self, "3650d")
+        Self::spawn_with(
+            &PromFlavor::default(),
+            data,
+            work,
+            as_user,
+            scrape_self,
+            "3650d",
+        )
     }
 
     fn spawn_with(
+        flavor: &PromFlavor,
         data: &Path,
         work: &Path,
         as_user: Option<(u32, u32)>,
@@ -447,31 +560,48 @@ impl PromServer {
         } else {
             "global:\n  scrape_interval: 1h\n".to_string()
         };
-        std::fs::write(&config, text).unwrap();
+        std::fs::write(&config, text + &flavor.config).unwrap();
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
         let log = work.join(format!("prometheus-{port}.log"));
         let logf = std::fs::File::create(&log).unwrap();
+        let binary = match (&flavor.binary, as_user) {
+            // Another user may not reach a binary under /root: give it a link (or copy) in
+            // the work dir, which it can traverse.
+            (Some(b), Some(_)) => {
+                let local = work.join("prometheus");
+                if !local.exists() && std::fs::hard_link(b, &local).is_err() {
+                    std::fs::copy(b, &local).unwrap();
+                }
+                local
+            }
+            (Some(b), None) => b.clone(),
+            (None, _) => PathBuf::from("prometheus"),
+        };
         let mut cmd = match as_user {
             Some((uid, gid)) => {
                 let mut c = Command::new("setpriv");
                 c.arg(format!("--reuid={uid}"))
                     .arg(format!("--regid={gid}"))
                     .arg("--clear-groups")
-                    .arg("prometheus");
+                    .arg(&binary);
                 c
             }
-            None => Command::new("prometheus"),
+            None => Command::new(&binary),
         };
         cmd.arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", data.display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg(format!("--storage.tsdb.retention.time={retention}"))
+            .args(&flavor.flags)
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)
             .stdin(Stdio::null());
-        let child = cmd
-            .spawn()
-            .expect("start prometheus (Debian package `prometheus`)");
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "start {} (Debian package `prometheus`, or scripts/prometheus3.sh): {e}",
+                binary.display()
+            )
+        });
         PromServer {
             child,
             url: format!("http://127.0.0.1:{port}"),

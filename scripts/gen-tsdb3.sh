@@ -1,0 +1,601 @@
+#!/usr/bin/env bash
+#
+# gen-tsdb3.sh - build a REAL Prometheus 3.x TSDB data directory for tests.
+#
+# Debian's Prometheus 2.42 (scripts/gen-tsdb.sh) never writes what today's servers write. This
+# script has Prometheus 3.x (scripts/prometheus3.sh build, 3.16.0 by default) write it:
+#
+#   1. `promtool tsdb create-blocks-from openmetrics` (3.x) writes two older 2h blocks of
+#      float samples (ending about 1h before now);
+#   2. a real `prometheus` 3.x on 127.0.0.1 (free ports) with exemplar storage, metadata WAL
+#      records, created-timestamp zero ingestion, start-timestamp storage (`st-storage`:
+#      XOR2, histogramST and floathistogramST chunks), `fast-startup` (wal/series_state.json),
+#      the memory snapshot on shutdown, a zstd WAL of 10 MB segments, a 30m out-of-order
+#      window, the remote-write receiver, and 20s/60s blocks (the hidden test flags
+#      --storage.tsdb.min-block-duration/max-block-duration) so that the head is compacted
+#      into blocks every 20 s and those into 60 s blocks;
+#   3. tests/prom3feed (built with `go build`, cached by a hash of its sources) feeds it:
+#      scraped every second in the PrometheusProto format (native histograms with exemplars
+#      and created timestamps, one of them, feed_huge_histogram, with 36000 buckets, whose
+#      chunks are 1.4 MB: more than 1 MiB), and remote write 2.0 (series with start
+#      timestamps; out-of-order float and histogram samples up to 3 minutes back);
+#      a recording rule makes float histograms;
+#   4. once a block holds a chunk of at least 1 MiB, an out-of-order block exists and the WAL
+#      has a checkpoint (or after MAX_RUN seconds), one backfilled series is deleted through
+#      the admin API (a non-empty `tombstones`), and Prometheus is stopped with SIGTERM, so it
+#      m-maps its head chunks and writes `chunk_snapshot.*`.
+#
+# The result is left exactly as Prometheus left it: blocks (level 1 from promtool and the
+# head, compacted ones, out-of-order ones), wal/ (zstd, a checkpoint, series_state.json),
+# wbl/, chunks_head/ (with out-of-order chunks), chunk_snapshot.*/. It ends with a summary
+# on stderr (promtool tsdb list, sizes, chunk encodings and the largest chunks).
+#
+# Idempotent and safe for concurrent callers, like gen-tsdb.sh: an exclusive flock on
+# OUT_DIR.lock, the build in OUT_DIR.tmp.<pid>, renamed to OUT_DIR, then the sibling marker
+# OUT_DIR.complete; with the marker present nothing is rebuilt.
+#
+# Requirements: bash, flock, python3, curl, go (for the feeder and, unless
+# PROMETHEUS3_BIN_DIR is given, to build Prometheus 3). Network use: 127.0.0.1 only, plus the
+# Go module proxy for builds.
+#
+# Environment:
+#   PROMETHEUS3_BIN_DIR   a directory holding prometheus and promtool 3.x (default: the last
+#                         stdout line of scripts/prometheus3.sh build)
+#   PROMIGRATE_PROM3FEED_CACHE  where the feeder binary is cached
+#                         (default ${XDG_CACHE_HOME:-$HOME/.cache}/promigrate/prom3feed-<hash>)
+
+set -euo pipefail
+
+readonly PROG=${0##*/}
+HERE=$(cd -- "$(dirname -- "$0")" && pwd -P)
+readonly HERE ROOT=${HERE%/scripts}
+
+readonly MIN_RUN=60     # keep Prometheus running at least this long (seconds after ready)
+readonly MAX_RUN=170    # and never longer
+readonly READY_TIMEOUT=60
+readonly STOP_TIMEOUT=60
+readonly BIG_CHUNK=$((1 << 20))
+
+usage() {
+	cat <<EOF
+Usage: $PROG OUT_DIR
+
+Builds a real Prometheus 3.x TSDB data directory at OUT_DIR (see the header of this script).
+Does nothing if OUT_DIR.complete already exists.
+
+Environment: PROMETHEUS3_BIN_DIR, PROMIGRATE_PROM3FEED_CACHE.
+EOF
+}
+
+log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+die() {
+	printf '%s: error: %s\n' "$PROG" "$*" >&2
+	exit 1
+}
+
+OUT=""
+while (($#)); do
+	case $1 in
+	-h | --help) usage; exit 0 ;;
+	-*) usage >&2; die "unknown option: $1" ;;
+	*) [[ -z $OUT ]] || { usage >&2; die "unexpected argument: $1"; }; OUT=$1; shift ;;
+	esac
+done
+[[ -n $OUT ]] || { usage >&2; exit 2; }
+for cmd in python3 flock curl go; do
+	command -v "$cmd" >/dev/null 2>&1 || die "required command not found: $cmd"
+done
+
+abspath() {
+	local p=${1%/} d b
+	[[ -n $p ]] || die "invalid path: '$1'"
+	d=$(dirname -- "$p")
+	b=$(basename -- "$p")
+	[[ $b != . && $b != .. && $b != / ]] || die "invalid path: '$1'"
+	mkdir -p -- "$d" || die "cannot create parent directory of $p"
+	d=$(cd -- "$d" && pwd -P)
+	printf '%s/%s\n' "${d%/}" "$b"
+}
+OUT=$(abspath "$OUT")
+
+# ------------------------------------------------------------ cleanup state
+WORK="" TMP_OUT="" PROM_PID="" FEED_PID="" PROM_LOG="" FEED_LOG=""
+
+pid_alive() {
+	local st
+	[[ -r /proc/$1/stat ]] || return 1
+	st=$(<"/proc/$1/stat") || return 1
+	st=${st##*) }
+	[[ ${st:0:1} != Z ]]
+}
+
+# stop_pid PID TIMEOUT: SIGTERM, SIGKILL after TIMEOUT seconds; returns the exit status.
+stop_pid() {
+	local pid=$1 i rc=0
+	kill -TERM "$pid" 2>/dev/null || true
+	for ((i = 0; i < $2 * 10; i++)); do
+		pid_alive "$pid" || break
+		sleep 0.1
+	done
+	if pid_alive "$pid"; then
+		log "pid $pid did not exit within ${2}s of SIGTERM; sending SIGKILL"
+		kill -KILL "$pid" 2>/dev/null || true
+	fi
+	wait "$pid" 2>/dev/null || rc=$?
+	return "$rc"
+}
+
+on_exit() {
+	local rc=$?
+	trap - EXIT
+	set +e
+	[[ -z $FEED_PID ]] || stop_pid "$FEED_PID" 10
+	[[ -z $PROM_PID ]] || stop_pid "$PROM_PID" "$STOP_TIMEOUT"
+	if ((rc != 0)); then
+		local f
+		for f in "$PROM_LOG" "$FEED_LOG"; do
+			if [[ -n $f && -s $f ]]; then
+				printf '%s: last 30 lines of %s:\n' "$PROG" "$f" >&2
+				tail -n 30 -- "$f" >&2
+			fi
+		done
+		[[ -z $TMP_OUT ]] || rm -rf -- "$TMP_OUT"
+		printf '%s: FAILED (exit %d)\n' "$PROG" "$rc" >&2
+	fi
+	[[ -z $WORK ]] || rm -rf -- "$WORK"
+	exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+WORK=$(mktemp -d -t gen-tsdb3.XXXXXXXX)
+HELPER=$WORK/helper.py
+
+# ----------------------------------------------------------- python helper
+cat >"$HELPER" <<'PY'
+import json, os, re, socket, struct, sys, time
+
+ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+ENC = {1: "XOR", 2: "histogram", 3: "floathistogram", 4: "XOR2", 5: "histogramST",
+       6: "floathistogramST"}
+
+
+def blocks(d):
+    return sorted(e for e in os.listdir(d)
+                  if ULID_RE.match(e) and os.path.isfile(os.path.join(d, e, "meta.json")))
+
+
+def meta(d, b):
+    with open(os.path.join(d, b, "meta.json")) as f:
+        return json.load(f)
+
+
+def uvarint(b, i):
+    x = s = 0
+    while True:
+        c = b[i]
+        i += 1
+        x |= (c & 0x7F) << s
+        s += 7
+        if c < 0x80:
+            return x, i
+
+
+def block_chunks(path):
+    """(length, encoding) of every chunk of a block chunk segment."""
+    b = open(path, "rb").read()
+    i, out = 8, []
+    while i < len(b):
+        n, j = uvarint(b, i)
+        out.append((n, ENC.get(b[j], str(b[j]))))
+        i = j + 1 + n + 4
+    return out
+
+
+def head_chunks(path):
+    """(length, encoding) of every chunk of a chunks_head/ file (up to the zero tail)."""
+    b = open(path, "rb").read()
+    i, out = 8, []
+    while i + 25 <= len(b):
+        ref, mint, maxt = struct.unpack(">QQQ", b[i:i + 24])
+        if ref == 0 and mint == 0 and maxt == 0:
+            break
+        e = b[i + 24]
+        n, j = uvarint(b, i + 25)
+        out.append((n, ("ooo-" if e & 0x80 else "") + ENC.get(e & 0x7F, str(e & 0x7F))))
+        i = j + n + 4
+    return out
+
+
+def wal_fragments(path):
+    """Count of fragment compressions of a WAL/WBL segment: none, snappy, zstd."""
+    b = open(path, "rb").read()
+    page, i, c = 32 * 1024, 0, {"none": 0, "snappy": 0, "zstd": 0}
+    while i + 7 <= len(b):
+        t = b[i]
+        if t == 0:  # padding to the end of the page
+            i = (i // page + 1) * page
+            continue
+        n = struct.unpack(">H", b[i + 1:i + 3])[0]
+        c["zstd" if t & 0x10 else "snappy" if t & 0x08 else "none"] += 1
+        i += 7 + n
+    return c
+
+
+def cmd_free_ports(n):
+    socks = []
+    for _ in range(int(n)):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    print(" ".join(str(s.getsockname()[1]) for s in socks))
+    for s in socks:
+        s.close()
+
+
+def cmd_backfill(path, hours, end_offset):
+    """OpenMetrics for promtool: 6 gauges, one sample every 30 s."""
+    hours, end_offset = int(hours), int(end_offset)
+    step = 30
+    end = (int(time.time()) // step) * step - end_offset
+    start = end - hours * 3600
+    with open(path, "w") as f:
+        f.write("# HELP backfill_value A gauge written by promtool.\n# TYPE backfill_value gauge\n")
+        for s in range(6):
+            lbl = 'backfill_value{job="backfill",instance="node-%d"} ' % s
+            f.write("".join("%s%d %d\n" % (lbl, (t // step * (s + 3)) % 1000, t)
+                            for t in range(start, end, step)))
+        f.write("# EOF\n")
+    print(start, end)
+
+
+def cmd_state(d):
+    """What the run has produced so far: 'max_block_chunk ooo_blocks checkpoint max_level'."""
+    big, ooo, lvl = 0, 0, 0
+    for b in blocks(d):
+        m = meta(d, b)
+        lvl = max(lvl, m.get("compaction", {}).get("level", 1))
+        if "from-out-of-order" in m.get("compaction", {}).get("hints", []):
+            ooo += 1
+        cd = os.path.join(d, b, "chunks")
+        for f in sorted(os.listdir(cd)) if os.path.isdir(cd) else []:
+            try:
+                cs = block_chunks(os.path.join(cd, f))
+            except (OSError, IndexError):
+                continue
+            big = max([big] + [n for n, _ in cs])
+    wal = os.path.join(d, "wal")
+    ckpt = int(any(e.startswith("checkpoint.") and not e.endswith(".tmp")
+                   for e in (os.listdir(wal) if os.path.isdir(wal) else [])))
+    print(big, ooo, ckpt, lvl)
+
+
+def cmd_pickdel(d):
+    """'start end ulid' (seconds) inside the first promtool block (level 1, no hints)."""
+    for b in blocks(d):
+        m = meta(d, b)
+        c = m.get("compaction", {})
+        if c.get("level", 1) == 1 and not c.get("hints") and m["maxTime"] - m["minTime"] >= 3600_000:
+            span = m["maxTime"] - m["minTime"]
+            print("%.3f %.3f %s" % ((m["minTime"] + span // 4) / 1000,
+                                    (m["minTime"] + span // 2) / 1000, b))
+            return
+    raise SystemExit("no promtool block in " + d)
+
+
+def human(n):
+    for u in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or u == "GiB":
+            return ("%d %s" % (n, u)) if u == "B" else ("%.1f %s" % (n, u))
+        n /= 1024
+
+
+def tree_size(p):
+    if os.path.isfile(p):
+        return os.path.getsize(p)
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(p) for f in fs)
+
+
+def cmd_check(d):
+    """Fails unless d has everything the fixture promises."""
+    errs = []
+    wal = os.path.join(d, "wal")
+    segs = [f for f in os.listdir(wal) if re.fullmatch(r"\d{8}", f)]
+    z = sum(wal_fragments(os.path.join(wal, f))["zstd"] for f in segs)
+    if not z:
+        errs.append("wal/ has no zstd fragment")
+    if not os.path.exists(os.path.join(wal, "series_state.json")):
+        errs.append("wal/series_state.json is missing")
+    wbl = os.path.join(d, "wbl")
+    if not os.path.isdir(wbl) or not any(os.path.getsize(os.path.join(wbl, f)) for f in os.listdir(wbl)):
+        errs.append("wbl/ has no data")
+    ch = os.path.join(d, "chunks_head")
+    hc = [c for f in sorted(os.listdir(ch)) for c in head_chunks(os.path.join(ch, f))]
+    if not hc:
+        errs.append("chunks_head/ has no chunk")
+    if not any(e.startswith("ooo-") for _, e in hc):
+        errs.append("chunks_head/ has no out-of-order chunk")
+    if not [e for e in os.listdir(d) if e.startswith("chunk_snapshot.")]:
+        errs.append("no chunk_snapshot.*")
+    big, ooo, ckpt, lvl = 0, 0, 0, 0
+    encs = set()
+    for b in blocks(d):
+        c = meta(d, b).get("compaction", {})
+        ooo += "from-out-of-order" in c.get("hints", [])
+        lvl = max(lvl, c.get("level", 1))
+        for f in os.listdir(os.path.join(d, b, "chunks")):
+            for n, e in block_chunks(os.path.join(d, b, "chunks", f)):
+                big = max(big, n)
+                encs.add(e)
+    if big < 1 << 20:
+        errs.append("no block chunk of 1 MiB or more (largest: %d bytes)" % big)
+    if not ooo:
+        errs.append("no out-of-order block")
+    for e in ("XOR2", "histogramST", "floathistogramST", "floathistogram"):
+        if e not in encs:
+            errs.append("no %s chunk in any block" % e)
+    if not any(os.path.getsize(os.path.join(d, b, "tombstones")) > 9 for b in blocks(d)):
+        errs.append("no block has a non-empty tombstones file")
+    if errs:
+        raise SystemExit("; ".join(errs))
+
+
+def cmd_summary(d):
+    print("files and sizes (total %s):" % human(tree_size(d)))
+    for e in sorted(os.listdir(d)):
+        p = os.path.join(d, e)
+        if os.path.isdir(p):
+            print("  %-38s %10s  %d files" % (e + "/", human(tree_size(p)), sum(len(fs) for _, _, fs in os.walk(p))))
+        else:
+            print("  %-38s %10s" % (e, human(os.path.getsize(p))))
+    print("block chunk segments (chunks by encoding: count, largest bytes):")
+    for b in blocks(d):
+        c = meta(d, b).get("compaction", {})
+        for f in sorted(os.listdir(os.path.join(d, b, "chunks"))):
+            cs = block_chunks(os.path.join(d, b, "chunks", f))
+            by = {}
+            for n, e in cs:
+                by.setdefault(e, []).append(n)
+            big = sum(1 for n, _ in cs if n >= 1 << 20)
+            print("  %s/chunks/%s level %d%s: %d chunks, %d of >= 1 MiB; %s" % (
+                b, f, c.get("level", 1), " ooo" if "from-out-of-order" in c.get("hints", []) else "",
+                len(cs), big, ", ".join("%s %d (max %d)" % (e, len(v), max(v)) for e, v in sorted(by.items()))))
+    print("chunks_head/:")
+    ch = os.path.join(d, "chunks_head")
+    for f in sorted(os.listdir(ch)):
+        by = {}
+        for n, e in head_chunks(os.path.join(ch, f)):
+            by.setdefault(e, []).append(n)
+        print("  %s (%s): %s" % (f, human(os.path.getsize(os.path.join(ch, f))),
+                                 ", ".join("%s %d (max %d)" % (e, len(v), max(v)) for e, v in sorted(by.items())) or "no chunks"))
+    for w in ("wal", "wbl"):
+        p = os.path.join(d, w)
+        for f in sorted(os.listdir(p)) if os.path.isdir(p) else []:
+            fp = os.path.join(p, f)
+            if re.fullmatch(r"\d{8}", f):
+                print("  %s/%s (%s): fragments %s" % (w, f, human(os.path.getsize(fp)), wal_fragments(fp)))
+            else:
+                print("  %s/%s (%s)" % (w, f, human(tree_size(fp))))
+
+
+if __name__ == "__main__":
+    globals()["cmd_" + sys.argv[1].replace("-", "_")](*sys.argv[2:])
+PY
+helper() { python3 "$HELPER" "$@"; }
+
+# http METHOD URL [key=value ...] -> the HTTP status.
+http() {
+	local method=$1 url=$2 kv args=(-sS -o /dev/null -w '%{http_code}' --max-time 10)
+	shift 2
+	args+=(-X "$method")
+	for kv in "$@"; do args+=(--data-urlencode "$kv"); done
+	curl "${args[@]}" "$url" 2>/dev/null || true
+}
+
+# ------------------------------------------------------------------ binaries
+prom_bin() {
+	local dir=${PROMETHEUS3_BIN_DIR:-}
+	if [[ -z $dir ]]; then
+		dir=$(bash "$HERE/prometheus3.sh" build | tail -n 1) || die "scripts/prometheus3.sh build failed"
+	fi
+	[[ -x $dir/prometheus && -x $dir/promtool ]] || die "no prometheus/promtool in $dir"
+	printf '%s\n' "$dir"
+}
+
+# The feeder, built once per content of tests/prom3feed (go.mod, go.sum, *.go).
+feeder_bin() {
+	local src=$ROOT/tests/prom3feed hash cache bin
+	hash=$(cd "$src" && cat go.mod go.sum ./*.go | sha256sum | cut -c1-16)
+	cache=${PROMIGRATE_PROM3FEED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/promigrate/prom3feed-$hash}
+	bin=$cache/prom3feed
+	if [[ ! -x $bin ]]; then
+		mkdir -p "$cache"
+		(
+			exec 7>"$cache.lock"
+			flock 7
+			if [[ ! -x $bin ]]; then
+				log "building tests/prom3feed into $bin"
+				cd "$src"
+				GOTOOLCHAIN=local GOWORK=off GOFLAGS="-buildvcs=false -mod=readonly" CGO_ENABLED=0 \
+					nice go build -trimpath -o "$bin.tmp" . >"$cache/build.log" 2>&1 ||
+					{ cat "$cache/build.log" >&2; exit 1; }
+				mv -f "$bin.tmp" "$bin"
+			fi
+		) || die "building tests/prom3feed failed"
+	fi
+	printf '%s\n' "$bin"
+}
+
+# ------------------------------------------------------------- prometheus
+FEATURES=exemplar-storage,memory-snapshot-on-shutdown,metadata-wal-records,created-timestamp-zero-ingestion,st-storage,fast-startup
+
+write_config() {
+	local conf=$1 prom_port=$2 feed_port=$3
+	cat >"$conf/rules.yml" <<EOF
+groups:
+  - name: feed
+    interval: 1s
+    rules:
+      # A rate of a native histogram is a float histogram.
+      - record: feed:request_duration_seconds:rate15s
+        expr: rate(feed_request_duration_seconds[15s])
+EOF
+	cat >"$conf/prometheus.yml" <<EOF
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+  scrape_native_histograms: true
+  scrape_protocols: [PrometheusProto, OpenMetricsText1.0.0, PrometheusText0.0.4]
+rule_files: [rules.yml]
+storage:
+  tsdb:
+    out_of_order_time_window: 30m
+  exemplars:
+    max_exemplars: 100000
+scrape_configs:
+  - job_name: feed
+    static_configs:
+      - targets: ["127.0.0.1:$feed_port"]
+  - job_name: prometheus
+    static_configs:
+      - targets: ["127.0.0.1:$prom_port"]
+EOF
+}
+
+# start_prometheus BIN DATA: sets PROM_PID PROM_PORT FEED_PORT.
+start_prometheus() {
+	local bin=$1 data=$2 conf=$WORK/prom attempt i rc ports
+	mkdir -p "$conf"
+	PROM_LOG=$conf/prometheus.log
+	for attempt in 1 2 3; do
+		ports=$(helper free-ports 2)
+		read -r PROM_PORT FEED_PORT <<<"$ports"
+		write_config "$conf" "$PROM_PORT" "$FEED_PORT"
+		log "starting prometheus 3 on 127.0.0.1:$PROM_PORT (attempt $attempt, log: $PROM_LOG)"
+		# fd 9 is our flock; Prometheus must not inherit it.
+		(cd "$conf" && exec "$bin/prometheus" \
+			--config.file="$conf/prometheus.yml" \
+			--storage.tsdb.path="$data" \
+			--web.listen-address="127.0.0.1:$PROM_PORT" \
+			--web.enable-remote-write-receiver \
+			--web.enable-admin-api \
+			--enable-feature="$FEATURES" \
+			--storage.tsdb.wal-compression-type=zstd \
+			--storage.tsdb.wal-segment-size=10MB \
+			--storage.tsdb.min-block-duration=20s \
+			--storage.tsdb.max-block-duration=60s) >"$PROM_LOG" 2>&1 9>&- &
+		PROM_PID=$!
+		for ((i = 0; i < READY_TIMEOUT * 5; i++)); do
+			if [[ $(http GET "http://127.0.0.1:$PROM_PORT/-/ready") == 200 ]]; then
+				log "prometheus ready (pid $PROM_PID)"
+				return 0
+			fi
+			pid_alive "$PROM_PID" || break
+			sleep 0.2
+		done
+		pid_alive "$PROM_PID" && die "prometheus did not become ready within ${READY_TIMEOUT}s"
+		rc=0
+		wait "$PROM_PID" || rc=$?
+		PROM_PID=""
+		if grep -qi 'address already in use' "$PROM_LOG"; then
+			log "port $PROM_PORT was taken, retrying"
+			continue
+		fi
+		die "prometheus exited during startup (exit $rc)"
+	done
+	die "could not start prometheus on a free port"
+}
+
+run_server() {
+	local bin=$1 data=$2 feeder=$3 t0 e state big=0 ooo=0 ckpt=0 lvl=0 del start end blk code
+	start_prometheus "$bin" "$data"
+	FEED_LOG=$WORK/prom/feeder.log
+	"$feeder" -listen "127.0.0.1:$FEED_PORT" -remote-write "http://127.0.0.1:$PROM_PORT/api/v1/write" \
+		>"$FEED_LOG" 2>&1 9>&- &
+	FEED_PID=$!
+	t0=$SECONDS
+	while :; do
+		e=$((SECONDS - t0))
+		pid_alive "$PROM_PID" || die "prometheus exited unexpectedly"
+		pid_alive "$FEED_PID" || die "the feeder exited unexpectedly"
+		state=$(helper state "$data" 2>/dev/null) || state="0 0 0 0"
+		read -r big ooo ckpt lvl <<<"$state"
+		if ((e >= MIN_RUN && big >= BIG_CHUNK && ooo > 0 && ckpt > 0 && lvl > 1)); then
+			break
+		fi
+		((e < MAX_RUN)) || break
+		sleep 1
+	done
+	log "after ${e}s: largest block chunk $big bytes, $ooo out-of-order blocks, WAL checkpoint: $ckpt, highest compaction level $lvl"
+	((big >= BIG_CHUNK)) || die "no block chunk of 1 MiB or more after ${e}s"
+	((ooo > 0)) || die "no out-of-order block after ${e}s"
+	((ckpt > 0)) || log "note: no WAL checkpoint after ${e}s"
+
+	# Tombstones: delete one backfilled series in the middle of a promtool block.
+	del=$(helper pickdel "$data") || die "could not pick a block for delete_series"
+	read -r start end blk <<<"$del"
+	code=$(http POST "http://127.0.0.1:$PROM_PORT/api/v1/admin/tsdb/delete_series" \
+		'match[]=backfill_value{instance="node-0"}' "start=$start" "end=$end")
+	[[ $code == 204 || $code == 200 ]] || die "delete_series returned HTTP $code"
+	log "deleted backfill_value{instance=\"node-0\"} in [$start, $end] (block $blk)"
+
+	log "stopping prometheus (pid $PROM_PID) with SIGTERM after $((SECONDS - t0))s (it writes the chunk snapshot)"
+	local pid=$PROM_PID
+	PROM_PID=""
+	stop_pid "$pid" "$STOP_TIMEOUT" || die "prometheus did not exit cleanly"
+	grep -q 'chunk snapshot complete' "$PROM_LOG" || die "prometheus wrote no chunk snapshot"
+	pid=$FEED_PID
+	FEED_PID=""
+	stop_pid "$pid" 10 || log "note: the feeder exited with status $?"
+	PROM_LOG="" FEED_LOG=""
+}
+
+# ------------------------------------------------------------------ build
+build_tsdb() {
+	local bin feeder range t0=$SECONDS
+	exec 9>"$OUT.lock"
+	flock 9
+	if [[ -e $OUT.complete ]]; then
+		log "$OUT is already complete; nothing to do"
+		exec 9>&-
+		return 0
+	fi
+	if [[ -e $OUT ]]; then
+		if [[ -d $OUT && -z $(ls -A -- "$OUT") ]]; then
+			rmdir -- "$OUT"
+		else
+			die "$OUT exists but $OUT.complete does not; remove it and re-run"
+		fi
+	fi
+	rm -rf -- "$OUT".tmp.[0-9]*
+	bin=$(prom_bin)
+	feeder=$(feeder_bin)
+	TMP_OUT=$OUT.tmp.$$
+	mkdir -p -- "$TMP_OUT"
+
+	range=$(helper backfill "$WORK/backfill.om" 4 3600)
+	"$bin/promtool" tsdb create-blocks-from openmetrics -q "$WORK/backfill.om" "$TMP_OUT" >"$WORK/promtool.log" 2>&1 ||
+		{ cat "$WORK/promtool.log" >&2; die "promtool tsdb create-blocks-from openmetrics failed"; }
+	log "promtool $("$bin/promtool" --version 2>&1 | head -n 1 | awk '{print $3}') backfilled unix ${range/ / .. } into 2h blocks"
+
+	run_server "$bin" "$TMP_OUT" "$feeder"
+	helper check "$TMP_OUT" || die "the TSDB lacks a promised feature (above)"
+
+	# promtool tsdb list opens the DB read-only (a sandbox dir inside it, removed on close).
+	log "promtool tsdb list:"
+	"$bin/promtool" tsdb list -r "$TMP_OUT" >&2 || die "promtool tsdb list failed"
+	[[ -z $(find "$TMP_OUT" -maxdepth 1 -name 'tmp_dbro_sandbox*' -print -quit) ]] ||
+		die "promtool left a sandbox directory in $TMP_OUT"
+	helper summary "$TMP_OUT" >&2
+
+	mv -T -- "$TMP_OUT" "$OUT"
+	TMP_OUT=""
+	touch -- "$OUT.complete"
+	exec 9>&-
+	log "done: $OUT in $((SECONDS - t0))s"
+}
+
+build_tsdb
