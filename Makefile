@@ -36,6 +36,7 @@ bench:
 	bash scripts/deps.sh
 	bash scripts/bench.sh
 	bash scripts/bench-deep.sh
+	bash scripts/bench-deep.sh --gib 1 --large-chunks --out target/bench/results-deep-large.md
 	bash scripts/bench-phases.sh
 	bash scripts/bench-ssh.sh
 

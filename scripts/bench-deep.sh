@@ -13,12 +13,17 @@ cd "$(dirname "$0")/.."
 gib=4
 rounds=3
 out=target/bench/results-deep.md
+large=0
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--gib) gib=$2; shift 2 ;;
 	--rounds) rounds=$2; shift 2 ;;
 	--out) out=$2; shift 2 ;;
-	*) echo "usage: $0 [--gib N] [--rounds N] [--out FILE]" >&2; exit 2 ;;
+	# Blocks written by a real Prometheus 3.16 with native-histogram chunks of 1-1.5 MiB
+	# (scripts/gen-tsdb3.sh), replicated under fresh ULIDs: the chunks deep checks once
+	# refused (issue 14).
+	--large-chunks) large=1; shift ;;
+	*) echo "usage: $0 [--gib N] [--rounds N] [--out FILE] [--large-chunks]" >&2; exit 2 ;;
 	esac
 done
 
@@ -27,8 +32,39 @@ bin=$(mktemp)
 cp target/release/promigrate "$bin"
 chmod 755 "$bin"
 trap 'rm -f "$bin"' EXIT
-data=target/fixtures/bench-blocks-${gib}gib
-bash scripts/gen-tsdb.sh target/fixtures/tsdb --replicate-to "$data" --gib "$gib" >&2
+if [ "$large" = 1 ]; then
+	data=target/fixtures/bench-blocks3-${gib}gib
+	if [ ! -e "$data.complete" ]; then
+		bash scripts/gen-tsdb3.sh target/fixtures/tsdb3 >&2
+		rm -rf "$data" && mkdir -p "$data"
+		# Every block of the 3.x fixture, round robin under fresh ULIDs, to N GiB.
+		python3 - target/fixtures/tsdb3 "$data" "$gib" <<'PY'
+import os, re, shutil, sys, time, random
+src, dst, gib = sys.argv[1], sys.argv[2], float(sys.argv[3])
+alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+def ulid():
+    t = int(time.time() * 1000); s = ""
+    for _ in range(10): s = alphabet[t % 32] + s; t //= 32
+    return s + "".join(random.choice(alphabet) for _ in range(16))
+blocks = [b for b in sorted(os.listdir(src)) if os.path.exists(os.path.join(src, b, "meta.json"))]
+size = lambda p: sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(p) for f in fs)
+total, target = 0, int(gib * 2**30)
+while total < target:
+    for b in blocks:
+        u = ulid(); d = os.path.join(dst, u)
+        shutil.copytree(os.path.join(src, b), d)
+        m = os.path.join(d, "meta.json"); t = open(m).read()
+        open(m, "w").write(re.sub(r'("ulid"\s*:\s*")' + b + '"', lambda x: x.group(1) + u + '"', t, count=1))
+        total += size(d)
+        if total >= target: break
+print(total)
+PY
+		touch "$data.complete"
+	fi
+else
+	data=target/fixtures/bench-blocks-${gib}gib
+	bash scripts/gen-tsdb.sh target/fixtures/tsdb --replicate-to "$data" --gib "$gib" >&2
+fi
 bytes=$(du -sb "$data" | cut -f1)
 
 drop_cache() {
