@@ -52,6 +52,21 @@ impl Compare {
     }
 }
 
+/// The parts of a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Blocks only; safe while the source Prometheus runs. A block that vanishes (compacted
+    /// away) or changes while it is copied is left for the final phase.
+    Presync,
+    /// With the source stopped: new and changed blocks, meta.json and tombstones, compacted-
+    /// away blocks to quarantine, and an exact mirror of wal/, wbl/, chunks_head/.
+    Final,
+    /// Presync then final, in one run (the source must be stopped).
+    #[default]
+    All,
+}
+
 /// What `apply` will do, as data. Serialised for `--output json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct MigrationPlan {
@@ -846,7 +861,7 @@ pub fn build_from(
         let staged = blocks.iter().any(|b| b.state == State::Copy)
             || dirs
                 .iter()
-                .any(|d| crate::sync::staged_as_a_whole(d) && !m.target_root.join(d).is_dir());
+                .any(|d| tsdb::staged_as_a_whole(d) && !m.target_root.join(d).is_dir());
         let writes = preflight::Writes {
             files: written,
             dirs: &dirs,
@@ -1488,14 +1503,14 @@ impl MigrationPlan {
     /// Whether applying `phase` of this plan would change nothing on the target: a presync
     /// copies blocks only (WAL and head files wait for the final phase), removes leftovers
     /// and fixes ownership, and quarantines nothing.
-    pub fn phase_writes_nothing(&self, phase: crate::sync::Phase) -> bool {
+    pub fn phase_writes_nothing(&self, phase: Phase) -> bool {
         match phase {
-            crate::sync::Phase::Presync => {
+            Phase::Presync => {
                 self.phases.presync.files == 0
                     && self.leftovers.is_empty()
                     && self.ownership.is_empty()
             }
-            crate::sync::Phase::Final | crate::sync::Phase::All => self.writes_nothing(),
+            Phase::Final | Phase::All => self.writes_nothing(),
         }
     }
 

@@ -64,20 +64,7 @@ pub fn lock_existing(plans: &[MigrationPlan]) -> anyhow::Result<Vec<Option<crate
         .collect()
 }
 
-/// The parts of a migration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    /// Blocks only; safe while the source Prometheus runs. A block that vanishes (compacted
-    /// away) or changes while it is copied is left for the final phase.
-    Presync,
-    /// With the source stopped: new and changed blocks, meta.json and tombstones, compacted-
-    /// away blocks to quarantine, and an exact mirror of wal/, wbl/, chunks_head/.
-    Final,
-    /// Presync then final, in one run (the source must be stopped).
-    #[default]
-    All,
-}
+pub use crate::plan::Phase;
 
 /// What an apply did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -783,15 +770,7 @@ fn mark_copied(stage: &Path, name: &str) {
     }
 }
 
-/// Segment directories that must appear whole or not at all: WAL checkpoints and chunk
-/// snapshots (Prometheus loads the newest one it finds).
-pub(crate) fn staged_as_a_whole(dir: &str) -> bool {
-    let checkpoint = dir
-        .strip_prefix("wal/")
-        .or_else(|| dir.strip_prefix("wbl/"))
-        .is_some_and(|n| n.starts_with("checkpoint.") && !n.contains('/'));
-    checkpoint || (dir.starts_with("chunk_snapshot.") && !dir.contains('/'))
-}
+use crate::tsdb::staged_as_a_whole;
 
 /// The name a directory is staged under in `.promigrate-staging/`.
 fn staging_name(dir: &str) -> String {

@@ -110,6 +110,16 @@ pub fn segment_number(name: &str) -> Option<u64> {
     name.parse::<i64>().ok().map(|n| n as u64)
 }
 
+/// Segment directories that must appear whole or not at all: WAL checkpoints and chunk
+/// snapshots (Prometheus loads the newest one it finds).
+pub fn staged_as_a_whole(dir: &str) -> bool {
+    let checkpoint = dir
+        .strip_prefix("wal/")
+        .or_else(|| dir.strip_prefix("wbl/"))
+        .is_some_and(|n| n.starts_with("checkpoint.") && !n.contains('/'));
+    checkpoint || (dir.starts_with("chunk_snapshot.") && !dir.contains('/'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
