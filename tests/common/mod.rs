@@ -122,6 +122,55 @@ pub fn prom3_fixture() -> &'static Path {
     })
 }
 
+/// The chunks of one segment (block chunk file or head chunk file): (offset of the chunk,
+/// offset of its data, data length, encoding byte). Stops at the first entry that does not
+/// parse (e.g. the end of a head chunk file being written).
+pub fn segment_chunks(bytes: &[u8], head: bool) -> Vec<(usize, usize, usize, u8)> {
+    fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
+        let (mut v, mut shift) = (0u64, 0);
+        for (i, &x) in b.iter().enumerate().take(10) {
+            v |= u64::from(x & 0x7f) << shift;
+            if x < 0x80 {
+                return Some((v, i + 1));
+            }
+            shift += 7;
+        }
+        None
+    }
+    let mut out = Vec::new();
+    let mut off = 8;
+    while off + 30 < bytes.len() {
+        let start = off;
+        let enc = if head {
+            if bytes[off..off + 24].iter().all(|&b| b == 0) {
+                break;
+            }
+            off += 24;
+            let e = bytes[off];
+            off += 1;
+            e
+        } else {
+            0
+        };
+        let Some((len, n)) = uvarint(&bytes[off..]) else {
+            break;
+        };
+        if len == 0 {
+            break;
+        }
+        off += n;
+        let enc = if head {
+            enc
+        } else {
+            off += 1;
+            bytes[off - 1]
+        };
+        out.push((start, off, len as usize, enc));
+        off += len as usize + 4;
+    }
+    out
+}
+
 /// Some block directory of a TSDB (the first by name).
 pub fn some_block(root: &Path) -> PathBuf {
     let mut blocks: Vec<PathBuf> = std::fs::read_dir(root)
@@ -686,6 +735,218 @@ impl Drop for PromServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The time span of the TSDB at `dir` as `promigrate inspect` reports it: (min, max) in
+/// seconds.
+pub fn time_span(dir: &Path) -> (i64, i64) {
+    let mut c = promigrate();
+    c.args(["inspect", "--output", "json"]).arg(dir);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "inspect {}: {err}", dir.display());
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    (
+        v["min_time"].as_i64().unwrap() / 1000,
+        v["max_time"].as_i64().unwrap() / 1000,
+    )
+}
+
+/// The `data` of the instant query `q` at `at` (seconds).
+pub fn instant(s: &PromServer, q: &str, at: i64) -> serde_json::Value {
+    s.api(
+        "query",
+        &[("query", q.to_string()), ("time", at.to_string())],
+    )
+}
+
+/// Asserts that each instant query at `at` answers something on `reference` and exactly the
+/// same on `migrated`.
+pub fn assert_same_answers(
+    reference: &PromServer,
+    migrated: &PromServer,
+    queries: &[String],
+    at: i64,
+) {
+    for q in queries {
+        let (a, b) = (instant(reference, q, at), instant(migrated, q, at));
+        assert!(
+            !a["result"].as_array().unwrap().is_empty(),
+            "query returned nothing on the reference: {q}"
+        );
+        assert_eq!(a, b, "query differs: {q}");
+    }
+}
+
+/// Asserts that the range query `q` over `[start, end]` by `step` seconds answers points on
+/// `reference` and the same points on `migrated`.
+pub fn assert_same_range(
+    reference: &PromServer,
+    migrated: &PromServer,
+    q: &str,
+    (start, end): (i64, i64),
+    step: i64,
+) {
+    let params = [
+        ("query", q.to_string()),
+        ("start", start.to_string()),
+        ("end", end.to_string()),
+        ("step", step.to_string()),
+    ];
+    let (a, b) = (
+        reference.api("query_range", &params),
+        migrated.api("query_range", &params),
+    );
+    assert!(
+        !a["result"].as_array().unwrap().is_empty()
+            && !a["result"][0]["values"]
+                .as_array()
+                .is_some_and(|v| v.is_empty()),
+        "query returned nothing on the reference: {q}"
+    );
+    assert_eq!(a, b, "query_range differs: {q}");
+}
+
+/// Asserts that a range deleted through the admin API (tombstones) is in effect on `server`,
+/// so that comparisons cover it: `q` (a sample count by instance) at `at` is lower for the
+/// `deleted` instance than for `kept`.
+pub fn assert_deleted_range_in_effect(
+    server: &PromServer,
+    q: &str,
+    at: i64,
+    deleted: &str,
+    kept: &str,
+) {
+    let res = instant(server, q, at);
+    let count = |inst: &str| -> u64 {
+        res["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["metric"]["instance"] == inst)
+            .unwrap_or_else(|| panic!("no instance {inst} in {res}"))["value"][1]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        count(deleted) < count(kept),
+        "the deleted range should have fewer samples: {res}"
+    );
+}
+
+/// Asserts that Prometheus, run on the migrated `target` as runAsUser:fsGroup, created its
+/// runtime files there (`queries.active`) and logged no permission error.
+pub fn assert_runs_on_target(migrated: &PromServer, target: &Path) {
+    assert!(
+        target.join("queries.active").exists(),
+        "{}",
+        migrated.log_text()
+    );
+    assert!(
+        !migrated.log_text().contains("permission denied"),
+        "{}",
+        migrated.log_text()
+    );
+}
+
+/// Asserts that a Prometheus 3 on a migrated 3.x TSDB (`migrated`, run as runAsUser:fsGroup
+/// on `target`) answers like one on a copy of the source (`reference`), both started with
+/// [`PromFlavor::prom3`], for data written as scripts/gen-tsdb3.sh writes it, over `span`
+/// (seconds, [`time_span`]): both loaded the chunk snapshot; every series and every metric's
+/// samples (blocks, out-of-order blocks, head, WBL); the tombstoned range; native histograms
+/// and floats point by point; exemplars (which only the chunk snapshot and the WAL hold).
+pub fn assert_prom3_answers_alike(
+    reference: &PromServer,
+    migrated: &PromServer,
+    target: &Path,
+    (min_s, max_s): (i64, i64),
+) {
+    for s in [reference, migrated] {
+        let log = s.log_text();
+        assert!(log.contains("chunk snapshot loaded"), "{log}");
+        assert!(!log.contains("level=ERROR"), "{log}");
+    }
+    // The head ends less than a few minutes after the last block.
+    let at = max_s + 600;
+    let window = format!("{}s", at - min_s + 60);
+
+    // Every series (last_over_time keeps the name), then every sample of every metric:
+    // blocks, out-of-order blocks, head, WBL.
+    let names = reference.api("label/__name__/values", &[]);
+    assert_eq!(names, migrated.api("label/__name__/values", &[]));
+    let names: Vec<String> = names
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
+    for want in [
+        "feed_huge_histogram",
+        "feed_ooo_histogram",
+        "feed_rw_ratio",
+        "backfill_value",
+    ] {
+        assert!(names.iter().any(|n| n == want), "no {want}: {names:?}");
+    }
+    let all_series = format!("count(last_over_time({{__name__=~\".+\"}}[{window}]))");
+    let by_instance = format!("sum by (instance) (count_over_time(backfill_value[{window}]))");
+    let mut queries = vec![all_series.clone()];
+    queries.extend(
+        names
+            .iter()
+            .map(|n| format!("sum(count_over_time({n}[{window}]))")),
+    );
+    queries.extend([
+        by_instance.clone(),
+        format!("count_over_time(backfill_value[{window}])"),
+        format!("max_over_time(feed_rw_events_total[{window}])"),
+        format!("sum(sum_over_time(feed_ooo_value[{window}]))"),
+        format!("histogram_count(sum_over_time(feed_huge_histogram[{window}]))"),
+        format!("histogram_sum(sum_over_time(feed_ooo_float_histogram[{window}]))"),
+    ]);
+    assert_same_answers(reference, migrated, &queries, at);
+    let series = instant(reference, &all_series, at)["result"][0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    assert!(series > 100, "only {series} series");
+    // gen-tsdb3.sh deleted node-0's samples in the middle of a promtool block.
+    assert_deleted_range_in_effect(migrated, &by_instance, at, "node-0", "node-1");
+
+    // Native histograms point by point over the span Prometheus 3 wrote (blocks and head).
+    for q in [
+        "histogram_count(rate(feed_huge_histogram[5m]))",
+        "histogram_quantile(0.9, rate(feed_request_duration_seconds[30s]))",
+        "histogram_sum(feed_rw_ratio)",
+        "histogram_count(feed:request_duration_seconds:rate15s)",
+    ] {
+        assert_same_range(reference, migrated, q, (max_s - 900, at), 5);
+    }
+    // Floats point by point over the whole span: promtool's blocks (the deleted range
+    // included), then the server's blocks and head.
+    for q in [
+        "sum by (instance) (max_over_time(backfill_value[5m]))",
+        "sum(rate(feed_rw_events_total[5m]))",
+    ] {
+        assert_same_range(reference, migrated, q, (min_s, at), 300);
+    }
+
+    // Exemplars: held by the chunk snapshot (and the WAL) only.
+    let params = [
+        ("query", "{job=\"feed\"}".to_string()),
+        ("start", min_s.to_string()),
+        ("end", at.to_string()),
+    ];
+    let (a, b) = (
+        reference.api("query_exemplars", &params),
+        migrated.api("query_exemplars", &params),
+    );
+    assert!(!a.as_array().unwrap().is_empty(), "no exemplars: {a}");
+    assert_eq!(a, b, "exemplars differ");
+
+    assert_runs_on_target(migrated, target);
 }
 
 /// A small tmpfs mounted on `at` for disk-full tests; unmounted on drop. Needs root.
