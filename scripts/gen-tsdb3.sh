@@ -34,6 +34,9 @@
 # OUT_DIR.lock, the build in OUT_DIR.tmp.<pid>, renamed to OUT_DIR, then the sibling marker
 # OUT_DIR.complete; with the marker present nothing is rebuilt.
 #
+# `gen-tsdb3.sh --feeder` only builds the feeder (once, as above) and prints its path: tests
+# that run a live Prometheus 3 of their own feed it with the same program.
+#
 # Requirements: bash, flock, python3, curl, go (for the feeder and, unless
 # PROMETHEUS3_BIN_DIR is given, to build Prometheus 3). Network use: 127.0.0.1 only, plus the
 # Go module proxy for builds.
@@ -59,9 +62,13 @@ readonly BIG_CHUNK=$((1 << 20))
 usage() {
 	cat <<EOF
 Usage: $PROG OUT_DIR
+       $PROG --feeder
 
 Builds a real Prometheus 3.x TSDB data directory at OUT_DIR (see the header of this script).
 Does nothing if OUT_DIR.complete already exists.
+
+--feeder  only builds tests/prom3feed (if its cached binary is missing) and prints the
+          binary's path on stdout, for tests that feed a Prometheus 3 of their own.
 
 Environment: PROMETHEUS3_BIN_DIR, PROMIGRATE_PROM3FEED_CACHE.
 EOF
@@ -73,15 +80,20 @@ die() {
 	exit 1
 }
 
-OUT=""
+OUT="" FEEDER_ONLY=0
 while (($#)); do
 	case $1 in
 	-h | --help) usage; exit 0 ;;
+	--feeder) FEEDER_ONLY=1; shift ;;
 	-*) usage >&2; die "unknown option: $1" ;;
 	*) [[ -z $OUT ]] || { usage >&2; die "unexpected argument: $1"; }; OUT=$1; shift ;;
 	esac
 done
-[[ -n $OUT ]] || { usage >&2; exit 2; }
+if ((FEEDER_ONLY)); then
+	[[ -z $OUT ]] || { usage >&2; die "--feeder takes no OUT_DIR"; }
+else
+	[[ -n $OUT ]] || { usage >&2; exit 2; }
+fi
 for cmd in python3 flock curl go; do
 	command -v "$cmd" >/dev/null 2>&1 || die "required command not found: $cmd"
 done
@@ -96,7 +108,7 @@ abspath() {
 	d=$(cd -- "$d" && pwd -P)
 	printf '%s/%s\n' "${d%/}" "$b"
 }
-OUT=$(abspath "$OUT")
+((FEEDER_ONLY)) || OUT=$(abspath "$OUT")
 
 # ------------------------------------------------------------ cleanup state
 WORK="" TMP_OUT="" PROM_PID="" FEED_PID="" PROM_LOG="" FEED_LOG=""
@@ -598,4 +610,8 @@ build_tsdb() {
 	log "done: $OUT in $((SECONDS - t0))s"
 }
 
-build_tsdb
+if ((FEEDER_ONLY)); then
+	feeder_bin
+else
+	build_tsdb
+fi

@@ -7,13 +7,6 @@ mod common;
 
 use common::*;
 
-fn instant(s: &PromServer, q: &str, at: i64) -> serde_json::Value {
-    s.api(
-        "query",
-        &[("query", q.to_string()), ("time", at.to_string())],
-    )
-}
-
 #[test]
 fn migrated_copy_answers_like_the_source() {
     let ws = Workspace::new();
@@ -30,16 +23,9 @@ fn migrated_copy_answers_like_the_source() {
 
     // The time span to query: from the oldest block to now (covers the WAL written when the
     // fixture was made).
-    let (_, inspect) = run(promigrate_args(&[
-        "inspect",
-        ws.source.to_str().unwrap(),
-        "--output",
-        "json",
-    ]));
-    let inspect: serde_json::Value = serde_json::from_str(&inspect).unwrap();
-    let min_ms = inspect["min_time"].as_i64().unwrap();
+    let (min_s, max_s) = time_span(&ws.source);
     let now = jiff::Timestamp::now().as_second();
-    let window = now - min_ms / 1000 + 3600;
+    let window = now - min_s + 3600;
 
     let work = ws.dir.path().join("servers");
     let src_copy = ws.dir.path().join("source-copy");
@@ -74,70 +60,21 @@ fn migrated_copy_answers_like_the_source() {
         format!("count_over_time(up[{window}s])"),
         format!("max_over_time(demo_requests_total[{window}s])"),
     ]);
-    for q in &queries {
-        let (a, b) = (instant(&reference, q, now), instant(&migrated, q, now));
-        assert!(
-            !a["result"].as_array().unwrap().is_empty(),
-            "query returned nothing on the reference: {q}"
-        );
-        assert_eq!(a, b, "query differs: {q}");
-    }
+    assert_same_answers(&reference, &migrated, &queries, now);
 
     // The tombstoned range is really in effect (so the comparison above covers it).
     let q = format!("sum by (instance) (count_over_time(demo_temperature_celsius[{window}s]))");
-    let res = instant(&migrated, &q, now);
-    let count = |inst: &str| -> u64 {
-        res["result"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["metric"]["instance"] == inst)
-            .unwrap()["value"][1]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    assert!(
-        count("node-00:9100") < count("node-01:9100"),
-        "the deleted range should have fewer samples: {res}"
-    );
+    assert_deleted_range_in_effect(&migrated, &q, now, "node-00:9100", "node-01:9100");
 
     // A range query over the block span, point by point.
-    let max_ms = inspect["max_time"].as_i64().unwrap();
-    let params = [
-        ("query", "sum(rate(demo_requests_total[5m]))".to_string()),
-        ("start", (min_ms / 1000).to_string()),
-        ("end", (max_ms / 1000).to_string()),
-        ("step", "300".to_string()),
-    ];
-    let (a, b) = (
-        reference.api("query_range", &params),
-        migrated.api("query_range", &params),
+    assert_same_range(
+        &reference,
+        &migrated,
+        "sum(rate(demo_requests_total[5m]))",
+        (min_s, max_s),
+        300,
     );
-    assert!(!a["result"][0]["values"].as_array().unwrap().is_empty());
-    assert_eq!(a, b);
 
     // Prometheus as runAsUser:fsGroup created its runtime files on the target.
-    assert!(
-        ws.target().join("queries.active").exists(),
-        "{}",
-        migrated.log_text()
-    );
-    assert!(
-        !migrated.log_text().contains("permission denied"),
-        "{}",
-        migrated.log_text()
-    );
-}
-
-fn promigrate_args(args: &[&str]) -> std::process::Command {
-    let mut c = promigrate();
-    c.args(args);
-    c
-}
-
-fn run(c: std::process::Command) -> (i32, String) {
-    let (code, out, _) = common::run(c);
-    (code, out)
+    assert_runs_on_target(&migrated, &ws.target());
 }

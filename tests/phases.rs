@@ -1,4 +1,5 @@
-//! Two-phase cutover against a real, running prometheus: blocks are presynced while it runs
+//! Two-phase cutover against a real, running prometheus (Debian's 2.42, and Prometheus 3.16
+//! fed with native histograms and out-of-order samples): blocks are presynced while it runs
 //! (and compacts), the final phase refuses until it is stopped, then mirrors the rest; the
 //! copy answers like the source, including samples written after the presync.
 
@@ -8,15 +9,30 @@ use common::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// The block's compaction level; `None` when the running server deleted the block after it
-/// was listed (it compacts while the test polls).
-fn level(block: &Path) -> Option<u64> {
+/// The block's meta.json; `None` when the running server deleted the block after it was
+/// listed (it compacts while the test polls).
+fn meta(block: &Path) -> Option<serde_json::Value> {
     let text = match std::fs::read_to_string(block.join("meta.json")) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         r => r.unwrap(),
     };
-    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
-    Some(m["compaction"]["level"].as_u64().unwrap())
+    Some(serde_json::from_str(&text).unwrap())
+}
+
+/// The block's compaction level; `None` when the running server deleted it.
+fn level(block: &Path) -> Option<u64> {
+    meta(block).map(|m| m["compaction"]["level"].as_u64().unwrap())
+}
+
+/// Whether the block was cut from the in-order head with samples from `since_ms` on (not
+/// compacted from out-of-order data, which reaches back before it).
+fn cut_from_the_head_since(block: &Path, since_ms: i64) -> bool {
+    meta(block).is_some_and(|m| {
+        m["minTime"].as_i64().unwrap() >= since_ms
+            && !m["compaction"]["hints"]
+                .as_array()
+                .is_some_and(|h| h.iter().any(|h| h == "from-out-of-order"))
+    })
 }
 
 fn blocks(root: &Path) -> Vec<std::path::PathBuf> {
@@ -29,16 +45,56 @@ fn blocks(root: &Path) -> Vec<std::path::PathBuf> {
     v
 }
 
-#[test]
-fn presync_while_running_then_final_after_stop() {
-    let ws = Workspace::from_fixture(raw_fixture(), "");
+/// The running source of the two-phase test: a scraping, compacting server and, for
+/// Prometheus 3, the feeder writing native histograms and out-of-order samples to it.
+struct LiveSource {
+    server: PromServer,
+    /// Declared after the server: dropped after it.
+    feeder: Option<Feeder>,
+}
+
+impl LiveSource {
+    /// Stops the server with SIGTERM (Prometheus 3 writes its chunk snapshot), then the feeder.
+    fn stop(&mut self) {
+        self.server.stop();
+        if let Some(f) = &mut self.feeder {
+            f.stop();
+        }
+    }
+}
+
+/// What the two-phase test needs to know of the Prometheus it runs against.
+struct Version {
+    /// Starts the live source on the data directory (its files in the work directory).
+    start: fn(&Path, &Path) -> LiveSource,
+    /// Whether the live source (alive since the given Unix time in ms) has compacted the
+    /// blocks the first presync copied (the given names), and written what the next presync
+    /// should find.
+    ready_for_presync: fn(&Path, &[String], i64) -> bool,
+    /// Lines the live source logs when stopped with SIGTERM.
+    logs_at_stop: &'static [&'static str],
+    /// Paths (prefixes) the final phase must have written to the target.
+    final_writes: &'static [&'static str],
+    /// Runs the reference and the migrated server.
+    flavor: PromFlavor,
+    /// Metrics whose samples since the presync must be there and equal.
+    after_presync: &'static [&'static str],
+    /// Compares the reference (first) and the migrated server over all the data, at `now`.
+    compare: fn(&Workspace, &PromServer, &PromServer, i64),
+}
+
+/// The two-phase cutover against a real running source: presync the blocks, bring the source
+/// alive until it compacts them, presync while it runs, the final phase refused while it
+/// runs, stop it, the final phase (compacted-away blocks quarantined), `verify --level
+/// deep`, then a real Prometheus on the target answers like one on a copy of the source,
+/// including samples written after the presync.
+fn presync_run_stop_final(ws: &Workspace, version: &Version) {
     let raw: Vec<String> = blocks(&ws.source)
         .iter()
         .map(|b| b.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert!(raw.len() > 4 && blocks(&ws.source).iter().all(|b| level(b) == Some(1)));
 
-    // 1. Presync the raw blocks.
+    // 1. Presync the blocks.
     let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "presync"]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(
@@ -46,15 +102,16 @@ fn presync_while_running_then_final_after_stop() {
         raw.len()
     );
 
-    // 2. The source comes alive: it compacts the raw blocks and writes a WAL.
+    // 2. The source comes alive: it compacts the presynced blocks and writes a WAL.
     let work = ws.dir.path().join("servers");
-    let mut live = PromServer::start_scraping(&ws.source, &work.join("live"));
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !blocks(&ws.source).iter().any(|b| level(b) > Some(1)) {
+    let alive_ms = jiff::Timestamp::now().as_millisecond();
+    let mut live = (version.start)(&ws.source, &work.join("live"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !(version.ready_for_presync)(&ws.source, &raw, alive_ms) {
         assert!(
             Instant::now() < deadline,
-            "prometheus did not compact the raw blocks:\n{}",
-            live.log_text()
+            "prometheus did not compact the presynced blocks (or write what the presync should find):\n{}",
+            live.server.log_text()
         );
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -89,6 +146,10 @@ fn presync_while_running_then_final_after_stop() {
     // Samples keep arriving after the presync; then the source is stopped.
     std::thread::sleep(Duration::from_secs(3));
     live.stop();
+    let log = live.server.log_text();
+    for want in version.logs_at_stop {
+        assert!(log.contains(want), "no {want:?} in the log:\n{log}");
+    }
     let (_, plan) = ws.run_json(&["plan"]);
     assert_eq!(
         plan["source_state"]["state"], "stopped",
@@ -122,45 +183,150 @@ fn presync_while_running_then_final_after_stop() {
             "compacted-away block {r} is not in the quarantine"
         );
     }
+    let written: Vec<String> = files_below(&ws.target()).map(|(rel, _)| rel).collect();
+    for want in version.final_writes {
+        assert!(
+            written.iter().any(|w| w.starts_with(want)),
+            "no {want} on the target: {written:?}"
+        );
+    }
     let (code, out, _) = ws.run(&["verify", "--level", "deep"]);
     assert_eq!(code, 0, "{out}");
 
-    // 6. The copy answers like the source, including samples scraped after the presync.
+    // 6. The copy answers like the source, including samples written after the presync.
     let reference_data = ws.dir.path().join("source-copy");
     copy_tree(&ws.source, &reference_data);
-    let reference = PromServer::start(&reference_data, &work.join("ref"), None);
-    let migrated = PromServer::start(
+    let reference =
+        PromServer::start_flavor(&version.flavor, &reference_data, &work.join("ref"), None);
+    let migrated = PromServer::start_flavor(
+        &version.flavor,
         &ws.target(),
         &work.join("new"),
         Some((RUN_AS_USER, FS_GROUP)),
     );
     let now = jiff::Timestamp::now().as_second();
     let since_presync = now - presynced_at;
-    let after = |s: &PromServer| {
-        s.api(
-            "query",
-            &[
-                ("query", format!("count_over_time(up[{since_presync}s])")),
-                ("time", now.to_string()),
-            ],
-        )
-    };
-    let (a, b) = (after(&reference), after(&migrated));
-    assert!(
-        !a["result"].as_array().unwrap().is_empty(),
-        "no samples after the presync on the reference"
-    );
-    assert_eq!(a, b, "samples written after the presync differ");
-    for q in [
-        "sum(count_over_time(demo_requests_total[10d]))",
-        "sum(count_over_time(demo_temperature_celsius[10d]))",
-        "sum(count_over_time(prometheus_tsdb_head_samples_appended_total[10d]))",
-    ] {
-        let p = [("query", q.to_string()), ("time", now.to_string())];
-        let (a, b) = (reference.api("query", &p), migrated.api("query", &p));
-        assert!(!a["result"].as_array().unwrap().is_empty(), "{q}");
-        assert_eq!(a, b, "{q}");
+    for m in version.after_presync {
+        let q = format!("count_over_time({m}[{since_presync}s])");
+        let (a, b) = (instant(&reference, &q, now), instant(&migrated, &q, now));
+        assert!(
+            !a["result"].as_array().unwrap().is_empty(),
+            "no samples after the presync on the reference: {q}"
+        );
+        assert_eq!(a, b, "samples written after the presync differ: {q}");
     }
+    (version.compare)(ws, &reference, &migrated, now);
+}
+
+#[test]
+fn presync_while_running_then_final_after_stop() {
+    let ws = Workspace::from_fixture(raw_fixture(), "");
+    let raw = blocks(&ws.source);
+    assert!(raw.len() > 4 && raw.iter().all(|b| level(b) == Some(1)));
+    presync_run_stop_final(
+        &ws,
+        &Version {
+            start: |data, work| LiveSource {
+                server: PromServer::start_scraping(data, work),
+                feeder: None,
+            },
+            ready_for_presync: |source, _, _| blocks(source).iter().any(|b| level(b) > Some(1)),
+            logs_at_stop: &[],
+            final_writes: &[],
+            flavor: PromFlavor::default(),
+            after_presync: &["up"],
+            compare: |_, reference, migrated, now| {
+                let queries = [
+                    "sum(count_over_time(demo_requests_total[10d]))",
+                    "sum(count_over_time(demo_temperature_celsius[10d]))",
+                    "sum(count_over_time(prometheus_tsdb_head_samples_appended_total[10d]))",
+                ]
+                .map(String::from);
+                assert_same_answers(reference, migrated, &queries, now);
+            },
+        },
+    );
+}
+
+/// Issue 14: the same against a running Prometheus 3.16 as scripts/gen-tsdb3.sh runs it
+/// (native histograms, out-of-order window, zstd WAL, 20s/60s blocks, the chunk snapshot on
+/// shutdown) on a copy of its fixture, scraping itself and tests/prom3feed, which also
+/// remote-writes out-of-order samples: the second presync copies, while it runs, a block it
+/// cut with chunks of 1 MiB or more, as it goes on writing WAL, WBL and head chunks and
+/// compacting; the final phase copies what it wrote at SIGTERM (the chunk snapshot
+/// included); the migrated copy answers like the source for everything
+/// `assert_prom3_answers_alike` checks, and for the native histograms and out-of-order
+/// samples written after the presync.
+#[test]
+fn presync_while_prometheus_3_runs_then_final_after_stop() {
+    let ws = Workspace::from_fixture(prom3_fixture(), "");
+    // The fixture's blocks only, as the 2.42 test starts from blocks: with the fixture's head
+    // (WAL, WBL, head chunks, snapshot), whose samples are as old as the fixture, the live
+    // server's first head compaction writes a 20 s block (empty) for every 20 s since then:
+    // 60 in 1.3 s here for a fixture 20 minutes old, a minute and a half per day of its age.
+    for e in std::fs::read_dir(&ws.source).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if ["wal", "wbl", "chunks_head", "queries.active"].contains(&name.as_str())
+            || name.starts_with("chunk_snapshot.")
+        {
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).unwrap();
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+    }
+    presync_run_stop_final(
+        &ws,
+        &Version {
+            start: |data, work| {
+                let listen = format!("127.0.0.1:{}", free_port());
+                let server = PromServer::start_scraping_flavor(
+                    &PromFlavor::prom3_live(),
+                    data,
+                    work,
+                    &Feeder::prom3_job(&listen),
+                );
+                let feeder = Feeder::start(work, &listen, &server.url);
+                LiveSource {
+                    server,
+                    feeder: Some(feeder),
+                }
+            },
+            // Once its head spans 30 s it cuts it into a 20 s block and compacts the
+            // fixture's 20 s blocks into 60 s ones: wait for a block it cut with a chunk of
+            // feed_huge_histogram of 1 MiB or more (10 samples).
+            ready_for_presync: |source, presynced, alive_ms| {
+                let now = blocks(source);
+                presynced
+                    .iter()
+                    .any(|b| !now.iter().any(|n| n.file_name().unwrap() == b.as_str()))
+                    && now.iter().any(|b| {
+                        cut_from_the_head_since(b, alive_ms) && largest_block_chunk(b) >= 1 << 20
+                    })
+            },
+            logs_at_stop: &["chunk snapshot complete"],
+            final_writes: &["wal/", "wbl/", "chunks_head/", "chunk_snapshot."],
+            flavor: PromFlavor::prom3(),
+            after_presync: &[
+                "up",
+                "feed_huge_histogram",
+                "feed_request_duration_seconds",
+                "feed_rw_ratio",
+                "feed_ooo_value",
+                "feed_ooo_histogram",
+            ],
+            compare: |ws, reference, migrated, _| {
+                assert_prom3_answers_alike(
+                    reference,
+                    migrated,
+                    &ws.target(),
+                    time_span(&ws.source),
+                );
+            },
+        },
+    );
 }
 
 #[test]

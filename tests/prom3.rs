@@ -2,8 +2,9 @@
 //! Prometheus 3.16 (scripts/gen-tsdb3.sh: native histograms with chunks of 1 MiB or more,
 //! out-of-order blocks and WBL, zstd WAL, start-timestamp chunks, exemplars, the chunk
 //! snapshot), then a real Prometheus 3 started on the target as runAsUser:fsGroup must answer
-//! like one started on a copy of the source: float, native-histogram and out-of-order
-//! queries, and the exemplars (which only the chunk snapshot and the WAL hold).
+//! like one started on a copy of the source (`assert_prom3_answers_alike`): float,
+//! native-histogram and out-of-order queries, the tombstoned range, range queries, and the
+//! exemplars (which only the chunk snapshot and the WAL hold).
 
 mod common;
 
@@ -34,21 +35,6 @@ fn prometheus3_tsdb_migrates_byte_exact_and_answers_like_the_source() {
         );
     }
 
-    // The span to query: the blocks (promtool's, hours old, and the server's) and the head,
-    // which ends less than a few minutes after the last block.
-    let (_, inspect, _) = common::run({
-        let mut c = promigrate();
-        c.args(["inspect", "--output", "json"]).arg(&ws.source);
-        c
-    });
-    let inspect: serde_json::Value = serde_json::from_str(&inspect).unwrap();
-    let (min_s, max_s) = (
-        inspect["min_time"].as_i64().unwrap() / 1000,
-        inspect["max_time"].as_i64().unwrap() / 1000,
-    );
-    let at = max_s + 600;
-    let window = format!("{}s", at - min_s + 60);
-
     let work = ws.dir.path().join("servers");
     let src_copy = ws.dir.path().join("source-copy");
     copy_tree(&ws.source, &src_copy);
@@ -60,154 +46,7 @@ fn prometheus3_tsdb_migrates_byte_exact_and_answers_like_the_source() {
         &work.join("new"),
         Some((RUN_AS_USER, FS_GROUP)),
     );
-    for s in [&reference, &migrated] {
-        let log = s.log_text();
-        assert!(log.contains("chunk snapshot loaded"), "{log}");
-        assert!(!log.contains("level=ERROR"), "{log}");
-    }
-
-    let instant = |s: &PromServer, q: &str| {
-        s.api(
-            "query",
-            &[("query", q.to_string()), ("time", at.to_string())],
-        )
-    };
-    // Every series (last_over_time keeps the name), then every sample of every metric:
-    // blocks, out-of-order blocks, head, WBL.
-    let names = reference.api("label/__name__/values", &[]);
-    assert_eq!(names, migrated.api("label/__name__/values", &[]));
-    let names: Vec<String> = names
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n.as_str().unwrap().to_string())
-        .collect();
-    for want in [
-        "feed_huge_histogram",
-        "feed_ooo_histogram",
-        "feed_rw_ratio",
-        "backfill_value",
-    ] {
-        assert!(names.iter().any(|n| n == want), "no {want}: {names:?}");
-    }
-    let mut queries = vec![format!(
-        "count(last_over_time({{__name__=~\".+\"}}[{window}]))"
-    )];
-    queries.extend(
-        names
-            .iter()
-            .map(|n| format!("sum(count_over_time({n}[{window}]))")),
-    );
-    queries.extend([
-        format!("count_over_time(backfill_value[{window}])"),
-        format!("max_over_time(feed_rw_events_total[{window}])"),
-        format!("sum(sum_over_time(feed_ooo_value[{window}]))"),
-        format!("histogram_count(sum_over_time(feed_huge_histogram[{window}]))"),
-        format!("histogram_sum(sum_over_time(feed_ooo_float_histogram[{window}]))"),
-    ]);
-    for q in &queries {
-        let (a, b) = (instant(&reference, q), instant(&migrated, q));
-        assert!(
-            !a["result"].as_array().unwrap().is_empty(),
-            "query returned nothing on the reference: {q}"
-        );
-        assert_eq!(a, b, "query differs: {q}");
-    }
-    let series = instant(&reference, &queries[0])["result"][0]["value"][1]
-        .as_str()
-        .unwrap()
-        .parse::<u64>()
-        .unwrap();
-    assert!(series > 100, "only {series} series");
-
-    // Native histograms point by point over the span Prometheus 3 wrote (blocks and head).
-    for q in [
-        "histogram_count(rate(feed_huge_histogram[5m]))",
-        "histogram_quantile(0.9, rate(feed_request_duration_seconds[30s]))",
-        "histogram_sum(feed_rw_ratio)",
-        "histogram_count(feed:request_duration_seconds:rate15s)",
-    ] {
-        let params = [
-            ("query", q.to_string()),
-            ("start", (max_s - 900).to_string()),
-            ("end", at.to_string()),
-            ("step", "5".to_string()),
-        ];
-        let (a, b) = (
-            reference.api("query_range", &params),
-            migrated.api("query_range", &params),
-        );
-        assert!(
-            !a["result"].as_array().unwrap().is_empty(),
-            "query returned nothing on the reference: {q}"
-        );
-        assert_eq!(a, b, "query_range differs: {q}");
-    }
-
-    // Exemplars: held by the chunk snapshot (and the WAL) only.
-    let params = [
-        ("query", "{job=\"feed\"}".to_string()),
-        ("start", min_s.to_string()),
-        ("end", at.to_string()),
-    ];
-    let (a, b) = (
-        reference.api("query_exemplars", &params),
-        migrated.api("query_exemplars", &params),
-    );
-    assert!(!a.as_array().unwrap().is_empty(), "no exemplars: {a}");
-    assert_eq!(a, b, "exemplars differ");
-
-    assert!(
-        !migrated.log_text().contains("permission denied"),
-        "{}",
-        migrated.log_text()
-    );
-}
-
-/// The chunks of one segment (block chunk file or head chunk file): (offset of the chunk,
-/// offset of its data, data length, encoding byte).
-fn chunks_of(bytes: &[u8], head: bool) -> Vec<(usize, usize, usize, u8)> {
-    fn uvarint(b: &[u8]) -> (u64, usize) {
-        let (mut v, mut shift) = (0u64, 0);
-        for (i, &x) in b.iter().enumerate() {
-            v |= u64::from(x & 0x7f) << shift;
-            if x < 0x80 {
-                return (v, i + 1);
-            }
-            shift += 7;
-        }
-        panic!("bad uvarint")
-    }
-    let mut out = Vec::new();
-    let mut off = 8;
-    while off + 30 < bytes.len() {
-        let start = off;
-        let enc = if head {
-            if bytes[off..off + 24].iter().all(|&b| b == 0) {
-                break;
-            }
-            off += 24;
-            let e = bytes[off];
-            off += 1;
-            e
-        } else {
-            0
-        };
-        let (len, n) = uvarint(&bytes[off..]);
-        if len == 0 {
-            break;
-        }
-        off += n;
-        let enc = if head {
-            enc
-        } else {
-            off += 1;
-            bytes[off - 1]
-        };
-        out.push((start, off, len as usize, enc));
-        off += len as usize + 4;
-    }
-    out
+    assert_prom3_answers_alike(&reference, &migrated, &ws.target(), time_span(&ws.source));
 }
 
 /// The segment files of a Prometheus 3 copy that hold a chunk of at least 1 MiB followed by
@@ -220,7 +59,7 @@ fn after_a_large_chunk(target: &std::path::Path) -> Vec<(std::path::PathBuf, usi
             continue;
         }
         let bytes = std::fs::read(e.path()).unwrap();
-        let chunks = chunks_of(&bytes, head);
+        let chunks = segment_chunks(&bytes, head);
         if let Some(i) = chunks.iter().position(|c| c.2 >= 1 << 20)
             && let Some(next) = chunks.get(i + 1)
         {
@@ -332,7 +171,7 @@ fn a_damaged_out_of_order_head_chunk_is_described_as_a_replay() {
         .filter(|(rel, _)| rel.starts_with("chunks_head/"))
         .find_map(|(_, e)| {
             let bytes = std::fs::read(e.path()).unwrap();
-            chunks_of(&bytes, true)
+            segment_chunks(&bytes, true)
                 .into_iter()
                 .find(|c| c.3 & 0x80 != 0)
                 .map(|c| (e.path().to_path_buf(), c.1 + c.2 / 2))

@@ -95,6 +95,29 @@ pub fn prom3_bin() -> &'static Path {
     })
 }
 
+/// tests/prom3feed, the program that feeds Prometheus 3 for scripts/gen-tsdb3.sh, built once
+/// (`gen-tsdb3.sh --feeder`: cached by a hash of its sources).
+pub fn prom3_feeder() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new("bash")
+            .arg(root.join("scripts/gen-tsdb3.sh"))
+            .arg("--feeder")
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/gen-tsdb3.sh --feeder (needs go)");
+        assert!(out.status.success(), "scripts/gen-tsdb3.sh --feeder failed");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let bin = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+        assert!(
+            bin.is_file(),
+            "scripts/gen-tsdb3.sh --feeder printed {stdout:?}, not the feeder"
+        );
+        bin
+    })
+}
+
 /// A real Prometheus 3.x TSDB (scripts/gen-tsdb3.sh, about a minute): promtool 3.x blocks,
 /// blocks compacted from the head and from out-of-order data (some with chunks of 1 MiB or
 /// more: a native histogram of 36000 buckets), tombstones, a zstd WAL with a checkpoint,
@@ -120,6 +143,70 @@ pub fn prom3_fixture() -> &'static Path {
         );
         dir
     })
+}
+
+/// The chunks of one segment (block chunk file or head chunk file): (offset of the chunk,
+/// offset of its data, data length, encoding byte). Stops at the first entry that does not
+/// parse (e.g. the end of a head chunk file being written).
+pub fn segment_chunks(bytes: &[u8], head: bool) -> Vec<(usize, usize, usize, u8)> {
+    fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
+        let (mut v, mut shift) = (0u64, 0);
+        for (i, &x) in b.iter().enumerate().take(10) {
+            v |= u64::from(x & 0x7f) << shift;
+            if x < 0x80 {
+                return Some((v, i + 1));
+            }
+            shift += 7;
+        }
+        None
+    }
+    let mut out = Vec::new();
+    let mut off = 8;
+    while off + 30 < bytes.len() {
+        let start = off;
+        let enc = if head {
+            if bytes[off..off + 24].iter().all(|&b| b == 0) {
+                break;
+            }
+            off += 24;
+            let e = bytes[off];
+            off += 1;
+            e
+        } else {
+            0
+        };
+        let Some((len, n)) = uvarint(&bytes[off..]) else {
+            break;
+        };
+        if len == 0 {
+            break;
+        }
+        off += n;
+        let enc = if head {
+            enc
+        } else {
+            off += 1;
+            bytes[off - 1]
+        };
+        out.push((start, off, len as usize, enc));
+        off += len as usize + 4;
+    }
+    out
+}
+
+/// The length of the largest chunk in a block's chunk segments; 0 when a running server
+/// deleted the block meanwhile.
+pub fn largest_block_chunk(block: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(block.join("chunks")) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .flat_map(|bytes| segment_chunks(&bytes, false))
+        .map(|c| c.2)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Some block directory of a TSDB (the first by name).
@@ -448,6 +535,9 @@ pub struct PromFlavor {
     pub flags: Vec<String>,
     /// YAML appended to the generated prometheus.yml (top-level sections, e.g. `storage:`).
     pub config: String,
+    /// Recording rules (a rule file's YAML), written to rules.yml beside prometheus.yml and
+    /// loaded; empty: none.
+    pub rules: String,
 }
 
 impl PromFlavor {
@@ -462,7 +552,102 @@ impl PromFlavor {
                 "--storage.tsdb.wal-compression-type=zstd".to_string(),
             ],
             config: "storage:\n  tsdb:\n    out_of_order_time_window: 30m\n".to_string(),
+            rules: String::new(),
         }
+    }
+
+    /// Prometheus 3.x running as scripts/gen-tsdb3.sh runs it: [`PromFlavor::prom3`] with
+    /// the remote-write receiver, 10 MB WAL segments, 20s/60s blocks (the hidden test flags:
+    /// the head is compacted every 20 s and those blocks into 60 s ones) and the recording
+    /// rule that makes float histograms; for a live source fed by a [`Feeder`]
+    /// ([`PromServer::start_scraping_flavor`] with [`Feeder::prom3_job`]).
+    pub fn prom3_live() -> PromFlavor {
+        let mut f = PromFlavor::prom3();
+        f.flags.extend(
+            [
+                "--web.enable-remote-write-receiver",
+                "--storage.tsdb.wal-segment-size=10MB",
+                "--storage.tsdb.min-block-duration=20s",
+                "--storage.tsdb.max-block-duration=60s",
+            ]
+            .map(String::from),
+        );
+        f.rules = "groups:\n  - name: feed\n    interval: 1s\n    rules:\n      # A rate of a native histogram is a float histogram.\n      - record: feed:request_duration_seconds:rate15s\n        expr: rate(feed_request_duration_seconds[15s])\n".to_string();
+        f
+    }
+}
+
+/// Sends SIGTERM to a child and waits for it; SIGKILL after `timeout`.
+fn stop_child(child: &mut Child, timeout: Duration) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    if child.try_wait().ok().flatten().is_none() {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// tests/prom3feed ([`prom3_feeder`]) feeding a Prometheus 3: it serves /metrics (native
+/// histograms, one of 36000 buckets, exemplars, created timestamps) on 127.0.0.1 for the
+/// server to scrape, and remote-writes in-order and out-of-order samples to it every second.
+/// Stopped (SIGTERM) by its PID on drop.
+pub struct Feeder {
+    child: Child,
+    /// The address it serves /metrics on.
+    pub listen: String,
+    pub log: PathBuf,
+}
+
+impl Feeder {
+    /// Starts the feeder serving /metrics on `listen` (e.g. `127.0.0.1:<free_port()>`, which
+    /// the server scrapes with [`Feeder::prom3_job`]) and remote-writing to the server at
+    /// `prom_url`; its log goes to `work`.
+    pub fn start(work: &Path, listen: &str, prom_url: &str) -> Feeder {
+        std::fs::create_dir_all(work).unwrap();
+        let listen = listen.to_string();
+        let log = work.join("prom3feed.log");
+        let logf = std::fs::File::create(&log).unwrap();
+        let child = Command::new(prom3_feeder())
+            .arg("-listen")
+            .arg(&listen)
+            .arg("-remote-write")
+            .arg(format!("{prom_url}/api/v1/write"))
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start tests/prom3feed");
+        Feeder { child, listen, log }
+    }
+
+    /// The scrape job (an item of `scrape_configs:`) for a feeder listening on `listen`:
+    /// every second, native histograms on (so the PrometheusProto format).
+    pub fn prom3_job(listen: &str) -> String {
+        format!(
+            "  - job_name: feed\n    scrape_timeout: 1s\n    scrape_native_histograms: true\n    static_configs:\n      - targets: ['{listen}']\n"
+        )
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the feeder with SIGTERM and waits (SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(10));
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -477,14 +662,25 @@ impl PromServer {
     /// Starts prometheus on `data` with no scrape targets and waits until it is ready;
     /// `as_user` runs it via setpriv. Panics with its log if it exits first.
     pub fn start(data: &Path, work: &Path, as_user: Option<(u32, u32)>) -> PromServer {
-        Self::spawn(data, work, as_user, false)
+        Self::spawn(data, work, as_user)
             .ready()
             .unwrap_or_else(|log| panic!("prometheus exited:\n{log}"))
     }
 
     /// A live source: prometheus scraping itself every second, writing WAL and head chunks.
     pub fn start_scraping(data: &Path, work: &Path) -> PromServer {
-        Self::spawn(data, work, None, true)
+        Self::start_scraping_flavor(&PromFlavor::default(), data, work, "")
+    }
+
+    /// Like [`PromServer::start_scraping`], running the given [`PromFlavor`] and scraping the
+    /// `jobs` too (items of `scrape_configs:`, e.g. [`Feeder::prom3_job`]).
+    pub fn start_scraping_flavor(
+        flavor: &PromFlavor,
+        data: &Path,
+        work: &Path,
+        jobs: &str,
+    ) -> PromServer {
+        Self::spawn_with(flavor, data, work, None, Some(jobs), "3650d")
             .ready()
             .unwrap_or_else(|log| panic!("prometheus exited:\n{log}"))
     }
@@ -492,13 +688,13 @@ impl PromServer {
     /// Like [`PromServer::start`], but a server that exits before it is ready is an `Err`
     /// with its log (for data that should make it fail).
     pub fn try_start(data: &Path, work: &Path) -> Result<PromServer, String> {
-        Self::spawn(data, work, None, false).ready()
+        Self::spawn(data, work, None).ready()
     }
 
     /// Like [`PromServer::start`], with `--storage.tsdb.retention.time` set to `retention`
     /// (a Prometheus duration such as `36h` or `5400000ms`): it deletes older blocks at start.
     pub fn start_with_retention(data: &Path, work: &Path, retention: &str) -> PromServer {
-        Self::spawn_with(&PromFlavor::default(), data, work, None, false, retention)
+        Self::spawn_with(&PromFlavor::default(), data, work, None, None, retention)
             .ready()
             .unwrap_or_else(|log| panic!("prometheus exited:\n{log}"))
     }
@@ -522,44 +718,39 @@ impl PromServer {
         work: &Path,
         as_user: Option<(u32, u32)>,
     ) -> Result<PromServer, String> {
-        Self::spawn_with(flavor, data, work, as_user, false, "3650d").ready()
+        Self::spawn_with(flavor, data, work, as_user, None, "3650d").ready()
     }
 
-    fn spawn(
-        data: &Path,
-        work: &Path,
-        as_user: Option<(u32, u32)>,
-        scrape_self: bool,
-    ) -> PromServer {
-        Self::spawn_with(
-            &PromFlavor::default(),
-            data,
-            work,
-            as_user,
-            scrape_self,
-            "3650d",
-        )
+    fn spawn(data: &Path, work: &Path, as_user: Option<(u32, u32)>) -> PromServer {
+        Self::spawn_with(&PromFlavor::default(), data, work, as_user, None, "3650d")
     }
 
+    /// `scrape`: `None` scrapes nothing; `Some(jobs)` scrapes itself every second and `jobs`
+    /// (items of `scrape_configs:`).
     fn spawn_with(
         flavor: &PromFlavor,
         data: &Path,
         work: &Path,
         as_user: Option<(u32, u32)>,
-        scrape_self: bool,
+        scrape: Option<&str>,
         retention: &str,
     ) -> PromServer {
         std::fs::create_dir_all(work).unwrap();
         std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o755)).unwrap();
         let port = free_port();
         let config = work.join("prometheus.yml");
-        let text = if scrape_self {
-            format!(
-                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: self\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
-            )
-        } else {
-            "global:\n  scrape_interval: 1h\n".to_string()
+        let mut text = match scrape {
+            Some(jobs) => format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: self\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n{jobs}"
+            ),
+            None => "global:\n  scrape_interval: 1h\n".to_string(),
         };
+        if !flavor.rules.is_empty() {
+            let rules = work.join("rules.yml");
+            std::fs::write(&rules, &flavor.rules).unwrap();
+            std::fs::set_permissions(&rules, std::fs::Permissions::from_mode(0o644)).unwrap();
+            text += "rule_files: [rules.yml]\n";
+        }
         std::fs::write(&config, text + &flavor.config).unwrap();
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
         let log = work.join(format!("prometheus-{port}.log"));
@@ -666,19 +857,7 @@ impl PromServer {
 
     /// Stops the server with SIGTERM and waits (SIGKILL after 30 s).
     pub fn stop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if self.child.try_wait().ok().flatten().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        stop_child(&mut self.child, Duration::from_secs(30));
     }
 }
 
@@ -686,6 +865,219 @@ impl Drop for PromServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The time span of the TSDB at `dir` as `promigrate inspect` reports it: (min, max) in
+/// seconds.
+pub fn time_span(dir: &Path) -> (i64, i64) {
+    let mut c = promigrate();
+    c.args(["inspect", "--output", "json"]).arg(dir);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "inspect {}: {err}", dir.display());
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    (
+        v["min_time"].as_i64().unwrap() / 1000,
+        v["max_time"].as_i64().unwrap() / 1000,
+    )
+}
+
+/// The `data` of the instant query `q` at `at` (seconds).
+pub fn instant(s: &PromServer, q: &str, at: i64) -> serde_json::Value {
+    s.api(
+        "query",
+        &[("query", q.to_string()), ("time", at.to_string())],
+    )
+}
+
+/// Asserts that each instant query at `at` answers something on `reference` and exactly the
+/// same on `migrated`.
+pub fn assert_same_answers(
+    reference: &PromServer,
+    migrated: &PromServer,
+    queries: &[String],
+    at: i64,
+) {
+    for q in queries {
+        let (a, b) = (instant(reference, q, at), instant(migrated, q, at));
+        assert!(
+            !a["result"].as_array().unwrap().is_empty(),
+            "query returned nothing on the reference: {q}"
+        );
+        assert_eq!(a, b, "query differs: {q}");
+    }
+}
+
+/// Asserts that the range query `q` over `[start, end]` by `step` seconds answers points on
+/// `reference` and the same points on `migrated`.
+pub fn assert_same_range(
+    reference: &PromServer,
+    migrated: &PromServer,
+    q: &str,
+    (start, end): (i64, i64),
+    step: i64,
+) {
+    let params = [
+        ("query", q.to_string()),
+        ("start", start.to_string()),
+        ("end", end.to_string()),
+        ("step", step.to_string()),
+    ];
+    let (a, b) = (
+        reference.api("query_range", &params),
+        migrated.api("query_range", &params),
+    );
+    assert!(
+        !a["result"].as_array().unwrap().is_empty()
+            && !a["result"][0]["values"]
+                .as_array()
+                .is_some_and(|v| v.is_empty()),
+        "query returned nothing on the reference: {q}"
+    );
+    assert_eq!(a, b, "query_range differs: {q}");
+}
+
+/// Asserts that a range deleted through the admin API (tombstones) is in effect on `server`,
+/// so that comparisons cover it: `q` (a sample count by instance) at `at` is lower for the
+/// `deleted` instance than for `kept`.
+pub fn assert_deleted_range_in_effect(
+    server: &PromServer,
+    q: &str,
+    at: i64,
+    deleted: &str,
+    kept: &str,
+) {
+    let res = instant(server, q, at);
+    let count = |inst: &str| -> u64 {
+        res["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["metric"]["instance"] == inst)
+            .unwrap_or_else(|| panic!("no instance {inst} in {res}"))["value"][1]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        count(deleted) < count(kept),
+        "the deleted range should have fewer samples: {res}"
+    );
+}
+
+/// Asserts that Prometheus, run on the migrated `target` as runAsUser:fsGroup, created its
+/// runtime files there (`queries.active`) and logged no permission error.
+pub fn assert_runs_on_target(migrated: &PromServer, target: &Path) {
+    assert!(
+        target.join("queries.active").exists(),
+        "{}",
+        migrated.log_text()
+    );
+    assert!(
+        !migrated.log_text().contains("permission denied"),
+        "{}",
+        migrated.log_text()
+    );
+}
+
+/// Asserts that a Prometheus 3 on a migrated 3.x TSDB (`migrated`, run as runAsUser:fsGroup
+/// on `target`) answers like one on a copy of the source (`reference`), both started with
+/// [`PromFlavor::prom3`], for data written as scripts/gen-tsdb3.sh writes it (its fixture, or
+/// a live source fed by [`Feeder`]), over `span` (seconds, [`time_span`]): both loaded the
+/// chunk snapshot; every series and every metric's samples (blocks, out-of-order blocks,
+/// head, WBL); the tombstoned range; native histograms and floats point by point; exemplars
+/// (which only the chunk snapshot and the WAL hold).
+pub fn assert_prom3_answers_alike(
+    reference: &PromServer,
+    migrated: &PromServer,
+    target: &Path,
+    (min_s, max_s): (i64, i64),
+) {
+    for s in [reference, migrated] {
+        let log = s.log_text();
+        assert!(log.contains("chunk snapshot loaded"), "{log}");
+        assert!(!log.contains("level=ERROR"), "{log}");
+    }
+    // The head ends less than a few minutes after the last block.
+    let at = max_s + 600;
+    let window = format!("{}s", at - min_s + 60);
+
+    // Every series (last_over_time keeps the name), then every sample of every metric:
+    // blocks, out-of-order blocks, head, WBL.
+    let names = reference.api("label/__name__/values", &[]);
+    assert_eq!(names, migrated.api("label/__name__/values", &[]));
+    let names: Vec<String> = names
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
+    for want in [
+        "feed_huge_histogram",
+        "feed_ooo_histogram",
+        "feed_rw_ratio",
+        "backfill_value",
+    ] {
+        assert!(names.iter().any(|n| n == want), "no {want}: {names:?}");
+    }
+    let all_series = format!("count(last_over_time({{__name__=~\".+\"}}[{window}]))");
+    let by_instance = format!("sum by (instance) (count_over_time(backfill_value[{window}]))");
+    let mut queries = vec![all_series.clone()];
+    queries.extend(
+        names
+            .iter()
+            .map(|n| format!("sum(count_over_time({n}[{window}]))")),
+    );
+    queries.extend([
+        by_instance.clone(),
+        format!("count_over_time(backfill_value[{window}])"),
+        format!("max_over_time(feed_rw_events_total[{window}])"),
+        format!("sum(sum_over_time(feed_ooo_value[{window}]))"),
+        format!("histogram_count(sum_over_time(feed_huge_histogram[{window}]))"),
+        format!("histogram_sum(sum_over_time(feed_ooo_float_histogram[{window}]))"),
+    ]);
+    assert_same_answers(reference, migrated, &queries, at);
+    let series = instant(reference, &all_series, at)["result"][0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    assert!(series > 100, "only {series} series");
+    // gen-tsdb3.sh deleted node-0's samples in the middle of a promtool block.
+    assert_deleted_range_in_effect(migrated, &by_instance, at, "node-0", "node-1");
+
+    // Native histograms point by point over the span Prometheus 3 wrote (blocks and head).
+    for q in [
+        "histogram_count(rate(feed_huge_histogram[5m]))",
+        "histogram_quantile(0.9, rate(feed_request_duration_seconds[30s]))",
+        "histogram_sum(feed_rw_ratio)",
+        "histogram_count(feed:request_duration_seconds:rate15s)",
+    ] {
+        assert_same_range(reference, migrated, q, (max_s - 900, at), 5);
+    }
+    // Floats point by point over the whole span: promtool's blocks (the deleted range
+    // included), then the server's blocks and head.
+    for q in [
+        "sum by (instance) (max_over_time(backfill_value[5m]))",
+        "sum(rate(feed_rw_events_total[5m]))",
+    ] {
+        assert_same_range(reference, migrated, q, (min_s, at), 300);
+    }
+
+    // Exemplars: held by the chunk snapshot (and the WAL) only.
+    let params = [
+        ("query", "{job=\"feed\"}".to_string()),
+        ("start", min_s.to_string()),
+        ("end", at.to_string()),
+    ];
+    let (a, b) = (
+        reference.api("query_exemplars", &params),
+        migrated.api("query_exemplars", &params),
+    );
+    assert!(!a.as_array().unwrap().is_empty(), "no exemplars: {a}");
+    assert_eq!(a, b, "exemplars differ");
+
+    assert_runs_on_target(migrated, target);
 }
 
 /// A small tmpfs mounted on `at` for disk-full tests; unmounted on drop. Needs root.
