@@ -43,9 +43,58 @@ impl Flavor {
         }
     }
 
+    /// This flavor's prometheus with or without `memory-snapshot-on-shutdown`: with it,
+    /// Prometheus loads the newest chunk snapshot at startup instead of replaying the WAL
+    /// before the snapshot's position (and writes one when stopped).
+    fn server_with_snapshots(self, on: bool) -> PromFlavor {
+        const FEATURE: &str = "memory-snapshot-on-shutdown";
+        let mut f = self.server();
+        match self {
+            Flavor::V2_42 if on => f.flags.push(format!("--enable-feature={FEATURE}")),
+            Flavor::V2_42 => {}
+            Flavor::V3 => {
+                let features: Vec<&str> = PROM3_FEATURES
+                    .split(',')
+                    .filter(|x| on || *x != FEATURE)
+                    .collect();
+                f.flags[0] = format!("--enable-feature={}", features.join(","));
+            }
+        }
+        f
+    }
+
     /// Starts this flavor's prometheus on `data` as root; `Err(log)` if it exits first.
     fn try_start(self, data: &Path, work: &Path) -> Result<PromServer, String> {
         PromServer::try_start_flavor(&self.server(), data, work, None)
+    }
+
+    /// Gives the workspace's source a chunk snapshot that covers every WAL segment but the
+    /// last: 3.x data has one (chunk_snapshot.000004.0001605632 after wal/00000004); 2.42 data
+    /// gets one from a real 2.42 run with `memory-snapshot-on-shutdown` (started, then stopped
+    /// with SIGTERM: chunk_snapshot.000002.0000000000 after wal/00000000 and 00000001).
+    /// Returns the snapshot's WAL segment number.
+    fn with_chunk_snapshot(self, ws: &Workspace) -> u64 {
+        if self == Flavor::V2_42 {
+            let mut s = PromServer::start_flavor(
+                &self.server_with_snapshots(true),
+                &ws.source,
+                &ws.dir.path().join("snapshot-writer"),
+                None,
+            );
+            s.stop();
+            let log = s.log_text();
+            assert!(log.contains("chunk snapshot complete"), "{log}");
+            let _ = std::fs::remove_file(ws.source.join("lock"));
+        }
+        let snaps = chunk_snapshots(&ws.source);
+        assert_eq!(snaps.len(), 1, "one chunk snapshot: {snaps:?}");
+        let name = snaps[0].file_name().unwrap().to_string_lossy().into_owned();
+        let index = name.split('.').nth(1).unwrap().parse().unwrap();
+        assert!(
+            numbered(&ws.source.join("wal")).first().unwrap().0 < index,
+            "{name} covers no WAL segment"
+        );
+        index
     }
 
     /// Metrics with samples in the oldest block (promtool's backfill in both fixtures).
@@ -83,6 +132,8 @@ enum Observed {
     Repairs(&'static str),
     /// Starts and answers.
     Serves,
+    /// Starts and answers without logging this (it does not read the damage at startup).
+    ServesWithout(&'static str),
     /// Exits before it is ready, logging this, after deleting every numbered WAL segment
     /// (its WAL repair does that first).
     FailsStartDeletingWal(&'static str),
@@ -292,6 +343,14 @@ fn observe(flavor: Flavor, ws: &Workspace, server: &PromFlavor, observed: &Obser
             "expected {msg:?} in:\n{}",
             s.log_text()
         ),
+        (Observed::ServesWithout(msg), Ok(s)) => {
+            let log = s.log_text();
+            assert!(!log.contains(msg), "unexpected {msg:?} in:\n{log}");
+            let at = jiff::Timestamp::now().as_second();
+            let m = flavor.oldest_block_metrics()[0];
+            let r = s.try_query(&format!("count(count_over_time({m}[10d]))"), at);
+            assert!(r.is_ok(), "{r:?}");
+        }
         (Observed::Serves, Ok(s)) => {
             let at = jiff::Timestamp::now().as_second();
             let m = flavor.oldest_block_metrics()[0];
@@ -332,12 +391,14 @@ on_both!(
     duplicated_head_chunk_file_leaves_a_gap,
     wal_segment_gap,
     flipped_byte_inside_a_wal_record,
+    flipped_byte_in_a_wal_record_covered_by_a_chunk_snapshot,
     meta_json_ulid_differs_from_the_directory,
     a_damaged_source_block_blocks_the_plan_until_excluded,
     head_repair_drops_files_before_the_last_gap_and_prometheus_starts,
     wal_repair_only_when_a_checkpoint_covers_the_dropped_segments,
     a_wbl_gap_blocks_the_plan,
     only_the_newest_checkpoint_is_checked_and_its_damage_is_fatal,
+    a_damaged_checkpoint_covered_by_a_chunk_snapshot,
 );
 
 fn flipped_byte_in_chunk_data(flavor: Flavor) {
@@ -390,8 +451,10 @@ fn flipped_byte_in_a_postings_list(flavor: Flavor) {
             },
             effect: "query_errors",
             cheap: false,
-            // Prometheus does not check this CRC on read; the flipped reference breaks decoding.
             server: None,
+            // 2.42 does not check this CRC on read, the flipped reference breaks decoding
+            // ("decode postings: invalid size"); 3.16 checks it ("decode postings: invalid
+            // checksum").
             observed: Observed::QueryFails("decode postings"),
         },
     );
@@ -436,9 +499,9 @@ fn renamed_chunk_segment(flavor: Flavor) {
             },
             effect: "wrong_data",
             cheap: true,
+            server: None,
             // With the only segment renamed, prometheus still reads it: chunks are addressed by
             // the file's position in the list. With several segments, one missing shifts the rest.
-            server: None,
             observed: Observed::Serves,
         },
     );
@@ -505,6 +568,36 @@ fn flipped_byte_inside_a_wal_record(flavor: Flavor) {
             server: None,
             observed: Observed::Repairs("Starting corruption repair"),
         },
+    );
+}
+
+/// A WAL segment before the newest chunk snapshot's position: Prometheus with
+/// `memory-snapshot-on-shutdown` loads the snapshot and does not read the segment at startup
+/// (no repair, nothing lost); without that feature it replays the segment and repairs it by
+/// truncating, as above. Both are shown on both versions.
+fn flipped_byte_in_a_wal_record_covered_by_a_chunk_snapshot(flavor: Flavor) {
+    let ws = flavor.workspace();
+    flavor.with_chunk_snapshot(&ws);
+    check_case(
+        flavor,
+        &ws,
+        &Case {
+            damage: &|root| {
+                let first = numbered(&root.join("wal")).remove(0).1;
+                flip(&first, 200);
+                rel(root, &first)
+            },
+            effect: "covered_by_snapshot",
+            cheap: false,
+            server: Some(flavor.server_with_snapshots(true)),
+            observed: Observed::ServesWithout("attempting repair"),
+        },
+    );
+    observe(
+        flavor,
+        &ws,
+        &flavor.server_with_snapshots(false),
+        &Observed::Repairs("Starting corruption repair"),
     );
 }
 
@@ -781,7 +874,7 @@ fn only_the_newest_checkpoint_is_checked_and_its_damage_is_fatal(flavor: Flavor)
                 }
                 format!("wal/{newest}/00000000")
             },
-            effect: "fails_start",
+            effect: "fails_start_wal_deleted",
             cheap: false,
             server: None,
             observed: Observed::FailsStartDeletingWal("repair corrupted WAL"),
@@ -800,4 +893,34 @@ fn only_the_newest_checkpoint_is_checked_and_its_damage_is_fatal(flavor: Flavor)
         .filter(|p| p.contains("checkpoint."))
         .collect();
     assert_eq!(checkpoints.len(), 1, "only the newest is checked: {out}");
+}
+
+/// A damaged checkpoint older than the newest chunk snapshot's WAL segment: Prometheus with
+/// `memory-snapshot-on-shutdown` loads the snapshot and does not replay the checkpoint (it
+/// starts); without that feature it fails as above.
+fn a_damaged_checkpoint_covered_by_a_chunk_snapshot(flavor: Flavor) {
+    let ws = flavor.workspace();
+    let index = flavor.with_chunk_snapshot(&ws);
+    let newest = checkpoint_layout(&ws.source);
+    assert!(newest < format!("checkpoint.{index:08}"));
+    check_case(
+        flavor,
+        &ws,
+        &Case {
+            damage: &|root| {
+                flip(&root.join("wal").join(&newest).join("00000000"), 200);
+                format!("wal/{newest}/00000000")
+            },
+            effect: "checkpoint_covered_by_snapshot",
+            cheap: false,
+            server: Some(flavor.server_with_snapshots(true)),
+            observed: Observed::ServesWithout("attempting repair"),
+        },
+    );
+    observe(
+        flavor,
+        &ws,
+        &flavor.server_with_snapshots(false),
+        &Observed::FailsStartDeletingWal("repair corrupted WAL"),
+    );
 }
