@@ -53,6 +53,7 @@ impl Flavor {
             Flavor::V2_42 if on => f.flags.push(format!("--enable-feature={FEATURE}")),
             Flavor::V2_42 => {}
             Flavor::V3 => {
+                assert!(f.flags[0].starts_with("--enable-feature="), "{:?}", f.flags);
                 let features: Vec<&str> = PROM3_FEATURES
                     .split(',')
                     .filter(|x| on || *x != FEATURE)
@@ -68,11 +69,12 @@ impl Flavor {
         PromServer::try_start_flavor(&self.server(), data, work, None)
     }
 
-    /// Gives the workspace's source a chunk snapshot that covers every WAL segment but the
-    /// last: 3.x data has one (chunk_snapshot.000004.0001605632 after wal/00000004); 2.42 data
-    /// gets one from a real 2.42 run with `memory-snapshot-on-shutdown` (started, then stopped
-    /// with SIGTERM: chunk_snapshot.000002.0000000000 after wal/00000000 and 00000001).
-    /// Returns the snapshot's WAL segment number.
+    /// Gives the workspace's source a chunk snapshot after its first WAL segment (the one the
+    /// cases damage): 3.x data has one (chunk_snapshot.000004.0001605632, at the end of
+    /// wal/00000004, after 00000002 and 00000003); 2.42 data gets one from a real 2.42 run with
+    /// `memory-snapshot-on-shutdown` (started, then stopped with SIGTERM:
+    /// chunk_snapshot.000002.0000000000, after wal/00000000 and 00000001). Returns the
+    /// snapshot's WAL segment number.
     fn with_chunk_snapshot(self, ws: &Workspace) -> u64 {
         if self == Flavor::V2_42 {
             let mut s = PromServer::start_flavor(
