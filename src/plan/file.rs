@@ -415,8 +415,9 @@ pub enum HeadRepair {
     #[default]
     None,
     /// Copy only the contiguous run of `chunks_head/` files after the last gap (data only in
-    /// the dropped files is lost unless the WAL still holds it), and drop WAL segments before a
-    /// gap when a checkpoint covers them (lossless). The plan lists what is dropped.
+    /// the dropped files is lost unless the WAL still holds it and Prometheus replays it, which
+    /// it does not before a chunk snapshot it loads), and drop WAL segments before a gap when
+    /// a checkpoint covers them (lossless). The plan lists what is dropped.
     DropUnsequential,
 }
 

@@ -61,6 +61,21 @@ pub enum Effect {
     /// and replays the WAL and WBL: samples survive; exemplars older than the last checkpoint
     /// are lost.
     HeadReplayed,
+    /// The newest checkpoint: reading it fails, and the WAL repair Prometheus then attempts
+    /// deletes every WAL segment numbered above the damaged checkpoint file's (for a one-file
+    /// checkpoint: all of them) and fails, so startup fails with the WAL gone (seen with 2.42
+    /// and 3.16, `repair corrupted WAL`). Only a WAL that still holds a segment of that number,
+    /// which Prometheus does not leave behind a checkpoint, is truncated there instead (seen
+    /// with 2.42).
+    FailsStartWalDeleted,
+    /// WAL damage before the position of the newest chunk snapshot: Prometheus with
+    /// `memory-snapshot-on-shutdown` loads the snapshot and replays the WAL only from there,
+    /// so it never reads the damage at startup; without that feature, or when the snapshot
+    /// does not load, it is [`Effect::DropsData`] (both seen with 2.42 and 3.16).
+    CoveredBySnapshot,
+    /// A damaged newest checkpoint older than the newest chunk snapshot: not read at startup
+    /// when the snapshot loads; otherwise [`Effect::FailsStartWalDeleted`].
+    CheckpointCoveredBySnapshot,
 }
 
 impl Effect {
@@ -84,6 +99,15 @@ impl Effect {
             }
             Effect::HeadReplayed => {
                 "Prometheus deletes the head chunk files from this one on and replays the WAL and WBL: the samples survive, the start is slower, and exemplars older than the last checkpoint are lost"
+            }
+            Effect::FailsStartWalDeleted => {
+                "Prometheus fails to start, after the WAL repair it attempts has deleted the WAL segments numbered above this file's (for a one-file checkpoint: every segment)"
+            }
+            Effect::CoveredBySnapshot => {
+                "Prometheus with memory-snapshot-on-shutdown loads the newer chunk snapshot and does not read this at startup; without that feature, or if the snapshot fails to load, it repairs the WAL at startup by truncating here: the data from here on is lost"
+            }
+            Effect::CheckpointCoveredBySnapshot => {
+                "Prometheus with memory-snapshot-on-shutdown loads the newer chunk snapshot and does not read this checkpoint at startup; without that feature, or if the snapshot fails to load, it fails to start, after the WAL repair it attempts has deleted the WAL segments numbered above this file's"
             }
         }
     }
@@ -186,6 +210,7 @@ enum Job {
         rel: String,
         last: bool,
         kind: wal::Kind,
+        covered: wal::Covered,
     },
 }
 
@@ -278,8 +303,24 @@ pub fn run(
             .map(|(_, rel, _)| Job::HeadChunks { rel: rel.clone() }),
     );
 
+    // Where WAL replay starts when the newest chunk snapshot loads: (its directory, WAL
+    // segment, offset). Damage before that is not read at startup.
+    let snapshot = newest_snapshot(inv).and_then(|d| {
+        let (i, o) = snapshot_position(&d)?;
+        Some((d, i, o))
+    });
+    let mut last_wal_segment = None;
     for (dir, kind) in wal_dirs(inv) {
         let segs = numbered(inv, &dir);
+        if dir == "wal" {
+            last_wal_segment = segs.last().map(|s| s.0);
+        }
+        // A checkpoint is replayed only when its number is not below the snapshot's segment.
+        let checkpoint_covered = dir
+            .strip_prefix("wal/checkpoint.")
+            .and_then(|n| n.parse::<u64>().ok())
+            .zip(snapshot.as_ref())
+            .is_some_and(|(n, (_, i, _))| n < *i);
         // Prometheus lists every segment and refuses a gap anywhere, checkpoints included.
         problems.extend(contiguity(
             &dir,
@@ -292,10 +333,16 @@ pub fn run(
         jobs.extend(
             segs.into_iter()
                 .enumerate()
-                .map(|(i, (_, rel, _))| Job::Wal {
+                .map(|(i, (num, rel, _))| Job::Wal {
                     rel,
                     last: i + 1 == n,
                     kind,
+                    covered: match (&snapshot, dir.as_str()) {
+                        _ if checkpoint_covered => wal::Covered::Whole,
+                        (Some((_, si, _)), "wal") if num < *si => wal::Covered::Whole,
+                        (Some((_, si, so)), "wal") if num == *si => wal::Covered::Before(*so),
+                        _ => wal::Covered::No,
+                    },
                 }),
         );
     }
@@ -308,6 +355,24 @@ pub fn run(
         }
     });
     problems.extend(found.into_iter().flatten());
+    // The snapshot covers nothing when Prometheus will not load it: it is damaged itself, a
+    // head chunk file is (Prometheus then replays the WAL from the checkpoint on), or the WAL
+    // ends before it (Prometheus deletes it as outdated).
+    let loads = snapshot.is_some_and(|(dir, i, _)| {
+        last_wal_segment.is_some_and(|last| last >= i)
+            && !problems.iter().any(|p| {
+                p.path.starts_with("chunks_head") || p.path.starts_with(&format!("{dir}/"))
+            })
+    });
+    if !loads {
+        for p in &mut problems {
+            p.effect = match p.effect {
+                Effect::CoveredBySnapshot => Effect::DropsData,
+                Effect::CheckpointCoveredBySnapshot => Effect::FailsStartWalDeleted,
+                e => e,
+            };
+        }
+    }
     problems.sort();
     problems
 }
@@ -318,7 +383,15 @@ fn run_job(root: &Source, job: &Job, depth: Depth, progress: &dyn Progress) -> V
         Job::Index { rel, segments } => (rel, index::check(root, rel, segments, depth, progress)),
         Job::Tombstones { rel } => (rel, tombstones::check(root, rel)),
         Job::HeadChunks { rel } => (rel, head::check(root, rel, depth, progress)),
-        Job::Wal { rel, last, kind } => (rel, wal::check(root, rel, *last, *kind, depth, progress)),
+        Job::Wal {
+            rel,
+            last,
+            kind,
+            covered,
+        } => (
+            rel,
+            wal::check(root, rel, *last, *kind, *covered, depth, progress),
+        ),
     };
     match result {
         Ok(problems) => problems,
@@ -405,14 +478,15 @@ fn wal_dirs(inv: &Inventory) -> Vec<(String, wal::Kind)> {
 pub fn newest_snapshot(inv: &Inventory) -> Option<String> {
     inv.dirs
         .iter()
-        .filter_map(|d| {
-            let rest = d.strip_prefix("chunk_snapshot.")?;
-            let (i, o) = rest.split_once('.')?;
-            let key: (u64, u64) = (i.parse().ok()?, o.parse().ok()?);
-            Some((key, d.clone()))
-        })
+        .filter_map(|d| Some((snapshot_position(d)?, d.clone())))
         .max()
         .map(|(_, d)| d)
+}
+
+/// The WAL position a `chunk_snapshot.<segment>.<offset>` directory was taken at.
+fn snapshot_position(dir: &str) -> Option<(u64, u64)> {
+    let (i, o) = dir.strip_prefix("chunk_snapshot.")?.split_once('.')?;
+    Some((i.parse().ok()?, o.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -471,5 +545,76 @@ mod tests {
         std::fs::create_dir_all(&old).unwrap();
         std::fs::write(old.join("00000000"), b"garbage").unwrap();
         assert_eq!(deep(d.path()).len(), 1);
+    }
+
+    /// WAL damage before the newest chunk snapshot's position is not read by a Prometheus
+    /// that loads the snapshot (seen with 2.42 and 3.16): the effect says so, and falls back
+    /// to what Prometheus does without the snapshot when it will not load it.
+    #[test]
+    fn wal_damage_a_loadable_snapshot_covers_is_described_as_such() {
+        let d = tempfile::tempdir().unwrap();
+        let wal = d.path().join("wal");
+        std::fs::create_dir_all(wal.join("checkpoint.00000002")).unwrap();
+        let mut bad = wal_segment(&[b"series", b"samples"]);
+        bad[10] ^= 0x01;
+        std::fs::write(wal.join("checkpoint.00000002/00000000"), &bad).unwrap();
+        std::fs::write(wal.join("00000003"), &bad).unwrap();
+        std::fs::write(wal.join("00000004"), &bad).unwrap();
+        std::fs::write(wal.join("00000005"), &bad).unwrap();
+        let snap = d.path().join("chunk_snapshot.000004.0000032768");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::write(snap.join("00000000"), wal_segment(&[b"snapshot"])).unwrap();
+        let effects = |dir: &std::path::Path| -> Vec<(String, Effect)> {
+            deep(dir).into_iter().map(|p| (p.path, p.effect)).collect()
+        };
+        let covered = vec![
+            ("wal/00000003".to_string(), Effect::CoveredBySnapshot),
+            ("wal/00000004".into(), Effect::CoveredBySnapshot),
+            ("wal/00000005".into(), Effect::DropsData),
+            (
+                "wal/checkpoint.00000002/00000000".into(),
+                Effect::CheckpointCoveredBySnapshot,
+            ),
+        ];
+        assert_eq!(effects(d.path()), covered);
+
+        // Taken at the start of segment 4: the damage there is replayed.
+        std::fs::rename(&snap, d.path().join("chunk_snapshot.000004.0000000000")).unwrap();
+        let found = effects(d.path());
+        assert_eq!(found[1], ("wal/00000004".into(), Effect::DropsData));
+        assert_eq!(found[0].1, Effect::CoveredBySnapshot);
+        std::fs::rename(d.path().join("chunk_snapshot.000004.0000000000"), &snap).unwrap();
+
+        let uncovered = vec![
+            ("wal/00000003".to_string(), Effect::DropsData),
+            ("wal/00000004".into(), Effect::DropsData),
+            ("wal/00000005".into(), Effect::DropsData),
+            (
+                "wal/checkpoint.00000002/00000000".into(),
+                Effect::FailsStartWalDeleted,
+            ),
+        ];
+        // A damaged head chunk file: Prometheus then replays the WAL from the checkpoint.
+        std::fs::create_dir_all(d.path().join("chunks_head")).unwrap();
+        std::fs::write(d.path().join("chunks_head/000001"), [0u8; 8]).unwrap();
+        let mut found = effects(d.path());
+        found.retain(|p| p.0.starts_with("wal/"));
+        assert_eq!(found, uncovered);
+        std::fs::remove_dir_all(d.path().join("chunks_head")).unwrap();
+
+        // A damaged snapshot is dropped.
+        std::fs::write(snap.join("00000000"), &bad).unwrap();
+        let mut found = effects(d.path());
+        found.retain(|p| p.0.starts_with("wal/"));
+        assert_eq!(found, uncovered);
+        std::fs::write(snap.join("00000000"), wal_segment(&[b"snapshot"])).unwrap();
+
+        // A WAL that ends before the snapshot: Prometheus deletes the snapshot as outdated.
+        std::fs::remove_file(wal.join("00000005")).unwrap();
+        std::fs::remove_file(wal.join("00000004")).unwrap();
+        assert_eq!(
+            effects(d.path()),
+            vec![uncovered[0].clone(), uncovered[3].clone()]
+        );
     }
 }

@@ -3,7 +3,10 @@
 //! 3 middle, 4 last, 0 = zero padding to the page end; 0x08 snappy, 0x10 zstd. Records never
 //! cross segments. Prometheus repairs a damaged WAL at startup by truncating at the damage and
 //! deleting later segments: the data there is lost. A damaged checkpoint is a hard error: it
-//! does not start ("requires user intervention").
+//! does not start ("requires user intervention"), and the WAL repair it attempts first
+//! deletes the WAL segments (seen with 2.42 and 3.16). With `memory-snapshot-on-shutdown`,
+//! Prometheus loads the newest chunk snapshot and replays only the WAL after its position:
+//! damage before it is not read at startup ([`Covered`]).
 
 use crate::source::Source;
 use std::io;
@@ -26,11 +29,24 @@ pub(super) enum Kind {
     Snapshot,
 }
 
+/// How much of a segment the newest chunk snapshot covers (what Prometheus does not replay
+/// when it loads that snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Covered {
+    /// Nothing.
+    No,
+    /// All of it: a WAL segment before the snapshot's, or a checkpoint older than it.
+    Whole,
+    /// The bytes before this offset (the snapshot's own segment).
+    Before(u64),
+}
+
 pub(super) fn check(
     root: &Source,
     rel: &str,
     last: bool,
     kind: Kind,
+    covered: Covered,
     depth: Depth,
     progress: &dyn Progress,
 ) -> io::Result<Vec<Problem>> {
@@ -43,14 +59,21 @@ pub(super) fn check(
     let mut s = Scanner::in_source(root, rel, super::Depth::Deep)?;
     let len = s.len();
     let bad = |off: u64, what: String| {
+        let covered = match covered {
+            Covered::No => false,
+            Covered::Whole => true,
+            Covered::Before(end) => off < end,
+        };
         vec![Problem::new(
             rel,
             format!("offset {off} (page {})", off / PAGE),
             what,
-            match kind {
-                Kind::Log => Effect::DropsData,
-                Kind::Checkpoint => Effect::FailsStart,
-                Kind::Snapshot => Effect::SnapshotDropped,
+            match (kind, covered) {
+                (Kind::Log, false) => Effect::DropsData,
+                (Kind::Log, true) => Effect::CoveredBySnapshot,
+                (Kind::Checkpoint, false) => Effect::FailsStartWalDeleted,
+                (Kind::Checkpoint, true) => Effect::CheckpointCoveredBySnapshot,
+                (Kind::Snapshot, _) => Effect::SnapshotDropped,
             },
         )]
     };
