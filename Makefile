@@ -21,6 +21,7 @@ test:
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make test needs root (chown to runAsUser/fsGroup, tmpfs mounts): sudo make test" >&2; exit 1; fi
 	bash scripts/test-cluster.sh build
 	bash scripts/prometheus3.sh build
+	bash scripts/gen-tsdb3.sh target/fixtures/tsdb3
 	$(CARGO) test --locked
 
 ## Unit tests only (no root, no prometheus).

@@ -430,8 +430,9 @@ feeder_bin() {
 			if [[ ! -x $bin ]]; then
 				log "building tests/prom3feed into $bin"
 				cd "$src"
-				GOTOOLCHAIN=local GOWORK=off GOFLAGS="-buildvcs=false -mod=readonly" CGO_ENABLED=0 \
-					nice go build -trimpath -o "$bin.tmp" . >"$cache/build.log" 2>&1 ||
+				GOTOOLCHAIN=${GOTOOLCHAIN:-local} GOWORK=off GOFLAGS="-buildvcs=false -mod=readonly" CGO_ENABLED=0 \
+					GOPROXY=$(go env GOPROXY | sed -e 's/[,|]direct$//') \
+					timeout 1200 nice go build -trimpath -o "$bin.tmp" . >"$cache/build.log" 2>&1 ||
 					{ cat "$cache/build.log" >&2; exit 1; }
 				mv -f "$bin.tmp" "$bin"
 			fi
@@ -488,7 +489,8 @@ start_prometheus() {
 		write_config "$conf" "$PROM_PORT" "$FEED_PORT"
 		log "starting prometheus 3 on 127.0.0.1:$PROM_PORT (attempt $attempt, log: $PROM_LOG)"
 		# fd 9 is our flock; Prometheus must not inherit it.
-		(cd "$conf" && exec "$bin/prometheus" \
+		# setpriv --pdeathsig: it ends with this script, even one killed with SIGKILL.
+		(cd "$conf" && exec setpriv --pdeathsig KILL "$bin/prometheus" \
 			--config.file="$conf/prometheus.yml" \
 			--storage.tsdb.path="$data" \
 			--web.listen-address="127.0.0.1:$PROM_PORT" \

@@ -73,10 +73,14 @@ build() {
 	(
 		set -euo pipefail
 		cd "$src"
-		export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false GOWORK=off CGO_ENABLED=0
+		# The machine's Go unless the caller names another approved toolchain; modules only
+		# from the module proxy (no fall-back to fetching a repository directly).
+		export GOTOOLCHAIN=${GOTOOLCHAIN:-local} GOFLAGS=-buildvcs=false GOWORK=off CGO_ENABLED=0
+		GOPROXY=$(go env GOPROXY | sed -e 's/[,|]direct$//')
+		export GOPROXY
 		export GOMAXPROCS=${GOMAXPROCS:-$BUILD_JOBS}
 		local gomod godir
-		gomod=$(go mod download -json "$MODULE@$VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
+		gomod=$(timeout 1200 go mod download -json "$MODULE@$VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
 		[ -f "$gomod" ] || { echo "cannot download $MODULE@$VERSION"; exit 1; }
 		# The wrapper needs the module's go line (a Go older than it refuses to build).
 		godir=$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$gomod")
@@ -94,14 +98,14 @@ build() {
 				/^(replace|exclude)[[:space:]]+[^(]/ {print}' "$gomod"
 		} >go.mod
 		rm -f go.sum
-		go get "$MODULE/cmd/prometheus@$VERSION" "$MODULE/cmd/promtool@$VERSION"
+		timeout 1200 go get "$MODULE/cmd/prometheus@$VERSION" "$MODULE/cmd/promtool@$VERSION"
 		local v=github.com/prometheus/common/version
 		local ld="-s -w -X $v.Version=$release -X $v.Revision=$VERSION -X $v.Branch=HEAD"
 		ld="$ld -X $v.BuildUser=promigrate-tests -X $v.BuildDate=19700101-00:00:00"
 		rm -rf "$CACHE/bin.tmp"
 		mkdir -p "$CACHE/bin.tmp"
 		go version
-		go build -p "$BUILD_JOBS" -trimpath -tags remove_all_sd -ldflags "$ld" -o "$CACHE/bin.tmp/" \
+		timeout 2400 go build -p "$BUILD_JOBS" -trimpath -tags remove_all_sd -ldflags "$ld" -o "$CACHE/bin.tmp/" \
 			"$MODULE/cmd/prometheus" "$MODULE/cmd/promtool"
 		"$CACHE/bin.tmp/prometheus" --version
 		"$CACHE/bin.tmp/promtool" --version

@@ -19,11 +19,18 @@ const FIXED: usize = 25;
 pub(super) fn check(
     root: &Source,
     rel: &str,
+    last: bool,
     depth: Depth,
     progress: &dyn Progress,
 ) -> io::Result<Vec<Problem>> {
     let mut s = Scanner::in_source(root, rel, depth)?;
     let p = |loc: String, what: String, effect: Effect| Problem::new(rel, loc, what, effect);
+    // The last file cut short by a crash (under 4 bytes, or a zero magic) is deleted by
+    // Prometheus at startup without complaint (head_chunks.go repairLastChunkFile): no damage.
+    if last && s.peek(4)?.is_none_or(|m| m.iter().all(|&b| b == 0)) {
+        progress.add_bytes(s.len());
+        return Ok(Vec::new());
+    }
     if let Some(problem) = super::segment_header(&mut s, rel, MAGIC)? {
         return Ok(vec![problem]);
     }
@@ -38,13 +45,10 @@ pub(super) fn check(
             break; // the preallocated zero tail
         }
         let encoding = fixed[24] & 0x7f; // 0x80 marks out-of-order chunks
-        // What Prometheus does about a bad out-of-order head chunk: it deletes the files from
-        // there on and replays the WAL and WBL.
-        let effect = if fixed[24] & 0x80 != 0 {
-            Effect::HeadReplayed
-        } else {
-            Effect::DropsData
-        };
+        // What Prometheus does about any bad head chunk, in order or out of order: it
+        // deletes the files from there on and replays the checkpoint, WAL and WBL (head.go
+        // loadMmappedChunks → DeleteCorrupted).
+        let effect = Effect::HeadReplayed;
         let mut crc = crc32c::crc32c(fixed);
         s.take(FIXED)?;
         let Some(vb) = s.peek((s.remaining().min(10)) as usize)? else {
@@ -54,7 +58,7 @@ pub(super) fn check(
             out.push(p(
                 format!("chunk at offset {off}"),
                 "length does not decode".into(),
-                Effect::DropsData,
+                effect,
             ));
             break;
         };
@@ -68,7 +72,7 @@ pub(super) fn check(
                     "chunk claims {len} bytes, more than the file holds ({} left)",
                     s.remaining()
                 ),
-                Effect::DropsData,
+                effect,
             ));
             break;
         }
@@ -116,16 +120,34 @@ mod tests {
     }
 
     fn check_file(bytes: &[u8]) -> Vec<Problem> {
+        check_as(bytes, false, Depth::Deep)
+    }
+
+    fn check_as(bytes: &[u8], last: bool, depth: Depth) -> Vec<Problem> {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("chunks_head")).unwrap();
         std::fs::write(d.path().join("chunks_head/000001"), bytes).unwrap();
         check(
             &Source::Local(d.path().to_path_buf()),
             "chunks_head/000001",
-            Depth::Deep,
+            last,
+            depth,
             &crate::progress::Hidden,
         )
         .unwrap()
+    }
+
+    /// Found in review: the last head chunk file cut short by a crash (under 4 bytes, or a
+    /// zero magic) is deleted by Prometheus at startup without complaint, but was reported as
+    /// "fails to start" (a false alarm, by plan's cheap check too). Not the last one: damage.
+    #[test]
+    fn a_crash_cut_last_head_chunk_file_is_no_damage() {
+        for bytes in [&b""[..], &b"\x01\x30"[..], &[0u8; 4096][..]] {
+            for depth in [Depth::Cheap, Depth::Deep] {
+                assert!(check_as(bytes, true, depth).is_empty(), "{bytes:?}");
+                assert!(!check_as(bytes, false, depth).is_empty(), "{bytes:?}");
+            }
+        }
     }
 
     /// Regression: a head chunk of 1 MiB or more was reported as damage (a false no-go), and

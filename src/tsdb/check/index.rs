@@ -164,7 +164,17 @@ pub(super) fn check(
         let found = if n <= super::scan::BUF as u64 {
             s.take(n as usize)?.map(read)
         } else {
-            s.take_vec(n)?.as_deref().map(read)
+            // A long entry is parsed only once its CRC matches: a garbage length must not
+            // make the chunk references of megabytes of garbage be collected in memory.
+            let body = s.pos();
+            match s.crc_span(n)? {
+                None => None,
+                Some(crc) if s.peek(4)?.map(super::scan::be32) == Some(crc) => {
+                    s.seek(body)?;
+                    s.take_vec(n)?.map(|b| (crc, chunk_refs(&b)))
+                }
+                Some(crc) => Some((crc, None)),
+            }
         };
         let Some((crc, refs)) = found else {
             break;

@@ -57,10 +57,13 @@ pub enum Effect {
     /// is replayed instead: the samples survive, the start is slower, and exemplars older
     /// than the last checkpoint (which only the snapshot held) are lost.
     SnapshotDropped,
-    /// An out-of-order head chunk: Prometheus deletes the head chunk files from this one on
-    /// and replays the WAL and WBL: samples survive; exemplars older than the last checkpoint
-    /// are lost.
+    /// A head chunk (in order or out of order): Prometheus deletes the head chunk files from
+    /// this one on and replays the WAL and WBL: samples survive; exemplars older than the last
+    /// checkpoint are lost.
     HeadReplayed,
+    /// An empty chunk snapshot directory: Prometheus loads it as an empty snapshot and skips
+    /// the WAL before its position, so the head data there is lost.
+    EmptySnapshot,
     /// The newest checkpoint: reading it fails, and the WAL repair Prometheus then attempts
     /// deletes every WAL segment numbered above the damaged checkpoint file's (for a one-file
     /// checkpoint: all of them) and fails, so startup fails with the WAL gone (seen with 2.42
@@ -97,6 +100,9 @@ impl Effect {
             Effect::SnapshotDropped => {
                 "Prometheus drops the chunk snapshot at startup and replays the WAL instead: the samples survive, the start is slower, and exemplars older than the last checkpoint are lost"
             }
+            Effect::EmptySnapshot => {
+                "Prometheus loads it as an empty snapshot and does not replay the WAL before its position: the head data there is lost"
+            }
             Effect::HeadReplayed => {
                 "Prometheus deletes the head chunk files from this one on and replays the WAL and WBL: the samples survive, the start is slower, and exemplars older than the last checkpoint are lost"
             }
@@ -104,10 +110,10 @@ impl Effect {
                 "Prometheus fails to start, after the WAL repair it attempts has deleted the WAL segments numbered above this file's (for a one-file checkpoint: every segment)"
             }
             Effect::CoveredBySnapshot => {
-                "Prometheus with memory-snapshot-on-shutdown loads the newer chunk snapshot and does not read this at startup; without that feature, or if the snapshot fails to load, it repairs the WAL at startup by truncating here: the data from here on is lost"
+                "Prometheus with memory-snapshot-on-shutdown loads the newer chunk snapshot and does not read this at startup, but its next WAL checkpoint reads it and fails (per Prometheus' source: head.go truncateWAL, not reproduced here), so the WAL stops being truncated and grows; without that feature, or if the snapshot fails to load, it repairs the WAL at startup by truncating here: the data from here on is lost. Repair the source either way"
             }
             Effect::CheckpointCoveredBySnapshot => {
-                "Prometheus with memory-snapshot-on-shutdown loads the newer chunk snapshot and does not read this checkpoint at startup; without that feature, or if the snapshot fails to load, it fails to start, after the WAL repair it attempts has deleted the WAL segments numbered above this file's"
+                "Prometheus with memory-snapshot-on-shutdown loads the newer chunk snapshot and does not read this checkpoint at startup, but its next WAL checkpoint reads it and fails (per Prometheus' source: head.go truncateWAL, not reproduced here), so the WAL stops being truncated and grows; without that feature, or if the snapshot fails to load, it fails to start, after the WAL repair it attempts has deleted the WAL segments numbered above this file's. Repair the source either way"
             }
         }
     }
@@ -205,6 +211,7 @@ enum Job {
     },
     HeadChunks {
         rel: String,
+        last: bool,
     },
     Wal {
         rel: String,
@@ -300,7 +307,11 @@ pub fn run(
     ));
     jobs.extend(
         head.iter()
-            .map(|(_, rel, _)| Job::HeadChunks { rel: rel.clone() }),
+            .enumerate()
+            .map(|(i, (_, rel, _))| Job::HeadChunks {
+                rel: rel.clone(),
+                last: i + 1 == head.len(),
+            }),
     );
 
     // Where WAL replay starts when the newest chunk snapshot loads: (its directory, WAL
@@ -321,14 +332,27 @@ pub fn run(
             .and_then(|n| n.parse::<u64>().ok())
             .zip(snapshot.as_ref())
             .is_some_and(|(n, (_, i, _))| n < *i);
-        // Prometheus lists every segment and refuses a gap anywhere, checkpoints included.
+        // Prometheus lists every segment and refuses a gap anywhere, checkpoints included;
+        // in a chunk snapshot that only drops the snapshot.
         problems.extend(contiguity(
             &dir,
             &segs,
             None,
-            Effect::FailsStart,
+            if kind == wal::Kind::Snapshot {
+                Effect::SnapshotDropped
+            } else {
+                Effect::FailsStart
+            },
             "segments are not sequential",
         ));
+        if kind == wal::Kind::Snapshot && segs.is_empty() {
+            problems.push(Problem::new(
+                format!("{dir}/"),
+                "",
+                "the chunk snapshot holds no segment",
+                Effect::EmptySnapshot,
+            ));
+        }
         let n = segs.len();
         jobs.extend(
             segs.into_iter()
@@ -382,7 +406,7 @@ fn run_job(root: &Source, job: &Job, depth: Depth, progress: &dyn Progress) -> V
         Job::BlockChunks { rel } => (rel, chunks::check(root, rel, depth, progress)),
         Job::Index { rel, segments } => (rel, index::check(root, rel, segments, depth, progress)),
         Job::Tombstones { rel } => (rel, tombstones::check(root, rel)),
-        Job::HeadChunks { rel } => (rel, head::check(root, rel, depth, progress)),
+        Job::HeadChunks { rel, last } => (rel, head::check(root, rel, *last, depth, progress)),
         Job::Wal {
             rel,
             last,
@@ -595,8 +619,13 @@ mod tests {
             ),
         ];
         // A damaged head chunk file: Prometheus then replays the WAL from the checkpoint.
+        // (A wrong magic: a zero one in the last file is a crash-cut file Prometheus deletes.)
         std::fs::create_dir_all(d.path().join("chunks_head")).unwrap();
-        std::fs::write(d.path().join("chunks_head/000001"), [0u8; 8]).unwrap();
+        std::fs::write(
+            d.path().join("chunks_head/000001"),
+            [0xde, 0xad, 0, 0, 1, 0, 0, 0],
+        )
+        .unwrap();
         let mut found = effects(d.path());
         found.retain(|p| p.0.starts_with("wal/"));
         assert_eq!(found, uncovered);
@@ -615,6 +644,60 @@ mod tests {
         assert_eq!(
             effects(d.path()),
             vec![uncovered[0].clone(), uncovered[3].clone()]
+        );
+    }
+}
+
+#[cfg(test)]
+mod snapshot_position_tests {
+    use super::*;
+
+    /// Found in review: in the snapshot's own WAL segment, damage before the snapshot's
+    /// position (covered: Prometheus does not replay it) hid damage after it, which
+    /// Prometheus replays and truncates at.
+    #[test]
+    fn damage_after_the_snapshot_position_is_found_behind_covered_damage() {
+        let rec = |fill: u8| vec![fill; 100];
+        let frag = |r: &[u8]| {
+            let mut v = vec![1u8];
+            v.extend_from_slice(&(r.len() as u16).to_be_bytes());
+            v.extend_from_slice(&crc32c::crc32c(r).to_be_bytes());
+            v.extend_from_slice(r);
+            v
+        };
+        let mut seg = frag(&rec(1));
+        let second = seg.len();
+        seg.extend(frag(&rec(2)));
+        seg.resize(32 * 1024, 0);
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("wal")).unwrap();
+        // The snapshot was taken at the second record of segment 3.
+        let snap = d.path().join(format!("chunk_snapshot.000003.{second:010}"));
+        std::fs::create_dir_all(&snap).unwrap();
+        let mut s = vec![1u8];
+        s.extend_from_slice(&4u16.to_be_bytes());
+        s.extend_from_slice(&crc32c::crc32c(b"snap").to_be_bytes());
+        s.extend_from_slice(b"snap");
+        s.resize(32 * 1024, 0);
+        std::fs::write(snap.join("00000000"), &s).unwrap();
+        seg[20] ^= 1; // in the first record: before the snapshot's position
+        seg[second + 30] ^= 1; // in the second: after it
+        std::fs::write(d.path().join("wal/00000003"), &seg).unwrap();
+        let inv = crate::plan::inventory::scan(d.path()).unwrap();
+        let found = run(
+            &Source::Local(d.path().to_path_buf()),
+            &inv,
+            Depth::Deep,
+            1,
+            &crate::progress::Hidden,
+            &AtomicBool::new(false),
+        );
+        let wal: Vec<&Problem> = found.iter().filter(|p| p.path == "wal/00000003").collect();
+        assert_eq!(wal.len(), 2, "{found:?}");
+        assert!(
+            wal.iter()
+                .any(|p| p.location.starts_with(&format!("offset {}", second))),
+            "{found:?}"
         );
     }
 }

@@ -77,12 +77,40 @@ pub(super) fn check(
             },
         )]
     };
+    let mut out = Vec::new();
+    if let Some((off, what)) = scan(&mut s, 0, last, checkpoint)? {
+        out.extend(bad(off, what));
+        // Damage before the snapshot's position in its own segment is covered; what comes
+        // after it is replayed, so it is read on from there.
+        if let Covered::Before(from) = covered
+            && off < from
+            && let Some((off, what)) = scan(&mut s, from, last, checkpoint)?
+        {
+            out.extend(bad(off, what));
+        }
+    }
+    progress.add_bytes(len);
+    Ok(out)
+}
+
+/// Reads record fragments from `start` (a record boundary) to the end of the segment:
+/// the first damage found, as (offset, what), or `None`.
+fn scan(
+    s: &mut Scanner,
+    start: u64,
+    last: bool,
+    checkpoint: bool,
+) -> io::Result<Option<(u64, String)>> {
+    let len = s.len();
+    let bad = |off: u64, what: String| Some((off, what));
     // Inside a multi-fragment record (after `first`, before `last`)?
     let mut open_record = false;
-    let mut page_start = 0;
+    let mut page_start = start - start % PAGE;
+    let mut first = true;
     while page_start < len {
         let page_end = (page_start + PAGE).min(len);
-        s.seek(page_start)?;
+        s.seek(if first { start } else { page_start })?;
+        first = false;
         while s.pos() < page_end {
             let off = s.pos();
             if page_end - off < HEADER {
@@ -142,7 +170,6 @@ pub(super) fn check(
         }
         page_start = page_end;
     }
-    progress.add_bytes(len);
     if open_record {
         let what = if last && !checkpoint {
             "the last record is incomplete (torn write)"
@@ -151,5 +178,5 @@ pub(super) fn check(
         };
         return Ok(bad(len, what.into()));
     }
-    Ok(Vec::new())
+    Ok(None)
 }
