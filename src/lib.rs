@@ -214,7 +214,15 @@ fn kube_preflight(
                 k8s::inspect(&cluster, k).await
             };
             match read.await {
-                Ok(state) => k8s::assess(k, &state, data, writes),
+                Ok(state) => {
+                    let mut r = k8s::assess(k, &state, data, writes);
+                    let blocks: Vec<(i64, u64)> =
+                        p.blocks.iter().map(|b| (b.max_time, b.size)).collect();
+                    let head: u64 = p.files.iter().map(|f| f.size).sum();
+                    r.blockers
+                        .extend(k8s::retention_blocker(k, &state, &blocks, head));
+                    r
+                }
                 Err(e) => k8s::unreachable(k, &e),
             }
         });

@@ -218,6 +218,26 @@ impl TestCluster {
         self.rt.block_on(pods.get_opt("prom-0")).unwrap().is_some()
     }
 
+    /// StatefulSet `prom` once its controller has caught up with its spec (status
+    /// observedGeneration = generation): its resourceVersion then changes only if someone
+    /// changes the object.
+    fn sts_settled(&self) -> StatefulSet {
+        let start = Instant::now();
+        loop {
+            let s = self.sts("prom");
+            let observed = s.status.as_ref().and_then(|st| st.observed_generation);
+            if observed.is_some() && observed == s.metadata.generation {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the statefulset controller did not observe generation {:?}",
+                s.metadata.generation
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Merge-patches pod `prom-0`.
     fn patch_pod(&self, patch: serde_json::Value) {
         let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client.clone(), NS);
@@ -465,7 +485,7 @@ fn delete_policy_pv_and_delete_retention_policy_are_each_refused_and_left_alone(
     kube_plan(&ws, &k.kubeconfig, "    statefulSet: prom\n");
     let refused_unchanged = |want: &str, not: &str| {
         let pv_version = k.pv("pv-prom").metadata.resource_version;
-        let sts_version = k.sts("prom").metadata.resource_version;
+        let sts_version = k.sts_settled().metadata.resource_version;
         let (code, text, _) = ws.run(&["plan"]);
         assert_eq!(code, 1, "{text}");
         assert!(text.contains(want), "{text}");
@@ -724,4 +744,40 @@ fn a_target_in_use_by_a_verify_stops_apply_before_the_scale_down() {
         std::fs::read_dir(ws.target()).unwrap().next().is_none(),
         "nothing written"
     );
+}
+
+/// Issue 15 (part): a plain StatefulSet whose Prometheus runs with a retention shorter than
+/// the migrated data's span deletes that history at its first start, after verify said go.
+/// plan makes it a blocker, naming the flag, how many blocks and bytes, and changes nothing.
+#[test]
+fn a_target_retention_shorter_than_the_data_is_a_blocker() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let k = TestCluster::up();
+    let ws = Workspace::new();
+    k.bound_statefulset("Retain", 1, "Retain", &ws.mount);
+    k.patch_sts(json!({"spec": {"template": {"spec": {"containers": [{
+        "name": "prometheus", "image": "prom/prometheus",
+        "args": ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.retention.time=12h"],
+        "volumeMounts": [{"name": "data", "mountPath": "/prometheus"}]}]}}}}));
+    kube_plan(&ws, &k.kubeconfig, "    statefulSet: prom\n");
+    let before = k.sts_settled().metadata.resource_version;
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("BLOCKER:")
+            && l.contains("--storage.tsdb.retention.time=12h")
+            && l.contains("block")),
+        "{out}"
+    );
+    assert_eq!(ws.run(&["apply", "--yes"]).0, 1);
+    assert_eq!(k.sts("prom").metadata.resource_version, before);
+    assert_eq!(k.replicas(), 1);
+
+    // A retention longer than the data: no blocker.
+    k.patch_sts(json!({"spec": {"template": {"spec": {"containers": [{
+        "name": "prometheus", "image": "prom/prometheus",
+        "args": ["--storage.tsdb.retention.time=30d"],
+        "volumeMounts": [{"name": "data", "mountPath": "/prometheus"}]}]}}}}));
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 0, "{out}");
 }

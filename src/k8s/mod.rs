@@ -26,7 +26,7 @@ use serde_json::json;
 
 use crate::plan::file::KubeTarget;
 
-pub use preflight::{KubeReport, KubeState, assess, inspect, unreachable};
+pub use preflight::{KubeReport, KubeState, assess, inspect, retention_blocker, unreachable};
 
 /// Where the replica count before promigrate's scale-down is kept.
 pub const REPLICAS_ANNOTATION: &str = "promigrate.io/replicas-before-migration";

@@ -77,6 +77,207 @@ pub struct StsState {
     pub when_deleted: String,
     /// Replicas recorded by an earlier, unfinished promigrate apply.
     pub recorded_replicas: Option<i32>,
+    /// The retention flags of the pod template's Prometheus container, if one is found.
+    pub retention: Option<ServerRetention>,
+}
+
+/// The retention a Prometheus container of a pod template runs with.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerRetention {
+    /// The container's name.
+    pub container: String,
+    /// `--storage.tsdb.retention.time` (or the older `--storage.tsdb.retention`), as written.
+    pub time: Option<String>,
+    /// `--storage.tsdb.retention.size`, as written.
+    pub size: Option<String>,
+}
+
+/// Prometheus's retention when neither flag is given.
+const DEFAULT_RETENTION: &str = "15d";
+
+/// The Prometheus container of a pod template (named `prometheus`, or running with
+/// `--storage.tsdb.*` or `--config.file` arguments) and its retention flags.
+fn server_retention(s: &StatefulSet) -> Option<ServerRetention> {
+    let containers = &s.spec.as_ref()?.template.spec.as_ref()?.containers;
+    let words = |c: &k8s_openapi::api::core::v1::Container| -> Vec<String> {
+        c.command
+            .iter()
+            .flatten()
+            .chain(c.args.iter().flatten())
+            .cloned()
+            .collect()
+    };
+    let c = containers.iter().find(|c| {
+        c.name == "prometheus"
+            || words(c)
+                .iter()
+                .any(|w| w.starts_with("--storage.tsdb.") || w.starts_with("--config.file"))
+    })?;
+    let w = words(c);
+    let flag = |names: &[&str]| -> Option<String> {
+        let mut found = None;
+        for (i, a) in w.iter().enumerate() {
+            for n in names {
+                if let Some(v) = a.strip_prefix(&format!("{n}=")) {
+                    found = Some(v.to_string());
+                } else if a == n {
+                    found = w.get(i + 1).cloned();
+                }
+            }
+        }
+        found
+    };
+    Some(ServerRetention {
+        container: c.name.clone(),
+        time: flag(&["--storage.tsdb.retention.time", "--storage.tsdb.retention"]),
+        size: flag(&["--storage.tsdb.retention.size"]),
+    })
+}
+
+/// A Prometheus duration (`15d`, `1y2w`, `36h`, `90m`, `500ms`; model.ParseDuration: units
+/// y = 365d, w, d, h, m, s, ms, each at most once, largest first) in milliseconds.
+pub fn prometheus_duration_ms(s: &str) -> Option<i64> {
+    const UNITS: [(&str, i64); 7] = [
+        ("y", 365 * 86_400_000),
+        ("w", 7 * 86_400_000),
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ];
+    if s.is_empty() || s == "0" {
+        return (s == "0").then_some(0);
+    }
+    let mut rest = s;
+    let mut total: i64 = 0;
+    let mut next_unit = 0;
+    while !rest.is_empty() {
+        let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return None;
+        }
+        let n: i64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        // "ms" before "m": the longest unit name that matches.
+        let (i, (u, ms)) = UNITS
+            .iter()
+            .enumerate()
+            .skip(next_unit)
+            .filter(|(_, (u, _))| rest.starts_with(u))
+            .max_by_key(|(_, (u, _))| u.len())?;
+        total = total.checked_add(n.checked_mul(*ms)?)?;
+        rest = &rest[u.len()..];
+        next_unit = i + 1;
+    }
+    Some(total)
+}
+
+/// A Prometheus size (`512MB`, `1GB`, `100GiB`; units.ParseBase2Bytes: KB = 1024) in bytes.
+pub fn prometheus_size_bytes(s: &str) -> Option<u64> {
+    let digits = s.chars().take_while(|c| c.is_ascii_digit()).count();
+    let n: u64 = s[..digits].parse().ok()?;
+    let mult: u64 = match &s[digits..] {
+        "B" | "" => 1,
+        "KB" | "KiB" => 1 << 10,
+        "MB" | "MiB" => 1 << 20,
+        "GB" | "GiB" => 1 << 30,
+        "TB" | "TiB" => 1 << 40,
+        "PB" | "PiB" => 1 << 50,
+        "EB" | "EiB" => 1 << 60,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Whether the target server's retention would delete migrated blocks at its first start:
+/// a blocker naming the flag, how many blocks and bytes, and what to change. `blocks` are
+/// the migrated blocks' (maxTime ms, bytes); `head_bytes` the WAL and head chunks.
+pub fn retention_blocker(
+    k: &KubeTarget,
+    state: &KubeState,
+    blocks: &[(i64, u64)],
+    head_bytes: u64,
+) -> Option<String> {
+    let sts_name = k.stateful_set.as_ref()?;
+    let r = state.stateful_set.as_ref()?.retention.as_ref()?;
+    let what = format!(
+        "statefulset/{}/{sts_name} (container {})",
+        k.namespace, r.container
+    );
+    let (time, time_flag) = match (&r.time, &r.size) {
+        (Some(t), _) => (
+            Some(t.clone()),
+            format!("--storage.tsdb.retention.time={t}"),
+        ),
+        (None, None) => (
+            Some(DEFAULT_RETENTION.to_string()),
+            format!(
+                "the default retention of {DEFAULT_RETENTION} (no --storage.tsdb.retention.* flag)"
+            ),
+        ),
+        (None, Some(_)) => (None, String::new()),
+    };
+    let mut sorted: Vec<(i64, u64)> = blocks.to_vec();
+    sorted.sort();
+    let total: u64 = sorted.iter().map(|b| b.1).sum();
+    let newest = sorted.last().map(|b| b.0)?;
+    let mut deleted: Vec<(i64, u64)> = Vec::new();
+    let mut why = Vec::new();
+    if let Some(t) = &time {
+        match prometheus_duration_ms(t) {
+            Some(ms) if ms > 0 => {
+                let gone: Vec<(i64, u64)> = sorted
+                    .iter()
+                    .copied()
+                    .filter(|b| newest - b.0 > ms)
+                    .collect();
+                if !gone.is_empty() {
+                    why.push(time_flag.clone());
+                    deleted = gone;
+                }
+            }
+            Some(_) => {}
+            None => {
+                return Some(format!(
+                    "{what} runs with --storage.tsdb.retention.time={t}, which is not a Prometheus duration promigrate can read: check it (e.g. 15d, 26w)"
+                ));
+            }
+        }
+    }
+    if let Some(sz) = &r.size {
+        let Some(limit) = prometheus_size_bytes(sz) else {
+            return Some(format!(
+                "{what} runs with --storage.tsdb.retention.size={sz}, which is not a size promigrate can read: check it (e.g. 512MB, 100GB)"
+            ));
+        };
+        // Oldest blocks go until the blocks and the WAL fit.
+        let mut left = total + head_bytes;
+        let mut by_size = Vec::new();
+        for b in &sorted {
+            if left <= limit || limit == 0 {
+                break;
+            }
+            left -= b.1;
+            by_size.push(*b);
+        }
+        if by_size.len() > deleted.len() {
+            deleted = by_size;
+            why = vec![format!("--storage.tsdb.retention.size={sz}")];
+        }
+    }
+    if deleted.is_empty() {
+        return None;
+    }
+    let bytes: u64 = deleted.iter().map(|b| b.1).sum();
+    Some(format!(
+        "{what} runs with {}: at its first start Prometheus deletes {} of the {} migrated blocks ({} of {}), the oldest; raise the retention in the StatefulSet's container args, or migrate less (transfer.timeRange with transfer.acceptPartialSelection)",
+        why.join(" and "),
+        deleted.len(),
+        sorted.len(),
+        crate::units::bytes(bytes),
+        crate::units::bytes(total)
+    ))
 }
 
 /// The preflight of one target's objects.
@@ -227,6 +428,7 @@ fn sts_state(s: &StatefulSet) -> StsState {
             .and_then(|p| p.when_deleted.clone())
             .unwrap_or_else(|| "Retain".into()),
         recorded_replicas: recorded_replicas(s),
+        retention: server_retention(s),
     }
 }
 
@@ -426,6 +628,54 @@ pub fn unreachable(k: &KubeTarget, err: &anyhow::Error) -> KubeReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prometheus_durations_and_sizes() {
+        assert_eq!(prometheus_duration_ms("15d"), Some(15 * 86_400_000));
+        assert_eq!(
+            prometheus_duration_ms("1y2w"),
+            Some((365 + 14) * 86_400_000)
+        );
+        assert_eq!(prometheus_duration_ms("1h30m"), Some(5_400_000));
+        assert_eq!(prometheus_duration_ms("500ms"), Some(500));
+        assert_eq!(prometheus_duration_ms("0"), Some(0));
+        for bad in ["", "15", "1.5d", "d", "2h1d", "1x"] {
+            assert_eq!(prometheus_duration_ms(bad), None, "{bad}");
+        }
+        assert_eq!(prometheus_size_bytes("512MB"), Some(512 << 20));
+        assert_eq!(prometheus_size_bytes("1GB"), Some(1 << 30));
+        assert_eq!(prometheus_size_bytes("1.5GB"), None);
+        assert_eq!(prometheus_size_bytes("10XB"), None);
+    }
+
+    #[test]
+    fn retention_by_time_by_size_and_by_default() {
+        let k = crate::k8s::test_target();
+        let mut st = healthy();
+        let day = 86_400_000i64;
+        // Three blocks ending 0, 10 and 20 days before the newest, 1 GiB each.
+        let blocks = [(0, 1u64 << 30), (10 * day, 1 << 30), (20 * day, 1 << 30)];
+        let with = |time: Option<&str>, size: Option<&str>| ServerRetention {
+            container: "prometheus".into(),
+            time: time.map(String::from),
+            size: size.map(String::from),
+        };
+        st.stateful_set.as_mut().unwrap().retention = Some(with(Some("30d"), None));
+        assert_eq!(retention_blocker(&k, &st, &blocks, 0), None);
+        st.stateful_set.as_mut().unwrap().retention = Some(with(Some("15d"), None));
+        let b = retention_blocker(&k, &st, &blocks, 0).unwrap();
+        assert!(b.contains("deletes 1 of the 3"), "{b}");
+        // The default (15d) when no flag is set.
+        st.stateful_set.as_mut().unwrap().retention = Some(with(None, None));
+        let b = retention_blocker(&k, &st, &blocks, 0).unwrap();
+        assert!(b.contains("default retention of 15d"), "{b}");
+        // Only a size: blocks and WAL must fit.
+        st.stateful_set.as_mut().unwrap().retention = Some(with(None, Some("2GB")));
+        let b = retention_blocker(&k, &st, &blocks, 1 << 20).unwrap();
+        assert!(b.contains("deletes 2 of the 3"), "{b}");
+        st.stateful_set.as_mut().unwrap().retention = Some(with(None, Some("4GB")));
+        assert_eq!(retention_blocker(&k, &st, &blocks, 1 << 20), None);
+    }
 
     #[test]
     fn quantities() {
