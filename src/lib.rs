@@ -218,8 +218,20 @@ fn kube_preflight(
                     let mut r = k8s::assess(k, &state, data, writes);
                     let blocks: Vec<(i64, u64)> =
                         p.blocks.iter().map(|b| (b.max_time, b.size)).collect();
-                    let head: u64 = p.files.iter().map(|f| f.size).sum();
-                    r.blockers
+                    // What Prometheus counts as the head's size: wal/, wbl/, chunks_head/.
+                    let head: u64 = p
+                        .files
+                        .iter()
+                        .filter(|f| {
+                            ["wal/", "wbl/", "chunks_head/"]
+                                .iter()
+                                .any(|d| f.rel.starts_with(d))
+                        })
+                        .map(|f| f.size)
+                        .sum();
+                    // A warning, not yet a blocker: the retention in Prometheus's
+                    // configuration file (3.8+) and the operator's are not read yet.
+                    r.warnings
                         .extend(k8s::retention_blocker(k, &state, &blocks, head));
                     r
                 }

@@ -748,9 +748,10 @@ fn a_target_in_use_by_a_verify_stops_apply_before_the_scale_down() {
 
 /// Issue 15 (part): a plain StatefulSet whose Prometheus runs with a retention shorter than
 /// the migrated data's span deletes that history at its first start, after verify said go.
-/// plan makes it a blocker, naming the flag, how many blocks and bytes, and changes nothing.
+/// plan says so (a warning until the configuration file's retention is read), naming the
+/// flag and how many blocks and bytes, and changes nothing.
 #[test]
-fn a_target_retention_shorter_than_the_data_is_a_blocker() {
+fn a_target_retention_shorter_than_the_data_is_reported() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let k = TestCluster::up();
     let ws = Workspace::new();
@@ -761,23 +762,25 @@ fn a_target_retention_shorter_than_the_data_is_a_blocker() {
         "volumeMounts": [{"name": "data", "mountPath": "/prometheus"}]}]}}}}));
     kube_plan(&ws, &k.kubeconfig, "    statefulSet: prom\n");
     let before = k.sts_settled().metadata.resource_version;
+    // A warning for now (the retention in Prometheus's configuration file, 3.8+, is not
+    // read yet, and would take precedence): plan still says it, naming flag and blocks.
     let (code, out, _) = ws.run(&["plan"]);
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, 0, "{out}");
     assert!(
-        out.lines().any(|l| l.starts_with("BLOCKER:")
+        out.lines().any(|l| l.starts_with("warning:")
             && l.contains("--storage.tsdb.retention.time=12h")
-            && l.contains("block")),
+            && l.contains("would delete")),
         "{out}"
     );
-    assert_eq!(ws.run(&["apply", "--yes"]).0, 1);
     assert_eq!(k.sts("prom").metadata.resource_version, before);
     assert_eq!(k.replicas(), 1);
 
-    // A retention longer than the data: no blocker.
+    // A retention longer than the data: nothing said.
     k.patch_sts(json!({"spec": {"template": {"spec": {"containers": [{
         "name": "prometheus", "image": "prom/prometheus",
         "args": ["--storage.tsdb.retention.time=30d"],
         "volumeMounts": [{"name": "data", "mountPath": "/prometheus"}]}]}}}}));
     let (code, out, _) = ws.run(&["plan"]);
     assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("would delete"), "{out}");
 }

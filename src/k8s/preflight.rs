@@ -107,12 +107,16 @@ fn server_retention(s: &StatefulSet) -> Option<ServerRetention> {
             .cloned()
             .collect()
     };
-    let c = containers.iter().find(|c| {
-        c.name == "prometheus"
-            || words(c)
+    // The container named prometheus, else the one with --storage.tsdb.* arguments (a
+    // sidecar with a --config.file of its own is not Prometheus).
+    let c = containers
+        .iter()
+        .find(|c| c.name == "prometheus")
+        .or_else(|| {
+            containers
                 .iter()
-                .any(|w| w.starts_with("--storage.tsdb.") || w.starts_with("--config.file"))
-    })?;
+                .find(|c| words(c).iter().any(|w| w.starts_with("--storage.tsdb.")))
+        })?;
     let w = words(c);
     let flag = |names: &[&str]| -> Option<String> {
         let mut found = None;
@@ -173,12 +177,19 @@ pub fn prometheus_duration_ms(s: &str) -> Option<i64> {
     Some(total)
 }
 
-/// A Prometheus size (`512MB`, `1GB`, `100GiB`; units.ParseBase2Bytes: KB = 1024) in bytes.
+/// A Prometheus size (`512MB`, `1.5GB`, `100GiB`; units.ParseBase2Bytes: KB = 1024) in
+/// bytes; `0` alone is 0, another number needs a unit.
 pub fn prometheus_size_bytes(s: &str) -> Option<u64> {
-    let digits = s.chars().take_while(|c| c.is_ascii_digit()).count();
-    let n: u64 = s[..digits].parse().ok()?;
+    if s == "0" {
+        return Some(0);
+    }
+    let digits = s
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .count();
+    let n: f64 = s[..digits].parse().ok()?;
     let mult: u64 = match &s[digits..] {
-        "B" | "" => 1,
+        "B" => 1,
         "KB" | "KiB" => 1 << 10,
         "MB" | "MiB" => 1 << 20,
         "GB" | "GiB" => 1 << 30,
@@ -187,7 +198,8 @@ pub fn prometheus_size_bytes(s: &str) -> Option<u64> {
         "EB" | "EiB" => 1 << 60,
         _ => return None,
     };
-    n.checked_mul(mult)
+    let v = n * mult as f64;
+    (v.is_finite() && v >= 0.0 && v < u64::MAX as f64).then_some(v as u64)
 }
 
 /// Whether the target server's retention would delete migrated blocks at its first start:
@@ -205,18 +217,35 @@ pub fn retention_blocker(
         "statefulset/{}/{sts_name} (container {})",
         k.namespace, r.container
     );
-    let (time, time_flag) = match (&r.time, &r.size) {
-        (Some(t), _) => (
-            Some(t.clone()),
-            format!("--storage.tsdb.retention.time={t}"),
-        ),
-        (None, None) => (
+    // Values Kubernetes fills in from the environment ($(VAR)) are not known here.
+    if [&r.time, &r.size]
+        .into_iter()
+        .flatten()
+        .any(|v| v.contains("$("))
+    {
+        return None;
+    }
+    let zero_or_absent_time = r
+        .time
+        .as_deref()
+        .is_none_or(|t| prometheus_duration_ms(t) == Some(0));
+    let zero_or_absent_size = r
+        .size
+        .as_deref()
+        .is_none_or(|z| prometheus_size_bytes(z) == Some(0));
+    // Prometheus uses 15d when neither limit is set (or both are 0).
+    let (time, time_flag) = if zero_or_absent_time && zero_or_absent_size {
+        (
             Some(DEFAULT_RETENTION.to_string()),
             format!(
-                "the default retention of {DEFAULT_RETENTION} (no --storage.tsdb.retention.* flag)"
+                "the default retention of {DEFAULT_RETENTION} (no --storage.tsdb.retention.* flag that sets a limit)"
             ),
-        ),
-        (None, Some(_)) => (None, String::new()),
+        )
+    } else if let Some(t) = r.time.clone().filter(|_| !zero_or_absent_time) {
+        let flag = format!("--storage.tsdb.retention.time={t}");
+        (Some(t), flag)
+    } else {
+        (None, String::new())
     };
     let mut sorted: Vec<(i64, u64)> = blocks.to_vec();
     sorted.sort();
@@ -230,7 +259,7 @@ pub fn retention_blocker(
                 let gone: Vec<(i64, u64)> = sorted
                     .iter()
                     .copied()
-                    .filter(|b| newest - b.0 > ms)
+                    .filter(|b| newest - b.0 >= ms)
                     .collect();
                 if !gone.is_empty() {
                     why.push(time_flag.clone());
@@ -245,7 +274,7 @@ pub fn retention_blocker(
             }
         }
     }
-    if let Some(sz) = &r.size {
+    if let Some(sz) = r.size.as_ref().filter(|_| !zero_or_absent_size) {
         let Some(limit) = prometheus_size_bytes(sz) else {
             return Some(format!(
                 "{what} runs with --storage.tsdb.retention.size={sz}, which is not a size promigrate can read: check it (e.g. 512MB, 100GB)"
@@ -271,7 +300,7 @@ pub fn retention_blocker(
     }
     let bytes: u64 = deleted.iter().map(|b| b.1).sum();
     Some(format!(
-        "{what} runs with {}: at its first start Prometheus deletes {} of the {} migrated blocks ({} of {}), the oldest; raise the retention in the StatefulSet's container args, or migrate less (transfer.timeRange with transfer.acceptPartialSelection)",
+        "{what} runs with {}: at its first start Prometheus would delete {} of the {} migrated blocks ({} of {}), the oldest; raise the retention in the StatefulSet's container args (or in the Prometheus resource, if an operator manages it), or migrate less (transfer.timeRange with transfer.acceptPartialSelection). A storage.tsdb.retention setting in Prometheus's configuration file (3.8 and newer) takes precedence, which promigrate does not read yet: check it",
         why.join(" and "),
         deleted.len(),
         sorted.len(),
@@ -644,7 +673,9 @@ mod tests {
         }
         assert_eq!(prometheus_size_bytes("512MB"), Some(512 << 20));
         assert_eq!(prometheus_size_bytes("1GB"), Some(1 << 30));
-        assert_eq!(prometheus_size_bytes("1.5GB"), None);
+        assert_eq!(prometheus_size_bytes("1.5GB"), Some(3 << 29));
+        assert_eq!(prometheus_size_bytes("512"), None);
+        assert_eq!(prometheus_size_bytes("0"), Some(0));
         assert_eq!(prometheus_size_bytes("10XB"), None);
     }
 
@@ -664,7 +695,18 @@ mod tests {
         assert_eq!(retention_blocker(&k, &st, &blocks, 0), None);
         st.stateful_set.as_mut().unwrap().retention = Some(with(Some("15d"), None));
         let b = retention_blocker(&k, &st, &blocks, 0).unwrap();
-        assert!(b.contains("deletes 1 of the 3"), "{b}");
+        assert!(b.contains("delete 1 of the 3"), "{b}");
+        // Exactly the retention apart: Prometheus deletes it too (>=).
+        st.stateful_set.as_mut().unwrap().retention = Some(with(Some("10d"), None));
+        let b = retention_blocker(&k, &st, &blocks, 0).unwrap();
+        assert!(b.contains("delete 2 of the 3"), "{b}");
+        // 0 means no limit from this flag: with no size either, the 15d default.
+        st.stateful_set.as_mut().unwrap().retention = Some(with(Some("0s"), None));
+        let b = retention_blocker(&k, &st, &blocks, 0).unwrap();
+        assert!(b.contains("default retention of 15d"), "{b}");
+        // A value from the environment is not known here: nothing said.
+        st.stateful_set.as_mut().unwrap().retention = Some(with(Some("$(RETENTION)"), None));
+        assert_eq!(retention_blocker(&k, &st, &blocks, 0), None);
         // The default (15d) when no flag is set.
         st.stateful_set.as_mut().unwrap().retention = Some(with(None, None));
         let b = retention_blocker(&k, &st, &blocks, 0).unwrap();
@@ -672,7 +714,7 @@ mod tests {
         // Only a size: blocks and WAL must fit.
         st.stateful_set.as_mut().unwrap().retention = Some(with(None, Some("2GB")));
         let b = retention_blocker(&k, &st, &blocks, 1 << 20).unwrap();
-        assert!(b.contains("deletes 2 of the 3"), "{b}");
+        assert!(b.contains("delete 2 of the 3"), "{b}");
         st.stateful_set.as_mut().unwrap().retention = Some(with(None, Some("4GB")));
         assert_eq!(retention_blocker(&k, &st, &blocks, 1 << 20), None);
     }
