@@ -58,18 +58,28 @@ pub fn problem_of(uid: u32, gid: u32, st_mode: u32, owner: Owner) -> Option<Stri
 /// following any (see [`crate::fsutil::beneath`]), and a link is an error. Returns whether
 /// anything changed.
 pub fn fix(base: &Path, path: &Path, owner: Owner) -> std::io::Result<bool> {
+    let (fd, st) = crate::fsutil::beneath::stat(base, path)?;
+    fix_open(&fd, &st, owner)
+}
+
+/// [`fix`] for an entry already opened (`O_PATH`) and stat'ed by
+/// [`crate::fsutil::beneath::stat`].
+pub fn fix_open(
+    fd: &std::os::fd::OwnedFd,
+    st: &nix::sys::stat::FileStat,
+    owner: Owner,
+) -> std::io::Result<bool> {
     use crate::fsutil::beneath;
-    let (fd, st) = beneath::stat(base, path)?;
     let mut changed = false;
     if st.st_uid != owner.uid || st.st_gid != owner.gid {
-        beneath::chown(&fd, owner.uid, owner.gid)?;
+        beneath::chown(fd, owner.uid, owner.gid)?;
         changed = true;
     }
     let mode = st.st_mode & 0o7777;
     let want = wanted_mode(mode, st.st_mode & libc::S_IFMT == libc::S_IFDIR);
     // chown clears setgid on directories for non-root callers: set the mode again.
     if mode != want || changed {
-        beneath::chmod(&fd, want)?;
+        beneath::chmod(fd, want)?;
         changed |= mode != want;
     }
     Ok(changed)

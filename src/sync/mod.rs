@@ -208,8 +208,7 @@ struct Prepared {
 /// takes the target's apply lock, before anything that was there is touched.
 fn lock(plan: &MigrationPlan) -> anyhow::Result<crate::lock::Guard> {
     let root = &plan.target;
-    let below_mount = root.strip_prefix(&plan.mount).unwrap_or(Path::new(""));
-    make_dirs(&plan.mount, below_mount, plan.owner)?;
+    create_below(&plan.mount, root, plan.owner)?;
     lock_target(root)
 }
 
@@ -468,12 +467,6 @@ fn execute(
             pr.fixed + fix_ownership(&plan.mount, root, plan.owner, &plan.ownership)?;
     }
     Ok(())
-}
-
-/// Creates `base/rel` one component at a time; directories created here get the target
-/// owner and mode (existing ones are left as they are). Never through a link.
-fn make_dirs(base: &Path, rel: &Path, owner: Owner) -> anyhow::Result<()> {
-    create_below(base, &base.join(rel), owner)
 }
 
 fn run_jobs(shared: &Shared, jobs: VecDeque<Job>, parallelism: usize) -> anyhow::Result<()> {
@@ -824,7 +817,7 @@ fn quarantine(
             cur.push(c);
             made.insert(cur.clone());
         }
-        make_dirs(root, &qrel.join(parent_rel), owner)?;
+        create_below(root, &qdir.join(parent_rel), owner)?;
         fsutil::beneath::rename(root, &root.join(&e.rel), &to).with_context(|| {
             format!(
                 "cannot move extraneous {} to {}",
@@ -998,11 +991,15 @@ fn create_below(base: &Path, dir: &Path, owner: Owner) -> anyhow::Result<()> {
 /// Creates a directory (and missing parents) below `base` and gives it the target owner and
 /// mode. Returns whether an already existing directory's owner or mode had to be changed.
 fn ensure_dir(base: &Path, dir: &Path, owner: Owner) -> anyhow::Result<bool> {
-    let existed = fsutil::beneath::stat(base, dir).is_ok();
-    create_below(base, dir, owner)?;
-    let changed =
-        perms::fix(base, dir, owner).map_err(|e| anyhow!(perms::explain(dir, &e, owner)))?;
-    Ok(existed && changed)
+    // The common case, a directory that exists: one lookup, and its owner and mode fixed
+    // through the descriptor it gave. Otherwise the missing ones are created (and given the
+    // owner) on the way down.
+    match fsutil::beneath::stat(base, dir) {
+        Ok((fd, st)) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+            perms::fix_open(&fd, &st, owner).map_err(|e| anyhow!(perms::explain(dir, &e, owner)))
+        }
+        _ => create_below(base, dir, owner).map(|()| false),
+    }
 }
 
 /// Removes promigrate temp files and staged blocks that are no longer to be copied.
