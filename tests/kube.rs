@@ -262,6 +262,16 @@ impl Drop for TestCluster {
     }
 }
 
+/// A running StatefulSet `prom` (1 replica) on the workspace's volume, the plan naming it,
+/// and a first full apply, which scales it back to 1.
+fn applied_with_statefulset(k: &TestCluster, ws: &Workspace) {
+    k.bound_statefulset("Retain", 1, "Retain", &ws.mount);
+    kube_plan(ws, &k.kubeconfig, "    statefulSet: prom\n");
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(k.replicas(), 1);
+}
+
 /// The workspace plan with `target.kubernetes` added.
 fn kube_plan(ws: &Workspace, kubeconfig: &Path, extra: &str) {
     let yaml = plan_yaml(&ws.source, &ws.mount, "").replace(
@@ -537,11 +547,7 @@ fn stale_annotation_and_idle_statefulset_are_left_as_they_are() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let k = TestCluster::up();
     let ws = Workspace::new();
-    k.bound_statefulset("Retain", 1, "Retain", &ws.mount);
-    kube_plan(&ws, &k.kubeconfig, "    statefulSet: prom\n");
-    let (code, v) = ws.run_json(&["apply", "--yes"]);
-    assert_eq!(code, 0, "{v}");
-    assert_eq!(k.replicas(), 1);
+    applied_with_statefulset(&k, &ws);
 
     // After a rollback someone scaled by hand and left the annotation (5): a rerun with
     // nothing to write keeps 1 replica and only removes the stale annotation.
@@ -677,11 +683,7 @@ fn a_presync_with_only_wal_differences_leaves_the_statefulset_running() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let k = TestCluster::up();
     let ws = Workspace::new();
-    k.bound_statefulset("Retain", 1, "Retain", &ws.mount);
-    kube_plan(&ws, &k.kubeconfig, "    statefulSet: prom\n");
-    let (code, v) = ws.run_json(&["apply", "--yes"]);
-    assert_eq!(code, 0, "{v}");
-    assert_eq!(k.replicas(), 1);
+    applied_with_statefulset(&k, &ws);
 
     // A new WAL segment on the source (a copy of the first: whole valid pages).
     let wal = ws.source.join("wal");

@@ -838,6 +838,18 @@ impl PromServer {
     }
 
     /// `GET /api/v1/<path>?<params>`, returning the `data` member.
+    /// Every metric name this server knows, asserted equal to `other`'s.
+    pub fn same_metric_names(&self, other: &PromServer) -> Vec<String> {
+        let names = self.api("label/__name__/values", &[]);
+        assert_eq!(names, other.api("label/__name__/values", &[]));
+        names
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().to_string())
+            .collect()
+    }
+
     pub fn api(&self, path: &str, params: &[(&str, String)]) -> serde_json::Value {
         let mut req = ureq::get(&format!("{}/api/v1/{path}", self.url));
         for (k, v) in params {
@@ -1004,14 +1016,7 @@ pub fn assert_prom3_answers_alike(
 
     // Every series (last_over_time keeps the name), then every sample of every metric:
     // blocks, out-of-order blocks, head, WBL.
-    let names = reference.api("label/__name__/values", &[]);
-    assert_eq!(names, migrated.api("label/__name__/values", &[]));
-    let names: Vec<String> = names
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n.as_str().unwrap().to_string())
-        .collect();
+    let names = reference.same_metric_names(migrated);
     for want in [
         "feed_huge_histogram",
         "feed_ooo_histogram",
