@@ -152,13 +152,8 @@ fi
 # ------------------------------------------------------------ cleanup state
 WORK="" TMP_OUT="" REPL_TMP="" PROM_PID="" PROM_LOG=""
 
-pid_alive() { # true while $1 exists and is not a zombie
-	local st
-	[[ -r /proc/$1/stat ]] || return 1
-	st=$(<"/proc/$1/stat") || return 1
-	st=${st##*) }
-	[[ ${st:0:1} != Z ]]
-}
+# pid_alive PID: the process exists and is not a zombie.
+. "$(dirname -- "${BASH_SOURCE[0]}")/lib/proc.sh"
 
 # Stops the Prometheus we started: SIGTERM, then SIGKILL after STOP_TIMEOUT.
 # Returns Prometheus' exit status (non-zero if it had to be killed).

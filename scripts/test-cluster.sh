@@ -231,9 +231,22 @@ start() {
 	local name=$1 exe=$2
 	shift 2
 	echo "$exe" >"$STATE/$name.exe"
+	local pid i
 	"$exe" "$@" </dev/null >"$STATE/$name.log" 2>&1 &
-	echo $! >"$STATE/$name.pid"
-	log "started $name (pid $!, log $STATE/$name.log)"
+	pid=$!
+	echo "$pid" >"$STATE/$name.pid"
+	# Until it has exec'd the binary the child is a copy of this shell, with this script's
+	# command line, and is_ours does not know it: wait_for took that for "exited" (an empty
+	# log) on a loaded machine. Wait for the exec (or the end) first.
+	for ((i = 0; i < 200; i++)); do
+		is_ours "$STATE" "$name" && break
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.05
+	done
+	if kill -0 "$pid" 2>/dev/null && ! is_ours "$STATE" "$name"; then
+		fail "$name (pid $pid) did not start $exe within 10 s (its command line: $(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline"))"
+	fi
+	log "started $name (pid $pid, log $STATE/$name.log)"
 }
 
 # wait_for NAME URL WANT CURL-ARGS...: until the body from URL contains every line of WANT
