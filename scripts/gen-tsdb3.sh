@@ -20,10 +20,15 @@
 #      chunks are 1.4 MB: more than 1 MiB), and remote write 2.0 (series with start
 #      timestamps; out-of-order float and histogram samples up to 3 minutes back);
 #      a recording rule makes float histograms;
-#   4. once a block holds a chunk of at least 1 MiB, an out-of-order block exists and the WAL
-#      has a checkpoint (or after MAX_RUN seconds), one backfilled series is deleted through
-#      the admin API (a non-empty `tombstones`), and Prometheus is stopped with SIGTERM, so it
-#      m-maps its head chunks and writes `chunk_snapshot.*`.
+#   4. once a block holds a chunk of at least 1 MiB, an out-of-order block exists, the WAL
+#      has a checkpoint, and the blocks are as tests/phases.rs needs them (a server started on
+#      them compacts some of them once it has cut blocks of its own: with 20s/60s blocks that
+#      holds while the newest 60 s range holds two or three, and the script stops within
+#      seconds of a block being cut, before the next), or after MAX_RUN seconds, one backfilled
+#      series is deleted through the admin API (a non-empty `tombstones`), and Prometheus is
+#      stopped with SIGTERM, so it m-maps its head chunks and writes `chunk_snapshot.*`.
+#      Which blocks Prometheus compacts is worked out as its compaction planner does
+#      (pending() in the helper below).
 #
 # The result is left exactly as Prometheus left it: blocks (level 1 from promtool and the
 # head, compacted ones, out-of-order ones), wal/ (zstd, a checkpoint, series_state.json),
@@ -54,7 +59,9 @@ HERE=$(cd -- "$(dirname -- "$0")" && pwd -P)
 readonly HERE ROOT=${HERE%/scripts}
 
 readonly MIN_RUN=60     # keep Prometheus running at least this long (seconds after ready)
-readonly MAX_RUN=170    # and never longer
+readonly MAX_RUN=240    # and never longer
+readonly MIN_BLOCK=20 MAX_BLOCK=60 # --storage.tsdb.min/max-block-duration (seconds)
+readonly CUT_MARGIN_MS=5000 # stop at least this long before the server cuts its next block
 readonly READY_TIMEOUT=60
 readonly STOP_TIMEOUT=60
 readonly BIG_CHUNK=$((1 << 20))
@@ -113,13 +120,8 @@ abspath() {
 # ------------------------------------------------------------ cleanup state
 WORK="" TMP_OUT="" PROM_PID="" FEED_PID="" PROM_LOG="" FEED_LOG=""
 
-pid_alive() {
-	local st
-	[[ -r /proc/$1/stat ]] || return 1
-	st=$(<"/proc/$1/stat") || return 1
-	st=${st##*) }
-	[[ ${st:0:1} != Z ]]
-}
+# pid_alive PID: the process exists and is not a zombie.
+. "$HERE/lib/proc.sh"
 
 # stop_pid PID TIMEOUT: SIGTERM, SIGKILL after TIMEOUT seconds; returns the exit status.
 stop_pid() {
@@ -263,11 +265,14 @@ def cmd_backfill(path, hours, end_offset):
     print(start, end)
 
 
-def cmd_state(d):
-    """What the run has produced so far: 'max_block_chunk ooo_blocks checkpoint max_level'."""
-    big, ooo, lvl = 0, 0, 0
+def cmd_state(d, min_ms, max_ms):
+    """What the run has produced so far: 'max_block_chunk ooo_blocks checkpoint max_level
+    compacting_now compacting_then next_cut_ms newest_wbl_bytes busy' (see pending, newest_wbl_bytes
+    and busy)."""
+    big, ooo, lvl, ms = 0, 0, 0, []
     for b in blocks(d):
         m = meta(d, b)
+        ms.append(m)
         lvl = max(lvl, m.get("compaction", {}).get("level", 1))
         if "from-out-of-order" in m.get("compaction", {}).get("hints", []):
             ooo += 1
@@ -281,7 +286,108 @@ def cmd_state(d):
     wal = os.path.join(d, "wal")
     ckpt = int(any(e.startswith("checkpoint.") and not e.endswith(".tmp")
                    for e in (os.listdir(wal) if os.path.isdir(wal) else [])))
-    print(big, ooo, ckpt, lvl)
+    now, then = pending(ms, min_ms, max_ms)
+    print(big, ooo, ckpt, lvl, len(now), len(then), next_cut_ms(ms, min_ms), newest_wbl_bytes(d),
+          busy(d))
+
+
+def newest_wbl_bytes(d):
+    """Size of the newest wbl/ segment. After each head compaction Prometheus compacts the
+    out-of-order head: it starts a new WBL segment and, once the out-of-order blocks are
+    written, deletes the older segments (tsdb/db.go compactOOOHead, truncateOOO). Data in
+    older segments only is therefore about to go."""
+    wbl = os.path.join(d, "wbl")
+    segs = sorted(f for f in os.listdir(wbl) if re.fullmatch(r"\d{8}", f)) if os.path.isdir(wbl) else []
+    return os.path.getsize(os.path.join(wbl, segs[-1])) if segs else 0
+
+
+def busy(d):
+    """Signs of a compaction or checkpoint under way: blocks being written
+    (<ulid>.tmp-for-creation) or a WAL checkpoint being written (wal/checkpoint.N.tmp)."""
+    wal = os.path.join(d, "wal")
+    return (sum(e.endswith(".tmp-for-creation") for e in os.listdir(d)) +
+            sum(e.startswith("checkpoint.") and e.endswith(".tmp")
+                for e in (os.listdir(wal) if os.path.isdir(wal) else [])))
+
+
+def block_ranges(min_ms, max_ms):
+    """Prometheus's compaction ranges for --storage.tsdb.min/max-block-duration (ms):
+    min times powers of 3 (10 of them), those not above max."""
+    return [r for r in (int(min_ms) * 3 ** i for i in range(10)) if r <= int(max_ms)]
+
+
+def compaction_plan(ms, ranges):
+    """The blocks (metas) Prometheus 3.16's LeveledCompactor.plan picks next from these
+    (tsdb/compact.go: planClass, selectOverlappingDirs, selectDirs, splitByRange), or []. Only
+    blocks without the stale-series/selected-series hints (Prometheus plans those apart; this
+    fixture has none). Its last rule, rewriting a block with many tombstones, is left out: the
+    fixture gets its tombstones after the last look here, and the test does not rely on it."""
+    ds = sorted((m for m in ms if not {"from-stale-series", "from-selected-series"}
+                 & set(m.get("compaction", {}).get("hints", []))), key=lambda m: m["minTime"])
+    if not ds:
+        return []
+    # Overlapping blocks are merged first, the newest included.
+    hi, over = ds[0]["maxTime"], []
+    for prev, m in zip(ds, ds[1:]):
+        if m["minTime"] < hi:
+            over += ([] if over else [prev]) + [m]
+        elif over:
+            break
+        hi = max(hi, m["maxTime"])
+    if over:
+        return over
+    # The newest block (the one just cut from the head) is left out.
+    ds = ds[:-1]
+    if ds:
+        high = ds[-1]["minTime"]
+        for tr in ranges[1:]:
+            i = 0
+            while i < len(ds):
+                t0 = tr * (ds[i]["minTime"] // tr)
+                if ds[i]["maxTime"] > t0 + tr:
+                    i += 1
+                    continue
+                group = []
+                while i < len(ds) and ds[i]["maxTime"] <= t0 + tr:
+                    group.append(ds[i])
+                    i += 1
+                if any(m.get("compaction", {}).get("failed") for m in group):
+                    continue
+                lo, up = group[0]["minTime"], group[-1]["maxTime"]
+                if len(group) > 1 and (up - lo == tr or up <= high):
+                    return group
+    return []
+
+
+def pending(ms, min_ms, max_ms):
+    """Of these blocks (their metas), those a Prometheus with these block durations compacts
+    first: now (on these blocks alone), and once it has cut two newer blocks from its head.
+
+    The live phases test (tests/phases.rs) starts a server on a copy of these blocks without
+    their head and waits for it to compact some of them (the blocks it presynced must
+    disappear). The server's own blocks soon move the planner's "most recent block" past all
+    of them, so with the 20s/60s durations that happens when one of their 60 s ranges holds
+    two blocks or more. A running server compacts a full range as soon as it cuts the next block, so
+    that holds only while its newest range holds two or three blocks: two thirds of the time.
+    The script waits for it."""
+    ranges = block_ranges(min_ms, max_ms)
+    if not ms:
+        return [], []
+    # The server's own blocks are far newer (the test starts it later): a range of their own.
+    t = (max(m["maxTime"] for m in ms) // ranges[-1] + 2) * ranges[-1]
+    cut = [{"ulid": "cut%d" % i, "minTime": t + i * ranges[0], "maxTime": t + (i + 1) * ranges[0]}
+           for i in range(2)]
+    return compaction_plan(ms, ranges), [m for m in compaction_plan(ms + cut, ranges) if m not in cut]
+
+
+def next_cut_ms(ms, min_ms):
+    """In how many ms the running server cuts its next block from the head: when the head
+    spans 1.5 block durations past the newest block it cut (tsdb/head.go, compactable).
+    Out-of-order blocks are left out: they can reach past that block."""
+    ms = [m for m in ms if "from-out-of-order" not in m.get("compaction", {}).get("hints", [])]
+    if not ms:
+        return 0
+    return max(m["maxTime"] for m in ms) + int(min_ms) * 3 // 2 - int(time.time() * 1000)
 
 
 def cmd_pickdel(d):
@@ -310,9 +416,12 @@ def tree_size(p):
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(p) for f in fs)
 
 
-def cmd_check(d):
+def cmd_check(d, min_ms, max_ms):
     """Fails unless d has everything the fixture promises."""
     errs = []
+    if not pending([meta(d, b) for b in blocks(d)], min_ms, max_ms)[1]:
+        errs.append("a Prometheus started on these blocks would compact none of them once it "
+                    "has cut blocks of its own (tests/phases.rs needs it to)")
     wal = os.path.join(d, "wal")
     segs = [f for f in os.listdir(wal) if re.fullmatch(r"\d{8}", f)]
     z = sum(wal_fragments(os.path.join(wal, f))["zstd"] for f in segs)
@@ -499,8 +608,8 @@ start_prometheus() {
 			--enable-feature="$FEATURES" \
 			--storage.tsdb.wal-compression-type=zstd \
 			--storage.tsdb.wal-segment-size=10MB \
-			--storage.tsdb.min-block-duration=20s \
-			--storage.tsdb.max-block-duration=60s) >"$PROM_LOG" 2>&1 9>&- &
+			--storage.tsdb.min-block-duration=${MIN_BLOCK}s \
+			--storage.tsdb.max-block-duration=${MAX_BLOCK}s) >"$PROM_LOG" 2>&1 9>&- &
 		PROM_PID=$!
 		for ((i = 0; i < READY_TIMEOUT * 5; i++)); do
 			if [[ $(http GET "http://127.0.0.1:$PROM_PORT/-/ready") == 200 ]]; then
@@ -523,8 +632,33 @@ start_prometheus() {
 	die "could not start prometheus on a free port"
 }
 
+# Sets big ooo ckpt lvl now then cut wbl busy (the caller's locals) from `helper state`.
+look() {
+	local state
+	state=$(helper state "$1" "$((MIN_BLOCK * 1000))" "$((MAX_BLOCK * 1000))" 2>/dev/null) ||
+		state="0 0 0 0 0 0 0 0 1"
+	read -r big ooo ckpt lvl now then cut wbl busy <<<"$state"
+}
+
+# True when the TSDB has what the fixture promises and the server may be stopped now.
+ready() {
+	((big >= BIG_CHUNK && ooo > 0 && ckpt > 0 && lvl > 1 && wbl > 0 && busy == 0 &&
+		now == 0 && then > 0 && cut >= CUT_MARGIN_MS))
+}
+
+# Tombstones: deletes one backfilled series in the middle of a promtool block (idempotent).
+delete_series() {
+	local del start end blk code
+	del=$(helper pickdel "$1") || die "could not pick a block for delete_series"
+	read -r start end blk <<<"$del"
+	code=$(http POST "http://127.0.0.1:$PROM_PORT/api/v1/admin/tsdb/delete_series" \
+		'match[]=backfill_value{instance="node-0"}' "start=$start" "end=$end")
+	[[ $code == 204 || $code == 200 ]] || die "delete_series returned HTTP $code"
+	log "deleted backfill_value{instance=\"node-0\"} in [$start, $end] (block $blk)"
+}
+
 run_server() {
-	local bin=$1 data=$2 feeder=$3 t0 e state big=0 ooo=0 ckpt=0 lvl=0 del start end blk code
+	local bin=$1 data=$2 feeder=$3 t0 e state big=0 ooo=0 ckpt=0 lvl=0 now then cut wbl busy deleted=0
 	start_prometheus "$bin" "$data"
 	FEED_LOG=$WORK/prom/feeder.log
 	"$feeder" -listen "127.0.0.1:$FEED_PORT" -remote-write "http://127.0.0.1:$PROM_PORT/api/v1/write" \
@@ -535,26 +669,28 @@ run_server() {
 		e=$((SECONDS - t0))
 		pid_alive "$PROM_PID" || die "prometheus exited unexpectedly"
 		pid_alive "$FEED_PID" || die "the feeder exited unexpectedly"
-		state=$(helper state "$data" 2>/dev/null) || state="0 0 0 0"
-		read -r big ooo ckpt lvl <<<"$state"
-		if ((e >= MIN_RUN && big >= BIG_CHUNK && ooo > 0 && ckpt > 0 && lvl > 1)); then
-			break
+		look "$data"
+		# now/then: see pending() in the helper. The next block cut (in cut ms) may compact
+		# what the test needs, so it must be far enough off for the delete and the stop.
+		if ((e >= MIN_RUN)) && ready; then
+			# delete_series takes the compaction lock (tsdb/db.go: Delete, like Compact, holds
+			# cmtx), so once it has returned no compaction is under way: look again. A head
+			# compaction that was running compacts the out-of-order head after it and then
+			# deletes the WBL segments it had (a CI run lost all of wbl/ that way).
+			delete_series "$data"
+			deleted=1
+			look "$data"
+			ready && break
+			log "a compaction was under way at ${e}s; waiting for the next chance"
 		fi
 		((e < MAX_RUN)) || break
 		sleep 1
 	done
-	log "after ${e}s: largest block chunk $big bytes, $ooo out-of-order blocks, WAL checkpoint: $ckpt, highest compaction level $lvl"
+	log "after ${e}s: largest block chunk $big bytes, $ooo out-of-order blocks, WAL checkpoint: $ckpt, highest compaction level $lvl, blocks it would compact now: $now, in a test: $then (next block cut in ${cut} ms), newest wbl/ segment: $wbl bytes, compactions or checkpoints under way: $busy"
 	((big >= BIG_CHUNK)) || die "no block chunk of 1 MiB or more after ${e}s"
 	((ooo > 0)) || die "no out-of-order block after ${e}s"
 	((ckpt > 0)) || log "note: no WAL checkpoint after ${e}s"
-
-	# Tombstones: delete one backfilled series in the middle of a promtool block.
-	del=$(helper pickdel "$data") || die "could not pick a block for delete_series"
-	read -r start end blk <<<"$del"
-	code=$(http POST "http://127.0.0.1:$PROM_PORT/api/v1/admin/tsdb/delete_series" \
-		'match[]=backfill_value{instance="node-0"}' "start=$start" "end=$end")
-	[[ $code == 204 || $code == 200 ]] || die "delete_series returned HTTP $code"
-	log "deleted backfill_value{instance=\"node-0\"} in [$start, $end] (block $blk)"
+	((deleted)) || delete_series "$data"
 
 	log "stopping prometheus (pid $PROM_PID) with SIGTERM after $((SECONDS - t0))s (it writes the chunk snapshot)"
 	local pid=$PROM_PID
@@ -596,7 +732,7 @@ build_tsdb() {
 	log "promtool $("$bin/promtool" --version 2>&1 | head -n 1 | awk '{print $3}') backfilled unix ${range/ / .. } into 2h blocks"
 
 	run_server "$bin" "$TMP_OUT" "$feeder"
-	helper check "$TMP_OUT" || die "the TSDB lacks a promised feature (above)"
+	helper check "$TMP_OUT" "$((MIN_BLOCK * 1000))" "$((MAX_BLOCK * 1000))" || die "the TSDB lacks a promised feature (above)"
 
 	# promtool tsdb list opens the DB read-only (a sandbox dir inside it, removed on close).
 	log "promtool tsdb list:"
