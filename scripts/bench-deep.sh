@@ -29,7 +29,9 @@ done
 
 cargo build --release --locked >&2
 bin=$(mktemp)
-cp target/release/promigrate "$bin"
+ROOT=$PWD
+. scripts/lib/target.sh
+cp "$(release_bin)" "$bin"
 chmod 755 "$bin"
 trap 'rm -f "$bin"' EXIT
 if [ "$large" = 1 ]; then

@@ -26,7 +26,9 @@ cargo build --release --locked >&2
 bash scripts/gen-tsdb.sh target/fixtures/tsdb --replicate-to target/fixtures/bench-blocks-4gib --gib 4 >&2
 work=$(mktemp -d -p target)
 bin="$work/promigrate"
-cp target/release/promigrate "$bin"
+ROOT=$PWD
+. scripts/lib/target.sh
+cp "$(release_bin)" "$bin"
 trap 'rm -rf "$work"' EXIT
 src="$work/source"
 mkdir -p "$src/wal" "$src/chunks_head"

@@ -119,7 +119,9 @@ run() { # key command...
 }
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 mib=$(echo "$have / 1048576" | bc)
-pm="$PWD/target/release/promigrate"
+ROOT=$PWD
+. scripts/lib/target.sh
+pm=$(release_bin)
 ssh_cmd="ssh -p $port -i $work/client_key -o UserKnownHostsFile=$work/known_hosts -o StrictHostKeyChecking=yes -o BatchMode=yes"
 tools="promigrate-tar promigrate-sftp rsync scp"
 for st in $startups; do
