@@ -14,13 +14,15 @@ demo:
 
 ## All tests: unit, CLI, and real-component integration tests (real promtool/prometheus data,
 ## real prometheus servers, a real Kubernetes control plane built once by scripts/test-cluster.sh,
-## and Prometheus 3.x built once from the Go module proxy by scripts/prometheus3.sh).
+## Prometheus 3.x built once from the Go module proxy by scripts/prometheus3.sh, and the
+## Prometheus Operator built once the same way by scripts/prometheus-operator.sh).
 ## Needs root: it chowns to other uids and mounts small tmpfs volumes.
 test:
 	bash scripts/deps.sh
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make test needs root (chown to runAsUser/fsGroup, tmpfs mounts): sudo make test" >&2; exit 1; fi
 	bash scripts/test-cluster.sh build
 	bash scripts/prometheus3.sh build
+	bash scripts/prometheus-operator.sh build
 	bash scripts/gen-tsdb3.sh target/fixtures/tsdb3
 	$(CARGO) test --locked
 
@@ -32,7 +34,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-## Benchmarks against cp -a and rsync -a on >= 4 GiB of real blocks (see README).
+## Benchmarks against cp -a and rsync -a on >= 4 GiB of real blocks (docs/performance.md, docs/development.md).
 bench:
 	bash scripts/deps.sh
 	bash scripts/bench.sh
@@ -42,16 +44,18 @@ bench:
 	bash scripts/bench-ssh.sh
 
 PREFIX ?= /usr/local
+# Where cargo puts the release binary ($CARGO_TARGET_DIR when set).
+RELEASE_BIN = $(or $(CARGO_TARGET_DIR),target)/release/promigrate
 ## Installs the binary, the kubectl plugin link (`kubectl promigrate`), completions and the man page.
 install: build
-	install -Dm755 target/release/promigrate $(DESTDIR)$(PREFIX)/bin/promigrate
+	install -Dm755 $(RELEASE_BIN) $(DESTDIR)$(PREFIX)/bin/promigrate
 	ln -sf promigrate $(DESTDIR)$(PREFIX)/bin/kubectl-promigrate
 	mkdir -p $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions \
 		$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d $(DESTDIR)$(PREFIX)/share/man/man1
-	target/release/promigrate completions bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/promigrate
-	target/release/promigrate completions zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_promigrate
-	target/release/promigrate completions fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/promigrate.fish
-	target/release/promigrate man > $(DESTDIR)$(PREFIX)/share/man/man1/promigrate.1
+	$(RELEASE_BIN) completions bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/promigrate
+	$(RELEASE_BIN) completions zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_promigrate
+	$(RELEASE_BIN) completions fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/promigrate.fish
+	$(RELEASE_BIN) man > $(DESTDIR)$(PREFIX)/share/man/man1/promigrate.1
 
 clean-fixtures:
 	rm -rf target/fixtures
