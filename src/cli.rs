@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::logging::LogFormat;
+use crate::plan::Phase;
 use crate::units::Rate;
+pub use crate::verify::VerifyLevel;
 
 const ABOUT: &str =
     "Move a Prometheus TSDB onto a Kubernetes volume, and prove the copy is good before cutover.";
@@ -130,8 +132,8 @@ pub struct ApplyArgs {
     pub state_dir: PathBuf,
     /// presync: blocks only, while the source runs; final: the rest, with the source stopped;
     /// all: both (the source must be stopped).
-    #[arg(long, value_enum, default_value_t = crate::sync::Phase::All)]
-    pub phase: crate::sync::Phase,
+    #[arg(long = "phase", id = "phase", value_enum, default_value_t = PhaseArg::All)]
+    pub phase_arg: PhaseArg,
     /// Stop cleanly at a block/file boundary before this time (RFC 3339) or after this long
     /// (e.g. 45m, 1h30m); the run is then incomplete (exit 1) and the next apply continues.
     #[arg(long, value_name = "TIME|DURATION", value_parser = parse_deadline)]
@@ -142,8 +144,8 @@ pub struct ApplyArgs {
     pub source_stopped: bool,
     /// With `target.kubernetes`: how deep the verify that gates the StatefulSet's scale-up
     /// (and the PV recovery) looks after the final phase.
-    #[arg(long, value_enum, default_value_t = VerifyLevel::Checksum)]
-    pub verify_level: VerifyLevel,
+    #[arg(long = "verify-level", id = "verify_level", value_enum, default_value_t = LevelArg::Checksum)]
+    pub verify_level_arg: LevelArg,
     /// Push this run's metrics to a Pushgateway (overrides `report.pushgateway.url`; the
     /// plan's `caFile` and credentials still apply).
     #[arg(long, value_name = "URL")]
@@ -236,18 +238,68 @@ fn parse_deadline(s: &str) -> Result<Deadline, String> {
     }
 }
 
-/// How deep `verify` looks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VerifyLevel {
+/// `--level`/`--verify-level`: how deep `verify` looks ([`VerifyLevel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LevelArg {
     /// meta.json field by field, file sets, sizes, ownership and modes.
     Meta,
     /// Everything in `meta`, plus a content hash (xxh3-128) of every file on both sides.
-    #[default]
     Checksum,
     /// Everything in `checksum`, plus format validation of the target: that Prometheus will
     /// open and read it (chunk, index, tombstone, head chunk and WAL CRCs, numbering).
     Deep,
+}
+
+impl From<LevelArg> for VerifyLevel {
+    fn from(a: LevelArg) -> Self {
+        match a {
+            LevelArg::Meta => VerifyLevel::Meta,
+            LevelArg::Checksum => VerifyLevel::Checksum,
+            LevelArg::Deep => VerifyLevel::Deep,
+        }
+    }
+}
+
+/// `--phase`: which part of the migration apply runs ([`Phase`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PhaseArg {
+    /// Blocks only; safe while the source Prometheus runs. A block that vanishes (compacted
+    /// away) or changes while it is copied is left for the final phase.
+    Presync,
+    /// With the source stopped: new and changed blocks, meta.json and tombstones, compacted-
+    /// away blocks to quarantine, and an exact mirror of wal/, wbl/, chunks_head/.
+    Final,
+    /// Presync then final, in one run (the source must be stopped).
+    All,
+}
+
+impl From<PhaseArg> for Phase {
+    fn from(a: PhaseArg) -> Self {
+        match a {
+            PhaseArg::Presync => Phase::Presync,
+            PhaseArg::Final => Phase::Final,
+            PhaseArg::All => Phase::All,
+        }
+    }
+}
+
+impl ApplyArgs {
+    /// `--phase`.
+    pub fn phase(&self) -> Phase {
+        self.phase_arg.into()
+    }
+
+    /// `--verify-level`.
+    pub fn verify_level(&self) -> VerifyLevel {
+        self.verify_level_arg.into()
+    }
+}
+
+impl VerifyArgs {
+    /// `--level`.
+    pub fn level(&self) -> VerifyLevel {
+        self.level_arg.into()
+    }
 }
 
 /// `promigrate verify`.
@@ -256,8 +308,8 @@ pub struct VerifyArgs {
     #[command(flatten)]
     pub common: PlanFileArgs,
     /// How deep to compare.
-    #[arg(long, value_enum, default_value_t = VerifyLevel::Checksum)]
-    pub level: VerifyLevel,
+    #[arg(long = "level", id = "level", value_enum, default_value_t = LevelArg::Checksum)]
+    pub level_arg: LevelArg,
     /// Push this run's metrics to a Pushgateway (overrides `report.pushgateway.url`; the
     /// plan's `caFile` and credentials still apply).
     #[arg(long, value_name = "URL")]

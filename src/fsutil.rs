@@ -1,8 +1,10 @@
 //! Small filesystem facts and helpers: free space, free inodes, read-only flag and
 //! filesystem type (statvfs, statfs), directory fsync, path containment, modification-time
-//! comparison.
+//! comparison, reading without touching access times.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -153,7 +155,8 @@ mod tests {
 pub mod beneath {
     use std::ffi::OsStr;
     use std::io;
-    use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
     use std::path::{Component, Path};
 
     use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
@@ -171,24 +174,20 @@ pub mod beneath {
                 format!("{} is not below {}", path.display(), base.display()),
             )
         })?;
-        if r.components().any(|c| !matches!(c, Component::Normal(_))) {
-            return Err(io::Error::new(
+        plain(r).map_err(|_| {
+            io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
                     "{} is not a plain path below {}",
                     path.display(),
                     base.display()
                 ),
-            ));
-        }
-        Ok(if r.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            r
+            )
         })
     }
 
-    fn open_base(base: &Path) -> io::Result<OwnedFd> {
+    /// Opens a directory to work below (`O_PATH`, never through a link as its last part).
+    pub fn open_base(base: &Path) -> io::Result<OwnedFd> {
         nix::fcntl::open(
             base,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
@@ -197,56 +196,170 @@ pub mod beneath {
         .map_err(err)
     }
 
-    /// Opens `path` (below `base`) with `flags` (and `mode` when it creates).
-    pub fn open(base: &Path, path: &Path, flags: OFlag, mode: u32) -> io::Result<OwnedFd> {
-        let b = open_base(base)?;
+    /// `rel` as openat2 takes it: plain components only (`.` for the directory itself).
+    fn plain(rel: &Path) -> io::Result<&Path> {
+        if rel == Path::new(".") {
+            return Ok(rel);
+        }
+        if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a plain relative path", rel.display()),
+            ));
+        }
+        Ok(if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        })
+    }
+
+    /// Opens `rel` below the directory `dir` with `flags` (and `mode` when it creates).
+    pub fn open_at(dir: BorrowedFd, rel: &Path, flags: OFlag, mode: u32) -> io::Result<OwnedFd> {
         let how = OpenHow::new()
             .flags(flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
             .mode(Mode::from_bits_truncate(mode))
             .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-        openat2(b.as_fd(), rel(base, path)?, how).map_err(err)
+        openat2(dir, plain(rel)?, how).map_err(err)
     }
 
-    /// The directory holding `path` (below `base`), opened, and `path`'s last component.
-    fn parent<'a>(base: &Path, path: &'a Path) -> io::Result<(OwnedFd, &'a OsStr)> {
-        let name = path.file_name().ok_or_else(|| {
+    /// The directory holding `rel` (below `dir`), opened, and `rel`'s last component.
+    fn parent_at<'a>(dir: BorrowedFd, rel: &'a Path) -> io::Result<(OwnedFd, &'a OsStr)> {
+        let name = rel.file_name().ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{} has no name", path.display()),
+                format!("{} has no name", rel.display()),
             )
         })?;
-        let dir = path.parent().unwrap_or(base);
+        let up = rel.parent().unwrap_or(Path::new(""));
         Ok((
-            open(base, dir, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)?,
+            open_at(dir, up, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)?,
             name,
         ))
     }
 
+    /// Creates the directory `rel` (below `dir`; its parent must exist), mode 0700.
+    pub fn mkdir_at(dir: BorrowedFd, rel: &Path) -> io::Result<()> {
+        let (d, name) = parent_at(dir, rel)?;
+        nix::sys::stat::mkdirat(d.as_fd(), name, Mode::from_bits_truncate(0o700)).map_err(err)
+    }
+
+    /// Renames `from` to `to`, both below `dir`.
+    pub fn rename_at(dir: BorrowedFd, from: &Path, to: &Path) -> io::Result<()> {
+        let (a, an) = parent_at(dir, from)?;
+        let (b, bn) = parent_at(dir, to)?;
+        nix::fcntl::renameat(a.as_fd(), an, b.as_fd(), bn).map_err(err)
+    }
+
+    /// `rel`'s status (an `O_PATH` descriptor of it, and its fstat); a link is refused
+    /// (`ELOOP`), never followed.
+    pub fn stat_at(dir: BorrowedFd, rel: &Path) -> io::Result<(OwnedFd, nix::sys::stat::FileStat)> {
+        let fd = open_at(dir, rel, OFlag::O_PATH, 0)?;
+        let st = nix::sys::stat::fstat(fd.as_fd()).map_err(err)?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(io::Error::other(format!(
+                "{} is a symbolic link: promigrate never changes or writes through links",
+                rel.display()
+            )));
+        }
+        Ok((fd, st))
+    }
+
+    /// Removes the file `rel` (below `dir`); a directory is refused.
+    pub fn unlink_at(dir: BorrowedFd, rel: &Path) -> io::Result<()> {
+        let (d, name) = parent_at(dir, rel)?;
+        nix::unistd::unlinkat(d.as_fd(), name, nix::unistd::UnlinkatFlags::NoRemoveDir).map_err(err)
+    }
+
+    /// Removes the empty directory `rel` (below `dir`).
+    pub fn rmdir_at(dir: BorrowedFd, rel: &Path) -> io::Result<()> {
+        let (d, name) = parent_at(dir, rel)?;
+        nix::unistd::unlinkat(d.as_fd(), name, nix::unistd::UnlinkatFlags::RemoveDir).map_err(err)
+    }
+
+    /// Removes `rel` (below `dir`): a directory with everything in it, anything else (a
+    /// link too) as it is. Entries are removed through their directory's descriptor: a link
+    /// is removed, never followed.
+    pub fn remove_tree_at(dir: BorrowedFd, rel: &Path) -> io::Result<()> {
+        let (d, name) = parent_at(dir, rel)?;
+        let st = nix::sys::stat::fstatat(d.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(err)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return unlink_at(d.as_fd(), Path::new(name));
+        }
+        remove_entries(d.as_fd(), Path::new(name))?;
+        rmdir_at(d.as_fd(), Path::new(name))
+    }
+
+    fn remove_entries(parent: BorrowedFd, name: &Path) -> io::Result<()> {
+        let fd = open_at(parent, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)?;
+        let mut entries = nix::dir::Dir::from_fd(fd).map_err(err)?;
+        let names: Vec<(std::ffi::CString, Option<nix::dir::Type>)> = entries
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
+            .map(|e| (e.file_name().to_owned(), e.file_type()))
+            .collect();
+        let here = entries.as_fd();
+        for (n, kind) in names {
+            let n = Path::new(OsStr::from_bytes(n.as_bytes()));
+            // Filesystems that do not fill in the type: ask (never following a link).
+            let is_dir = match kind {
+                Some(k) => k == nix::dir::Type::Directory,
+                None => {
+                    stat_at(here, n).is_ok_and(|(_, st)| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                }
+            };
+            if is_dir {
+                remove_entries(here, n)?;
+                rmdir_at(here, n)?;
+            } else {
+                unlink_at(here, n)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The names in the directory `rel` (below `dir`).
+    pub fn list_at(dir: BorrowedFd, rel: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+        let fd = open_at(dir, rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)?;
+        let mut entries = nix::dir::Dir::from_fd(fd).map_err(err)?;
+        Ok(entries
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
+            .map(|e| OsStr::from_bytes(e.file_name().to_bytes()).to_os_string())
+            .collect())
+    }
+
+    /// Opens `path` (below `base`) with `flags` (and `mode` when it creates).
+    pub fn open(base: &Path, path: &Path, flags: OFlag, mode: u32) -> io::Result<OwnedFd> {
+        open_at(open_base(base)?.as_fd(), rel(base, path)?, flags, mode)
+    }
+
     /// Creates the directory `path` (below `base`; its parent must exist), mode 0700.
     pub fn mkdir(base: &Path, path: &Path) -> io::Result<()> {
-        let (dir, name) = parent(base, path)?;
-        nix::sys::stat::mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o700)).map_err(err)
+        mkdir_at(open_base(base)?.as_fd(), rel(base, path)?)
     }
 
     /// Renames `from` to `to`, both below `base`.
     pub fn rename(base: &Path, from: &Path, to: &Path) -> io::Result<()> {
-        let (a, an) = parent(base, from)?;
-        let (b, bn) = parent(base, to)?;
-        nix::fcntl::renameat(a.as_fd(), an, b.as_fd(), bn).map_err(err)
+        rename_at(open_base(base)?.as_fd(), rel(base, from)?, rel(base, to)?)
     }
 
     /// `path`'s status (an `O_PATH` descriptor of it, and its fstat); a link is refused
     /// (`ELOOP`), never followed.
     pub fn stat(base: &Path, path: &Path) -> io::Result<(OwnedFd, nix::sys::stat::FileStat)> {
-        let fd = open(base, path, OFlag::O_PATH, 0)?;
-        let st = nix::sys::stat::fstat(fd.as_fd()).map_err(err)?;
-        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-            return Err(io::Error::other(format!(
-                "{} is a symbolic link: promigrate never changes or writes through links",
-                path.display()
-            )));
-        }
-        Ok((fd, st))
+        stat_at(open_base(base)?.as_fd(), rel(base, path)?).map_err(|e| {
+            if e.kind() == io::ErrorKind::Other {
+                io::Error::other(format!(
+                    "{} is a symbolic link: promigrate never changes or writes through links",
+                    path.display()
+                ))
+            } else {
+                e
+            }
+        })
     }
 
     /// Sets the owner of the entry behind an `O_PATH` descriptor.
@@ -311,4 +424,27 @@ pub mod beneath {
             assert!(stat(&lbase, &lbase).is_err());
         }
     }
+}
+
+/// Opens a source file read-only, without updating its access time where permitted.
+pub fn open_noatime(path: &Path) -> io::Result<File> {
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_o_noatime())
+        .open(path)
+    {
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EPERM as i32) => File::open(path),
+        r => r,
+    }
+}
+
+fn libc_o_noatime() -> i32 {
+    nix::fcntl::OFlag::O_NOATIME.bits()
+}
+
+/// Reads a whole (small) file from the source side, opened like [`open_noatime`].
+pub fn read_noatime(path: &Path) -> io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    open_noatime(path)?.read_to_end(&mut v)?;
+    Ok(v)
 }

@@ -58,9 +58,15 @@ pub fn probe(root: &Path) -> Liveness {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Liveness::Unknown(format!("cannot open {}: {e}", lock.display())),
     }
-    let canonical = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
-    match holders(&written_files(root), &canonical) {
-        Scan::Found(who) => return Liveness::Running(who),
+    match scan(root) {
+        Scan::Found(w) => {
+            return Liveness::Running(format!(
+                "process {} ({}) has {} open for writing",
+                w.pid,
+                w.comm,
+                w.file.display()
+            ));
+        }
         Scan::Clear { uninspected } if uninspected > 0 => {
             return Liveness::Unknown(format!(
                 "no lock is held on {}, but {uninspected} process(es) could not be inspected (run promigrate as root to see them all)",
@@ -83,6 +89,32 @@ pub fn probe(root: &Path) -> Liveness {
 }
 
 const WAL_PAGE: u64 = 32 * 1024;
+
+/// A process that has a file of the data directory open for writing: the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Writer {
+    /// Its PID.
+    pub pid: u32,
+    /// Its command name (`/proc/<pid>/comm`).
+    pub comm: String,
+    /// The file it has open for writing, as its /proc link reads.
+    pub file: std::path::PathBuf,
+}
+
+/// The process (other than this one) that has a file of the data directory `root` open for
+/// writing, if this host's /proc shows one (see the module doc for what it cannot see).
+pub fn writer(root: &Path) -> Option<Writer> {
+    match scan(root) {
+        Scan::Found(w) => Some(w),
+        Scan::Clear { .. } => None,
+    }
+}
+
+/// [`holders`] of the files a running server keeps open below `root`.
+fn scan(root: &Path) -> Scan {
+    let canonical = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    holders(&written_files(root), &canonical)
+}
 
 /// The highest-numbered WAL segment and its size.
 fn last_wal_segment(root: &Path) -> Option<(String, u64)> {
@@ -121,7 +153,7 @@ fn written_files(root: &Path) -> std::collections::HashSet<(u64, u64)> {
 }
 
 enum Scan {
-    Found(String),
+    Found(Writer),
     Clear { uninspected: usize },
 }
 
@@ -155,13 +187,13 @@ fn holders(ids: &std::collections::HashSet<(u64, u64)>, root: &Path) -> Scan {
                 continue;
             }
         };
-        if let Some(path) = found {
+        if let Some(file) = found {
             let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-            return Scan::Found(format!(
-                "process {pid} ({}) has {} open for writing",
-                comm.trim(),
-                path.display()
-            ));
+            return Scan::Found(Writer {
+                pid: pid.parse().unwrap_or_default(),
+                comm: comm.trim().to_string(),
+                file,
+            });
         }
     }
     Scan::Clear { uninspected }
@@ -207,12 +239,15 @@ mod tests {
             .spawn()
             .unwrap();
         let seen = probe(d.path());
+        let who = writer(d.path());
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(
             matches!(&seen, Liveness::Running(how) if how.contains("sleep")),
             "{seen:?}"
         );
+        let who = who.expect("the writer");
+        assert_eq!((who.pid, who.comm.as_str()), (child.id(), "sleep"));
         if nix::unistd::getuid().is_root() {
             assert_eq!(probe(d.path()), Liveness::Stopped { clean: true });
             std::fs::write(d.path().join("lock"), b"").unwrap();

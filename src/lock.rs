@@ -60,7 +60,16 @@ fn open_dir(dir: &Path) -> Result<File, LockError> {
 }
 
 fn take(dir: &Path, how: FlockArg) -> Result<Guard, LockError> {
-    let file = open_dir(dir)?;
+    take_open(open_dir(dir)?, dir, how)
+}
+
+/// Takes the exclusive lock of a directory already opened (read-only) as `file`; `dir` names
+/// it in messages and for finding the holder.
+pub fn exclusive_open(file: File, dir: &Path) -> Result<Guard, LockError> {
+    take_open(file, dir, FlockArg::LockExclusiveNonblock)
+}
+
+fn take_open(file: File, dir: &Path, how: FlockArg) -> Result<Guard, LockError> {
     Flock::lock(file, how).map_err(|(_, errno)| {
         if errno == nix::errno::Errno::EWOULDBLOCK {
             LockError::Busy(holder(dir).unwrap_or(Holder {

@@ -293,12 +293,7 @@ fn extraneous_entries_block_or_warn_and_quarantine_never_deletes() {
     ws.write_plan("  deleteExtraneous: true\n");
     let (code, v) = ws.run_json(&["apply", "--yes", "--dry-run"]);
     assert_eq!(code, 0);
-    let actions: Vec<String> = v["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect();
+    let actions = json_strings(&v["actions"]);
     assert!(
         actions[0].starts_with("quarantine") && actions[1].starts_with("quarantine"),
         "{actions:?}"

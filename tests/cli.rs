@@ -283,6 +283,183 @@ fn dry_run_writes_nothing() {
     assert!(!ws.state.exists(), "a dry run keeps no record");
 }
 
+/// Issue 16: `apply --dry-run` is apply's own engine with its writes suppressed, so for each
+/// phase it lists what that phase does, and nothing else: a presync copies blocks only (no
+/// WAL or head file), and the blocks it says it would put in place are those apply then
+/// publishes.
+#[test]
+fn dry_run_lists_what_the_phase_does() {
+    let ws = Workspace::new();
+    let (code, v) = ws.run_json(&["apply", "--yes", "--dry-run", "--phase", "presync"]);
+    assert_eq!(code, 0, "{v}");
+    let actions = json_strings(&v["actions"]);
+    for dir in ["wal/", "chunks_head/", "wbl/"] {
+        assert!(
+            !actions.iter().any(|a| a.contains(dir)),
+            "a presync copies nothing in {dir}: {actions:#?}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(&ws.mount).unwrap().count(), 0);
+
+    // What it would put in place (renames, below the TSDB directory) is what apply then
+    // puts there, phase by phase.
+    let root = ws.target();
+    let put_in_place = |v: &serde_json::Value| -> std::collections::BTreeSet<String> {
+        v["would"][0]["operations"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no operations: {v}"))
+            .iter()
+            .filter(|o| o["op"] == "rename")
+            .map(|o| {
+                let to = std::path::Path::new(o["to"].as_str().unwrap());
+                to.strip_prefix(&root).unwrap().display().to_string()
+            })
+            .collect()
+    };
+    let written = |before: &std::collections::BTreeMap<String, (u64, i128, u64)>| {
+        let now = snapshot(&root);
+        now.iter()
+            .filter(|(rel, v)| before.get(*rel) != Some(v))
+            .map(|(rel, _)| {
+                // A block is put in place whole: its directory.
+                let top = rel.split('/').next().unwrap();
+                if top.parse::<ulid::Ulid>().is_ok() {
+                    top.to_string()
+                } else {
+                    rel.clone()
+                }
+            })
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+    let would = put_in_place(&v);
+    assert!(!would.is_empty());
+    let (code, a) = ws.run_json(&["apply", "--yes", "--phase", "presync"]);
+    assert_eq!(code, 0, "{a}");
+    assert_eq!(written(&Default::default()), would);
+
+    let (code, v) = ws.run_json(&["apply", "--yes", "--dry-run", "--phase", "final"]);
+    assert_eq!(code, 0, "{v}");
+    let would = put_in_place(&v);
+    assert!(
+        would
+            .iter()
+            .all(|p| p.starts_with("wal/") || p.starts_with("chunks_head/")),
+        "the blocks are there already: {would:?}"
+    );
+    let before = snapshot(&root);
+    let (code, a) = ws.run_json(&["apply", "--yes", "--phase", "final"]);
+    assert_eq!(code, 0, "{a}");
+    assert_eq!(written(&before), would);
+}
+
+/// The dry run on a target an interrupted run and someone else left things on: a block
+/// staged whole (kept and put in place), a temp file (removed), a foreign WAL segment with
+/// a wrong mode (quarantined, with deleteExtraneous, not fixed), files and a directory with
+/// the wrong mode (fixed), a changed segment with the wrong mode (replaced, so not fixed):
+/// each listed once, as apply then does it, and nothing written by the dry run itself.
+#[test]
+fn dry_run_on_a_used_target_lists_what_apply_then_does() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = Workspace::with_extra("  deleteExtraneous: true\n");
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{v}");
+    let t = ws.target();
+    let block = v["plan"]["blocks"][0]["ulid"].as_str().unwrap().to_string();
+    std::fs::create_dir(t.join(".promigrate-staging")).unwrap();
+    std::fs::rename(t.join(&block), t.join(".promigrate-staging").join(&block)).unwrap();
+    std::fs::write(t.join("wal/.00000001.promigrate-tmp"), b"partial").unwrap();
+    std::fs::write(t.join("wal/00099999"), b"foreign").unwrap();
+    let mut changed = std::fs::read(t.join("wal/00000001")).unwrap();
+    changed.extend_from_slice(b"more");
+    std::fs::write(t.join("wal/00000001"), changed).unwrap();
+    for (rel, mode) in [
+        ("wal/00000000", 0o600),
+        ("wal/00000001", 0o600),
+        ("wal/00099999", 0o600),
+        ("wal", 0o755),
+    ] {
+        std::fs::set_permissions(t.join(rel), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    let before = snapshot(&t);
+    let (code, dry) = ws.run_json(&["apply", "--yes", "--dry-run"]);
+    assert_eq!(code, 0, "{dry}");
+    assert_eq!(snapshot(&t), before, "the dry run wrote");
+    let ops: Vec<serde_json::Value> = dry["would"][0]["operations"].as_array().unwrap().clone();
+    let rel = |p: &serde_json::Value| {
+        Path::new(p.as_str().unwrap())
+            .strip_prefix(&t)
+            .unwrap()
+            .display()
+            .to_string()
+    };
+    let of =
+        |op: &str| -> Vec<&serde_json::Value> { ops.iter().filter(|o| o["op"] == op).collect() };
+    let mut seen = std::collections::BTreeSet::new();
+    for o in &ops {
+        assert!(seen.insert(o.to_string()), "listed twice: {o}");
+    }
+
+    let (code, real) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{real}");
+    let r = &real["apply"];
+    let removed: Vec<String> = of("remove")
+        .into_iter()
+        .chain(of("remove_tree"))
+        .map(|o| rel(&o["path"]))
+        .collect();
+    assert_eq!(removed, json_strings(&r["cleaned"]), "{ops:#?}");
+    assert_eq!(removed, ["wal/.00000001.promigrate-tmp"]);
+    let quarantined: Vec<String> = of("rename")
+        .into_iter()
+        .filter(|o| rel(&o["to"]).starts_with(".promigrate-quarantine/"))
+        .map(|o| rel(&o["from"]))
+        .collect();
+    assert_eq!(quarantined, json_strings(&r["quarantined"]));
+    assert_eq!(quarantined, ["wal/00099999"]);
+    assert_eq!(
+        of("chown").len() as u64,
+        r["ownership_fixed"].as_u64().unwrap(),
+        "{ops:#?}"
+    );
+    let chowned: Vec<String> = of("chown").iter().map(|o| rel(&o["path"])).collect();
+    for want in ["wal/00000000", "wal"] {
+        assert!(chowned.contains(&want.to_string()), "{chowned:?}");
+    }
+    for not in ["wal/00000001", "wal/00099999"] {
+        assert!(!chowned.contains(&not.to_string()), "{not}: {chowned:?}");
+    }
+    // The staging directory, emptied, goes at the end.
+    assert_eq!(
+        of("rmdir")
+            .iter()
+            .map(|o| rel(&o["path"]))
+            .collect::<Vec<_>>(),
+        [".promigrate-staging"]
+    );
+    assert!(!t.join(".promigrate-staging").exists());
+    // The staged block: kept (nothing written for it) and put in place.
+    let staged = format!(".promigrate-staging/{block}");
+    assert!(
+        of("write")
+            .iter()
+            .all(|o| !rel(&o["path"]).starts_with(&staged))
+    );
+    assert!(
+        of("rename")
+            .iter()
+            .any(|o| rel(&o["from"]) == staged && rel(&o["to"]) == block)
+    );
+    assert_eq!(r["resumed_files"].as_u64().unwrap(), 4);
+    assert!(
+        json_strings(&dry["actions"])
+            .iter()
+            .any(|a| a.contains(&block) && a.contains("by an earlier run")),
+        "{}",
+        dry["actions"]
+    );
+}
+
 #[test]
 fn help_documents_exit_codes() {
     for args in [

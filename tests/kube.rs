@@ -3,16 +3,18 @@
 //! controllers) started by `scripts/test-cluster.sh` on 127.0.0.1. No kubelet and no
 //! scheduler: pods stay Pending, which is all a scale-down/up needs.
 //!
-//! Each test starts its own cluster (about 4 s once the binaries are built) and stops it when
-//! it ends, also on failure; a lock runs them one at a time.
+//! Each test starts its own cluster ([`TestCluster`] in tests/common/cluster.rs: about 4 s once
+//! the binaries are built) and stops it when it ends, also on failure; a lock runs them one at
+//! a time.
 
 mod common;
 
+use common::cluster::{NS, TestCluster};
 use common::*;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::Api;
 use kube::api::{DeleteParams, PostParams};
-use kube::{Api, Client};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,163 +22,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-const NS: &str = "monitoring";
 
-/// A running control plane; stopped on drop.
-struct TestCluster {
-    state: tempfile::TempDir,
-    kubeconfig: PathBuf,
-    rt: tokio::runtime::Runtime,
-    client: Client,
-}
-
+/// The StatefulSet `prom` these tests migrate behind.
 impl TestCluster {
-    fn up() -> TestCluster {
-        let start = |state: &tempfile::TempDir| {
-            Command::new("bash")
-                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-cluster.sh"))
-                .arg("up")
-                .arg(state.path().join("cluster"))
-                .stderr(Stdio::inherit())
-                .output()
-                .unwrap()
-        };
-        let mut state = tempfile::tempdir().unwrap();
-        let mut out = start(&state);
-        if !out.status.success() {
-            // Starting the control plane is not what these tests test: a kube-apiserver
-            // that exited before it was ready (seen once in CI) gets its log shown and
-            // one more start.
-            for log in ["etcd.log", "kube-apiserver.log"] {
-                let text = std::fs::read_to_string(state.path().join("cluster").join(log))
-                    .unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                eprintln!("--- last lines of {log} ---");
-                for l in tail.iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
-            eprintln!("test-cluster up failed; starting it once more");
-            state = tempfile::tempdir().unwrap();
-            out = start(&state);
-        }
-        assert!(
-            out.status.success(),
-            "scripts/test-cluster.sh up failed twice (see its logs above)"
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let kubeconfig = PathBuf::from(stdout.lines().last().unwrap().trim());
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let client = rt.block_on(async {
-            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .unwrap();
-            Client::try_from(config).unwrap()
-        });
-        let c = TestCluster {
-            state,
-            kubeconfig,
-            rt,
-            client,
-        };
-        c.create(
-            Api::<Namespace>::all(c.client.clone()),
-            json!({"metadata": {"name": NS}}),
-        );
-        c
-    }
-
-    fn create<K>(&self, api: Api<K>, v: serde_json::Value) -> K
-    where
-        K: kube::Resource
-            + Clone
-            + serde::de::DeserializeOwned
-            + serde::Serialize
-            + std::fmt::Debug,
-    {
-        let obj: K = serde_json::from_value(v).unwrap();
-        self.rt
-            .block_on(api.create(&PostParams::default(), &obj))
-            .unwrap()
-    }
-
-    fn pv(&self, name: &str) -> PersistentVolume {
-        let api: Api<PersistentVolume> = Api::all(self.client.clone());
-        self.rt.block_on(api.get(name)).unwrap()
-    }
-
-    fn pvc(&self, name: &str) -> Option<PersistentVolumeClaim> {
-        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), NS);
-        self.rt.block_on(api.get_opt(name)).unwrap()
-    }
-
-    fn sts(&self, name: &str) -> StatefulSet {
-        let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), NS);
-        self.rt.block_on(api.get(name)).unwrap()
-    }
-
-    fn delete_sts(&self, name: &str) {
-        let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), NS);
-        self.rt
-            .block_on(api.delete(name, &DeleteParams::foreground()))
-            .unwrap();
-        self.wait(&format!("statefulset {name} gone"), || {
-            self.rt.block_on(api.get_opt(name)).unwrap().is_none()
-        });
-    }
-
-    fn delete_pvc(&self, name: &str) {
-        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), NS);
-        self.rt
-            .block_on(api.delete(name, &DeleteParams::default()))
-            .unwrap();
-        self.wait(&format!("claim {name} gone"), || self.pvc(name).is_none());
-    }
-
-    /// Polls until `done` or 60 s.
-    fn wait(&self, what: &str, mut done: impl FnMut() -> bool) {
-        let start = Instant::now();
-        while !done() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "timed out waiting for {what}"
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    fn pv_phase(&self, name: &str) -> String {
-        self.pv(name)
-            .status
-            .and_then(|s| s.phase)
-            .unwrap_or_default()
-    }
-
-    fn wait_bound(&self, pvc: &str, pv: &str) {
-        self.wait(&format!("{pvc} bound to {pv}"), || {
-            self.pvc(pvc).is_some_and(|c| {
-                c.status.and_then(|s| s.phase).as_deref() == Some("Bound")
-                    && c.spec.and_then(|s| s.volume_name).as_deref() == Some(pv)
-            })
-        });
-    }
-
-    /// A hostPath PV of 10Gi in storage class `manual`.
-    fn make_pv(&self, name: &str, policy: &str, path: &Path) {
-        self.create(
-            Api::<PersistentVolume>::all(self.client.clone()),
-            json!({"metadata": {"name": name}, "spec": {
-                "capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": policy, "storageClassName": "manual",
-                "hostPath": {"path": path.display().to_string()}}}),
-        );
-    }
-
     /// A StatefulSet `prom` whose volumeClaimTemplate `data` asks for a `manual` volume;
     /// its claim for pod 0 is `data-prom-0`.
     fn make_sts(&self, replicas: i32, when_scaled: &str) {
@@ -189,7 +37,7 @@ impl TestCluster {
                 "template": {"metadata": {"labels": {"app": "prom"}}, "spec": {
                     "securityContext": {"runAsUser": RUN_AS_USER, "fsGroup": FS_GROUP},
                     "containers": [{"name": "prometheus", "image": "prom/prometheus",
-                        "volumeMounts": [{"name": "data", "mountPath": "/prometheus"}]}]}},
+                        "volumeMounts": [{"name": "data", "mountPath": "/prometheus", "subPath": "prometheus-db"}]}]}},
                 "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
                     "accessModes": ["ReadWriteOnce"], "storageClassName": "manual",
                     "resources": {"requests": {"storage": "1Gi"}}}}]}}),
@@ -249,16 +97,6 @@ impl TestCluster {
 
     fn replicas(&self) -> i32 {
         self.sts("prom").spec.and_then(|s| s.replicas).unwrap_or(-1)
-    }
-}
-
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-cluster.sh"))
-            .arg("down")
-            .arg(self.state.path().join("cluster"))
-            .status();
     }
 }
 
@@ -725,13 +563,21 @@ fn a_target_in_use_by_a_verify_stops_apply_before_the_scale_down() {
     kube_plan(&ws, &k.kubeconfig, "    statefulSet: prom\n");
     std::fs::create_dir_all(ws.target()).unwrap();
     // A reader holding the shared lock, as a running verify does.
+    // It says `held` once it holds the lock (a fixed wait lost that race once in five runs).
     let mut reader = Command::new("flock")
-        .arg("-s")
+        .args(["-s", "-o"])
         .arg(ws.target())
-        .args(["sleep", "60"])
+        .args(["-c", "echo held; exec sleep 60"])
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(reader.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held");
     let (code, v) = ws.run_json(&["apply", "--yes"]);
     let _ = reader.kill();
     let _ = reader.wait();
@@ -748,41 +594,241 @@ fn a_target_in_use_by_a_verify_stops_apply_before_the_scale_down() {
     );
 }
 
-/// Issue 15 (part): a plain StatefulSet whose Prometheus runs with a retention shorter than
-/// the migrated data's span deletes that history at its first start, after verify said go.
-/// plan says so (a warning until the configuration file's retention is read), naming the
-/// flag and how many blocks and bytes, and changes nothing.
+/// A target Prometheus whose retention is shorter than the migrated data's span deletes
+/// that history at its first start, after verify said go. plan blocks it, naming the
+/// setting (a flag in the container args, or storage.tsdb.retention in the configuration
+/// file's ConfigMap, which takes precedence) and how many blocks, and changes nothing.
 #[test]
-fn a_target_retention_shorter_than_the_data_is_reported() {
+fn a_target_retention_shorter_than_the_data_is_a_blocker() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let k = TestCluster::up();
+    let ws = Workspace::new();
+    // 30 days of real blocks.
+    std::fs::remove_dir_all(&ws.source).unwrap();
+    days_of_blocks(&ws.source, 30);
+    k.bound_statefulset("Retain", 1, "Retain", &ws.mount);
+    let container = |args: serde_json::Value| {
+        json!({"spec": {"template": {"spec": {
+            "volumes": [{"name": "config", "configMap": {"name": "prom-config"}}],
+            "containers": [{
+            "name": "prometheus", "image": "prom/prometheus:v2.42.0", "args": args,
+            "volumeMounts": [{"name": "data", "mountPath": "/prometheus", "subPath": "prometheus-db"},
+                {"name": "config", "mountPath": "/etc/prometheus"}]}]}}}})
+    };
+    let config = |yaml: &str| {
+        let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(k.client.clone(), NS);
+        let cm = serde_json::from_value(json!({"metadata": {"name": "prom-config"},
+            "data": {"prometheus.yml": yaml}}))
+        .unwrap();
+        k.rt.block_on(async {
+            let _ = api.delete("prom-config", &DeleteParams::default()).await;
+            api.create(&PostParams::default(), &cm).await
+        })
+        .unwrap();
+    };
+    config("global:\n  scrape_interval: 15s\n");
+    k.patch_sts(container(json!([
+        "--config.file=/etc/prometheus/prometheus.yml",
+        "--storage.tsdb.path=/prometheus",
+        "--storage.tsdb.retention.time=1d"
+    ])));
+    kube_plan(&ws, &k.kubeconfig, "    statefulSet: prom\n");
+    let before = k.sts_settled().metadata.resource_version;
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("BLOCKER")
+            && l.contains("--storage.tsdb.retention.time in statefulset/monitoring/prom")
+            && l.contains("1d")
+            && l.contains("would delete")
+            && l.contains("of the 30 migrated blocks")),
+        "{out}"
+    );
+    // apply refuses as plan does, and touches nothing.
+    let (code, out, _) = ws.run(&["apply", "--yes"]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(k.sts("prom").metadata.resource_version, before);
+    assert_eq!(k.replicas(), 1);
+    assert!(!ws.target().exists());
+
+    // The configuration file's retention (Prometheus 3.8+) takes precedence over the flag.
+    config("storage:\n  tsdb:\n    retention:\n      time: 7d\n");
+    k.patch_sts(container(json!([
+        "--config.file=/etc/prometheus/prometheus.yml",
+        "--storage.tsdb.path=/prometheus",
+        "--storage.tsdb.retention.time=365d"
+    ])));
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("BLOCKER")
+            && l.contains(
+                "storage.tsdb.retention.time in configmap/monitoring/prom-config key prometheus.yml"
+            )
+            && l.contains("of the 30 migrated blocks")),
+        "{out}"
+    );
+
+    // The section replaces the flags whole (Prometheus's config.TSDBRetentionConfig): with
+    // only a size in it, the flag's 1d no longer holds.
+    config("storage:\n  tsdb:\n    retention:\n      size: 100GB\n");
+    k.patch_sts(container(json!([
+        "--config.file=/etc/prometheus/prometheus.yml",
+        "--storage.tsdb.path=/prometheus",
+        "--storage.tsdb.retention.time=1d"
+    ])));
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("would delete"), "{out}");
+    // A retention longer than the data: nothing said.
+    config("storage:\n  tsdb:\n    retention:\n      time: 60d\n");
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("would delete"), "{out}");
+}
+
+/// The plan's securityContext and subPath are held against the pod's; a StatefulSet a
+/// GitOps controller manages is a blocker until the plan accepts it. Each blocker leaves the
+/// StatefulSet untouched. A plan without securityContext and subPath takes the pod's.
+#[test]
+fn the_plan_is_held_against_the_pod_and_gitops_ownership() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let k = TestCluster::up();
     let ws = Workspace::new();
     k.bound_statefulset("Retain", 1, "Retain", &ws.mount);
-    k.patch_sts(json!({"spec": {"template": {"spec": {"containers": [{
-        "name": "prometheus", "image": "prom/prometheus",
-        "args": ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.retention.time=12h"],
-        "volumeMounts": [{"name": "data", "mountPath": "/prometheus"}]}]}}}}));
     kube_plan(&ws, &k.kubeconfig, "    statefulSet: prom\n");
     let before = k.sts_settled().metadata.resource_version;
-    // A warning for now (the retention in Prometheus's configuration file, 3.8+, is not
-    // read yet, and would take precedence): plan still says it, naming flag and blocks.
+    let blocker = |needle: &[&str]| {
+        let (code, out, _) = ws.run(&["plan"]);
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("BLOCKER") && needle.iter().all(|n| l.contains(n))),
+            "{needle:?} in\n{out}"
+        );
+        let (code, out, _) = ws.run(&["apply", "--yes"]);
+        assert_eq!(code, 1, "{out}");
+        assert_eq!(k.sts("prom").metadata.resource_version, before);
+        assert!(!ws.target().exists());
+    };
+    let plan = std::fs::read_to_string(&ws.plan).unwrap();
+    // The pod runs as RUN_AS_USER:FS_GROUP; the plan says otherwise.
+    std::fs::write(
+        &ws.plan,
+        plan.replace(&format!("runAsUser: {RUN_AS_USER}"), "runAsUser: 4242"),
+    )
+    .unwrap();
+    blocker(&[
+        "runAsUser 4242",
+        &format!("runs as uid {RUN_AS_USER}"),
+        "pod securityContext.runAsUser",
+    ]);
+    // The pod mounts subPath prometheus-db; the plan says data.
+    std::fs::write(
+        &ws.plan,
+        plan.replace("subPath: prometheus-db", "subPath: data"),
+    )
+    .unwrap();
+    blocker(&["subPath is `data`", "subPath `prometheus-db`"]);
+    // Args without --storage.tsdb.path: Prometheus's default data/ below the upstream
+    // image's working directory /prometheus, i.e. prometheus-db/data in the volume.
+    std::fs::write(&ws.plan, &plan).unwrap();
+    k.patch_sts(json!({"spec": {"template": {"spec": {"containers": [{
+        "name": "prometheus", "image": "prom/prometheus",
+        "args": ["--config.file=/etc/prometheus/prometheus.yml"],
+        "volumeMounts": [{"name": "data", "mountPath": "/prometheus", "subPath": "prometheus-db"}]}]}}}}));
+    let before_args = k.sts_settled().metadata.resource_version;
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("BLOCKER")
+            && l.contains("subPath `prometheus-db/data`")
+            && l.contains("--storage.tsdb.path")),
+        "{out}"
+    );
+    assert_eq!(k.sts("prom").metadata.resource_version, before_args);
+    k.patch_sts(json!({"spec": {"template": {"spec": {"containers": [{
+        "name": "prometheus", "image": "prom/prometheus", "args": null,
+        "volumeMounts": [{"name": "data", "mountPath": "/prometheus", "subPath": "prometheus-db"}]}]}}}}));
+    // Neither in the plan: both taken from the pod, and said so.
+    let derived = plan.replace("  subPath: prometheus-db\n", "").replace(
+        &format!("  securityContext:\n    runAsUser: {RUN_AS_USER}\n    fsGroup: {FS_GROUP}\n"),
+        "",
+    );
+    assert!(!derived.contains("securityContext"), "{derived}");
+    std::fs::write(&ws.plan, &derived).unwrap();
+    let (code, v) = ws.run_json(&["plan"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        v["target"].as_str().map(PathBuf::from),
+        Some(ws.target()),
+        "{v}"
+    );
     let (code, out, _) = ws.run(&["plan"]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.lines().any(|l| l.starts_with("warning:")
-            && l.contains("--storage.tsdb.retention.time=12h")
-            && l.contains("would delete")),
+        out.contains("taken from the cluster: subPath prometheus-db")
+            && out.contains(&format!(
+                "taken from the cluster: securityContext runAsUser {RUN_AS_USER} (pod securityContext.runAsUser), fsGroup {FS_GROUP}"
+            )),
         "{out}"
     );
-    assert_eq!(k.sts("prom").metadata.resource_version, before);
-    assert_eq!(k.replicas(), 1);
-
-    // A retention longer than the data: nothing said.
-    k.patch_sts(json!({"spec": {"template": {"spec": {"containers": [{
-        "name": "prometheus", "image": "prom/prometheus",
-        "args": ["--storage.tsdb.retention.time=30d"],
-        "volumeMounts": [{"name": "data", "mountPath": "/prometheus"}]}]}}}}));
+    // Argo CD's tracking annotation: a blocker, until the plan accepts it.
+    std::fs::write(&ws.plan, &plan).unwrap();
+    k.patch_sts(json!({"metadata": {"annotations": {
+        "argocd.argoproj.io/tracking-id": "monitoring:apps/StatefulSet:monitoring/prom"}}}));
+    let before_argo = k.sts_settled().metadata.resource_version;
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("BLOCKER")
+            && l.contains("managed by Argo CD")
+            && l.contains("acceptGitOps")),
+        "{out}"
+    );
+    assert_eq!(k.sts("prom").metadata.resource_version, before_argo);
+    kube_plan(
+        &ws,
+        &k.kubeconfig,
+        "    statefulSet: prom\n    acceptGitOps: true\n",
+    );
     let (code, out, _) = ws.run(&["plan"]);
     assert_eq!(code, 0, "{out}");
-    assert!(!out.contains("would delete"), "{out}");
+    assert!(out.contains("managed by Argo CD"), "{out}");
+}
+
+/// verify holds the target server against the plan again: a change in the cluster after
+/// plan and apply (here the pod's user) stops the go, and undoing it gives it back.
+#[test]
+fn verify_rechecks_the_target_server() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let k = TestCluster::up();
+    let ws = Workspace::new();
+    applied_with_statefulset(&k, &ws);
+    let (code, out, _) = ws.run(&["verify"]);
+    assert_eq!(code, 0, "{out}");
+    k.patch_sts(json!({"spec": {"template": {"spec": {"securityContext": {"runAsUser": 4242}}}}}));
+    let (code, out, _) = ws.run(&["verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("BLOCKER (target Prometheus)")
+            && l.contains("runs as uid 4242")),
+        "{out}"
+    );
+    assert!(
+        out.contains("the data matches, but the target Prometheus"),
+        "{out}"
+    );
+    let (code, v) = ws.run_json(&["verify"]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(
+        v["cluster_blockers"][0].as_str().unwrap().contains("4242"),
+        "{v}"
+    );
+    k.patch_sts(
+        json!({"spec": {"template": {"spec": {"securityContext": {"runAsUser": RUN_AS_USER}}}}}),
+    );
+    let (code, out, _) = ws.run(&["verify"]);
+    assert_eq!(code, 0, "{out}");
 }

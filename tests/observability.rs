@@ -466,22 +466,9 @@ fn every_example_validates_against_the_emitted_schema() {
     }
 }
 
-/// The kubectl built with the test control plane (`scripts/test-cluster.sh build`).
-fn kubectl() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-cluster.sh"))
-        .arg("build")
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "scripts/test-cluster.sh build failed");
-    let bin = String::from_utf8_lossy(&out.stdout);
-    PathBuf::from(bin.lines().last().unwrap().trim()).join("kubectl")
-}
-
 #[test]
 fn works_as_a_kubectl_plugin() {
-    let kubectl = kubectl();
+    let kubectl = common::cluster::kube_bin().join("kubectl");
     let d = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(
         env!("CARGO_BIN_EXE_promigrate"),

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::fake_prometheus::Fake;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -628,6 +629,65 @@ fn the_snapshot_plans_what_sftp_plans_and_finds_the_same_damage() {
     assert_eq!(tar, sftp);
 }
 
+/// Issue 16: `apply --dry-run` from an SSH source (`read: tar`, the default) reads no file
+/// content: no tar stream is started (one it never read would stall the run), and it lists
+/// the same changes as a dry run from the same data on this host.
+#[test]
+fn a_dry_run_over_ssh_starts_no_tar_stream() {
+    // The host's tar notes how it is run: the plan's snapshot runs it with the names to
+    // read, a copy stream with `-T -` (the names come on its stdin).
+    let bin = tempfile::tempdir().unwrap();
+    let calls = bin.path().join("tar.calls");
+    let tar = bin.path().join("tar");
+    std::fs::write(
+        &tar,
+        format!(
+            "#!/bin/sh\necho \"$*\" >>{}\nexec {} \"$@\"\n",
+            calls.display(),
+            which("tar").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&tar, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let sshd = Sshd::start_with(&format!(
+        "SetEnv PATH={}:/usr/local/bin:/usr/bin:/bin\n",
+        bin.path().display()
+    ));
+    let ws = Workspace::new();
+    let (code, local) = ws.run_json(&["apply", "--yes", "--dry-run"]);
+    assert_eq!(code, 0, "{local}");
+    ssh_plan(&ws, &sshd, "client_key", &sshd.path("known_hosts"), "");
+    set_read(&ws, "tar");
+    let mut cmd = Command::new("timeout");
+    cmd.arg("120")
+        .arg(env!("CARGO_BIN_EXE_promigrate"))
+        .args([
+            "apply",
+            "--yes",
+            "--dry-run",
+            "--source-stopped",
+            "--output",
+            "json",
+        ])
+        .arg("-f")
+        .arg(&ws.plan)
+        .env("RUST_LOG", "promigrate=debug");
+    let (code, out, log) = run(cmd);
+    assert_eq!(code, 0, "{out}\n{log}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let calls = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(!calls.is_empty(), "the snapshot runs the host's tar");
+    assert!(
+        !calls.contains(" -T -"),
+        "a copy stream was started: {calls}"
+    );
+    assert_eq!(
+        v["would"][0]["operations"], local["would"][0]["operations"],
+        "{v}"
+    );
+    assert_eq!(std::fs::read_dir(&ws.mount).unwrap().count(), 0);
+}
+
 #[test]
 fn sftp_reads_and_a_host_without_exec_copy_the_same_without_tar() {
     // `read: sftp`, and a host that allows SFTP only (every command is refused), where the
@@ -1003,4 +1063,105 @@ fn a_host_name_that_does_not_resolve_fails_at_once() {
             }
         }
     }
+}
+
+/// The source's Prometheus version over SSH: the running server's own binary on the host
+/// (3.16, found by the remote /proc scan and run as the server's user; PATH there has
+/// Debian's 2.42), then, once it has
+/// stopped, `prometheus --version` from the SSH user's PATH, with why the first way failed.
+#[test]
+fn the_source_version_over_ssh_is_the_running_binarys_then_paths() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    ssh_plan(&ws, &sshd, "client_key", &sshd.path("known_hosts"), "");
+    let flavor = PromFlavor {
+        binary: Some(prom3_bin().join("prometheus")),
+        ..PromFlavor::default()
+    };
+    // As another user than the SSH user (root): the binary runs as that user (setpriv).
+    chown_tree(&ws.source, (RUN_AS_USER, FS_GROUP));
+    let mut server = PromServer::start_flavor(
+        &flavor,
+        &ws.source,
+        &ws.dir.path().join("prom"),
+        Some((RUN_AS_USER, FS_GROUP)),
+    );
+    let (code, v) = ws.run_json(&["plan"]);
+    server.stop();
+    assert_eq!(code, 0, "{v}");
+    let sv = &v["source_version"];
+    assert_eq!(sv["version"], "3.16.0", "{sv}");
+    assert_eq!(sv["via"], "running_binary", "{sv}");
+    let how = sv["how"].as_str().unwrap();
+    assert!(how.contains("binary on 127.0.0.1 (/proc/"), "{how}");
+
+    let (code, v) = ws.run_json(&["plan"]);
+    assert_eq!(code, 0, "{v}");
+    let sv = &v["source_version"];
+    assert_eq!(sv["version"], "2.42.0", "{sv}");
+    assert_eq!(sv["via"], "path", "{sv}");
+    let how = sv["how"].as_str().unwrap();
+    assert!(
+        how.contains("prometheus on the SSH user's PATH on 127.0.0.1"),
+        "{how}"
+    );
+    let first = sv["tried"][0].as_str().unwrap();
+    assert!(
+        first.contains("no process on 127.0.0.1 has the WAL of") && first.contains("stopped"),
+        "{first}"
+    );
+
+    let user_dir = ws.dir.path().join("userbin");
+    std::fs::create_dir(&user_dir).unwrap();
+    let marker = user_dir.join("marker");
+    let bin = fake_prometheus::build_fake(&user_dir, &marker);
+    chown_tree(&user_dir, (RUN_AS_USER, FS_GROUP));
+    std::fs::set_permissions(
+        &user_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let seg = fake_prometheus::last_segment(&ws.source);
+    let take_marker = || {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(&marker).ok()?.uid();
+        let text = std::fs::read_to_string(&marker).unwrap();
+        std::fs::remove_file(&marker).unwrap();
+        Some((owner, text))
+    };
+    let clean = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+    // Non-dumpable, as the user: run (setpriv) as the user, with the fixed PATH alone.
+    {
+        let _fake = Fake::start(&bin, &seg, Some((RUN_AS_USER, FS_GROUP)));
+        let (code, v) = ws.run_json(&["plan"]);
+        assert_eq!(code, 0, "{v}");
+        let sv = &v["source_version"];
+        assert_eq!(sv["version"], "9.9.9", "{sv}");
+        assert_eq!(sv["via"], "running_binary", "{sv}");
+    }
+    assert_eq!(
+        take_marker(),
+        Some((
+            RUN_AS_USER,
+            format!("uid={RUN_AS_USER} euid={RUN_AS_USER}\n{clean}\n")
+        ))
+    );
+
+    // Root runs the user's binary: not run as root (the SSH user); PATH's 2.42 answers.
+    {
+        let _fake = Fake::start(&bin, &seg, None);
+        let (code, v) = ws.run_json(&["plan"]);
+        assert_eq!(code, 0, "{v}");
+        let sv = &v["source_version"];
+        assert_eq!(sv["via"], "path", "{sv}");
+        let why = sv["tried"][0].as_str().unwrap();
+        assert!(
+            why.contains("on 127.0.0.1")
+                && why.contains(&format!("{} belongs to uid {RUN_AS_USER}", bin.display()))
+                && why.contains("not run as root"),
+            "{why}"
+        );
+    }
+    assert_eq!(take_marker(), None, "the user's binary ran as root");
 }

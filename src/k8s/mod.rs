@@ -12,13 +12,14 @@
 //! - Every wait has a timeout; every API error names the object.
 
 pub mod preflight;
+pub mod server;
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use serde::Serialize;
@@ -26,7 +27,7 @@ use serde_json::json;
 
 use crate::plan::file::KubeTarget;
 
-pub use preflight::{KubeReport, KubeState, assess, inspect, retention_blocker, unreachable};
+pub use preflight::{KubeReport, KubeState, assess, inspect, unreachable};
 
 /// Where the replica count before promigrate's scale-down is kept.
 pub const REPLICAS_ANNOTATION: &str = "promigrate.io/replicas-before-migration";
@@ -134,7 +135,7 @@ pub async fn connect(k: &KubeTarget) -> anyhow::Result<Cluster> {
 pub fn api_error(cluster: &Cluster, object: &str, e: kube::Error) -> anyhow::Error {
     let hint = match &e {
         kube::Error::Api(s) if s.code == 403 => {
-            "; the credentials of this context lack permission: see the README for the RBAC promigrate needs"
+            "; the credentials of this context lack permission: see docs/kubernetes.md, RBAC, for what promigrate needs"
         }
         kube::Error::Api(s) if s.code == 404 => "; check the name and the namespace",
         kube::Error::HyperError(_) | kube::Error::Service(_) => {
@@ -186,6 +187,10 @@ pub async fn quiesce(
     k: &KubeTarget,
     changes: &mut Vec<Change>,
 ) -> anyhow::Result<()> {
+    // The operator reconciles the StatefulSet's replicas: paused first, it leaves them be.
+    if k.prometheus.is_some() {
+        pause(cluster, k, changes).await?;
+    }
     if let Some(name) = &k.stateful_set {
         let (api, object, sts) = stateful_set(cluster, k, name).await?;
         let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
@@ -245,6 +250,124 @@ pub async fn quiesce(
     }
 }
 
+/// The operator's resource of a target: its API, its name for messages, and its state.
+async fn prometheus_object(
+    cluster: &Cluster,
+    k: &KubeTarget,
+) -> anyhow::Result<Option<(Api<DynamicObject>, String, String, DynamicObject)>> {
+    let Some(name) = &k.prometheus else {
+        return Ok(None);
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        cluster.client.clone(),
+        &k.namespace,
+        &server::prometheus_resource(),
+    );
+    let object = format!("prometheus/{}/{name}", k.namespace);
+    let p = api
+        .get(name)
+        .await
+        .map_err(|e| api_error(cluster, &object, e))?;
+    Ok(Some((api, object, name.clone(), p)))
+}
+
+/// Pauses the operator's reconciliation of the target's `Prometheus` resource (the
+/// operator's documented way to keep it from changing the StatefulSet), recording the
+/// value before in an annotation, in the same patch, so a rerun after any interruption
+/// finds it.
+async fn pause(cluster: &Cluster, k: &KubeTarget, changes: &mut Vec<Change>) -> anyhow::Result<()> {
+    let Some((api, object, name, p)) = prometheus_object(cluster, k).await? else {
+        return Ok(());
+    };
+    let (now, recorded) = server::paused_state(&p);
+    // Paused by an earlier, unfinished apply: no change, but the wait below all the same.
+    let done_before = now == Some(true) && recorded.is_some();
+    let before = recorded.unwrap_or(now);
+    let mut patch = json!({"spec": {"paused": true}});
+    if done_before {
+        patch = json!({});
+    } else if recorded.is_none() {
+        patch["metadata"] =
+            json!({"annotations": {server::PAUSED_ANNOTATION: server::paused_words(before)}});
+        changes.push(Change {
+            object: object.clone(),
+            field: format!("metadata.annotations[{}]", server::PAUSED_ANNOTATION),
+            before: "(none)".into(),
+            after: server::paused_words(before).into(),
+        });
+    }
+    if !done_before {
+        api.patch(&name, &params(), &Patch::Merge(patch))
+            .await
+            .map_err(|e| api_error(cluster, &object, e))?;
+    }
+    if now != Some(true) {
+        changes.push(Change {
+            object: object.clone(),
+            field: "spec.paused".into(),
+            before: server::paused_words(now).into(),
+            after: "true".into(),
+        });
+        tracing::info!("paused {object}");
+    }
+    // A reconcile that began before the pause could still undo the scale-down: the
+    // operator says in status.paused when it has seen the pause.
+    wait_for(
+        k.wait_timeout,
+        &object,
+        "to report status.paused: true (is the operator running?); nothing was scaled yet, and the resource is left paused",
+        || async {
+            let p = api
+                .get(&name)
+                .await
+                .map_err(|e| api_error(cluster, &object, e))?;
+            Ok(p.data["status"]["paused"].as_bool() == Some(true))
+        },
+    )
+    .await
+}
+
+/// Sets `spec.paused` back to the value recorded before the migration (removing the field
+/// if it was not set) and removes the record. Does nothing without a record.
+async fn unpause(
+    cluster: &Cluster,
+    k: &KubeTarget,
+    changes: &mut Vec<Change>,
+) -> anyhow::Result<()> {
+    let Some((api, object, name, p)) = prometheus_object(cluster, k).await? else {
+        return Ok(());
+    };
+    let (now, recorded) = server::paused_state(&p);
+    let Some(want) = recorded else {
+        return Ok(());
+    };
+    // A merge patch's null removes the field.
+    let patch = json!({"spec": {"paused": want},
+        "metadata": {"annotations": {server::PAUSED_ANNOTATION: null}}});
+    api.patch(&name, &params(), &Patch::Merge(patch))
+        .await
+        .map_err(|e| api_error(cluster, &object, e))?;
+    if now != want {
+        changes.push(Change {
+            object: object.clone(),
+            field: "spec.paused".into(),
+            before: server::paused_words(now).into(),
+            after: server::paused_words(want).into(),
+        });
+        tracing::info!(
+            "set {object} spec.paused back to {}",
+            server::paused_words(want)
+        );
+    }
+    changes.push(Change {
+        object,
+        field: format!("metadata.annotations[{}]", server::PAUSED_ANNOTATION),
+        before: server::paused_words(want).into(),
+        after: "(removed)".into(),
+    });
+    Ok(())
+}
+
 /// The StatefulSet's API, its name for messages, and its current state.
 async fn stateful_set(
     cluster: &Cluster,
@@ -270,6 +393,11 @@ pub(crate) fn test_target() -> KubeTarget {
         persistent_volume: "pv-a".into(),
         persistent_volume_claim: "data-prom-0".into(),
         stateful_set: Some("prom".into()),
+        prometheus: None,
+        shard: 0,
+        replica: 0,
+        accept_git_ops: false,
+        derived: Vec::new(),
         wait_timeout: Duration::from_secs(5),
         headroom_percent: 10,
     }
@@ -412,6 +540,8 @@ pub async fn restore(
             });
         }
     }
+    // The operator takes over again once the StatefulSet is as it was.
+    unpause(cluster, k, changes).await?;
     // With a StatefulSet, or a claim that exists already: it must bind this PV.
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), &k.namespace);
     let object = format!(

@@ -26,6 +26,9 @@ pub struct KubeState {
     pub stateful_set: Option<StsState>,
     /// Pods in the namespace that mount the claim.
     pub pods_mounting: Vec<String>,
+    /// What the target server runs with (the StatefulSet's pod template, the operator's
+    /// resource), if they exist.
+    pub prometheus_server: Option<super::server::TargetServer>,
 }
 
 /// What matters of a PV.
@@ -51,6 +54,8 @@ pub struct PvState {
     pub storage_class: String,
     /// hostPath / local / nfs / csi / …
     pub source: String,
+    /// The CSI driver, for a csi volume.
+    pub csi_driver: Option<String>,
 }
 
 /// What matters of a claim.
@@ -77,236 +82,6 @@ pub struct StsState {
     pub when_deleted: String,
     /// Replicas recorded by an earlier, unfinished promigrate apply.
     pub recorded_replicas: Option<i32>,
-    /// The retention flags of the pod template's Prometheus container, if one is found.
-    pub retention: Option<ServerRetention>,
-}
-
-/// The retention a Prometheus container of a pod template runs with.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ServerRetention {
-    /// The container's name.
-    pub container: String,
-    /// `--storage.tsdb.retention.time` (or the older `--storage.tsdb.retention`), as written.
-    pub time: Option<String>,
-    /// `--storage.tsdb.retention.size`, as written.
-    pub size: Option<String>,
-}
-
-/// Prometheus's retention when neither flag is given.
-const DEFAULT_RETENTION: &str = "15d";
-
-/// The Prometheus container of a pod template (named `prometheus`, or running with
-/// `--storage.tsdb.*` or `--config.file` arguments) and its retention flags.
-fn server_retention(s: &StatefulSet) -> Option<ServerRetention> {
-    let containers = &s.spec.as_ref()?.template.spec.as_ref()?.containers;
-    let words = |c: &k8s_openapi::api::core::v1::Container| -> Vec<String> {
-        c.command
-            .iter()
-            .flatten()
-            .chain(c.args.iter().flatten())
-            .cloned()
-            .collect()
-    };
-    // The container named prometheus, else the one with --storage.tsdb.* arguments (a
-    // sidecar with a --config.file of its own is not Prometheus).
-    let c = containers
-        .iter()
-        .find(|c| c.name == "prometheus")
-        .or_else(|| {
-            containers
-                .iter()
-                .find(|c| words(c).iter().any(|w| w.starts_with("--storage.tsdb.")))
-        })?;
-    let w = words(c);
-    let flag = |names: &[&str]| -> Option<String> {
-        let mut found = None;
-        for (i, a) in w.iter().enumerate() {
-            for n in names {
-                if let Some(v) = a.strip_prefix(&format!("{n}=")) {
-                    found = Some(v.to_string());
-                } else if a == n {
-                    found = w.get(i + 1).cloned();
-                }
-            }
-        }
-        found
-    };
-    Some(ServerRetention {
-        container: c.name.clone(),
-        time: flag(&["--storage.tsdb.retention.time", "--storage.tsdb.retention"]),
-        size: flag(&["--storage.tsdb.retention.size"]),
-    })
-}
-
-/// A Prometheus duration (`15d`, `1y2w`, `36h`, `90m`, `500ms`; model.ParseDuration: units
-/// y = 365d, w, d, h, m, s, ms, each at most once, largest first) in milliseconds.
-pub fn prometheus_duration_ms(s: &str) -> Option<i64> {
-    const UNITS: [(&str, i64); 7] = [
-        ("y", 365 * 86_400_000),
-        ("w", 7 * 86_400_000),
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1_000),
-        ("ms", 1),
-    ];
-    if s.is_empty() || s == "0" {
-        return (s == "0").then_some(0);
-    }
-    let mut rest = s;
-    let mut total: i64 = 0;
-    let mut next_unit = 0;
-    while !rest.is_empty() {
-        let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
-        if digits == 0 {
-            return None;
-        }
-        let n: i64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        // "ms" before "m": the longest unit name that matches.
-        let (i, (u, ms)) = UNITS
-            .iter()
-            .enumerate()
-            .skip(next_unit)
-            .filter(|(_, (u, _))| rest.starts_with(u))
-            .max_by_key(|(_, (u, _))| u.len())?;
-        total = total.checked_add(n.checked_mul(*ms)?)?;
-        rest = &rest[u.len()..];
-        next_unit = i + 1;
-    }
-    Some(total)
-}
-
-/// A Prometheus size (`512MB`, `1.5GB`, `100GiB`; units.ParseBase2Bytes: KB = 1024) in
-/// bytes; `0` alone is 0, another number needs a unit.
-pub fn prometheus_size_bytes(s: &str) -> Option<u64> {
-    if s == "0" {
-        return Some(0);
-    }
-    let digits = s
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .count();
-    let n: f64 = s[..digits].parse().ok()?;
-    let mult: u64 = match &s[digits..] {
-        "B" => 1,
-        "KB" | "KiB" => 1 << 10,
-        "MB" | "MiB" => 1 << 20,
-        "GB" | "GiB" => 1 << 30,
-        "TB" | "TiB" => 1 << 40,
-        "PB" | "PiB" => 1 << 50,
-        "EB" | "EiB" => 1 << 60,
-        _ => return None,
-    };
-    let v = n * mult as f64;
-    (v.is_finite() && v >= 0.0 && v < u64::MAX as f64).then_some(v as u64)
-}
-
-/// Whether the target server's retention would delete migrated blocks at its first start:
-/// a blocker naming the flag, how many blocks and bytes, and what to change. `blocks` are
-/// the migrated blocks' (maxTime ms, bytes); `head_bytes` the WAL and head chunks.
-pub fn retention_blocker(
-    k: &KubeTarget,
-    state: &KubeState,
-    blocks: &[(i64, u64)],
-    head_bytes: u64,
-) -> Option<String> {
-    let sts_name = k.stateful_set.as_ref()?;
-    let r = state.stateful_set.as_ref()?.retention.as_ref()?;
-    let what = format!(
-        "statefulset/{}/{sts_name} (container {})",
-        k.namespace, r.container
-    );
-    // Values Kubernetes fills in from the environment ($(VAR)) are not known here.
-    if [&r.time, &r.size]
-        .into_iter()
-        .flatten()
-        .any(|v| v.contains("$("))
-    {
-        return None;
-    }
-    let zero_or_absent_time = r
-        .time
-        .as_deref()
-        .is_none_or(|t| prometheus_duration_ms(t) == Some(0));
-    let zero_or_absent_size = r
-        .size
-        .as_deref()
-        .is_none_or(|z| prometheus_size_bytes(z) == Some(0));
-    // Prometheus uses 15d when neither limit is set (or both are 0).
-    let (time, time_flag) = if zero_or_absent_time && zero_or_absent_size {
-        (
-            Some(DEFAULT_RETENTION.to_string()),
-            format!(
-                "the default retention of {DEFAULT_RETENTION} (no --storage.tsdb.retention.* flag that sets a limit)"
-            ),
-        )
-    } else if let Some(t) = r.time.clone().filter(|_| !zero_or_absent_time) {
-        let flag = format!("--storage.tsdb.retention.time={t}");
-        (Some(t), flag)
-    } else {
-        (None, String::new())
-    };
-    let mut sorted: Vec<(i64, u64)> = blocks.to_vec();
-    sorted.sort();
-    let total: u64 = sorted.iter().map(|b| b.1).sum();
-    let newest = sorted.last().map(|b| b.0)?;
-    let mut deleted: Vec<(i64, u64)> = Vec::new();
-    let mut why = Vec::new();
-    if let Some(t) = &time {
-        match prometheus_duration_ms(t) {
-            Some(ms) if ms > 0 => {
-                let gone: Vec<(i64, u64)> = sorted
-                    .iter()
-                    .copied()
-                    .filter(|b| newest - b.0 >= ms)
-                    .collect();
-                if !gone.is_empty() {
-                    why.push(time_flag.clone());
-                    deleted = gone;
-                }
-            }
-            Some(_) => {}
-            None => {
-                return Some(format!(
-                    "{what} runs with --storage.tsdb.retention.time={t}, which is not a Prometheus duration promigrate can read: check it (e.g. 15d, 26w)"
-                ));
-            }
-        }
-    }
-    if let Some(sz) = r.size.as_ref().filter(|_| !zero_or_absent_size) {
-        let Some(limit) = prometheus_size_bytes(sz) else {
-            return Some(format!(
-                "{what} runs with --storage.tsdb.retention.size={sz}, which is not a size promigrate can read: check it (e.g. 512MB, 100GB)"
-            ));
-        };
-        // Oldest blocks go until the blocks and the WAL fit.
-        let mut left = total + head_bytes;
-        let mut by_size = Vec::new();
-        for b in &sorted {
-            if left <= limit || limit == 0 {
-                break;
-            }
-            left -= b.1;
-            by_size.push(*b);
-        }
-        if by_size.len() > deleted.len() {
-            deleted = by_size;
-            why = vec![format!("--storage.tsdb.retention.size={sz}")];
-        }
-    }
-    if deleted.is_empty() {
-        return None;
-    }
-    let bytes: u64 = deleted.iter().map(|b| b.1).sum();
-    Some(format!(
-        "{what} runs with {}: at its first start Prometheus would delete {} of the {} migrated blocks ({} of {}), the oldest; raise the retention in the StatefulSet's container args (or in the Prometheus resource, if an operator manages it), or migrate less (transfer.timeRange with transfer.acceptPartialSelection). A storage.tsdb.retention setting in Prometheus's configuration file (3.8 and newer) takes precedence, which promigrate does not read yet: check it",
-        why.join(" and "),
-        deleted.len(),
-        sorted.len(),
-        crate::units::bytes(bytes),
-        crate::units::bytes(total)
-    ))
 }
 
 /// The preflight of one target's objects.
@@ -320,6 +95,10 @@ pub struct KubeReport {
     pub persistent_volume_claim_name: String,
     /// StatefulSet name, if any.
     pub stateful_set_name: Option<String>,
+    /// The operator's Prometheus resource, if the plan names one.
+    pub prometheus_name: Option<String>,
+    /// What the plan left out and was taken from the cluster.
+    pub derived: Vec<String>,
     /// What was read; `None` when the cluster could not be read.
     pub state: Option<KubeState>,
     /// What stops apply.
@@ -392,6 +171,7 @@ pub async fn inspect(cluster: &Cluster, k: &KubeTarget) -> anyhow::Result<KubeSt
             .map(|s| sts_state(&s));
     }
     state.pods_mounting = pods_mounting(cluster, k).await?;
+    state.prometheus_server = super::server::read(cluster, k).await?;
     Ok(state)
 }
 
@@ -436,6 +216,7 @@ fn pv_state(pv: PersistentVolume) -> PvState {
         claim_resource_version: claim.is_some_and(|c| c.resource_version.is_some()),
         access_modes: spec.access_modes.clone().unwrap_or_default(),
         storage_class: spec.storage_class_name.clone().unwrap_or_default(),
+        csi_driver: spec.csi.as_ref().map(|c| c.driver.clone()),
         source,
     }
 }
@@ -457,7 +238,6 @@ fn sts_state(s: &StatefulSet) -> StsState {
             .and_then(|p| p.when_deleted.clone())
             .unwrap_or_else(|| "Retain".into()),
         recorded_replicas: recorded_replicas(s),
-        retention: server_retention(s),
     }
 }
 
@@ -497,6 +277,8 @@ pub fn assess(k: &KubeTarget, state: &KubeState, data_bytes: u64, writes: bool) 
         persistent_volume_name: k.persistent_volume.clone(),
         persistent_volume_claim_name: k.persistent_volume_claim.clone(),
         stateful_set_name: k.stateful_set.clone(),
+        prometheus_name: k.prometheus.clone(),
+        derived: k.derived.clone(),
         state: Some(state.clone()),
         ..Default::default()
     };
@@ -560,9 +342,10 @@ pub fn assess(k: &KubeTarget, state: &KubeState, data_bytes: u64, writes: bool) 
                     )),
                 }
             }
-            if pv.source == "nfs" {
+            if let Some(kind) = nfs_kind(pv) {
                 r.warnings.push(format!(
-                    "persistentvolume/{pv_name} is an NFS volume: small-file writes are slow there; consider a higher transfer.parallelism"
+                    "persistentvolume/{pv_name} is {kind}: Prometheus does not support NFS-like file systems for its TSDB (corruption and lock failures are known); use a block volume (storage class `{}` is not one)",
+                    pv.storage_class
                 ));
             }
         }
@@ -627,6 +410,37 @@ pub fn assess(k: &KubeTarget, state: &KubeState, data_bytes: u64, writes: bool) 
         }
         _ => {}
     }
+    if let Some(name) = &k.prometheus {
+        let object = format!("prometheus/{ns}/{name}");
+        match state.prometheus_server.as_ref().and_then(|s| s.paused.clone()) {
+            None if state.namespace_exists => r.blockers.push(format!(
+                "{object} does not exist: check target.kubernetes.prometheus (kubectl get prometheus -n {ns})"
+            )),
+            Some(_) if !writes => {}
+            Some(paused) => {
+                let recorded = state
+                    .prometheus_server
+                    .as_ref()
+                    .and_then(|s| s.recorded_paused.clone());
+                // Before the StatefulSet's scale-down: the pause is what keeps it at 0.
+                let at = r
+                    .actions
+                    .iter()
+                    .position(|a| a.starts_with("statefulset/"))
+                    .unwrap_or(r.actions.len());
+                r.actions.insert(at, match recorded {
+                    Some(before) => format!(
+                        "{object}: stays paused (an earlier apply paused it; spec.paused was {before}); set back to {before} after a successful verify"
+                    ),
+                    None => format!(
+                        "{object}: record spec.paused ({paused}) in annotation {}, set spec.paused: true so the operator leaves the StatefulSet at 0; set back to {paused} after a successful verify",
+                        super::server::PAUSED_ANNOTATION
+                    ),
+                });
+            }
+            None => {}
+        }
+    }
     if !state.pods_mounting.is_empty() && k.stateful_set.is_none() && !writes {
         r.warnings.push(format!(
             "pod(s) {} mount persistentvolumeclaim/{ns}/{pvc_name}; apply has nothing to write, so they are left running",
@@ -641,6 +455,25 @@ pub fn assess(k: &KubeTarget, state: &KubeState, data_bytes: u64, writes: bool) 
     r
 }
 
+/// Whether a PV is NFS or an NFS-like network file system (EFS, Azure Files, CephFS,
+/// Filestore), in words.
+fn nfs_kind(pv: &PvState) -> Option<String> {
+    if pv.source == "nfs" {
+        return Some("an NFS volume".into());
+    }
+    let d = pv.csi_driver.as_deref()?;
+    [
+        "nfs",
+        "efs.csi.aws.com",
+        "file.csi.azure.com",
+        "cephfs",
+        "filestore",
+    ]
+    .iter()
+    .any(|n| d.contains(n))
+    .then(|| format!("a network file system (CSI driver {d})"))
+}
+
 /// The report when the cluster could not be read at all.
 pub fn unreachable(k: &KubeTarget, err: &anyhow::Error) -> KubeReport {
     KubeReport {
@@ -648,6 +481,8 @@ pub fn unreachable(k: &KubeTarget, err: &anyhow::Error) -> KubeReport {
         persistent_volume_name: k.persistent_volume.clone(),
         persistent_volume_claim_name: k.persistent_volume_claim.clone(),
         stateful_set_name: k.stateful_set.clone(),
+        prometheus_name: k.prometheus.clone(),
+        derived: k.derived.clone(),
         state: None,
         blockers: vec![format!("cannot read the Kubernetes objects: {err:#}")],
         ..Default::default()
@@ -657,67 +492,6 @@ pub fn unreachable(k: &KubeTarget, err: &anyhow::Error) -> KubeReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prometheus_durations_and_sizes() {
-        assert_eq!(prometheus_duration_ms("15d"), Some(15 * 86_400_000));
-        assert_eq!(
-            prometheus_duration_ms("1y2w"),
-            Some((365 + 14) * 86_400_000)
-        );
-        assert_eq!(prometheus_duration_ms("1h30m"), Some(5_400_000));
-        assert_eq!(prometheus_duration_ms("500ms"), Some(500));
-        assert_eq!(prometheus_duration_ms("0"), Some(0));
-        for bad in ["", "15", "1.5d", "d", "2h1d", "1x"] {
-            assert_eq!(prometheus_duration_ms(bad), None, "{bad}");
-        }
-        assert_eq!(prometheus_size_bytes("512MB"), Some(512 << 20));
-        assert_eq!(prometheus_size_bytes("1GB"), Some(1 << 30));
-        assert_eq!(prometheus_size_bytes("1.5GB"), Some(3 << 29));
-        assert_eq!(prometheus_size_bytes("512"), None);
-        assert_eq!(prometheus_size_bytes("0"), Some(0));
-        assert_eq!(prometheus_size_bytes("10XB"), None);
-    }
-
-    #[test]
-    fn retention_by_time_by_size_and_by_default() {
-        let k = crate::k8s::test_target();
-        let mut st = healthy();
-        let day = 86_400_000i64;
-        // Three blocks ending 0, 10 and 20 days before the newest, 1 GiB each.
-        let blocks = [(0, 1u64 << 30), (10 * day, 1 << 30), (20 * day, 1 << 30)];
-        let with = |time: Option<&str>, size: Option<&str>| ServerRetention {
-            container: "prometheus".into(),
-            time: time.map(String::from),
-            size: size.map(String::from),
-        };
-        st.stateful_set.as_mut().unwrap().retention = Some(with(Some("30d"), None));
-        assert_eq!(retention_blocker(&k, &st, &blocks, 0), None);
-        st.stateful_set.as_mut().unwrap().retention = Some(with(Some("15d"), None));
-        let b = retention_blocker(&k, &st, &blocks, 0).unwrap();
-        assert!(b.contains("delete 1 of the 3"), "{b}");
-        // Exactly the retention apart: Prometheus deletes it too (>=).
-        st.stateful_set.as_mut().unwrap().retention = Some(with(Some("10d"), None));
-        let b = retention_blocker(&k, &st, &blocks, 0).unwrap();
-        assert!(b.contains("delete 2 of the 3"), "{b}");
-        // 0 means no limit from this flag: with no size either, the 15d default.
-        st.stateful_set.as_mut().unwrap().retention = Some(with(Some("0s"), None));
-        let b = retention_blocker(&k, &st, &blocks, 0).unwrap();
-        assert!(b.contains("default retention of 15d"), "{b}");
-        // A value from the environment is not known here: nothing said.
-        st.stateful_set.as_mut().unwrap().retention = Some(with(Some("$(RETENTION)"), None));
-        assert_eq!(retention_blocker(&k, &st, &blocks, 0), None);
-        // The default (15d) when no flag is set.
-        st.stateful_set.as_mut().unwrap().retention = Some(with(None, None));
-        let b = retention_blocker(&k, &st, &blocks, 0).unwrap();
-        assert!(b.contains("default retention of 15d"), "{b}");
-        // Only a size: blocks and WAL must fit.
-        st.stateful_set.as_mut().unwrap().retention = Some(with(None, Some("2GB")));
-        let b = retention_blocker(&k, &st, &blocks, 1 << 20).unwrap();
-        assert!(b.contains("delete 2 of the 3"), "{b}");
-        st.stateful_set.as_mut().unwrap().retention = Some(with(None, Some("4GB")));
-        assert_eq!(retention_blocker(&k, &st, &blocks, 1 << 20), None);
-    }
 
     #[test]
     fn quantities() {
@@ -773,6 +547,29 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn nfs_like_volumes_are_a_warning() {
+        let k = crate::k8s::test_target();
+        let with = |source: &str, driver: Option<&str>| {
+            let mut st = healthy();
+            let pv = st.persistent_volume.as_mut().unwrap();
+            pv.source = source.into();
+            pv.csi_driver = driver.map(String::from);
+            let r = assess(&k, &st, 1 << 30, true);
+            (
+                r.blockers.len(),
+                r.warnings
+                    .iter()
+                    .any(|w| w.contains("does not support NFS")),
+            )
+        };
+        assert_eq!(with("nfs", None), (0, true));
+        assert_eq!(with("csi", Some("efs.csi.aws.com")), (0, true));
+        assert_eq!(with("csi", Some("nfs.csi.k8s.io")), (0, true));
+        assert_eq!(with("csi", Some("ebs.csi.aws.com")), (0, false));
+        assert_eq!(with("hostPath", None), (0, false));
     }
 
     #[test]

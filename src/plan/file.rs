@@ -181,6 +181,19 @@ pub struct Source {
     /// Read the directory on another host, over SSH, instead of locally.
     #[serde(default)]
     pub ssh: Option<Ssh>,
+    /// The version of the Prometheus that wrote the data (`3.5.0` or `v3.5.0`); detected
+    /// when absent (the running server's binary, `prometheusUrl`, `prometheus` on PATH).
+    #[serde(default)]
+    #[schemars(
+        with = "Option<String>",
+        regex(pattern = r"^v?(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)([-+].*)?$")
+    )]
+    pub prometheus_version: Option<crate::promversion::PromVersion>,
+    /// Base URL of the running source Prometheus (`http://vm1:9090`): its
+    /// `/api/v1/status/buildinfo` tells its version when its binary cannot be asked.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub prometheus_url: Option<crate::promversion::PromUrl>,
 }
 
 /// `source.ssh`.
@@ -216,12 +229,16 @@ pub struct Target {
     /// Where the target volume is mounted on this host. It must exist.
     #[schemars(with = "PathBuf")]
     pub path: Spanned<PathBuf>,
-    /// Optional directory inside the volume where the TSDB lands (the operator uses `prometheus-db`).
+    /// Optional directory inside the volume where the TSDB lands (the operator uses
+    /// `prometheus-db`). With `kubernetes` naming a StatefulSet or Prometheus resource, it
+    /// may be left out: the Prometheus container's volumeMount subPath is taken.
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub sub_path: Option<SubPath>,
-    /// The pod's securityContext: who must own the data.
-    pub security_context: SecurityContext,
+    /// The pod's securityContext: who must own the data. With `kubernetes` naming a
+    /// StatefulSet or Prometheus resource, it may be left out: the pod's is taken.
+    #[serde(default)]
+    pub security_context: Option<SecurityContext>,
     /// The PersistentVolume, claim and StatefulSet behind this volume (optional).
     #[serde(default)]
     pub kubernetes: Option<Kubernetes>,
@@ -240,16 +257,39 @@ pub struct Kubernetes {
     /// Namespace of the claim and the StatefulSet.
     #[schemars(with = "String")]
     pub namespace: K8sName,
-    /// The PersistentVolume that holds the target volume.
-    #[schemars(with = "String")]
-    pub persistent_volume: K8sName,
-    /// The claim that binds (or will bind) it.
-    #[schemars(with = "String")]
-    pub persistent_volume_claim: K8sName,
+    /// The PersistentVolume that holds the target volume; when absent, the one the claim is
+    /// bound to.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub persistent_volume: Option<K8sName>,
+    /// The claim that binds (or will bind) it. With `prometheus`, it may be left out:
+    /// `<volume>-<statefulset>-<replica>`, as the StatefulSet controller names it.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub persistent_volume_claim: Option<K8sName>,
     /// The StatefulSet whose pods mount the claim; scaled to 0 while data is written.
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub stateful_set: Option<K8sName>,
+    /// A `monitoring.coreos.com/v1` `Prometheus` resource (the Prometheus Operator,
+    /// kube-prometheus-stack) instead of `statefulSet`: its StatefulSet, claim, subPath,
+    /// securityContext, image and retention are taken from it, and apply pauses it while
+    /// the StatefulSet is at 0.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub prometheus: Option<K8sName>,
+    /// With `prometheus`: the shard (default 0; shard N > 0 is StatefulSet
+    /// `prometheus-<name>-shard-N`).
+    #[serde(default)]
+    pub shard: Option<u32>,
+    /// With `prometheus`: the replica whose claim this target is (default 0).
+    #[serde(default)]
+    pub replica: Option<u32>,
+    /// Accept a StatefulSet or Prometheus resource that a GitOps controller (Argo CD, Flux)
+    /// manages. Only after self-heal is off (Argo CD) or the Kustomization/HelmRelease is
+    /// suspended (Flux): otherwise it undoes the scale-down. Default false.
+    #[serde(default)]
+    pub accept_git_ops: bool,
     /// How long to wait for pods to go and for the claim to bind (default 5m).
     #[serde(default)]
     #[schemars(with = "Option<String>")]
@@ -520,6 +560,9 @@ pub struct Migration {
     pub head_repair: HeadRepair,
     /// `report.pushgateway`, if set, its files read.
     pub pushgateway: Option<crate::metrics::Pushgateway>,
+    /// `source.prometheusVersion` and `source.prometheusUrl`: what the plan says of the
+    /// source server ([`crate::promversion::detect_source_version`] uses them).
+    pub source_server: crate::promversion::SourceServer,
 }
 
 /// One resolved target volume.
@@ -550,8 +593,18 @@ pub struct KubeTarget {
     pub persistent_volume: String,
     /// PersistentVolumeClaim name.
     pub persistent_volume_claim: String,
-    /// StatefulSet name, if any.
+    /// StatefulSet name, if any (with `prometheus`, the one the operator made).
     pub stateful_set: Option<String>,
+    /// The operator's `Prometheus` resource, if the plan names one.
+    pub prometheus: Option<String>,
+    /// With `prometheus`: the shard.
+    pub shard: u32,
+    /// With `prometheus`: the replica.
+    pub replica: u32,
+    /// `acceptGitOps`.
+    pub accept_git_ops: bool,
+    /// What the plan left out and was read from the cluster, in words (for the reports).
+    pub derived: Vec<String>,
     /// Every wait's limit.
     #[serde(with = "secs")]
     pub wait_timeout: std::time::Duration,
@@ -633,7 +686,7 @@ pub fn parse(text: &str, origin: &Path) -> Result<PlanFile, InvalidInput> {
 
 /// Reads, parses and resolves a plan file. A missing file, an invalid field or a missing
 /// source or target path is an [`InvalidInput`] (exit 2).
-pub fn load(plan_path: &Path) -> anyhow::Result<Migration> {
+pub fn load(plan_path: &Path, derive: &Derive<'_>) -> anyhow::Result<Migration> {
     let text = std::fs::read_to_string(plan_path).map_err(|e| {
         InvalidInput(format!(
             "cannot read plan file {}: {e}; pass an existing file with -f (see examples/vm-to-k8s.yaml)",
@@ -641,11 +694,116 @@ pub fn load(plan_path: &Path) -> anyhow::Result<Migration> {
         ))
     })?;
     let file = parse(&text, plan_path)?;
-    resolve(file, plan_path).map_err(anyhow::Error::from)
+    resolve(file, plan_path, derive).map_err(anyhow::Error::from)
 }
 
-/// Turns a parsed plan into settings, checking the paths it names.
-pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInput> {
+/// What a Kubernetes target's plan leaves for the cluster to say (besides the object names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wants {
+    /// `securityContext` is left out.
+    pub owner: bool,
+    /// `subPath` is left out.
+    pub sub_path: bool,
+}
+
+/// The cluster's answers for one Kubernetes target (see `k8s::derive`).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterFacts {
+    /// The StatefulSet (for a `prometheus` target: the one the operator made).
+    pub stateful_set: Option<String>,
+    /// The claim.
+    pub persistent_volume_claim: String,
+    /// The PersistentVolume.
+    pub persistent_volume: String,
+    /// The pod's owner, when [`Wants::owner`]; `None` when the pod does not say.
+    pub owner: Option<Owner>,
+    /// The Prometheus container's subPath (`Some(None)`: none), when [`Wants::sub_path`].
+    pub sub_path: Option<Option<PathBuf>>,
+    /// What was taken, in words.
+    pub derived: Vec<String>,
+}
+
+/// Reads what a Kubernetes target's plan leaves out from the cluster.
+pub type Derive<'a> = dyn Fn(&KubeTarget, Wants) -> anyhow::Result<ClusterFacts> + 'a;
+
+/// A [`Derive`] for plans that name everything: asking is an error.
+pub fn offline(_: &KubeTarget, _: Wants) -> anyhow::Result<ClusterFacts> {
+    anyhow::bail!("no cluster access here")
+}
+
+fn wants_words(k: &KubeTarget, w: Wants) -> String {
+    let mut v = Vec::new();
+    if k.persistent_volume_claim.is_empty() {
+        v.push("persistentVolumeClaim");
+    }
+    if k.persistent_volume.is_empty() {
+        v.push("persistentVolume");
+    }
+    if w.owner {
+        v.push("securityContext");
+    }
+    if w.sub_path {
+        v.push("subPath");
+    }
+    if v.is_empty() {
+        "the StatefulSet of the Prometheus resource".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// `target.kubernetes`, checked and resolved as far as the plan alone goes: names the plan
+/// leaves out are empty here until [`Derive`] fills them.
+fn kube_target(k: Kubernetes, plan_path: &Path, name: &str) -> Result<KubeTarget, InvalidInput> {
+    let base = plan_path.parent().unwrap_or(Path::new("."));
+    let err = |what: String| {
+        InvalidInput(format!(
+            "plan file {}: field `{name}.kubernetes`: {what}",
+            plan_path.display()
+        ))
+    };
+    if k.stateful_set.is_some() && k.prometheus.is_some() {
+        return Err(err(
+            "`statefulSet` and `prometheus` are both set: name the Prometheus resource for an operator-managed server (its StatefulSet is found from it), or the StatefulSet for a plain one".into(),
+        ));
+    }
+    if k.prometheus.is_none() && (k.shard.is_some() || k.replica.is_some()) {
+        return Err(err(
+            "`shard` and `replica` go with `prometheus` (an operator-managed server); for a plain StatefulSet name the claim in `persistentVolumeClaim`".into(),
+        ));
+    }
+    if k.prometheus.is_none() && k.persistent_volume_claim.is_none() {
+        return Err(err(
+            "`persistentVolumeClaim` is missing: name the claim that binds the target volume (or, for an operator-managed server, the Prometheus resource in `prometheus`)".into(),
+        ));
+    }
+    Ok(KubeTarget {
+        kubeconfig: k.kubeconfig.map(|p| {
+            let p = expand_home(&p);
+            if p.is_absolute() { p } else { base.join(p) }
+        }),
+        context: k.context,
+        namespace: k.namespace.0,
+        persistent_volume: k.persistent_volume.map(|n| n.0).unwrap_or_default(),
+        persistent_volume_claim: k.persistent_volume_claim.map(|n| n.0).unwrap_or_default(),
+        stateful_set: k.stateful_set.map(|s| s.0),
+        prometheus: k.prometheus.map(|s| s.0),
+        shard: k.shard.unwrap_or(0),
+        replica: k.replica.unwrap_or(0),
+        accept_git_ops: k.accept_git_ops,
+        derived: Vec::new(),
+        wait_timeout: k.wait_timeout.map_or(DEFAULT_WAIT, |w| w.0),
+        headroom_percent: k.headroom_percent.unwrap_or(10),
+    })
+}
+
+/// Turns a parsed plan into settings, checking the paths it names; `derive` reads from the
+/// cluster what a Kubernetes target leaves out.
+pub fn resolve(
+    file: PlanFile,
+    plan_path: &Path,
+    derive: &Derive<'_>,
+) -> Result<Migration, InvalidInput> {
     let base = plan_path.parent().unwrap_or(Path::new("."));
     let field_err = |field: &str, at: &Spanned<PathBuf>, what: String| {
         InvalidInput(format!(
@@ -672,6 +830,10 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
         }
         Some(_) => file.source.path.value.clone(),
         None => abs(&file.source.path.value),
+    };
+    let source_server = crate::promversion::SourceServer {
+        version: file.source.prometheus_version.clone(),
+        url: file.source.prometheus_url.clone(),
     };
     let src = match &file.source.ssh {
         Some(s) => {
@@ -709,7 +871,6 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
             crate::source::Source::Ssh {
                 root: source.clone(),
                 pool: std::sync::Arc::new(crate::ssh::Pool::new(spec)),
-                snap: None,
             }
         }
         None => crate::source::Source::Local(source.clone()),
@@ -770,8 +931,72 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
                 format!("cannot resolve {}: {e}", mount_given.display()),
             )
         })?;
-        let root = match &t.sub_path {
-            Some(SubPath(p)) => mount.join(p),
+        let sc = t.security_context;
+        let mut kubernetes = match t.kubernetes {
+            Some(k) => Some(kube_target(k, plan_path, &name)?),
+            None => None,
+        };
+        if kubernetes.is_none() && sc.is_none() {
+            return Err(field_err(
+                &name,
+                &t.path,
+                format!(
+                    "missing field `securityContext`: give the pod's runAsUser and fsGroup (or name the pod's StatefulSet or Prometheus resource in `{name}.kubernetes`, and it is taken from there)"
+                ),
+            ));
+        }
+        // What the plan leaves out, the cluster says.
+        let wants = Wants {
+            owner: sc.is_none(),
+            sub_path: t.sub_path.is_none(),
+        };
+        let mut sub_path = t.sub_path.map(|s| s.0);
+        let mut owner = sc.map(|sc| Owner {
+            uid: sc.run_as_user.0,
+            gid: sc.fs_group.0,
+        });
+        if let Some(k) = &mut kubernetes {
+            let needs_cluster = k.prometheus.is_some()
+                || k.persistent_volume.is_empty()
+                || k.persistent_volume_claim.is_empty()
+                || (k.stateful_set.is_some() && (wants.owner || wants.sub_path));
+            if k.stateful_set.is_none() && k.prometheus.is_none() && wants.owner {
+                return Err(field_err(
+                    &name,
+                    &t.path,
+                    format!(
+                        "missing field `securityContext`: give the pod's runAsUser and fsGroup, or name the pod's StatefulSet (`{name}.kubernetes.statefulSet`) or Prometheus resource (`{name}.kubernetes.prometheus`) to take it from"
+                    ),
+                ));
+            }
+            if needs_cluster {
+                let facts = derive(k, wants).map_err(|e| {
+                    whole(format!(
+                        "{name}.kubernetes: cannot read from the cluster what the plan leaves out ({}): {e:#}. Fix the access or the names, or give those fields in the plan",
+                        wants_words(k, wants)
+                    ))
+                })?;
+                k.stateful_set = facts.stateful_set.or(k.stateful_set.take());
+                k.persistent_volume_claim = facts.persistent_volume_claim;
+                k.persistent_volume = facts.persistent_volume;
+                k.derived = facts.derived;
+                if wants.owner {
+                    owner = facts.owner;
+                }
+                if wants.sub_path {
+                    sub_path = facts.sub_path.flatten();
+                }
+            }
+        }
+        let Some(owner) = owner else {
+            return Err(field_err(
+                &name,
+                &t.path,
+                "missing field `securityContext`, and the pod does not say which uid and fsGroup it runs as: give them in the plan".into(),
+            ));
+        };
+        let root = match &sub_path {
+            Some(p) => mount.join(p),
             None => mount.clone(),
         };
         if let Some(j) = targets.iter().position(|o| o.root == root) {
@@ -785,17 +1010,6 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
                 ),
             ));
         }
-        let sc = t.security_context;
-        let kubernetes = t.kubernetes.map(|k| KubeTarget {
-            kubeconfig: k.kubeconfig.map(|p| abs(&expand_home(&p))),
-            context: k.context,
-            namespace: k.namespace.0,
-            persistent_volume: k.persistent_volume.0,
-            persistent_volume_claim: k.persistent_volume_claim.0,
-            stateful_set: k.stateful_set.map(|s| s.0),
-            wait_timeout: k.wait_timeout.map_or(DEFAULT_WAIT, |w| w.0),
-            headroom_percent: k.headroom_percent.unwrap_or(10),
-        });
         if let Some(k) = &kubernetes
             && let Some(j) = targets.iter().position(|o| {
                 o.kubernetes.as_ref().is_some_and(|ok| {
@@ -817,10 +1031,7 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
             mount_given,
             mount,
             root,
-            owner: Owner {
-                uid: sc.run_as_user.0,
-                gid: sc.fs_group.0,
-            },
+            owner,
             kubernetes,
         });
     }
@@ -850,6 +1061,7 @@ pub fn resolve(file: PlanFile, plan_path: &Path) -> Result<Migration, InvalidInp
         exclude_blocks: file.transfer.exclude_blocks.iter().map(|b| b.0).collect(),
         head_repair: file.transfer.head_repair,
         pushgateway,
+        source_server,
     })
 }
 
@@ -1018,7 +1230,10 @@ transfer:
         let tr = p.transfer.time_range.unwrap();
         assert_eq!(tr.min, Some(1_746_057_600_000));
         assert!(p.transfer.delete_extraneous);
-        assert_eq!(p.target.unwrap().value.security_context.fs_group.0, 2000);
+        assert_eq!(
+            p.target.unwrap().value.security_context.unwrap().fs_group.0,
+            2000
+        );
     }
 
     #[test]
@@ -1052,13 +1267,18 @@ transfer:
         let dir = d.path().display().to_string();
         let text = GOOD.replace("/data", &dir).replace("/mnt/pv", &dir);
         let resolve_err = |t: &str| {
-            resolve(parse(t, Path::new("p.yaml")).unwrap(), Path::new("p.yaml"))
-                .unwrap_err()
-                .0
+            resolve(
+                parse(t, Path::new("p.yaml")).unwrap(),
+                Path::new("p.yaml"),
+                &offline,
+            )
+            .unwrap_err()
+            .0
         };
         let m = resolve(
             parse(&text, Path::new("p.yaml")).unwrap(),
             Path::new("p.yaml"),
+            &offline,
         )
         .unwrap();
         assert_eq!(m.targets.len(), 1);
@@ -1076,13 +1296,138 @@ transfer:
         assert!(e.contains("`targets`") && e.contains("empty"), "{e}");
     }
 
+    #[test]
+    fn a_kubernetes_target_takes_what_the_plan_leaves_out_from_the_cluster() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().display().to_string();
+        let text = GOOD
+            .replace("/data", &dir)
+            .replace("/mnt/pv", &dir)
+            .replace(
+                "  subPath: prometheus-db\n  securityContext:\n    runAsUser: 1000\n    fsGroup: 2000\n",
+                "  kubernetes:\n    namespace: monitoring\n    prometheus: k8s\n    replica: 1\n",
+            );
+        let asked = std::cell::RefCell::new(Vec::new());
+        let derive = |k: &KubeTarget, w: Wants| {
+            asked
+                .borrow_mut()
+                .push((k.prometheus.clone(), k.replica, w));
+            Ok(ClusterFacts {
+                stateful_set: Some("prometheus-k8s".into()),
+                persistent_volume_claim: "prometheus-k8s-db-prometheus-k8s-1".into(),
+                persistent_volume: "pv-1".into(),
+                owner: Some(Owner {
+                    uid: 1000,
+                    gid: 2000,
+                }),
+                sub_path: Some(Some("prometheus-db".into())),
+                derived: vec!["subPath prometheus-db".into()],
+            })
+        };
+        let m = resolve(
+            parse(&text, Path::new("p.yaml")).unwrap(),
+            Path::new("p.yaml"),
+            &derive,
+        )
+        .unwrap();
+        let wants = Wants {
+            owner: true,
+            sub_path: true,
+        };
+        assert_eq!(
+            asked.borrow().as_slice(),
+            &[(Some("k8s".to_string()), 1, wants)]
+        );
+        assert_eq!(m.target_root, d.path().join("prometheus-db"));
+        assert_eq!((m.owner.uid, m.owner.gid), (1000, 2000));
+        let k = m.targets[0].kubernetes.as_ref().unwrap();
+        assert_eq!(k.stateful_set.as_deref(), Some("prometheus-k8s"));
+        assert_eq!(k.persistent_volume, "pv-1");
+        assert_eq!(k.derived, ["subPath prometheus-db"]);
+
+        // A pod that does not say who it runs as, with no securityContext in the plan.
+        let silent = |_: &KubeTarget, _: Wants| {
+            Ok(ClusterFacts {
+                persistent_volume_claim: "c".into(),
+                persistent_volume: "pv".into(),
+                sub_path: Some(None),
+                ..Default::default()
+            })
+        };
+        let e = resolve(
+            parse(&text, Path::new("p.yaml")).unwrap(),
+            Path::new("p.yaml"),
+            &silent,
+        )
+        .unwrap_err()
+        .0;
+        assert!(
+            e.contains("securityContext") && e.contains("give them in the plan"),
+            "{e}"
+        );
+        // The cluster cannot be read: the error names what was to be taken from it.
+        let e = resolve(
+            parse(&text, Path::new("p.yaml")).unwrap(),
+            Path::new("p.yaml"),
+            &offline,
+        )
+        .unwrap_err()
+        .0;
+        assert!(
+            e.contains("securityContext, subPath") && e.contains("no cluster access"),
+            "{e}"
+        );
+        // No kubernetes, no securityContext: a field error.
+        let plain = GOOD
+            .replace("/data", &dir)
+            .replace("/mnt/pv", &dir)
+            .replace(
+                "  securityContext:\n    runAsUser: 1000\n    fsGroup: 2000\n",
+                "",
+            );
+        let e = resolve(
+            parse(&plain, Path::new("p.yaml")).unwrap(),
+            Path::new("p.yaml"),
+            &offline,
+        )
+        .unwrap_err()
+        .0;
+        assert!(
+            e.contains("field `target` (line") && e.contains("missing field `securityContext`"),
+            "{e}"
+        );
+        // statefulSet and prometheus together; replica without prometheus.
+        for (bad, says) in [
+            (
+                "    prometheus: k8s\n",
+                "    prometheus: k8s\n    statefulSet: s\n",
+            ),
+            (
+                "    prometheus: k8s\n",
+                "    persistentVolumeClaim: c\n    statefulSet: s\n    replica: 1\n",
+            ),
+        ] {
+            let t = text
+                .replace(bad, says)
+                .replace("    replica: 1\n    replica: 1\n", "    replica: 1\n");
+            let e = resolve(
+                parse(&t, Path::new("p.yaml")).unwrap(),
+                Path::new("p.yaml"),
+                &derive,
+            )
+            .unwrap_err()
+            .0;
+            assert!(e.contains("`target.kubernetes`"), "{e}");
+        }
+    }
+
     /// Resolves GOOD (source and target in `d`) with `report` appended; the plan file is
     /// `d/p.yaml`.
     fn resolve_with_report(d: &Path, report: &str) -> Result<Migration, String> {
         let dir = d.display().to_string();
         let text = GOOD.replace("/data", &dir).replace("/mnt/pv", &dir) + report;
         let plan = d.join("p.yaml");
-        resolve(parse(&text, &plan).map_err(|e| e.0)?, &plan).map_err(|e| e.0)
+        resolve(parse(&text, &plan).map_err(|e| e.0)?, &plan, &offline).map_err(|e| e.0)
     }
 
     const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n";

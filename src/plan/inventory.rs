@@ -10,7 +10,7 @@ use serde_json::Value;
 use ulid::Ulid;
 
 use crate::fsutil::MTime;
-use crate::source::{Kind, Source, Stat};
+use crate::source::{Kind, Source, Stat, Tree};
 use crate::tsdb::{self, BlockMeta, RootEntry};
 
 /// A regular file, by its path relative to the TSDB root (`/`-separated).
@@ -203,7 +203,7 @@ pub const SCAN_THREADS: usize = 4;
 /// Scans a TSDB root, local or remote, at the given depth, `threads` blocks at a time.
 /// Every entry's attributes come with its directory listing (one stat per entry locally,
 /// none extra over SFTP).
-pub fn scan_source(src: &Source, depth: Depth, threads: usize) -> Result<Inventory, ScanError> {
+pub fn scan_source(src: &dyn Tree, depth: Depth, threads: usize) -> Result<Inventory, ScanError> {
     let root = src.root();
     let mut inv = Inventory {
         root: root.to_path_buf(),
@@ -301,7 +301,7 @@ pub fn scan_source(src: &Source, depth: Depth, threads: usize) -> Result<Invento
 }
 
 fn scan_block(
-    src: &Source,
+    src: &dyn Tree,
     name: &str,
     stat: &Stat,
     ulid: Ulid,
@@ -339,7 +339,7 @@ type Walked = (BTreeMap<String, FileInfo>, Vec<String>);
 /// before it was listed; records the owner and mode of `top` and of everything kept, and
 /// adds left-out entries and promigrate leftovers to `inv`.
 fn walk_into(
-    src: &Source,
+    src: &dyn Tree,
     top: &str,
     top_stat: &Stat,
     inv: &mut Inventory,
@@ -357,7 +357,7 @@ fn walk_into(
 }
 
 fn visit(
-    src: &Source,
+    src: &dyn Tree,
     dir: &str,
     listing: Vec<crate::source::Ent>,
     inv: &mut Inventory,

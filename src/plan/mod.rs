@@ -6,10 +6,11 @@
 pub mod diff;
 pub mod file;
 pub mod inventory;
+pub mod policy;
 pub mod preflight;
+mod render;
 
 use std::collections::{BTreeSet, HashMap};
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -18,6 +19,8 @@ use serde::Serialize;
 pub use diff::State;
 pub use file::Migration;
 use inventory::{FileInfo, Inventory};
+pub use policy::{ExtraKind, Extraneous, PhaseCost, Phases, extra_reason, phases};
+use policy::{count, extraneous, left_out};
 
 use crate::fsutil;
 use crate::perms::Owner;
@@ -53,7 +56,7 @@ impl Compare {
 }
 
 /// The parts of a migration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// Blocks only; safe while the source Prometheus runs. A block that vanishes (compacted
@@ -118,6 +121,8 @@ pub struct MigrationPlan {
     pub stats: PlanStats,
     /// Whether the source Prometheus runs (the final phase needs it stopped).
     pub source_state: crate::live::Liveness,
+    /// Which Prometheus version wrote the source data, and how that was learned.
+    pub source_version: crate::promversion::SourceVersion,
     /// Cost of `apply --phase presync` (blocks, while the source runs) and of the final
     /// phase (WAL/head; with the source stopped, so this is the expected downtime).
     pub phases: Phases,
@@ -224,69 +229,6 @@ pub struct FilePlan {
     pub state: State,
 }
 
-/// A target entry the plan owns that the source (selection) lacks.
-#[derive(Debug, Clone, Serialize)]
-pub struct Extraneous {
-    /// Path relative to the TSDB root.
-    pub rel: String,
-    /// Bytes.
-    pub size: u64,
-    /// What it is, which decides what happens to it.
-    pub kind: ExtraKind,
-}
-
-/// Kinds of extraneous target entries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExtraKind {
-    /// A file in `wal/`, `wbl/`, `chunks_head/`, `chunk_snapshot.*`: these are mirrored
-    /// exactly, so the final phase quarantines it.
-    Segment,
-    /// A block the source has compacted into another one (a `compaction.parents` entry of a
-    /// source block): the final phase quarantines it.
-    CompactedAway,
-    /// A block promigrate published (it carries [`tsdb::COPIED_XATTR`]) that the source no
-    /// longer has at all: retention deleted it, or it was dropped otherwise since it was
-    /// copied. The final phase quarantines it, as the source did not keep it either.
-    Dropped,
-    /// Any other block: quarantined only with `deleteExtraneous`.
-    Block,
-    /// A file inside a block directory that the source block lacks: likewise.
-    BlockFile,
-}
-
-impl Extraneous {
-    /// Whether the final phase (and `all`) moves it to quarantine.
-    pub fn quarantined(&self, delete_extraneous: bool) -> bool {
-        delete_extraneous
-            || matches!(
-                self.kind,
-                ExtraKind::Segment | ExtraKind::CompactedAway | ExtraKind::Dropped
-            )
-    }
-}
-
-/// Cost per phase.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Phases {
-    /// Blocks.
-    pub presync: PhaseCost,
-    /// WAL, WBL, head chunks, and whatever blocks changed since the presync.
-    #[serde(rename = "final")]
-    pub final_: PhaseCost,
-}
-
-/// Bytes and files one phase copies, and how long that takes at the bandwidth limit.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct PhaseCost {
-    /// Bytes to copy.
-    pub bytes: u64,
-    /// Files to copy.
-    pub files: u64,
-    /// At the bandwidth limit (seconds), if there is one.
-    pub eta_seconds: Option<f64>,
-}
-
 /// Totals of a plan.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PlanStats {
@@ -357,12 +299,14 @@ pub fn scan_and_check(m: &Migration) -> anyhow::Result<(Inventory, SourceFacts)>
 pub struct SourceFacts {
     /// Whether the source Prometheus runs.
     pub state: crate::live::Liveness,
+    /// Which Prometheus version wrote the data.
+    pub version: crate::promversion::SourceVersion,
     /// The cheap format checks' findings over the whole source inventory.
     pub problems: Vec<crate::tsdb::check::Problem>,
     /// The source as it was scanned (over SSH, answering from the scan's snapshot): the
     /// reads planning makes after the scan (meta.json and tombstones compared with the
     /// target's) get the bytes the scan saw, without another round trip each.
-    pub scanned: crate::source::Source,
+    pub scanned: crate::source::View,
     /// Content hashes (xxh3-128) of source files computed so far, by path: with several
     /// targets each source file is hashed once.
     pub hashes: SourceHashes,
@@ -373,12 +317,14 @@ pub type SourceHashes = Mutex<HashMap<String, u128>>;
 
 /// Probes the source server and runs the cheap format checks (reading through `view`, the
 /// source or a snapshot of it) on the source inventory.
-fn source_facts(m: &Migration, view: &crate::source::Source, src: &Inventory) -> SourceFacts {
+fn source_facts(m: &Migration, view: &crate::source::View, src: &Inventory) -> SourceFacts {
     use crate::tsdb::check;
     let never = std::sync::atomic::AtomicBool::new(false);
-    // The probe (over SSH, a remote command) runs beside the checks.
+    // The probe and the version detection (over SSH, remote commands) run beside the checks.
     std::thread::scope(|s| {
         let state = s.spawn(|| view.probe());
+        let version =
+            s.spawn(|| crate::promversion::detect_source_version(&m.src, &m.source_server));
         let problems = check::run(
             view,
             src,
@@ -390,6 +336,9 @@ fn source_facts(m: &Migration, view: &crate::source::Source, src: &Inventory) ->
         SourceFacts {
             scanned: view.clone(),
             state: state
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            version: version
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p)),
             problems,
@@ -661,8 +610,9 @@ pub fn build_from(
                 .filter(|f| diff::file(f, tgt.files.get(&f.rel)) == State::Identical),
         );
     }
+    // Hashed from the source itself, never from the scan's snapshot.
     let content = content_differs(
-        &facts.scanned,
+        facts.scanned.live(),
         &m.target_root,
         &same_size_and_mtime,
         m.parallelism,
@@ -913,6 +863,7 @@ pub fn build_from(
         skipped,
         stats,
         source_state,
+        source_version: facts.version.clone(),
         target_free_bytes: fs.free_bytes,
         target_free_inodes: fs.free_inodes,
         target_needs,
@@ -1073,122 +1024,6 @@ fn newest_data(src: &Inventory) -> Option<i64> {
     blocks.chain(head).max()
 }
 
-/// What the selection leaves out of the source that the user did not name block by block
-/// (`timeRange` leaves out blocks or the head; `excludeBlocks` leaves no block), or `None`.
-fn left_out(
-    m: &Migration,
-    src: &Inventory,
-    selected: &[&inventory::Block],
-    with_head: bool,
-    newest: Option<i64>,
-) -> Option<String> {
-    let metas = || src.blocks.values().filter_map(|b| b.meta.as_ref().ok());
-    let out_of_range: Vec<&inventory::Block> = src
-        .blocks
-        .values()
-        .filter(|b| {
-            b.meta.as_ref().is_ok_and(|meta| {
-                m.time_range
-                    .is_some_and(|tr| !tr.overlaps(meta.min_time, meta.max_time))
-            })
-        })
-        .collect();
-    let head_bytes: u64 = src.files.values().map(|f| f.size).sum();
-    let head_out = !with_head && head_bytes > 0;
-    let none = selected.is_empty() && !src.blocks.is_empty();
-    if !none && out_of_range.is_empty() && !head_out {
-        return None;
-    }
-    let requested = match m.time_range {
-        Some(tr) => {
-            let f = |v: Option<i64>| v.map_or("-".to_string(), units::ms_utc);
-            format!("transfer.timeRange [{}, {})", f(tr.min), f(tr.max))
-        }
-        None => "transfer.excludeBlocks".to_string(),
-    };
-    let source_range = match (
-        metas().map(|m| m.min_time).min(),
-        metas().map(|m| m.max_time).max(),
-    ) {
-        (Some(a), Some(z)) => format!(
-            "the source's blocks cover [{}, {})",
-            units::ms_utc(a),
-            units::ms_utc(z)
-        ),
-        _ => "the source has no readable block".to_string(),
-    };
-    let head = if head_bytes > 0 {
-        format!(
-            ", its head data (wal/, chunks_head/: {}) reaches {}",
-            units::bytes(head_bytes),
-            newest.map_or("-".into(), units::ms_utc)
-        )
-    } else {
-        String::new()
-    };
-    let total: u64 = src.blocks.values().map(|b| b.size()).sum();
-    if none {
-        return Some(format!(
-            "{requested} selects no block of the source ({} blocks, {}): {source_range}{head}; the copy would hold none of them",
-            src.blocks.len(),
-            units::bytes(total)
-        ));
-    }
-    let mut parts = Vec::new();
-    if !out_of_range.is_empty() {
-        parts.push(format!(
-            "{} of {} source blocks ({} of {})",
-            out_of_range.len(),
-            src.blocks.len(),
-            units::bytes(out_of_range.iter().map(|b| b.size()).sum()),
-            units::bytes(total)
-        ));
-    }
-    if head_out {
-        parts.push(format!(
-            "the head data (wal/, chunks_head/, wbl/: {}; timeRange.max is before the newest data)",
-            units::bytes(head_bytes)
-        ));
-    }
-    Some(format!(
-        "{requested} leaves out {}: {source_range}{head}",
-        parts.join(" and ")
-    ))
-}
-
-pub fn extra_reason(kind: ExtraKind) -> &'static str {
-    match kind {
-        ExtraKind::Segment => "not in the source; wal/ and chunks_head/ are mirrored",
-        ExtraKind::CompactedAway => "compacted away in the source",
-        ExtraKind::Dropped => {
-            "no longer in the source (retention or compaction dropped it since promigrate copied it)"
-        }
-        ExtraKind::Block => "block not in the source selection",
-        ExtraKind::BlockFile => "file the source block lacks",
-    }
-}
-
-/// What each phase copies, per the plan's states.
-pub fn phases(blocks: &[BlockPlan], files: &[FilePlan], bwlimit: Option<u64>) -> Phases {
-    let eta = |bytes: u64| bwlimit.map(|r| bytes as f64 / r as f64);
-    let presync_bytes: u64 = blocks.iter().map(|b| b.copy_bytes).sum();
-    let presync_files = blocks.iter().map(|b| b.copy.len() as u64).sum();
-    let todo = files.iter().filter(|f| f.state != State::Identical);
-    let final_bytes: u64 = todo.clone().map(|f| f.size).sum();
-    Phases {
-        presync: PhaseCost {
-            bytes: presync_bytes,
-            files: presync_files,
-            eta_seconds: eta(presync_bytes),
-        },
-        final_: PhaseCost {
-            bytes: final_bytes,
-            files: todo.count() as u64,
-            eta_seconds: eta(final_bytes),
-        },
-    }
-}
-
 /// What the content comparison found.
 #[derive(Debug, Default)]
 struct Content {
@@ -1279,195 +1114,18 @@ pub fn compared_by_bytes(rel: &str) -> bool {
 }
 
 /// Whether a block's meta.json or tombstones differs in content between source and target.
-fn small_file_differs(m: &Migration, source: &crate::source::Source, rel: &str) -> bool {
+fn small_file_differs(m: &Migration, source: &dyn crate::source::Tree, rel: &str) -> bool {
     if !compared_by_bytes(rel) {
         return false;
     }
-    let target = crate::sync::copy::read_source(&m.target_root.join(rel));
+    let target = crate::fsutil::read_noatime(&m.target_root.join(rel));
     match (source.read(rel), target) {
         (Ok(a), Ok(b)) => a != b,
         _ => true,
     }
 }
 
-fn count<'a>(
-    stats: &mut PlanStats,
-    files: impl Iterator<Item = &'a FileInfo>,
-    state: impl Fn(&FileInfo) -> State,
-) {
-    for f in files {
-        stats.source_bytes += f.size;
-        stats.source_files += 1;
-        match state(f) {
-            State::Identical => stats.identical_files += 1,
-            s => {
-                stats.copy_bytes += f.size;
-                stats.copy_files += 1;
-                if s == State::Differs {
-                    stats.differing_files += 1;
-                }
-            }
-        }
-    }
-}
-
-/// Target entries owned by the plan's kinds (blocks, segment files and directories) that the
-/// selection lacks. `in_source` names every source block (selected or not); `ancestry` holds
-/// the ULIDs the selected blocks were compacted from.
-#[allow(clippy::too_many_arguments)]
-fn extraneous(
-    m: &Migration,
-    selected: &[&inventory::Block],
-    files: &[FilePlan],
-    dirs: &[String],
-    with_head: bool,
-    tgt: &Inventory,
-    in_source: &std::collections::BTreeSet<&str>,
-    ancestry: &std::collections::BTreeSet<ulid::Ulid>,
-) -> Vec<Extraneous> {
-    // A target block was compacted away when the source no longer has it and the selected
-    // blocks hold its data: it is a parent of one, or every level-1 block it holds is held by
-    // them. A block still in the source (only not selected) never is.
-    let compacted_away = |b: &inventory::Block| {
-        if in_source.contains(b.dir.as_str()) {
-            return false;
-        }
-        if ancestry.contains(&b.ulid) {
-            return true;
-        }
-        let meta = crate::sync::copy::read_source(&m.target_root.join(&b.dir).join("meta.json"));
-        match meta
-            .ok()
-            .and_then(|bytes| crate::tsdb::BlockMeta::parse(&bytes).ok())
-        {
-            Some((meta, _)) => {
-                !meta.compaction.sources.is_empty()
-                    && meta.compaction.sources.iter().all(|s| ancestry.contains(s))
-            }
-            None => false,
-        }
-    };
-    let mut out = Vec::new();
-    for (dir, b) in &tgt.blocks {
-        match selected.iter().find(|s| &s.dir == dir) {
-            None => out.push(Extraneous {
-                rel: dir.clone(),
-                size: b.size(),
-                kind: if compacted_away(b) {
-                    ExtraKind::CompactedAway
-                } else if !in_source.contains(dir.as_str())
-                    && tsdb::is_copied(&m.target_root.join(dir), &m.name)
-                {
-                    ExtraKind::Dropped
-                } else {
-                    ExtraKind::Block
-                },
-            }),
-            Some(s) => out.extend(diff::block(s, Some(b)).extra_files.into_iter().map(|rel| {
-                let size = b.files[&rel].size;
-                Extraneous {
-                    rel,
-                    size,
-                    kind: ExtraKind::BlockFile,
-                }
-            })),
-        }
-    }
-    // WAL/WBL/head are mirrored, directories (checkpoint.N, chunk_snapshot.*) included: a
-    // foreign checkpoint would make Prometheus skip every segment before it. Without the
-    // head (timeRange.max set) none of it is copied, so none of it is extraneous either.
-    if !with_head {
-        return out;
-    }
-    let mut extra_dirs: Vec<&String> = Vec::new();
-    for d in &tgt.dirs {
-        if !dirs.contains(d) && !extra_dirs.iter().any(|e| d.starts_with(&format!("{e}/"))) {
-            extra_dirs.push(d);
-        }
-    }
-    let under = |rel: &str, d: &str| rel.starts_with(&format!("{d}/"));
-    for d in &extra_dirs {
-        let size = tgt
-            .files
-            .iter()
-            .filter(|(r, _)| under(r, d))
-            .map(|(_, f)| f.size)
-            .sum();
-        out.push(Extraneous {
-            rel: (*d).clone(),
-            size,
-            kind: ExtraKind::Segment,
-        });
-    }
-    for (rel, f) in &tgt.files {
-        if !files.iter().any(|p| &p.rel == rel) && !extra_dirs.iter().any(|d| under(rel, d)) {
-            out.push(Extraneous {
-                rel: rel.clone(),
-                size: f.size,
-                kind: ExtraKind::Segment,
-            });
-        }
-    }
-    out
-}
-
 impl MigrationPlan {
-    /// The ordered actions `apply` takes, for `--dry-run` and the confirmation prompt.
-    pub fn actions(&self) -> Vec<String> {
-        let mut a = Vec::new();
-        for l in &self.leftovers {
-            a.push(format!("clean up leftover {l} from an interrupted run"));
-        }
-        for r in &self.repairs {
-            a.push(format!("repair (transfer.headRepair): {r}"));
-        }
-        for e in self
-            .extraneous
-            .iter()
-            .filter(|e| e.quarantined(self.delete_extraneous))
-        {
-            a.push(format!(
-                "quarantine {} ({}, {}) to {}/<timestamp>/ (final phase)",
-                e.rel,
-                extra_reason(e.kind),
-                units::bytes(e.size),
-                tsdb::QUARANTINE_DIR
-            ));
-        }
-        for b in self.blocks.iter().filter(|b| b.state != State::Identical) {
-            let verb = if b.state == State::Copy {
-                "copy block"
-            } else {
-                "update block"
-            };
-            a.push(format!(
-                "{verb} {} ({} file(s), {})",
-                b.ulid,
-                b.copy.len(),
-                units::bytes(b.copy_bytes)
-            ));
-        }
-        for f in self.files.iter().filter(|f| f.state != State::Identical) {
-            a.push(format!("copy {} ({})", f.rel, units::bytes(f.size)));
-        }
-        if !self.ownership.is_empty() {
-            a.push(format!(
-                "fix owner/mode of {} existing target entr(ies)",
-                self.ownership.len()
-            ));
-        }
-        a.push(format!(
-            "give everything it writes owner {}:{} and group-writable modes (dirs setgid) under {}",
-            self.owner.uid,
-            self.owner.gid,
-            self.target.display()
-        ));
-        if let Some(k) = &self.kubernetes {
-            a.extend(k.actions.iter().cloned());
-        }
-        a
-    }
-
     /// Adds the Kubernetes preflight: its blockers stop apply like any other.
     pub fn attach_kubernetes(&mut self, report: crate::k8s::KubeReport) {
         self.blockers.extend(report.blockers.iter().cloned());
@@ -1512,304 +1170,6 @@ impl MigrationPlan {
             }
             Phase::Final | Phase::All => self.writes_nothing(),
         }
-    }
-
-    /// The report for people.
-    pub fn render_text(&self) -> String {
-        let mut s = String::new();
-        let _ = writeln!(s, "Migration plan: {}", self.name);
-        let _ = writeln!(s, "  source  {}", self.src.describe());
-        let _ = writeln!(
-            s,
-            "  target  {}  ({} free{})",
-            self.target.display(),
-            units::bytes(self.target_free_bytes),
-            if self.target_needs.inodes > 0 {
-                format!(
-                    "; apply needs {} and {} inode(s)",
-                    units::bytes(self.target_needs.bytes),
-                    self.target_needs.inodes
-                )
-            } else {
-                String::new()
-            }
-        );
-        let _ = writeln!(
-            s,
-            "  owner   {}:{}, dirs g+rwx,setgid, files g+rw",
-            self.owner.uid, self.owner.gid
-        );
-        if let Some(tr) = self.time_range {
-            let f = |v: Option<i64>| v.map_or("-".to_string(), units::ms_utc);
-            let _ = writeln!(s, "  range   requested [{}, {})", f(tr.min), f(tr.max));
-            match self.selected_range {
-                Some((a, z)) => {
-                    let _ = writeln!(
-                        s,
-                        "          whole blocks selected cover [{}, {}) UTC",
-                        units::ms_utc(a),
-                        units::ms_utc(z)
-                    );
-                }
-                None => {
-                    let _ = writeln!(s, "          no block overlaps it");
-                }
-            }
-        }
-        let _ = writeln!(s, "  select  {}", self.selection.line());
-        let _ = writeln!(
-            s,
-            "\nBlocks (= identical, - to copy, * differs, + extraneous):"
-        );
-        for b in &self.blocks {
-            let _ = writeln!(
-                s,
-                "  {} {}  {} .. {}  L{}  {:>10}  {} series  {} samples{}",
-                b.state.sigil(),
-                b.ulid,
-                units::ms_utc(b.min_time),
-                units::ms_utc(b.max_time),
-                b.level,
-                units::bytes(b.size),
-                b.num_series,
-                b.num_samples,
-                if b.state == State::Differs {
-                    format!("  [{} file(s) to update]", b.copy.len())
-                } else {
-                    String::new()
-                }
-            );
-        }
-        if self.blocks.is_empty() {
-            let _ = writeln!(s, "  (none selected)");
-        }
-        let _ = writeln!(s, "\nWAL and head:");
-        let mut dirs: Vec<&str> = self
-            .files
-            .iter()
-            .map(|f| f.rel.split('/').next().unwrap_or(""))
-            .collect();
-        dirs.dedup();
-        for d in &dirs {
-            let of: Vec<&FilePlan> = self
-                .files
-                .iter()
-                .filter(|f| f.rel.split('/').next() == Some(d))
-                .collect();
-            let todo: Vec<&&FilePlan> = of.iter().filter(|f| f.state != State::Identical).collect();
-            let _ = writeln!(
-                s,
-                "  {d}/: {} file(s), {}; {} to copy",
-                of.len(),
-                units::bytes(of.iter().map(|f| f.size).sum()),
-                todo.len()
-            );
-            for f in todo.iter().filter(|f| f.state == State::Differs) {
-                let _ = writeln!(s, "    * {}", f.rel);
-            }
-        }
-        if dirs.is_empty() {
-            let _ = writeln!(s, "  (none)");
-        }
-        if !self.extraneous.is_empty() {
-            let _ = writeln!(s, "\nExtraneous on the target:");
-            for e in &self.extraneous {
-                let fate = if e.quarantined(self.delete_extraneous) {
-                    "moved to quarantine by the final phase"
-                } else {
-                    "left in place"
-                };
-                let _ = writeln!(
-                    s,
-                    "  + {}  {}  ({}: {fate})",
-                    e.rel,
-                    units::bytes(e.size),
-                    extra_reason(e.kind)
-                );
-            }
-        }
-        if !self.skipped.is_empty() {
-            let _ = writeln!(s, "\nNot copied from the source:");
-            for k in &self.skipped {
-                let _ = writeln!(s, "  {}  ({})", k.rel, k.reason);
-            }
-        }
-        if let Some(line) = self.checksum_line() {
-            let _ = writeln!(s, "\n{line}");
-            for rel in &self.checksum_differing {
-                let _ = writeln!(s, "  * {rel}");
-            }
-        }
-        let st = &self.stats;
-        let _ = writeln!(
-            s,
-            "\nTo copy: {} in {} file(s) ({} identical, {} differing) of {} in {} file(s)",
-            units::bytes(st.copy_bytes),
-            st.copy_files,
-            st.identical_files,
-            st.differing_files,
-            units::bytes(st.source_bytes),
-            st.source_files
-        );
-        let eta = |p: &PhaseCost| {
-            p.eta_seconds
-                .map_or("no bandwidth limit set".to_string(), units::duration)
-        };
-        let _ = writeln!(
-            s,
-            "Phases: presync (blocks; the source may run) {} in {} file(s), {}; final (WAL/head; source stopped: the downtime) {} in {} file(s), {}",
-            units::bytes(self.phases.presync.bytes),
-            self.phases.presync.files,
-            eta(&self.phases.presync),
-            units::bytes(self.phases.final_.bytes),
-            self.phases.final_.files,
-            eta(&self.phases.final_)
-        );
-        let source = match &self.source_state {
-            crate::live::Liveness::Running(how) => format!("running ({how})"),
-            crate::live::Liveness::Stopped { clean: true } => "stopped".to_string(),
-            crate::live::Liveness::Stopped { clean: false } => {
-                "stopped, not cleanly (stale lock file)".to_string()
-            }
-            crate::live::Liveness::Unknown(why) => format!("unknown ({why})"),
-        };
-        let _ = writeln!(s, "Source Prometheus: {source}");
-        match (self.bwlimit, st.eta_seconds) {
-            (Some(r), Some(eta)) => {
-                let _ = writeln!(s, "ETA at {}/s: {}", units::bytes(r), units::duration(eta));
-            }
-            _ => {
-                let _ = writeln!(
-                    s,
-                    "ETA: no bandwidth limit set (transfer.bwlimit / --bwlimit)"
-                );
-            }
-        }
-        if let Some(k) = &self.kubernetes {
-            render_kubernetes(&mut s, k);
-        }
-        for r in &self.repairs {
-            let _ = writeln!(s, "REPAIR: {r}");
-        }
-        for w in &self.warnings {
-            let _ = writeln!(s, "warning: {w}");
-        }
-        for b in self.blockers.iter().chain(&self.write_blockers) {
-            let _ = writeln!(s, "BLOCKER: {b}");
-        }
-        let _ = writeln!(
-            s,
-            "{}",
-            if self.ok {
-                "Plan OK."
-            } else {
-                "Plan has blockers: apply will refuse."
-            }
-        );
-        s
-    }
-}
-
-/// The Kubernetes part of the plan text: each object, its state, and what apply does to it.
-fn render_kubernetes(s: &mut String, k: &crate::k8s::KubeReport) {
-    let _ = writeln!(s, "\nKubernetes:");
-    let Some(st) = &k.state else {
-        let _ = writeln!(
-            s,
-            "  (the cluster could not be read; see the blocker below)"
-        );
-        return;
-    };
-    let _ = writeln!(s, "  context {}  server {}", st.context, st.server);
-    let _ = writeln!(
-        s,
-        "  namespace/{}: {}",
-        k.namespace,
-        if st.namespace_exists {
-            "exists"
-        } else {
-            "MISSING"
-        }
-    );
-    match &st.persistent_volume {
-        Some(pv) => {
-            let _ = writeln!(
-                s,
-                "  persistentvolume/{}: {}, reclaimPolicy {}, capacity {}, claimRef {}{}, accessModes {}, storageClass {}, {}",
-                k.persistent_volume_name,
-                pv.phase,
-                pv.reclaim_policy,
-                pv.capacity,
-                pv.claim.as_deref().unwrap_or("(none)"),
-                pv.claim_uid
-                    .as_deref()
-                    .map_or(String::new(), |u| format!(" (uid {u})")),
-                pv.access_modes.join(","),
-                if pv.storage_class.is_empty() {
-                    "(none)"
-                } else {
-                    &pv.storage_class
-                },
-                pv.source
-            );
-        }
-        None => {
-            let _ = writeln!(
-                s,
-                "  persistentvolume/{}: MISSING",
-                k.persistent_volume_name
-            );
-        }
-    }
-    match &st.persistent_volume_claim {
-        Some(c) => {
-            let _ = writeln!(
-                s,
-                "  persistentvolumeclaim/{}/{}: {}, volumeName {}",
-                k.namespace,
-                k.persistent_volume_claim_name,
-                c.phase,
-                c.volume_name.as_deref().unwrap_or("(none)")
-            );
-        }
-        None => {
-            let _ = writeln!(
-                s,
-                "  persistentvolumeclaim/{}/{}: does not exist",
-                k.namespace, k.persistent_volume_claim_name
-            );
-        }
-    }
-    if let Some(name) = &k.stateful_set_name {
-        match &st.stateful_set {
-            Some(sts) => {
-                let _ = writeln!(
-                    s,
-                    "  statefulset/{}/{name}: {} replica(s) ({} ready), PVC retention whenScaled {} / whenDeleted {}{}",
-                    k.namespace,
-                    sts.replicas,
-                    sts.ready_replicas,
-                    sts.when_scaled,
-                    sts.when_deleted,
-                    sts.recorded_replicas.map_or(String::new(), |n| format!(
-                        ", scaled down from {n} by an earlier apply"
-                    ))
-                );
-            }
-            None => {
-                let _ = writeln!(s, "  statefulset/{}/{name}: MISSING", k.namespace);
-            }
-        }
-    }
-    if !st.pods_mounting.is_empty() {
-        let _ = writeln!(
-            s,
-            "  pods mounting the claim: {}",
-            st.pods_mounting.join(", ")
-        );
-    }
-    for a in &k.actions {
-        let _ = writeln!(s, "  apply will: {a}");
     }
 }
 

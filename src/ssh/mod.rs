@@ -329,53 +329,46 @@ impl Pool {
     /// fails. Host-key and authentication failures are not retried. `f` must be safe to run
     /// again from the start.
     pub fn with<T>(&self, what: &str, mut f: impl FnMut(&Conn) -> io::Result<T>) -> io::Result<T> {
-        let mut last: Option<io::Error> = None;
-        for attempt in 0..self.attempts.max(1) {
-            if attempt > 0 {
-                let wait = Duration::from_secs(1 << (attempt - 1).min(4));
+        let r = crate::retry::with_backoff(
+            self.attempts,
+            is_connection_error,
+            |e, wait, next| {
                 tracing::warn!(
-                    "{what}: SSH connection to {} failed ({}); reconnecting in {}s (attempt {}/{})",
+                    "{what}: SSH connection to {} failed ({e}); reconnecting in {}s (attempt {}/{})",
                     self.spec.describe(),
-                    last.as_ref().map(|e| e.to_string()).unwrap_or_default(),
                     wait.as_secs(),
-                    attempt + 1,
+                    next + 1,
                     self.attempts
-                );
-                std::thread::sleep(wait);
-            }
-            let sess = match self.take_or_refuse(attempt > 0) {
-                Ok(s) => s,
-                Err(e) if !is_connection_error(&e) => return Err(e),
-                Err(e) => {
-                    last = Some(e);
-                    continue;
+                )
+            },
+            |attempt| {
+                let sess = self.take_or_refuse(attempt > 0)?;
+                match f(&sess) {
+                    Ok(v) => {
+                        self.give(sess);
+                        Ok(v)
+                    }
+                    // Not a connection problem: the session is fine, the answer is final.
+                    Err(e) if !is_connection_error(&e) => {
+                        self.give(sess);
+                        Err(e)
+                    }
+                    Err(e) => {
+                        self.discard_idle(); // the session is dropped, and its idle siblings
+                        Err(e)
+                    }
                 }
-            };
-            match f(&sess) {
-                Ok(v) => {
-                    self.give(sess);
-                    return Ok(v);
-                }
-                // Not a connection problem: the session is fine, the answer is final.
-                Err(e) if !is_connection_error(&e) => {
-                    self.give(sess);
-                    return Err(e);
-                }
-                Err(e) => {
-                    self.discard_idle(); // the session is dropped, and its idle siblings
-                    last = Some(e);
-                }
-            }
-        }
-        Err(io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            format!(
-                "{what}: gave up after {} attempts to reach {}: {}; rerun to resume (completed files are kept)",
-                self.attempts,
-                self.spec.describe(),
-                last.map(|e| e.to_string()).unwrap_or_default()
-            ),
-        ))
+            },
+        );
+        r.map_err(|failed| {
+            failed.into_io(|last| {
+                format!(
+                    "{what}: gave up after {} attempts to reach {}: {last}; rerun to resume (completed files are kept)",
+                    self.attempts,
+                    self.spec.describe(),
+                )
+            })
+        })
     }
 }
 

@@ -8,7 +8,7 @@
 //!
 //! 1. one `find` that prints every entry's type, mode, owner, size and time, descending
 //!    only into what the scan walks (blocks, `wal/`, `wbl/`, `chunks_head/`,
-//!    `chunk_snapshot.*`), after the lock probe ([`crate::source::LOCK_PROBE`]);
+//!    `chunk_snapshot.*`), after the lock probe ([`LOCK_PROBE`]);
 //! 2. then one more command, its files named by shell patterns (`./<26 chars>/index`,
 //!    ...): `head` and `tail` of the first and last [`ENDS`] bytes of every block `index`
 //!    and chunk segment (what the cheap checks read), then a `tar` of the small files read
@@ -29,9 +29,13 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use crate::fsutil::MTime;
-use crate::source::{Ent, Stat};
+use crate::source::stat::{Ent, Stat};
 
 use super::{Pool, shell_quote};
+
+/// The remote lock probe, in the TSDB directory: prints one line, `lock 0` (free), `lock
+/// 99` (held) or `absent`. In a subshell, so the lock file is closed again when it ends.
+pub(crate) const LOCK_PROBE: &str = "(if [ -e lock ] && command exec 9<lock; then flock -n -E 99 9; echo \"lock $?\"; else echo absent; fi) 2>/dev/null";
 
 /// Bytes kept of the start and of the end of each block `index` and chunk segment: the
 /// cheap checks read a 5- or 8-byte header and the 52-byte index TOC.
@@ -171,7 +175,7 @@ fn find_command(root: &Path) -> String {
     format!(
         "cd {} || exit 97; {}; LC_ALL=C exec find . \\( -path . -o -path './*/*' -o -name wal -o -name wbl -o -name chunks_head -o -name 'chunk_snapshot.*' -o -name '{}' \\) -printf '+{fields}' -o -printf '-{fields}' -prune",
         shell_quote(root),
-        crate::source::LOCK_PROBE,
+        LOCK_PROBE,
         BLOCKS
     )
 }

@@ -2,7 +2,7 @@
 //! names the worker sends on its stdin (NUL-separated, as it goes) and writes one archive
 //! to its stdout. Measured here, this costs about half the CPU of SFTP per byte on both
 //! ends (no request per 30000 bytes, no sftp-server), which is what lets an SSH apply
-//! keep up with `rsync -e ssh` (README, "SSH source").
+//! keep up with `rsync -e ssh` (docs/performance.md, "Over SSH").
 //!
 //! The stream is only an accelerator. Each name is sent at most once; a file the stream does
 //! not deliver (tar skipped it: vanished, unreadable), or any stream failure, leaves that

@@ -4,9 +4,9 @@
 //! to every destination. The source is never written: it is opened read-only with
 //! `O_NOATIME` where allowed.
 
-use std::fs::{File, FileTimes, OpenOptions};
+use std::fs::{File, FileTimes};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -15,6 +15,7 @@ use crate::progress::Progress;
 use crate::source::Source;
 use crate::ssh::stream::{self, SshPipe, TarStream};
 use crate::sync::limiter::Throttle;
+use crate::volume::Target;
 
 /// Why a file copy stopped.
 #[derive(Debug, thiserror::Error)]
@@ -56,15 +57,25 @@ pub struct Ctx<'a> {
     pub deadline: Option<std::time::Instant>,
 }
 
-/// One destination of a copy, and who must own it.
-#[derive(Debug, Clone, Copy)]
-pub struct Out<'a> {
-    /// The file to create (or truncate).
-    pub path: &'a Path,
-    /// Its owner.
-    pub owner: Owner,
-    /// The directory it is created below, never through a link (the target volume's mount).
-    pub base: &'a Path,
+/// One destination of a copy: a file to create (or truncate) on a target, which gives it
+/// its owner.
+#[derive(Clone, Copy)]
+pub struct Out<'t, 'r> {
+    /// The target.
+    pub target: &'t dyn Target,
+    /// The file, below the target's TSDB directory.
+    pub rel: &'r Path,
+}
+
+impl Out<'_, '_> {
+    /// The file's full path (in messages).
+    fn path(&self) -> PathBuf {
+        self.target.path(self.rel)
+    }
+
+    fn owner(&self) -> Owner {
+        self.target.owner()
+    }
 }
 
 /// The largest chunk read into memory when one source file goes to several destinations.
@@ -80,29 +91,6 @@ impl Ctx<'_> {
     }
 }
 
-/// Opens a source file read-only, without updating its access time where permitted.
-pub fn open_source(path: &Path) -> io::Result<File> {
-    match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc_o_noatime())
-        .open(path)
-    {
-        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EPERM as i32) => File::open(path),
-        r => r,
-    }
-}
-
-fn libc_o_noatime() -> i32 {
-    nix::fcntl::OFlag::O_NOATIME.bits()
-}
-
-/// Reads a whole (small) file from the source side, opened like [`open_source`].
-pub fn read_source(path: &Path) -> io::Result<Vec<u8>> {
-    let mut v = Vec::new();
-    open_source(path)?.read_to_end(&mut v)?;
-    Ok(v)
-}
-
 /// Whether the copy workers stream an SSH source through tar, and what they streamed.
 #[derive(Debug, Default)]
 pub struct Streaming {
@@ -114,15 +102,15 @@ pub struct Streaming {
 
 /// A file copied from a tar stream, not confirmed yet (its copies do not have the source's
 /// mtime yet).
-struct Streamed {
+struct Streamed<'a> {
     rel: String,
     head: stream::Head,
-    /// Each copy: its path, owner, and the base it lies below.
-    outs: Vec<(PathBuf, Owner, PathBuf)>,
+    /// Each copy: its target, and where on it.
+    outs: Vec<(&'a dyn Target, PathBuf)>,
     durable: bool,
 }
 
-impl Streamed {
+impl Streamed<'_> {
     /// Gives the copies the source's times, now that tar vouched for the file.
     fn vouched(&self) -> Result<(), CopyError> {
         let mtime = crate::fsutil::MTime {
@@ -131,11 +119,11 @@ impl Streamed {
         }
         .system_time();
         let times = FileTimes::new().set_accessed(mtime).set_modified(mtime);
-        for (path, _, base) in &self.outs {
-            crate::fsutil::beneath::open(base, path, nix::fcntl::OFlag::O_RDONLY, 0)
-                .map(File::from)
+        for (target, rel) in &self.outs {
+            target
+                .open_file(rel)
                 .and_then(|f| f.set_times(times))
-                .map_err(dst_err(path))?;
+                .map_err(|e| dst_err(target.path(rel), e))?;
         }
         Ok(())
     }
@@ -155,7 +143,7 @@ pub struct Reader<'a> {
     failures: u32,
     /// Files read from the stream and not yet confirmed read without a complaint from
     /// tar, with where they were written.
-    unchecked: Vec<Streamed>,
+    unchecked: Vec<Streamed<'a>>,
 }
 
 impl<'a> Reader<'a> {
@@ -213,10 +201,9 @@ impl<'a> Reader<'a> {
             let outs: Vec<Out> = f
                 .outs
                 .iter()
-                .map(|(path, owner, base)| Out {
-                    path,
-                    owner: *owner,
-                    base,
+                .map(|(target, rel)| Out {
+                    target: *target,
+                    rel,
                 })
                 .collect();
             // The batch has been read, so the stream expects none of its names: this reads
@@ -329,10 +316,10 @@ impl<'a> Reader<'a> {
 /// sets owner, mode (group-writable) and the source's access and modification times. With
 /// `durable`, fsyncs before returning. On failure every partial destination is removed.
 /// Returns the bytes read from the source (each destination got all of them).
-pub fn copy_file(
-    reader: &mut Reader,
+pub fn copy_file<'a>(
+    reader: &mut Reader<'a>,
     rel: &str,
-    outs: &[Out],
+    outs: &[Out<'a, '_>],
     durable: bool,
     ctx: &Ctx,
 ) -> Result<u64, CopyError> {
@@ -346,41 +333,33 @@ pub fn copy_file(
     };
     if result.is_err() {
         for o in outs {
-            let _ = std::fs::remove_file(o.path);
+            let _ = o.target.remove_file(o.rel);
         }
     }
     result
 }
 
-fn dst_err(dst: &Path) -> impl Fn(io::Error) -> CopyError + '_ {
-    move |e: io::Error| {
-        if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) {
-            CopyError::NoSpace {
-                path: dst.to_path_buf(),
-            }
-        } else {
-            CopyError::Target {
-                path: dst.to_path_buf(),
-                cause: e,
-            }
+/// A write error on the target file `dst` (its path is only made when there is an error:
+/// writes are on the copy's hot path).
+fn dst_err(dst: PathBuf, e: io::Error) -> CopyError {
+    if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) {
+        CopyError::NoSpace { path: dst }
+    } else {
+        CopyError::Target {
+            path: dst,
+            cause: e,
         }
     }
 }
 
-/// Creates (or truncates) every destination, write-only, mode 0600 until it is complete;
-/// never through a link ([`crate::fsutil::beneath`]).
+/// Creates (or truncates) every destination, write-only, mode 0600 until it is complete
+/// ([`Target::create_file`]).
 fn create_outputs(outs: &[Out]) -> Result<Vec<File>, CopyError> {
-    use nix::fcntl::OFlag;
     outs.iter()
         .map(|o| {
-            crate::fsutil::beneath::open(
-                o.base,
-                o.path,
-                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC,
-                0o600,
-            )
-            .map(File::from)
-            .map_err(dst_err(o.path))
+            o.target
+                .create_file(o.rel)
+                .map_err(|e| dst_err(o.path(), e))
         })
         .collect()
 }
@@ -388,7 +367,9 @@ fn create_outputs(outs: &[Out]) -> Result<Vec<File>, CopyError> {
 /// Writes one chunk to every destination.
 fn write_to_all(outputs: &[File], outs: &[Out], data: &[u8]) -> Result<(), CopyError> {
     for (output, o) in outputs.iter().zip(outs) {
-        (&*output).write_all(data).map_err(dst_err(o.path))?;
+        (&*output)
+            .write_all(data)
+            .map_err(|e| dst_err(o.path(), e))?;
     }
     Ok(())
 }
@@ -404,22 +385,23 @@ fn finish_outputs(
     durable: bool,
 ) -> Result<(), CopyError> {
     for (output, o) in outputs.iter().zip(outs) {
-        std::os::unix::fs::fchown(output, Some(o.owner.uid), Some(o.owner.gid)).map_err(|e| {
+        let owner = o.owner();
+        std::os::unix::fs::fchown(output, Some(owner.uid), Some(owner.gid)).map_err(|e| {
             CopyError::Target {
-                path: o.path.to_path_buf(),
-                cause: io::Error::other(perms::explain(o.path, &e, o.owner)),
+                path: o.path(),
+                cause: io::Error::other(perms::explain(&o.path(), &e, owner)),
             }
         })?;
         output
             .set_permissions(std::fs::Permissions::from_mode(perms::file_mode_from(
                 src_mode,
             )))
-            .map_err(dst_err(o.path))?;
+            .map_err(|e| dst_err(o.path(), e))?;
         if durable {
-            output.sync_all().map_err(dst_err(o.path))?;
+            output.sync_all().map_err(|e| dst_err(o.path(), e))?;
             drop_cache(output);
         }
-        output.set_times(times).map_err(dst_err(o.path))?;
+        output.set_times(times).map_err(|e| dst_err(o.path(), e))?;
     }
     Ok(())
 }
@@ -427,10 +409,10 @@ fn finish_outputs(
 /// Copies a file of an SSH source from the worker's tar stream, when the stream has it.
 /// `None`: read it over SFTP instead (not asked of the stream, skipped by tar, or the
 /// stream failed, then nothing of it is kept).
-fn copy_streamed(
-    reader: &mut Reader,
+fn copy_streamed<'a>(
+    reader: &mut Reader<'a>,
     rel: &str,
-    outs: &[Out],
+    outs: &[Out<'a, '_>],
     durable: bool,
     ctx: &Ctx,
 ) -> Option<Result<u64, CopyError>> {
@@ -485,7 +467,7 @@ fn copy_streamed(
         head,
         outs: outs
             .iter()
-            .map(|o| (o.path.to_path_buf(), o.owner, o.base.to_path_buf()))
+            .map(|o| (o.target, o.rel.to_path_buf()))
             .collect(),
         durable,
     });
@@ -537,7 +519,7 @@ fn copy_inner(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64,
         path: src.to_path_buf(),
         cause: e,
     };
-    let input = open_source(src).map_err(src_err)?;
+    let input = crate::fsutil::open_noatime(src).map_err(src_err)?;
     let meta = input.metadata().map_err(src_err)?;
     let cached_before = crate::cache::Residency::of(&input, meta.len());
     let outputs = create_outputs(outs)?;
@@ -562,9 +544,9 @@ fn copy_inner(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64,
             // std::io::copy uses copy_file_range between files (and falls back to read/write).
             io::copy(&mut (&input).take(want), &mut &*output).map_err(|e| {
                 if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) {
-                    dst_err(o.path)(e)
+                    dst_err(o.path(), e)
                 } else {
-                    classify(e, src, o.path)
+                    classify(e, src, &o.path())
                 }
             })?
         } else {
@@ -711,12 +693,14 @@ mod tests {
     use super::*;
     use crate::progress::Hidden;
     use crate::sync::limiter::Unlimited;
+    use crate::volume::Local;
+    use std::fs::OpenOptions;
     use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn copies_content_times_and_owner() {
         let d = tempfile::tempdir().unwrap();
-        let (s, t) = (d.path().join("s"), d.path().join("t"));
+        let s = d.path().join("s");
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&s, &data).unwrap();
         let sm = std::fs::metadata(&s).unwrap();
@@ -731,15 +715,14 @@ mod tests {
             uid: sm.uid(),
             gid: sm.gid(),
         };
-        let t2 = d.path().join("t2");
+        let target = Local::open(d.path(), d.path(), owner).unwrap();
         // One destination (copy_file_range) and two (read once, written twice).
-        for outs in [vec![&t], vec![&t, &t2]] {
+        for outs in [vec![Path::new("t")], vec![Path::new("t"), Path::new("t2")]] {
             let outs: Vec<Out> = outs
-                .iter()
-                .map(|p| Out {
-                    path: p,
-                    owner,
-                    base: d.path(),
+                .into_iter()
+                .map(|rel| Out {
+                    target: &target,
+                    rel,
                 })
                 .collect();
             let src = Source::Local(d.path().to_path_buf());
@@ -755,8 +738,8 @@ mod tests {
                 data.len() as u64
             );
             for o in &outs {
-                assert_eq!(std::fs::read(o.path).unwrap(), data);
-                let tm = std::fs::metadata(o.path).unwrap();
+                assert_eq!(std::fs::read(o.path()).unwrap(), data);
+                let tm = std::fs::metadata(o.path()).unwrap();
                 assert_eq!((tm.mtime(), tm.mtime_nsec()), (sm.mtime(), sm.mtime_nsec()));
                 assert_eq!(tm.mode() & 0o660, 0o660);
             }
@@ -786,7 +769,7 @@ mod tests {
             uid: sm.uid(),
             gid: sm.gid(),
         };
-        let t = d.join("t");
+        let target = Local::open(d, d, owner).unwrap();
         let cancel = AtomicBool::new(false);
         let progress = Meddle {
             act,
@@ -803,9 +786,8 @@ mod tests {
             &mut Reader::new(&src, &Streaming::default()),
             "s",
             &[Out {
-                path: &t,
-                owner,
-                base: d,
+                target: &target,
+                rel: Path::new("t"),
             }],
             true,
             &ctx,
@@ -859,17 +841,15 @@ mod tests {
         };
         let t2 = d.path().join("t2");
         let owner = Owner { uid: 0, gid: 0 };
-        let base = d.path();
+        let target = Local::open(d.path(), d.path(), owner).unwrap();
         let outs = [
             Out {
-                path: &t,
-                owner,
-                base,
+                target: &target,
+                rel: Path::new("t"),
             },
             Out {
-                path: &t2,
-                owner,
-                base,
+                target: &target,
+                rel: Path::new("t2"),
             },
         ];
         assert!(matches!(

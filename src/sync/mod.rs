@@ -10,6 +10,8 @@
 //!   copied again. A rerun of an applied plan writes nothing.
 //! - Extraneous entries are moved to `.promigrate-quarantine/<timestamp>/`, never deleted.
 //! - The source is only read.
+//! - Everything done to a target goes through its [`Target`]: a dry run is this engine on a
+//!   [`crate::volume::DryRun`], which records the changes instead of making them.
 
 pub mod copy;
 pub mod limiter;
@@ -23,11 +25,11 @@ use std::time::Instant;
 use anyhow::{Context, anyhow};
 use serde::Serialize;
 
-use crate::fsutil;
-use crate::perms::{self, Owner};
+use crate::perms;
 use crate::plan::{MigrationPlan, State};
 use crate::progress::Progress;
 use crate::tsdb;
+use crate::volume::{self, Target};
 use copy::{CopyError, Ctx, Reader, Streaming};
 
 /// Options of one apply run.
@@ -45,6 +47,9 @@ pub struct ApplyOptions<'a> {
     /// Target locks the caller already holds ([`lock_existing`]), by target: taken before the
     /// Kubernetes scale-down, so that a busy target stops the run before anything changes.
     pub held: std::sync::Mutex<Vec<Option<crate::lock::Guard>>>,
+    /// Record the changes instead of making them ([`crate::volume::DryRun`]): the source's
+    /// file contents are not read, its metadata is.
+    pub dry_run: bool,
 }
 
 /// Takes the apply lock of every target whose TSDB directory exists already, without
@@ -55,13 +60,25 @@ pub fn lock_existing(plans: &[MigrationPlan]) -> anyhow::Result<Vec<Option<crate
     plans
         .iter()
         .map(|p| {
-            if fsutil::beneath::stat(&p.mount, &p.target).is_ok() {
-                lock_target(&p.target).map(Some)
+            let t = open_target(p, false)?;
+            if t.stat(Path::new("")).is_ok() {
+                t.lock()
             } else {
                 Ok(None)
             }
         })
         .collect()
+}
+
+/// The target of a plan, as apply works on it: the volume mounted here, or a record of what
+/// would be done to it.
+fn open_target(plan: &MigrationPlan, dry_run: bool) -> anyhow::Result<Box<dyn Target>> {
+    let local = volume::Local::open(&plan.mount, &plan.target, plan.owner)?;
+    Ok(if dry_run {
+        Box::new(volume::DryRun::new(local))
+    } else {
+        Box::new(local)
+    })
 }
 
 pub use crate::plan::Phase;
@@ -100,6 +117,9 @@ pub struct ApplyReport {
     /// Source files this run read through tar streams (an SSH source with `read: tar`; the
     /// rest were read over SFTP). The same for every target of the run.
     pub streamed_files: u64,
+    /// A dry run: the changes it would have made to the target, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub would: Vec<volume::Op>,
 }
 
 /// A piece of work, identical for every target that needs it, so that targets in the same
@@ -134,10 +154,14 @@ impl Work {
 /// One target volume of the run and what was done to it.
 struct Dest<'a> {
     plan: &'a MigrationPlan,
+    target: Box<dyn Target>,
     copied_bytes: AtomicU64,
     copied_files: AtomicU64,
     resumed: AtomicU64,
     published: AtomicU64,
+    /// Existing directories whose owner or mode the copies had to fix on the way.
+    fixed: AtomicU64,
+    /// Directories this run changed (below the TSDB directory).
     touched_dirs: Mutex<BTreeSet<PathBuf>>,
     left_for_final: Mutex<Vec<String>>,
 }
@@ -181,7 +205,7 @@ pub fn apply_each(
         report.average_rate = report.copied_bytes as f64 / seconds.max(1e-6);
         report.ok = result.is_ok() && !report.incomplete;
         report.phase = opts.phase;
-        if report.ok {
+        if report.ok && !opts.dry_run {
             tracing::info!(
                 target = %plan.target.display(),
                 copied_files = report.copied_files,
@@ -198,7 +222,7 @@ pub fn apply_each(
 /// A target made ready for writing: its path exists, its lock is held, stale temp files
 /// are gone.
 struct Prepared {
-    _lock: crate::lock::Guard,
+    _lock: Option<crate::lock::Guard>,
     fixed: u64,
     /// New checkpoint/chunk-snapshot directories, staged and renamed in whole.
     staged_dirs: Vec<String>,
@@ -206,21 +230,19 @@ struct Prepared {
 
 /// Creates the path down to the TSDB root (parts created here get the target owner) and
 /// takes the target's apply lock, before anything that was there is touched.
-fn lock(plan: &MigrationPlan) -> anyhow::Result<crate::lock::Guard> {
-    let root = &plan.target;
-    create_below(&plan.mount, root, plan.owner)?;
-    lock_target(root)
+fn lock(target: &dyn Target) -> anyhow::Result<Option<crate::lock::Guard>> {
+    target.make_dirs(Path::new(""))?;
+    target.lock()
 }
 
 fn prepare(
     plan: &MigrationPlan,
-    lock: crate::lock::Guard,
+    target: &dyn Target,
+    lock: Option<crate::lock::Guard>,
     phase: Phase,
     report: &mut ApplyReport,
 ) -> anyhow::Result<Prepared> {
-    let root = &plan.target;
-    let owner = plan.owner;
-    let mut fixed = u64::from(ensure_dir(&plan.mount, root, owner)?);
+    let mut fixed = u64::from(target.ensure_dir(Path::new(""))?);
     let new_blocks: BTreeSet<String> = plan
         .blocks
         .iter()
@@ -233,7 +255,7 @@ fn prepare(
                 .map(|d| staging_name(d)),
         )
         .collect();
-    report.cleaned = clean_leftovers(root, &plan.leftovers, &new_blocks)?;
+    report.cleaned = clean_leftovers(target, &plan.leftovers, &new_blocks)?;
 
     // A new checkpoint or chunk snapshot directory is staged and renamed in whole, like a
     // block: a partial one under its final name would be loaded by Prometheus.
@@ -242,7 +264,7 @@ fn prepare(
     } else {
         plan.dirs
             .iter()
-            .filter(|d| staged_as_a_whole(d) && !root.join(d).exists())
+            .filter(|d| staged_as_a_whole(d) && target.stat(Path::new(d)).is_err())
             .cloned()
             .collect()
     };
@@ -252,7 +274,7 @@ fn prepare(
             .iter()
             .filter(|d| !staged_dirs.contains(d) && !in_any(&staged_dirs, d))
         {
-            fixed += u64::from(ensure_dir(&plan.mount, &root.join(d), owner)?);
+            fixed += u64::from(target.ensure_dir(Path::new(d))?);
         }
     }
     Ok(Prepared {
@@ -260,6 +282,16 @@ fn prepare(
         fixed,
         staged_dirs,
     })
+}
+
+impl Dest<'_> {
+    /// [`Target::ensure_dir`], counting an existing directory it had to fix.
+    fn ensure_dir(&self, rel: &Path) -> anyhow::Result<()> {
+        if self.target.ensure_dir(rel)? {
+            self.fixed.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
 }
 
 /// Whether `rel` lies inside one of `dirs`.
@@ -366,16 +398,25 @@ fn execute(
         .map(|mut h| std::mem::take(&mut *h))
         .unwrap_or_default();
     held.resize_with(plans.len(), || None);
+    let targets = plans
+        .iter()
+        .map(|p| open_target(p, opts.dry_run))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut locks = Vec::with_capacity(plans.len());
-    for (plan, held) in plans.iter().zip(held) {
+    for (target, held) in targets.iter().zip(held) {
         locks.push(match held {
-            Some(g) => g,
-            None => lock(plan)?,
+            Some(g) => Some(g),
+            None => lock(target.as_ref())?,
         });
     }
     let mut prepared = Vec::with_capacity(plans.len());
-    for ((plan, report), lock) in plans.iter().zip(reports.iter_mut()).zip(locks) {
-        prepared.push(prepare(plan, lock, opts.phase, report)?);
+    for (((plan, target), report), lock) in plans
+        .iter()
+        .zip(&targets)
+        .zip(reports.iter_mut())
+        .zip(locks)
+    {
+        prepared.push(prepare(plan, target.as_ref(), lock, opts.phase, report)?);
     }
     let jobs = merge(
         plans
@@ -389,12 +430,15 @@ fn execute(
     let shared = Shared {
         dests: plans
             .iter()
-            .map(|plan| Dest {
+            .zip(targets)
+            .map(|(plan, target)| Dest {
                 plan,
+                target,
                 copied_bytes: AtomicU64::new(0),
                 copied_files: AtomicU64::new(0),
                 resumed: AtomicU64::new(0),
                 published: AtomicU64::new(0),
+                fixed: AtomicU64::new(0),
                 touched_dirs: Mutex::new(BTreeSet::new()),
                 left_for_final: Mutex::new(Vec::new()),
             })
@@ -412,16 +456,19 @@ fn execute(
         bwlimit: opts.bwlimit.or(first.bwlimit),
         out_of_time: AtomicBool::new(false),
         streaming: Streaming {
+            // A dry run reads no file content: no tar stream.
             on: AtomicBool::new(match &first.src {
                 crate::source::Source::Ssh { pool, .. } => {
-                    pool.spec().read == crate::ssh::ReadVia::Tar
+                    !opts.dry_run && pool.spec().read == crate::ssh::ReadVia::Tar
                 }
                 crate::source::Source::Local(_) => false,
             }),
             files: AtomicU64::new(0),
         },
     };
-    let jobs_result = run_jobs(&shared, jobs, first.parallelism);
+    // A dry run records in the order apply would go, one job after the other.
+    let parallelism = if opts.dry_run { 1 } else { first.parallelism };
+    let jobs_result = run_jobs(&shared, jobs, parallelism);
     opts.progress.finish();
     let out_of_time = shared.out_of_time.load(Ordering::Relaxed);
     for (d, report) in shared.dests.iter().zip(reports.iter_mut()) {
@@ -442,31 +489,39 @@ fn execute(
     let mut synced: anyhow::Result<()> = Ok(());
     for d in &shared.dests {
         let dirs = d.touched_dirs.lock().map(|d| d.clone()).unwrap_or_default();
-        for dir in dirs.iter().chain(std::iter::once(&d.plan.target)) {
-            if let Err(e) = fsutil::fsync_dir(dir)
+        for dir in dirs.iter().map(PathBuf::as_path).chain([Path::new("")]) {
+            if let Err(e) = d.target.sync_dir(dir)
                 && synced.is_ok()
             {
-                synced =
-                    Err(e).with_context(|| format!("cannot fsync directory {}", dir.display()));
+                synced = Err(e).with_context(|| {
+                    format!("cannot fsync directory {}", d.target.path(dir).display())
+                });
             }
         }
     }
-    jobs_result?;
-    synced?;
-
-    for ((d, pr), report) in shared.dests.iter().zip(&prepared).zip(reports.iter_mut()) {
-        let (plan, root) = (d.plan, &d.plan.target);
-        let staging = root.join(tsdb::STAGING_DIR);
-        if staging.exists() && std::fs::remove_dir(&staging).is_ok() {
-            fsutil::fsync_dir(root).with_context(|| format!("cannot fsync {}", root.display()))?;
+    let result = jobs_result.and(synced).and_then(|()| {
+        for ((d, pr), report) in shared.dests.iter().zip(&prepared).zip(reports.iter_mut()) {
+            let (plan, target) = (d.plan, d.target.as_ref());
+            let staging = Path::new(tsdb::STAGING_DIR);
+            if target.stat(staging).is_ok() && target.remove_empty_dir(staging).is_ok() {
+                target
+                    .sync_dir(Path::new(""))
+                    .with_context(|| format!("cannot fsync {}", target.root().display()))?;
+            }
+            // Only now that everything is copied: what the source compacted away, and files
+            // the mirror does not want, move to the quarantine (an interrupted run leaves
+            // them).
+            quarantine(plan, opts, target, report)?;
+            report.ownership_fixed = pr.fixed
+                + d.fixed.load(Ordering::Relaxed)
+                + fix_ownership(target, &plan.ownership)?;
         }
-        // Only now that everything is copied: what the source compacted away, and files the
-        // mirror does not want, move to the quarantine (an interrupted run leaves them).
-        quarantine(plan, opts, root, plan.owner, report)?;
-        report.ownership_fixed =
-            pr.fixed + fix_ownership(&plan.mount, root, plan.owner, &plan.ownership)?;
+        Ok(())
+    });
+    for (d, report) in shared.dests.iter().zip(reports.iter_mut()) {
+        report.would = d.target.recorded();
     }
-    Ok(())
+    result
 }
 
 fn run_jobs(shared: &Shared, jobs: VecDeque<Job>, parallelism: usize) -> anyhow::Result<()> {
@@ -571,17 +626,9 @@ fn left_for_final(sh: &Shared, to: &[usize], what: &str, err: &anyhow::Error) ->
     true
 }
 
-/// Where `dir` is staged on each target in `to`.
-fn stages(sh: &Shared, dir: &str, to: &[usize]) -> Vec<PathBuf> {
-    to.iter()
-        .map(|&t| {
-            sh.dests[t]
-                .plan
-                .target
-                .join(tsdb::STAGING_DIR)
-                .join(staging_name(dir))
-        })
-        .collect()
+/// Where `dir` is staged on each target in `to` (the same place on each).
+fn stage_of(dir: &str) -> PathBuf {
+    Path::new(tsdb::STAGING_DIR).join(staging_name(dir))
 }
 
 /// Where `rel` (a file of `dir`) is staged in `stage`.
@@ -594,13 +641,18 @@ fn staged_file(stage: &Path, dir: &str, rel: &str) -> PathBuf {
 fn to_read(sh: &Shared, job: &Job) -> Vec<String> {
     match &job.work {
         Work::NewDir { dir, files, .. } => {
-            let stages = stages(sh, dir, &job.to);
+            let stage = stage_of(dir);
             files
                 .iter()
                 .filter(|rel| {
-                    stages
-                        .iter()
-                        .any(|st| !staged_complete(sh.source, rel, &staged_file(st, dir, rel)))
+                    job.to.iter().any(|&t| {
+                        !staged_complete(
+                            sh.source,
+                            rel,
+                            sh.dests[t].target.as_ref(),
+                            &staged_file(&stage, dir, rel),
+                        )
+                    })
                 })
                 .cloned()
                 .collect()
@@ -609,23 +661,35 @@ fn to_read(sh: &Shared, job: &Job) -> Vec<String> {
     }
 }
 
+/// A dry run's stand-in for a copy: records the write on each target in `to`, with the
+/// source file's size (its metadata is read, its content is not). A file gone from the
+/// source is the copy's error too (a presync leaves its block for the final phase).
+fn would_copy(sh: &Shared, rel: &str, dsts: &[(usize, PathBuf)]) -> Result<(), CopyError> {
+    let size = sh.source.stat(rel).map_err(|cause| CopyError::Source {
+        path: PathBuf::from(sh.source.describe()).join(rel),
+        cause,
+    })?;
+    for (t, dst) in dsts {
+        sh.dests[*t].target.would_write(dst, size.size);
+    }
+    Ok(())
+}
+
 /// Stages a whole block on each target in `to`, makes it durable, and renames it into place.
-fn stage_dir(
-    sh: &Shared,
-    reader: &mut Reader,
+fn stage_dir<'s>(
+    sh: &'s Shared,
+    reader: &mut Reader<'s>,
     dir: &str,
     files: &[String],
     to: &[usize],
 ) -> anyhow::Result<()> {
-    let stages = stages(sh, dir, to);
-    for (&t, stage) in to.iter().zip(&stages) {
-        let (owner, mount) = (sh.dests[t].plan.owner, &sh.dests[t].plan.mount);
-        if let Some(stage_root) = stage.parent() {
-            ensure_dir(mount, stage_root, owner)?;
-        }
-        ensure_dir(mount, stage, owner)?;
+    let stage = stage_of(dir);
+    for &t in to {
+        let d = &sh.dests[t];
+        d.ensure_dir(Path::new(tsdb::STAGING_DIR))?;
+        d.ensure_dir(&stage)?;
         if !staged_as_a_whole(dir) {
-            mark_copied(stage, &sh.dests[t].plan.name);
+            mark_copied(d.target.as_ref(), &stage, &d.plan.name);
         }
     }
     // A copy error leaves the block for the final phase (in a presync whose source moved on;
@@ -633,47 +697,49 @@ fn stage_dir(
     let stop = |e: CopyError| {
         let e = anyhow::Error::from(e);
         if left_for_final(sh, to, dir, &e) {
-            for stage in &stages {
-                let _ = std::fs::remove_dir_all(stage);
+            for &t in to {
+                let _ = sh.dests[t].target.remove_tree(&stage);
             }
             return Ok(());
         }
         Err(e)
     };
-    let mut written: Vec<Vec<PathBuf>> = vec![Vec::with_capacity(files.len()); to.len()];
-    // Staged files found complete from an earlier run: fsync'ed again before publishing
-    // (this run's copies are fsync'ed before they get their mark).
+    let mut written: Vec<PathBuf> = Vec::with_capacity(files.len());
+    // Staged files found complete from an earlier run, by target: fsync'ed again before
+    // publishing (this run's copies are fsync'ed before they get their mark).
     let mut resumed: Vec<Vec<PathBuf>> = vec![Vec::new(); to.len()];
     for rel in files {
+        let dst = staged_file(&stage, dir, rel);
         let mut need: Vec<(usize, PathBuf)> = Vec::new();
-        for (k, (&t, stage)) in to.iter().zip(&stages).enumerate() {
-            let dst = staged_file(stage, dir, rel);
-            if let Some(parent) = dst.parent().filter(|p| p != stage) {
-                ensure_dir(&sh.dests[t].plan.mount, parent, sh.dests[t].plan.owner)?;
+        for (k, &t) in to.iter().enumerate() {
+            let target = sh.dests[t].target.as_ref();
+            if let Some(parent) = dst.parent().filter(|p| *p != stage) {
+                sh.dests[t].ensure_dir(parent)?;
             }
-            if staged_complete(sh.source, rel, &dst) {
+            if staged_complete(sh.source, rel, target, &dst) {
                 sh.dests[t].resumed.fetch_add(1, Ordering::Relaxed);
                 resumed[k].push(dst.clone());
             } else {
-                need.push((k, dst.clone()));
+                need.push((t, dst.clone()));
             }
-            written[k].push(dst);
         }
+        written.push(dst.clone());
         if need.is_empty() {
-            let size = written
-                .first()
-                .and_then(|w| w.last())
-                .and_then(|f| std::fs::metadata(f).ok())
-                .map_or(0, |m| m.len());
+            let size = sh.dests[to[0]].target.stat(&dst).map_or(0, |e| e.size);
             sh.ctx.progress.add_bytes(size);
+            continue;
+        }
+        if sh.dests[to[0]].target.recording() {
+            if let Err(e) = would_copy(sh, rel, &need) {
+                return stop(e);
+            }
             continue;
         }
         let outs: Vec<copy::Out> = need
             .iter()
-            .map(|(k, p)| copy::Out {
-                path: p,
-                owner: sh.dests[to[*k]].plan.owner,
-                base: &sh.dests[to[*k]].plan.mount,
+            .map(|(t, p)| copy::Out {
+                target: sh.dests[*t].target.as_ref(),
+                rel: p,
             })
             .collect();
         let n = match copy::copy_file(reader, rel, &outs, true, &sh.ctx) {
@@ -681,8 +747,8 @@ fn stage_dir(
             Err(e) => return stop(e),
         };
         sh.read_bytes.fetch_add(n, Ordering::Relaxed);
-        for (k, _) in &need {
-            let d = &sh.dests[to[*k]];
+        for (t, _) in &need {
+            let d = &sh.dests[*t];
             d.copied_bytes.fetch_add(n, Ordering::Relaxed);
             d.copied_files.fetch_add(1, Ordering::Relaxed);
         }
@@ -690,8 +756,8 @@ fn stage_dir(
     if let Err(e) = reader.confirm_batch(&sh.ctx) {
         return stop(e);
     }
-    for (((&t, stage), written), resumed) in to.iter().zip(&stages).zip(&written).zip(&resumed) {
-        publish(&sh.dests[t], dir, stage, written, resumed)?;
+    for (&t, resumed) in to.iter().zip(&resumed) {
+        publish(&sh.dests[t], dir, &stage, &written, resumed)?;
     }
     Ok(())
 }
@@ -705,42 +771,44 @@ fn publish(
     written: &[PathBuf],
     resumed: &[PathBuf],
 ) -> anyhow::Result<()> {
-    let root = &d.plan.target;
+    let target = d.target.as_ref();
     // Durable before published: every file, then the directories, then rename.
     for f in resumed {
-        std::fs::File::open(f)
-            .and_then(|h| h.sync_all().map(|_| copy::drop_cache(&h)))
-            .with_context(|| format!("cannot fsync {}", f.display()))?;
+        target
+            .sync_file(f)
+            .with_context(|| format!("cannot fsync {}", target.path(f).display()))?;
     }
     let mut dirs: BTreeSet<&Path> = written.iter().filter_map(|f| f.parent()).collect();
     dirs.insert(stage);
     for dir in dirs {
-        fsutil::fsync_dir(dir).with_context(|| format!("cannot fsync {}", dir.display()))?;
+        target
+            .sync_dir(dir)
+            .with_context(|| format!("cannot fsync {}", target.path(dir).display()))?;
     }
-    let dest = root.join(dir);
-    if let Some(parent) = dest.parent().filter(|p| *p != root.as_path()) {
-        ensure_dir(&d.plan.mount, parent, d.plan.owner)?; // wal/ for a checkpoint
+    let dest = Path::new(dir);
+    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        d.ensure_dir(parent)?; // wal/ for a checkpoint
     }
-    if dest.exists() {
-        anyhow::bail!(
+    match target.stat(dest) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // Something is there (a link too: the target refuses to look through it).
+        _ => anyhow::bail!(
             "{} appeared on the target while this block was being staged; rerun apply",
-            dest.display()
-        );
+            target.path(dest).display()
+        ),
     }
-    fsutil::beneath::rename(&d.plan.mount, stage, &dest).with_context(|| {
+    target.rename(stage, dest).with_context(|| {
         format!(
             "cannot rename staged block {} to {}",
-            stage.display(),
-            dest.display()
+            target.path(stage).display(),
+            target.path(dest).display()
         )
     })?;
     if !staged_as_a_whole(dir) {
         d.published.fetch_add(1, Ordering::Relaxed); // a block
     }
     if let Ok(mut touched) = d.touched_dirs.lock() {
-        if let Some(stage_root) = stage.parent() {
-            touched.insert(stage_root.to_path_buf());
-        }
+        touched.insert(PathBuf::from(tsdb::STAGING_DIR));
         if let Some(parent) = dest.parent() {
             touched.insert(parent.to_path_buf());
         }
@@ -751,13 +819,13 @@ fn publish(
 /// Marks a staged block as promigrate's (renaming it keeps the mark), so that the final phase
 /// can quarantine it if the source drops it later. A filesystem without user extended
 /// attributes only loses that: the block then stays when the source drops it.
-fn mark_copied(stage: &Path, name: &str) {
+fn mark_copied(target: &dyn Target, stage: &Path, name: &str) {
     static WARNED: std::sync::Once = std::sync::Once::new();
-    if let Err(e) = tsdb::mark_copied(stage, name) {
+    if let Err(e) = target.mark_copied(stage, name) {
         WARNED.call_once(|| {
             tracing::warn!(
                 "cannot mark {} as copied by promigrate ({e}): the target filesystem keeps no user extended attributes, so a block the source drops later (retention, compaction) will not be recognised as promigrate's and will stay on the target",
-                stage.display()
+                target.path(stage).display()
             )
         });
     }
@@ -776,8 +844,7 @@ fn staging_name(dir: &str) -> String {
 fn quarantine(
     plan: &MigrationPlan,
     opts: &ApplyOptions,
-    root: &Path,
-    owner: Owner,
+    target: &dyn Target,
     report: &mut ApplyReport,
 ) -> anyhow::Result<()> {
     let quarantine: Vec<_> = plan
@@ -801,102 +868,90 @@ fn quarantine(
                 base.join(format!("{stamp}-{n}"))
             }
         })
-        .find(|p| !root.join(p).exists())
+        .find(|p| target.stat(p).is_err())
         .unwrap_or_else(|| base.join(&stamp));
-    let qdir = root.join(&qrel);
     // The quarantine's directories, created here and renamed into: each is fsync'ed after
     // the moves (with the directories the entries left, below).
     let mut made: BTreeSet<PathBuf> = BTreeSet::new();
     for e in quarantine {
-        let to = qdir.join(&e.rel);
-        let parent_rel = Path::new(&e.rel).parent().unwrap_or(Path::new(""));
+        let from = Path::new(&e.rel);
+        let to = qrel.join(from);
+        let parent_rel = from.parent().unwrap_or(Path::new(""));
         // The directory the entry leaves (a block's chunks/ for a stray file) changes too.
-        made.insert(root.join(parent_rel));
-        let mut cur = root.to_path_buf();
+        made.insert(parent_rel.to_path_buf());
+        let mut cur = PathBuf::new();
         for c in qrel.join(parent_rel).components() {
             cur.push(c);
             made.insert(cur.clone());
         }
-        create_below(root, &qdir.join(parent_rel), owner)?;
-        fsutil::beneath::rename(root, &root.join(&e.rel), &to).with_context(|| {
+        target.make_dirs(&qrel.join(parent_rel))?;
+        target.rename(from, &to).with_context(|| {
             format!(
                 "cannot move extraneous {} to {}",
-                root.join(&e.rel).display(),
-                to.display()
+                target.path(from).display(),
+                target.path(&to).display()
             )
         })?;
         report.quarantined.push(e.rel.clone());
-        report.quarantine_dir = Some(qdir.clone());
+        report.quarantine_dir = Some(target.path(&qrel));
     }
     // Deepest first, so each directory's entry in its parent is durable after it.
     for dir in made.iter().rev() {
-        fsutil::fsync_dir(dir).with_context(|| format!("cannot fsync {}", dir.display()))?;
+        target
+            .sync_dir(dir)
+            .with_context(|| format!("cannot fsync {}", target.path(dir).display()))?;
     }
     for d in ["", "wal", "wbl", "chunks_head"] {
-        let dir = root.join(d);
-        if dir.is_dir() {
-            fsutil::fsync_dir(&dir).with_context(|| format!("cannot fsync {}", dir.display()))?;
+        let dir = Path::new(d);
+        if target.stat(dir).is_ok_and(|e| e.is_dir) {
+            target
+                .sync_dir(dir)
+                .with_context(|| format!("cannot fsync {}", target.path(dir).display()))?;
         }
     }
     tracing::info!(
         "moved {} extraneous entr(ies) to {}",
         report.quarantined.len(),
-        qdir.display()
+        target.path(&qrel).display()
     );
     Ok(())
 }
 
 /// Whether a staged file from an interrupted run is complete: same size and mtime as the
 /// source (the mtime is set only after the last byte is written).
-fn staged_complete(src: &crate::source::Source, rel: &str, dst: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(d) = std::fs::symlink_metadata(dst) else {
+fn staged_complete(
+    src: &crate::source::Source,
+    rel: &str,
+    target: &dyn Target,
+    dst: &Path,
+) -> bool {
+    let Ok(d) = target.stat(dst) else {
         return false; // not staged: no need to ask the source
     };
     match src.stat(rel) {
-        Ok(s) => {
-            d.is_file()
-                && s.size == d.len()
-                && s.mtime.same(fsutil::MTime {
-                    sec: d.mtime(),
-                    nsec: d.mtime_nsec(),
-                })
-        }
+        Ok(s) => d.is_file && s.size == d.size && s.mtime.same(d.mtime),
         _ => false,
     }
 }
 
 /// Copies one file to a temp name beside its destination on each target in `to` (reading
 /// the source once), fsyncs, renames.
-fn one_file(sh: &Shared, reader: &mut Reader, rel: &str, to: &[usize]) -> anyhow::Result<()> {
-    let mut places = Vec::with_capacity(to.len());
+fn one_file<'s>(
+    sh: &'s Shared,
+    reader: &mut Reader<'s>,
+    rel: &str,
+    to: &[usize],
+) -> anyhow::Result<()> {
+    let dst = Path::new(rel);
+    let parent = dst.parent().unwrap_or(Path::new(""));
+    let name = dst.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = parent.join(format!(".{name}{}", tsdb::TMP_SUFFIX));
     for &t in to {
-        let dst = sh.dests[t].plan.target.join(rel);
-        let parent = dst
-            .parent()
-            .ok_or_else(|| anyhow!("{} has no parent directory", dst.display()))?
-            .to_path_buf();
-        ensure_dir(&sh.dests[t].plan.mount, &parent, sh.dests[t].plan.owner)?;
-        let name = dst.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-        let tmp = parent.join(format!(".{name}{}", tsdb::TMP_SUFFIX));
-        places.push((t, parent, tmp, dst));
+        sh.dests[t].ensure_dir(parent)?;
     }
-    let outs: Vec<copy::Out> = places
-        .iter()
-        .map(|(t, _, tmp, _)| copy::Out {
-            path: tmp,
-            owner: sh.dests[*t].plan.owner,
-            base: &sh.dests[*t].plan.mount,
-        })
-        .collect();
-    let copied = copy::copy_file(reader, rel, &outs, true, &sh.ctx)
-        .and_then(|n| reader.confirm_batch(&sh.ctx).map(|_| n));
-    let n = match copied {
-        Ok(n) => n,
-        Err(e) => {
-            for o in &outs {
-                let _ = std::fs::remove_file(o.path);
-            }
+    let places: Vec<(usize, PathBuf)> = to.iter().map(|&t| (t, tmp.clone())).collect();
+    let n = if sh.dests[to[0]].target.recording() {
+        if let Err(e) = would_copy(sh, rel, &places) {
             let e = anyhow::Error::from(e);
             return if left_for_final(sh, to, rel, &e) {
                 Ok(())
@@ -904,137 +959,100 @@ fn one_file(sh: &Shared, reader: &mut Reader, rel: &str, to: &[usize]) -> anyhow
                 Err(e)
             };
         }
+        0
+    } else {
+        let outs: Vec<copy::Out> = to
+            .iter()
+            .map(|&t| copy::Out {
+                target: sh.dests[t].target.as_ref(),
+                rel: &tmp,
+            })
+            .collect();
+        let copied = copy::copy_file(reader, rel, &outs, true, &sh.ctx)
+            .and_then(|n| reader.confirm_batch(&sh.ctx).map(|_| n));
+        match copied {
+            Ok(n) => n,
+            Err(e) => {
+                for o in &outs {
+                    let _ = o.target.remove_file(o.rel);
+                }
+                let e = anyhow::Error::from(e);
+                return if left_for_final(sh, to, rel, &e) {
+                    Ok(())
+                } else {
+                    Err(e)
+                };
+            }
+        }
     };
     sh.read_bytes.fetch_add(n, Ordering::Relaxed);
-    for (i, (t, parent, tmp, dst)) in places.iter().enumerate() {
-        if let Err(e) = fsutil::beneath::rename(&sh.dests[*t].plan.mount, tmp, dst) {
-            for (_, _, other, _) in &places[i..] {
-                let _ = std::fs::remove_file(other);
+    for (i, &t) in to.iter().enumerate() {
+        let target = sh.dests[t].target.as_ref();
+        if let Err(e) = target.rename(&tmp, dst) {
+            for &other in &to[i..] {
+                let _ = sh.dests[other].target.remove_file(&tmp);
             }
-            return Err(e)
-                .with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()));
+            return Err(e).with_context(|| {
+                format!(
+                    "cannot rename {} to {}",
+                    target.path(&tmp).display(),
+                    target.path(dst).display()
+                )
+            });
         }
-        let d = &sh.dests[*t];
+        let d = &sh.dests[t];
         d.copied_bytes.fetch_add(n, Ordering::Relaxed);
         d.copied_files.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut touched) = d.touched_dirs.lock() {
-            touched.insert(parent.clone());
+            touched.insert(parent.to_path_buf());
         }
     }
     Ok(())
-}
-
-/// Takes the target's apply lock (an exclusive flock on the TSDB directory itself), so two
-/// applies never write the same target at once and no verify reads it half-written. Held
-/// until the returned guard is dropped (or the process dies).
-fn lock_target(root: &Path) -> anyhow::Result<crate::lock::Guard> {
-    let lock = crate::lock::exclusive(root).map_err(|e| match e {
-        crate::lock::LockError::Busy(h) => anyhow!(
-            "another promigrate apply or verify is using {} ({h}): wait for it to finish",
-            root.display()
-        ),
-        e => anyhow!("{e}"),
-    })?;
-    // The lock file of earlier releases is ours, and no longer used.
-    let old = root.join(tsdb::LOCK_FILE);
-    if old.is_file() {
-        std::fs::remove_file(&old)
-            .with_context(|| format!("cannot remove the old lock file {}", old.display()))?;
-    }
-    Ok(lock)
-}
-
-/// Creates the directories down to `dir` (below `base`, the volume's mount) that are missing,
-/// each given the target owner and mode. Never through a link: each is made relative to its
-/// parent's descriptor, resolved without following links ([`fsutil::beneath`]).
-fn create_below(base: &Path, dir: &Path, owner: Owner) -> anyhow::Result<()> {
-    let rel = dir.strip_prefix(base).unwrap_or(Path::new(""));
-    let mut cur = base.to_path_buf();
-    for c in rel.components() {
-        cur.push(c);
-        match fsutil::beneath::stat(base, &cur) {
-            Ok((_, st)) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => continue,
-            Ok(_) => anyhow::bail!(
-                "{} is not a directory: promigrate needs one there; move it away and rerun apply",
-                cur.display()
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(anyhow!("cannot create directory {}: {e}", cur.display())),
-        }
-        match fsutil::beneath::mkdir(base, &cur) {
-            // Another worker made it meanwhile (and gives it its owner).
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                if fsutil::beneath::stat(base, &cur)
-                    .is_ok_and(|(_, st)| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
-                {
-                    continue;
-                }
-                return Err(anyhow!("cannot create directory {}: {e}", cur.display()));
-            }
-            r => r,
-        }
-        .map_err(|e| {
-            if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) {
-                anyhow!(
-                    "target volume is full: cannot create {}; free space and rerun apply",
-                    cur.display()
-                )
-            } else {
-                anyhow!("cannot create directory {}: {e}", cur.display())
-            }
-        })?;
-        perms::fix(base, &cur, owner).map_err(|e| anyhow!(perms::explain(&cur, &e, owner)))?;
-    }
-    Ok(())
-}
-
-/// Creates a directory (and missing parents) below `base` and gives it the target owner and
-/// mode. Returns whether an already existing directory's owner or mode had to be changed.
-fn ensure_dir(base: &Path, dir: &Path, owner: Owner) -> anyhow::Result<bool> {
-    // The common case, a directory that exists: one lookup, and its owner and mode fixed
-    // through the descriptor it gave. Otherwise the missing ones are created (and given the
-    // owner) on the way down.
-    match fsutil::beneath::stat(base, dir) {
-        Ok((fd, st)) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
-            perms::fix_open(&fd, &st, owner).map_err(|e| anyhow!(perms::explain(dir, &e, owner)))
-        }
-        _ => create_below(base, dir, owner).map(|()| false),
-    }
 }
 
 /// Removes promigrate temp files and staged blocks that are no longer to be copied.
 /// Staged blocks still to be copied are kept and resumed.
 fn clean_leftovers(
-    root: &Path,
+    target: &dyn Target,
     leftovers: &[String],
     keep_staged: &BTreeSet<String>,
 ) -> anyhow::Result<Vec<String>> {
     let mut cleaned = Vec::new();
     for rel in leftovers {
-        let p = root.join(rel);
+        let p = Path::new(rel);
         if rel == tsdb::STAGING_DIR {
-            // Never list or remove through a link put in its place.
-            if std::fs::symlink_metadata(&p).is_ok_and(|m| !m.is_dir()) {
-                anyhow::bail!(
+            // Never list or remove through a link put in its place (the target refuses).
+            match target.stat(p) {
+                Ok(e) if e.is_dir => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                _ => anyhow::bail!(
                     "{} is not a directory (a symbolic link?): promigrate never removes through links; move it away and rerun apply",
-                    p.display()
-                );
+                    target.path(p).display()
+                ),
             }
-            let Ok(entries) = std::fs::read_dir(&p) else {
+            let Ok(names) = target.list(p) else {
                 continue;
             };
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if !keep_staged.contains(name.as_str()) {
-                    std::fs::remove_dir_all(e.path()).with_context(|| {
-                        format!("cannot remove stale staging {}", e.path().display())
+            for name in names {
+                let shown = name.to_string_lossy().into_owned();
+                if !keep_staged.contains(shown.as_str()) {
+                    let stale = p.join(&name);
+                    target.remove_tree(&stale).with_context(|| {
+                        format!(
+                            "cannot remove stale staging {}",
+                            target.path(&stale).display()
+                        )
                     })?;
-                    cleaned.push(format!("{rel}/{name}"));
+                    cleaned.push(format!("{rel}/{shown}"));
                 }
             }
-        } else if p.is_file() {
-            std::fs::remove_file(&p)
-                .with_context(|| format!("cannot remove leftover temp file {}", p.display()))?;
+        } else if target.stat(p).is_ok_and(|e| e.is_file) {
+            target.remove_file(p).with_context(|| {
+                format!(
+                    "cannot remove leftover temp file {}",
+                    target.path(p).display()
+                )
+            })?;
             cleaned.push(rel.clone());
         }
     }
@@ -1044,19 +1062,17 @@ fn clean_leftovers(
 /// Fixes the owner and mode of the existing target entries the plan found wrong. Entries
 /// written by this run already got them when they were created. An entry that is gone
 /// (quarantined, replaced) is skipped. Returns how many were changed.
-fn fix_ownership(base: &Path, root: &Path, owner: Owner, rels: &[String]) -> anyhow::Result<u64> {
+fn fix_ownership(target: &dyn Target, rels: &[String]) -> anyhow::Result<u64> {
     let mut fixed = 0u64;
     for rel in rels {
-        let p = if rel.is_empty() {
-            root.to_path_buf()
-        } else {
-            root.join(rel)
-        };
-        match perms::fix(base, &p, owner) {
+        let p = Path::new(rel);
+        match target.fix_owner(p) {
             Ok(true) => fixed += 1,
             Ok(false) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(anyhow!(perms::explain(&p, &e, owner))),
+            Err(e) => {
+                return Err(anyhow!(perms::explain(&target.path(p), &e, target.owner())));
+            }
         }
     }
     Ok(fixed)

@@ -1,6 +1,6 @@
 //! Prometheus TSDB on-disk layout: which entries of a data directory are data to copy,
 //! which are runtime or transient files to leave out, and the block `meta.json` model.
-//! Facts from prometheus/prometheus `tsdb/` (see shared/tsdb-format.md).
+//! Facts from prometheus/prometheus `tsdb/` and its `tsdb/docs/format/`.
 
 pub mod check;
 pub mod meta;

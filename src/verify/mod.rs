@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::cli::VerifyLevel;
 use crate::perms;
 use crate::plan::inventory::{self, FileInfo, Inventory};
 use crate::plan::{self, Migration};
@@ -21,6 +20,20 @@ use crate::progress::Progress;
 use crate::source::Source;
 use crate::tsdb::{check, meta};
 use crate::units;
+
+/// How deep `verify` looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyLevel {
+    /// meta.json field by field, file sets, sizes, ownership and modes.
+    Meta,
+    /// Everything in `meta`, plus a content hash (xxh3-128) of every file on both sides.
+    #[default]
+    Checksum,
+    /// Everything in `checksum`, plus format validation of the target: that Prometheus will
+    /// open and read it (chunk, index, tombstone, head chunk and WAL CRCs, numbering).
+    Deep,
+}
 
 /// One difference between source and target.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -55,6 +68,14 @@ pub struct VerifyReport {
     pub hashed_bytes: u64,
     /// Everything that differs, sorted by path.
     pub differences: Vec<Difference>,
+    /// What the target Prometheus server would do wrong with the data (its owner, subPath,
+    /// retention, version, GitOps), from the cluster: each stops the go.
+    pub cluster_blockers: Vec<String>,
+    /// What to know about the target server.
+    pub cluster_warnings: Vec<String>,
+    /// The plan this verify compared against (not in the report: its parts are).
+    #[serde(skip)]
+    pub plan: Option<Box<plan::MigrationPlan>>,
     /// Wall time (s).
     pub duration_seconds: f64,
 }
@@ -273,7 +294,10 @@ fn run_one(
         checked_bytes: checked.1,
         hashed_bytes: hashed,
         differences: diffs,
+        cluster_blockers: Vec::new(),
+        cluster_warnings: Vec::new(),
         duration_seconds: start.elapsed().as_secs_f64(),
+        plan: Some(Box::new(plan)),
     })
 }
 
@@ -288,6 +312,9 @@ fn busy(m: &Migration, level: VerifyLevel, h: crate::lock::Holder, start: Instan
         checked_files: 0,
         checked_bytes: 0,
         hashed_bytes: 0,
+        cluster_blockers: Vec::new(),
+        cluster_warnings: Vec::new(),
+        plan: None,
         differences: vec![Difference {
             path: String::new(),
             sigil: '!',
@@ -467,6 +494,12 @@ impl VerifyReport {
             units::bytes(self.hashed_bytes),
             units::duration(self.duration_seconds)
         );
+        for w in &self.cluster_warnings {
+            let _ = writeln!(s, "warning (target Prometheus): {w}");
+        }
+        for b in &self.cluster_blockers {
+            let _ = writeln!(s, "BLOCKER (target Prometheus): {b}");
+        }
         if self.ok {
             let _ = writeln!(
                 s,
@@ -480,8 +513,15 @@ impl VerifyReport {
         } else {
             let _ = writeln!(
                 s,
-                "FAILED: {} difference(s). Do not cut over.",
-                self.differences.len()
+                "FAILED: {}. Do not cut over.",
+                match (self.differences.len(), self.cluster_blockers.len()) {
+                    (d, 0) => format!("{d} difference(s)"),
+                    (0, b) => format!(
+                        "the data matches, but the target Prometheus would not run it as migrated ({b} blocker(s))"
+                    ),
+                    (d, b) =>
+                        format!("{d} difference(s), and {b} blocker(s) in the target Prometheus"),
+                }
             );
         }
         s

@@ -1,8 +1,13 @@
 //! Shared helpers of the integration tests: real TSDB fixtures (promtool + a real
 //! prometheus: Debian's 2.42 via scripts/gen-tsdb.sh, 3.x built by scripts/prometheus3.sh via
 //! scripts/gen-tsdb3.sh), plan files, the promigrate binary, and real Prometheus servers (2.42
-//! or 3.x: [`PromFlavor`]) started on 127.0.0.1 and stopped by their PID.
+//! or 3.x: [`PromFlavor`]) started on 127.0.0.1 and stopped by their PID; a real Kubernetes
+//! control plane ([`cluster`]) and the real Prometheus Operator against it ([`operator`]).
 #![allow(dead_code)]
+
+pub mod cluster;
+pub mod fake_prometheus;
+pub mod operator;
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -77,22 +82,43 @@ pub fn gib_fixture() -> &'static Path {
 pub fn prom3_bin() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new("bash")
-            .arg(root.join("scripts/prometheus3.sh"))
-            .arg("build")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/prometheus3.sh build (needs go: see README, Tests)");
-        assert!(out.status.success(), "scripts/prometheus3.sh build failed");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let dir = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
-        assert!(
-            dir.join("prometheus").is_file() && dir.join("promtool").is_file(),
-            "scripts/prometheus3.sh build printed {stdout:?}, not a bin dir"
-        );
-        dir
+        path_from_script(
+            "prometheus3.sh",
+            "build",
+            " (needs go: see docs/development.md)",
+            "a bin dir",
+            |d| d.join("prometheus").is_file() && d.join("promtool").is_file(),
+        )
     })
+}
+
+/// Runs `bash scripts/<script> <arg>` (its progress on stderr) and returns the path its last
+/// stdout line names, which `ok` must accept (`what` it should be, for the message).
+pub fn path_from_script(
+    script: &str,
+    arg: &str,
+    needs: &str,
+    what: &str,
+    ok: impl Fn(&Path) -> bool,
+) -> PathBuf {
+    let out = Command::new("bash")
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("scripts")
+                .join(script),
+        )
+        .arg(arg)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/{script} {arg}{needs}: {e}"));
+    assert!(out.status.success(), "scripts/{script} {arg} failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+    assert!(
+        ok(&path),
+        "scripts/{script} {arg} printed {stdout:?}, not {what}"
+    );
+    path
 }
 
 /// tests/prom3feed, the program that feeds Prometheus 3 for scripts/gen-tsdb3.sh, built once
@@ -100,21 +126,13 @@ pub fn prom3_bin() -> &'static Path {
 pub fn prom3_feeder() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new("bash")
-            .arg(root.join("scripts/gen-tsdb3.sh"))
-            .arg("--feeder")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/gen-tsdb3.sh --feeder (needs go)");
-        assert!(out.status.success(), "scripts/gen-tsdb3.sh --feeder failed");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let bin = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
-        assert!(
-            bin.is_file(),
-            "scripts/gen-tsdb3.sh --feeder printed {stdout:?}, not the feeder"
-        );
-        bin
+        path_from_script(
+            "gen-tsdb3.sh",
+            "--feeder",
+            " (needs go)",
+            "the feeder",
+            |b| b.is_file(),
+        )
     })
 }
 
@@ -447,6 +465,19 @@ transfer:
         source.display(),
         mount.display()
     )
+}
+
+/// The strings of a JSON array (panics on anything else).
+pub fn json_strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("not a string: {s}"))
+                .to_string()
+        })
+        .collect()
 }
 
 pub fn promigrate() -> Command {
@@ -1170,4 +1201,45 @@ pub fn as_user(ws: &Workspace, (uid, gid): (u32, u32), args: &[&str]) -> (i32, S
         c.arg("--state-dir").arg(ws.dir.path().join("user-records"));
     }
     run(c)
+}
+
+/// A TSDB of real blocks (written by `promtool tsdb create-blocks-from openmetrics`) holding
+/// one series with a sample a day for `days` days up to yesterday: one block a day, so a
+/// retention shorter than `days` would delete some of them.
+pub fn days_of_blocks(dir: &Path, days: i64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut om = String::from("# TYPE migrated_days gauge\n");
+    for d in (1..=days).rev() {
+        om.push_str(&format!("migrated_days {d} {}\n", now - d * 86_400));
+    }
+    om.push_str("# EOF\n");
+    let input = dir.with_extension("om");
+    std::fs::write(&input, om).unwrap();
+    let out = Command::new("promtool")
+        .args(["tsdb", "create-blocks-from", "openmetrics", "-q"])
+        .arg(&input)
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::create_dir_all(dir.join("wal")).unwrap();
+    std::fs::remove_file(&input).unwrap();
+}
+
+/// `chown -R uid:gid dir`.
+pub fn chown_tree(dir: &Path, (uid, gid): (u32, u32)) {
+    let st = Command::new("chown")
+        .args(["-R", &format!("{uid}:{gid}")])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "chown -R {uid}:{gid} {}", dir.display());
 }

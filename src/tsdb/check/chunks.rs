@@ -3,7 +3,7 @@
 //! Startup checks only the headers; chunk CRCs are checked when a query or compaction
 //! reads the chunk.
 
-use crate::source::Source;
+use crate::source::Tree;
 use std::io;
 
 use super::scan::Scanner;
@@ -15,7 +15,7 @@ const MAGIC: u32 = 0x85BD40DD;
 pub(super) const MAX_PER_FILE: usize = 20;
 
 pub(super) fn check(
-    root: &Source,
+    root: &dyn Tree,
     rel: &str,
     depth: Depth,
     progress: &dyn Progress,
@@ -106,6 +106,7 @@ pub(super) fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::Source;
     use integer_encoding::VarInt;
 
     /// A block chunk: uvarint len | encoding | data | CRC32C(encoding‖data).

@@ -4,7 +4,7 @@
 //! a zero tail. On a bad chunk Prometheus drops the head chunk files from that one on and
 //! replays the WAL: what the WAL no longer holds is lost.
 
-use crate::source::Source;
+use crate::source::Tree;
 use std::io;
 
 use super::chunks::MAX_PER_FILE;
@@ -17,7 +17,7 @@ const MAGIC: u32 = 0x0130BC91;
 const FIXED: usize = 25;
 
 pub(super) fn check(
-    root: &Source,
+    root: &dyn Tree,
     rel: &str,
     last: bool,
     depth: Depth,
@@ -104,6 +104,7 @@ pub(super) fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::Source;
     use integer_encoding::VarInt;
 
     /// A head chunk: seriesRef | mint | maxt | encoding | uvarint len | data | CRC32C.

@@ -6,7 +6,7 @@
 //! Startup reads and checks the header, the TOC, the symbols and the postings offset table;
 //! series entries and postings lists are checked only when a query or compaction reads them.
 
-use crate::source::Source;
+use crate::source::Tree;
 use std::io;
 
 use super::chunks::MAX_PER_FILE;
@@ -27,7 +27,7 @@ struct Toc {
 }
 
 pub(super) fn check(
-    root: &Source,
+    root: &dyn Tree,
     rel: &str,
     segments: &[u64],
     depth: Depth,

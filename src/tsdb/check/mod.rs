@@ -7,7 +7,7 @@
 //! files, every index section (TOC, symbols, series entries and their chunk references,
 //! label indices, postings lists and the postings offset table), tombstones, and every WAL/WBL
 //! record fragment. Memory stays bounded: files are read through a fixed buffer and the index
-//! is walked section by section. Facts: shared/tsdb-format.md, prometheus `tsdb/`.
+//! is walked section by section. Facts: prometheus/prometheus `tsdb/docs/format/` and `tsdb/`.
 
 mod chunks;
 mod head;
@@ -17,7 +17,7 @@ pub mod scan;
 mod tombstones;
 mod wal;
 
-use crate::source::Source;
+use crate::source::Tree;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
@@ -224,7 +224,7 @@ enum Job {
 /// Checks a scanned data directory. Files are read by `parallelism` workers; `progress`
 /// receives the bytes read.
 pub fn run(
-    root: &Source,
+    root: &dyn Tree,
     inv: &Inventory,
     depth: Depth,
     parallelism: usize,
@@ -401,7 +401,7 @@ pub fn run(
     problems
 }
 
-fn run_job(root: &Source, job: &Job, depth: Depth, progress: &dyn Progress) -> Vec<Problem> {
+fn run_job(root: &dyn Tree, job: &Job, depth: Depth, progress: &dyn Progress) -> Vec<Problem> {
     let (rel, result) = match job {
         Job::BlockChunks { rel } => (rel, chunks::check(root, rel, depth, progress)),
         Job::Index { rel, segments } => (rel, index::check(root, rel, segments, depth, progress)),
@@ -516,6 +516,7 @@ fn snapshot_position(dir: &str) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::Source;
 
     /// One WAL-format segment holding `records`, each a full record in one fragment.
     fn wal_segment(records: &[&[u8]]) -> Vec<u8> {
@@ -651,6 +652,7 @@ mod tests {
 #[cfg(test)]
 mod snapshot_position_tests {
     use super::*;
+    use crate::source::Source;
 
     /// Found in review: in the snapshot's own WAL segment, damage before the snapshot's
     /// position (covered: Prometheus does not replay it) hid damage after it, which

@@ -3,7 +3,7 @@
 //! Nothing here writes; the source is never touched. The copy then holds only the contiguous
 //! run of files after the last gap.
 
-use crate::source::Source;
+use crate::source::Tree;
 use std::io;
 
 use super::scan::{Scanner, uvarint};
@@ -23,7 +23,7 @@ pub struct Repair {
 /// allowed when a checkpoint covers every dropped segment and the rest follows it.
 /// `Ok(Err(why))` when the repair is not possible.
 pub fn drop_before_last_gap(
-    root: &Source,
+    root: &dyn Tree,
     inv: &Inventory,
     dir: &str,
 ) -> io::Result<Result<Repair, String>> {
@@ -97,7 +97,7 @@ pub fn drop_before_last_gap(
 }
 
 /// The min and max sample time of the chunks in a head chunk file (no CRC checks).
-pub fn head_time_range(root: &Source, rel: &str) -> io::Result<Option<(i64, i64)>> {
+pub fn head_time_range(root: &dyn Tree, rel: &str) -> io::Result<Option<(i64, i64)>> {
     let mut s = Scanner::in_source(root, rel, super::Depth::Deep)?;
     if s.take(8)?.is_none() {
         return Ok(None);

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 
-use crate::source::{Input, Source};
+use crate::source::{Input, Tree};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -60,7 +60,7 @@ impl Scanner {
     }
 
     /// Opens `rel` below a (local or remote) TSDB root, for checks at `depth`.
-    pub fn in_source(src: &Source, rel: &str, depth: super::Depth) -> io::Result<Scanner> {
+    pub fn in_source(src: &dyn Tree, rel: &str, depth: super::Depth) -> io::Result<Scanner> {
         let buf = match depth {
             super::Depth::Deep => BUF,
             super::Depth::Cheap => SMALL_BUF,
@@ -70,7 +70,7 @@ impl Scanner {
     }
 
     fn open_with(path: &Path, buf: usize) -> io::Result<Scanner> {
-        let file = crate::sync::copy::open_source(path)?;
+        let file = crate::fsutil::open_noatime(path)?;
         let len = file.metadata()?.len();
         Self::from_input(Input::Local(file), len, buf)
     }

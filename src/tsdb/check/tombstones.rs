@@ -1,7 +1,7 @@
 //! `<ULID>/tombstones`: magic 0x0130BA30, version 1, entries, then CRC32C over the entries
 //! (bytes 5 to size-4). A missing file means no tombstones; a damaged one fails startup.
 
-use crate::source::Source;
+use crate::source::Tree;
 use std::io;
 
 use super::scan::{Scanner, be32};
@@ -9,7 +9,7 @@ use super::{Effect, Problem};
 
 const MAGIC: u32 = 0x0130BA30;
 
-pub(super) fn check(root: &Source, rel: &str) -> io::Result<Vec<Problem>> {
+pub(super) fn check(root: &dyn Tree, rel: &str) -> io::Result<Vec<Problem>> {
     let mut s = Scanner::in_source(root, rel, super::Depth::Cheap)?;
     let p = |loc: &str, what: String| vec![Problem::new(rel, loc, what, Effect::FailsStart)];
     let len = s.len();

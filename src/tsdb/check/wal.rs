@@ -8,7 +8,7 @@
 //! Prometheus loads the newest chunk snapshot and replays only the WAL after its position:
 //! damage before it is not read at startup ([`Covered`]).
 
-use crate::source::Source;
+use crate::source::Tree;
 use std::io;
 
 use super::scan::{Scanner, be32};
@@ -42,7 +42,7 @@ pub(super) enum Covered {
 }
 
 pub(super) fn check(
-    root: &Source,
+    root: &dyn Tree,
     rel: &str,
     last: bool,
     kind: Kind,

@@ -5,14 +5,13 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::fsutil::MTime;
+pub mod stat;
 use crate::live::Liveness;
 use crate::ssh::{self, Pool, SshSpec};
+pub use stat::{Ent, Kind, Stat};
 
 /// A TSDB directory to read.
 #[derive(Clone)]
@@ -25,10 +24,36 @@ pub enum Source {
         root: PathBuf,
         /// Connections to the host.
         pool: Arc<Pool>,
-        /// What a few commands told of the whole directory at the start of a scan
-        /// ([`Source::snapshot`]); `None` for everything else.
-        snap: Option<Arc<ssh::snapshot::Snapshot>>,
     },
+}
+
+/// Reading a TSDB directory: the source itself ([`Source`]), or a [`View`] of it that
+/// answers from a snapshot taken at the start of a scan. The scan and the format checks read
+/// through this. Copies and content hashes take a [`Source`]: they never get a snapshot's
+/// bytes, by type.
+pub trait Tree: Sync {
+    /// The directory (on its host).
+    fn root(&self) -> &Path;
+    /// `path` or `user@host:port:path`, for messages.
+    fn describe(&self) -> String;
+    /// Attributes of `rel` (`""`: the root), links not followed.
+    fn stat(&self, rel: &str) -> io::Result<Stat>;
+    /// The entries of directory `rel` (`""`: the root), sorted by name.
+    fn list(&self, rel: &str) -> io::Result<Vec<Ent>>;
+    /// Reads a whole (small) file.
+    fn read(&self, rel: &str) -> io::Result<Vec<u8>>;
+    /// Opens a file for reading; returns it and its attributes at open time.
+    fn open(&self, rel: &str) -> io::Result<(Input, Stat)>;
+}
+
+/// A source as one scan sees it: over SSH with `read: tar`, listings, attributes and the
+/// reads of the cheap checks come from one [`ssh::snapshot`] of the remote directory taken
+/// at its start ([`Source::snapshot`]), instead of an SFTP round trip each; what the
+/// snapshot does not hold is read from the source.
+#[derive(Clone)]
+pub struct View {
+    live: Source,
+    snap: Option<Arc<ssh::snapshot::Snapshot>>,
 }
 
 impl std::fmt::Debug for Source {
@@ -37,88 +62,13 @@ impl std::fmt::Debug for Source {
     }
 }
 
-/// Owner, mode, size and time of an entry.
-#[derive(Debug, Clone, Copy)]
-pub struct Stat {
-    /// Size in bytes.
-    pub size: u64,
-    /// Modification time (whole seconds over SFTP).
-    pub mtime: MTime,
-    /// `st_mode`, type bits included.
-    pub mode: u32,
-    /// Owner uid.
-    pub uid: u32,
-    /// Owner gid.
-    pub gid: u32,
-}
-
-impl Stat {
-    fn of(m: &std::fs::Metadata) -> Stat {
-        Stat {
-            size: m.len(),
-            mtime: MTime {
-                sec: m.mtime(),
-                nsec: m.mtime_nsec(),
-            },
-            mode: m.mode(),
-            uid: m.uid(),
-            gid: m.gid(),
-        }
-    }
-
-    pub(crate) fn of_sftp(s: &ssh2::FileStat) -> Stat {
-        Stat {
-            size: s.size.unwrap_or(0),
-            mtime: MTime {
-                sec: s.mtime.unwrap_or(0) as i64,
-                nsec: 0,
-            },
-            mode: s.perm.unwrap_or(0),
-            uid: s.uid.unwrap_or(0),
-            gid: s.gid.unwrap_or(0),
-        }
-    }
-
-    /// What kind of entry this is (links are not followed).
-    pub fn kind(&self) -> Kind {
-        match self.mode & 0o170000 {
-            0o100000 => Kind::File,
-            0o040000 => Kind::Dir,
-            0o120000 => Kind::Symlink,
-            _ => Kind::Other,
-        }
-    }
-}
-
-/// The kind of a directory entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// A regular file.
-    File,
-    /// A directory.
-    Dir,
-    /// A symbolic link (never followed).
-    Symlink,
-    /// Anything else.
-    Other,
-}
-
-/// One directory entry.
-#[derive(Debug, Clone)]
-pub struct Ent {
-    /// Its name, or `Err(lossy name)` when it is not UTF-8.
-    pub name: Result<String, String>,
-    /// Its attributes (of the entry itself, links not followed).
-    pub stat: Stat,
-}
-
 /// An open source file.
 pub enum Input {
     /// A local file.
     Local(File),
     /// A remote file, read through SFTP.
     Remote(RemoteFile),
-    /// A remote file whose ends (or all) a [`Source::snapshot`] holds; the rest is read
+    /// A remote file whose ends (or all) a [`View`]'s snapshot holds; the rest is read
     /// through SFTP.
     Prefetched(Prefetched),
 }
@@ -180,9 +130,6 @@ impl Source {
     /// Attributes of `rel` (`""`: the root), links not followed.
     pub fn stat(&self, rel: &str) -> io::Result<Stat> {
         let p = self.path(rel);
-        if let Some(st) = self.snap().and_then(|s| s.stat(rel)) {
-            return Ok(st);
-        }
         match self {
             Source::Local(_) => std::fs::symlink_metadata(&p).map(|m| Stat::of(&m)),
             Source::Ssh { pool, .. } => pool.with(&format!("stat {}", p.display()), |c| {
@@ -197,9 +144,6 @@ impl Source {
     /// The entries of directory `rel` (`""`: the root), sorted by name, with their
     /// attributes. Entries that vanish while listed are left out.
     pub fn list(&self, rel: &str) -> io::Result<Vec<Ent>> {
-        if let Some(l) = self.snap().and_then(|s| s.list(rel)) {
-            return Ok(l);
-        }
         let dir = self.path(rel);
         let mut out = match self {
             Source::Local(_) => {
@@ -244,12 +188,9 @@ impl Source {
 
     /// Reads a whole (small) file.
     pub fn read(&self, rel: &str) -> io::Result<Vec<u8>> {
-        if let Some((data, _)) = self.snap().and_then(|s| s.whole(rel)) {
-            return Ok(data.to_vec());
-        }
         let p = self.path(rel);
         match self {
-            Source::Local(_) => crate::sync::copy::read_source(&p),
+            Source::Local(_) => crate::fsutil::read_noatime(&p),
             // Read from the start on every attempt; no stat first (a round trip saved per
             // meta.json and tombstones file).
             Source::Ssh { pool, .. } => pool.with(&format!("read {}", p.display()), |c| {
@@ -268,71 +209,49 @@ impl Source {
         let p = self.path(rel);
         match self {
             Source::Local(_) => {
-                let f = crate::sync::copy::open_source(&p)?;
+                let f = crate::fsutil::open_noatime(&p)?;
                 let st = Stat::of(&f.metadata()?);
                 Ok((Input::Local(f), st))
             }
-            Source::Ssh { pool, snap, .. } => {
-                let mut f = RemoteFile {
-                    pool: pool.clone(),
-                    path: p,
-                    conn: None,
-                    file: None,
-                    pos: 0,
-                };
-                if let Some((head, tail, st)) = snap.as_deref().and_then(|s| s.bytes(rel)) {
-                    return Ok((
-                        Input::Prefetched(Prefetched {
-                            head: head.to_vec(),
-                            tail: tail.to_vec(),
-                            len: st.size,
-                            pos: 0,
-                            rest: f,
-                        }),
-                        st,
-                    ));
-                }
+            Source::Ssh { .. } => {
+                let mut f = self.remote_file(rel)?;
                 let st = f.stat_now()?;
                 Ok((Input::Remote(f), st))
             }
         }
     }
 
-    /// Whether attributes come over SFTP (an SSH source without a [`Source::snapshot`]):
-    /// SFTP (protocol 3) carries times as unsigned 32-bit seconds, so a time before 1970
-    /// arrives 2^32 s later, after 2038-01-19.
-    pub fn times_over_sftp(&self) -> bool {
-        matches!(self, Source::Ssh { snap: None, .. })
-    }
-
-    /// The snapshot this source answers from, if any.
-    fn snap(&self) -> Option<&ssh::snapshot::Snapshot> {
+    /// A remote file, not opened yet (an error for a local source).
+    fn remote_file(&self, rel: &str) -> io::Result<RemoteFile> {
         match self {
-            Source::Ssh { snap, .. } => snap.as_deref(),
-            Source::Local(_) => None,
+            Source::Ssh { pool, .. } => Ok(RemoteFile {
+                pool: pool.clone(),
+                path: self.path(rel),
+                conn: None,
+                file: None,
+                pos: 0,
+            }),
+            Source::Local(_) => Err(io::Error::other(format!(
+                "{}: a local file is not read over SFTP",
+                self.path(rel).display()
+            ))),
         }
     }
 
-    /// This source answering listings, attributes and the reads of the cheap checks from
-    /// one [`ssh::snapshot`] of the remote directory taken now, instead of an SFTP round
-    /// trip each: for one scan (and the checks that follow it), never for copying or
-    /// hashing. Local sources, `read: sftp`, and hosts where the snapshot cannot be taken
-    /// are returned as they are.
-    pub fn snapshot(&self) -> Source {
-        match self {
-            Source::Ssh {
-                root,
-                pool,
-                snap: None,
-            } if pool.spec().read == ssh::ReadVia::Tar => match ssh::snapshot::take(pool, root) {
-                Some(s) => Source::Ssh {
-                    root: root.clone(),
-                    pool: pool.clone(),
-                    snap: Some(Arc::new(s)),
-                },
-                None => self.clone(),
-            },
-            _ => self.clone(),
+    /// This source as one scan sees it: answering listings, attributes and the reads of the
+    /// cheap checks from one [`ssh::snapshot`] of the remote directory taken now. Local
+    /// sources, `read: sftp`, and hosts where the snapshot cannot be taken are read as
+    /// they are.
+    pub fn snapshot(&self) -> View {
+        let snap = match self {
+            Source::Ssh { root, pool } if pool.spec().read == ssh::ReadVia::Tar => {
+                ssh::snapshot::take(pool, root).map(Arc::new)
+            }
+            _ => None,
+        };
+        View {
+            live: self.clone(),
+            snap,
         }
     }
 
@@ -340,11 +259,97 @@ impl Source {
     pub fn probe(&self) -> Liveness {
         match self {
             Source::Local(p) => crate::live::probe(p),
-            Source::Ssh { root, pool, snap } => match snap.as_deref().and_then(|s| s.lock()) {
-                // Asked by the snapshot's listing command, at the start of this scan.
-                Some(answer) => lock_answer(root, pool, answer),
-                None => remote_probe(root, pool),
-            },
+            Source::Ssh { root, pool } => remote_probe(root, pool),
+        }
+    }
+}
+
+impl Tree for Source {
+    fn root(&self) -> &Path {
+        Source::root(self)
+    }
+    fn describe(&self) -> String {
+        Source::describe(self)
+    }
+    fn stat(&self, rel: &str) -> io::Result<Stat> {
+        Source::stat(self, rel)
+    }
+    fn list(&self, rel: &str) -> io::Result<Vec<Ent>> {
+        Source::list(self, rel)
+    }
+    fn read(&self, rel: &str) -> io::Result<Vec<u8>> {
+        Source::read(self, rel)
+    }
+    fn open(&self, rel: &str) -> io::Result<(Input, Stat)> {
+        Source::open(self, rel)
+    }
+}
+
+impl View {
+    /// The source itself.
+    pub fn live(&self) -> &Source {
+        &self.live
+    }
+
+    fn snap(&self) -> Option<&ssh::snapshot::Snapshot> {
+        self.snap.as_deref()
+    }
+
+    /// Whether attributes come over SFTP (an SSH source without a snapshot): SFTP
+    /// (protocol 3) carries times as unsigned 32-bit seconds, so a time before 1970 arrives
+    /// 2^32 s later, after 2038-01-19.
+    pub fn times_over_sftp(&self) -> bool {
+        matches!(self.live, Source::Ssh { .. }) && self.snap.is_none()
+    }
+
+    /// Whether the Prometheus that owns this directory is running: over SSH, the snapshot's
+    /// listing command asked its lock at the start of this scan.
+    pub fn probe(&self) -> Liveness {
+        match (&self.live, self.snap().and_then(|s| s.lock())) {
+            (Source::Ssh { root, pool }, Some(answer)) => lock_answer(root, pool, answer),
+            (live, _) => live.probe(),
+        }
+    }
+}
+
+impl Tree for View {
+    fn root(&self) -> &Path {
+        self.live.root()
+    }
+    fn describe(&self) -> String {
+        self.live.describe()
+    }
+    fn stat(&self, rel: &str) -> io::Result<Stat> {
+        match self.snap().and_then(|s| s.stat(rel)) {
+            Some(st) => Ok(st),
+            None => self.live.stat(rel),
+        }
+    }
+    fn list(&self, rel: &str) -> io::Result<Vec<Ent>> {
+        match self.snap().and_then(|s| s.list(rel)) {
+            Some(l) => Ok(l),
+            None => self.live.list(rel),
+        }
+    }
+    fn read(&self, rel: &str) -> io::Result<Vec<u8>> {
+        match self.snap().and_then(|s| s.whole(rel)) {
+            Some((data, _)) => Ok(data.to_vec()),
+            None => self.live.read(rel),
+        }
+    }
+    fn open(&self, rel: &str) -> io::Result<(Input, Stat)> {
+        match self.snap().and_then(|s| s.bytes(rel)) {
+            Some((head, tail, st)) => Ok((
+                Input::Prefetched(Prefetched {
+                    head: head.to_vec(),
+                    tail: tail.to_vec(),
+                    len: st.size,
+                    pos: 0,
+                    rest: self.live.remote_file(rel)?,
+                }),
+                st,
+            )),
+            None => self.live.open(rel),
         }
     }
 }
@@ -352,16 +357,16 @@ impl Source {
 /// The lock probe on the remote host: open `lock` read-only (never creating it) and try a
 /// non-blocking flock on it, as Prometheus holds it while it runs.
 fn remote_probe(root: &Path, pool: &Pool) -> Liveness {
-    let cmd = format!("cd {} || exit 97; {LOCK_PROBE}", ssh::shell_quote(root));
+    let cmd = format!(
+        "cd {} || exit 97; {}",
+        ssh::shell_quote(root),
+        ssh::snapshot::LOCK_PROBE
+    );
     match pool.with("probe the source lock", |c| ssh::exec(&c.sess, &cmd)) {
         Ok((_, text)) => lock_answer(root, pool, &text),
         Err(e) => Liveness::Unknown(format!("the remote lock probe failed: {e}")),
     }
 }
-
-/// The remote lock probe, in the TSDB directory: prints one line, `lock 0` (free), `lock
-/// 99` (held) or `absent`. In a subshell, so the lock file is closed again when it ends.
-pub(crate) const LOCK_PROBE: &str = "(if [ -e lock ] && command exec 9<lock; then flock -n -E 99 9; echo \"lock $?\"; else echo absent; fi) 2>/dev/null";
 
 /// What the lock probe's answer means.
 fn lock_answer(root: &Path, pool: &Pool, text: &str) -> Liveness {
@@ -435,54 +440,47 @@ impl RemoteFile {
         mut op: impl FnMut(&mut ssh2::File) -> io::Result<T>,
     ) -> io::Result<T> {
         let attempts = self.pool.attempts.max(1);
-        let mut last = None;
-        for attempt in 0..attempts {
-            if attempt > 0 {
-                let wait = Duration::from_secs(1 << (attempt - 1).min(4));
+        // Constant while retrying: the offset moves only when a read succeeds.
+        let (path, pos) = (self.path.clone(), self.pos);
+        let r = crate::retry::with_backoff(
+            attempts,
+            ssh::is_connection_error,
+            |e, wait, next| {
                 tracing::warn!(
-                    "{what} {} over SSH failed ({}); reconnecting in {}s and resuming at byte {} (attempt {}/{attempts})",
-                    self.path.display(),
-                    last.as_ref()
-                        .map(|e: &io::Error| e.to_string())
-                        .unwrap_or_default(),
+                    "{what} {} over SSH failed ({e}); reconnecting in {}s and resuming at byte {pos} (attempt {}/{attempts})",
+                    path.display(),
                     wait.as_secs(),
-                    self.pos,
-                    attempt + 1
-                );
-                std::thread::sleep(wait);
-            }
-            if self.file.is_none()
-                && let Err(e) = self.ensure_open(attempt > 0)
-            {
-                if !ssh::is_connection_error(&e) {
-                    return Err(e);
-                }
-                self.reset();
-                self.pool.discard_idle();
-                last = Some(e);
-                continue;
-            }
-            let Some(f) = self.file.as_mut() else {
-                continue;
-            };
-            match op(f) {
-                Ok(v) => return Ok(v),
-                Err(e) if ssh::is_connection_error(&e) => {
+                    next + 1
+                )
+            },
+            |attempt| {
+                let done = match self.file.as_mut() {
+                    Some(f) => op(f),
+                    None => self
+                        .ensure_open(attempt > 0)
+                        .and_then(|()| match self.file.as_mut() {
+                            Some(f) => op(f),
+                            // Not reached: an open that succeeds sets the file.
+                            None => Err(io::Error::from(io::ErrorKind::NotConnected)),
+                        }),
+                };
+                if let Err(e) = &done
+                    && ssh::is_connection_error(e)
+                {
                     self.reset();
                     self.pool.discard_idle();
-                    last = Some(e);
                 }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            format!(
-                "{what} {} over SSH: gave up after {attempts} attempts ({}); rerun to resume (completed files are kept)",
-                self.path.display(),
-                last.map(|e| e.to_string()).unwrap_or_default()
-            ),
-        ))
+                done
+            },
+        );
+        r.map_err(|failed| {
+            failed.into_io(|last| {
+                format!(
+                    "{what} {} over SSH: gave up after {attempts} attempts ({last}); rerun to resume (completed files are kept)",
+                    path.display(),
+                )
+            })
+        })
     }
 }
 

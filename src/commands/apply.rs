@@ -1,0 +1,794 @@
+//! `promigrate apply`: refuse what must not run (blockers, a running source), confirm,
+//! quiesce the Kubernetes workloads, copy, and after the final phase verify before the
+//! cluster objects are restored; the report and the run record say what was done.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::verify::{VerifyOutput, run_verify};
+use super::{
+    Outcome, Push, arm_cancel, build_plans, check_cancel, compare_of, kube_preflight, load,
+    render_plans, report, runtime,
+};
+use crate::cli::{self, ApplyArgs, Output};
+use crate::exit::{self, Code};
+use crate::{k8s, live, metrics, perms, plan, progress, record, sync, tsdb, units, volume};
+
+/// What `apply` reports and records, whatever happened.
+#[derive(Serialize, Default)]
+struct ApplyOutput {
+    ok: bool,
+    dry_run: bool,
+    /// Refused: blockers, a running source, or "no" at the prompt. Nothing was written.
+    refused: bool,
+    /// Why it was refused, when not for blockers or at the prompt.
+    refusal: Option<String>,
+    /// Stopped at the deadline before everything was done; rerun to continue.
+    incomplete: bool,
+    /// The plan (one target).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<plan::MigrationPlan>,
+    /// A dry run: what apply would do, in order (from `would`); and the Kubernetes steps.
+    actions: Vec<String>,
+    /// A dry run: by target, the changes apply's engine would make (recorded, not made).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    would: Vec<WouldDo>,
+    /// What was done (one target); present also when apply failed part-way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    apply: Option<sync::ApplyReport>,
+    /// With several target volumes (`targets:`): each one's plan and what was done.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    targets: Vec<TargetOutcome>,
+    /// The verify that gated the Kubernetes steps (with `target.kubernetes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verify: Option<VerifyOutput>,
+    /// Every change made to cluster objects: object, field, before → after.
+    kubernetes_changes: Vec<k8s::Change>,
+    /// What was left scaled down when the run ended before the scale-up (presync, deadline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kubernetes_note: Option<String>,
+    /// Things to know about this run (e.g. a deadline shorter than the estimate).
+    warnings: Vec<String>,
+    error: Option<String>,
+    record: Option<std::path::PathBuf>,
+}
+
+/// A dry run's record for one target.
+#[derive(Serialize)]
+struct WouldDo {
+    target: std::path::PathBuf,
+    operations: Vec<volume::Op>,
+}
+
+/// One target volume's part of an apply.
+#[derive(Serialize)]
+struct TargetOutcome {
+    plan: plan::MigrationPlan,
+    apply: Option<sync::ApplyReport>,
+}
+
+impl ApplyOutput {
+    /// Stores the plans (and reports, once apply ran) in the shape for one or several targets.
+    fn set(&mut self, plans: Vec<plan::MigrationPlan>, reports: Option<Vec<sync::ApplyReport>>) {
+        let mut reports = reports.map(|r| r.into_iter().map(Some).collect::<Vec<_>>());
+        if plans.len() == 1 {
+            self.plan = plans.into_iter().next();
+            self.apply = reports.and_then(|mut r| r.pop().flatten());
+        } else {
+            self.targets = plans
+                .into_iter()
+                .enumerate()
+                .map(|(i, plan)| TargetOutcome {
+                    plan,
+                    apply: reports
+                        .as_mut()
+                        .and_then(|r| r.get_mut(i).and_then(Option::take)),
+                })
+                .collect();
+        }
+    }
+
+    /// Every target's plan and report, in plan-file order.
+    fn outcomes(&self) -> Vec<(&plan::MigrationPlan, Option<&sync::ApplyReport>)> {
+        match &self.plan {
+            Some(p) => vec![(p, self.apply.as_ref())],
+            None => self
+                .targets
+                .iter()
+                .map(|t| (&t.plan, t.apply.as_ref()))
+                .collect(),
+        }
+    }
+}
+
+/// Runs `apply`: exit 0 when everything asked for was done, 1 when refused or stopped at
+/// the deadline; with a run record (not for a dry run), and the metrics pushed when a
+/// gateway is set.
+pub fn run(a: &ApplyArgs) -> Outcome {
+    let started = jiff::Timestamp::now();
+    let (deadline, rt, m) = match prepare(a, started) {
+        Ok(p) => p,
+        Err(e) => return Outcome::bare(Err(e)),
+    };
+    // Armed after the confirmation prompt (see arm_cancel).
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut out = ApplyOutput {
+        dry_run: a.dry_run,
+        ..Default::default()
+    };
+    let result = apply_and_record(a, &m, &rt, &cancel, deadline, started, &mut out);
+    let push = if a.dry_run {
+        None
+    } else {
+        let reports: Vec<&sync::ApplyReport> =
+            out.outcomes().into_iter().filter_map(|(_, r)| r).collect();
+        let run = metrics::RunMetrics {
+            command: "apply",
+            copied_bytes: reports.iter().map(|r| r.copied_bytes).sum(),
+            copied_files: reports.iter().map(|r| r.copied_files).sum(),
+            verify_differences: out.verify.as_ref().map(VerifyOutput::differences),
+            ..Default::default()
+        };
+        Push::of(a.pushgateway.as_deref(), &m, run, started)
+    };
+    match result {
+        Ok(result) => Outcome {
+            report: Some(report(out, render_apply)),
+            result,
+            push,
+        },
+        Err(e) => Outcome::bare(Err(e)).with_push(push),
+    }
+}
+
+/// What comes before apply reads anything: the deadline (counted from `started`), the
+/// check that it can ask, the runtime and the plan file.
+fn prepare(
+    a: &ApplyArgs,
+    started: jiff::Timestamp,
+) -> anyhow::Result<(
+    Option<cli::ResolvedDeadline>,
+    tokio::runtime::Runtime,
+    plan::Migration,
+)> {
+    // The deadline counts from now, before anything is read or changed.
+    let deadline = a.deadline.map(|d| d.resolve(started)).transpose()?;
+    if !a.yes && !a.dry_run && !std::io::stdin().is_terminal() {
+        return Err(exit::InvalidInput(
+            "apply would write, and stdin is not a terminal to confirm it on: pass --yes (or --dry-run to see what it would do). Nothing was written".into(),
+        )
+        .into());
+    }
+    let rt = runtime()?;
+    let m = load(&rt, &a.common.file)?;
+    Ok((deadline, rt, m))
+}
+
+/// Applies, filling in `out`, and writes the run record (not for a dry run). The outer
+/// error: the record could not be kept, and there is no report; the inner result is the
+/// apply's own, with `out` reporting it.
+fn apply_and_record(
+    a: &ApplyArgs,
+    m: &plan::Migration,
+    rt: &tokio::runtime::Runtime,
+    cancel: &Arc<AtomicBool>,
+    deadline: Option<cli::ResolvedDeadline>,
+    started: jiff::Timestamp,
+    out: &mut ApplyOutput,
+) -> anyhow::Result<anyhow::Result<Code>> {
+    let record_dir = if a.dry_run {
+        None
+    } else {
+        Some(record::prepare(&a.state_dir, &m.name)?)
+    };
+    let outcome = apply_steps(a, m, rt, cancel, deadline, out);
+    let code = match &outcome {
+        Ok(code) => *code,
+        Err(e) => {
+            out.error = Some(format!("{e:#}"));
+            exit::classify(e)
+        }
+    };
+    if let Some(dir) = &record_dir {
+        let rec = record::RunRecord::new(
+            "apply",
+            &m.plan_path,
+            started,
+            code as u8,
+            out.error.clone(),
+            &*out,
+        );
+        out.record = Some(record::write(dir, &rec)?);
+    }
+    Ok(outcome)
+}
+
+fn apply_steps(
+    a: &ApplyArgs,
+    m: &plan::Migration,
+    rt: &tokio::runtime::Runtime,
+    cancel: &Arc<AtomicBool>,
+    deadline: Option<cli::ResolvedDeadline>,
+    out: &mut ApplyOutput,
+) -> anyhow::Result<Code> {
+    let mut plans = build_plans(m, compare_of(a.checksum, a.phase()))?;
+    // With the source stopped its binary no longer answers: an earlier apply's answer holds.
+    let records = a.state_dir.join(&m.name);
+    for p in &mut plans {
+        p.source_version = p.source_version.clone().or_recorded(&records);
+    }
+    // (index of the target, its cluster objects)
+    let kube_targets: Vec<(usize, plan::file::KubeTarget)> = m
+        .targets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.kubernetes.clone().map(|k| (i, k)))
+        .collect();
+    if !kube_targets.is_empty() {
+        kube_preflight(rt, m, &mut plans, a.phase());
+    }
+    if let Some(r) = a.bwlimit {
+        for p in &mut plans {
+            p.bwlimit = r.limit();
+            p.stats.eta_seconds = p.bwlimit.map(|r| p.stats.copy_bytes as f64 / r as f64);
+            p.phases = plan::phases(&p.blocks, &p.files, p.bwlimit);
+        }
+    }
+    let source = m.src.clone();
+    let several = plans.len() > 1;
+    // The final phase copies wal/ and chunks_head/: only consistent with the source stopped.
+    if a.phase() != sync::Phase::Presync
+        && let Some(why) = refusal(&plans[0].source_state, a.source_stopped)
+    {
+        out.refusal = Some(why);
+        out.refused = true;
+        out.set(plans, None);
+        return Ok(Code::Findings);
+    }
+    let prefixed = |p: &plan::MigrationPlan, act: String| {
+        if several {
+            format!("{}: {act}", p.target.display())
+        } else {
+            act
+        }
+    };
+    let ok = plans.iter().all(|p| p.ok);
+    if ok && a.dry_run {
+        // The engine itself, on targets that record instead of writing.
+        let opts = sync::ApplyOptions {
+            bwlimit: None,
+            cancel: &AtomicBool::new(false),
+            progress: &progress::Hidden,
+            phase: a.phase(),
+            deadline: None,
+            held: std::sync::Mutex::new(Vec::new()),
+            dry_run: true,
+        };
+        let (reports, result) = sync::apply_each(&plans, &opts);
+        result.context("the dry run stopped")?;
+        for (p, r) in plans.iter().zip(reports) {
+            out.actions.extend(
+                describe_ops(&r.would, &p.target, p.owner)
+                    .into_iter()
+                    .map(|act| prefixed(p, act)),
+            );
+            out.would.push(WouldDo {
+                target: p.target.clone(),
+                operations: r.would,
+            });
+        }
+    }
+    // The Kubernetes steps it takes (or would).
+    for p in &plans {
+        if let Some(k) = &p.kubernetes {
+            out.actions
+                .extend(k.actions.iter().map(|act| prefixed(p, act.clone())));
+        }
+    }
+    if !ok || a.dry_run {
+        out.refused = !ok;
+        out.ok = ok;
+        out.set(plans, None);
+        return Ok(if ok { Code::Ok } else { Code::Findings });
+    }
+    if let Some(d) = deadline {
+        let estimate = plans
+            .iter()
+            .filter_map(|p| match a.phase() {
+                sync::Phase::Presync => p.phases.presync.eta_seconds,
+                // The final phase also copies whatever blocks are still to copy.
+                sync::Phase::Final | sync::Phase::All => p.stats.eta_seconds,
+            })
+            .fold(None, |acc: Option<f64>, e| {
+                Some(acc.map_or(e, |x| x.max(e)))
+            });
+        let left = d.left().as_secs_f64();
+        if let Some(est) = estimate.filter(|e| *e > left) {
+            let w = format!(
+                "--deadline {} leaves {} but the plan estimates {} at the bandwidth limit: the run will likely stop incomplete (rerun to continue)",
+                d.at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                units::duration(left),
+                units::duration(est)
+            );
+            tracing::warn!("{w}");
+            out.warnings.push(w);
+        }
+    }
+    if a.common.output == Output::Text {
+        print!("{}", render_plans(&plans.iter().collect::<Vec<_>>()));
+    }
+    if !a.yes && !confirm(&plans)? {
+        out.refused = true;
+        out.set(plans, None);
+        return Ok(Code::Findings);
+    }
+    arm_cancel(rt, cancel.clone());
+    check_cancel(cancel, "apply")?;
+    // Again right before the first write: the prompt may have waited a while.
+    if a.phase() != sync::Phase::Presync
+        && let Some(why) = refusal(&source.probe(), a.source_stopped)
+    {
+        out.refusal = Some(why);
+        out.refused = true;
+        out.set(plans, None);
+        return Ok(Code::Findings);
+    }
+    let phase = a.phase();
+    let deadline = deadline.map(|d| d.instant);
+    if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+        // Out of time before any change (the plan and the prompt took it): no scale-down.
+        out.incomplete = true;
+        out.set(plans, None);
+        return Ok(Code::Findings);
+    }
+    // The targets' locks come first: a target another promigrate uses (a verify reading it)
+    // stops the run here, before the StatefulSet is touched.
+    let held = sync::lock_existing(&plans)?;
+    // Nothing may write to the volume while data is copied: scale the StatefulSet to 0 and
+    // wait for every pod mounting the claim to go, before the first byte. A rerun that has
+    // nothing left to write does not disturb running pods.
+    let mut clusters = Vec::new();
+    for (i, k) in &kube_targets {
+        let c = rt.block_on(k8s::connect(k))?;
+        clusters.push((*i, c, k.clone()));
+    }
+    // Only the targets this run writes are quiesced (a StatefulSet shared by several
+    // targets is scaled down once, for the first that writes); a presync writes no WAL or
+    // head file, so differences there alone leave the pods running.
+    let mut quiesced: Vec<plan::file::KubeTarget> = Vec::new();
+    for (i, c, k) in &clusters {
+        if plans[*i].phase_writes_nothing(phase) {
+            continue;
+        }
+        let r = rt.block_on(k8s::quiesce(c, k, &mut out.kubernetes_changes));
+        if let Err(e) = r {
+            // What this target was left in is what its changes so far say.
+            let mut notes = vec![left_after_failed_quiesce(k, &out.kubernetes_changes)];
+            if !quiesced.is_empty() {
+                notes.push(left_scaled_down_all(&quiesced));
+            }
+            return Err(e.context(notes.join("; ")));
+        }
+        quiesced.push(k.clone());
+    }
+    // Bytes read from the source: targets in the same state share the reads.
+    let total = plans
+        .iter()
+        .map(|p| match phase {
+            sync::Phase::Presync => p.phases.presync.bytes,
+            _ => p.stats.copy_bytes,
+        })
+        .max()
+        .unwrap_or(0);
+    let files = plans.iter().map(|p| p.stats.copy_files).max().unwrap_or(0);
+    let worker_plans = plans.clone();
+    let worker_cancel = cancel.clone();
+    let (reports, result) = rt
+        .block_on(async move { tokio::task::spawn_blocking(move || {
+            // Logged before the progress bar is drawn, so the two do not tear each other.
+            for p in &worker_plans {
+                tracing::info!(files, bytes = total, target = %p.target.display(), "apply: copying");
+            }
+            let progress = progress::for_stderr("apply", total);
+            let opts = sync::ApplyOptions {
+                bwlimit: worker_plans[0].bwlimit,
+                cancel: &worker_cancel,
+                progress: progress.as_ref(),
+                phase,
+                deadline,
+                held: std::sync::Mutex::new(held),
+                dry_run: false,
+            };
+            sync::apply_each(&worker_plans, &opts)
+        }).await })
+        .context("the copy workers stopped unexpectedly")?;
+    let incomplete = reports.iter().any(|r| r.incomplete);
+    out.set(plans, Some(reports));
+    let note = (!quiesced.is_empty()).then(|| left_scaled_down_all(&quiesced));
+    result.map_err(|e| match &note {
+        Some(n) => e.context(n.clone()),
+        None => e,
+    })?;
+    // And after: a server that started meanwhile makes the WAL/head copy inconsistent.
+    if phase != sync::Phase::Presync
+        && let live::Liveness::Running(how) = source.probe()
+    {
+        anyhow::bail!(
+            "the source Prometheus started while the final phase ran ({how}): the copied WAL and head may be inconsistent; stop it and rerun apply{}",
+            note.as_ref().map_or(String::new(), |n| format!("; {n}"))
+        );
+    }
+    if incomplete {
+        out.incomplete = true;
+        out.kubernetes_note = note;
+        return Ok(Code::Findings);
+    }
+    if phase == sync::Phase::Presync {
+        out.kubernetes_note = note.map(|n| format!("{n} (until the final phase verifies)"));
+    } else if !clusters.is_empty() {
+        let pairs: Vec<(k8s::Cluster, plan::file::KubeTarget)> = clusters
+            .iter()
+            .map(|(_, c, k)| (c.clone(), k.clone()))
+            .collect();
+        kube_finish(a, m, rt, cancel, &pairs, note, out)?;
+    }
+    out.ok = true;
+    Ok(Code::Ok)
+}
+
+/// [`left_scaled_down`] for every target quiesced so far.
+fn left_scaled_down_all(ks: &[plan::file::KubeTarget]) -> String {
+    let mut v: Vec<String> = ks.iter().map(left_scaled_down).collect();
+    v.dedup();
+    v.join("; ")
+}
+
+/// What a target's objects were left in when its quiesce failed, from the changes made.
+fn left_after_failed_quiesce(k: &plan::file::KubeTarget, changes: &[k8s::Change]) -> String {
+    let changed = |object: String, field: &str| {
+        changes
+            .iter()
+            .any(|c| c.object == object && c.field == field)
+    };
+    let scaled = k
+        .stateful_set
+        .as_ref()
+        .is_some_and(|s| changed(format!("statefulset/{}/{s}", k.namespace), "spec.replicas"));
+    let paused = k
+        .prometheus
+        .as_ref()
+        .is_some_and(|p| changed(format!("prometheus/{}/{p}", k.namespace), "spec.paused"));
+    match (scaled, paused, &k.prometheus) {
+        (true, _, _) => left_scaled_down(k),
+        (false, true, Some(p)) => format!(
+            "prometheus/{}/{p} is left paused (spec.paused: true; the value it had is in its annotation {}) and its StatefulSet was not scaled: rerun apply to continue, or set spec.paused back and remove the annotation by hand",
+            k.namespace,
+            k8s::server::PAUSED_ANNOTATION
+        ),
+        _ => format!(
+            "nothing was changed by this run for persistentvolume/{} (see kubernetes_changes)",
+            k.persistent_volume
+        ),
+    }
+}
+
+/// What to tell the runbook owner when a step fails after the scale-down.
+fn left_scaled_down(k: &plan::file::KubeTarget) -> String {
+    let paused = k.prometheus.as_ref().map_or(String::new(), |p| {
+        format!(
+            " and prometheus/{}/{p} is left paused (spec.paused: true; the value it had is in its annotation {}; unpause it only after scaling the StatefulSet back, or the operator does it)",
+            k.namespace,
+            k8s::server::PAUSED_ANNOTATION
+        )
+    });
+    match &k.stateful_set {
+        Some(s) => format!(
+            "statefulset/{}/{s} is left at 0 replicas (the replicas it had are in its annotation {}){paused}: the runbook owner decides; rerun apply to continue, or restore it by hand",
+            k.namespace,
+            k8s::REPLICAS_ANNOTATION
+        ),
+        None => format!(
+            "the Kubernetes steps for persistentvolume/{} stopped here",
+            k.persistent_volume
+        ),
+    }
+}
+
+/// After the final phase: verify every target, and only if all match, recover Released PVs
+/// and scale the StatefulSets back (waiting for their claims to bind).
+fn kube_finish(
+    a: &ApplyArgs,
+    m: &plan::Migration,
+    rt: &tokio::runtime::Runtime,
+    cancel: &Arc<AtomicBool>,
+    clusters: &[(k8s::Cluster, plan::file::KubeTarget)],
+    note: Option<String>,
+    out: &mut ApplyOutput,
+) -> anyhow::Result<()> {
+    let verified = run_verify(
+        rt,
+        m,
+        a.verify_level(),
+        cancel.clone(),
+        &a.state_dir.join(&m.name),
+    );
+    let left = || note.clone().unwrap_or_default();
+    let verified = verified.map_err(|e| e.context(left()))?;
+    let ok = verified.ok();
+    out.verify = Some(verified);
+    if !ok {
+        return Err(anyhow::Error::new(exit::Finding(format!(
+            "the verify after the copy did not pass (see `verify` in the report: differences, or blockers in the target Prometheus); no PV was recovered and no StatefulSet scaled back{}",
+            note.as_ref().map_or(String::new(), |n| format!("; {n}"))
+        ))));
+    }
+    for (c, k) in clusters {
+        rt.block_on(k8s::recover_pv(c, k, &mut out.kubernetes_changes))
+            .map_err(|e| e.context(left()))?;
+    }
+    for (c, k) in clusters {
+        rt.block_on(k8s::restore(c, k, &mut out.kubernetes_changes))
+            .map_err(|e| {
+                e.context(format!(
+                    "restoring the objects of persistentvolume/{} (see kubernetes_changes for what was already done{})",
+                    k.persistent_volume,
+                    k.prometheus.as_ref().map_or(String::new(), |p| format!(
+                        "; unless it lists spec.paused set back, prometheus/{}/{p} is still paused, with the value it had in its annotation {}",
+                        k.namespace,
+                        k8s::server::PAUSED_ANNOTATION
+                    ))
+                ))
+            })?;
+    }
+    Ok(())
+}
+
+/// Why the final phase must not run, given what is known about the source server.
+fn refusal(state: &live::Liveness, source_stopped: bool) -> Option<String> {
+    match state {
+        live::Liveness::Running(how) => Some(format!(
+            "the source Prometheus is still running ({how}): stop it (SIGTERM) and rerun; `--phase presync` copies blocks meanwhile. Nothing was written"
+        )),
+        live::Liveness::Unknown(why) if !source_stopped => Some(format!(
+            "cannot tell whether the source Prometheus is stopped ({why}); once it is, rerun with --source-stopped. Nothing was written"
+        )),
+        _ => None,
+    }
+}
+
+fn render_apply(out: &ApplyOutput) -> String {
+    let mut s = String::new();
+    let outcomes = out.outcomes();
+    if outcomes.is_empty() {
+        return s; // the error is printed on stderr
+    }
+    let plans: Vec<&plan::MigrationPlan> = outcomes.iter().map(|(p, _)| *p).collect();
+    let ok = plans.iter().all(|p| p.ok);
+    if let Some(why) = &out.refusal {
+        s.push_str(&render_plans(&plans));
+        s.push_str(&format!("apply refused: {why}.\n"));
+    } else if out.refused && !ok {
+        s.push_str(&render_plans(&plans));
+        s.push_str("apply refused: resolve the blockers above; nothing was written.\n");
+    } else if out.refused {
+        s.push_str("Not applied (declined at the prompt): nothing was written.\n");
+    } else if out.dry_run {
+        s.push_str(&render_plans(&plans));
+        s.push_str("\nDry run: apply would\n");
+        for act in &out.actions {
+            s.push_str(&format!("  - {act}\n"));
+        }
+        s.push_str("Nothing was written.\n");
+    }
+    for (p, r) in &outcomes {
+        let Some(r) = r else { continue };
+        let verb = match (out.ok, out.incomplete, r.ok) {
+            (true, _, _) => "Applied",
+            (false, true, _) => "INCOMPLETE (stopped at the deadline; rerun apply to continue)",
+            (false, false, true) => "Copied, but a later step failed (see the error)",
+            (false, false, false) => "Stopped part-way",
+        };
+        let to = if outcomes.len() > 1 {
+            format!(" to {}", p.target.display())
+        } else {
+            String::new()
+        };
+        s.push_str(&format!(
+            "\n{verb}{to}: {} in {} file(s) copied, {} block(s) published, {} resumed file(s), {} owner/mode fix(es) in {} ({}/s)\n",
+            units::bytes(r.copied_bytes),
+            r.copied_files,
+            r.blocks_published,
+            r.resumed_files,
+            r.ownership_fixed,
+            units::duration(r.duration_seconds),
+            units::bytes(r.average_rate as u64)
+        ));
+        s.push_str(&format!("Selection: {}\n", p.selection.line()));
+        if let Some(line) = p.checksum_line() {
+            s.push_str(&format!("{line}\n"));
+        }
+        for l in &r.left_for_final {
+            s.push_str(&format!("Left for the final phase: {l}\n"));
+        }
+        if let Some(q) = &r.quarantine_dir {
+            s.push_str(&format!(
+                "Quarantined {} entr(ies) in {}\n",
+                r.quarantined.len(),
+                q.display()
+            ));
+        }
+    }
+    for w in &out.warnings {
+        s.push_str(&format!("warning: {w}\n"));
+    }
+    if out.incomplete && outcomes.iter().all(|(_, r)| r.is_none()) {
+        s.push_str(
+            "INCOMPLETE: the deadline passed before anything was changed; nothing was written.\n",
+        );
+    }
+    if let Some(v) = &out.verify {
+        s.push_str("\nVerify before the Kubernetes steps:\n");
+        s.push_str(&v.render_text());
+    }
+    for c in &out.kubernetes_changes {
+        s.push_str(&format!(
+            "Kubernetes: {} {}: {} -> {}\n",
+            c.object, c.field, c.before, c.after
+        ));
+    }
+    if let Some(n) = &out.kubernetes_note {
+        s.push_str(&format!("Kubernetes: {n}\n"));
+    }
+    if let Some(rec) = &out.record {
+        s.push_str(&format!("Run record: {}\n", rec.display()));
+    }
+    let presync = outcomes
+        .iter()
+        .any(|(_, r)| r.is_some_and(|r| r.phase == sync::Phase::Presync));
+    if out.ok && !out.dry_run && presync {
+        s.push_str(
+            "Next: stop the source Prometheus, then promigrate apply -f <plan> --phase final.\n",
+        );
+    } else if out.ok && !out.dry_run {
+        s.push_str("Next: promigrate verify -f <plan> (its exit code gates the cutover).\n");
+    }
+    s
+}
+
+/// A dry run's recorded changes to one target as lines for people: a staged block (its
+/// directories, files and rename into place) is one line, and so is a file written under a
+/// temp name and renamed, or an entry moved to the quarantine. Paths are shown below the
+/// target's TSDB directory.
+fn describe_ops(ops: &[volume::Op], root: &Path, owner: perms::Owner) -> Vec<String> {
+    use volume::Op;
+    let short = |p: &str| -> String {
+        match Path::new(p).strip_prefix(root) {
+            Ok(r) if r.as_os_str().is_empty() => root.display().to_string(),
+            Ok(r) => r.display().to_string(),
+            Err(_) => p.to_string(),
+        }
+    };
+    let staging = |p: &str| short(p).starts_with(tsdb::STAGING_DIR);
+    let quarantine = |p: &str| short(p).starts_with(tsdb::QUARANTINE_DIR);
+    // What was written under each staged directory, or temp file: (files, bytes).
+    let mut staged: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    let mut lines = Vec::new();
+    for op in ops {
+        match op {
+            Op::Mkdir { path } if staging(path) || quarantine(path) => {}
+            Op::Mkdir { path } => lines.push(format!(
+                "create directory {} (owner {}:{})",
+                short(path),
+                owner.uid,
+                owner.gid
+            )),
+            Op::Write { path, bytes } => {
+                let p = short(path);
+                let key = if staging(path) {
+                    p.split('/').take(2).collect::<Vec<_>>().join("/")
+                } else {
+                    p
+                };
+                let e = staged.entry(key).or_default();
+                e.0 += 1;
+                e.1 += bytes;
+            }
+            Op::Rename { from, to } if quarantine(to) => {
+                let q = short(to);
+                let dir = q.split('/').take(2).collect::<Vec<_>>().join("/");
+                lines.push(format!("quarantine {} to {dir}/", short(from)));
+            }
+            Op::Rename { from, to } => {
+                let (files, bytes) = staged.remove(&short(from)).unwrap_or_default();
+                let what = if staging(from) && tsdb::staged_as_a_whole(&short(to)) {
+                    "copy directory"
+                } else if staging(from) {
+                    "copy block"
+                } else {
+                    "copy"
+                };
+                let to = short(to);
+                let block = to
+                    .split_once('/')
+                    .filter(|(dir, _)| dir.parse::<ulid::Ulid>().is_ok());
+                lines.push(match block {
+                    // Staged whole by an earlier, interrupted run: kept, and put in place.
+                    _ if staging(from) && files == 0 => format!(
+                        "{what} {to} (staged in {}/ by an earlier run: kept, renamed into place)",
+                        short(from)
+                    ),
+                    _ if staging(from) => format!(
+                        "{what} {to} ({files} file(s), {}: staged in {}/, then renamed into place)",
+                        units::bytes(bytes),
+                        short(from)
+                    ),
+                    // A file of a block that is there already (one --checksum found differing).
+                    Some((ulid, file)) => format!(
+                        "update block {ulid} (1 file(s), {}: {file} through {})",
+                        units::bytes(bytes),
+                        short(from)
+                    ),
+                    None => format!(
+                        "{what} {to} ({}: through {})",
+                        units::bytes(bytes),
+                        short(from)
+                    ),
+                });
+            }
+            Op::Remove { path } if short(path) == tsdb::LOCK_FILE => lines.push(format!(
+                "remove {} (the lock file of an earlier release; the lock is a flock on the directory now)",
+                short(path)
+            )),
+            // This run's staging of a block a presync leaves for the final phase.
+            Op::RemoveTree { path } if staged.remove(&short(path)).is_some() => {
+                lines.push(format!(
+                    "leave {} for the final phase (a file of it is gone from the source); its staging is removed",
+                    short(path).rsplit('/').next().unwrap_or_default()
+                ))
+            }
+            Op::Remove { path } => lines.push(format!(
+                "remove {} (left by an interrupted run)",
+                short(path)
+            )),
+            Op::Rmdir { path } => lines.push(format!("remove the empty {}", short(path))),
+            Op::RemoveTree { path } => lines.push(format!(
+                "remove {} (staged by an interrupted run, no longer to be copied)",
+                short(path)
+            )),
+            Op::Chown { path } => lines.push(format!(
+                "give {} owner {}:{} and a group-writable mode",
+                short(path),
+                owner.uid,
+                owner.gid
+            )),
+        }
+    }
+    // Written and never renamed: a presync that leaves a block for the final phase does not.
+    for (p, (files, bytes)) in staged {
+        lines.push(format!(
+            "write {p} ({files} file(s), {})",
+            units::bytes(bytes)
+        ));
+    }
+    lines
+}
+
+fn confirm(plans: &[plan::MigrationPlan]) -> anyhow::Result<bool> {
+    let to: Vec<String> = plans
+        .iter()
+        .map(|p| p.target.display().to_string())
+        .collect();
+    eprint!("\nApply this plan to {}? [y/N] ", to.join(" and "));
+    std::io::stderr().flush().ok();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the answer from stdin")?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}

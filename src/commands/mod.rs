@@ -1,0 +1,382 @@
+//! The commands: each takes its parsed arguments and returns an [`Outcome`] (its report and
+//! its result) without printing it; [`finish`] prints it once, then pushes the run's
+//! metrics. Shared here: the async runtime and Ctrl-C handling, loading the plan file,
+//! building plans and the Kubernetes preflight.
+//!
+//! `crate::run` dispatches to [`plan`], [`apply`] (which gates its Kubernetes steps on
+//! [`verify`]), [`verify`], [`inspect`] and [`generate`] (completions, man page, schema).
+
+pub mod apply;
+pub mod generate;
+pub mod inspect;
+pub mod plan;
+pub mod verify;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::cli::Output;
+use crate::exit::{self, Code};
+use crate::plan::file::{KubeTarget, TargetSpec};
+use crate::plan::{Compare, Migration, MigrationPlan};
+use crate::{k8s, metrics, progress, sync};
+
+/// A command's report: JSON serialised from its data, or text rendered from the same data.
+pub trait Report {
+    /// Writes the report as `output` asks (pretty JSON and a newline, or the text).
+    fn write(&self, output: Output, out: &mut dyn Write) -> std::io::Result<()>;
+}
+
+/// A value and how it reads as text.
+struct Rendered<T, F> {
+    value: T,
+    text: F,
+}
+
+impl<T: Serialize, F: Fn(&T) -> String> Report for Rendered<T, F> {
+    fn write(&self, output: Output, out: &mut dyn Write) -> std::io::Result<()> {
+        match output {
+            Output::Json => serde_json::to_writer_pretty(&mut *out, &self.value)
+                .map_err(std::io::Error::from)
+                .and_then(|_| writeln!(out)),
+            Output::Text => write!(out, "{}", (self.text)(&self.value)),
+        }
+    }
+}
+
+/// The report of `value`, read as text through `text`.
+pub fn report<T, F>(value: T, text: F) -> Box<dyn Report>
+where
+    T: Serialize + 'static,
+    F: Fn(&T) -> String + 'static,
+{
+    Box::new(Rendered { value, text })
+}
+
+/// How a command ended: what to print, its result, and the metrics to push.
+pub struct Outcome {
+    /// The report; `None` when the command failed before it had one (the error is then
+    /// the report) or writes its own output (completions, man, schema).
+    pub report: Option<Box<dyn Report>>,
+    /// The exit code, or the error for `main` to print and classify.
+    pub result: anyhow::Result<Code>,
+    /// Pushed last, with the final result.
+    pub push: Option<Push>,
+}
+
+impl Outcome {
+    /// A report and its exit code, or the error that came before any report.
+    pub fn of(r: anyhow::Result<(Box<dyn Report>, Code)>) -> Self {
+        match r {
+            Ok((report, code)) => Outcome {
+                report: Some(report),
+                result: Ok(code),
+                push: None,
+            },
+            Err(e) => Outcome::bare(Err(e)),
+        }
+    }
+
+    /// A result with no report.
+    pub fn bare(result: anyhow::Result<Code>) -> Self {
+        Outcome {
+            report: None,
+            result,
+            push: None,
+        }
+    }
+
+    /// The same, with the metrics to push at the end.
+    pub fn with_push(self, push: Option<Push>) -> Self {
+        Outcome { push, ..self }
+    }
+}
+
+/// Prints the outcome once and pushes its metrics; returns the final result (a report that
+/// could not be written is a failure). With `--output json`, a command that ends in an
+/// error before its report prints a JSON document with `"ok": false` instead.
+pub fn finish(outcome: Outcome, output: Output) -> anyhow::Result<Code> {
+    let Outcome {
+        report,
+        mut result,
+        push,
+    } = outcome;
+    let reported = report.is_some();
+    if let Some(r) = report
+        && let Err(e) = print(&*r, output)
+    {
+        result = Err(e);
+    }
+    // Last, from the final outcome.
+    if let Some(p) = push {
+        p.send(&result);
+    }
+    if let (Err(e), Output::Json, false) = (&result, output, reported) {
+        let doc = serde_json::json!({"ok": false, "error": format!("{e:#}"), "exit_code": exit::classify(e) as u8});
+        println!("{doc}");
+    }
+    result
+}
+
+fn print(report: &dyn Report, output: Output) -> anyhow::Result<()> {
+    // Buffered: stdout is line-buffered, and a JSON report has thousands of lines.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let r = report.write(output, &mut out).and_then(|_| out.flush());
+    match r {
+        // A closed pipe (`| head`) is not a failure.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("cannot write the report to stdout"),
+    }
+}
+
+/// The metrics of an `apply` or `verify`, to push once its outcome is final.
+pub struct Push {
+    gateway: metrics::Pushgateway,
+    migration: String,
+    started: jiff::Timestamp,
+    /// The command's own figures; the outcome, duration and end are filled in by `send`.
+    metrics: metrics::RunMetrics,
+}
+
+impl Push {
+    /// The push of `metrics` for a run of `m` that started at `started`, if there is a
+    /// gateway: `--pushgateway URL` replaces `report.pushgateway.url` and keeps the plan's
+    /// CA and credentials.
+    pub fn of(
+        cli_url: Option<&str>,
+        m: &Migration,
+        metrics: metrics::RunMetrics,
+        started: jiff::Timestamp,
+    ) -> Option<Push> {
+        let gateway = match (cli_url, &m.pushgateway) {
+            (Some(url), Some(gw)) => Some(metrics::Pushgateway {
+                url: url.to_string(),
+                ..gw.clone()
+            }),
+            (Some(url), None) => Some(metrics::Pushgateway::new(url)),
+            (None, gw) => gw.clone(),
+        }?;
+        Some(Push {
+            gateway,
+            migration: m.name.clone(),
+            started,
+            metrics,
+        })
+    }
+
+    fn send(self, result: &anyhow::Result<Code>) {
+        let code = match result {
+            Ok(c) => *c,
+            Err(e) => exit::classify(e),
+        };
+        let run = metrics::RunMetrics {
+            success: code == Code::Ok,
+            exit_code: code as u8,
+            duration_seconds: (jiff::Timestamp::now() - self.started)
+                .total(jiff::Unit::Second)
+                .unwrap_or(0.0),
+            finished_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            ..self.metrics
+        };
+        metrics::push_or_warn(&self.gateway, &self.migration, &run);
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Sets the flag on Ctrl-C or SIGTERM, so workers stop at the next chunk and the run ends
+/// resumable.
+fn cancel_on_signal(runtime: &tokio::runtime::Runtime) -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    arm_cancel(runtime, flag.clone());
+    flag
+}
+
+/// From now on, Ctrl-C and SIGTERM set `flag` instead of ending the process. Until this is
+/// called the default action applies: the process ends at once (apply arms it only once it
+/// is past its prompt, so Ctrl-C at `[y/N]` ends it with nothing written).
+fn arm_cancel(runtime: &tokio::runtime::Runtime, flag: Arc<AtomicBool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let f = flag;
+    // Registered here, before returning (not when the task first runs): a signal right
+    // after this call already stops at the next chunk instead of ending the process.
+    let _in_runtime = runtime.enter();
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!("cannot install the signal handlers: Ctrl-C ends the process at once");
+        return;
+    };
+    runtime.spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+        tracing::warn!("signal received: stopping at the next chunk; rerun to resume");
+        f.store(true, Ordering::Relaxed);
+    });
+}
+
+/// Fails with "interrupted" if the flag is set (checked between phases).
+fn check_cancel(cancel: &AtomicBool, what: &str) -> anyhow::Result<()> {
+    if cancel.load(Ordering::Relaxed) {
+        anyhow::bail!("{what} was interrupted before it finished; nothing is lost, rerun it");
+    }
+    Ok(())
+}
+
+/// Reads and resolves the plan file; what a Kubernetes target leaves out (the names the
+/// operator gives, the pod's owner and subPath) is read from its cluster.
+fn load(rt: &tokio::runtime::Runtime, file: &std::path::Path) -> anyhow::Result<Migration> {
+    let derive = |k: &KubeTarget, wants| {
+        rt.block_on(async {
+            let cluster = k8s::connect(k).await?;
+            k8s::server::derive(&cluster, k, wants).await
+        })
+    };
+    crate::plan::file::load(file, &derive)
+}
+
+/// Builds the plan of every target volume, scanning the source once.
+fn build_plans(m: &Migration, compare: Compare) -> anyhow::Result<Vec<MigrationPlan>> {
+    let progress_for = |total| progress::for_stderr("checksum", total);
+    if m.targets.len() == 1 {
+        Ok(vec![crate::plan::build(m, compare, &progress_for)?])
+    } else {
+        crate::plan::build_each(m, compare, &progress_for)
+    }
+}
+
+/// How `--checksum` compares for a run of `phase`: a presync copies no WAL/head file, so
+/// it hashes block files only.
+fn compare_of(checksum: bool, phase: sync::Phase) -> Compare {
+    match (checksum, phase) {
+        (false, _) => Compare::Quick,
+        (true, sync::Phase::Presync) => Compare::ChecksumBlocks,
+        (true, _) => Compare::Checksum,
+    }
+}
+
+/// The text of several plans, each under a heading naming its target.
+fn render_plans(plans: &[&MigrationPlan]) -> String {
+    if let [p] = plans {
+        return p.render_text();
+    }
+    let mut s = String::new();
+    for (i, p) in plans.iter().enumerate() {
+        s.push_str(&format!(
+            "=== target {} of {}: {} ===\n",
+            i + 1,
+            plans.len(),
+            p.target.display()
+        ));
+        s.push_str(&p.render_text());
+        s.push('\n');
+    }
+    s
+}
+
+/// Reads each target's cluster objects (read-only) and adds them, with their blockers, to
+/// its plan, for an apply of `phase`. An unreachable cluster is a blocker that names the
+/// context and server.
+fn kube_preflight(
+    rt: &tokio::runtime::Runtime,
+    m: &Migration,
+    plans: &mut [MigrationPlan],
+    phase: sync::Phase,
+) {
+    for (p, t) in plans.iter_mut().zip(&m.targets) {
+        let Some(k) = &t.kubernetes else { continue };
+        let data = p.stats.source_bytes;
+        let writes = !p.phase_writes_nothing(phase);
+        let report = match inspect_target(rt, k) {
+            Ok(state) => {
+                let mut r = k8s::assess(k, &state, data, writes);
+                if let Some(f) = server_findings(t, p, &state) {
+                    r.blockers.extend(f.blockers);
+                    r.warnings.extend(f.warnings);
+                }
+                r
+            }
+            Err(e) => k8s::unreachable(k, &e),
+        };
+        p.attach_kubernetes(report);
+    }
+}
+
+/// Reads a target's cluster objects (read-only).
+pub(crate) fn inspect_target(
+    rt: &tokio::runtime::Runtime,
+    k: &crate::plan::file::KubeTarget,
+) -> anyhow::Result<k8s::KubeState> {
+    rt.block_on(async {
+        let cluster = k8s::connect(k).await?;
+        k8s::inspect(&cluster, k).await
+    })
+}
+
+/// The target server held against the plan and the data ([`k8s::server::cross_check`]);
+/// `None` when the cluster shows no server for the target.
+pub(crate) fn server_findings(
+    t: &TargetSpec,
+    p: &MigrationPlan,
+    state: &k8s::KubeState,
+) -> Option<k8s::server::Findings> {
+    let k = t.kubernetes.as_ref()?;
+    let server = state.prometheus_server.as_ref()?;
+    let capacity = state
+        .persistent_volume
+        .as_ref()
+        .and_then(|v| v.capacity_bytes);
+    Some(k8s::server::cross_check(
+        k,
+        server,
+        &expect_of(t, p, capacity),
+    ))
+}
+
+/// What a target's plan and data say, to hold its Prometheus server against.
+fn expect_of(t: &TargetSpec, p: &MigrationPlan, capacity: Option<u64>) -> k8s::server::Expect {
+    k8s::server::Expect {
+        uid: t.owner.uid,
+        gid: t.owner.gid,
+        sub_path: t
+            .root
+            .strip_prefix(&t.mount)
+            .map(|s| s.display().to_string())
+            .unwrap_or_default(),
+        blocks: p.blocks.iter().map(|b| (b.max_time, b.size)).collect(),
+        // What Prometheus counts as the head's size: wal/, wbl/, chunks_head/.
+        head_bytes: p
+            .files
+            .iter()
+            .filter(|f| {
+                ["wal/", "wbl/", "chunks_head/"]
+                    .iter()
+                    .any(|d| f.rel.starts_with(d))
+            })
+            .map(|f| f.size)
+            .sum(),
+        capacity,
+        now_ms: jiff::Timestamp::now().as_millisecond(),
+        source_version: p.source_version.version.clone(),
+        source_version_how: if p.source_version.version.is_some() {
+            p.source_version.how.clone()
+        } else {
+            p.source_version.tried.join("; ")
+        },
+    }
+}
