@@ -195,8 +195,8 @@ fn runs_push_their_metrics_and_a_failure_keeps_the_last_success_time() {
     let pg = Pushgateway::start();
     let ws = Workspace::new();
     let (_, plan) = ws.run_json(&["plan"]);
-    let total = plan["stats"]["copy_bytes"].as_u64().unwrap();
-    let files = plan["stats"]["copy_files"].as_u64().unwrap();
+    let total = only(&plan)["stats"]["copy_bytes"].as_u64().unwrap();
+    let files = only(&plan)["stats"]["copy_files"].as_u64().unwrap();
 
     let (code, _, err) = ws.run(&["apply", "--yes", "--pushgateway", &pg.url()]);
     assert_eq!(code, 0, "{err}");
@@ -502,4 +502,83 @@ fn works_as_a_kubectl_plugin() {
     let (code, plan) = run_kubectl(&["promigrate", "plan", "-f", ws.plan.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{plan}");
     assert!(plan.contains("Migration plan: test-migration"), "{plan}");
+}
+
+/// Every field of the plan file's schema (what the parser accepts) has a row in the field
+/// table of docs/plan-file.md, and every row names a field the schema has: the reference
+/// cannot drift from the code. A row may name several fields (`source.ssh.host`, `.user`);
+/// an object is documented by its fields; `targets` has the fields of `target`.
+#[test]
+fn the_plan_file_reference_documents_every_schema_field() {
+    let (code, schema, _) = run({
+        let mut c = promigrate();
+        c.arg("schema");
+        c
+    });
+    assert_eq!(code, 0);
+    let schema: serde_json::Value = serde_json::from_str(&schema).unwrap();
+    fn walk(
+        node: &serde_json::Value,
+        defs: &serde_json::Value,
+        prefix: &str,
+        out: &mut std::collections::BTreeSet<String>,
+    ) {
+        if let Some(r) = node["$ref"].as_str() {
+            walk(&defs[r.rsplit('/').next().unwrap()], defs, prefix, out);
+        }
+        for k in ["anyOf", "oneOf", "allOf"] {
+            for n in node[k].as_array().into_iter().flatten() {
+                walk(n, defs, prefix, out);
+            }
+        }
+        if node["items"].is_object() {
+            walk(&node["items"], defs, prefix, out);
+        }
+        for (k, v) in node["properties"].as_object().into_iter().flatten() {
+            let p = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            walk(v, defs, &p, out);
+            out.insert(p);
+        }
+    }
+    let mut fields = std::collections::BTreeSet::new();
+    walk(&schema, &schema["$defs"], "", &mut fields);
+    assert!(fields.len() > 40, "{fields:?}");
+
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/plan-file.md"))
+            .unwrap();
+    let mut rows = std::collections::BTreeSet::new();
+    for line in doc.lines().filter(|l| l.starts_with("| `")) {
+        let cell = line.split('|').nth(1).unwrap();
+        let mut base = String::new();
+        for code in cell.split('`').skip(1).step_by(2) {
+            if let Some(rest) = code.strip_prefix('.') {
+                let parent = base.rsplit_once('.').map_or("", |(p, _)| p);
+                rows.insert(format!("{parent}.{rest}"));
+            } else {
+                base = code.to_string();
+                rows.insert(base.clone());
+            }
+        }
+    }
+    let documented = |f: &str| {
+        let f = f
+            .strip_prefix("targets.")
+            .map_or(f.to_string(), |r| format!("target.{r}"));
+        rows.contains(&f) || rows.iter().any(|r| r.starts_with(&format!("{f}.")))
+    };
+    let missing: Vec<&String> = fields.iter().filter(|f| !documented(f)).collect();
+    assert!(
+        missing.is_empty(),
+        "fields without a row in docs/plan-file.md: {missing:?}"
+    );
+    let stale: Vec<&String> = rows.iter().filter(|r| !fields.contains(*r)).collect();
+    assert!(
+        stale.is_empty(),
+        "rows of docs/plan-file.md naming no field: {stale:?}"
+    );
 }
