@@ -209,15 +209,17 @@ except Exception:
     print("-")
     sys.exit()
 r = {"ok": d.get("ok")}
-a = d.get("apply")
+# plan, apply and verify report each target under "targets" (one here).
+t = (d.get("targets") or [{}])[0]
+a = t.get("apply")
 if isinstance(a, dict):
     for k in ("copied_bytes", "copied_files", "resumed_files", "ownership_fixed", "duration_seconds"):
         r[k] = a.get(k)
 for k in ("level", "checked_files", "checked_bytes", "hashed_bytes", "duration_seconds"):
-    if k in d:
-        r[k] = d[k]
-if isinstance(d.get("differences"), list):
-    r["differences"] = len(d["differences"])
+    if k in t:
+        r[k] = t[k]
+if isinstance(t.get("differences"), list):
+    r["differences"] = len(t["differences"])
 print(json.dumps(r, separators=(",", ":")))
 PY
 }

@@ -15,14 +15,14 @@ fn second_apply_rewrites_nothing_and_source_is_untouched() {
 
     let (code, first) = ws.run_json(&["apply", "--yes"]);
     assert_eq!(code, 0, "{first}");
-    assert!(first["apply"]["copied_files"].as_u64().unwrap() > 10);
+    assert!(only(&first)["apply"]["copied_files"].as_u64().unwrap() > 10);
     let after_first = snapshot(&ws.target());
 
     let (code, second) = ws.run_json(&["apply", "--yes"]);
     assert_eq!(code, 0, "{second}");
-    assert_eq!(second["plan"]["stats"]["copy_files"], 0);
-    assert_eq!(second["apply"]["copied_files"], 0);
-    assert_eq!(second["apply"]["ownership_fixed"], 0);
+    assert_eq!(only(&second)["plan"]["stats"]["copy_files"], 0);
+    assert_eq!(only(&second)["apply"]["copied_files"], 0);
+    assert_eq!(only(&second)["apply"]["ownership_fixed"], 0);
     assert_eq!(
         snapshot(&ws.target()),
         after_first,
@@ -43,8 +43,8 @@ fn second_apply_rewrites_nothing_and_source_is_untouched() {
 fn kill_and_resume(delay: Duration) {
     let ws = Workspace::new();
     let (_, plan) = ws.run_json(&["plan"]);
-    let total_files = plan["stats"]["source_files"].as_u64().unwrap();
-    let total_bytes = plan["stats"]["copy_bytes"].as_u64().unwrap();
+    let total_files = only(&plan)["stats"]["source_files"].as_u64().unwrap();
+    let total_bytes = only(&plan)["stats"]["copy_bytes"].as_u64().unwrap();
     // Slow enough (~5 s) that the kill lands mid-copy.
     let mut child = spawn_slow_apply(&ws, total_bytes, 5);
     std::thread::sleep(delay);
@@ -110,8 +110,8 @@ fn kill_and_resume(delay: Duration) {
     );
     let (code, v) = ws.run_json(&["apply", "--yes"]);
     assert_eq!(code, 0, "resume failed after kill at {delay:?}: {v}");
-    let copied = v["apply"]["copied_files"].as_u64().unwrap();
-    let resumed = v["apply"]["resumed_files"].as_u64().unwrap();
+    let copied = only(&v)["apply"]["copied_files"].as_u64().unwrap();
+    let resumed = only(&v)["apply"]["resumed_files"].as_u64().unwrap();
     eprintln!(
         "kill at {delay:?}: {complete} complete, then {copied} copied + {resumed} resumed of {total_files}"
     );
@@ -173,7 +173,7 @@ fn sigterm_stops_cleanly_and_resumes() {
 fn full_disk_fails_clearly_and_a_rerun_after_freeing_space_completes() {
     let ws = Workspace::new();
     let (_, plan) = ws.run_json(&["plan"]);
-    let need = plan["stats"]["copy_bytes"].as_u64().unwrap();
+    let need = only(&plan)["stats"]["copy_bytes"].as_u64().unwrap();
     let _fs = Tmpfs::mount(&ws.mount, &format!("{}k", need / 1024 * 2 + 256));
     let child = ws
         .cmd(&[
@@ -211,7 +211,7 @@ fn full_disk_fails_clearly_and_a_rerun_after_freeing_space_completes() {
             .contains("target volume is full")
     );
     assert!(
-        record["report"]["apply"]["copied_files"].is_u64(),
+        only(&record["report"])["apply"]["copied_files"].is_u64(),
         "a failed apply records what it did: {record}"
     );
     assert_no_temp_files(&ws.mount, "on a full disk");
@@ -269,7 +269,7 @@ fn extraneous_entries_block_or_warn_and_quarantine_never_deletes() {
     let (code, v) = ws.run_json(&["apply", "--yes"]);
     assert_eq!(code, 0, "{v}");
     assert!(!t.join("wal/00099999").exists());
-    let q = std::path::PathBuf::from(v["apply"]["quarantine_dir"].as_str().unwrap());
+    let q = std::path::PathBuf::from(only(&v)["apply"]["quarantine_dir"].as_str().unwrap());
     assert_eq!(
         std::fs::read(q.join("wal/00099999")).unwrap(),
         b"foreign wal"
@@ -300,7 +300,7 @@ fn extraneous_entries_block_or_warn_and_quarantine_never_deletes() {
     );
     let (code, v) = ws.run_json(&["apply", "--yes"]);
     assert_eq!(code, 0, "{v}");
-    let q = std::path::PathBuf::from(v["apply"]["quarantine_dir"].as_str().unwrap());
+    let q = std::path::PathBuf::from(only(&v)["apply"]["quarantine_dir"].as_str().unwrap());
     assert!(q.starts_with(t.join(".promigrate-quarantine")));
     assert_eq!(
         std::fs::read(q.join("wal/00099999")).unwrap(),
@@ -330,7 +330,7 @@ fn kill_9_mid_block_keeps_complete_staged_files() {
     .unwrap();
     let (_, plan) = ws.run_json(&["plan"]);
     // Blocks are copied oldest first: take the first, so nothing is copied before it.
-    let first = &plan["blocks"][0];
+    let first = &only(&plan)["blocks"][0];
     let ulid = first["ulid"].as_str().unwrap().to_string();
     let chunk_size = std::fs::metadata(ws.source.join(&ulid).join("chunks/000001"))
         .unwrap()
@@ -380,7 +380,7 @@ fn kill_9_mid_block_keeps_complete_staged_files() {
     let (code, v) = ws.run_json(&["apply", "--yes"]);
     assert_eq!(code, 0, "{v}");
     assert!(
-        v["apply"]["resumed_files"].as_u64().unwrap() >= 1,
+        only(&v)["apply"]["resumed_files"].as_u64().unwrap() >= 1,
         "the complete staged chunk file was copied again: {v}"
     );
     assert!(
@@ -508,13 +508,18 @@ fn issue_13_checksum_replaces_a_block_file_only_content_tells_apart() {
     // Without --checksum apply cannot see it (the loop the issue describes).
     let (code, v) = ws.run_json(&["apply", "--yes"]);
     assert_eq!(code, 0, "{v}");
-    assert_eq!(v["apply"]["copied_files"], 0, "{v}");
+    assert_eq!(only(&v)["apply"]["copied_files"], 0, "{v}");
 
     // plan --checksum and apply --checksum --dry-run show it, and write nothing.
     let (code, v) = ws.run_json(&["plan", "--checksum"]);
     assert_eq!(code, 0, "{v}");
-    assert_eq!(v["stats"]["checksum_differing_files"], 1, "{}", v["stats"]);
-    assert_eq!(v["checksum_differing"], serde_json::json!([rel]));
+    assert_eq!(
+        only(&v)["stats"]["checksum_differing_files"],
+        1,
+        "{}",
+        only(&v)["stats"]
+    );
+    assert_eq!(only(&v)["checksum_differing"], serde_json::json!([rel]));
     let (code, out, _) = ws.run(&["apply", "--yes", "--checksum", "--dry-run"]);
     assert_eq!(code, 0, "{out}");
     assert!(
@@ -526,15 +531,15 @@ fn issue_13_checksum_replaces_a_block_file_only_content_tells_apart() {
 
     let (code, v) = ws.run_json(&["apply", "--yes", "--checksum"]);
     assert_eq!(code, 0, "{v}");
-    let stats = &v["plan"]["stats"];
-    assert_eq!(v["apply"]["copied_files"], 1, "{v}");
+    let stats = &only(&v)["plan"]["stats"];
+    assert_eq!(only(&v)["apply"]["copied_files"], 1, "{v}");
     assert_eq!(stats["checksum_differing_files"], 1, "{stats}");
     // Every selected file is on the target with its size and mtime: all compared.
     assert_eq!(
         stats["checksum_compared_files"], stats["source_files"],
         "{stats}"
     );
-    let b = v["plan"]["blocks"]
+    let b = only(&v)["plan"]["blocks"]
         .as_array()
         .unwrap()
         .iter()
@@ -599,23 +604,32 @@ fn issue_13_checksum_in_the_final_phase_replaces_a_wal_segment() {
 
     let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "presync", "--checksum"]);
     assert_eq!(code, 0, "{v}");
-    let block_files: u64 = v["plan"]["blocks"]
+    let block_files: u64 = only(&v)["plan"]["blocks"]
         .as_array()
         .unwrap()
         .iter()
         .map(|b| b["files"].as_u64().unwrap())
         .sum();
     assert_eq!(
-        v["plan"]["stats"]["checksum_compared_files"], block_files,
+        only(&v)["plan"]["stats"]["checksum_compared_files"],
+        block_files,
         "{v}"
     );
-    assert_eq!(v["plan"]["stats"]["checksum_differing_files"], 0, "{v}");
-    assert_eq!(v["apply"]["copied_files"], 0, "{v}");
+    assert_eq!(
+        only(&v)["plan"]["stats"]["checksum_differing_files"],
+        0,
+        "{v}"
+    );
+    assert_eq!(only(&v)["apply"]["copied_files"], 0, "{v}");
 
     let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "final", "--checksum"]);
     assert_eq!(code, 0, "{v}");
-    assert_eq!(v["plan"]["stats"]["checksum_differing_files"], 1, "{v}");
-    assert_eq!(v["apply"]["copied_files"], 1, "{v}");
+    assert_eq!(
+        only(&v)["plan"]["stats"]["checksum_differing_files"],
+        1,
+        "{v}"
+    );
+    assert_eq!(only(&v)["apply"]["copied_files"], 1, "{v}");
     assert_eq!(
         std::fs::read(&seg).unwrap(),
         std::fs::read(ws.source.join(&rel)).unwrap()
@@ -653,5 +667,5 @@ fn files_dated_before_1970_compare_identical_after_apply() {
     assert!(text.contains("To copy: 0 B in 0 file(s)"), "{text}");
     let (code, v) = ws.run_json(&["apply", "--yes"]);
     assert_eq!(code, 0, "{v}");
-    assert_eq!(v["apply"]["copied_bytes"], 0, "{v}");
+    assert_eq!(only(&v)["apply"]["copied_bytes"], 0, "{v}");
 }

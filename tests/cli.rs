@@ -305,7 +305,7 @@ fn dry_run_lists_what_the_phase_does() {
     // puts there, phase by phase.
     let root = ws.target();
     let put_in_place = |v: &serde_json::Value| -> std::collections::BTreeSet<String> {
-        v["would"][0]["operations"]
+        only(v)["would"]
             .as_array()
             .unwrap_or_else(|| panic!("no operations: {v}"))
             .iter()
@@ -364,7 +364,10 @@ fn dry_run_on_a_used_target_lists_what_apply_then_does() {
     let (code, v) = ws.run_json(&["apply", "--yes"]);
     assert_eq!(code, 0, "{v}");
     let t = ws.target();
-    let block = v["plan"]["blocks"][0]["ulid"].as_str().unwrap().to_string();
+    let block = only(&v)["plan"]["blocks"][0]["ulid"]
+        .as_str()
+        .unwrap()
+        .to_string();
     std::fs::create_dir(t.join(".promigrate-staging")).unwrap();
     std::fs::rename(t.join(&block), t.join(".promigrate-staging").join(&block)).unwrap();
     std::fs::write(t.join("wal/.00000001.promigrate-tmp"), b"partial").unwrap();
@@ -385,7 +388,7 @@ fn dry_run_on_a_used_target_lists_what_apply_then_does() {
     let (code, dry) = ws.run_json(&["apply", "--yes", "--dry-run"]);
     assert_eq!(code, 0, "{dry}");
     assert_eq!(snapshot(&t), before, "the dry run wrote");
-    let ops: Vec<serde_json::Value> = dry["would"][0]["operations"].as_array().unwrap().clone();
+    let ops: Vec<serde_json::Value> = only(&dry)["would"].as_array().unwrap().clone();
     let rel = |p: &serde_json::Value| {
         Path::new(p.as_str().unwrap())
             .strip_prefix(&t)
@@ -402,7 +405,7 @@ fn dry_run_on_a_used_target_lists_what_apply_then_does() {
 
     let (code, real) = ws.run_json(&["apply", "--yes"]);
     assert_eq!(code, 0, "{real}");
-    let r = &real["apply"];
+    let r = &only(&real)["apply"];
     let removed: Vec<String> = of("remove")
         .into_iter()
         .chain(of("remove_tree"))
@@ -542,7 +545,7 @@ fn not_enough_space_is_a_blocker() {
 fn time_range_selects_whole_blocks_and_reports_the_expanded_range() {
     let ws = Workspace::new();
     let (_, all) = ws.run_json(&["plan"]);
-    let blocks = all["blocks"].as_array().unwrap();
+    let blocks = only(&all)["blocks"].as_array().unwrap();
     assert!(blocks.len() >= 3);
     // A range inside the second block only, ending before now: one block, no WAL.
     let b = &blocks[1];
@@ -572,20 +575,20 @@ fn time_range_selects_whole_blocks_and_reports_the_expanded_range() {
     ws.write_plan(&format!("{range}  acceptPartialSelection: true\n"));
     let (code, v) = ws.run_json(&["plan"]);
     assert_eq!(code, 0, "{v}");
-    let sel = v["blocks"].as_array().unwrap();
+    let sel = only(&v)["blocks"].as_array().unwrap();
     assert_eq!(sel.len(), 1);
     assert_eq!(sel[0]["ulid"], b["ulid"]);
     assert_eq!(
-        v["selected_range"],
+        only(&v)["selected_range"],
         serde_json::json!([bmin, bmax]),
         "the expanded range is the whole block"
     );
     assert!(
-        v["files"].as_array().unwrap().is_empty(),
+        only(&v)["files"].as_array().unwrap().is_empty(),
         "no WAL when max is before the newest data"
     );
-    assert_eq!(v["selection"]["blocks_selected"], 1);
-    assert_eq!(v["selection"]["blocks_total"], blocks.len());
+    assert_eq!(only(&v)["selection"]["blocks_selected"], 1);
+    assert_eq!(only(&v)["selection"]["blocks_total"], blocks.len());
     let (_, out, _) = ws.run(&["plan"]);
     assert!(out.contains("whole blocks selected cover"), "{out}");
     assert!(
@@ -600,7 +603,7 @@ fn time_range_selects_whole_blocks_and_reports_the_expanded_range() {
 fn a_time_range_that_selects_nothing_is_a_blocker_and_verify_never_says_ok() {
     let ws = Workspace::new();
     let (_, all) = ws.run_json(&["plan"]);
-    let n = all["blocks"].as_array().unwrap().len();
+    let n = only(&all)["blocks"].as_array().unwrap().len();
     let range = "  timeRange: { min: \"2015-05-01T00:00:00Z\", max: \"2015-11-01T00:00:00Z\" }\n";
     ws.write_plan(range);
     let (code, out, _) = ws.run(&["plan"]);
@@ -652,15 +655,15 @@ fn a_time_range_that_selects_nothing_is_a_blocker_and_verify_never_says_ok() {
 fn a_time_range_ending_in_the_future_keeps_the_head() {
     let ws = Workspace::new();
     let (_, all) = ws.run_json(&["plan"]);
-    let n = all["blocks"].as_array().unwrap().len();
-    let files = all["files"].as_array().unwrap().len();
+    let n = only(&all)["blocks"].as_array().unwrap().len();
+    let files = only(&all)["files"].as_array().unwrap().len();
     assert!(files > 0, "the fixture has head data");
     let max = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
     ws.write_plan(&format!("  timeRange: {{ max: \"{max}\" }}\n"));
     let (code, v) = ws.run_json(&["plan"]);
     assert_eq!(code, 0, "{v}");
-    assert_eq!(v["files"].as_array().unwrap().len(), files, "{v}");
-    assert_eq!(v["blocks"].as_array().unwrap().len(), n);
+    assert_eq!(only(&v)["files"].as_array().unwrap().len(), files, "{v}");
+    assert_eq!(only(&v)["blocks"].as_array().unwrap().len(), n);
     let (code, out, _) = ws.run(&["apply", "--yes"]);
     assert_eq!(code, 0, "{out}");
     assert!(
@@ -885,7 +888,7 @@ fn refused_apply_keeps_a_record_and_one_json_document() {
     let name = block.file_name().unwrap().to_string_lossy().into_owned();
     let (code, v) = ws.run_json(&["plan"]);
     assert_eq!(code, 1);
-    let blockers = v["blockers"].to_string();
+    let blockers = only(&v)["blockers"].to_string();
     assert!(
         blockers.contains(&name) && blockers.contains("meta.json"),
         "unreadable meta.json must block: {v}"
@@ -922,7 +925,7 @@ fn yaml_fraction_bwlimit_is_kib_and_tiny_limits_are_refused() {
     let ws = Workspace::with_extra("  bwlimit: 1.5\n");
     let (code, v) = ws.run_json(&["plan"]);
     assert_eq!(code, 0, "{v}");
-    assert_eq!(v["bwlimit"], 1536);
+    assert_eq!(only(&v)["bwlimit"], 1536);
     ws.write_plan("  bwlimit: 0.0001\n");
     let (code, _, err) = ws.run(&["plan"]);
     assert_eq!(code, 2, "{err}");

@@ -281,7 +281,7 @@ fn check_case(flavor: Flavor, ws: &Workspace, case: &Case) {
     }
     let (code, v) = ws.run_json(&["verify", "--level", "deep"]);
     assert_eq!(code, 1, "{v}");
-    let named = v["differences"].as_array().unwrap().iter().any(|d| {
+    let named = only(&v)["differences"].as_array().unwrap().iter().any(|d| {
         d["sigil"] == "!"
             && d["path"]
                 .as_str()
@@ -649,12 +649,12 @@ fn a_damaged_source_block_blocks_the_plan_until_excluded(flavor: Flavor) {
     let (code, v) = ws.run_json(&["plan"]);
     assert_eq!(code, 0, "{v}");
     assert!(
-        v["skipped"]
+        only(&v)["skipped"]
             .to_string()
             .contains("excluded by transfer.excludeBlocks")
     );
     assert!(
-        !v["blocks"]
+        !only(&v)["blocks"]
             .as_array()
             .unwrap()
             .iter()
@@ -698,7 +698,7 @@ fn head_repair_drops_files_before_the_last_gap_and_prometheus_starts(flavor: Fla
     ws.write_plan("  headRepair: dropUnsequential\n");
     let (code, v) = ws.run_json(&["plan"]);
     assert_eq!(code, 0, "{v}");
-    let repairs = v["repairs"].to_string();
+    let repairs = only(&v)["repairs"].to_string();
     assert!(
         repairs.contains(&format!("dropping {}", rel(&ws.source, &first)))
             && repairs.contains("UTC are lost"),
@@ -789,7 +789,10 @@ fn wal_repair_only_when_a_checkpoint_covers_the_dropped_segments(flavor: Flavor)
     std::fs::copy(&segs[0].1, checkpoint.join("00000000")).unwrap();
     let (code, v) = ws.run_json(&["plan"]);
     assert_eq!(code, 0, "{v}");
-    assert!(v["repairs"].to_string().contains("nothing is lost"), "{v}");
+    assert!(
+        only(&v)["repairs"].to_string().contains("nothing is lost"),
+        "{v}"
+    );
     assert_eq!(ws.run(&["apply", "--yes"]).0, 0);
     assert!(
         segs[..segs.len() - 1]

@@ -155,7 +155,7 @@ fn the_quarantine_directories_are_fsynced() {
 fn a_run_stopped_part_way_fsyncs_the_directories_it_changed() {
     let ws = Workspace::from_fixture(gib_fixture(), "");
     let (_, plan) = ws.run_json(&["plan"]);
-    let bytes = plan["stats"]["copy_bytes"].as_u64().unwrap();
+    let bytes = only(&plan)["stats"]["copy_bytes"].as_u64().unwrap();
     let mut child = ws
         .cmd(&[
             "apply",

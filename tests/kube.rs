@@ -230,7 +230,7 @@ fn running_statefulset_is_scaled_to_zero_while_copying_and_back_after_verify() {
 
     // Slow enough to watch: the StatefulSet is at 0 while data is written.
     let (_, plan) = ws.run_json(&["plan"]);
-    let bytes = plan["stats"]["copy_bytes"].as_u64().unwrap();
+    let bytes = only(&plan)["stats"]["copy_bytes"].as_u64().unwrap();
     let rate = format!("{}K", (bytes / 1024 / 3).max(8));
     let child = ws
         .cmd(&["apply", "--yes", "--output", "json", "--bwlimit", &rate])
@@ -511,7 +511,7 @@ fn the_deadline_counts_from_the_start_not_from_after_the_scale_down() {
     });
     assert_eq!(out.status.code(), Some(1), "{v}");
     assert_eq!(v["incomplete"], true, "{v}");
-    assert_eq!(v["apply"]["copied_bytes"], 0, "{v}");
+    assert_eq!(only(&v)["apply"]["copied_bytes"], 0, "{v}");
 }
 
 /// Issue 13: a presync copies blocks only, so one whose only differences are WAL files
@@ -533,8 +533,8 @@ fn a_presync_with_only_wal_differences_leaves_the_statefulset_running() {
     std::fs::copy(wal.join("00000000"), wal.join(format!("{:08}", last + 1))).unwrap();
     let (code, plan) = ws.run_json(&["plan"]);
     assert_eq!(code, 0, "{plan}");
-    assert_eq!(plan["phases"]["presync"]["files"], 0, "{plan}");
-    assert_eq!(plan["phases"]["final"]["files"], 1, "{plan}");
+    assert_eq!(only(&plan)["phases"]["presync"]["files"], 0, "{plan}");
+    assert_eq!(only(&plan)["phases"]["final"]["files"], 1, "{plan}");
 
     let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "presync"]);
     assert_eq!(code, 0, "{v}");
@@ -760,7 +760,7 @@ fn the_plan_is_held_against_the_pod_and_gitops_ownership() {
     let (code, v) = ws.run_json(&["plan"]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(
-        v["target"].as_str().map(PathBuf::from),
+        only(&v)["target"].as_str().map(PathBuf::from),
         Some(ws.target()),
         "{v}"
     );
@@ -823,7 +823,10 @@ fn verify_rechecks_the_target_server() {
     assert_eq!(code, 1, "{v}");
     assert_eq!(v["ok"], false, "{v}");
     assert!(
-        v["cluster_blockers"][0].as_str().unwrap().contains("4242"),
+        only(&v)["cluster_blockers"][0]
+            .as_str()
+            .unwrap()
+            .contains("4242"),
         "{v}"
     );
     k.patch_sts(

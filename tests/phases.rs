@@ -98,7 +98,7 @@ fn presync_run_stop_final(ws: &Workspace, version: &Version) {
     let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "presync"]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(
-        v["apply"]["blocks_published"].as_u64().unwrap() as usize,
+        only(&v)["apply"]["blocks_published"].as_u64().unwrap() as usize,
         raw.len()
     );
 
@@ -126,9 +126,10 @@ fn presync_run_stop_final(ws: &Workspace, version: &Version) {
     }
     let (_, plan) = ws.run_json(&["plan"]);
     assert_eq!(
-        plan["source_state"]["state"], "running",
+        only(&plan)["source_state"]["state"],
+        "running",
         "{}",
-        plan["source_state"]
+        only(&plan)["source_state"]
     );
 
     // 3. Presync again while it runs: the compacted blocks.
@@ -161,12 +162,13 @@ fn presync_run_stop_final(ws: &Workspace, version: &Version) {
     }
     let (_, plan) = ws.run_json(&["plan"]);
     assert_eq!(
-        plan["source_state"]["state"], "stopped",
+        only(&plan)["source_state"]["state"],
+        "stopped",
         "{}",
-        plan["source_state"]
+        only(&plan)["source_state"]
     );
     assert!(
-        plan["phases"]["final"]["bytes"].as_u64().unwrap() > 0,
+        only(&plan)["phases"]["final"]["bytes"].as_u64().unwrap() > 0,
         "the WAL is left for the final phase"
     );
 
@@ -174,7 +176,7 @@ fn presync_run_stop_final(ws: &Workspace, version: &Version) {
     let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "final"]);
     assert_eq!(code, 0, "{v}");
     let q = std::path::PathBuf::from(
-        v["apply"]["quarantine_dir"]
+        only(&v)["apply"]["quarantine_dir"]
             .as_str()
             .expect("compacted blocks were quarantined"),
     );
@@ -342,21 +344,21 @@ fn presync_while_prometheus_3_runs_then_final_after_stop() {
 fn deadline_stops_cleanly_and_the_next_apply_continues() {
     let ws = Workspace::new();
     let (_, plan) = ws.run_json(&["plan"]);
-    let total = plan["stats"]["copy_files"].as_u64().unwrap();
-    let bytes = plan["stats"]["copy_bytes"].as_u64().unwrap();
+    let total = only(&plan)["stats"]["copy_files"].as_u64().unwrap();
+    let bytes = only(&plan)["stats"]["copy_bytes"].as_u64().unwrap();
     // About 6 s of copying, and 2 s to do it in.
     let rate = format!("{}K", (bytes / 1024 / 6).max(4));
     let (code, v) = ws.run_json(&["apply", "--yes", "--bwlimit", &rate, "--deadline", "2s"]);
     assert_eq!(code, 1, "{v}");
     assert_eq!(v["incomplete"], true, "{v}");
-    let copied = v["apply"]["copied_files"].as_u64().unwrap();
+    let copied = only(&v)["apply"]["copied_files"].as_u64().unwrap();
     assert!(copied > 0 && copied < total, "copied {copied} of {total}");
     assert_no_temp_files(&ws.mount, "after the deadline");
     assert_eq!(latest_record(&ws, "apply")["exit_code"], 1);
     let (code, v) = ws.run_json(&["apply", "--yes"]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(
-        v["apply"]["copied_files"].as_u64().unwrap() + copied,
+        only(&v)["apply"]["copied_files"].as_u64().unwrap() + copied,
         total,
         "the rerun copied only the rest: {v}"
     );
@@ -441,14 +443,17 @@ fn the_final_phase_quarantines_nothing_that_is_still_in_the_source() {
     let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "final"]);
     assert_eq!(code, 0, "{v}");
     assert!(
-        v["apply"]["quarantined"].as_array().unwrap().is_empty(),
+        only(&v)["apply"]["quarantined"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
         "{v}"
     );
     assert!(ws.target().join(&excluded).join("meta.json").exists());
 
     // A range covering one block and ending in the past: nothing else moves, WAL included.
     let (_, plan) = ws.run_json(&["plan"]);
-    let b = &plan["blocks"][1];
+    let b = &only(&plan)["blocks"][1];
     let ts = |ms: i64| jiff::Timestamp::from_millisecond(ms).unwrap().to_string();
     ws.write_plan(&format!(
         "  timeRange: {{ min: \"{}\", max: \"{}\" }}\n  acceptPartialSelection: true\n",
@@ -459,7 +464,10 @@ fn the_final_phase_quarantines_nothing_that_is_still_in_the_source() {
     let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "final"]);
     assert_eq!(code, 0, "{v}");
     assert!(
-        v["apply"]["quarantined"].as_array().unwrap().is_empty(),
+        only(&v)["apply"]["quarantined"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
         "{v}"
     );
     assert_eq!(snapshot(&ws.target()), before);
@@ -476,7 +484,7 @@ fn a_foreign_checkpoint_directory_is_quarantined_whole() {
     std::fs::copy(ws.source.join("wal/00000000"), cp.join("00000000")).unwrap();
     let (code, v) = ws.run_json(&["plan"]);
     assert_eq!(code, 0, "{v}");
-    let extra = v["extraneous"].to_string();
+    let extra = only(&v)["extraneous"].to_string();
     assert!(
         extra.contains("wal/checkpoint.00000500\"")
             && !extra.contains("checkpoint.00000500/00000000"),
@@ -485,7 +493,7 @@ fn a_foreign_checkpoint_directory_is_quarantined_whole() {
     let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "final"]);
     assert_eq!(code, 0, "{v}");
     assert!(!cp.exists());
-    let q = std::path::PathBuf::from(v["apply"]["quarantine_dir"].as_str().unwrap());
+    let q = std::path::PathBuf::from(only(&v)["apply"]["quarantine_dir"].as_str().unwrap());
     assert!(q.join("wal/checkpoint.00000500/00000000").exists());
     assert_eq!(ws.run(&["verify", "--level", "deep"]).0, 0);
 }
@@ -561,7 +569,7 @@ fn a_block_the_source_retention_deletes_after_the_presync_is_quarantined_by_the_
 
     let (code, plan) = ws.run_json(&["plan"]);
     assert_eq!(code, 0, "{plan}");
-    let extra = plan["extraneous"].as_array().unwrap();
+    let extra = only(&plan)["extraneous"].as_array().unwrap();
     let gone = extra.iter().find(|e| e["rel"] == ulid.as_str());
     assert!(gone.is_some(), "plan does not list {ulid}: {plan}");
     assert_eq!(gone.unwrap()["kind"], "dropped", "{plan}");
@@ -574,7 +582,7 @@ fn a_block_the_source_retention_deletes_after_the_presync_is_quarantined_by_the_
     )
     .unwrap();
     let (_, other) = ws.run_json(&["plan"]);
-    let e = other["extraneous"]
+    let e = only(&other)["extraneous"]
         .as_array()
         .unwrap()
         .iter()
@@ -590,7 +598,7 @@ fn a_block_the_source_retention_deletes_after_the_presync_is_quarantined_by_the_
 
     let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "final"]);
     assert_eq!(code, 0, "{v}");
-    let quarantined: Vec<&str> = v["apply"]["quarantined"]
+    let quarantined: Vec<&str> = only(&v)["apply"]["quarantined"]
         .as_array()
         .unwrap()
         .iter()
@@ -598,7 +606,7 @@ fn a_block_the_source_retention_deletes_after_the_presync_is_quarantined_by_the_
         .collect();
     assert!(quarantined.contains(&ulid.as_str()), "{v}");
     assert!(!ws.target().join(&ulid).exists());
-    let q = std::path::PathBuf::from(v["apply"]["quarantine_dir"].as_str().unwrap());
+    let q = std::path::PathBuf::from(only(&v)["apply"]["quarantine_dir"].as_str().unwrap());
     assert!(
         q.join(&ulid).join("meta.json").exists(),
         "moved, not deleted"
@@ -621,7 +629,7 @@ fn a_foreign_block_the_source_lacks_is_left_in_place() {
     m["compaction"]["sources"] = serde_json::json!(["01ARZ3NDEKTSV4RRFFQ69G5FAV"]);
     std::fs::write(foreign.join("meta.json"), m.to_string()).unwrap();
     let (_, plan) = ws.run_json(&["plan"]);
-    let e = plan["extraneous"]
+    let e = only(&plan)["extraneous"]
         .as_array()
         .unwrap()
         .iter()

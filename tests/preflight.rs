@@ -55,7 +55,7 @@ fn a_read_only_target_is_a_blocker_for_apply_but_not_for_verify() {
 fn too_few_free_inodes_is_a_blocker() {
     let ws = Workspace::new();
     let (_, plan) = ws.run_json(&["plan"]);
-    let files = plan["stats"]["copy_files"].as_u64().unwrap();
+    let files = only(&plan)["stats"]["copy_files"].as_u64().unwrap();
     let fs = Tmpfs::mount_with(&ws.mount, &format!("size=64m,nr_inodes={}", files / 2));
     let (code, out, _) = ws.run(&["plan"]);
     assert_eq!(code, 1, "{out}");
@@ -73,7 +73,7 @@ fn too_few_free_inodes_is_a_blocker() {
     // Exactly as many free inodes as the plan says it needs (tmpfs's root takes one): apply
     // succeeds, so the count covers every file and directory apply creates.
     let (_, plan) = ws.run_json(&["plan"]);
-    let need = plan["target_needs"]["inodes"].as_u64().unwrap();
+    let need = only(&plan)["target_needs"]["inodes"].as_u64().unwrap();
     assert!(need > files, "files and directories: {plan}");
     let _fs = Tmpfs::mount_with(&ws.mount, &format!("size=64m,nr_inodes={}", need + 1));
     let (code, out, _) = ws.run(&["plan"]);
@@ -86,7 +86,7 @@ fn too_few_free_inodes_is_a_blocker() {
 fn free_space_without_headroom_is_a_blocker() {
     let ws = Workspace::new();
     let (_, plan) = ws.run_json(&["plan"]);
-    let copy = plan["stats"]["copy_bytes"].as_u64().unwrap();
+    let copy = only(&plan)["stats"]["copy_bytes"].as_u64().unwrap();
     // Room for the bytes, not for their rounding to pages and the margin.
     let fs = Tmpfs::mount_with(&ws.mount, &format!("size={}", copy + 8192));
     let (code, out, _) = ws.run(&["plan"]);
@@ -104,7 +104,7 @@ fn free_space_without_headroom_is_a_blocker() {
 
     // As much free space as the plan says it needs: apply succeeds.
     let (_, plan) = ws.run_json(&["plan"]);
-    let need = plan["target_needs"]["bytes"].as_u64().unwrap();
+    let need = only(&plan)["target_needs"]["bytes"].as_u64().unwrap();
     assert!(need > copy, "{plan}");
     let _fs = Tmpfs::mount_with(&ws.mount, &format!("size={need}"));
     let (code, out, _) = ws.run(&["plan"]);
@@ -120,11 +120,11 @@ fn free_space_without_headroom_is_a_blocker() {
 fn what_an_interrupted_run_staged_counts_as_free_for_the_rerun() {
     let ws = Workspace::new();
     let (_, plan) = ws.run_json(&["plan"]);
-    let need = plan["target_needs"]["bytes"].as_u64().unwrap();
+    let need = only(&plan)["target_needs"]["bytes"].as_u64().unwrap();
     let _fs = Tmpfs::mount_with(&ws.mount, &format!("size={need}"));
     // The largest block, staged whole (files with the source's size and mtime), as a run
     // stopped before publishing it leaves it.
-    let big = plan["blocks"]
+    let big = only(&plan)["blocks"]
         .as_array()
         .unwrap()
         .iter()
@@ -164,7 +164,10 @@ fn what_an_interrupted_run_staged_counts_as_free_for_the_rerun() {
     assert_eq!(code, 0, "{out}");
     let (code, v) = ws.run_json(&["apply", "--yes"]);
     assert_eq!(code, 0, "{v}");
-    assert!(v["apply"]["resumed_files"].as_u64().unwrap() >= 1, "{v}");
+    assert!(
+        only(&v)["apply"]["resumed_files"].as_u64().unwrap() >= 1,
+        "{v}"
+    );
     assert_eq!(ws.run(&["verify"]).0, 0);
 }
 
@@ -227,7 +230,7 @@ fn a_target_this_user_cannot_write_is_a_blocker() {
 fn two_targets_on_one_filesystem_must_fit_together() {
     let ws = Workspace::new();
     let (_, plan) = ws.run_json(&["plan"]);
-    let need = plan["target_needs"]["inodes"].as_u64().unwrap();
+    let need = only(&plan)["target_needs"]["inodes"].as_u64().unwrap();
     // Inodes for one target, not for two (tmpfs's root and the volumes a/ and b/ take three).
     let _fs = Tmpfs::mount_with(&ws.mount, &format!("size=64m,nr_inodes={}", need + 3));
     let volumes = [ws.mount.join("a"), ws.mount.join("b")];

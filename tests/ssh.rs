@@ -255,10 +255,14 @@ fn plan_apply_verify_over_ssh_copies_a_real_tsdb_exactly() {
 
     let (code, v) = ws.run_json(&["apply", "--yes", "--source-stopped"]);
     assert_eq!(code, 0, "{v}");
-    assert!(v["apply"]["copied_files"].as_u64().unwrap() > 10, "{v}");
+    assert!(
+        only(&v)["apply"]["copied_files"].as_u64().unwrap() > 10,
+        "{v}"
+    );
     // By default every file came through the tar streams.
     assert_eq!(
-        v["apply"]["streamed_files"], v["apply"]["copied_files"],
+        only(&v)["apply"]["streamed_files"],
+        only(&v)["apply"]["copied_files"],
         "{v}"
     );
     // Everything except runtime files (lock, queries.active) arrived, byte for byte.
@@ -292,7 +296,7 @@ fn plan_apply_verify_over_ssh_copies_a_real_tsdb_exactly() {
     // the copies' times).
     let (code, v) = ws.run_json(&["apply", "--yes", "--source-stopped"]);
     assert_eq!(code, 0, "{v}");
-    assert_eq!(v["apply"]["copied_files"], 0, "{v}");
+    assert_eq!(only(&v)["apply"]["copied_files"], 0, "{v}");
 }
 
 #[test]
@@ -621,7 +625,7 @@ fn the_snapshot_plans_what_sftp_plans_and_finds_the_same_damage() {
     flip(&block.join("chunks/000001"), false);
     let (code, tar) = plan("tar");
     assert_eq!(code, 1, "{tar}");
-    let blockers = tar["blockers"].to_string();
+    let blockers = only(&tar)["blockers"].to_string();
     for want in [&name, "index", "TOC", "chunks/000001", "magic"] {
         assert!(blockers.contains(want), "{want} not in {blockers}");
     }
@@ -681,10 +685,7 @@ fn a_dry_run_over_ssh_starts_no_tar_stream() {
         !calls.contains(" -T -"),
         "a copy stream was started: {calls}"
     );
-    assert_eq!(
-        v["would"][0]["operations"], local["would"][0]["operations"],
-        "{v}"
-    );
+    assert_eq!(only(&v)["would"], only(&local)["would"], "{v}");
     assert_eq!(std::fs::read_dir(&ws.mount).unwrap().count(), 0);
 }
 
@@ -700,8 +701,15 @@ fn sftp_reads_and_a_host_without_exec_copy_the_same_without_tar() {
         let (code, out, log) = ws.run(&["apply", "--yes", "--source-stopped", "--output", "json"]);
         assert_eq!(code, 0, "{read} {extra}: {log}");
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        assert!(v["apply"]["copied_files"].as_u64().unwrap() > 10, "{v}");
-        assert_eq!(v["apply"]["streamed_files"], 0, "{read} {extra}: {v}");
+        assert!(
+            only(&v)["apply"]["copied_files"].as_u64().unwrap() > 10,
+            "{v}"
+        );
+        assert_eq!(
+            only(&v)["apply"]["streamed_files"],
+            0,
+            "{read} {extra}: {v}"
+        );
         if !extra.is_empty() {
             assert!(log.contains("cannot stream files through tar"), "{log}");
         }
@@ -747,8 +755,8 @@ fn a_file_tar_could_not_read_is_copied_again_over_sftp() {
     assert!(hit.0 > 0);
     assert_eq!(log.matches("cannot vouch for").count(), hit.0, "{log}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let copied = v["apply"]["copied_files"].as_u64().unwrap();
-    assert_eq!(v["apply"]["streamed_files"], copied - hit.1, "{v}");
+    let copied = only(&v)["apply"]["copied_files"].as_u64().unwrap();
+    assert_eq!(only(&v)["apply"]["streamed_files"], copied - hit.1, "{v}");
     assert_eq!(file_hashes(&ws.target()), copied_hashes(&ws));
     assert_eq!(ws.run(&["verify", "--level", "checksum"]).0, 0);
 }
@@ -937,12 +945,12 @@ fn a_source_that_stays_unreachable_gives_up_with_a_resumable_state() {
     // byte is equal.
     sshd.restart();
     let (_, v) = ws.run_json(&["plan"]);
-    let left = v["phases"]["presync"]["bytes"].as_u64().unwrap();
+    let left = only(&v)["phases"]["presync"]["bytes"].as_u64().unwrap();
     assert!(left > 0, "the copy was not interrupted: {v}");
     let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "presync"]);
     assert_eq!(code, 0, "{v}");
-    let total = v["plan"]["stats"]["source_bytes"].as_u64().unwrap();
-    let copied = v["apply"]["copied_bytes"].as_u64().unwrap();
+    let total = only(&v)["plan"]["stats"]["source_bytes"].as_u64().unwrap();
+    let copied = only(&v)["apply"]["copied_bytes"].as_u64().unwrap();
     assert!(
         copied < total,
         "the rerun started over: {copied} of {total}"
@@ -988,7 +996,7 @@ fn files_dated_before_1970_compare_identical_after_an_ssh_apply() {
         }
         let (code, v) = ws.run_json(&["apply", "--yes", "--source-stopped"]);
         assert_eq!(code, 0, "{read}: {v}");
-        assert_eq!(v["apply"]["copied_bytes"], 0, "{read}: {v}");
+        assert_eq!(only(&v)["apply"]["copied_bytes"], 0, "{read}: {v}");
     }
 }
 
@@ -1089,7 +1097,7 @@ fn the_source_version_over_ssh_is_the_running_binarys_then_paths() {
     let (code, v) = ws.run_json(&["plan"]);
     server.stop();
     assert_eq!(code, 0, "{v}");
-    let sv = &v["source_version"];
+    let sv = &only(&v)["source_version"];
     assert_eq!(sv["version"], "3.16.0", "{sv}");
     assert_eq!(sv["via"], "running_binary", "{sv}");
     let how = sv["how"].as_str().unwrap();
@@ -1097,7 +1105,7 @@ fn the_source_version_over_ssh_is_the_running_binarys_then_paths() {
 
     let (code, v) = ws.run_json(&["plan"]);
     assert_eq!(code, 0, "{v}");
-    let sv = &v["source_version"];
+    let sv = &only(&v)["source_version"];
     assert_eq!(sv["version"], "2.42.0", "{sv}");
     assert_eq!(sv["via"], "path", "{sv}");
     let how = sv["how"].as_str().unwrap();
@@ -1136,7 +1144,7 @@ fn the_source_version_over_ssh_is_the_running_binarys_then_paths() {
         let _fake = Fake::start(&bin, &seg, Some((RUN_AS_USER, FS_GROUP)));
         let (code, v) = ws.run_json(&["plan"]);
         assert_eq!(code, 0, "{v}");
-        let sv = &v["source_version"];
+        let sv = &only(&v)["source_version"];
         assert_eq!(sv["version"], "9.9.9", "{sv}");
         assert_eq!(sv["via"], "running_binary", "{sv}");
     }
@@ -1153,7 +1161,7 @@ fn the_source_version_over_ssh_is_the_running_binarys_then_paths() {
         let _fake = Fake::start(&bin, &seg, None);
         let (code, v) = ws.run_json(&["plan"]);
         assert_eq!(code, 0, "{v}");
-        let sv = &v["source_version"];
+        let sv = &only(&v)["source_version"];
         assert_eq!(sv["via"], "path", "{sv}");
         let why = sv["tried"][0].as_str().unwrap();
         assert!(

@@ -58,7 +58,7 @@ fn missing_and_extra_files_are_named() {
 
     let (code, v) = ws.run_json(&["verify"]);
     assert_eq!(code, 1);
-    let diffs = v["differences"].as_array().unwrap();
+    let diffs = only(&v)["differences"].as_array().unwrap();
     let has = |sigil: &str, path: &str| {
         diffs
             .iter()
@@ -105,8 +105,8 @@ fn wrong_owner_and_mode_are_found() {
     // apply repairs ownership without copying anything.
     let (code, v) = ws.run_json(&["apply", "--yes"]);
     assert_eq!(code, 0);
-    assert_eq!(v["apply"]["copied_files"], 0);
-    assert!(v["apply"]["ownership_fixed"].as_u64().unwrap() >= 2);
+    assert_eq!(only(&v)["apply"]["copied_files"], 0);
+    assert!(only(&v)["apply"]["ownership_fixed"].as_u64().unwrap() >= 2);
     assert_eq!(std::fs::metadata(&idx).unwrap().uid(), RUN_AS_USER);
     let (code, _, _) = ws.run(&["verify"]);
     assert_eq!(code, 0);

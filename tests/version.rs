@@ -26,7 +26,7 @@ fn planned_version(ws: &Workspace) -> (serde_json::Value, String) {
         .find(|l| l.starts_with("Source version: "))
         .unwrap_or_else(|| panic!("no version line: {text}"))
         .to_string();
-    (v["source_version"].clone(), line)
+    (only(&v)["source_version"].clone(), line)
 }
 
 fn prom3_server() -> PromFlavor {
@@ -139,7 +139,7 @@ fn nothing_found_is_unknown_with_the_reason_of_each_way() {
     let (code, out, err) = run(c);
     assert_eq!(code, 0, "{out}\n{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let sv = &v["source_version"];
+    let sv = &only(&v)["source_version"];
     assert_eq!(sv["version"], serde_json::Value::Null, "{sv}");
     assert_eq!(sv["via"], "unknown", "{sv}");
     let tried: Vec<&str> = sv["tried"]
@@ -319,7 +319,7 @@ fn path_skips_relative_entries_and_never_runs_another_users_binary_as_root() {
         let (code, out, err) = run(c);
         assert_eq!(code, 0, "{out}\n{err}");
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v["source_version"].clone()
+        only(&v)["source_version"].clone()
     };
     let sv = plan_with_path(format!(":bin:./bin:{}", user_dir.display()));
     assert_eq!(sv["via"], "unknown", "{sv}");

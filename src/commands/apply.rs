@@ -30,19 +30,11 @@ struct ApplyOutput {
     refusal: Option<String>,
     /// Stopped at the deadline before everything was done; rerun to continue.
     incomplete: bool,
-    /// The plan (one target).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    plan: Option<plan::MigrationPlan>,
-    /// A dry run: what apply would do, in order (from `would`); and the Kubernetes steps.
+    /// A dry run: what apply would do, in order (from each target's `would`); and the
+    /// Kubernetes steps.
     actions: Vec<String>,
-    /// A dry run: by target, the changes apply's engine would make (recorded, not made).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    would: Vec<WouldDo>,
-    /// What was done (one target); present also when apply failed part-way.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    apply: Option<sync::ApplyReport>,
-    /// With several target volumes (`targets:`): each one's plan and what was done.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Every target volume, in plan-file order (one for `target:`): its plan, what was done
+    /// (also when apply failed part-way) and, in a dry run, what would be done.
     targets: Vec<TargetOutcome>,
     /// The verify that gated the Kubernetes steps (with `target.kubernetes`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -58,51 +50,36 @@ struct ApplyOutput {
     record: Option<std::path::PathBuf>,
 }
 
-/// A dry run's record for one target.
-#[derive(Serialize)]
-struct WouldDo {
-    target: std::path::PathBuf,
-    operations: Vec<volume::Op>,
-}
-
 /// One target volume's part of an apply.
 #[derive(Serialize)]
 struct TargetOutcome {
     plan: plan::MigrationPlan,
     apply: Option<sync::ApplyReport>,
+    /// A dry run: the changes apply's engine would make to this target (recorded, not made).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    would: Vec<volume::Op>,
 }
 
 impl ApplyOutput {
-    /// Stores the plans (and reports, once apply ran) in the shape for one or several targets.
+    /// Stores the plans and, once apply ran, what it did to each target.
     fn set(&mut self, plans: Vec<plan::MigrationPlan>, reports: Option<Vec<sync::ApplyReport>>) {
-        let mut reports = reports.map(|r| r.into_iter().map(Some).collect::<Vec<_>>());
-        if plans.len() == 1 {
-            self.plan = plans.into_iter().next();
-            self.apply = reports.and_then(|mut r| r.pop().flatten());
-        } else {
-            self.targets = plans
-                .into_iter()
-                .enumerate()
-                .map(|(i, plan)| TargetOutcome {
-                    plan,
-                    apply: reports
-                        .as_mut()
-                        .and_then(|r| r.get_mut(i).and_then(Option::take)),
-                })
-                .collect();
-        }
+        let mut reports = reports.unwrap_or_default().into_iter();
+        self.targets = plans
+            .into_iter()
+            .map(|plan| TargetOutcome {
+                plan,
+                apply: reports.next(),
+                would: Vec::new(),
+            })
+            .collect();
     }
 
     /// Every target's plan and report, in plan-file order.
     fn outcomes(&self) -> Vec<(&plan::MigrationPlan, Option<&sync::ApplyReport>)> {
-        match &self.plan {
-            Some(p) => vec![(p, self.apply.as_ref())],
-            None => self
-                .targets
-                .iter()
-                .map(|t| (&t.plan, t.apply.as_ref()))
-                .collect(),
-        }
+        self.targets
+            .iter()
+            .map(|t| (&t.plan, t.apply.as_ref()))
+            .collect()
     }
 }
 
@@ -258,6 +235,7 @@ fn apply_steps(
         }
     };
     let ok = plans.iter().all(|p| p.ok);
+    let mut would = Vec::new();
     if ok && a.dry_run {
         // The engine itself, on targets that record instead of writing.
         let opts = sync::ApplyOptions {
@@ -269,7 +247,7 @@ fn apply_steps(
             held: std::sync::Mutex::new(Vec::new()),
             dry_run: true,
         };
-        let (reports, result) = sync::apply_each(&plans, &opts);
+        let (reports, result) = sync::apply(&plans, &opts);
         result.context("the dry run stopped")?;
         for (p, r) in plans.iter().zip(reports) {
             out.actions.extend(
@@ -277,10 +255,7 @@ fn apply_steps(
                     .into_iter()
                     .map(|act| prefixed(p, act)),
             );
-            out.would.push(WouldDo {
-                target: p.target.clone(),
-                operations: r.would,
-            });
+            would.push(r.would);
         }
     }
     // The Kubernetes steps it takes (or would).
@@ -294,6 +269,9 @@ fn apply_steps(
         out.refused = !ok;
         out.ok = ok;
         out.set(plans, None);
+        for (t, w) in out.targets.iter_mut().zip(would) {
+            t.would = w;
+        }
         return Ok(if ok { Code::Ok } else { Code::Findings });
     }
     if let Some(d) = deadline {
@@ -404,7 +382,7 @@ fn apply_steps(
                 held: std::sync::Mutex::new(held),
                 dry_run: false,
             };
-            sync::apply_each(&worker_plans, &opts)
+            sync::apply(&worker_plans, &opts)
         }).await })
         .context("the copy workers stopped unexpectedly")?;
     let incomplete = reports.iter().any(|r| r.incomplete);

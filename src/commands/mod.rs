@@ -253,11 +253,7 @@ fn load(rt: &tokio::runtime::Runtime, file: &std::path::Path) -> anyhow::Result<
 /// Builds the plan of every target volume, scanning the source once.
 fn build_plans(m: &Migration, compare: Compare) -> anyhow::Result<Vec<MigrationPlan>> {
     let progress_for = |total| progress::for_stderr("checksum", total);
-    if m.targets.len() == 1 {
-        Ok(vec![crate::plan::build(m, compare, &progress_for)?])
-    } else {
-        crate::plan::build_each(m, compare, &progress_for)
-    }
+    crate::plan::build(m, compare, &progress_for)
 }
 
 /// How `--checksum` compares for a run of `phase`: a presync copies no WAL/head file, so

@@ -11,7 +11,7 @@ use crate::exit::Code;
 use crate::plan::MigrationPlan;
 use crate::sync;
 
-/// The plans of several target volumes (`targets:`), as `plan` reports them.
+/// Every target volume's plan, in plan-file order (one for `target:`), as `plan` reports them.
 #[derive(Serialize)]
 struct PlanEach {
     ok: bool,
@@ -33,11 +33,6 @@ fn plan(args: &PlanArgs) -> anyhow::Result<(Box<dyn Report>, Code)> {
     }
     let ok = plans.iter().all(|p| p.ok);
     let code = if ok { Code::Ok } else { Code::Findings };
-    if plans.len() == 1
-        && let Some(p) = plans.pop()
-    {
-        return Ok((report(p, MigrationPlan::render_text), code));
-    }
     let each = PlanEach { ok, targets: plans };
     let text = |e: &PlanEach| render_plans(&e.targets.iter().collect::<Vec<_>>());
     Ok((report(each, text), code))

@@ -18,25 +18,16 @@ use crate::plan::Migration;
 use crate::verify::VerifyReport;
 use crate::{metrics, progress, record};
 
-/// What `verify` reports: one target's report as it is, or several under `targets`.
+/// What `verify` reports: every target's report, in plan-file order (one for `target:`).
 #[derive(Serialize)]
-#[serde(untagged)]
-pub(super) enum VerifyOutput {
-    One(VerifyReport),
-    Each {
-        ok: bool,
-        targets: Vec<VerifyReport>,
-    },
+pub(super) struct VerifyOutput {
+    ok: bool,
+    targets: Vec<VerifyReport>,
 }
 
 impl From<Vec<VerifyReport>> for VerifyOutput {
-    fn from(mut reports: Vec<VerifyReport>) -> Self {
-        if reports.len() == 1
-            && let Some(r) = reports.pop()
-        {
-            return VerifyOutput::One(r);
-        }
-        VerifyOutput::Each {
+    fn from(reports: Vec<VerifyReport>) -> Self {
+        VerifyOutput {
             ok: reports.iter().all(|r| r.ok),
             targets: reports,
         }
@@ -46,46 +37,40 @@ impl From<Vec<VerifyReport>> for VerifyOutput {
 impl VerifyOutput {
     /// Differences over all targets.
     pub(super) fn differences(&self) -> u64 {
-        match self {
-            VerifyOutput::One(r) => r.differences.len() as u64,
-            VerifyOutput::Each { targets, .. } => {
-                targets.iter().map(|r| r.differences.len() as u64).sum()
-            }
-        }
+        self.targets
+            .iter()
+            .map(|r| r.differences.len() as u64)
+            .sum()
     }
 
     pub(super) fn ok(&self) -> bool {
-        match self {
-            VerifyOutput::One(r) => r.ok,
-            VerifyOutput::Each { ok, .. } => *ok,
-        }
+        self.ok
     }
 
     pub(super) fn render_text(&self) -> String {
-        match self {
-            VerifyOutput::One(r) => r.render_text(),
-            VerifyOutput::Each { ok, targets } => {
-                let mut s = String::new();
-                for (i, r) in targets.iter().enumerate() {
-                    s.push_str(&format!(
-                        "=== target {} of {} ===\n{}\n",
-                        i + 1,
-                        targets.len(),
-                        r.render_text()
-                    ));
-                }
-                let failed = targets.iter().filter(|r| !r.ok).count();
-                s.push_str(&if *ok {
-                    format!("OK: all {} targets match the source.\n", targets.len())
-                } else {
-                    format!(
-                        "FAILED: {failed} of {} targets differ. Do not cut over.\n",
-                        targets.len()
-                    )
-                });
-                s
-            }
+        let targets = &self.targets;
+        if let [one] = targets.as_slice() {
+            return one.render_text();
         }
+        let mut s = String::new();
+        for (i, r) in targets.iter().enumerate() {
+            s.push_str(&format!(
+                "=== target {} of {} ===\n{}\n",
+                i + 1,
+                targets.len(),
+                r.render_text()
+            ));
+        }
+        let failed = targets.iter().filter(|r| !r.ok).count();
+        s.push_str(&if self.ok {
+            format!("OK: all {} targets match the source.\n", targets.len())
+        } else {
+            format!(
+                "FAILED: {failed} of {} targets differ. Do not cut over.\n",
+                targets.len()
+            )
+        });
+        s
     }
 }
 
@@ -125,11 +110,7 @@ pub(super) fn run_verify(
         .block_on(async move {
             tokio::task::spawn_blocking(move || {
                 let progress_for = |total| progress::for_stderr("verify", total);
-                let reports = if mm.targets.len() == 1 {
-                    vec![crate::verify::run(&mm, level, &progress_for, &cancel)?]
-                } else {
-                    crate::verify::run_each(&mm, level, &progress_for, &cancel)?
-                };
+                let reports = crate::verify::run(&mm, level, &progress_for, &cancel)?;
                 check_cancel(&cancel, "verify")?;
                 Ok::<_, anyhow::Error>(reports)
             })

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use super::*;
+use crate::units;
 
 impl MigrationPlan {
     /// The report for people.

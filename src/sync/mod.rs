@@ -182,17 +182,11 @@ struct Shared<'a> {
     streaming: Streaming,
 }
 
-/// Executes the plan (refusing one with blockers). Returns what was done, also when it
+/// Executes one plan per target volume of the same source (one, or an HA pair's two) in one
+/// run: each source file is read once and written to every target that needs it. Any
+/// target failing stops the run (resumable). Returns one report per plan, also when it
 /// failed part-way, and the failure if any.
-pub fn apply(plan: &MigrationPlan, opts: &ApplyOptions) -> (ApplyReport, anyhow::Result<()>) {
-    let (mut reports, result) = apply_each(std::slice::from_ref(plan), opts);
-    (reports.pop().unwrap_or_default(), result)
-}
-
-/// Executes one plan per target volume of the same source (an HA pair) in one run: each
-/// source file is read once and written to every target that needs it. Any target failing
-/// stops the run (resumable like a single target). Returns one report per plan.
-pub fn apply_each(
+pub fn apply(
     plans: &[MigrationPlan],
     opts: &ApplyOptions,
 ) -> (Vec<ApplyReport>, anyhow::Result<()>) {
@@ -525,48 +519,46 @@ fn execute(
 }
 
 fn run_jobs(shared: &Shared, jobs: VecDeque<Job>, parallelism: usize) -> anyhow::Result<()> {
-    let queue = Mutex::new(jobs);
+    use std::ops::ControlFlow::{Break, Continue};
+    let jobs = Vec::from(jobs);
     let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     let failed = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        for _ in 0..parallelism.max(1) {
-            s.spawn(|| {
-                let mut reader = Reader::new(shared.source, &shared.streaming);
-                loop {
-                    if failed.load(Ordering::Relaxed) || shared.ctx.stopping() {
-                        break;
+    // Each worker reads through its own reader (an SSH source: its own tar stream).
+    crate::par::each_with(
+        &jobs,
+        parallelism,
+        || Reader::new(shared.source, &shared.streaming),
+        |reader, _, job| {
+            if failed.load(Ordering::Relaxed) || shared.ctx.stopping() {
+                return Break(());
+            }
+            if !fits_before_deadline(shared, job.work.bytes()) {
+                shared.out_of_time.store(true, Ordering::Relaxed);
+                return Break(());
+            }
+            let batch = if reader.streams() {
+                to_read(shared, job)
+            } else {
+                Vec::new()
+            };
+            reader.begin(&batch);
+            let r = match &job.work {
+                Work::NewDir { dir, files, .. } => stage_dir(shared, reader, dir, files, &job.to),
+                Work::File { rel, .. } => one_file(shared, reader, rel, &job.to),
+            };
+            match r {
+                Ok(()) => Continue(()),
+                Err(e) => {
+                    failed.store(true, Ordering::Relaxed);
+                    if let Ok(mut slot) = first_error.lock() {
+                        slot.get_or_insert(e);
                     }
-                    let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
-                        break;
-                    };
-                    if !fits_before_deadline(shared, job.work.bytes()) {
-                        shared.out_of_time.store(true, Ordering::Relaxed);
-                        break;
-                    }
-                    let batch = if reader.streams() {
-                        to_read(shared, &job)
-                    } else {
-                        Vec::new()
-                    };
-                    reader.begin(&batch);
-                    let r = match &job.work {
-                        Work::NewDir { dir, files, .. } => {
-                            stage_dir(shared, &mut reader, dir, files, &job.to)
-                        }
-                        Work::File { rel, .. } => one_file(shared, &mut reader, rel, &job.to),
-                    };
-                    if let Err(e) = r {
-                        failed.store(true, Ordering::Relaxed);
-                        if let Ok(mut slot) = first_error.lock() {
-                            slot.get_or_insert(e);
-                        }
-                        break;
-                    }
+                    Break(())
                 }
-                reader.finish();
-            });
-        }
-    });
+            }
+        },
+        Reader::finish,
+    );
     let error = first_error.into_inner().ok().flatten();
     let cancelled =
         |e: &anyhow::Error| matches!(e.downcast_ref::<CopyError>(), Some(CopyError::Cancelled));

@@ -7,7 +7,6 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -80,21 +79,10 @@ pub struct VerifyReport {
     pub duration_seconds: f64,
 }
 
-/// Runs verification. `parallelism` files are hashed at once. `progress_for` makes the
-/// progress sink once the number of bytes to read is known.
+/// Verifies every target volume of the migration (one for `target:`, several for
+/// `targets:`), one report each, scanning and hashing the source once. `progress_for` makes
+/// the progress sink once the number of bytes to read is known.
 pub fn run(
-    m: &Migration,
-    level: VerifyLevel,
-    progress_for: &dyn Fn(u64) -> Box<dyn Progress>,
-    cancel: &AtomicBool,
-) -> anyhow::Result<VerifyReport> {
-    let (src, facts) = plan::scan_and_check(m)?;
-    run_one(m, src, &facts, level, progress_for, cancel)
-}
-
-/// Verifies every target volume of the migration (`targets:`), one report each, scanning
-/// and hashing the source once.
-pub fn run_each(
     m: &Migration,
     level: VerifyLevel,
     progress_for: &dyn Fn(u64) -> Box<dyn Progress>,
@@ -403,65 +391,57 @@ fn hash_pairs(
     hashes: &plan::SourceHashes,
     diffs: &mut Vec<Difference>,
 ) -> anyhow::Result<u64> {
-    let next = AtomicU64::new(0);
     let hashed = AtomicU64::new(0);
-    let found = Mutex::new(Vec::new());
     let target = Source::Local(m.target_root.clone());
-    std::thread::scope(|s| {
-        let (src_root, tgt_root) = (&m.src, &target);
-        for _ in 0..m.parallelism.max(1) {
-            s.spawn(|| {
-                let mut buf = vec![0u8; crate::hash::BUF_SIZE];
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    if i >= pairs.len() || cancel.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let (s, t) = pairs[i];
-                    let known = hashes.lock().ok().and_then(|h| h.get(&s.rel).copied());
-                    let a = match known {
-                        Some(h) => {
-                            progress.add_bytes(s.size);
-                            Ok(h)
-                        }
-                        None => {
-                            let a = crate::hash::file(src_root, &s.rel, &mut buf, progress);
-                            hashed.fetch_add(s.size, Ordering::Relaxed);
-                            if let (Ok(h), Ok(mut map)) = (&a, hashes.lock()) {
-                                map.insert(s.rel.clone(), *h);
-                            }
-                            a
-                        }
-                    };
-                    let b = crate::hash::file(tgt_root, &t.rel, &mut buf, progress);
-                    hashed.fetch_add(t.size, Ordering::Relaxed);
-                    let diff = match (a, b) {
-                        (Ok(x), Ok(y)) if x == y => None,
-                        (Ok(x), Ok(y)) => Some((
-                            '*',
-                            format!(
-                                "content differs (xxh3-128 source {x:032x}, target {y:032x}); {}",
-                                remedy(&m.plan_path, s, t)
-                            ),
-                        )),
-                        (Err(e), _) => Some(('!', format!("cannot read the source: {e}"))),
-                        (_, Err(e)) => Some(('!', format!("cannot read the target: {e}"))),
-                    };
-                    if let (Some((sigil, detail)), Ok(mut f)) = (diff, found.lock()) {
-                        f.push(Difference {
-                            path: s.rel.clone(),
-                            sigil,
-                            detail,
-                        });
-                    }
+    let (src_root, tgt_root) = (&m.src, &target);
+    let found = crate::par::map_with(
+        pairs,
+        m.parallelism,
+        || vec![0u8; crate::hash::BUF_SIZE],
+        |buf, &(s, t)| {
+            if cancel.load(Ordering::Relaxed) {
+                return None;
+            }
+            let known = hashes.lock().ok().and_then(|h| h.get(&s.rel).copied());
+            let a = match known {
+                Some(h) => {
+                    progress.add_bytes(s.size);
+                    Ok(h)
                 }
-            });
-        }
-    });
+                None => {
+                    let a = crate::hash::file(src_root, &s.rel, buf, progress);
+                    hashed.fetch_add(s.size, Ordering::Relaxed);
+                    if let (Ok(h), Ok(mut map)) = (&a, hashes.lock()) {
+                        map.insert(s.rel.clone(), *h);
+                    }
+                    a
+                }
+            };
+            let b = crate::hash::file(tgt_root, &t.rel, buf, progress);
+            hashed.fetch_add(t.size, Ordering::Relaxed);
+            let (sigil, detail) = match (a, b) {
+                (Ok(x), Ok(y)) if x == y => return None,
+                (Ok(x), Ok(y)) => (
+                    '*',
+                    format!(
+                        "content differs (xxh3-128 source {x:032x}, target {y:032x}); {}",
+                        remedy(&m.plan_path, s, t)
+                    ),
+                ),
+                (Err(e), _) => ('!', format!("cannot read the source: {e}")),
+                (_, Err(e)) => ('!', format!("cannot read the target: {e}")),
+            };
+            Some(Difference {
+                path: s.rel.clone(),
+                sigil,
+                detail,
+            })
+        },
+    );
     if cancel.load(Ordering::Relaxed) {
         anyhow::bail!("verify interrupted before all files were hashed; the result is incomplete");
     }
-    diffs.extend(found.into_inner().unwrap_or_default());
+    diffs.extend(found.into_iter().flatten());
     Ok(hashed.load(Ordering::Relaxed))
 }
 

@@ -467,6 +467,15 @@ transfer:
     )
 }
 
+/// The one target's part of a command's JSON report: plan, apply and verify report every
+/// target under `targets`, also when there is only one.
+pub fn only(v: &serde_json::Value) -> &serde_json::Value {
+    match v["targets"].as_array().map(Vec::as_slice) {
+        Some([one]) => one,
+        _ => panic!("one entry in targets expected: {v}"),
+    }
+}
+
 /// The strings of a JSON array (panics on anything else).
 pub fn json_strings(v: &serde_json::Value) -> Vec<String> {
     v.as_array()

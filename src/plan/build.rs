@@ -1,0 +1,936 @@
+//! How a plan is built: scan and check the source once, then compare each target with it.
+//! Reads only (with [`Compare`] set to a checksum, every file the quick check calls
+//! identical, on both sides).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use super::diff::{self, State};
+use super::file::Migration;
+use super::inventory::{self, FileInfo, Inventory};
+use super::policy::{count, extraneous, left_out, phases};
+use super::{BlockPlan, Compare, FilePlan, MigrationPlan, PlanStats, Selection, preflight};
+use crate::fsutil;
+use crate::progress::Progress;
+use crate::{tsdb, units};
+
+/// Progress of the content comparison, made once the number of bytes to read is known.
+pub type ProgressFor<'a> = &'a dyn Fn(u64) -> Box<dyn Progress>;
+
+/// Scans the source (with every meta.json) and finds its [`SourceFacts`]. A remote source
+/// answers both from one snapshot ([`crate::source::Source::snapshot`]).
+pub fn scan_and_check(m: &Migration) -> anyhow::Result<(Inventory, SourceFacts)> {
+    let t = std::time::Instant::now();
+    let view = m.src.snapshot();
+    let src = inventory::scan_source(&view, inventory::Depth::WithMeta, m.parallelism)?;
+    tracing::debug!(
+        blocks = src.blocks.len(),
+        seconds = t.elapsed().as_secs_f64(),
+        "source scanned"
+    );
+    let t = std::time::Instant::now();
+    let facts = source_facts(m, &view, &src);
+    tracing::debug!(
+        problems = facts.problems.len(),
+        seconds = t.elapsed().as_secs_f64(),
+        "source checked (cheap format checks, liveness)"
+    );
+    Ok((src, facts))
+}
+
+/// What is known of the source itself, whatever the target: whether its server runs, and
+/// what the cheap format checks found. Found once, shared by the plans of every target.
+pub struct SourceFacts {
+    /// Whether the source Prometheus runs.
+    pub state: crate::live::Liveness,
+    /// Which Prometheus version wrote the data.
+    pub version: crate::promversion::SourceVersion,
+    /// The cheap format checks' findings over the whole source inventory.
+    pub problems: Vec<crate::tsdb::check::Problem>,
+    /// The source as it was scanned (over SSH, answering from the scan's snapshot): the
+    /// reads planning makes after the scan (meta.json and tombstones compared with the
+    /// target's) get the bytes the scan saw, without another round trip each.
+    pub scanned: crate::source::View,
+    /// Content hashes (xxh3-128) of source files computed so far, by path: with several
+    /// targets each source file is hashed once.
+    pub hashes: SourceHashes,
+}
+
+/// Source content hashes by path (relative to the TSDB root).
+pub type SourceHashes = Mutex<HashMap<String, u128>>;
+
+/// Probes the source server and runs the cheap format checks (reading through `view`, the
+/// source or a snapshot of it) on the source inventory.
+fn source_facts(m: &Migration, view: &crate::source::View, src: &Inventory) -> SourceFacts {
+    use crate::tsdb::check;
+    let never = std::sync::atomic::AtomicBool::new(false);
+    // The probe and the version detection (over SSH, remote commands) run beside the checks.
+    std::thread::scope(|s| {
+        let state = s.spawn(|| view.probe());
+        let version =
+            s.spawn(|| crate::promversion::detect_source_version(&m.src, &m.source_server));
+        let problems = check::run(
+            view,
+            src,
+            check::Depth::Cheap,
+            m.parallelism,
+            &crate::progress::Hidden,
+            &never,
+        );
+        SourceFacts {
+            scanned: view.clone(),
+            state: state
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            version: version
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            problems,
+            hashes: SourceHashes::default(),
+        }
+    })
+}
+
+/// Builds the plan of every target volume (one for `target:`, several for `targets:`), all
+/// from a single scan of the source, comparing files as `compare` says. Reads only. Targets
+/// that share a filesystem must fit on it together.
+pub fn build(
+    m: &Migration,
+    compare: Compare,
+    progress_for: ProgressFor,
+) -> anyhow::Result<Vec<MigrationPlan>> {
+    let (src, facts) = scan_and_check(m)?;
+    let mut plans = Vec::with_capacity(m.targets.len());
+    for view in m.views() {
+        plans.push(
+            build_from(
+                &view,
+                src.clone(),
+                &facts,
+                inventory::Depth::Layout,
+                compare,
+                progress_for,
+            )?
+            .0,
+        );
+    }
+    shared_filesystems(&mut plans);
+    Ok(plans)
+}
+
+/// Targets on one filesystem share its free space: a blocker on each when together they
+/// need more than there is.
+fn shared_filesystems(plans: &mut [MigrationPlan]) {
+    use std::os::unix::fs::MetadataExt;
+    let devs: Vec<Option<u64>> = plans
+        .iter()
+        .map(|p| std::fs::metadata(&p.mount).ok().map(|md| md.dev()))
+        .collect();
+    for i in 0..plans.len() {
+        let Some(dev) = devs[i] else { continue };
+        let same: Vec<usize> = (0..plans.len()).filter(|j| devs[*j] == Some(dev)).collect();
+        if same.len() < 2 {
+            continue;
+        }
+        let need: u64 = same.iter().map(|j| plans[*j].target_needs.bytes).sum();
+        let inodes: u64 = same.iter().map(|j| plans[*j].target_needs.inodes).sum();
+        let p = &mut plans[i];
+        if need > p.target_free_bytes {
+            p.write_blockers.push(format!(
+                "{} target(s) share the filesystem of {}: together they need {} (with headroom) but {} is free; give each target its own volume or free space",
+                same.len(),
+                p.mount.display(),
+                crate::units::bytes(need),
+                crate::units::bytes(p.target_free_bytes)
+            ));
+        }
+        if let Some(free) = p.target_free_inodes.filter(|f| inodes > *f) {
+            p.write_blockers.push(format!(
+                "{} target(s) share the filesystem of {}: together they create {inodes} files and directories but {free} inodes are free; give each target its own volume or free inodes",
+                same.len(),
+                p.mount.display(),
+            ));
+        }
+        p.ok = p.blockers.is_empty() && p.write_blockers.is_empty();
+    }
+}
+
+/// Builds the plan of one target from an already scanned source and what is known of it,
+/// and returns the source and target inventories it was built from. The plan itself needs
+/// no target meta.json (`Depth::Layout`); verify asks for them.
+pub fn build_from(
+    m: &Migration,
+    src: Inventory,
+    facts: &SourceFacts,
+    target_depth: inventory::Depth,
+    compare: Compare,
+    progress_for: ProgressFor,
+) -> anyhow::Result<(MigrationPlan, Inventory, Inventory)> {
+    let tgt = inventory::scan_with(&m.target_root, target_depth)?;
+    let mut warnings = Vec::new();
+    let mut blockers = Vec::new();
+
+    // Source and target must not contain each other: a copy would recurse or eat its source.
+    let (cs, ct) = (
+        fsutil::canonical_lenient(&m.source),
+        fsutil::canonical_lenient(&m.target_root),
+    );
+    let local = m.src.ssh().is_none();
+    if local && (fsutil::is_within(&ct, &cs) || fsutil::is_within(&cs, &ct)) {
+        blockers.push(format!(
+            "source {} and target {} overlap (one is inside the other): choose a target outside the source",
+            cs.display(),
+            ct.display()
+        ));
+    }
+    // Never write through a link: a subPath that resolves outside the volume, or a symlink
+    // where promigrate would write, could lead the copy (and the chown) out of the target.
+    let mount = fsutil::canonical_lenient(&m.target_mount);
+    if !fsutil::is_within(&ct, &mount) {
+        blockers.push(format!(
+            "target {} resolves to {}, outside the volume mounted at {}: a symlink in subPath leads out of the volume; remove it",
+            m.target_root.display(),
+            ct.display(),
+            mount.display()
+        ));
+    }
+    for link in tgt
+        .excluded
+        .iter()
+        .filter(|e| e.reason.starts_with("symlink"))
+    {
+        blockers.push(format!(
+            "the target has a symbolic link at {}: promigrate never writes through links; remove it (or choose another target)",
+            m.target_root.join(&link.rel).display()
+        ));
+    }
+    if let Some(t) = m.targets.first().filter(|t| t.mount_given != t.mount) {
+        warnings.push(format!(
+            "target.path {} is a symbolic link: promigrate works on the directory it resolves to, {}",
+            t.mount_given.display(),
+            t.mount.display()
+        ));
+    }
+    // path/subPath, and every directory on the way down from the mount, must be a real one.
+    let mut cur = m.target_mount.clone();
+    for c in m
+        .target_root
+        .strip_prefix(&m.target_mount)
+        .unwrap_or(std::path::Path::new(""))
+        .components()
+    {
+        cur.push(c);
+        if let Ok(md) = std::fs::symlink_metadata(&cur)
+            && md.file_type().is_symlink()
+        {
+            blockers.push(format!(
+                "{} in the target's path {} is a symbolic link (to {}): promigrate never writes, chowns or chmods through links; set target.subPath to the real directory, or replace the link with it",
+                cur.display(),
+                m.target_root.display(),
+                std::fs::read_link(&cur).map_or("?".into(), |l| l.display().to_string())
+            ));
+            break;
+        }
+    }
+    if let Some(h) = crate::lock::writer(&m.target_root) {
+        blockers.push(format!(
+            "an apply is in progress on this target ({h}): wait for it to finish, then plan again"
+        ));
+    }
+    if src.blocks.is_empty() && !src.dirs.iter().any(|d| d == "wal") {
+        blockers.push(format!(
+            "source {} holds no blocks and no wal/: is source.path the Prometheus data directory (--storage.tsdb.path)?",
+            m.source.display()
+        ));
+    }
+    let source_state = facts.state.clone();
+    match &source_state {
+        crate::live::Liveness::Running(how) => warnings.push(format!(
+            "the source Prometheus is running ({how}): `apply --phase presync` copies its blocks now; the final phase (and `all`) refuses until it is stopped"
+        )),
+        crate::live::Liveness::Unknown(why) => warnings.push(format!(
+            "cannot tell whether the source Prometheus is stopped: {why}; the final phase then needs --source-stopped"
+        )),
+        crate::live::Liveness::Stopped { clean: false } => warnings.push(format!(
+            "the source did not shut down cleanly ({}/lock is stale): Prometheus will repair a torn WAL tail at startup",
+            m.source.display()
+        )),
+        crate::live::Liveness::Stopped { clean: true } => {}
+    }
+
+    if facts.scanned.times_over_sftp() {
+        let files = src.blocks.values().flat_map(|b| b.files.values());
+        let late: Vec<&FileInfo> = files
+            .chain(src.files.values())
+            .filter(|f| f.mtime.sec >= 1 << 31)
+            .collect();
+        if let Some(f) = late.first() {
+            let at = jiff::Timestamp::from_second(f.mtime.sec)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            warnings.push(format!(
+                "{} source file(s) are dated after 2038-01-19 by SFTP (e.g. {} at {at}): SFTP carries times as unsigned 32-bit seconds, so a file dated before 1970 on the host arrives so; it is copied with the time SFTP gives and compares identical on a rerun; with source.ssh.read: tar (GNU find and tar on the host) the true time is kept",
+                late.len(),
+                f.rel
+            ));
+        }
+    }
+
+    // Block selection.
+    let mut skipped = src.excluded.clone();
+    skipped.extend(src.unknown.iter().map(|u| inventory::Skipped {
+        rel: u.clone(),
+        reason: "not TSDB data".into(),
+    }));
+    skipped.extend(src.leftovers.iter().map(|u| inventory::Skipped {
+        rel: u.clone(),
+        reason: "promigrate temp file".into(),
+    }));
+    let mut selected = Vec::new();
+    for b in src.blocks.values() {
+        match &b.meta {
+            Err(e) => blockers.push(format!(
+                "source block {} has an unreadable meta.json ({e}); Prometheus skips such a block: repair or move it out of the source first",
+                b.dir
+            )),
+            Ok(meta) if meta.ulid.to_string() != b.dir => blockers.push(format!(
+                "source block directory {} has meta.json ulid {}: Prometheus deletes blocks by ULID, so the name must match; fix the source first",
+                b.dir, meta.ulid
+            )),
+            Ok(meta) if m.time_range.is_some_and(|tr| !tr.overlaps(meta.min_time, meta.max_time)) => {
+                skipped.push(inventory::Skipped { rel: b.dir.clone(), reason: "outside transfer.timeRange".into() })
+            }
+            Ok(_) if m.exclude_blocks.contains(&b.ulid) => skipped.push(inventory::Skipped {
+                rel: b.dir.clone(),
+                reason: "excluded by transfer.excludeBlocks".into(),
+            }),
+            Ok(_) => selected.push(b),
+        }
+    }
+    for u in &m.exclude_blocks {
+        if !src.blocks.values().any(|b| b.ulid == *u) {
+            warnings.push(format!(
+                "transfer.excludeBlocks names {u}, which is not a block in the source"
+            ));
+        }
+    }
+    let selected_range =
+        m.time_range
+            .and(selected.iter().filter_map(|b| b.meta.as_ref().ok()).fold(
+                None,
+                |acc: Option<(i64, i64)>, meta| match acc {
+                    None => Some((meta.min_time, meta.max_time)),
+                    Some((a, z)) => Some((a.min(meta.min_time), z.max(meta.max_time))),
+                },
+            ));
+
+    selected.sort_by_key(|b| b.meta.as_ref().map(|m| m.min_time).unwrap_or_default());
+
+    // WAL, WBL, head chunks: the newest data. Left out only when the range ends before the
+    // newest data (the newest block's end, or the head files' last write).
+    let newest = newest_data(&src);
+    let with_head = m
+        .time_range
+        .and_then(|tr| tr.max)
+        .is_none_or(|max| newest.is_none_or(|n| max > n));
+
+    // With a checksum: every file the quick check calls identical, compared by content.
+    let mut same_size_and_mtime: Vec<&FileInfo> = Vec::new();
+    if compare.blocks() {
+        for b in &selected {
+            let Some(tb) = tgt.blocks.get(&b.dir) else {
+                continue;
+            };
+            same_size_and_mtime.extend(
+                b.files
+                    .values()
+                    .filter(|f| diff::file(f, tb.files.get(&f.rel)) == State::Identical),
+            );
+        }
+    }
+    if compare.head() && with_head {
+        same_size_and_mtime.extend(
+            src.files
+                .values()
+                .filter(|f| diff::file(f, tgt.files.get(&f.rel)) == State::Identical),
+        );
+    }
+    // Hashed from the source itself, never from the scan's snapshot.
+    let content = content_differs(
+        facts.scanned.live(),
+        &m.target_root,
+        &same_size_and_mtime,
+        m.parallelism,
+        &facts.hashes,
+        progress_for,
+    );
+    let compared: BTreeSet<&str> = same_size_and_mtime.iter().map(|f| f.rel.as_str()).collect();
+    for (rel, why) in &content.unreadable {
+        warnings.push(format!(
+            "cannot compare the content of {rel} ({why}): apply copies it again"
+        ));
+    }
+
+    let mut stats = PlanStats {
+        checksum_compared_files: compared.len() as u64,
+        ..PlanStats::default()
+    };
+    let mut blocks = Vec::new();
+    for b in &selected {
+        let meta = b.meta.as_ref().expect("selected blocks have a meta");
+        let tb = tgt.blocks.get(&b.dir);
+        // meta.json and tombstones are rewritten in place on a live source (compaction marks,
+        // deletions): compare their bytes, not only size and mtime. They are small. With a
+        // checksum every file's content was compared already.
+        let state = |f: &FileInfo| match diff::file(f, tb.and_then(|t| t.files.get(&f.rel))) {
+            diff::State::Identical if compared.contains(f.rel.as_str()) => {
+                if content.differ.contains(&f.rel) {
+                    diff::State::Differs
+                } else {
+                    diff::State::Identical
+                }
+            }
+            diff::State::Identical if small_file_differs(m, &facts.scanned, &f.rel) => {
+                diff::State::Differs
+            }
+            s => s,
+        };
+        let mut d = diff::block(b, tb);
+        if tb.is_some() {
+            d.to_copy = b
+                .files
+                .values()
+                .filter(|f| state(f) != diff::State::Identical)
+                .map(|f| f.rel.clone())
+                .collect();
+            if !d.to_copy.is_empty() {
+                d.state = diff::State::Differs;
+            }
+        }
+        let copy_bytes: u64 = d.to_copy.iter().map(|r| b.files[r].size).sum();
+        count(&mut stats, b.files.values(), state);
+        blocks.push(BlockPlan {
+            ulid: b.dir.clone(),
+            min_time: meta.min_time,
+            max_time: meta.max_time,
+            level: meta.compaction.level,
+            num_samples: meta.stats.num_samples,
+            num_series: meta.stats.num_series,
+            size: b.size(),
+            files: b.files.len(),
+            state: d.state,
+            copy: d.to_copy,
+            copy_bytes,
+        });
+    }
+
+    let (files, dirs): (Vec<FilePlan>, Vec<String>) = if with_head {
+        let state = |f: &FileInfo| match diff::file(f, tgt.files.get(&f.rel)) {
+            diff::State::Identical if content.differ.contains(&f.rel) => diff::State::Differs,
+            s => s,
+        };
+        let files = src
+            .files
+            .values()
+            .map(|f| FilePlan {
+                rel: f.rel.clone(),
+                size: f.size,
+                state: state(f),
+            })
+            .collect();
+        count(&mut stats, src.files.values(), state);
+        (files, src.dirs.clone())
+    } else {
+        let why = format!(
+            "head data; transfer.timeRange.max {} is before the newest data ({})",
+            m.time_range
+                .and_then(|tr| tr.max)
+                .map_or("-".into(), units::ms_utc),
+            newest.map_or("-".into(), units::ms_utc)
+        );
+        skipped.extend(src.files.keys().map(|r| inventory::Skipped {
+            rel: r.clone(),
+            reason: why.clone(),
+        }));
+        (Vec::new(), Vec::new())
+    };
+
+    // Cheap format checks of what is selected (meta, numbering, headers, TOC, tombstones):
+    // a damaged source copies faithfully into a damaged target.
+    let (files, repairs) = source_checks(
+        m,
+        &src,
+        &facts.problems,
+        &selected,
+        files,
+        &mut stats,
+        &mut blockers,
+        &mut skipped,
+    )?;
+
+    // A file dropped by a repair is not copied, whatever its content.
+    let checksum_differing: Vec<String> = content
+        .differ
+        .iter()
+        .filter(|r| files.iter().any(|f| &f.rel == *r) || blocks.iter().any(|b| b.copy.contains(r)))
+        .cloned()
+        .collect();
+    stats.checksum_differing_files = checksum_differing.len() as u64;
+
+    let selection = Selection {
+        blocks_selected: selected.len(),
+        blocks_total: src.blocks.len(),
+        bytes_selected: selected.iter().map(|b| b.size()).sum::<u64>()
+            + files.iter().map(|f| f.size).sum::<u64>(),
+        bytes_total: src.blocks.values().map(|b| b.size()).sum::<u64>()
+            + src.files.values().map(|f| f.size).sum::<u64>(),
+        head: with_head,
+    };
+    if let Some(text) = left_out(m, &src, &selected, with_head, newest) {
+        if m.accept_partial_selection {
+            warnings.push(format!(
+                "{text} (accepted: transfer.acceptPartialSelection)"
+            ));
+        } else {
+            blockers.push(format!(
+                "{text}. If that is what you want, set transfer.acceptPartialSelection: true; otherwise correct or remove the selection"
+            ));
+        }
+    }
+
+    // What the source blocks were compacted from: a target block whose data they hold was
+    // compacted away in the source (parents name the direct ones; sources the level-1 ones).
+    // Only the selected blocks count (they are what the target will hold): if the block that
+    // replaced some target blocks is excluded, those target blocks still hold its data.
+    let mut ancestry = std::collections::BTreeSet::new();
+    for meta in selected.iter().filter_map(|b| b.meta.as_ref().ok()) {
+        ancestry.extend(meta.compaction.parents.iter().map(|p| p.ulid));
+        ancestry.extend(
+            meta.compaction
+                .sources
+                .iter()
+                .copied()
+                .filter(|s| *s != meta.ulid),
+        );
+    }
+    let in_source: std::collections::BTreeSet<&str> =
+        src.blocks.keys().map(String::as_str).collect();
+    let extraneous = extraneous(
+        m, &selected, &files, &dirs, with_head, &tgt, &in_source, &ancestry,
+    );
+    let kept = extraneous
+        .iter()
+        .filter(|e| !e.quarantined(m.delete_extraneous))
+        .count();
+    if kept > 0 {
+        warnings.push(format!(
+            "the target has {kept} block entr(ies) the source selection lacks; they stay, and Prometheus will load them with the copy (set transfer.deleteExtraneous: true to quarantine them)"
+        ));
+    }
+    if !tgt.unknown.is_empty() {
+        warnings.push(format!(
+            "the target holds entries that are not TSDB data; they are left alone: {}",
+            tgt.unknown.join(", ")
+        ));
+    }
+
+    stats.eta_seconds = m.bwlimit.map(|r| stats.copy_bytes as f64 / r as f64);
+    // Where apply writes first: the TSDB root, or the directory it will be created in.
+    let probe = fsutil::nearest_existing(&m.target_root);
+    let fs = fsutil::fs_info(&probe)
+        .map_err(|e| anyhow::anyhow!("cannot statfs target {}: {e}", probe.display()))?;
+    let target_needs = {
+        let written = blocks
+            .iter()
+            .flat_map(|b| {
+                let sb = &src.blocks[&b.ulid];
+                b.copy.iter().map(move |r| (r.as_str(), sb.files[r].size))
+            })
+            .chain(
+                files
+                    .iter()
+                    .filter(|f| f.state != State::Identical)
+                    .map(|f| (f.rel.as_str(), f.size)),
+            )
+            .collect();
+        let staged = blocks.iter().any(|b| b.state == State::Copy)
+            || dirs
+                .iter()
+                .any(|d| tsdb::staged_as_a_whole(d) && !m.target_root.join(d).is_dir());
+        let writes = preflight::Writes {
+            files: written,
+            dirs: &dirs,
+            quarantined: extraneous
+                .iter()
+                .filter(|e| e.quarantined(m.delete_extraneous))
+                .map(|e| e.rel.as_str())
+                .collect(),
+            staged,
+            marked: blocks.iter().filter(|b| b.state == State::Copy).count() as u64,
+        };
+        preflight::needs(&m.target_root, &m.target_mount, &writes, fs.block_size)
+    };
+    if fs.is_nfs {
+        warnings.push(format!(
+            "the target {} is on NFS: Prometheus does not support NFS for its TSDB (corruption and slow compaction are known); prefer a block volume",
+            m.target_mount.display()
+        ));
+    }
+
+    let phases = phases(&blocks, &files, m.bwlimit);
+    let mut plan = MigrationPlan {
+        phases,
+        ok: false, // set below, with the write preflight
+        name: m.name.clone(),
+        source: m.source.clone(),
+        source_host: m.src.ssh().map(|s| s.describe()),
+        src: m.src.clone(),
+        target: m.target_root.clone(),
+        mount: m.target_mount.clone(),
+        owner: m.owner,
+        bwlimit: m.bwlimit,
+        parallelism: m.parallelism,
+        delete_extraneous: m.delete_extraneous,
+        time_range: m.time_range,
+        selected_range,
+        selection,
+        blocks,
+        files,
+        dirs,
+        extraneous,
+        leftovers: tgt.leftovers.clone(),
+        ownership: tgt
+            .attrs
+            .iter()
+            .filter(|a| crate::perms::problem_of(a.uid, a.gid, a.mode, m.owner).is_some())
+            .map(|a| a.rel.clone())
+            .collect(),
+        skipped,
+        stats,
+        source_state,
+        source_version: facts.version.clone(),
+        target_free_bytes: fs.free_bytes,
+        target_free_inodes: fs.free_inodes,
+        target_needs,
+        warnings,
+        blockers,
+        write_blockers: Vec::new(),
+        repairs,
+        compare,
+        checksum_differing,
+        kubernetes: None,
+    };
+    let fixes = tgt
+        .attrs
+        .iter()
+        .filter(|a| crate::perms::problem_of(a.uid, a.gid, a.mode, m.owner).is_some())
+        .map(|a| (a.rel.as_str(), a.uid, a.gid))
+        .collect();
+    // What an interrupted run staged is reused or removed by apply before it needs more:
+    // its space and inodes count as free (a rerun after --deadline must not be blocked by
+    // its own earlier progress).
+    let staged = staged_usage(&m.target_root);
+    let mut fs_for_writes = fs.clone();
+    fs_for_writes.free_bytes = fs_for_writes.free_bytes.saturating_add(staged.0);
+    fs_for_writes.free_inodes = fs_for_writes
+        .free_inodes
+        .map(|i| i.saturating_add(staged.1));
+    let (write_blockers, write_warnings) = preflight::check(
+        &preflight::Target {
+            root: &m.target_root,
+            mount: &m.target_mount,
+            owner: m.owner,
+            fs: &fs_for_writes,
+            probe: &probe,
+            copy_bytes: plan.stats.copy_bytes,
+            needs: plan.target_needs,
+            writes: plan.target_needs.inodes > 0 || !plan.writes_nothing(),
+            fixes,
+        },
+        &crate::perms::Process::current(),
+    );
+    plan.write_blockers = write_blockers;
+    plan.warnings.extend(write_warnings);
+    plan.ok = plan.blockers.is_empty() && plan.write_blockers.is_empty();
+    Ok((plan, src, tgt))
+}
+
+/// Bytes (allocated) and entries under the target's staging directory, left by an
+/// interrupted run; (0, 0) when there is none. Not followed through a link.
+fn staged_usage(root: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let dir = root.join(tsdb::STAGING_DIR);
+    if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+        return (0, 0);
+    }
+    walkdir::WalkDir::new(&dir)
+        .min_depth(1)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .fold((0, 0), |(b, n), md| {
+            (b.saturating_add(md.blocks().saturating_mul(512)), n + 1)
+        })
+}
+
+/// Runs the cheap format checks on the selected source data. Damaged selected blocks and
+/// damaged WAL/head files become blockers; a broken head/WAL sequence is repaired instead
+/// when `transfer.headRepair: dropUnsequential` allows it (the dropped files leave `files`,
+/// and the returned repairs say what is lost).
+#[allow(clippy::too_many_arguments)]
+fn source_checks(
+    m: &Migration,
+    src: &Inventory,
+    problems: &[crate::tsdb::check::Problem],
+    selected: &[&inventory::Block],
+    mut files: Vec<FilePlan>,
+    stats: &mut PlanStats,
+    blockers: &mut Vec<String>,
+    skipped: &mut Vec<inventory::Skipped>,
+) -> anyhow::Result<(Vec<FilePlan>, Vec<String>)> {
+    use crate::plan::file::HeadRepair;
+    use crate::tsdb::check;
+    let mut repairs = Vec::new();
+    let copied = |rel: &str| {
+        files.iter().any(|f| {
+            f.rel == rel || rel.starts_with(&format!("{}/", f.rel.split('/').next().unwrap_or("")))
+        })
+    };
+    let mut drop: Vec<String> = Vec::new();
+    for dir in ["chunks_head", "wal"] {
+        let gap = problems
+            .iter()
+            .any(|p| p.path == format!("{dir}/") && p.location == "file numbering");
+        if !gap || !files.iter().any(|f| f.rel.starts_with(&format!("{dir}/"))) {
+            continue;
+        }
+        let plan = check::repair::drop_before_last_gap(&m.src, src, dir)?;
+        match (m.head_repair, plan) {
+            (HeadRepair::DropUnsequential, Ok(r)) => {
+                repairs.push(r.describe);
+                drop.extend(r.dropped);
+            }
+            (HeadRepair::DropUnsequential, Err(why)) => blockers.push(format!("{dir}/ has a gap in its file numbering and cannot be repaired: {why}")),
+            (HeadRepair::None, _) => blockers.push(format!(
+                "{dir}/ has a gap in its file numbering: Prometheus fails to start on it ({}); set transfer.headRepair: dropUnsequential to copy only the files after the last gap (the plan then lists what is lost)",
+                if dir == "wal" { "segments are not sequential" } else { "found unsequential head chunk files" }
+            )),
+        }
+    }
+    for p in problems {
+        let top = p.path.split('/').next().unwrap_or("");
+        let in_selected_block = selected.iter().any(|b| b.dir == top);
+        // Selected blocks have a readable meta.json whose ulid matches (else they were not
+        // selected), so every problem found in one is new.
+        if in_selected_block {
+            blockers.push(format!(
+                "source block {top} is damaged: {}. Repair the source, or leave the block out with transfer.excludeBlocks: [{top}]",
+                p.line()
+            ));
+        } else if !in_selected_block && copied(&p.path) {
+            // Gaps in chunks_head/ and wal/ were handled above (blocker or repair); a gap
+            // anywhere else (wbl/, a checkpoint) has no repair.
+            let handled =
+                p.location == "file numbering" && (p.path == "chunks_head/" || p.path == "wal/");
+            if !handled {
+                blockers.push(format!("source {} is damaged: {}", p.path, p.line()));
+            }
+        }
+    }
+    if !drop.is_empty() {
+        for f in files.iter().filter(|f| drop.contains(&f.rel)) {
+            if f.state != State::Identical {
+                stats.copy_bytes -= f.size;
+                stats.copy_files -= 1;
+            } else {
+                stats.identical_files -= 1;
+            }
+            stats.source_bytes -= f.size;
+            stats.source_files -= 1;
+        }
+        files.retain(|f| !drop.contains(&f.rel));
+        skipped.extend(drop.iter().map(|r| inventory::Skipped {
+            rel: r.clone(),
+            reason: "dropped by transfer.headRepair".into(),
+        }));
+    }
+    Ok((files, repairs))
+}
+
+/// The newest time the source holds data for (ms): the newest block's end or the head
+/// files' last write, whichever is later.
+fn newest_data(src: &Inventory) -> Option<i64> {
+    let blocks = src
+        .blocks
+        .values()
+        .filter_map(|b| b.meta.as_ref().ok())
+        .map(|m| m.max_time);
+    let head = src.files.values().map(|f| f.mtime.sec.saturating_mul(1000));
+    blocks.chain(head).max()
+}
+
+/// What the content comparison found.
+#[derive(Debug, Default)]
+struct Content {
+    /// Files whose content differs, or that could not be read on a side.
+    differ: BTreeSet<String>,
+    /// Those that could not be read, and why.
+    unreadable: Vec<(String, String)>,
+}
+
+/// Which of `files` (on the target with the source's size and mtime) differ in content:
+/// each is hashed (xxh3-128) on both sides, `parallelism` at a time. Source hashes already
+/// in `hashes` are not computed again. A file that cannot be read counts as differing:
+/// apply copies it again (and a source that cannot be read fails that copy, naming it).
+fn content_differs(
+    source: &crate::source::Source,
+    target_root: &std::path::Path,
+    files: &[&FileInfo],
+    parallelism: usize,
+    hashes: &SourceHashes,
+    progress_for: ProgressFor,
+) -> Content {
+    if files.is_empty() {
+        return Content::default();
+    }
+    let t = std::time::Instant::now();
+    let bytes: u64 = files.iter().map(|f| f.size).sum();
+    tracing::info!(
+        files = files.len(),
+        bytes,
+        "comparing content (--checksum) of the files with equal size and mtime"
+    );
+    let progress = progress_for(2 * bytes);
+    let target = crate::source::Source::Local(target_root.to_path_buf());
+    let results = crate::par::map_with(
+        files,
+        parallelism,
+        || vec![0u8; crate::hash::BUF_SIZE],
+        |buf, f| {
+            let known = hashes.lock().ok().and_then(|h| h.get(&f.rel).copied());
+            let a = match known {
+                Some(h) => {
+                    progress.add_bytes(f.size);
+                    Ok(h)
+                }
+                None => {
+                    let a = crate::hash::file(source, &f.rel, buf, progress.as_ref());
+                    if let (Ok(h), Ok(mut map)) = (&a, hashes.lock()) {
+                        map.insert(f.rel.clone(), *h);
+                    }
+                    a
+                }
+            };
+            let b = crate::hash::file(&target, &f.rel, buf, progress.as_ref());
+            match (a, b) {
+                (Ok(x), Ok(y)) => Ok(x != y),
+                (Err(e), _) => Err(format!("the source: {e}")),
+                (_, Err(e)) => Err(format!("the target: {e}")),
+            }
+        },
+    );
+    progress.finish();
+    let mut out = Content::default();
+    for (f, r) in files.iter().zip(results) {
+        match r {
+            Ok(false) => {}
+            Ok(true) => {
+                out.differ.insert(f.rel.clone());
+            }
+            Err(why) => {
+                out.differ.insert(f.rel.clone());
+                out.unreadable.push((f.rel.clone(), why));
+            }
+        }
+    }
+    tracing::info!(
+        files = files.len(),
+        differ = out.differ.len(),
+        seconds = t.elapsed().as_secs_f64(),
+        "content compared"
+    );
+    out
+}
+
+/// Whether the quick check compares this file's bytes too: a block's meta.json and
+/// tombstones, which a live source rewrites in place.
+pub fn compared_by_bytes(rel: &str) -> bool {
+    rel.ends_with("/meta.json") || rel.ends_with("/tombstones")
+}
+
+/// Whether a block's meta.json or tombstones differs in content between source and target.
+fn small_file_differs(m: &Migration, source: &dyn crate::source::Tree, rel: &str) -> bool {
+    if !compared_by_bytes(rel) {
+        return false;
+    }
+    let target = crate::fsutil::read_noatime(&m.target_root.join(rel));
+    match (source.read(rel), target) {
+        (Ok(a), Ok(b)) => a != b,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(root: &std::path::Path, rel: &str) -> FileInfo {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(root.join(rel)).unwrap();
+        FileInfo {
+            rel: rel.into(),
+            size: md.len(),
+            mtime: fsutil::MTime {
+                sec: md.mtime(),
+                nsec: md.mtime_nsec(),
+            },
+            mode: md.mode(),
+            uid: md.uid(),
+            gid: md.gid(),
+        }
+    }
+
+    #[test]
+    fn checksum_finds_other_content_and_unreadable_files_and_hashes_the_source_once() {
+        let (src, tgt) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for root in [src.path(), tgt.path()] {
+            std::fs::create_dir_all(root.join("B/chunks")).unwrap();
+            std::fs::write(root.join("B/index"), b"same").unwrap();
+            std::fs::write(root.join("B/chunks/000001"), b"abcd").unwrap();
+        }
+        std::fs::write(tgt.path().join("B/chunks/000001"), b"abXd").unwrap();
+        std::fs::write(src.path().join("B/gone"), b"only on the source").unwrap();
+        let files: Vec<FileInfo> = ["B/index", "B/chunks/000001", "B/gone"]
+            .iter()
+            .map(|r| info(src.path(), r))
+            .collect();
+        let refs: Vec<&FileInfo> = files.iter().collect();
+        let source = crate::source::Source::Local(src.path().to_path_buf());
+        let hashes = SourceHashes::default();
+        let hidden = |_| Box::new(crate::progress::Hidden) as Box<dyn Progress>;
+        let found = content_differs(&source, tgt.path(), &refs, 2, &hashes, &hidden);
+        assert_eq!(
+            found.differ.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["B/chunks/000001", "B/gone"]
+        );
+        assert_eq!(found.unreadable.len(), 1);
+        assert!(
+            found.unreadable[0].0 == "B/gone" && found.unreadable[0].1.starts_with("the target:"),
+            "{:?}",
+            found.unreadable
+        );
+        // Source hashes are kept for the next target: a source file that changed since is
+        // not read again.
+        assert_eq!(hashes.lock().unwrap().len(), 3);
+        std::fs::write(src.path().join("B/index"), b"SAME").unwrap();
+        let again = content_differs(&source, tgt.path(), &refs[..1], 1, &hashes, &hidden);
+        assert!(again.differ.is_empty());
+    }
+
+    #[test]
+    fn each_comparison_hashes_its_scope() {
+        assert!(!Compare::Quick.blocks() && !Compare::Quick.head());
+        assert!(Compare::ChecksumBlocks.blocks() && !Compare::ChecksumBlocks.head());
+        assert!(Compare::Checksum.blocks() && Compare::Checksum.head());
+    }
+}
