@@ -835,3 +835,55 @@ fn verify_rechecks_the_target_server() {
     let (code, out, _) = ws.run(&["verify"]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// The wait for the pods to stop watches each pod mounting the claim until it is deleted,
+/// within `waitTimeout`: a pod that stays (here a bare pod the StatefulSet does not own)
+/// ends it with the pods named, nothing written, and the StatefulSet left at 0 for a rerun,
+/// which continues once the pod is gone.
+#[test]
+fn a_pod_that_keeps_the_claim_ends_the_wait_naming_it_and_nothing_is_written() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let k = TestCluster::up();
+    let ws = Workspace::new();
+    k.bound_statefulset("Retain", 1, "Retain", &ws.mount);
+    kube_plan(&ws, &k.kubeconfig, "    statefulSet: prom\n");
+    let plan = std::fs::read_to_string(&ws.plan).unwrap();
+    std::fs::write(
+        &ws.plan,
+        plan.replace("waitTimeout: 60s", "waitTimeout: 3s"),
+    )
+    .unwrap();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(k.client.clone(), NS);
+    k.create(
+        pods.clone(),
+        json!({
+            "metadata": {"name": "holder"},
+            "spec": {
+                "containers": [{"name": "c", "image": "busybox"}],
+                "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data-prom-0"}}]
+            }
+        }),
+    );
+
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_ne!(code, 0, "{v}");
+    let e = v["error"].as_str().unwrap_or_default();
+    assert!(
+        e.contains("holder") && e.contains("still mount claim data-prom-0 after 3s"),
+        "{e}"
+    );
+    assert!(e.contains("left at 0 replicas"), "{e}");
+    assert_eq!(k.replicas(), 0);
+    assert!(!k.pod_exists(), "prom-0 was deleted by the scale-down");
+    assert_eq!(
+        std::fs::read_dir(&ws.mount).unwrap().count(),
+        0,
+        "something was written"
+    );
+
+    k.rt.block_on(pods.delete("holder", &Default::default()))
+        .unwrap();
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(k.replicas(), 1);
+}

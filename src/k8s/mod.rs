@@ -9,7 +9,8 @@
 //!   namespace/name. `claimRef: null` (any claim could take it) is never sent.
 //! - The replica count before the scale-down is kept in an annotation on the StatefulSet
 //!   ([`REPLICAS_ANNOTATION`]), so a rerun after any interruption finds it again.
-//! - Every wait has a timeout; every API error names the object.
+//! - Every wait watches the one object it waits for and has a timeout; every API error names
+//!   the object.
 
 pub mod preflight;
 pub mod server;
@@ -21,6 +22,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait;
 use kube::{Api, Client, Config};
 use serde::Serialize;
 use serde_json::json;
@@ -226,12 +228,26 @@ pub async fn quiesce(
         }
     }
     let deadline = Instant::now() + k.wait_timeout;
+    let pods_api: Api<Pod> = Api::namespaced(cluster.client.clone(), &k.namespace);
     loop {
-        let pods = pods_mounting(cluster, k).await?;
+        let pods = pods_mounting_with_uid(cluster, k).await?;
         if pods.is_empty() {
             return Ok(());
         }
-        if Instant::now() >= deadline {
+        // Each one's deletion, watched; then the list again (a controller may have made
+        // another meanwhile).
+        let mut gone = true;
+        for (pod, uid) in &pods {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let object = format!("pod/{}/{pod}", k.namespace);
+            let deleted = wait::conditions::is_deleted::<Pod>(uid);
+            match wait_until(cluster, pods_api.clone(), pod, left, &object, deleted).await? {
+                Waited::Done => {}
+                Waited::TimedOut => gone = false,
+            }
+        }
+        if !gone {
+            let pods: Vec<String> = pods.into_iter().map(|(p, _)| p).collect();
             anyhow::bail!(
                 "pod(s) {} in namespace {} still mount claim {} after {}s; nothing was written. {}",
                 pods.join(", "),
@@ -246,7 +262,6 @@ pub async fn quiesce(
                 }
             );
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -312,19 +327,16 @@ async fn pause(cluster: &Cluster, k: &KubeTarget, changes: &mut Vec<Change>) -> 
     }
     // A reconcile that began before the pause could still undo the scale-down: the
     // operator says in status.paused when it has seen the pause.
-    wait_for(
-        k.wait_timeout,
-        &object,
-        "to report status.paused: true (is the operator running?); nothing was scaled yet, and the resource is left paused",
-        || async {
-            let p = api
-                .get(&name)
-                .await
-                .map_err(|e| api_error(cluster, &object, e))?;
-            Ok(p.data["status"]["paused"].as_bool() == Some(true))
-        },
-    )
-    .await
+    let seen = |p: Option<&DynamicObject>| {
+        p.is_some_and(|p| p.data["status"]["paused"].as_bool() == Some(true))
+    };
+    wait_until(cluster, api, &name, k.wait_timeout, &object, seen)
+        .await?
+        .or_fail(
+            k.wait_timeout,
+            &object,
+            "to report status.paused: true (is the operator running?); nothing was scaled yet, and the resource is left paused",
+        )
 }
 
 /// Sets `spec.paused` back to the value recorded before the migration (removing the field
@@ -414,6 +426,18 @@ pub fn recorded_replicas(sts: &StatefulSet) -> Option<i32> {
 
 /// Names of the pods in the namespace whose volumes use the claim.
 pub async fn pods_mounting(cluster: &Cluster, k: &KubeTarget) -> anyhow::Result<Vec<String>> {
+    Ok(pods_mounting_with_uid(cluster, k)
+        .await?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect())
+}
+
+/// [`pods_mounting`], each pod with its uid (a pod of the same name made later is another).
+async fn pods_mounting_with_uid(
+    cluster: &Cluster,
+    k: &KubeTarget,
+) -> anyhow::Result<Vec<(String, String)>> {
     let api: Api<Pod> = Api::namespaced(cluster.client.clone(), &k.namespace);
     let pods = api
         .list(&ListParams::default())
@@ -431,7 +455,12 @@ pub async fn pods_mounting(cluster: &Cluster, k: &KubeTarget) -> anyhow::Result<
                 })
             })
         })
-        .filter_map(|p| p.metadata.name.clone())
+        .filter_map(|p| {
+            Some((
+                p.metadata.name.clone()?,
+                p.metadata.uid.clone().unwrap_or_default(),
+            ))
+        })
         .collect())
 }
 
@@ -490,15 +519,13 @@ pub async fn recover_pv(
         ),
     });
     tracing::info!("recovered Released {object}");
-    wait_for(k.wait_timeout, &object, "to become Available", || async {
-        let pv = api
-            .get(name)
-            .await
-            .map_err(|e| api_error(cluster, &object, e))?;
-        let phase = pv.status.and_then(|s| s.phase);
-        Ok(matches!(phase.as_deref(), Some("Available" | "Bound")))
-    })
-    .await
+    let available = |pv: Option<&PersistentVolume>| {
+        let phase = pv.and_then(|pv| pv.status.as_ref()?.phase.as_deref());
+        matches!(phase, Some("Available" | "Bound"))
+    };
+    wait_until(cluster, api, name, k.wait_timeout, &object, available)
+        .await?
+        .or_fail(k.wait_timeout, &object, "to become Available")
 }
 
 /// Scales the StatefulSet back to the replicas recorded before the migration (only if it is
@@ -556,48 +583,70 @@ pub async fn restore(
     if !exists && !runs {
         return Ok(()); // nothing will create the claim now; it binds the PV when it comes
     }
-    wait_for(
+    let pv = k.persistent_volume.clone();
+    let bound = move |c: Option<&PersistentVolumeClaim>| {
+        c.is_some_and(|c| {
+            c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+                && c.spec.as_ref().and_then(|s| s.volume_name.as_deref()) == Some(pv.as_str())
+        })
+    };
+    let what = format!("to be Bound to persistentvolume/{}", k.persistent_volume);
+    wait_until(
+        cluster,
+        pvcs,
+        &k.persistent_volume_claim,
         k.wait_timeout,
         &object,
-        &format!("to be Bound to persistentvolume/{}", k.persistent_volume),
-        || async {
-            let pvc = pvcs
-                .get_opt(&k.persistent_volume_claim)
-                .await
-                .map_err(|e| api_error(cluster, &object, e))?;
-            Ok(pvc.is_some_and(|c| {
-                c.status.and_then(|s| s.phase).as_deref() == Some("Bound")
-                    && c.spec.and_then(|s| s.volume_name).as_deref()
-                        == Some(k.persistent_volume.as_str())
-            }))
-        },
+        bound,
     )
-    .await
+    .await?
+    .or_fail(k.wait_timeout, &object, &what)
 }
 
-/// Polls `done` every second until it returns true or `timeout` passes.
-async fn wait_for<F, Fut>(
-    timeout: Duration,
-    object: &str,
-    what: &str,
-    mut done: F,
-) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if done().await? {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            anyhow::bail!(
+/// How a wait ended.
+#[must_use]
+enum Waited {
+    Done,
+    TimedOut,
+}
+
+impl Waited {
+    /// A timeout as the error "timed out after Ns waiting for OBJECT WHAT".
+    fn or_fail(self, timeout: Duration, object: &str, what: &str) -> anyhow::Result<()> {
+        match self {
+            Waited::Done => Ok(()),
+            Waited::TimedOut => Err(anyhow!(
                 "timed out after {}s waiting for {object} {what}",
                 timeout.as_secs()
-            );
+            )),
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Watches the object `name` (kube-runtime's `await_condition`: a list, then a watch, by
+/// its name) until `done` holds for it (`None` while it does not exist), at most `timeout`.
+/// API errors (a missing `list` or `watch` permission, say) name the object.
+async fn wait_until<K>(
+    cluster: &Cluster,
+    api: Api<K>,
+    name: &str,
+    timeout: Duration,
+    object: &str,
+    done: impl wait::Condition<K>,
+) -> anyhow::Result<Waited>
+where
+    K: Clone + std::fmt::Debug + Send + serde::de::DeserializeOwned + kube::Resource + 'static,
+{
+    use kube::runtime::watcher::Error as W;
+    match tokio::time::timeout(timeout, wait::await_condition(api, name, done)).await {
+        Ok(Ok(_)) => Ok(Waited::Done),
+        Err(_) => Ok(Waited::TimedOut),
+        Ok(Err(wait::Error::ProbeFailed(e))) => Err(match e {
+            W::InitialListFailed(e) | W::WatchStartFailed(e) | W::WatchFailed(e) => {
+                api_error(cluster, object, e)
+            }
+            e => anyhow!("{object} via {}: {e}", cluster.describe()),
+        }),
     }
 }
 
@@ -696,9 +745,19 @@ mod tests {
                 ])
             );
             reply(send, pv("Released", "Retain"));
-            let (m, _, _, _, send) = next(&mut h).await;
+            // The wait watches the PV by its name (await_condition): a list first.
+            let (m, uri, _, _, send) = next(&mut h).await;
             assert_eq!(m, http::Method::GET);
-            reply(send, pv("Available", "Retain"));
+            assert!(uri.starts_with("/api/v1/persistentvolumes?"), "{uri}");
+            assert!(uri.contains("fieldSelector=metadata.name%3Dpv-a"), "{uri}");
+            reply(
+                send,
+                json!({
+                    "apiVersion": "v1", "kind": "PersistentVolumeList",
+                    "metadata": {"resourceVersion": "8"},
+                    "items": [pv("Available", "Retain")]
+                }),
+            );
         });
         let mut changes = Vec::new();
         recover_pv(&cluster, &test_target(), &mut changes)
