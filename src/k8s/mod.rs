@@ -229,39 +229,65 @@ pub async fn quiesce(
     }
     let deadline = Instant::now() + k.wait_timeout;
     let pods_api: Api<Pod> = Api::namespaced(cluster.client.clone(), &k.namespace);
+    let mut first = true;
     loop {
+        if !first {
+            // A pod seen deleted may still be listed for a moment (the watch and the list
+            // need not be served from the same cache): no busy loop.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        first = false;
         let pods = pods_mounting_with_uid(cluster, k).await?;
         if pods.is_empty() {
             return Ok(());
         }
         // Each one's deletion, watched; then the list again (a controller may have made
         // another meanwhile).
-        let mut gone = true;
+        tracing::info!(
+            "waiting for pod(s) {} to stop (they mount claim {})",
+            pods.iter()
+                .map(|(p, _)| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            k.persistent_volume_claim
+        );
+        let mut timed_out = false;
         for (pod, uid) in &pods {
             let left = deadline.saturating_duration_since(Instant::now());
             let object = format!("pod/{}/{pod}", k.namespace);
-            let deleted = wait::conditions::is_deleted::<Pod>(uid);
-            match wait_until(cluster, pods_api.clone(), pod, left, &object, deleted).await? {
-                Waited::Done => {}
-                Waited::TimedOut => gone = false,
+            // Gone, or another pod of the same name (kube-runtime's conditions::is_deleted).
+            let uid = uid.clone();
+            let deleted = move |p: Option<&Pod>| {
+                p.is_none_or(|p| p.metadata.uid.as_deref() != Some(uid.as_str()))
+            };
+            if let Waited::TimedOut =
+                wait_until(cluster, pods_api.clone(), pod, left, &object, deleted).await?
+            {
+                timed_out = true;
+                break;
             }
         }
-        if !gone {
-            let pods: Vec<String> = pods.into_iter().map(|(p, _)| p).collect();
-            anyhow::bail!(
-                "pod(s) {} in namespace {} still mount claim {} after {}s; nothing was written. {}",
-                pods.join(", "),
-                k.namespace,
-                k.persistent_volume_claim,
-                k.wait_timeout.as_secs(),
-                match &k.stateful_set {
-                    Some(s) => format!(
-                        "StatefulSet {s} is left at 0 replicas: find out why its pods do not stop, then rerun apply"
-                    ),
-                    None => "stop them (or name their StatefulSet in target.kubernetes.statefulSet), then rerun apply".into(),
-                }
-            );
+        if !timed_out {
+            continue;
         }
+        // Named from a list taken now: those still there, not those seen go.
+        let pods = pods_mounting(cluster, k).await?;
+        if pods.is_empty() {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "pod(s) {} in namespace {} still mount claim {} after {}s; nothing was written. {}",
+            pods.join(", "),
+            k.namespace,
+            k.persistent_volume_claim,
+            k.wait_timeout.as_secs(),
+            match &k.stateful_set {
+                Some(s) => format!(
+                    "StatefulSet {s} is left at 0 replicas: find out why its pods do not stop, then rerun apply"
+                ),
+                None => "stop them (or name their StatefulSet in target.kubernetes.statefulSet), then rerun apply".into(),
+            }
+        );
     }
 }
 
@@ -625,28 +651,41 @@ impl Waited {
 
 /// Watches the object `name` (kube-runtime's `await_condition`: a list, then a watch, by
 /// its name) until `done` holds for it (`None` while it does not exist), at most `timeout`.
-/// API errors (a missing `list` or `watch` permission, say) name the object.
+/// A watch that breaks (a dropped connection, an expired resourceVersion) is started again
+/// after a second, until the timeout; a refusal (403, 404) is an error naming the object.
 async fn wait_until<K>(
     cluster: &Cluster,
     api: Api<K>,
     name: &str,
     timeout: Duration,
     object: &str,
-    done: impl wait::Condition<K>,
+    done: impl wait::Condition<K> + Clone,
 ) -> anyhow::Result<Waited>
 where
     K: Clone + std::fmt::Debug + Send + serde::de::DeserializeOwned + kube::Resource + 'static,
 {
     use kube::runtime::watcher::Error as W;
-    match tokio::time::timeout(timeout, wait::await_condition(api, name, done)).await {
-        Ok(Ok(_)) => Ok(Waited::Done),
-        Err(_) => Ok(Waited::TimedOut),
-        Ok(Err(wait::Error::ProbeFailed(e))) => Err(match e {
-            W::InitialListFailed(e) | W::WatchStartFailed(e) | W::WatchFailed(e) => {
-                api_error(cluster, object, e)
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let watched = wait::await_condition(api.clone(), name, done.clone());
+        let e = match tokio::time::timeout(left, watched).await {
+            Ok(Ok(_)) => return Ok(Waited::Done),
+            Err(_) => return Ok(Waited::TimedOut),
+            Ok(Err(wait::Error::ProbeFailed(e))) => e,
+        };
+        let refused =
+            |e: &kube::Error| matches!(e, kube::Error::Api(s) if matches!(s.code, 401 | 403 | 404));
+        match e {
+            W::InitialListFailed(e) | W::WatchStartFailed(e) | W::WatchFailed(e) if refused(&e) => {
+                return Err(api_error(cluster, object, e));
             }
-            e => anyhow!("{object} via {}: {e}", cluster.describe()),
-        }),
+            e => tracing::debug!("watching {object}: {e}; watching again"),
+        }
+        if Instant::now() + Duration::from_secs(1) >= deadline {
+            return Ok(Waited::TimedOut);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
