@@ -324,7 +324,8 @@ impl SourceVersion {
                 continue;
             };
             let report = &v["report"];
-            // One target: `plan`; several: `targets[].plan`.
+            // `targets[].plan`; records of promigrate before the one report shape had a
+            // single target's `plan` at the top.
             let plans = std::iter::once(&report["plan"]).chain(
                 report["targets"]
                     .as_array()
@@ -1042,6 +1043,16 @@ mod tests {
         let got = weak.clone().or_recorded(d.path());
         assert_eq!(got.version, Some(PromVersion::new(3, 5, 0)));
         assert_eq!(got.via, Via::RunningBinary);
+        // Today's records: the plan under `targets[]`; the newest strong answer wins.
+        std::fs::write(
+            d.path().join("20261203T000000.000Z-apply.json"),
+            serde_json::json!({"command": "apply", "report": {"targets": [{"plan": {"source_version":
+                {"version": "3.6.1", "via": "running_binary", "how": "its binary", "tried": []}}}]}})
+            .to_string(),
+        )
+        .unwrap();
+        let got = weak.clone().or_recorded(d.path());
+        assert_eq!(got.version, Some(PromVersion::new(3, 6, 1)));
         assert!(
             got.how.contains("recorded by the earlier apply"),
             "{}",

@@ -55,9 +55,10 @@ struct ApplyOutput {
 struct TargetOutcome {
     plan: plan::MigrationPlan,
     apply: Option<sync::ApplyReport>,
-    /// A dry run: the changes apply's engine would make to this target (recorded, not made).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    would: Vec<volume::Op>,
+    /// A dry run: the changes apply's engine would make to this target (recorded, not made;
+    /// `[]` when none). Absent when apply ran for real.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    would: Option<Vec<volume::Op>>,
 }
 
 impl ApplyOutput {
@@ -69,7 +70,7 @@ impl ApplyOutput {
             .map(|plan| TargetOutcome {
                 plan,
                 apply: reports.next(),
-                would: Vec::new(),
+                would: None,
             })
             .collect();
     }
@@ -270,7 +271,7 @@ fn apply_steps(
         out.ok = ok;
         out.set(plans, None);
         for (t, w) in out.targets.iter_mut().zip(would) {
-            t.would = w;
+            t.would = Some(w);
         }
         return Ok(if ok { Code::Ok } else { Code::Findings });
     }
