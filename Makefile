@@ -33,6 +33,8 @@ unit:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	for f in scripts/*.sh scripts/lib/*.sh; do bash -n "$$f" || exit 1; done
+	python3 -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' scripts/lib/*.py
 
 ## Benchmarks against cp -a and rsync -a on >= 4 GiB of real blocks (docs/performance.md, docs/development.md).
 bench:
