@@ -161,7 +161,7 @@ fn summarise(inv: &Inventory) -> InspectReport {
                 .dirs
                 .iter()
                 .filter_map(|d| {
-                    d.strip_prefix(&format!("{dir}/"))
+                    crate::relpath::below(d, dir)
                         .filter(|n| n.starts_with("checkpoint."))
                         .map(String::from)
                 })
@@ -185,7 +185,7 @@ fn summarise(inv: &Inventory) -> InspectReport {
         .iter()
         .filter(|d| d.starts_with("chunk_snapshot.") && !d.contains('/'))
         .map(|d| {
-            let under = |rel: &&String| rel.starts_with(&format!("{d}/"));
+            let under = |rel: &&String| crate::relpath::is_below(rel, d);
             SnapshotSummary {
                 dir: d.clone(),
                 files: inv.files.keys().filter(under).count(),

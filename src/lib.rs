@@ -24,6 +24,7 @@ pub mod plan;
 pub mod progress;
 pub mod promversion;
 pub mod record;
+pub mod relpath;
 pub mod retry;
 pub mod source;
 pub mod ssh;

@@ -404,7 +404,7 @@ fn data_dir_in_volume(c: &Container, volume: &str) -> Result<String, (String, bo
     let tsdb = tsdb.trim_end_matches('/');
     let rel = if tsdb == mount {
         ""
-    } else if let Some(r) = tsdb.strip_prefix(&format!("{mount}/")) {
+    } else if let Some(r) = crate::relpath::below(tsdb, mount) {
         r
     } else {
         return Err((
@@ -587,11 +587,16 @@ async fn config_file_retention(
     // The mount holding the file, the longest mountPath first.
     let mut mounts: Vec<_> = c.volume_mounts.iter().flatten().collect();
     mounts.sort_by_key(|m| std::cmp::Reverse(m.mount_path.len()));
-    let m = mounts
+    let (m, rel) = mounts
         .into_iter()
-        .find(|m| path.starts_with(&format!("{}/", m.mount_path.trim_end_matches('/'))))
+        .find_map(|m| {
+            Some((
+                m,
+                crate::relpath::below(path, m.mount_path.trim_end_matches('/'))?,
+            ))
+        })
         .ok_or_else(|| format!("no volume is mounted at {path}"))?;
-    let rel = path[m.mount_path.trim_end_matches('/').len() + 1..].to_string();
+    let rel = rel.to_string();
     let rel = match &m.sub_path {
         Some(sp) if !sp.is_empty() => format!("{sp}/{rel}"),
         _ => rel,

@@ -423,11 +423,10 @@ pub fn segments<'a>(
     files: impl Iterator<Item = &'a FileInfo>,
     dir: &str,
 ) -> Vec<(u64, String, u64)> {
-    let prefix = format!("{dir}/");
     let mut out: Vec<(u64, String, u64)> = files
         .filter_map(|f| {
             // segment_number takes digits only, so files deeper down never match.
-            let name = f.rel.strip_prefix(&prefix)?;
+            let name = crate::relpath::below(&f.rel, dir)?;
             tsdb::segment_number(name).map(|n| (n, f.rel.clone(), f.size))
         })
         .collect();

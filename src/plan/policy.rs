@@ -283,11 +283,11 @@ pub(super) fn extraneous(
     }
     let mut extra_dirs: Vec<&String> = Vec::new();
     for d in &tgt.dirs {
-        if !dirs.contains(d) && !extra_dirs.iter().any(|e| d.starts_with(&format!("{e}/"))) {
+        if !dirs.contains(d) && !crate::relpath::is_below_any(d, &extra_dirs) {
             extra_dirs.push(d);
         }
     }
-    let under = |rel: &str, d: &str| rel.starts_with(&format!("{d}/"));
+    let under = crate::relpath::is_below;
     for d in &extra_dirs {
         let size = tgt
             .files

@@ -266,7 +266,7 @@ fn prepare(
         for d in plan
             .dirs
             .iter()
-            .filter(|d| !staged_dirs.contains(d) && !in_any(&staged_dirs, d))
+            .filter(|d| !staged_dirs.contains(d) && !crate::relpath::is_below_any(d, &staged_dirs))
         {
             fixed += u64::from(target.ensure_dir(Path::new(d))?);
         }
@@ -286,11 +286,6 @@ impl Dest<'_> {
         }
         Ok(())
     }
-}
-
-/// Whether `rel` lies inside one of `dirs`.
-fn in_any(dirs: &[String], rel: &str) -> bool {
-    dirs.iter().any(|d| rel.starts_with(&format!("{d}/")))
 }
 
 /// What one target needs copied, in order: blocks oldest first, then staged directories,
@@ -321,7 +316,7 @@ fn work_of(plan: &MigrationPlan, phase: Phase, staged_dirs: &[String]) -> Vec<Wo
         let of: Vec<&crate::plan::FilePlan> = plan
             .files
             .iter()
-            .filter(|f| f.rel.starts_with(&format!("{d}/")))
+            .filter(|f| crate::relpath::is_below(&f.rel, d))
             .collect();
         work.push(Work::NewDir {
             dir: d.clone(),
@@ -333,7 +328,10 @@ fn work_of(plan: &MigrationPlan, phase: Phase, staged_dirs: &[String]) -> Vec<Wo
         work.extend(
             plan.files
                 .iter()
-                .filter(|f| f.state != State::Identical && !in_any(staged_dirs, &f.rel))
+                .filter(|f| {
+                    f.state != State::Identical
+                        && !crate::relpath::is_below_any(&f.rel, staged_dirs)
+                })
                 .map(|f| Work::File {
                     rel: f.rel.clone(),
                     bytes: f.size,
@@ -625,7 +623,7 @@ fn stage_of(dir: &str) -> PathBuf {
 
 /// Where `rel` (a file of `dir`) is staged in `stage`.
 fn staged_file(stage: &Path, dir: &str, rel: &str) -> PathBuf {
-    stage.join(rel.strip_prefix(&format!("{dir}/")).unwrap_or(rel))
+    stage.join(crate::relpath::below(rel, dir).unwrap_or(rel))
 }
 
 /// The source files a job will read, in order: a staged file from an interrupted run that

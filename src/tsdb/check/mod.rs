@@ -385,7 +385,7 @@ pub fn run(
     let loads = snapshot.is_some_and(|(dir, i, _)| {
         last_wal_segment.is_some_and(|last| last >= i)
             && !problems.iter().any(|p| {
-                p.path.starts_with("chunks_head") || p.path.starts_with(&format!("{dir}/"))
+                p.path.starts_with("chunks_head") || crate::relpath::is_below(&p.path, &dir)
             })
     });
     if !loads {
