@@ -434,15 +434,20 @@ fn yaml_to_json(text: &str) -> serde_json::Value {
     serde_saphyr::from_str(text).unwrap()
 }
 
-#[test]
-fn every_example_validates_against_the_emitted_schema() {
+/// `promigrate schema`, parsed.
+fn schema() -> serde_json::Value {
     let (code, schema, _) = run({
         let mut c = promigrate();
         c.arg("schema");
         c
     });
     assert_eq!(code, 0);
-    let schema: serde_json::Value = serde_json::from_str(&schema).unwrap();
+    serde_json::from_str(&schema).unwrap()
+}
+
+#[test]
+fn every_example_validates_against_the_emitted_schema() {
+    let schema = schema();
     let validator = jsonschema::validator_for(&schema).unwrap();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let mut n = 0;
@@ -510,13 +515,7 @@ fn works_as_a_kubectl_plugin() {
 /// an object is documented by its fields; `targets` has the fields of `target`.
 #[test]
 fn the_plan_file_reference_documents_every_schema_field() {
-    let (code, schema, _) = run({
-        let mut c = promigrate();
-        c.arg("schema");
-        c
-    });
-    assert_eq!(code, 0);
-    let schema: serde_json::Value = serde_json::from_str(&schema).unwrap();
+    let schema = schema();
     fn walk(
         node: &serde_json::Value,
         defs: &serde_json::Value,

@@ -268,19 +268,27 @@ fn compare_of(checksum: bool, phase: sync::Phase) -> Compare {
 
 /// The text of several plans, each under a heading naming its target.
 fn render_plans(plans: &[&MigrationPlan]) -> String {
-    if let [p] = plans {
-        return p.render_text();
+    numbered(
+        plans,
+        |p| format!(": {}", p.target.display()),
+        |p| p.render_text(),
+    )
+}
+
+/// One report's text alone; several each under `=== target N of M<heading> ===`.
+fn numbered<T>(items: &[T], heading: impl Fn(&T) -> String, text: impl Fn(&T) -> String) -> String {
+    if let [one] = items {
+        return text(one);
     }
     let mut s = String::new();
-    for (i, p) in plans.iter().enumerate() {
+    for (i, t) in items.iter().enumerate() {
         s.push_str(&format!(
-            "=== target {} of {}: {} ===\n",
+            "=== target {} of {}{} ===\n{}\n",
             i + 1,
-            plans.len(),
-            p.target.display()
+            items.len(),
+            heading(t),
+            text(t)
         ));
-        s.push_str(&p.render_text());
-        s.push('\n');
     }
     s
 }

@@ -49,17 +49,9 @@ impl VerifyOutput {
 
     pub(super) fn render_text(&self) -> String {
         let targets = &self.targets;
-        if let [one] = targets.as_slice() {
-            return one.render_text();
-        }
-        let mut s = String::new();
-        for (i, r) in targets.iter().enumerate() {
-            s.push_str(&format!(
-                "=== target {} of {} ===\n{}\n",
-                i + 1,
-                targets.len(),
-                r.render_text()
-            ));
+        let mut s = super::numbered(targets, |_| String::new(), VerifyReport::render_text);
+        if targets.len() == 1 {
+            return s;
         }
         let failed = targets.iter().filter(|r| !r.ok).count();
         s.push_str(&if self.ok {

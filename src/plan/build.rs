@@ -59,6 +59,26 @@ pub struct SourceFacts {
 /// Source content hashes by path (relative to the TSDB root).
 pub type SourceHashes = Mutex<HashMap<String, u128>>;
 
+/// The content hash of the source file `f`: the one computed before (its bytes then counted
+/// as done on `progress`), or read now and kept. `Ok((hash, bytes read now))`.
+pub fn source_hash(
+    hashes: &SourceHashes,
+    source: &crate::source::Source,
+    f: &FileInfo,
+    buf: &mut [u8],
+    progress: &dyn Progress,
+) -> std::io::Result<(u128, u64)> {
+    if let Some(h) = hashes.lock().ok().and_then(|h| h.get(&f.rel).copied()) {
+        progress.add_bytes(f.size);
+        return Ok((h, 0));
+    }
+    let h = crate::hash::file(source, &f.rel, buf, progress)?;
+    if let Ok(mut map) = hashes.lock() {
+        map.insert(f.rel.clone(), h);
+    }
+    Ok((h, f.size))
+}
+
 /// Probes the source server and runs the cheap format checks (reading through `view`, the
 /// source or a snapshot of it) on the source inventory.
 fn source_facts(m: &Migration, view: &crate::source::View, src: &Inventory) -> SourceFacts {
@@ -693,7 +713,7 @@ fn source_checks(
     let mut repairs = Vec::new();
     let copied = |rel: &str| {
         files.iter().any(|f| {
-            f.rel == rel || rel.starts_with(&format!("{}/", f.rel.split('/').next().unwrap_or("")))
+            f.rel == rel || crate::relpath::is_below(rel, f.rel.split('/').next().unwrap_or(""))
         })
     };
     let mut drop: Vec<String> = Vec::new();
@@ -701,7 +721,7 @@ fn source_checks(
         let gap = problems
             .iter()
             .any(|p| p.path == format!("{dir}/") && p.location == "file numbering");
-        if !gap || !files.iter().any(|f| f.rel.starts_with(&format!("{dir}/"))) {
+        if !gap || !files.iter().any(|f| crate::relpath::is_below(&f.rel, dir)) {
             continue;
         }
         let plan = check::repair::drop_before_last_gap(&m.src, src, dir)?;
@@ -807,20 +827,7 @@ fn content_differs(
         parallelism,
         || vec![0u8; crate::hash::BUF_SIZE],
         |buf, f| {
-            let known = hashes.lock().ok().and_then(|h| h.get(&f.rel).copied());
-            let a = match known {
-                Some(h) => {
-                    progress.add_bytes(f.size);
-                    Ok(h)
-                }
-                None => {
-                    let a = crate::hash::file(source, &f.rel, buf, progress.as_ref());
-                    if let (Ok(h), Ok(mut map)) = (&a, hashes.lock()) {
-                        map.insert(f.rel.clone(), *h);
-                    }
-                    a
-                }
-            };
+            let a = source_hash(hashes, source, f, buf, progress.as_ref()).map(|(h, _)| h);
             let b = crate::hash::file(&target, &f.rel, buf, progress.as_ref());
             match (a, b) {
                 (Ok(x), Ok(y)) => Ok(x != y),

@@ -14,6 +14,7 @@ mod render;
 
 pub use build::{
     ProgressFor, SourceFacts, SourceHashes, build, build_from, compared_by_bytes, scan_and_check,
+    source_hash,
 };
 pub use diff::State;
 pub use file::Migration;

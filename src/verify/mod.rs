@@ -402,21 +402,10 @@ fn hash_pairs(
             if cancel.load(Ordering::Relaxed) {
                 return None;
             }
-            let known = hashes.lock().ok().and_then(|h| h.get(&s.rel).copied());
-            let a = match known {
-                Some(h) => {
-                    progress.add_bytes(s.size);
-                    Ok(h)
-                }
-                None => {
-                    let a = crate::hash::file(src_root, &s.rel, buf, progress);
-                    hashed.fetch_add(s.size, Ordering::Relaxed);
-                    if let (Ok(h), Ok(mut map)) = (&a, hashes.lock()) {
-                        map.insert(s.rel.clone(), *h);
-                    }
-                    a
-                }
-            };
+            let a = plan::source_hash(hashes, src_root, s, buf, progress).map(|(h, read)| {
+                hashed.fetch_add(read, Ordering::Relaxed);
+                h
+            });
             let b = crate::hash::file(tgt_root, &t.rel, buf, progress);
             hashed.fetch_add(t.size, Ordering::Relaxed);
             let (sigil, detail) = match (a, b) {
