@@ -149,9 +149,11 @@ mod tests {
 
 /// Operations on paths below a base directory (the target volume's mount) that never follow
 /// a symbolic link and never leave the base, by construction: every path is resolved by
-/// `openat2(2)` from the base's descriptor with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, so a
-/// link anywhere on the way (put there before or during the run) is an error (`ELOOP`), not
-/// a path into somewhere else. The base itself is opened with `O_NOFOLLOW`.
+/// `openat2(2)` from the base's descriptor with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+/// RESOLVE_NO_XDEV`, so a link anywhere on the way (put there before or during the run) is
+/// an error (`ELOOP`), not a path into somewhere else, and so is another filesystem mounted
+/// below the base (`EXDEV`): it is not the volume. The base itself is opened with
+/// `O_NOFOLLOW`.
 pub mod beneath {
     use std::ffi::OsStr;
     use std::io;
@@ -219,8 +221,21 @@ pub mod beneath {
         let how = OpenHow::new()
             .flags(flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
             .mode(Mode::from_bits_truncate(mode))
-            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-        openat2(dir, plain(rel)?, how).map_err(err)
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_XDEV,
+            );
+        openat2(dir, plain(rel)?, how).map_err(|e| match e {
+            nix::errno::Errno::EXDEV => io::Error::new(
+                io::ErrorKind::CrossesDevices,
+                format!(
+                    "{} crosses into another filesystem mounted inside the target volume; promigrate writes only to the volume mounted at target.path: unmount it, or point target.path at that mount",
+                    rel.display()
+                ),
+            ),
+            e => err(e),
+        })
     }
 
     /// The directory holding `rel` (below `dir`), opened, and `rel`'s last component.

@@ -669,3 +669,27 @@ fn files_dated_before_1970_compare_identical_after_apply() {
     assert_eq!(code, 0, "{v}");
     assert_eq!(only(&v)["apply"]["copied_bytes"], 0, "{v}");
 }
+
+/// A filesystem mounted inside the target volume (here at the TSDB directory itself) is not
+/// the volume: apply writes nothing into it and says why (openat2 with RESOLVE_NO_XDEV).
+#[test]
+fn a_filesystem_mounted_inside_the_volume_is_never_written() {
+    let ws = Workspace::new();
+    let inner = ws.target();
+    std::fs::create_dir_all(&inner).unwrap();
+    let _fs = Tmpfs::mount(&inner, "64m");
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "a blocker: {out}");
+    assert!(
+        out.contains("crosses into another filesystem mounted inside the target volume"),
+        "{out}"
+    );
+    let (code, out, err) = ws.run(&["apply", "--yes"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("apply refused"), "{out}");
+    assert_eq!(
+        std::fs::read_dir(&inner).unwrap().count(),
+        0,
+        "written into the filesystem mounted inside the volume"
+    );
+}

@@ -163,6 +163,13 @@ pub fn check(t: &Target, who: &Process) -> (Vec<String>, Vec<String>) {
             t.mount.display()
         ));
     }
+    // Another filesystem mounted inside the volume, on the way to the TSDB directory, is not
+    // the volume: apply would refuse to write into it (openat2 with RESOLVE_NO_XDEV).
+    if let Err(e) = crate::fsutil::beneath::stat(t.mount, t.probe)
+        && e.kind() == std::io::ErrorKind::CrossesDevices
+    {
+        blockers.push(format!("the target {}: {e}", t.probe.display()));
+    }
     if !t.fs.read_only
         && let Some(why) = not_writable(t, who)
     {
