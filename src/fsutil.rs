@@ -230,7 +230,7 @@ pub mod beneath {
             nix::errno::Errno::EXDEV => io::Error::new(
                 io::ErrorKind::CrossesDevices,
                 format!(
-                    "{} crosses into another filesystem mounted inside the target volume; promigrate writes only to the volume mounted at target.path: unmount it, or point target.path at that mount",
+                    "{} crosses a mount point inside the target volume (another filesystem, or a bind mount); promigrate works only within the volume mounted at target.path: plan names the mount point",
                     rel.display()
                 ),
             ),

@@ -680,16 +680,38 @@ fn a_filesystem_mounted_inside_the_volume_is_never_written() {
     let _fs = Tmpfs::mount(&inner, "64m");
     let (code, out, _) = ws.run(&["plan"]);
     assert_eq!(code, 1, "a blocker: {out}");
-    assert!(
-        out.contains("crosses into another filesystem mounted inside the target volume"),
-        "{out}"
+    let named = format!(
+        "{} is a mount point inside the target volume",
+        inner.display()
     );
+    assert!(out.contains(&named), "{out}");
     let (code, out, err) = ws.run(&["apply", "--yes"]);
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(out.contains("apply refused"), "{out}");
+    // verify's go is never given on such a layout, even once the data is there: the pod
+    // that mounts the volume would not see it.
+    let (code, out, _) = ws.run(&["verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&named), "{out}");
     assert_eq!(
         std::fs::read_dir(&inner).unwrap().count(),
         0,
         "written into the filesystem mounted inside the volume"
     );
+    drop(_fs);
+
+    // Deeper down too: a filesystem mounted at the copy's wal/.
+    assert_eq!(ws.run(&["apply", "--yes"]).0, 0);
+    let wal = ws.target().join("wal");
+    let _wal = Tmpfs::mount(&wal, "64m");
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{} is a mount point inside the target volume",
+            wal.display()
+        )),
+        "{out}"
+    );
+    assert_eq!(ws.run(&["verify"]).0, 1);
 }

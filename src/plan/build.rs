@@ -671,6 +671,8 @@ pub fn build_from(
     );
     plan.write_blockers = write_blockers;
     plan.warnings.extend(write_warnings);
+    plan.blockers
+        .extend(preflight::mount_crossings(&m.target_mount, &m.target_root));
     plan.ok = plan.blockers.is_empty() && plan.write_blockers.is_empty();
     Ok((plan, src, tgt))
 }

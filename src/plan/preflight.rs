@@ -163,13 +163,6 @@ pub fn check(t: &Target, who: &Process) -> (Vec<String>, Vec<String>) {
             t.mount.display()
         ));
     }
-    // Another filesystem mounted inside the volume, on the way to the TSDB directory, is not
-    // the volume: apply would refuse to write into it (openat2 with RESOLVE_NO_XDEV).
-    if let Err(e) = crate::fsutil::beneath::stat(t.mount, t.probe)
-        && e.kind() == std::io::ErrorKind::CrossesDevices
-    {
-        blockers.push(format!("the target {}: {e}", t.probe.display()));
-    }
     if !t.fs.read_only
         && let Some(why) = not_writable(t, who)
     {
@@ -264,6 +257,47 @@ fn not_writable(t: &Target, who: &Process) -> Option<String> {
         },
         who.uid
     ))
+}
+
+/// Mount points inside the target volume, on the way down to the TSDB directory or below it
+/// (another filesystem, or a bind mount), one blocker each: apply never writes across them
+/// (openat2 with `RESOLVE_NO_XDEV`), and the Prometheus pod, which mounts the volume, would
+/// not see what lies behind them. For plan, apply and verify alike.
+pub fn mount_crossings(mount: &Path, root: &Path) -> Vec<String> {
+    let crosses = |p: &Path| {
+        crate::fsutil::beneath::stat(mount, p)
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::CrossesDevices)
+    };
+    let blocker = |p: &Path| {
+        format!(
+            "{} is a mount point inside the target volume {} (another filesystem, or a bind mount): apply never writes across it, and the Prometheus pod, which mounts the volume, would not see what lies behind it; unmount it, or set target.path to it if that is the volume you mean",
+            p.display(),
+            mount.display()
+        )
+    };
+    // The way down, from the mount's child to the nearest existing part of the TSDB path.
+    let probe = crate::fsutil::nearest_existing(root);
+    let mut way: Vec<&Path> = probe
+        .ancestors()
+        .take_while(|p| *p != mount && p.starts_with(mount))
+        .collect();
+    way.reverse();
+    if let Some(p) = way.into_iter().find(|p| crosses(p)) {
+        return vec![blocker(p)];
+    }
+    if probe != root {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut walk = walkdir::WalkDir::new(root).min_depth(1).into_iter();
+    while let Some(e) = walk.next() {
+        let Ok(e) = e else { continue };
+        if e.file_type().is_dir() && crosses(e.path()) {
+            out.push(blocker(e.path()));
+            walk.skip_current_dir();
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -61,10 +61,14 @@ pub fn lock_existing(plans: &[MigrationPlan]) -> anyhow::Result<Vec<Option<crate
         .iter()
         .map(|p| {
             let t = open_target(p, false)?;
-            if t.stat(Path::new("")).is_ok() {
-                t.lock()
-            } else {
-                Ok(None)
+            match t.stat(Path::new("")) {
+                Ok(_) => t.lock(),
+                // A mount point on the way is not "absent": stop before the cluster is touched.
+                Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+                    Err(anyhow::Error::new(e)
+                        .context(format!("cannot lock the target {}", p.target.display())))
+                }
+                Err(_) => Ok(None),
             }
         })
         .collect()
