@@ -185,7 +185,7 @@ fn summarise(inv: &Inventory) -> InspectReport {
         .iter()
         .filter(|d| d.starts_with("chunk_snapshot.") && !d.contains('/'))
         .map(|d| {
-            let under = |rel: &&String| crate::relpath::is_below(rel, d);
+            let under = |rel: &&crate::relpath::RelPath| rel.is_below(d);
             SnapshotSummary {
                 dir: d.clone(),
                 files: inv.files.keys().filter(under).count(),

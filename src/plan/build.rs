@@ -12,6 +12,7 @@ use super::policy::{count, extraneous, left_out, phases};
 use super::{BlockPlan, Compare, FilePlan, MigrationPlan, PlanStats, Selection, preflight};
 use crate::fsutil;
 use crate::progress::Progress;
+use crate::relpath::RelPath;
 use crate::{tsdb, units};
 
 /// Progress of the content comparison, made once the number of bytes to read is known.
@@ -57,7 +58,7 @@ pub struct SourceFacts {
 }
 
 /// Source content hashes by path (relative to the TSDB root).
-pub type SourceHashes = Mutex<HashMap<String, u128>>;
+pub type SourceHashes = Mutex<HashMap<RelPath, u128>>;
 
 /// The content hash of the source file `f`: the one computed before (its bytes then counted
 /// as done on `progress`), or read now and kept. `Ok((hash, bytes read now))`.
@@ -427,7 +428,7 @@ pub fn build_from(
                 d.state = diff::State::Differs;
             }
         }
-        let copy_bytes: u64 = d.to_copy.iter().map(|r| b.files[r].size).sum();
+        let copy_bytes: u64 = d.to_copy.iter().map(|r| b.files[r.as_str()].size).sum();
         count(&mut stats, b.files.values(), state);
         blocks.push(BlockPlan {
             ulid: b.dir.clone(),
@@ -469,7 +470,7 @@ pub fn build_from(
             newest.map_or("-".into(), units::ms_utc)
         );
         skipped.extend(src.files.keys().map(|r| inventory::Skipped {
-            rel: r.clone(),
+            rel: r.to_string(),
             reason: why.clone(),
         }));
         (Vec::new(), Vec::new())
@@ -489,7 +490,7 @@ pub fn build_from(
     )?;
 
     // A file dropped by a repair is not copied, whatever its content.
-    let checksum_differing: Vec<String> = content
+    let checksum_differing: Vec<RelPath> = content
         .differ
         .iter()
         .filter(|r| files.iter().any(|f| &f.rel == *r) || blocks.iter().any(|b| b.copy.contains(r)))
@@ -564,7 +565,9 @@ pub fn build_from(
             .iter()
             .flat_map(|b| {
                 let sb = &src.blocks[&b.ulid];
-                b.copy.iter().map(move |r| (r.as_str(), sb.files[r].size))
+                b.copy
+                    .iter()
+                    .map(move |r| (r.as_str(), sb.files[r.as_str()].size))
             })
             .chain(
                 files
@@ -714,23 +717,23 @@ fn source_checks(
     use crate::tsdb::check;
     let mut repairs = Vec::new();
     let copied = |rel: &str| {
-        files.iter().any(|f| {
-            f.rel == rel || crate::relpath::is_below(rel, f.rel.split('/').next().unwrap_or(""))
-        })
+        files
+            .iter()
+            .any(|f| f.rel == rel || crate::relpath::is_below(rel, f.rel.top()))
     };
-    let mut drop: Vec<String> = Vec::new();
+    let mut drop: Vec<RelPath> = Vec::new();
     for dir in ["chunks_head", "wal"] {
         let gap = problems
             .iter()
             .any(|p| p.path == format!("{dir}/") && p.location == "file numbering");
-        if !gap || !files.iter().any(|f| crate::relpath::is_below(&f.rel, dir)) {
+        if !gap || !files.iter().any(|f| f.rel.is_below(dir)) {
             continue;
         }
         let plan = check::repair::drop_before_last_gap(&m.src, src, dir)?;
         match (m.head_repair, plan) {
             (HeadRepair::DropUnsequential, Ok(r)) => {
                 repairs.push(r.describe);
-                drop.extend(r.dropped);
+                drop.extend(r.dropped.into_iter().map(RelPath::from));
             }
             (HeadRepair::DropUnsequential, Err(why)) => blockers.push(format!("{dir}/ has a gap in its file numbering and cannot be repaired: {why}")),
             (HeadRepair::None, _) => blockers.push(format!(
@@ -772,7 +775,7 @@ fn source_checks(
         }
         files.retain(|f| !drop.contains(&f.rel));
         skipped.extend(drop.iter().map(|r| inventory::Skipped {
-            rel: r.clone(),
+            rel: r.to_string(),
             reason: "dropped by transfer.headRepair".into(),
         }));
     }
@@ -795,9 +798,9 @@ fn newest_data(src: &Inventory) -> Option<i64> {
 #[derive(Debug, Default)]
 struct Content {
     /// Files whose content differs, or that could not be read on a side.
-    differ: BTreeSet<String>,
+    differ: BTreeSet<RelPath>,
     /// Those that could not be read, and why.
-    unreadable: Vec<(String, String)>,
+    unreadable: Vec<(RelPath, String)>,
 }
 
 /// Which of `files` (on the target with the source's size and mtime) differ in content:
@@ -919,7 +922,7 @@ mod tests {
         let hidden = |_| Box::new(crate::progress::Hidden) as Box<dyn Progress>;
         let found = content_differs(&source, tgt.path(), &refs, 2, &hashes, &hidden);
         assert_eq!(
-            found.differ.iter().map(String::as_str).collect::<Vec<_>>(),
+            found.differ.iter().map(RelPath::as_str).collect::<Vec<_>>(),
             ["B/chunks/000001", "B/gone"]
         );
         assert_eq!(found.unreadable.len(), 1);

@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use super::inventory::{Block, FileInfo};
+use crate::relpath::RelPath;
 
 /// How a source entry stands on the target. The sigils follow rclone `check`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -47,9 +48,9 @@ pub struct BlockDiff {
     /// Overall state.
     pub state: State,
     /// Paths (relative to the TSDB root) to copy.
-    pub to_copy: Vec<String>,
+    pub to_copy: Vec<RelPath>,
     /// Paths inside the target's block dir that the source block lacks.
-    pub extra_files: Vec<String>,
+    pub extra_files: Vec<RelPath>,
 }
 
 /// Compares a source block with the target's block of the same name, if any.
@@ -61,13 +62,13 @@ pub fn block(src: &Block, tgt: Option<&Block>) -> BlockDiff {
             extra_files: vec![],
         };
     };
-    let to_copy: Vec<String> = src
+    let to_copy: Vec<RelPath> = src
         .files
         .values()
         .filter(|f| file(f, t.files.get(&f.rel)) != State::Identical)
         .map(|f| f.rel.clone())
         .collect();
-    let extra_files: Vec<String> = t
+    let extra_files: Vec<RelPath> = t
         .files
         .keys()
         .filter(|k| !src.files.contains_key(*k))
@@ -130,7 +131,7 @@ mod tests {
         ]);
         let d = block(&src, Some(&tgt));
         assert_eq!(d.state, State::Differs);
-        assert_eq!(d.to_copy, vec!["B/meta.json".to_string()]);
-        assert_eq!(d.extra_files, vec!["B/junk".to_string()]);
+        assert_eq!(d.to_copy, vec![RelPath::from("B/meta.json")]);
+        assert_eq!(d.extra_files, vec![RelPath::from("B/junk")]);
     }
 }

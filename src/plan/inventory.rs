@@ -10,6 +10,7 @@ use serde_json::Value;
 use ulid::Ulid;
 
 use crate::fsutil::MTime;
+use crate::relpath::RelPath;
 use crate::source::{Kind, Source, Stat, Tree};
 use crate::tsdb::{self, BlockMeta, RootEntry};
 
@@ -17,7 +18,7 @@ use crate::tsdb::{self, BlockMeta, RootEntry};
 #[derive(Debug, Clone, Serialize)]
 pub struct FileInfo {
     /// Path relative to the TSDB root.
-    pub rel: String,
+    pub rel: RelPath,
     /// Size in bytes.
     pub size: u64,
     /// Modification time.
@@ -33,7 +34,7 @@ pub struct FileInfo {
 impl FileInfo {
     fn new(rel: String, m: &Stat) -> Self {
         FileInfo {
-            rel,
+            rel: rel.into(),
             size: m.size,
             mtime: m.mtime,
             mode: m.mode,
@@ -73,7 +74,7 @@ pub struct Block {
     /// meta.json as a JSON value, for field-by-field comparison.
     pub meta_json: Option<Value>,
     /// Files by path relative to the TSDB root (`<ULID>/chunks/000001`).
-    pub files: BTreeMap<String, FileInfo>,
+    pub files: BTreeMap<RelPath, FileInfo>,
     /// Sub-directories relative to the TSDB root (`<ULID>/chunks`).
     pub dirs: Vec<String>,
 }
@@ -104,7 +105,7 @@ pub struct Inventory {
     /// Blocks by directory name.
     pub blocks: BTreeMap<String, Block>,
     /// Non-block data files (`wal/00000003`, `chunks_head/000001`, `thanos.shipper.json`).
-    pub files: BTreeMap<String, FileInfo>,
+    pub files: BTreeMap<RelPath, FileInfo>,
     /// Non-block data directories (`wal`, `wal/checkpoint.00000002`, `chunks_head`).
     pub dirs: Vec<String>,
     /// `lock`, `queries.active`.
@@ -273,7 +274,8 @@ pub fn scan_source(src: &dyn Tree, depth: Depth, threads: usize) -> Result<Inven
             }
             RootEntry::SegmentDir => {
                 if let Some((files, dirs)) = walk_into(src, &name, &entry.stat, &mut inv)? {
-                    inv.files.extend(files);
+                    inv.files
+                        .extend(files.into_iter().map(|(r, f)| (r.into(), f)));
                     inv.dirs.push(name);
                     inv.dirs.extend(dirs);
                 }
@@ -284,7 +286,7 @@ pub fn scan_source(src: &dyn Tree, depth: Depth, threads: usize) -> Result<Inven
                 if tsdb::classify_root(&name, false) == RootEntry::Runtime {
                     inv.runtime.push(info);
                 } else {
-                    inv.files.insert(name, info);
+                    inv.files.insert(name.into(), info);
                 }
             }
             RootEntry::Excluded(reason) => inv.excluded.push(Skipped {
@@ -327,7 +329,7 @@ fn scan_block(
         ulid,
         meta,
         meta_json,
-        files,
+        files: files.into_iter().map(|(r, f)| (r.into(), f)).collect(),
         dirs,
     }))
 }
@@ -422,11 +424,11 @@ fn visit(
 pub fn segments<'a>(
     files: impl Iterator<Item = &'a FileInfo>,
     dir: &str,
-) -> Vec<(u64, String, u64)> {
-    let mut out: Vec<(u64, String, u64)> = files
+) -> Vec<(u64, RelPath, u64)> {
+    let mut out: Vec<(u64, RelPath, u64)> = files
         .filter_map(|f| {
             // segment_number takes digits only, so files deeper down never match.
-            let name = crate::relpath::below(&f.rel, dir)?;
+            let name = f.rel.below(dir)?;
             tsdb::segment_number(name).map(|n| (n, f.rel.clone(), f.size))
         })
         .collect();

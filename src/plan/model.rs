@@ -9,6 +9,7 @@ use super::diff::State;
 use super::policy::{Extraneous, Phases};
 use super::{file, inventory, preflight};
 use crate::perms::Owner;
+use crate::relpath::RelPath;
 use crate::units;
 
 /// How a plan tells that a target file is already the source's.
@@ -130,7 +131,7 @@ pub struct MigrationPlan {
     pub compare: Compare,
     /// Files (relative to the TSDB root) with the size and mtime of the source's but other
     /// content: found by a checksum comparison only; apply replaces them.
-    pub checksum_differing: Vec<String>,
+    pub checksum_differing: Vec<RelPath>,
     /// The cluster objects behind the target (`target.kubernetes`), as read by the preflight.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<crate::k8s::KubeReport>,
@@ -196,7 +197,7 @@ pub struct BlockPlan {
     /// State on the target.
     pub state: State,
     /// Files (relative to the TSDB root) to copy.
-    pub copy: Vec<String>,
+    pub copy: Vec<RelPath>,
     /// Bytes to copy.
     pub copy_bytes: u64,
 }
@@ -205,7 +206,7 @@ pub struct BlockPlan {
 #[derive(Debug, Clone, Serialize)]
 pub struct FilePlan {
     /// Path relative to the TSDB root.
-    pub rel: String,
+    pub rel: RelPath,
     /// Size in bytes.
     pub size: u64,
     /// State on the target.

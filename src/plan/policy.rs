@@ -268,7 +268,7 @@ pub(super) fn extraneous(
             Some(s) => out.extend(diff::block(s, Some(b)).extra_files.into_iter().map(|rel| {
                 let size = b.files[&rel].size;
                 Extraneous {
-                    rel,
+                    rel: rel.into(),
                     size,
                     kind: ExtraKind::BlockFile,
                 }
@@ -304,7 +304,7 @@ pub(super) fn extraneous(
     for (rel, f) in &tgt.files {
         if !files.iter().any(|p| &p.rel == rel) && !extra_dirs.iter().any(|d| under(rel, d)) {
             out.push(Extraneous {
-                rel: rel.clone(),
+                rel: rel.to_string(),
                 size: f.size,
                 kind: ExtraKind::Segment,
             });
@@ -329,7 +329,10 @@ mod tests {
             size: copy.iter().map(|(_, n)| n).sum(),
             files: copy.len(),
             state,
-            copy: copy.iter().map(|(f, _)| format!("{ulid}/{f}")).collect(),
+            copy: copy
+                .iter()
+                .map(|(f, _)| format!("{ulid}/{f}").into())
+                .collect(),
             copy_bytes: copy.iter().map(|(_, n)| n).sum(),
         }
     }

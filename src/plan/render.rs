@@ -76,18 +76,10 @@ impl MigrationPlan {
             let _ = writeln!(s, "  (none selected)");
         }
         let _ = writeln!(s, "\nWAL and head:");
-        let mut dirs: Vec<&str> = self
-            .files
-            .iter()
-            .map(|f| f.rel.split('/').next().unwrap_or(""))
-            .collect();
+        let mut dirs: Vec<&str> = self.files.iter().map(|f| f.rel.top()).collect();
         dirs.dedup();
         for d in &dirs {
-            let of: Vec<&FilePlan> = self
-                .files
-                .iter()
-                .filter(|f| f.rel.split('/').next() == Some(d))
-                .collect();
+            let of: Vec<&FilePlan> = self.files.iter().filter(|f| f.rel.top() == *d).collect();
             let todo: Vec<&&FilePlan> = of.iter().filter(|f| f.state != State::Identical).collect();
             let _ = writeln!(
                 s,

@@ -28,6 +28,7 @@ use serde::Serialize;
 use crate::perms;
 use crate::plan::{MigrationPlan, State};
 use crate::progress::Progress;
+use crate::relpath::RelPath;
 use crate::tsdb;
 use crate::volume::{self, Target};
 use copy::{CopyError, Ctx, Reader, Streaming};
@@ -134,11 +135,11 @@ enum Work {
     /// stage, fsync, rename into place.
     NewDir {
         dir: String,
-        files: Vec<String>,
+        files: Vec<RelPath>,
         bytes: u64,
     },
     /// A single file: temp name, fsync, rename.
-    File { rel: String, bytes: u64 },
+    File { rel: RelPath, bytes: u64 },
 }
 
 struct Job {
@@ -317,11 +318,8 @@ fn work_of(plan: &MigrationPlan, phase: Phase, staged_dirs: &[String]) -> Vec<Wo
         }
     }
     for d in staged_dirs {
-        let of: Vec<&crate::plan::FilePlan> = plan
-            .files
-            .iter()
-            .filter(|f| crate::relpath::is_below(&f.rel, d))
-            .collect();
+        let of: Vec<&crate::plan::FilePlan> =
+            plan.files.iter().filter(|f| f.rel.is_below(d)).collect();
         work.push(Work::NewDir {
             dir: d.clone(),
             files: of.iter().map(|f| f.rel.clone()).collect(),
@@ -648,10 +646,10 @@ fn to_read(sh: &Shared, job: &Job) -> Vec<String> {
                         )
                     })
                 })
-                .cloned()
+                .map(|rel| rel.to_string())
                 .collect()
         }
-        Work::File { rel, .. } => vec![rel.clone()],
+        Work::File { rel, .. } => vec![rel.to_string()],
     }
 }
 
@@ -674,7 +672,7 @@ fn stage_dir<'s>(
     sh: &'s Shared,
     reader: &mut Reader<'s>,
     dir: &str,
-    files: &[String],
+    files: &[RelPath],
     to: &[usize],
 ) -> anyhow::Result<()> {
     let stage = stage_of(dir);

@@ -322,12 +322,12 @@ fn compare_file<'a>(
 ) {
     match t {
         None => diffs.push(Difference {
-            path: s.rel.clone(),
+            path: s.rel.to_string(),
             sigil: '-',
             detail: "missing on the target".into(),
         }),
         Some(t) if t.size != s.size => diffs.push(Difference {
-            path: s.rel.clone(),
+            path: s.rel.to_string(),
             sigil: '*',
             detail: format!("size {} on the source, {} on the target", s.size, t.size),
         }),
@@ -421,7 +421,7 @@ fn hash_pairs(
                 (_, Err(e)) => ('!', format!("cannot read the target: {e}")),
             };
             Some(Difference {
-                path: s.rel.clone(),
+                path: s.rel.to_string(),
                 sigil,
                 detail,
             })

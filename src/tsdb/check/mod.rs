@@ -283,7 +283,7 @@ pub fn run(
             jobs.push(Job::BlockChunks { rel: rel.clone() });
         }
         let index = format!("{}/index", b.dir);
-        if b.files.contains_key(&index) {
+        if b.files.contains_key(index.as_str()) {
             jobs.push(Job::Index {
                 rel: index,
                 segments: segs.iter().map(|s| s.2).collect(),
@@ -292,7 +292,7 @@ pub fn run(
             problems.push(Problem::new(index, "", "missing", Effect::FailsStart));
         }
         let tomb = format!("{}/tombstones", b.dir);
-        if b.files.contains_key(&tomb) {
+        if b.files.contains_key(tomb.as_str()) {
             jobs.push(Job::Tombstones { rel: tomb });
         }
     }
@@ -439,6 +439,9 @@ fn numbered(inv: &Inventory, dir: &str) -> Vec<(u64, String, u64)> {
         .flat_map(|b| b.files.values())
         .chain(inv.files.values());
     crate::plan::inventory::segments(files, dir)
+        .into_iter()
+        .map(|(n, rel, size)| (n, rel.into(), size))
+        .collect()
 }
 
 /// A problem for every gap in a numbered sequence (and for a wrong first number).
