@@ -264,8 +264,15 @@ fn not_writable(t: &Target, who: &Process) -> Option<String> {
 /// (openat2 with `RESOLVE_NO_XDEV`), and the Prometheus pod, which mounts the volume, would
 /// not see what lies behind them. For plan, apply and verify alike.
 pub fn mount_crossings(mount: &Path, root: &Path) -> Vec<String> {
+    use crate::fsutil::beneath;
+    use std::os::fd::AsFd;
+    // The volume opened once; each path resolved below it as apply resolves its writes.
+    let Ok(base) = beneath::open_base(mount) else {
+        return Vec::new(); // no mount point to name; the other target checks say why
+    };
     let crosses = |p: &Path| {
-        crate::fsutil::beneath::stat(mount, p)
+        let below = p.strip_prefix(mount).unwrap_or(p);
+        beneath::stat_at(base.as_fd(), below)
             .is_err_and(|e| e.kind() == std::io::ErrorKind::CrossesDevices)
     };
     let blocker = |p: &Path| {
