@@ -229,14 +229,7 @@ pub async fn quiesce(
     }
     let deadline = Instant::now() + k.wait_timeout;
     let pods_api: Api<Pod> = Api::namespaced(cluster.client.clone(), &k.namespace);
-    let mut first = true;
     loop {
-        if !first {
-            // A pod seen deleted may still be listed for a moment (the watch and the list
-            // need not be served from the same cache): no busy loop.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        first = false;
         let pods = pods_mounting_with_uid(cluster, k).await?;
         if pods.is_empty() {
             return Ok(());
@@ -268,6 +261,9 @@ pub async fn quiesce(
             }
         }
         if !timed_out {
+            // A pod seen deleted may still be listed for a moment (the watch and the list
+            // need not be served from the same cache): no busy loop.
+            tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         }
         // Named from a list taken now: those still there, not those seen go.
