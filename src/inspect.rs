@@ -187,7 +187,7 @@ fn summarise(inv: &Inventory) -> InspectReport {
         .map(|d| {
             let under = |rel: &&crate::relpath::RelPath| rel.is_below(d);
             SnapshotSummary {
-                dir: d.clone(),
+                dir: d.to_string(),
                 files: inv.files.keys().filter(under).count(),
                 size: inv
                     .files
@@ -195,7 +195,7 @@ fn summarise(inv: &Inventory) -> InspectReport {
                     .filter(|(r, _)| under(r))
                     .map(|(_, f)| f.size)
                     .sum(),
-                loaded: newest.as_ref() == Some(d),
+                loaded: newest.as_deref() == Some(d.as_str()),
             }
         })
         .collect();

@@ -57,6 +57,12 @@ impl AsRef<std::path::Path> for RelPath {
     }
 }
 
+impl AsRef<std::ffi::OsStr> for RelPath {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        std::ffi::OsStr::new(&self.0)
+    }
+}
+
 impl std::fmt::Display for RelPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)

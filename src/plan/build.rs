@@ -300,7 +300,7 @@ pub fn build_from(
     // Block selection.
     let mut skipped = src.excluded.clone();
     skipped.extend(src.unknown.iter().map(|u| inventory::Skipped {
-        rel: u.clone(),
+        rel: u.into(),
         reason: "not TSDB data".into(),
     }));
     skipped.extend(src.leftovers.iter().map(|u| inventory::Skipped {
@@ -319,10 +319,10 @@ pub fn build_from(
                 b.dir, meta.ulid
             )),
             Ok(meta) if m.time_range.is_some_and(|tr| !tr.overlaps(meta.min_time, meta.max_time)) => {
-                skipped.push(inventory::Skipped { rel: b.dir.clone(), reason: "outside transfer.timeRange".into() })
+                skipped.push(inventory::Skipped { rel: (&b.dir).into(), reason: "outside transfer.timeRange".into() })
             }
             Ok(_) if m.exclude_blocks.contains(&b.ulid) => skipped.push(inventory::Skipped {
-                rel: b.dir.clone(),
+                rel: (&b.dir).into(),
                 reason: "excluded by transfer.excludeBlocks".into(),
             }),
             Ok(_) => selected.push(b),
@@ -445,7 +445,7 @@ pub fn build_from(
         });
     }
 
-    let (files, dirs): (Vec<FilePlan>, Vec<String>) = if with_head {
+    let (files, dirs): (Vec<FilePlan>, Vec<RelPath>) = if with_head {
         let state = |f: &FileInfo| match diff::file(f, tgt.files.get(&f.rel)) {
             diff::State::Identical if content.differ.contains(&f.rel) => diff::State::Differs,
             s => s,
@@ -470,7 +470,7 @@ pub fn build_from(
             newest.map_or("-".into(), units::ms_utc)
         );
         skipped.extend(src.files.keys().map(|r| inventory::Skipped {
-            rel: r.to_string(),
+            rel: r.clone(),
             reason: why.clone(),
         }));
         (Vec::new(), Vec::new())
@@ -775,7 +775,7 @@ fn source_checks(
         }
         files.retain(|f| !drop.contains(&f.rel));
         skipped.extend(drop.iter().map(|r| inventory::Skipped {
-            rel: r.to_string(),
+            rel: r.clone(),
             reason: "dropped by transfer.headRepair".into(),
         }));
     }

@@ -32,7 +32,7 @@ pub struct FileInfo {
 }
 
 impl FileInfo {
-    fn new(rel: String, m: &Stat) -> Self {
+    fn new(rel: impl Into<RelPath>, m: &Stat) -> Self {
         FileInfo {
             rel: rel.into(),
             size: m.size,
@@ -76,7 +76,7 @@ pub struct Block {
     /// Files by path relative to the TSDB root (`<ULID>/chunks/000001`).
     pub files: BTreeMap<RelPath, FileInfo>,
     /// Sub-directories relative to the TSDB root (`<ULID>/chunks`).
-    pub dirs: Vec<String>,
+    pub dirs: Vec<RelPath>,
 }
 
 impl Block {
@@ -90,7 +90,7 @@ impl Block {
 #[derive(Debug, Clone, Serialize)]
 pub struct Skipped {
     /// Path relative to the TSDB root.
-    pub rel: String,
+    pub rel: RelPath,
     /// Why it is left out.
     pub reason: String,
 }
@@ -107,7 +107,7 @@ pub struct Inventory {
     /// Non-block data files (`wal/00000003`, `chunks_head/000001`, `thanos.shipper.json`).
     pub files: BTreeMap<RelPath, FileInfo>,
     /// Non-block data directories (`wal`, `wal/checkpoint.00000002`, `chunks_head`).
-    pub dirs: Vec<String>,
+    pub dirs: Vec<RelPath>,
     /// `lock`, `queries.active`.
     pub runtime: Vec<FileInfo>,
     /// Entries left out by TSDB rules (transient, snapshots, symlinks, unreadable names).
@@ -115,7 +115,7 @@ pub struct Inventory {
     /// Top-level entries that are not TSDB data (`lost+found`, stray files).
     pub unknown: Vec<String>,
     /// promigrate's own temporary files and staging directories from an interrupted run.
-    pub leftovers: Vec<String>,
+    pub leftovers: Vec<RelPath>,
     /// Whether `.promigrate-quarantine/` exists.
     pub has_quarantine: bool,
     /// Owner and mode of the root and of every block, segment directory, data and runtime
@@ -127,7 +127,7 @@ pub struct Inventory {
 #[derive(Debug, Clone)]
 pub struct Attr {
     /// Path relative to the TSDB root (`""` for the root).
-    pub rel: String,
+    pub rel: RelPath,
     /// Owner uid.
     pub uid: u32,
     /// Owner gid.
@@ -137,9 +137,9 @@ pub struct Attr {
 }
 
 impl Attr {
-    fn new(rel: String, m: &Stat) -> Self {
+    fn new(rel: impl Into<RelPath>, m: &Stat) -> Self {
         Attr {
-            rel,
+            rel: rel.into(),
             uid: m.uid,
             gid: m.gid,
             mode: m.mode,
@@ -254,7 +254,7 @@ pub fn scan_source(src: &dyn Tree, depth: Depth, threads: usize) -> Result<Inven
         let kind = entry.stat.kind();
         if kind == Kind::Symlink {
             inv.excluded.push(Skipped {
-                rel: name,
+                rel: name.into(),
                 reason: "symlink (not followed)".into(),
             });
             continue;
@@ -274,9 +274,8 @@ pub fn scan_source(src: &dyn Tree, depth: Depth, threads: usize) -> Result<Inven
             }
             RootEntry::SegmentDir => {
                 if let Some((files, dirs)) = walk_into(src, &name, &entry.stat, &mut inv)? {
-                    inv.files
-                        .extend(files.into_iter().map(|(r, f)| (r.into(), f)));
-                    inv.dirs.push(name);
+                    inv.files.extend(files);
+                    inv.dirs.push(name.into());
                     inv.dirs.extend(dirs);
                 }
             }
@@ -290,12 +289,12 @@ pub fn scan_source(src: &dyn Tree, depth: Depth, threads: usize) -> Result<Inven
                 }
             }
             RootEntry::Excluded(reason) => inv.excluded.push(Skipped {
-                rel: name,
+                rel: name.into(),
                 reason: reason.into(),
             }),
             RootEntry::Ours if name == tsdb::QUARANTINE_DIR => inv.has_quarantine = true,
             RootEntry::Ours if name == tsdb::LOCK_FILE => {}
-            RootEntry::Ours => inv.leftovers.push(name),
+            RootEntry::Ours => inv.leftovers.push(name.into()),
             RootEntry::Unknown => inv.unknown.push(name),
         }
     }
@@ -329,12 +328,12 @@ fn scan_block(
         ulid,
         meta,
         meta_json,
-        files: files.into_iter().map(|(r, f)| (r.into(), f)).collect(),
+        files,
         dirs,
     }))
 }
 
-type Walked = (BTreeMap<String, FileInfo>, Vec<String>);
+type Walked = (BTreeMap<RelPath, FileInfo>, Vec<RelPath>);
 
 /// Walks `root/top` recursively without following links, depth first in name order.
 /// Returns its files and its sub-directories (not `top` itself), or `None` if `top` vanished
@@ -363,39 +362,39 @@ fn visit(
     dir: &str,
     listing: Vec<crate::source::Ent>,
     inv: &mut Inventory,
-    files: &mut BTreeMap<String, FileInfo>,
-    dirs: &mut Vec<String>,
+    files: &mut BTreeMap<RelPath, FileInfo>,
+    dirs: &mut Vec<RelPath>,
 ) -> Result<(), ScanError> {
     for entry in listing {
         let name = match entry.name {
             Ok(n) => n,
             Err(lossy) => {
                 inv.excluded.push(Skipped {
-                    rel: format!("{dir}/{lossy}"),
+                    rel: format!("{dir}/{lossy}").into(),
                     reason: "name is not UTF-8".into(),
                 });
                 continue;
             }
         };
-        let rel = format!("{dir}/{name}");
+        let rel = RelPath::from(format!("{dir}/{name}"));
         if name.ends_with(tsdb::TMP_SUFFIX) {
             inv.leftovers.push(rel);
             continue;
         }
         if let Some(reason) = tsdb::transient_reason(&name) {
             inv.excluded.push(Skipped {
-                rel,
+                rel: rel.clone(),
                 reason: reason.into(),
             });
             continue;
         }
         match entry.stat.kind() {
             Kind::Symlink => inv.excluded.push(Skipped {
-                rel,
+                rel: rel.clone(),
                 reason: "symlink (not followed)".into(),
             }),
             Kind::Other => inv.excluded.push(Skipped {
-                rel,
+                rel: rel.clone(),
                 reason: "not a regular file or directory".into(),
             }),
             Kind::File => {
@@ -469,7 +468,7 @@ mod tests {
             vec![&format!("{u}/chunks/000001"), &format!("{u}/meta.json")]
         );
         assert_eq!(inv.files.keys().collect::<Vec<_>>(), vec!["wal/00000002"]);
-        assert!(inv.dirs.contains(&"wal/checkpoint.00000001".to_string()));
+        assert!(inv.dirs.contains(&"wal/checkpoint.00000001".into()));
         assert_eq!(inv.runtime.len(), 2);
         assert_eq!(
             inv.leftovers,

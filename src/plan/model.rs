@@ -92,13 +92,13 @@ pub struct MigrationPlan {
     /// Non-block data files (WAL, WBL, head chunks) and their state.
     pub files: Vec<FilePlan>,
     /// Non-block directories the target needs.
-    pub dirs: Vec<String>,
+    pub dirs: Vec<RelPath>,
     /// Target entries the plan owns but the source lacks.
     pub extraneous: Vec<Extraneous>,
     /// promigrate temp files and staging dirs from an interrupted run (removed or reused).
-    pub leftovers: Vec<String>,
+    pub leftovers: Vec<RelPath>,
     /// Existing target entries whose owner or mode is wrong (apply fixes them).
-    pub ownership: Vec<String>,
+    pub ownership: Vec<RelPath>,
     /// Source entries not copied, and why.
     pub skipped: Vec<inventory::Skipped>,
     /// Totals.

@@ -9,13 +9,14 @@ use super::diff::{self, State};
 use super::file::Migration;
 use super::inventory::{self, FileInfo, Inventory};
 use super::{BlockPlan, FilePlan, PlanStats};
+use crate::relpath::RelPath;
 use crate::{tsdb, units};
 
 /// A target entry the plan owns that the source (selection) lacks.
 #[derive(Debug, Clone, Serialize)]
 pub struct Extraneous {
     /// Path relative to the TSDB root.
-    pub rel: String,
+    pub rel: RelPath,
     /// Bytes.
     pub size: u64,
     /// What it is, which decides what happens to it.
@@ -221,7 +222,7 @@ pub(super) fn extraneous(
     m: &Migration,
     selected: &[&inventory::Block],
     files: &[FilePlan],
-    dirs: &[String],
+    dirs: &[RelPath],
     with_head: bool,
     tgt: &Inventory,
     in_source: &std::collections::BTreeSet<&str>,
@@ -253,7 +254,7 @@ pub(super) fn extraneous(
     for (dir, b) in &tgt.blocks {
         match selected.iter().find(|s| &s.dir == dir) {
             None => out.push(Extraneous {
-                rel: dir.clone(),
+                rel: dir.into(),
                 size: b.size(),
                 kind: if compacted_away(b) {
                     ExtraKind::CompactedAway
@@ -268,7 +269,7 @@ pub(super) fn extraneous(
             Some(s) => out.extend(diff::block(s, Some(b)).extra_files.into_iter().map(|rel| {
                 let size = b.files[&rel].size;
                 Extraneous {
-                    rel: rel.into(),
+                    rel,
                     size,
                     kind: ExtraKind::BlockFile,
                 }
@@ -281,7 +282,7 @@ pub(super) fn extraneous(
     if !with_head {
         return out;
     }
-    let mut extra_dirs: Vec<&String> = Vec::new();
+    let mut extra_dirs: Vec<&RelPath> = Vec::new();
     for d in &tgt.dirs {
         if !dirs.contains(d) && !crate::relpath::is_below_any(d, &extra_dirs) {
             extra_dirs.push(d);
@@ -304,7 +305,7 @@ pub(super) fn extraneous(
     for (rel, f) in &tgt.files {
         if !files.iter().any(|p| &p.rel == rel) && !extra_dirs.iter().any(|d| under(rel, d)) {
             out.push(Extraneous {
-                rel: rel.to_string(),
+                rel: rel.clone(),
                 size: f.size,
                 kind: ExtraKind::Segment,
             });
@@ -455,13 +456,13 @@ mod tests {
         let in_source: BTreeSet<&str> = source.blocks.keys().map(String::as_str).collect();
         let ancestry: BTreeSet<ulid::Ulid> = [parent, level1].into();
         // The source's head: wal/ with one segment.
-        let (files, dirs) = ([file("wal/00000000", 3, State::Copy)], ["wal".to_string()]);
+        let (files, dirs) = ([file("wal/00000000", 3, State::Copy)], ["wal".into()]);
         let classes = |with_head: bool| -> Vec<(String, ExtraKind)> {
             let mut v: Vec<(String, ExtraKind)> = extraneous(
                 &m, &selected, &files, &dirs, with_head, &target, &in_source, &ancestry,
             )
             .into_iter()
-            .map(|e| (e.rel, e.kind))
+            .map(|e| (e.rel.to_string(), e.kind))
             .collect();
             v.sort_by(|a, b| a.0.cmp(&b.0));
             v

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::fsutil::FsInfo;
 use crate::perms::{Owner, Process};
+use crate::relpath::RelPath;
 use crate::tsdb;
 use crate::units;
 
@@ -50,7 +51,7 @@ pub struct Writes<'a> {
     /// Files written, with their sizes (each gets a new inode: temp file, then rename).
     pub files: Vec<(&'a str, u64)>,
     /// Non-block directories the target needs, with or without files.
-    pub dirs: &'a [String],
+    pub dirs: &'a [RelPath],
     /// Extraneous entries moved to a fresh quarantine directory.
     pub quarantined: Vec<&'a str>,
     /// Whether something is staged first (a new block, WAL checkpoint or chunk snapshot).
@@ -316,7 +317,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mount = d.path();
         let root = mount.join("db");
-        let dirs = vec!["wal".to_string()];
+        let dirs: Vec<RelPath> = vec!["wal".into()];
         let w = Writes {
             files: vec![
                 ("01B/chunks/000001", 5000),

@@ -102,9 +102,9 @@ pub struct ApplyReport {
     /// Staged files from an interrupted run that were complete and kept.
     pub resumed_files: u64,
     /// Leftover temp files removed.
-    pub cleaned: Vec<String>,
+    pub cleaned: Vec<RelPath>,
     /// Entries moved to quarantine.
-    pub quarantined: Vec<String>,
+    pub quarantined: Vec<RelPath>,
     /// Where they went.
     pub quarantine_dir: Option<PathBuf>,
     /// Entries whose owner or mode was changed.
@@ -134,7 +134,7 @@ enum Work {
     /// A directory that is not on the target (a block, a WAL checkpoint, a chunk snapshot):
     /// stage, fsync, rename into place.
     NewDir {
-        dir: String,
+        dir: RelPath,
         files: Vec<RelPath>,
         bytes: u64,
     },
@@ -224,7 +224,7 @@ struct Prepared {
     _lock: Option<crate::lock::Guard>,
     fixed: u64,
     /// New checkpoint/chunk-snapshot directories, staged and renamed in whole.
-    staged_dirs: Vec<String>,
+    staged_dirs: Vec<RelPath>,
 }
 
 /// Creates the path down to the TSDB root (parts created here get the target owner) and
@@ -258,7 +258,7 @@ fn prepare(
 
     // A new checkpoint or chunk snapshot directory is staged and renamed in whole, like a
     // block: a partial one under its final name would be loaded by Prometheus.
-    let staged_dirs: Vec<String> = if phase == Phase::Presync {
+    let staged_dirs: Vec<RelPath> = if phase == Phase::Presync {
         Vec::new()
     } else {
         plan.dirs
@@ -271,7 +271,7 @@ fn prepare(
         for d in plan
             .dirs
             .iter()
-            .filter(|d| !staged_dirs.contains(d) && !crate::relpath::is_below_any(d, &staged_dirs))
+            .filter(|d| !staged_dirs.contains(*d) && !crate::relpath::is_below_any(d, &staged_dirs))
         {
             fixed += u64::from(target.ensure_dir(Path::new(d))?);
         }
@@ -295,7 +295,7 @@ impl Dest<'_> {
 
 /// What one target needs copied, in order: blocks oldest first, then staged directories,
 /// then single files.
-fn work_of(plan: &MigrationPlan, phase: Phase, staged_dirs: &[String]) -> Vec<Work> {
+fn work_of(plan: &MigrationPlan, phase: Phase, staged_dirs: &[RelPath]) -> Vec<Work> {
     let mut work = Vec::new();
     let mut blocks: Vec<_> = plan
         .blocks
@@ -306,7 +306,7 @@ fn work_of(plan: &MigrationPlan, phase: Phase, staged_dirs: &[String]) -> Vec<Wo
     for b in blocks {
         if b.state == State::Copy {
             work.push(Work::NewDir {
-                dir: b.ulid.clone(),
+                dir: (&b.ulid).into(),
                 files: b.copy.clone(),
                 bytes: b.copy_bytes,
             });
@@ -1006,9 +1006,9 @@ fn one_file<'s>(
 /// Staged blocks still to be copied are kept and resumed.
 fn clean_leftovers(
     target: &dyn Target,
-    leftovers: &[String],
+    leftovers: &[RelPath],
     keep_staged: &BTreeSet<String>,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<Vec<RelPath>> {
     let mut cleaned = Vec::new();
     for rel in leftovers {
         let p = Path::new(rel);
@@ -1035,7 +1035,7 @@ fn clean_leftovers(
                             target.path(&stale).display()
                         )
                     })?;
-                    cleaned.push(format!("{rel}/{shown}"));
+                    cleaned.push(format!("{rel}/{shown}").into());
                 }
             }
         } else if target.stat(p).is_ok_and(|e| e.is_file) {
@@ -1054,7 +1054,7 @@ fn clean_leftovers(
 /// Fixes the owner and mode of the existing target entries the plan found wrong. Entries
 /// written by this run already got them when they were created. An entry that is gone
 /// (quarantined, replaced) is skipped. Returns how many were changed.
-fn fix_ownership(target: &dyn Target, rels: &[String]) -> anyhow::Result<u64> {
+fn fix_ownership(target: &dyn Target, rels: &[RelPath]) -> anyhow::Result<u64> {
     let mut fixed = 0u64;
     for rel in rels {
         let p = Path::new(rel);

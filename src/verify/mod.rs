@@ -16,6 +16,7 @@ use crate::perms;
 use crate::plan::inventory::{self, FileInfo, Inventory};
 use crate::plan::{self, Migration};
 use crate::progress::Progress;
+use crate::relpath::RelPath;
 use crate::source::Source;
 use crate::tsdb::{check, meta};
 use crate::units;
@@ -38,7 +39,7 @@ pub enum VerifyLevel {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Difference {
     /// Path relative to the TSDB root.
-    pub path: String,
+    pub path: RelPath,
     /// `-` missing on target, `+` extra on target, `*` differs, `!` error.
     pub sigil: char,
     /// What differs.
@@ -132,7 +133,7 @@ fn run_one(
     )?;
     let mut diffs = Vec::new();
     let d = |sigil: char, path: &str, detail: String| Difference {
-        path: path.to_string(),
+        path: path.into(),
         sigil,
         detail,
     };
@@ -304,7 +305,7 @@ fn busy(m: &Migration, level: VerifyLevel, h: crate::lock::Holder, start: Instan
         cluster_warnings: Vec::new(),
         plan: None,
         differences: vec![Difference {
-            path: String::new(),
+            path: RelPath::default(),
             sigil: '!',
             detail: format!(
                 "an apply is in progress on this target ({h}): its state is not a result; verify again once it has finished"
@@ -322,12 +323,12 @@ fn compare_file<'a>(
 ) {
     match t {
         None => diffs.push(Difference {
-            path: s.rel.to_string(),
+            path: s.rel.clone(),
             sigil: '-',
             detail: "missing on the target".into(),
         }),
         Some(t) if t.size != s.size => diffs.push(Difference {
-            path: s.rel.to_string(),
+            path: s.rel.clone(),
             sigil: '*',
             detail: format!("size {} on the source, {} on the target", s.size, t.size),
         }),
@@ -340,7 +341,7 @@ fn ownership(tgt: &Inventory, m: &Migration, diffs: &mut Vec<Difference>) {
     for a in &tgt.attrs {
         if let Some(problem) = perms::problem_of(a.uid, a.gid, a.mode, m.owner) {
             let path = if a.rel.is_empty() {
-                "./".to_string()
+                "./".into()
             } else {
                 a.rel.clone()
             };
@@ -421,7 +422,7 @@ fn hash_pairs(
                 (_, Err(e)) => ('!', format!("cannot read the target: {e}")),
             };
             Some(Difference {
-                path: s.rel.to_string(),
+                path: s.rel.clone(),
                 sigil,
                 detail,
             })

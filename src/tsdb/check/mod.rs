@@ -24,6 +24,7 @@ use serde::Serialize;
 
 use crate::plan::inventory::Inventory;
 use crate::progress::Progress;
+use crate::relpath::RelPath;
 use crate::tsdb;
 
 /// How deep to look.
@@ -123,7 +124,7 @@ impl Effect {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Problem {
     /// Path relative to the TSDB root.
-    pub path: String,
+    pub path: RelPath,
     /// Where in the file (section, offset), or empty.
     pub location: String,
     /// What is wrong.
@@ -145,7 +146,7 @@ impl Ord for Effect {
 
 impl Problem {
     fn new(
-        path: impl Into<String>,
+        path: impl Into<RelPath>,
         location: impl Into<String>,
         problem: impl Into<String>,
         effect: Effect,
@@ -479,8 +480,8 @@ fn contiguity(
 /// The WAL-format directories Prometheus reads: `wal`, `wbl`, the newest
 /// `wal/checkpoint.N` and the newest `chunk_snapshot.N.M` (older checkpoints and snapshots
 /// are never read; Prometheus deletes them later).
-fn wal_dirs(inv: &Inventory) -> Vec<(String, wal::Kind)> {
-    let mut dirs: Vec<(String, wal::Kind)> = inv
+fn wal_dirs(inv: &Inventory) -> Vec<(RelPath, wal::Kind)> {
+    let mut dirs: Vec<(RelPath, wal::Kind)> = inv
         .dirs
         .iter()
         .filter(|d| *d == "wal" || *d == "wbl")
@@ -502,7 +503,7 @@ fn wal_dirs(inv: &Inventory) -> Vec<(String, wal::Kind)> {
 
 /// The chunk snapshot Prometheus loads: the `chunk_snapshot.<index>.<offset>` with the
 /// highest (index, offset), as tsdb's LastChunkSnapshot picks it.
-pub fn newest_snapshot(inv: &Inventory) -> Option<String> {
+pub fn newest_snapshot(inv: &Inventory) -> Option<RelPath> {
     inv.dirs
         .iter()
         .filter_map(|d| Some((snapshot_position(d)?, d.clone())))
@@ -593,7 +594,10 @@ mod tests {
         std::fs::create_dir_all(&snap).unwrap();
         std::fs::write(snap.join("00000000"), wal_segment(&[b"snapshot"])).unwrap();
         let effects = |dir: &std::path::Path| -> Vec<(String, Effect)> {
-            deep(dir).into_iter().map(|p| (p.path, p.effect)).collect()
+            deep(dir)
+                .into_iter()
+                .map(|p| (p.path.to_string(), p.effect))
+                .collect()
         };
         let covered = vec![
             ("wal/00000003".to_string(), Effect::CoveredBySnapshot),
