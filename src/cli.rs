@@ -48,6 +48,10 @@ pub enum Command {
     Man,
     /// Print the JSON Schema of the plan file (for editor validation).
     Schema,
+    /// Serve a driving promigrate on stdin/stdout (run by promigrate in a receiver pod
+    /// beside the target volume; not for use by hand).
+    #[command(hide = true)]
+    Receive,
 }
 
 /// The command line as parsed: as `promigrate`, or as the kubectl plugin `kubectl-promigrate`

@@ -80,7 +80,7 @@ pub fn is_within(inner: &Path, outer: &Path) -> bool {
 }
 
 /// A modification time with nanoseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MTime {
     /// Seconds since the epoch.
     pub sec: i64,

@@ -25,6 +25,7 @@ pub mod progress;
 pub mod promversion;
 pub mod record;
 pub mod relpath;
+pub mod remote;
 pub mod retry;
 pub mod source;
 pub mod ssh;
@@ -46,7 +47,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Code> {
         Command::Apply(a) => a.common.output,
         Command::Verify(a) => a.common.output,
         Command::Inspect(a) => a.output,
-        Command::Completions { .. } | Command::Man | Command::Schema => Output::Text,
+        Command::Completions { .. } | Command::Man | Command::Schema | Command::Receive => {
+            Output::Text
+        }
     };
     let outcome = match &cli.command {
         Command::Plan(a) => commands::plan::run(a),
@@ -56,6 +59,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Code> {
         Command::Completions { shell } => commands::generate::completions(*shell),
         Command::Man => commands::generate::man(),
         Command::Schema => commands::generate::schema(),
+        Command::Receive => commands::receive::run(),
     };
     commands::finish(outcome, output)
 }

@@ -10,6 +10,7 @@ pub mod apply;
 pub mod generate;
 pub mod inspect;
 pub mod plan;
+pub mod receive;
 pub mod verify;
 
 use std::io::Write;

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 /// The owner every target entry must have: `runAsUser:fsGroup`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Owner {
     /// `securityContext.runAsUser`.
     pub uid: u32,

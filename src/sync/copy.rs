@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::perms::{self, Owner};
+use crate::perms::Owner;
 use crate::progress::Progress;
 use crate::source::Source;
 use crate::ssh::stream::{self, SshPipe, TarStream};
@@ -385,23 +385,8 @@ fn finish_outputs(
     durable: bool,
 ) -> Result<(), CopyError> {
     for (output, o) in outputs.iter().zip(outs) {
-        let owner = o.owner();
-        std::os::unix::fs::fchown(output, Some(owner.uid), Some(owner.gid)).map_err(|e| {
-            CopyError::Target {
-                path: o.path(),
-                cause: io::Error::other(perms::explain(&o.path(), &e, owner)),
-            }
-        })?;
-        output
-            .set_permissions(std::fs::Permissions::from_mode(perms::file_mode_from(
-                src_mode,
-            )))
+        crate::volume::finish_file(output, &o.path(), o.owner(), src_mode, times, durable)
             .map_err(|e| dst_err(o.path(), e))?;
-        if durable {
-            output.sync_all().map_err(|e| dst_err(o.path(), e))?;
-            drop_cache(output);
-        }
-        output.set_times(times).map_err(|e| dst_err(o.path(), e))?;
     }
     Ok(())
 }

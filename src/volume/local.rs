@@ -120,6 +120,41 @@ impl Local {
     }
 }
 
+impl Local {
+    /// Opens a file to go on writing where an interrupted transfer stopped (created if
+    /// missing, never truncated), mode 0600 until it is complete.
+    pub fn open_to_resume(&self, rel: &Path) -> io::Result<File> {
+        self.open_at(rel, OFlag::O_WRONLY | OFlag::O_CREAT, 0o600)
+            .map(File::from)
+    }
+}
+
+/// Finishes a written file: the owner (a failure explained), the mode promigrate gives a
+/// copy of a source file with `src_mode`, with `durable` an fsync (and the pages dropped
+/// from the cache), and only then `times`: the source's mtime is the mark a resumed run
+/// takes as "complete", so it must never reach the disk before the data. `shown` names the
+/// file in messages.
+pub fn finish_file(
+    f: &File,
+    shown: &Path,
+    owner: Owner,
+    src_mode: u32,
+    times: std::fs::FileTimes,
+    durable: bool,
+) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::fchown(f, Some(owner.uid), Some(owner.gid))
+        .map_err(|e| io::Error::other(perms::explain(shown, &e, owner)))?;
+    f.set_permissions(std::fs::Permissions::from_mode(perms::file_mode_from(
+        src_mode,
+    )))?;
+    if durable {
+        f.sync_all()?;
+        crate::cache::dontneed(f, 0, 0);
+    }
+    f.set_times(times)
+}
+
 impl Target for Local {
     fn root(&self) -> &Path {
         &self.root

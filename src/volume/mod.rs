@@ -25,7 +25,7 @@ use crate::lock::Guard;
 use crate::perms::Owner;
 
 pub use dry_run::DryRun;
-pub use local::Local;
+pub use local::{Local, finish_file};
 
 /// What is at a path of the target (never a link: links are refused).
 #[derive(Debug, Clone, Copy)]

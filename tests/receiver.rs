@@ -1,0 +1,251 @@
+//! The receiver protocol against the real binary: `promigrate receive` started as a child
+//! process, driven over its stdin/stdout as a pod's exec stream would carry it.
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use promigrate::fsutil::MTime;
+use promigrate::perms::Owner;
+use promigrate::remote::client::Receiver;
+use promigrate::remote::frame;
+use promigrate::remote::msg::Request;
+
+const OWNER: Owner = Owner {
+    uid: 1000,
+    gid: 2000,
+};
+
+/// A receiver process and the driver's connection to it.
+struct Running {
+    child: Child,
+    rx: Receiver,
+}
+
+fn start() -> Running {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_promigrate"))
+        .arg("receive")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start promigrate receive");
+    let out = child.stdout.take().unwrap();
+    let inp = child.stdin.take().unwrap();
+    let rx = Receiver::connect("a test receiver", Box::new(out), Box::new(inp))
+        .expect("receiver says hello");
+    Running { child, rx }
+}
+
+/// A volume: `mount`, with the TSDB directory `db` below it.
+fn volume() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let mount = d.path().join("vol");
+    let root = mount.join("db");
+    std::fs::create_dir_all(&root).unwrap();
+    (d, mount, root)
+}
+
+fn content(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn wait_exit(mut child: Child) -> (std::process::ExitStatus, String) {
+    let mut err = String::new();
+    let st = child.wait().unwrap();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (st, err)
+}
+
+#[test]
+fn a_file_is_staged_written_finished_and_renamed_through_the_receiver() {
+    let (_d, mount, root) = volume();
+    let Running { child, rx } = start();
+    rx.open(mount.clone(), root.clone(), OWNER).unwrap();
+    rx.call(&Request::Lock).unwrap();
+    rx.call(&Request::MakeDirs {
+        rel: ".promigrate-staging/01ABC/chunks".into(),
+    })
+    .unwrap();
+    let data = content(9 << 20); // more than one data frame
+    let h = rx
+        .create(".promigrate-staging/01ABC/chunks/000001", false)
+        .unwrap();
+    assert_eq!(h.offset, 0);
+    rx.write_at(h.id, 0, &data).unwrap();
+    let mtime = MTime {
+        sec: 1_700_000_000,
+        nsec: 123_000_000,
+    };
+    rx.finish(h, 0o100644, Some(mtime), true).unwrap();
+    rx.call(&Request::Rename {
+        from: ".promigrate-staging/01ABC".into(),
+        to: "01ABC".into(),
+    })
+    .unwrap();
+    let e = rx.stat("01ABC/chunks/000001").unwrap();
+    assert!(e.is_file && e.size == data.len() as u64);
+    assert_eq!((e.uid, e.gid, e.mtime), (1000, 2000, mtime));
+    assert_eq!(
+        e.mode & 0o7777,
+        promigrate::perms::file_mode_from(0o100644) & 0o7777
+    );
+    let names = rx.list("01ABC/chunks").unwrap();
+    assert_eq!(names, vec![std::ffi::OsString::from("000001")]);
+    // What the receiver says is what is on the volume.
+    let p = root.join("01ABC/chunks/000001");
+    assert_eq!(std::fs::read(&p).unwrap(), data);
+    assert_eq!(std::fs::metadata(&p).unwrap().uid(), 1000);
+    drop(rx);
+    let (st, err) = wait_exit(child);
+    assert!(
+        st.success(),
+        "the receiver ends cleanly with its stream: {err}"
+    );
+}
+
+#[test]
+fn a_cut_stream_leaves_the_file_unfinished_and_a_resume_continues_at_its_offset() {
+    let (_d, mount, root) = volume();
+    let data = content(5 << 20);
+    let half = 3 << 20;
+    // First run: half the file, then the stream is cut inside a data frame (the driver
+    // was killed while writing).
+    {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_promigrate"))
+            .arg("receive")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let mut inp = child.stdin.take().unwrap();
+        let (tx, rx_pipe) = std::sync::mpsc::channel::<Vec<u8>>();
+        // The driver writes through a channel, so the test can cut the bytes it sends.
+        let writer = std::thread::spawn(move || {
+            for b in rx_pipe {
+                if inp.write_all(&b).is_err() {
+                    break;
+                }
+                let _ = inp.flush();
+            }
+        });
+        struct Chan(std::sync::mpsc::Sender<Vec<u8>>);
+        impl Write for Chan {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.send(b.to_vec()).map_err(std::io::Error::other)?;
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let rx = Receiver::connect("first", Box::new(out), Box::new(Chan(tx.clone()))).unwrap();
+        rx.open(mount.clone(), root.clone(), OWNER).unwrap();
+        let h = rx.create("wal.tmp", false).unwrap();
+        rx.write_at(h.id, 0, &data[..half]).unwrap();
+        // A request flushes the data before it; the reply says the receiver has it all.
+        rx.stat("wal.tmp").unwrap();
+        // Half a frame, then the end of the stream.
+        let mut torn = Vec::new();
+        frame::write_frame_parts(
+            &mut torn,
+            frame::Kind::Data,
+            h.id,
+            &[&(half as u64).to_le_bytes(), &data[half..]],
+        )
+        .unwrap();
+        tx.send(torn[..torn.len() / 2].to_vec()).unwrap();
+        drop(tx);
+        drop(rx);
+        writer.join().unwrap();
+        let (st, err) = wait_exit(child);
+        assert!(!st.success(), "a torn stream is an error");
+        assert!(err.contains("cut inside a frame"), "{err}");
+    }
+    // Nothing of the torn frame was written, and the file is not finished.
+    let p = root.join("wal.tmp");
+    let meta = std::fs::metadata(&p).unwrap();
+    assert_eq!(meta.len(), half as u64);
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read(&p).unwrap(), &data[..half]);
+
+    // Second run: resume from what is there.
+    let Running { child, rx } = start();
+    rx.open(mount, root.clone(), OWNER).unwrap();
+    let h = rx.create("wal.tmp", true).unwrap();
+    assert_eq!(h.offset, half as u64, "resumes at what the file holds");
+    rx.write_at(h.id, h.offset, &data[h.offset as usize..])
+        .unwrap();
+    rx.finish(h, 0o100644, None, true).unwrap();
+    assert_eq!(
+        std::fs::read(&p).unwrap(),
+        data,
+        "byte-equal after the resume"
+    );
+    drop(rx);
+    assert!(wait_exit(child).0.success());
+}
+
+#[test]
+fn the_receivers_errors_name_the_path_and_keep_their_kind() {
+    let (_d, mount, root) = volume();
+    let outside = mount.parent().unwrap().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("wal")).unwrap();
+    let Running { child, rx } = start();
+    // Before open: a clear refusal, not a crash.
+    let e = rx.stat("x").unwrap_err();
+    assert!(e.to_string().contains("open comes first"), "{e}");
+    rx.open(mount.clone(), root.clone(), OWNER).unwrap();
+    let e = rx.stat("missing").unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+    // Never through a link.
+    let e = rx.create("wal/00000001", false).unwrap_err();
+    assert!(
+        !outside.join("00000001").exists(),
+        "nothing written through the link: {e}"
+    );
+    // A second driver's lock on the same directory is refused while the first holds it.
+    rx.call(&Request::Lock).unwrap();
+    let other = start();
+    other.rx.open(mount.clone(), root.clone(), OWNER).unwrap();
+    let e = other.rx.call(&Request::Lock).unwrap_err();
+    assert!(e.to_string().contains("another promigrate"), "{e}");
+    drop(other.rx);
+    assert!(wait_exit(other.child).0.success());
+    drop(rx);
+    assert!(wait_exit(child).0.success());
+    assert!(Path::new(&root).exists());
+}
+
+#[test]
+fn a_stream_that_is_not_a_receiver_is_named() {
+    // What `kubectl exec` gives when the image has no promigrate where it was put.
+    let mut child = Command::new("sh")
+        .args(["-c", "echo 'sh: /tmp/promigrate: not found'; exit 127"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let inp = child.stdin.take().unwrap();
+    let e = match Receiver::connect("pod monitoring/rx", Box::new(out), Box::new(inp)) {
+        Ok(_) => panic!("connected to a shell"),
+        Err(e) => e,
+    };
+    let _ = child.wait();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("pod monitoring/rx") && msg.contains("not found"),
+        "{msg}"
+    );
+}
