@@ -88,3 +88,19 @@ pub fn dontneed(f: &File, off: u64, len: u64) {
         PosixFadviseAdvice::POSIX_FADV_DONTNEED,
     );
 }
+
+/// Starts writeback of a just-written range, so the fsync before publishing finds little
+/// left to do and dirty pages do not pile up.
+pub fn start_writeback(f: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range only reads its integer arguments; the descriptor is owned by
+    // `f`, which outlives the call. A failure only loses the hint, so it is ignored.
+    unsafe {
+        libc::sync_file_range(
+            f.as_raw_fd(),
+            offset as i64,
+            len as i64,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}

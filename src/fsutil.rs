@@ -12,7 +12,7 @@ use nix::sys::statfs::{NFS_SUPER_MAGIC, statfs};
 use nix::sys::statvfs::{FsFlags, statvfs};
 
 /// Free space, inodes, flags and type of the filesystem holding a path.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FsInfo {
     /// Bytes available to unprivileged users (`f_bavail * f_frsize`).
     pub free_bytes: u64,

@@ -11,7 +11,32 @@ use std::path::Path;
 use nix::fcntl::{Flock, FlockArg};
 
 /// A held lock; released when dropped.
-pub type Guard = Flock<File>;
+pub struct Guard(Held);
+
+/// What holds a lock (held, never read: dropping it releases the lock).
+#[allow(dead_code)]
+enum Held {
+    /// A flock on the directory here.
+    Flock(Flock<File>),
+    /// A lock held elsewhere (by a receiver), released by dropping this.
+    Elsewhere(Box<dyn Send + Sync>),
+}
+
+impl Guard {
+    /// A lock held elsewhere, released when `release` is dropped.
+    pub fn elsewhere(release: Box<dyn Send + Sync>) -> Guard {
+        Guard(Held::Elsewhere(release))
+    }
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Held::Flock(_) => "Guard(flock)",
+            Held::Elsewhere(_) => "Guard(elsewhere)",
+        })
+    }
+}
 
 /// Who holds a lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,19 +95,21 @@ pub fn exclusive_open(file: File, dir: &Path) -> Result<Guard, LockError> {
 }
 
 fn take_open(file: File, dir: &Path, how: FlockArg) -> Result<Guard, LockError> {
-    Flock::lock(file, how).map_err(|(_, errno)| {
-        if errno == nix::errno::Errno::EWOULDBLOCK {
-            LockError::Busy(holder(dir).unwrap_or(Holder {
-                pid: None,
-                since: None,
-            }))
-        } else {
-            LockError::Io {
-                path: dir.display().to_string(),
-                source: errno.into(),
+    Flock::lock(file, how)
+        .map(|f| Guard(Held::Flock(f)))
+        .map_err(|(_, errno)| {
+            if errno == nix::errno::Errno::EWOULDBLOCK {
+                LockError::Busy(holder(dir).unwrap_or(Holder {
+                    pid: None,
+                    since: None,
+                }))
+            } else {
+                LockError::Io {
+                    path: dir.display().to_string(),
+                    source: errno.into(),
+                }
             }
-        }
-    })
+        })
 }
 
 /// Takes the exclusive lock of a directory (an apply writing it), without waiting.

@@ -6,7 +6,18 @@
 /// A path relative to a TSDB directory (see the module docs): what inventories and plans
 /// name files by. Reads as a `str` (`Deref`), is looked up in maps by `&str` (`Borrow`),
 /// and serializes as the string.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct RelPath(String);
 

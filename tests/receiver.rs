@@ -1,5 +1,8 @@
 //! The receiver protocol against the real binary: `promigrate receive` started as a child
-//! process, driven over its stdin/stdout as a pod's exec stream would carry it.
+//! process, driven over its stdin/stdout as a pod's exec stream would carry it; and plan,
+//! apply and verify through such a receiver (`PROMIGRATE_RECEIVER_COMMAND`).
+
+mod common;
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -11,6 +14,7 @@ use promigrate::perms::Owner;
 use promigrate::remote::client::Receiver;
 use promigrate::remote::frame;
 use promigrate::remote::msg::Request;
+use promigrate::volume::Times;
 
 const OWNER: Owner = Owner {
     uid: 1000,
@@ -68,7 +72,7 @@ fn wait_exit(mut child: Child) -> (std::process::ExitStatus, String) {
 fn a_file_is_staged_written_finished_and_renamed_through_the_receiver() {
     let (_d, mount, root) = volume();
     let Running { child, rx } = start();
-    rx.open(mount.clone(), root.clone(), OWNER).unwrap();
+    rx.open(mount.clone(), root.clone(), OWNER, false).unwrap();
     rx.call(&Request::Lock).unwrap();
     rx.call(&Request::MakeDirs {
         rel: ".promigrate-staging/01ABC/chunks".into(),
@@ -84,7 +88,8 @@ fn a_file_is_staged_written_finished_and_renamed_through_the_receiver() {
         sec: 1_700_000_000,
         nsec: 123_000_000,
     };
-    rx.finish(h, 0o100644, Some(mtime), true).unwrap();
+    rx.finish(h, 0o100644, Some(Times::both(mtime)), true)
+        .unwrap();
     rx.call(&Request::Rename {
         from: ".promigrate-staging/01ABC".into(),
         to: "01ABC".into(),
@@ -149,7 +154,7 @@ fn a_cut_stream_leaves_the_file_unfinished_and_a_resume_continues_at_its_offset(
             }
         }
         let rx = Receiver::connect("first", Box::new(out), Box::new(Chan(tx.clone()))).unwrap();
-        rx.open(mount.clone(), root.clone(), OWNER).unwrap();
+        rx.open(mount.clone(), root.clone(), OWNER, false).unwrap();
         let h = rx.create("wal.tmp", false).unwrap();
         rx.write_at(h.id, 0, &data[..half]).unwrap();
         // A request flushes the data before it; the reply says the receiver has it all.
@@ -180,7 +185,7 @@ fn a_cut_stream_leaves_the_file_unfinished_and_a_resume_continues_at_its_offset(
 
     // Second run: resume from what is there.
     let Running { child, rx } = start();
-    rx.open(mount, root.clone(), OWNER).unwrap();
+    rx.open(mount, root.clone(), OWNER, false).unwrap();
     let h = rx.create("wal.tmp", true).unwrap();
     assert_eq!(h.offset, half as u64, "resumes at what the file holds");
     rx.write_at(h.id, h.offset, &data[h.offset as usize..])
@@ -205,7 +210,7 @@ fn the_receivers_errors_name_the_path_and_keep_their_kind() {
     // Before open: a clear refusal, not a crash.
     let e = rx.stat("x").unwrap_err();
     assert!(e.to_string().contains("open comes first"), "{e}");
-    rx.open(mount.clone(), root.clone(), OWNER).unwrap();
+    rx.open(mount.clone(), root.clone(), OWNER, false).unwrap();
     let e = rx.stat("missing").unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
     // Never through a link.
@@ -217,7 +222,10 @@ fn the_receivers_errors_name_the_path_and_keep_their_kind() {
     // A second driver's lock on the same directory is refused while the first holds it.
     rx.call(&Request::Lock).unwrap();
     let other = start();
-    other.rx.open(mount.clone(), root.clone(), OWNER).unwrap();
+    other
+        .rx
+        .open(mount.clone(), root.clone(), OWNER, false)
+        .unwrap();
     let e = other.rx.call(&Request::Lock).unwrap_err();
     assert!(e.to_string().contains("another promigrate"), "{e}");
     drop(other.rx);
@@ -248,4 +256,94 @@ fn a_stream_that_is_not_a_receiver_is_named() {
         msg.contains("pod monitoring/rx") && msg.contains("not found"),
         "{msg}"
     );
+}
+
+/// Runs promigrate on `ws` with every target reached through `promigrate receive`.
+fn through_receiver(ws: &common::Workspace, args: &[&str]) -> (i32, String, String) {
+    let mut c = ws.cmd(args);
+    c.env(
+        promigrate::remote::COMMAND_ENV,
+        format!("exec {} receive", env!("CARGO_BIN_EXE_promigrate")),
+    );
+    common::run(c)
+}
+
+#[test]
+fn plan_apply_and_verify_through_a_receiver_end_byte_equal() {
+    let ws = common::Workspace::new();
+    let (code, out, err) = through_receiver(&ws, &["plan"]);
+    assert_eq!(code, 0, "plan: {out}\n{err}");
+    assert!(
+        out.contains("receiver 1"),
+        "the target is named by its receiver: {out}"
+    );
+    // The dry run is the engine, recorded by the receiver: it lists writes, makes none.
+    let (code, out, err) = through_receiver(&ws, &["apply", "--dry-run"]);
+    assert_eq!(code, 0, "dry run: {out}\n{err}");
+    assert!(out.contains("write"), "the dry run lists the writes: {out}");
+    assert!(
+        common::files_below(&ws.mount).next().is_none(),
+        "a dry run writes nothing"
+    );
+    let (code, out, err) = through_receiver(&ws, &["apply", "--yes"]);
+    assert_eq!(code, 0, "apply: {out}\n{err}");
+    let mut want = common::content_hashes(&ws.source);
+    want.remove("queries.active"); // Prometheus's runtime file, never copied
+    assert_eq!(common::content_hashes(&ws.target()), want, "byte-equal");
+    for f in common::files_below(&ws.target()) {
+        let md = f.1.metadata().unwrap();
+        assert_eq!((md.uid(), md.gid()), (1000, 2000), "{}", f.0);
+    }
+    // A rerun has nothing to do; verify (deep: the checks run in the receiver) says go.
+    let (code, out, err) = through_receiver(&ws, &["apply", "--yes"]);
+    assert_eq!(code, 0, "rerun: {out}\n{err}");
+    let (code, out, err) = through_receiver(&ws, &["verify", "--level", "deep"]);
+    assert_eq!(code, 0, "verify: {out}\n{err}");
+    // A flipped byte on the target is found by the receiver's hashes.
+    let block = common::some_block(&ws.target());
+    common::flip_byte_keeping_mtime(&block.join("index"), 100);
+    let (code, out, _) = through_receiver(&ws, &["verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("content differs"), "{out}");
+}
+
+#[test]
+fn an_apply_killed_mid_copy_through_a_receiver_is_resumed_by_a_rerun() {
+    let ws = common::Workspace::new();
+    let total: u64 = common::files_below(&ws.source)
+        .map(|(_, e)| e.metadata().unwrap().len())
+        .sum();
+    // About 4 s of copying at this limit; killed after 1.5 s.
+    let rate = format!("{}K", (total / 1024 / 4).max(8));
+    let mut child = ws.cmd(&["apply", "--yes", "--bwlimit", &rate]);
+    child.env(
+        promigrate::remote::COMMAND_ENV,
+        format!("exec {} receive", env!("CARGO_BIN_EXE_promigrate")),
+    );
+    let mut child = child
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "apply ended before the kill: the test would prove nothing"
+    );
+    child.kill().unwrap(); // SIGKILL: the receiver sees its stream end
+    child.wait().unwrap();
+    assert!(ws.target().exists(), "apply had not started writing");
+    let mut want = common::content_hashes(&ws.source);
+    want.remove("queries.active");
+    assert_ne!(
+        common::content_hashes(&ws.target()),
+        want,
+        "the kill came after the copy had finished: the test would prove nothing"
+    );
+    let (code, out, err) = through_receiver(&ws, &["apply", "--yes"]);
+    assert_eq!(code, 0, "rerun: {out}\n{err}");
+    assert_eq!(common::content_hashes(&ws.target()), want, "byte-equal");
+    common::assert_no_temp_files(&ws.target(), "after the rerun");
+    let (code, out, err) = through_receiver(&ws, &["verify"]);
+    assert_eq!(code, 0, "verify: {out}\n{err}");
 }

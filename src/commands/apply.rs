@@ -89,7 +89,7 @@ impl ApplyOutput {
 /// gateway is set.
 pub fn run(a: &ApplyArgs) -> Outcome {
     let started = jiff::Timestamp::now();
-    let (deadline, rt, m) = match prepare(a, started) {
+    let (deadline, rt, m, _receivers) = match prepare(a, started) {
         Ok(p) => p,
         Err(e) => return Outcome::bare(Err(e)),
     };
@@ -125,7 +125,8 @@ pub fn run(a: &ApplyArgs) -> Outcome {
 }
 
 /// What comes before apply reads anything: the deadline (counted from `started`), the
-/// check that it can ask, the runtime and the plan file.
+/// check that it can ask, the runtime, the plan file and the targets' receivers (kept
+/// until apply ends).
 fn prepare(
     a: &ApplyArgs,
     started: jiff::Timestamp,
@@ -133,6 +134,7 @@ fn prepare(
     Option<cli::ResolvedDeadline>,
     tokio::runtime::Runtime,
     plan::Migration,
+    crate::remote::Attached,
 )> {
     // The deadline counts from now, before anything is read or changed.
     let deadline = a.deadline.map(|d| d.resolve(started)).transpose()?;
@@ -143,8 +145,8 @@ fn prepare(
         .into());
     }
     let rt = runtime()?;
-    let m = load(&rt, &a.common.file)?;
-    Ok((deadline, rt, m))
+    let (m, receivers) = load(&rt, &a.common.file)?;
+    Ok((deadline, rt, m, receivers))
 }
 
 /// Applies, filling in `out`, and writes the run record (not for a dry run). The outer

@@ -241,14 +241,19 @@ fn check_cancel(cancel: &AtomicBool, what: &str) -> anyhow::Result<()> {
 
 /// Reads and resolves the plan file; what a Kubernetes target leaves out (the names the
 /// operator gives, the pod's owner and subPath) is read from its cluster.
-fn load(rt: &tokio::runtime::Runtime, file: &std::path::Path) -> anyhow::Result<Migration> {
+fn load(
+    rt: &tokio::runtime::Runtime,
+    file: &std::path::Path,
+) -> anyhow::Result<(Migration, crate::remote::Attached)> {
     let derive = |k: &KubeTarget, wants| {
         rt.block_on(async {
             let cluster = k8s::connect(k).await?;
             k8s::server::derive(&cluster, k, wants).await
         })
     };
-    crate::plan::file::load(file, &derive)
+    let mut m = crate::plan::file::load(file, &derive)?;
+    let attached = crate::remote::attach(&mut m)?;
+    Ok((m, attached))
 }
 
 /// Builds the plan of every target volume, scanning the source once.

@@ -72,10 +72,10 @@ pub fn run(a: &VerifyArgs) -> Outcome {
     let started = jiff::Timestamp::now();
     let loaded = runtime().and_then(|rt| {
         let cancel = cancel_on_signal(&rt);
-        let m = load(&rt, &a.common.file)?;
-        Ok((rt, cancel, m))
+        let (m, receivers) = load(&rt, &a.common.file)?;
+        Ok((rt, cancel, m, receivers))
     });
-    let (rt, cancel, m) = match loaded {
+    let (rt, cancel, m, _receivers) = match loaded {
         Ok(l) => l,
         Err(e) => return Outcome::bare(Err(e)),
     };

@@ -9,7 +9,7 @@ use super::diff::{self, State};
 use super::file::Migration;
 use super::inventory::{self, FileInfo, Inventory};
 use super::policy::{count, extraneous, left_out, phases};
-use super::{BlockPlan, Compare, FilePlan, MigrationPlan, PlanStats, Selection, preflight};
+use super::{BlockPlan, Compare, FilePlan, MigrationPlan, PlanStats, Selection, Survey, preflight};
 use crate::fsutil;
 use crate::progress::Progress;
 use crate::relpath::RelPath;
@@ -122,7 +122,9 @@ pub fn build(
 ) -> anyhow::Result<Vec<MigrationPlan>> {
     let (src, facts) = scan_and_check(m)?;
     let mut plans = Vec::with_capacity(m.targets.len());
+    let mut devs = Vec::with_capacity(m.targets.len());
     for view in m.views() {
+        devs.push(view.survey().device());
         plans.push(
             build_from(
                 &view,
@@ -135,18 +137,13 @@ pub fn build(
             .0,
         );
     }
-    shared_filesystems(&mut plans);
+    shared_filesystems(&mut plans, &devs);
     Ok(plans)
 }
 
 /// Targets on one filesystem share its free space: a blocker on each when together they
 /// need more than there is.
-fn shared_filesystems(plans: &mut [MigrationPlan]) {
-    use std::os::unix::fs::MetadataExt;
-    let devs: Vec<Option<u64>> = plans
-        .iter()
-        .map(|p| std::fs::metadata(&p.mount).ok().map(|md| md.dev()))
-        .collect();
+fn shared_filesystems(plans: &mut [MigrationPlan], devs: &[Option<u64>]) {
     for i in 0..plans.len() {
         let Some(dev) = devs[i] else { continue };
         let same: Vec<usize> = (0..plans.len()).filter(|j| devs[*j] == Some(dev)).collect();
@@ -187,34 +184,26 @@ pub fn build_from(
     compare: Compare,
     progress_for: ProgressFor,
 ) -> anyhow::Result<(MigrationPlan, Inventory, Inventory)> {
-    let tgt = inventory::scan_with(&m.target_root, target_depth)?;
+    let survey = m.survey();
+    let shown = survey.shown().to_path_buf();
+    let tgt = survey.scan(target_depth)?;
     let mut warnings = Vec::new();
     let mut blockers = Vec::new();
 
     // Source and target must not contain each other: a copy would recurse or eat its source.
-    let (cs, ct) = (
-        fsutil::canonical_lenient(&m.source),
-        fsutil::canonical_lenient(&m.target_root),
-    );
     let local = m.src.ssh().is_none();
-    if local && (fsutil::is_within(&ct, &cs) || fsutil::is_within(&cs, &ct)) {
-        blockers.push(format!(
-            "source {} and target {} overlap (one is inside the other): choose a target outside the source",
-            cs.display(),
-            ct.display()
-        ));
+    if let (true, Some(ct)) = (local, survey.here()) {
+        let cs = fsutil::canonical_lenient(&m.source);
+        if fsutil::is_within(&ct, &cs) || fsutil::is_within(&cs, &ct) {
+            blockers.push(format!(
+                "source {} and target {} overlap (one is inside the other): choose a target outside the source",
+                cs.display(),
+                ct.display()
+            ));
+        }
     }
-    // Never write through a link: a subPath that resolves outside the volume, or a symlink
-    // where promigrate would write, could lead the copy (and the chown) out of the target.
-    let mount = fsutil::canonical_lenient(&m.target_mount);
-    if !fsutil::is_within(&ct, &mount) {
-        blockers.push(format!(
-            "target {} resolves to {}, outside the volume mounted at {}: a symlink in subPath leads out of the volume; remove it",
-            m.target_root.display(),
-            ct.display(),
-            mount.display()
-        ));
-    }
+    // Never write through a link or across a mount point (see Survey::layout_blockers).
+    blockers.extend(survey.layout_blockers());
     for link in tgt
         .excluded
         .iter()
@@ -222,7 +211,7 @@ pub fn build_from(
     {
         blockers.push(format!(
             "the target has a symbolic link at {}: promigrate never writes through links; remove it (or choose another target)",
-            m.target_root.join(&link.rel).display()
+            shown.join(&link.rel).display()
         ));
     }
     if let Some(t) = m.targets.first().filter(|t| t.mount_given != t.mount) {
@@ -232,28 +221,7 @@ pub fn build_from(
             t.mount.display()
         ));
     }
-    // path/subPath, and every directory on the way down from the mount, must be a real one.
-    let mut cur = m.target_mount.clone();
-    for c in m
-        .target_root
-        .strip_prefix(&m.target_mount)
-        .unwrap_or(std::path::Path::new(""))
-        .components()
-    {
-        cur.push(c);
-        if let Ok(md) = std::fs::symlink_metadata(&cur)
-            && md.file_type().is_symlink()
-        {
-            blockers.push(format!(
-                "{} in the target's path {} is a symbolic link (to {}): promigrate never writes, chowns or chmods through links; set target.subPath to the real directory, or replace the link with it",
-                cur.display(),
-                m.target_root.display(),
-                std::fs::read_link(&cur).map_or("?".into(), |l| l.display().to_string())
-            ));
-            break;
-        }
-    }
-    if let Some(h) = crate::lock::writer(&m.target_root) {
+    if let Some(h) = survey.writer() {
         blockers.push(format!(
             "an apply is in progress on this target ({h}): wait for it to finish, then plan again"
         ));
@@ -379,7 +347,7 @@ pub fn build_from(
     // Hashed from the source itself, never from the scan's snapshot.
     let content = content_differs(
         facts.scanned.live(),
-        &m.target_root,
+        survey.as_ref(),
         &same_size_and_mtime,
         m.parallelism,
         &facts.hashes,
@@ -411,7 +379,9 @@ pub fn build_from(
                     diff::State::Identical
                 }
             }
-            diff::State::Identical if small_file_differs(m, &facts.scanned, &f.rel) => {
+            diff::State::Identical
+                if small_file_differs(survey.as_ref(), &facts.scanned, &f.rel) =>
+            {
                 diff::State::Differs
             }
             s => s,
@@ -537,7 +507,15 @@ pub fn build_from(
     let in_source: std::collections::BTreeSet<&str> =
         src.blocks.keys().map(String::as_str).collect();
     let extraneous = extraneous(
-        m, &selected, &files, &dirs, with_head, &tgt, &in_source, &ancestry,
+        m,
+        survey.as_ref(),
+        &selected,
+        &files,
+        &dirs,
+        with_head,
+        &tgt,
+        &in_source,
+        &ancestry,
     );
     let kept = extraneous
         .iter()
@@ -556,43 +534,40 @@ pub fn build_from(
     }
 
     stats.eta_seconds = m.bwlimit.map(|r| stats.copy_bytes as f64 / r as f64);
-    // Where apply writes first: the TSDB root, or the directory it will be created in.
-    let probe = fsutil::nearest_existing(&m.target_root);
-    let fs = fsutil::fs_info(&probe)
-        .map_err(|e| anyhow::anyhow!("cannot statfs target {}: {e}", probe.display()))?;
-    let target_needs = {
+    let space = {
         let written = blocks
             .iter()
             .flat_map(|b| {
                 let sb = &src.blocks[&b.ulid];
                 b.copy
                     .iter()
-                    .map(move |r| (r.as_str(), sb.files[r.as_str()].size))
+                    .map(move |r| (r.clone(), sb.files[r.as_str()].size))
             })
             .chain(
                 files
                     .iter()
                     .filter(|f| f.state != State::Identical)
-                    .map(|f| (f.rel.as_str(), f.size)),
+                    .map(|f| (f.rel.clone(), f.size)),
             )
             .collect();
         let staged = blocks.iter().any(|b| b.state == State::Copy)
             || dirs
                 .iter()
-                .any(|d| tsdb::staged_as_a_whole(d) && !m.target_root.join(d).is_dir());
+                .any(|d| tsdb::staged_as_a_whole(d) && !tgt.dirs.contains(d));
         let writes = preflight::Writes {
             files: written,
-            dirs: &dirs,
+            dirs: dirs.clone(),
             quarantined: extraneous
                 .iter()
                 .filter(|e| e.quarantined(m.delete_extraneous))
-                .map(|e| e.rel.as_str())
+                .map(|e| e.rel.clone())
                 .collect(),
             staged,
             marked: blocks.iter().filter(|b| b.state == State::Copy).count() as u64,
         };
-        preflight::needs(&m.target_root, &m.target_mount, &writes, fs.block_size)
+        survey.space(&writes)?
     };
+    let (fs, target_needs) = (space.fs, space.needs);
     if fs.is_nfs {
         warnings.push(format!(
             "the target {} is on NFS: Prometheus does not support NFS for its TSDB (corruption and slow compaction are known); prefer a block volume",
@@ -608,7 +583,7 @@ pub fn build_from(
         source: m.source.clone(),
         source_host: m.src.ssh().map(|s| s.describe()),
         src: m.src.clone(),
-        target: m.target_root.clone(),
+        target: shown.clone(),
         mount: m.target_mount.clone(),
         owner: m.owner,
         bwlimit: m.bwlimit,
@@ -642,60 +617,24 @@ pub fn build_from(
         compare,
         checksum_differing,
         kubernetes: None,
+        reach: m.targets.first().and_then(|t| t.remote.clone()),
     };
     let fixes = tgt
         .attrs
         .iter()
         .filter(|a| crate::perms::problem_of(a.uid, a.gid, a.mode, m.owner).is_some())
-        .map(|a| (a.rel.as_str(), a.uid, a.gid))
+        .map(|a| (a.rel.clone(), a.uid, a.gid))
         .collect();
-    // What an interrupted run staged is reused or removed by apply before it needs more:
-    // its space and inodes count as free (a rerun after --deadline must not be blocked by
-    // its own earlier progress).
-    let staged = staged_usage(&m.target_root);
-    let mut fs_for_writes = fs.clone();
-    fs_for_writes.free_bytes = fs_for_writes.free_bytes.saturating_add(staged.0);
-    fs_for_writes.free_inodes = fs_for_writes
-        .free_inodes
-        .map(|i| i.saturating_add(staged.1));
-    let (write_blockers, write_warnings) = preflight::check(
-        &preflight::Target {
-            root: &m.target_root,
-            mount: &m.target_mount,
-            owner: m.owner,
-            fs: &fs_for_writes,
-            probe: &probe,
-            copy_bytes: plan.stats.copy_bytes,
-            needs: plan.target_needs,
-            writes: plan.target_needs.inodes > 0 || !plan.writes_nothing(),
-            fixes,
-        },
-        &crate::perms::Process::current(),
-    );
+    let (write_blockers, write_warnings) = survey.write_check(&super::survey::WritePlan {
+        copy_bytes: plan.stats.copy_bytes,
+        needs: plan.target_needs,
+        writes: plan.target_needs.inodes > 0 || !plan.writes_nothing(),
+        fixes,
+    })?;
     plan.write_blockers = write_blockers;
     plan.warnings.extend(write_warnings);
-    plan.blockers
-        .extend(preflight::mount_crossings(&m.target_mount, &m.target_root));
     plan.ok = plan.blockers.is_empty() && plan.write_blockers.is_empty();
     Ok((plan, src, tgt))
-}
-
-/// Bytes (allocated) and entries under the target's staging directory, left by an
-/// interrupted run; (0, 0) when there is none. Not followed through a link.
-fn staged_usage(root: &std::path::Path) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    let dir = root.join(tsdb::STAGING_DIR);
-    if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
-        return (0, 0);
-    }
-    walkdir::WalkDir::new(&dir)
-        .min_depth(1)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter_map(|e| e.metadata().ok())
-        .fold((0, 0), |(b, n), md| {
-            (b.saturating_add(md.blocks().saturating_mul(512)), n + 1)
-        })
 }
 
 /// Runs the cheap format checks on the selected source data. Damaged selected blocks and
@@ -809,7 +748,7 @@ struct Content {
 /// apply copies it again (and a source that cannot be read fails that copy, naming it).
 fn content_differs(
     source: &crate::source::Source,
-    target_root: &std::path::Path,
+    target: &dyn Survey,
     files: &[&FileInfo],
     parallelism: usize,
     hashes: &SourceHashes,
@@ -826,16 +765,23 @@ fn content_differs(
         "comparing content (--checksum) of the files with equal size and mtime"
     );
     let progress = progress_for(2 * bytes);
-    let target = crate::source::Source::Local(target_root.to_path_buf());
+    // The target's side where the target is (in its receiver, for a volume elsewhere).
+    let rels: Vec<RelPath> = files.iter().map(|f| f.rel.clone()).collect();
+    let theirs = target.hashes(
+        &rels,
+        parallelism,
+        progress.as_ref(),
+        &std::sync::atomic::AtomicBool::new(false),
+    );
+    let pairs: Vec<(&&FileInfo, &Result<u128, String>)> = files.iter().zip(&theirs).collect();
     let results = crate::par::map_with(
-        files,
+        &pairs,
         parallelism,
         || vec![0u8; crate::hash::BUF_SIZE],
-        |buf, f| {
+        |buf, (f, b)| {
             let a = source_hash(hashes, source, f, buf, progress.as_ref()).map(|(h, _)| h);
-            let b = crate::hash::file(&target, &f.rel, buf, progress.as_ref());
             match (a, b) {
-                (Ok(x), Ok(y)) => Ok(x != y),
+                (Ok(x), Ok(y)) => Ok(x != *y),
                 (Err(e), _) => Err(format!("the source: {e}")),
                 (_, Err(e)) => Err(format!("the target: {e}")),
             }
@@ -871,11 +817,11 @@ pub fn compared_by_bytes(rel: &str) -> bool {
 }
 
 /// Whether a block's meta.json or tombstones differs in content between source and target.
-fn small_file_differs(m: &Migration, source: &dyn crate::source::Tree, rel: &str) -> bool {
+fn small_file_differs(target: &dyn Survey, source: &dyn crate::source::Tree, rel: &str) -> bool {
     if !compared_by_bytes(rel) {
         return false;
     }
-    let target = crate::fsutil::read_noatime(&m.target_root.join(rel));
+    let target = target.read(rel);
     match (source.read(rel), target) {
         (Ok(a), Ok(b)) => a != b,
         _ => true,
@@ -920,7 +866,12 @@ mod tests {
         let source = crate::source::Source::Local(src.path().to_path_buf());
         let hashes = SourceHashes::default();
         let hidden = |_| Box::new(crate::progress::Hidden) as Box<dyn Progress>;
-        let found = content_differs(&source, tgt.path(), &refs, 2, &hashes, &hidden);
+        let target = crate::plan::LocalSurvey {
+            mount: tgt.path().to_path_buf(),
+            root: tgt.path().to_path_buf(),
+            owner: crate::perms::Owner { uid: 0, gid: 0 },
+        };
+        let found = content_differs(&source, &target, &refs, 2, &hashes, &hidden);
         assert_eq!(
             found.differ.iter().map(RelPath::as_str).collect::<Vec<_>>(),
             ["B/chunks/000001", "B/gone"]
@@ -935,7 +886,7 @@ mod tests {
         // not read again.
         assert_eq!(hashes.lock().unwrap().len(), 3);
         std::fs::write(src.path().join("B/index"), b"SAME").unwrap();
-        let again = content_differs(&source, tgt.path(), &refs[..1], 1, &hashes, &hidden);
+        let again = content_differs(&source, &target, &refs[..1], 1, &hashes, &hidden);
         assert!(again.differ.is_empty());
     }
 

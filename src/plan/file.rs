@@ -578,6 +578,28 @@ pub struct TargetSpec {
     pub owner: Owner,
     /// The cluster objects behind it, if the plan names them.
     pub kubernetes: Option<KubeTarget>,
+    /// How it is reached when it is not mounted here: set by the command that started its
+    /// receiver. `None`: mounted here.
+    pub remote: Option<Reach>,
+}
+
+/// A target volume reached through a receiver: what plan and verify read of it, and what
+/// apply writes through.
+#[derive(Clone)]
+pub struct Reach {
+    /// Plan's and verify's reads.
+    pub survey: std::sync::Arc<dyn super::Survey>,
+    /// Opens it for apply's writes (with `true`: a dry run, whose changes are recorded).
+    #[allow(clippy::type_complexity)]
+    pub open: std::sync::Arc<
+        dyn Fn(bool) -> anyhow::Result<Box<dyn crate::volume::Target>> + Send + Sync,
+    >,
+}
+
+impl std::fmt::Debug for Reach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Reach({})", self.survey.shown().display())
+    }
 }
 
 /// `target.kubernetes`, resolved.
@@ -625,6 +647,18 @@ mod secs {
 pub const DEFAULT_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Migration {
+    /// What plan and verify read of the (first) target: through its receiver, or here.
+    pub fn survey(&self) -> std::sync::Arc<dyn super::Survey> {
+        match self.targets.first().and_then(|t| t.remote.as_ref()) {
+            Some(r) => r.survey.clone(),
+            None => std::sync::Arc::new(super::LocalSurvey {
+                mount: self.target_mount.clone(),
+                root: self.target_root.clone(),
+                owner: self.owner,
+            }),
+        }
+    }
+
     /// One single-target view of this migration per target volume, in plan-file order.
     pub fn views(&self) -> Vec<Migration> {
         self.targets
@@ -1033,6 +1067,7 @@ pub fn resolve(
             root,
             owner,
             kubernetes,
+            remote: None,
         });
     }
     let pushgateway = file

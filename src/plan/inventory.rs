@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use ulid::Ulid;
 
@@ -15,7 +15,7 @@ use crate::source::{Kind, Source, Stat, Tree};
 use crate::tsdb::{self, BlockMeta, RootEntry};
 
 /// A regular file, by its path relative to the TSDB root (`/`-separated).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileInfo {
     /// Path relative to the TSDB root.
     pub rel: RelPath,
@@ -63,7 +63,7 @@ impl FileInfo {
 }
 
 /// A persistent block directory.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Block {
     /// Directory name (a ULID).
     pub dir: String,
@@ -87,7 +87,7 @@ impl Block {
 }
 
 /// An entry that is not copied, and why.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Skipped {
     /// Path relative to the TSDB root.
     pub rel: RelPath,
@@ -96,7 +96,7 @@ pub struct Skipped {
 }
 
 /// Everything found under one TSDB root.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Inventory {
     /// The directory scanned.
     pub root: PathBuf,
@@ -124,7 +124,7 @@ pub struct Inventory {
 }
 
 /// Owner and mode of one entry, as seen by the scan.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attr {
     /// Path relative to the TSDB root (`""` for the root).
     pub rel: RelPath,
@@ -178,7 +178,7 @@ fn err(path: &Path, cause: std::io::Error) -> ScanError {
 }
 
 /// Whether a scan reads each block's meta.json.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Depth {
     /// Names, sizes, times and modes, plus every meta.json (for plan and verify).
     WithMeta,

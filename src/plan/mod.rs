@@ -11,6 +11,7 @@ mod model;
 pub mod policy;
 pub mod preflight;
 mod render;
+pub mod survey;
 
 pub use build::{
     ProgressFor, SourceFacts, SourceHashes, build, build_from, compared_by_bytes, scan_and_check,
@@ -20,3 +21,4 @@ pub use diff::State;
 pub use file::Migration;
 pub use model::*;
 pub use policy::{ExtraKind, Extraneous, PhaseCost, Phases, extra_reason, phases};
+pub use survey::{LocalSurvey, Survey};

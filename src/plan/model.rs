@@ -135,6 +135,9 @@ pub struct MigrationPlan {
     /// The cluster objects behind the target (`target.kubernetes`), as read by the preflight.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<crate::k8s::KubeReport>,
+    /// How the target is reached when it is not mounted here (its receiver).
+    #[serde(skip)]
+    pub reach: Option<super::file::Reach>,
 }
 
 /// How much of the source the selection (timeRange, excludeBlocks) holds.

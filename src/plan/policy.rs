@@ -10,7 +10,7 @@ use super::file::Migration;
 use super::inventory::{self, FileInfo, Inventory};
 use super::{BlockPlan, FilePlan, PlanStats};
 use crate::relpath::RelPath;
-use crate::{tsdb, units};
+use crate::units;
 
 /// A target entry the plan owns that the source (selection) lacks.
 #[derive(Debug, Clone, Serialize)]
@@ -33,7 +33,7 @@ pub enum ExtraKind {
     /// A block the source has compacted into another one (a `compaction.parents` entry of a
     /// source block): the final phase quarantines it.
     CompactedAway,
-    /// A block promigrate published (it carries [`tsdb::COPIED_XATTR`]) that the source no
+    /// A block promigrate published (it carries [`crate::tsdb::COPIED_XATTR`]) that the source no
     /// longer has at all: retention deleted it, or it was dropped otherwise since it was
     /// copied. The final phase quarantines it, as the source did not keep it either.
     Dropped,
@@ -220,6 +220,7 @@ pub(super) fn count<'a>(
 #[allow(clippy::too_many_arguments)]
 pub(super) fn extraneous(
     m: &Migration,
+    survey: &dyn super::Survey,
     selected: &[&inventory::Block],
     files: &[FilePlan],
     dirs: &[RelPath],
@@ -238,7 +239,7 @@ pub(super) fn extraneous(
         if ancestry.contains(&b.ulid) {
             return true;
         }
-        let meta = crate::fsutil::read_noatime(&m.target_root.join(&b.dir).join("meta.json"));
+        let meta = survey.read(&format!("{}/meta.json", b.dir));
         match meta
             .ok()
             .and_then(|bytes| crate::tsdb::BlockMeta::parse(&bytes).ok())
@@ -258,9 +259,7 @@ pub(super) fn extraneous(
                 size: b.size(),
                 kind: if compacted_away(b) {
                     ExtraKind::CompactedAway
-                } else if !in_source.contains(dir.as_str())
-                    && tsdb::is_copied(&m.target_root.join(dir), &m.name)
-                {
+                } else if !in_source.contains(dir.as_str()) && survey.is_copied(dir, &m.name) {
                     ExtraKind::Dropped
                 } else {
                     ExtraKind::Block
@@ -458,8 +457,17 @@ mod tests {
         // The source's head: wal/ with one segment.
         let (files, dirs) = ([file("wal/00000000", 3, State::Copy)], ["wal".into()]);
         let classes = |with_head: bool| -> Vec<(String, ExtraKind)> {
+            let survey = m.survey();
             let mut v: Vec<(String, ExtraKind)> = extraneous(
-                &m, &selected, &files, &dirs, with_head, &target, &in_source, &ancestry,
+                &m,
+                survey.as_ref(),
+                &selected,
+                &files,
+                &dirs,
+                with_head,
+                &target,
+                &in_source,
+                &ancestry,
             )
             .into_iter()
             .map(|e| (e.rel.to_string(), e.kind))

@@ -33,7 +33,7 @@ pub const MARGIN_PERCENT: u64 = 1;
 pub const MIN_MARGIN: u64 = 256 * 1024;
 
 /// What `apply` takes of the target filesystem.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Needs {
     /// Free bytes it needs: every file rounded up to the filesystem's block size, a block per
     /// new directory, and the margin ([`MARGIN_PERCENT`], at least [`MIN_MARGIN`]).
@@ -47,13 +47,14 @@ pub struct Needs {
 }
 
 /// What apply writes into one target, as the plan knows it (paths relative to the TSDB root).
-pub struct Writes<'a> {
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Writes {
     /// Files written, with their sizes (each gets a new inode: temp file, then rename).
-    pub files: Vec<(&'a str, u64)>,
+    pub files: Vec<(RelPath, u64)>,
     /// Non-block directories the target needs, with or without files.
-    pub dirs: &'a [RelPath],
+    pub dirs: Vec<RelPath>,
     /// Extraneous entries moved to a fresh quarantine directory.
-    pub quarantined: Vec<&'a str>,
+    pub quarantined: Vec<RelPath>,
     /// Whether something is staged first (a new block, WAL checkpoint or chunk snapshot).
     pub staged: bool,
     /// New block directories, each marked with [`tsdb::COPIED_XATTR`].
@@ -69,7 +70,7 @@ pub fn needs(root: &Path, mount: &Path, w: &Writes, block_size: u64) -> Needs {
     let parents = w
         .files
         .iter()
-        .filter_map(|(rel, _)| Path::new(rel).parent());
+        .filter_map(|(rel, _)| Path::new(rel.as_str()).parent());
     let own = w.dirs.iter().map(Path::new);
     let staging = w.staged.then_some(Path::new(tsdb::STAGING_DIR));
     let quarantine = (!w.quarantined.is_empty()).then_some(Path::new(tsdb::QUARANTINE_DIR));
@@ -84,7 +85,7 @@ pub fn needs(root: &Path, mount: &Path, w: &Writes, block_size: u64) -> Needs {
         let parents: BTreeSet<&Path> = w
             .quarantined
             .iter()
-            .filter_map(|rel| Path::new(rel).parent())
+            .filter_map(|rel| Path::new(rel.as_str()).parent())
             .flat_map(|p| p.ancestors())
             .filter(|a| !a.as_os_str().is_empty())
             .collect();
@@ -320,11 +321,11 @@ mod tests {
         let dirs: Vec<RelPath> = vec!["wal".into()];
         let w = Writes {
             files: vec![
-                ("01B/chunks/000001", 5000),
-                ("01B/index", 1),
-                ("wal/00000000", 0),
+                ("01B/chunks/000001".into(), 5000),
+                ("01B/index".into(), 1),
+                ("wal/00000000".into(), 0),
             ],
-            dirs: &dirs,
+            dirs: dirs.clone(),
             quarantined: vec![],
             staged: true,
             marked: 1,
@@ -340,7 +341,7 @@ mod tests {
         // Nothing to write takes nothing, not even the margin.
         let none = Writes {
             files: vec![],
-            dirs: &dirs,
+            dirs: dirs.clone(),
             quarantined: vec![],
             staged: false,
             marked: 0,
@@ -348,7 +349,7 @@ mod tests {
         assert_eq!(needs(&root, mount, &none, 4096), Needs::default());
         // A quarantine: its directory, the run's directory, and the parents inside it.
         let q = Writes {
-            quarantined: vec!["01A", "wal/00000009"],
+            quarantined: vec!["01A".into(), "wal/00000009".into()],
             ..none
         };
         assert_eq!(needs(&root, mount, &q, 4096).new_dirs, 3);

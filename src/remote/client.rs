@@ -7,9 +7,8 @@ use std::sync::Mutex;
 
 use super::frame::{self, FrameError, Kind};
 use super::msg::{Answer, Reply, Request};
-use crate::fsutil::MTime;
 use crate::perms::Owner;
-use crate::volume::Entry;
+use crate::volume::{Entry, Times};
 
 /// The two halves of a stream to a receiver.
 struct Conn {
@@ -130,9 +129,21 @@ impl Receiver {
     }
 
     /// Opens the TSDB directory `root` on the volume mounted at `mount` (as the receiver
-    /// sees them).
-    pub fn open(&self, mount: PathBuf, root: PathBuf, owner: Owner) -> io::Result<()> {
-        self.call(&Request::Open { mount, root, owner }).map(drop)
+    /// sees them); with `dry_run` its changes are only recorded.
+    pub fn open(
+        &self,
+        mount: PathBuf,
+        root: PathBuf,
+        owner: Owner,
+        dry_run: bool,
+    ) -> io::Result<()> {
+        self.call(&Request::Open {
+            mount,
+            root,
+            owner,
+            dry_run,
+        })
+        .map(drop)
     }
 
     /// Opens a file to write (see [`Request::Create`]).
@@ -151,13 +162,13 @@ impl Receiver {
         &self,
         h: Handle,
         mode: u32,
-        mtime: Option<MTime>,
+        times: Option<Times>,
         durable: bool,
     ) -> io::Result<()> {
         self.call(&Request::Finish {
             handle: h.id,
             mode,
-            mtime,
+            times,
             durable,
         })
         .map(drop)

@@ -9,9 +9,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::fsutil::MTime;
 use crate::perms::Owner;
+use crate::plan::inventory::{self, Inventory};
+use crate::plan::{preflight, survey};
+use crate::relpath::RelPath;
+use crate::tsdb::check;
+use crate::volume::{Op, Times};
 
 /// A request. Paths (`rel`) are relative to the TSDB directory opened by [`Request::Open`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// Opens the TSDB directory `root` on the volume mounted at `mount` (both as the
@@ -20,6 +25,8 @@ pub enum Request {
         mount: PathBuf,
         root: PathBuf,
         owner: Owner,
+        /// Record the changes instead of making them (`apply --dry-run`).
+        dry_run: bool,
     },
     /// What is at `rel` (links refused).
     Stat { rel: String },
@@ -35,17 +42,18 @@ pub enum Request {
     /// transfer left in it.
     Create { rel: String, resume: bool },
     /// Closes a handle's file: any write error of its data frames, otherwise gives it the
-    /// owner and `mode`, with `durable` fsyncs it, and only then `mtime`.
+    /// owner and the mode of a copy of a source file with `mode`, with `durable` fsyncs it,
+    /// and only then `times`.
     Finish {
         handle: u32,
         mode: u32,
-        mtime: Option<MTime>,
+        times: Option<Times>,
         durable: bool,
     },
     /// Closes a handle's file without finishing it (the copy failed on the driver's side).
     Discard { handle: u32 },
-    /// Gives an existing file its modification (and access) time.
-    SetMtime { rel: String, mtime: MTime },
+    /// Gives an existing file its access and modification times.
+    SetTimes { rel: String, times: Times },
     /// Makes a file's data durable.
     SyncFile { rel: String },
     /// Makes a directory's entries durable.
@@ -67,6 +75,39 @@ pub enum Request {
     Lock,
     /// Releases the lock.
     Unlock,
+    /// A dry run: records a file apply would write.
+    WouldWrite { rel: String, bytes: u64 },
+    /// A dry run: what it recorded.
+    Recorded,
+    /// Scans the TSDB directory.
+    Scan { depth: inventory::Depth },
+    /// Blockers about the way down from the volume to the TSDB directory.
+    LayoutBlockers,
+    /// Who holds the apply lock, if an apply runs now.
+    Writer,
+    /// Takes a shared (reading) lock, held until [`Request::ReadUnlock`] or the end of the
+    /// stream; answers who holds the apply lock instead when an apply runs.
+    ReadLock,
+    /// Releases the shared lock.
+    ReadUnlock,
+    /// The filesystem, and what these writes take of it.
+    Space { writes: preflight::Writes },
+    /// The write preflight.
+    WriteCheck { plan: survey::WritePlan },
+    /// A whole (small) file.
+    Read { rel: String },
+    /// Whether block directory `dir` carries migration `name`'s copied-mark.
+    IsCopied { dir: String, name: String },
+    /// Content hashes, `parallelism` files at a time.
+    Hashes {
+        rels: Vec<RelPath>,
+        parallelism: usize,
+    },
+    /// The format checks of the TSDB directory at `depth`.
+    Check {
+        depth: check::Depth,
+        parallelism: usize,
+    },
 }
 
 /// What is at a path (the wire form of [`crate::volume::Entry`]).
@@ -82,7 +123,7 @@ pub struct WireEntry {
 }
 
 /// A successful reply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Answer {
     /// Done.
@@ -95,6 +136,27 @@ pub enum Answer {
     Names(Vec<Vec<u8>>),
     /// A file opened to write: its handle, and the offset to send data from.
     Opened { handle: u32, offset: u64 },
+    /// What a dry run recorded.
+    Ops(Vec<Op>),
+    /// A scan.
+    Inventory(Box<Inventory>),
+    /// Messages (blockers).
+    Messages(Vec<String>),
+    /// Blockers and warnings.
+    Findings {
+        blockers: Vec<String>,
+        warnings: Vec<String>,
+    },
+    /// Who holds the apply lock (`None`: nobody).
+    Holder(Option<String>),
+    /// The filesystem and what the writes take.
+    Space(survey::Space),
+    /// A file's bytes.
+    Bytes(Vec<u8>),
+    /// Content hashes, or why not, in the order asked.
+    Hashes(Vec<Result<u128, String>>),
+    /// Format problems.
+    Problems(Vec<check::Problem>),
 }
 
 /// A failed request, as the receiver saw it.
@@ -223,12 +285,24 @@ mod tests {
             s,
             r#"{"op":"create","rel":"01ABC/chunks/000001","resume":true}"#
         );
-        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        let back = serde_json::from_str::<Request>(&s).unwrap();
+        assert!(matches!(back, Request::Create { resume: true, .. }));
         let a: Reply = Ok(Answer::Opened {
             handle: 3,
             offset: 10,
         });
         let s = serde_json::to_string(&a).unwrap();
-        assert_eq!(serde_json::from_str::<Reply>(&s).unwrap(), a);
+        let back = serde_json::from_str::<Reply>(&s).unwrap();
+        assert!(matches!(
+            back,
+            Ok(Answer::Opened {
+                handle: 3,
+                offset: 10
+            })
+        ));
+        // Hashes are 128-bit numbers.
+        let h: Reply = Ok(Answer::Hashes(vec![Ok(u128::MAX), Err("gone".into())]));
+        let back = serde_json::from_str::<Reply>(&serde_json::to_string(&h).unwrap()).unwrap();
+        assert!(matches!(back, Ok(Answer::Hashes(v)) if v[0] == Ok(u128::MAX)));
     }
 }

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use super::frame::{self, FrameError, Kind};
 use super::msg::{Answer, Reply, Request, WireEntry, WireError};
 use crate::lock::Guard;
-use crate::volume::{Local, Target};
+use crate::plan::{LocalSurvey, Survey};
+use crate::volume::{DryRun, Local, OutFile, Target};
+use std::sync::atomic::AtomicBool;
 
 /// A file being written for the driver.
 struct Open {
@@ -27,10 +29,16 @@ struct Open {
 /// The receiver's state for one stream.
 #[derive(Default)]
 struct State {
+    /// The volume, for the files written through handles.
     volume: Option<Local>,
+    /// The volume as apply works on it: itself, or a dry run's record of it.
+    target: Option<Box<dyn Target>>,
+    /// The volume as plan and verify read it.
+    survey: Option<LocalSurvey>,
     files: HashMap<u32, Open>,
     next: u32,
     lock: Option<Guard>,
+    read_lock: Option<Guard>,
 }
 
 /// Serves one driver until its stream ends. A stream cut inside a frame (the driver died, or
@@ -71,6 +79,18 @@ impl State {
             .ok_or_else(|| WireError::msg("no target opened yet (open comes first)"))
     }
 
+    fn target(&self) -> Result<&dyn Target, WireError> {
+        self.target
+            .as_deref()
+            .ok_or_else(|| WireError::msg("no target opened yet (open comes first)"))
+    }
+
+    fn survey(&self) -> Result<&LocalSurvey, WireError> {
+        self.survey
+            .as_ref()
+            .ok_or_else(|| WireError::msg("no target opened yet (open comes first)"))
+    }
+
     fn data(&mut self, handle: u32, payload: &[u8]) -> Result<(), FrameError> {
         let (off, bytes) = frame::data_parts(payload)?;
         let Some(open) = self.files.get_mut(&handle) else {
@@ -90,13 +110,25 @@ impl State {
         let any = |e: anyhow::Error| WireError::msg(format!("{e:#}"));
         let p = |s: &str| PathBuf::from(s);
         match req {
-            Request::Open { mount, root, owner } => {
+            Request::Open {
+                mount,
+                root,
+                owner,
+                dry_run,
+            } => {
                 let v = Local::open(&mount, &root, owner).map_err(any)?;
+                let t: Box<dyn Target> = if dry_run {
+                    Box::new(DryRun::new(Local::open(&mount, &root, owner).map_err(any)?))
+                } else {
+                    Box::new(Local::open(&mount, &root, owner).map_err(any)?)
+                };
                 self.volume = Some(v);
+                self.target = Some(t);
+                self.survey = Some(LocalSurvey { mount, root, owner });
                 Ok(Answer::Done)
             }
             Request::Stat { rel } => {
-                let e = self.volume()?.stat(&p(&rel)).map_err(io)?;
+                let e = self.target()?.stat(&p(&rel)).map_err(io)?;
                 Ok(Answer::Entry(WireEntry {
                     is_dir: e.is_dir,
                     is_file: e.is_file,
@@ -108,17 +140,17 @@ impl State {
                 }))
             }
             Request::List { rel } => {
-                let names = self.volume()?.list(&p(&rel)).map_err(io)?;
+                let names = self.target()?.list(&p(&rel)).map_err(io)?;
                 Ok(Answer::Names(
                     names.iter().map(|n| n.as_bytes().to_vec()).collect(),
                 ))
             }
             Request::MakeDirs { rel } => {
-                self.volume()?.make_dirs(&p(&rel)).map_err(any)?;
+                self.target()?.make_dirs(&p(&rel)).map_err(any)?;
                 Ok(Answer::Done)
             }
             Request::EnsureDir { rel } => {
-                let changed = self.volume()?.ensure_dir(&p(&rel)).map_err(any)?;
+                let changed = self.target()?.ensure_dir(&p(&rel)).map_err(any)?;
                 Ok(Answer::Changed(changed))
             }
             Request::Create { rel, resume } => {
@@ -129,7 +161,7 @@ impl State {
                     let len = f.metadata().map_err(io)?.len();
                     (f, len)
                 } else {
-                    (v.create_file(&rel).map_err(io)?, 0)
+                    (v.create_local(&rel).map_err(io)?, 0)
                 };
                 self.next = self.next.wrapping_add(1);
                 let handle = self.next;
@@ -146,89 +178,132 @@ impl State {
             Request::Finish {
                 handle,
                 mode,
-                mtime,
+                times,
                 durable,
             } => {
-                let open = self
+                let mut open = self
                     .files
                     .remove(&handle)
                     .ok_or_else(|| WireError::msg(format!("no open file with handle {handle}")))?;
                 let v = self.volume()?;
+                let shown = v.path(&open.rel);
                 if let Some(e) = open.failed {
-                    return Err(io(with_path(e, &v.path(&open.rel))));
+                    return Err(io(with_path(e, &shown)));
                 }
-                let times = match mtime {
-                    Some(m) => {
-                        let t = m.system_time();
-                        std::fs::FileTimes::new().set_accessed(t).set_modified(t)
-                    }
-                    None => std::fs::FileTimes::new(),
-                };
-                crate::volume::finish_file(
-                    &open.file,
-                    &v.path(&open.rel),
-                    v.owner(),
-                    mode,
-                    times,
-                    durable,
-                )
-                .map_err(|e| io(with_path(e, &v.path(&open.rel))))?;
+                open.file
+                    .finish(&shown, v.owner(), mode, times, durable)
+                    .map_err(|e| io(with_path(e, &shown)))?;
                 Ok(Answer::Done)
             }
             Request::Discard { handle } => {
                 self.files.remove(&handle);
                 Ok(Answer::Done)
             }
-            Request::SetMtime { rel, mtime } => {
-                let t = mtime.system_time();
-                let times = std::fs::FileTimes::new().set_accessed(t).set_modified(t);
-                self.volume()?
-                    .open_file(&p(&rel))
-                    .and_then(|f| f.set_times(times))
-                    .map_err(io)?;
+            Request::SetTimes { rel, times } => {
+                self.target()?.set_times(&p(&rel), times).map_err(io)?;
                 Ok(Answer::Done)
             }
             Request::SyncFile { rel } => {
-                self.volume()?.sync_file(&p(&rel)).map_err(io)?;
+                self.target()?.sync_file(&p(&rel)).map_err(io)?;
                 Ok(Answer::Done)
             }
             Request::SyncDir { rel } => {
-                self.volume()?.sync_dir(&p(&rel)).map_err(io)?;
+                self.target()?.sync_dir(&p(&rel)).map_err(io)?;
                 Ok(Answer::Done)
             }
             Request::Rename { from, to } => {
-                self.volume()?.rename(&p(&from), &p(&to)).map_err(io)?;
+                self.target()?.rename(&p(&from), &p(&to)).map_err(io)?;
                 Ok(Answer::Done)
             }
             Request::RemoveFile { rel } => {
-                self.volume()?.remove_file(&p(&rel)).map_err(io)?;
+                self.target()?.remove_file(&p(&rel)).map_err(io)?;
                 Ok(Answer::Done)
             }
             Request::RemoveTree { rel } => {
-                self.volume()?.remove_tree(&p(&rel)).map_err(io)?;
+                self.target()?.remove_tree(&p(&rel)).map_err(io)?;
                 Ok(Answer::Done)
             }
             Request::RemoveEmptyDir { rel } => {
-                self.volume()?.remove_empty_dir(&p(&rel)).map_err(io)?;
+                self.target()?.remove_empty_dir(&p(&rel)).map_err(io)?;
                 Ok(Answer::Done)
             }
             Request::FixOwner { rel } => {
-                let changed = self.volume()?.fix_owner(&p(&rel)).map_err(io)?;
+                let changed = self.target()?.fix_owner(&p(&rel)).map_err(io)?;
                 Ok(Answer::Changed(changed))
             }
             Request::MarkCopied { rel, name } => {
-                self.volume()?.mark_copied(&p(&rel), &name).map_err(io)?;
+                self.target()?.mark_copied(&p(&rel), &name).map_err(io)?;
                 Ok(Answer::Done)
             }
             Request::Lock => {
                 if self.lock.is_none() {
-                    self.lock = self.volume()?.lock().map_err(any)?;
+                    self.lock = self.target()?.lock().map_err(any)?;
                 }
                 Ok(Answer::Done)
             }
             Request::Unlock => {
                 self.lock = None;
                 Ok(Answer::Done)
+            }
+            Request::ReadUnlock => {
+                self.read_lock = None;
+                Ok(Answer::Done)
+            }
+            Request::WouldWrite { rel, bytes } => {
+                self.target()?.would_write(&p(&rel), bytes);
+                Ok(Answer::Done)
+            }
+            Request::Recorded => Ok(Answer::Ops(self.target()?.recorded())),
+            Request::Scan { depth } => {
+                let inv = self
+                    .survey()?
+                    .scan(depth)
+                    .map_err(|e| WireError::msg(e.to_string()))?;
+                Ok(Answer::Inventory(Box::new(inv)))
+            }
+            Request::LayoutBlockers => Ok(Answer::Messages(self.survey()?.layout_blockers())),
+            Request::Writer => Ok(Answer::Holder(self.survey()?.writer())),
+            Request::ReadLock => match self.survey()?.read_lock() {
+                Ok(g) => {
+                    self.read_lock = g;
+                    Ok(Answer::Holder(None))
+                }
+                Err(crate::plan::survey::Busy(h)) => Ok(Answer::Holder(Some(h))),
+            },
+            Request::Space { writes } => {
+                let s = self.survey()?.space(&writes).map_err(any)?;
+                Ok(Answer::Space(s))
+            }
+            Request::WriteCheck { plan } => {
+                let (blockers, warnings) = self.survey()?.write_check(&plan).map_err(any)?;
+                Ok(Answer::Findings { blockers, warnings })
+            }
+            Request::Read { rel } => Ok(Answer::Bytes(self.survey()?.read(&rel).map_err(io)?)),
+            Request::IsCopied { dir, name } => {
+                Ok(Answer::Changed(self.survey()?.is_copied(&dir, &name)))
+            }
+            Request::Hashes { rels, parallelism } => {
+                let h = self.survey()?.hashes(
+                    &rels,
+                    parallelism,
+                    &crate::progress::Hidden,
+                    &AtomicBool::new(false),
+                );
+                Ok(Answer::Hashes(h))
+            }
+            Request::Check { depth, parallelism } => {
+                let s = self.survey()?;
+                let inv = s
+                    .scan(crate::plan::inventory::Depth::WithMeta)
+                    .map_err(|e| WireError::msg(e.to_string()))?;
+                let found = s.check(
+                    &inv,
+                    depth,
+                    parallelism,
+                    &crate::progress::Hidden,
+                    &AtomicBool::new(false),
+                );
+                Ok(Answer::Problems(found))
             }
         }
     }

@@ -4,8 +4,8 @@
 //! to every destination. The source is never written: it is opened read-only with
 //! `O_NOATIME` where allowed.
 
-use std::fs::{File, FileTimes};
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +15,7 @@ use crate::progress::Progress;
 use crate::source::Source;
 use crate::ssh::stream::{self, SshPipe, TarStream};
 use crate::sync::limiter::Throttle;
-use crate::volume::Target;
+use crate::volume::{OutFile, Target, Times};
 
 /// Why a file copy stopped.
 #[derive(Debug, thiserror::Error)]
@@ -113,16 +113,13 @@ struct Streamed<'a> {
 impl Streamed<'_> {
     /// Gives the copies the source's times, now that tar vouched for the file.
     fn vouched(&self) -> Result<(), CopyError> {
-        let mtime = crate::fsutil::MTime {
+        let times = Times::both(crate::fsutil::MTime {
             sec: self.head.mtime,
             nsec: 0,
-        }
-        .system_time();
-        let times = FileTimes::new().set_accessed(mtime).set_modified(mtime);
+        });
         for (target, rel) in &self.outs {
             target
-                .open_file(rel)
-                .and_then(|f| f.set_times(times))
+                .set_times(rel, times)
                 .map_err(|e| dst_err(target.path(rel), e))?;
         }
         Ok(())
@@ -354,7 +351,7 @@ fn dst_err(dst: PathBuf, e: io::Error) -> CopyError {
 
 /// Creates (or truncates) every destination, write-only, mode 0600 until it is complete
 /// ([`Target::create_file`]).
-fn create_outputs(outs: &[Out]) -> Result<Vec<File>, CopyError> {
+fn create_outputs(outs: &[Out]) -> Result<Vec<Box<dyn OutFile>>, CopyError> {
     outs.iter()
         .map(|o| {
             o.target
@@ -365,11 +362,13 @@ fn create_outputs(outs: &[Out]) -> Result<Vec<File>, CopyError> {
 }
 
 /// Writes one chunk to every destination.
-fn write_to_all(outputs: &[File], outs: &[Out], data: &[u8]) -> Result<(), CopyError> {
-    for (output, o) in outputs.iter().zip(outs) {
-        (&*output)
-            .write_all(data)
-            .map_err(|e| dst_err(o.path(), e))?;
+fn write_to_all(
+    outputs: &mut [Box<dyn OutFile>],
+    outs: &[Out],
+    data: &[u8],
+) -> Result<(), CopyError> {
+    for (output, o) in outputs.iter_mut().zip(outs) {
+        output.write_all(data).map_err(|e| dst_err(o.path(), e))?;
     }
     Ok(())
 }
@@ -378,14 +377,15 @@ fn write_to_all(outputs: &[File], outs: &[Out], data: &[u8]) -> Result<(), CopyE
 /// then its times: the source's mtime is the mark a resumed run takes as "complete", so it
 /// must never reach the disk before the data.
 fn finish_outputs(
-    outputs: &[File],
+    outputs: &mut [Box<dyn OutFile>],
     outs: &[Out],
     src_mode: u32,
-    times: FileTimes,
+    times: Option<Times>,
     durable: bool,
 ) -> Result<(), CopyError> {
-    for (output, o) in outputs.iter().zip(outs) {
-        crate::volume::finish_file(output, &o.path(), o.owner(), src_mode, times, durable)
+    for (output, o) in outputs.iter_mut().zip(outs) {
+        output
+            .finish(&o.path(), o.owner(), src_mode, times, durable)
             .map_err(|e| dst_err(o.path(), e))?;
     }
     Ok(())
@@ -420,11 +420,11 @@ fn copy_streamed<'a>(
             return None;
         }
     };
-    let outputs = match create_outputs(outs) {
+    let mut outputs = match create_outputs(outs) {
         Ok(o) => o,
         Err(e) => return Some(Err(e)),
     };
-    let done = match pump(&outputs, outs, head.size, ctx, |b| s.read(b)) {
+    let done = match pump(&mut outputs, outs, head.size, ctx, |b| s.read(b)) {
         Ok(n) if n == head.size => n,
         // The stream broke part-way: what it delivered is read again over SFTP, so the
         // progress takes it back.
@@ -442,7 +442,7 @@ fn copy_streamed<'a>(
     };
     // The source's mtime only once tar vouched for the file (confirm_batch): a staged
     // file with the source's size and mtime is taken as complete by a resumed run.
-    if let Err(e) = finish_outputs(&outputs, outs, head.mode, FileTimes::new(), durable) {
+    if let Err(e) = finish_outputs(&mut outputs, outs, head.mode, None, durable) {
         return Some(Err(e));
     }
     // Whether tar read it whole and unchanged is known at the end of the batch, from what
@@ -475,8 +475,8 @@ fn copy_remote(
         cause: e,
     };
     let (mut input, st) = source.open(rel).map_err(src_err)?;
-    let outputs = create_outputs(outs)?;
-    let done = pump(&outputs, outs, st.size, ctx, |b| input.read(b)).map_err(|e| match e {
+    let mut outputs = create_outputs(outs)?;
+    let done = pump(&mut outputs, outs, st.size, ctx, |b| input.read(b)).map_err(|e| match e {
         Stop::Read(e, _) => src_err(e),
         Stop::Copy(e) => e,
     })?;
@@ -493,9 +493,13 @@ fn copy_remote(
             now: now.size,
         });
     }
-    let mtime = st.mtime.system_time();
-    let times = FileTimes::new().set_accessed(mtime).set_modified(mtime);
-    finish_outputs(&outputs, outs, st.mode, times, durable)?;
+    finish_outputs(
+        &mut outputs,
+        outs,
+        st.mode,
+        Some(Times::both(st.mtime)),
+        durable,
+    )?;
     Ok(done)
 }
 
@@ -507,12 +511,13 @@ fn copy_inner(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64,
     let input = crate::fsutil::open_noatime(src).map_err(src_err)?;
     let meta = input.metadata().map_err(src_err)?;
     let cached_before = crate::cache::Residency::of(&input, meta.len());
-    let outputs = create_outputs(outs)?;
-    let tee = outputs.len() != 1;
-    let mut buf = if tee {
-        vec![0u8; ctx.throttle.chunk().min(TEE_BUF)]
-    } else {
+    let mut outputs = create_outputs(outs)?;
+    // The in-kernel copy (copy_file_range) when the one destination is a local file.
+    let direct = outputs.len() == 1 && outputs[0].as_file().is_some();
+    let mut buf = if direct {
         Vec::new()
+    } else {
+        vec![0u8; ctx.throttle.chunk().min(TEE_BUF)]
     };
     let mut done: u64 = 0;
     // Up to the size at open: a file that grows is caught by the comparison below, not read
@@ -521,11 +526,15 @@ fn copy_inner(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64,
         if ctx.stopping() {
             return Err(CopyError::Cancelled);
         }
-        let chunk = if tee { buf.len() } else { ctx.throttle.chunk() };
+        let chunk = if direct {
+            ctx.throttle.chunk()
+        } else {
+            buf.len()
+        };
         let want = (chunk as u64).min(meta.len() - done);
         ctx.throttle.acquire(want as usize);
-        let n = if !tee {
-            let (output, o) = (&outputs[0], &outs[0]);
+        let n = if let (true, Some(output)) = (direct, outputs[0].as_file()) {
+            let o = &outs[0];
             // std::io::copy uses copy_file_range between files (and falls back to read/write).
             io::copy(&mut (&input).take(want), &mut &*output).map_err(|e| {
                 if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) {
@@ -536,14 +545,14 @@ fn copy_inner(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64,
             })?
         } else {
             let n = (&input).read(&mut buf[..want as usize]).map_err(src_err)?;
-            write_to_all(&outputs, outs, &buf[..n])?;
+            write_to_all(&mut outputs, outs, &buf[..n])?;
             n as u64
         };
         if n == 0 {
             break;
         }
         for output in &outputs {
-            start_writeback(output, done, n);
+            output.writeback(done, n);
         }
         cached_before.drop_new_pages(&input, done, n);
         done += n;
@@ -569,10 +578,21 @@ fn copy_inner(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64,
             now: now.len(),
         });
     }
-    let times = FileTimes::new()
-        .set_accessed(meta.accessed().map_err(src_err)?)
-        .set_modified(meta.modified().map_err(src_err)?);
-    finish_outputs(&outputs, outs, meta.permissions().mode(), times, durable)?;
+    let times = {
+        use std::os::unix::fs::MetadataExt;
+        let t = |sec, nsec| crate::fsutil::MTime { sec, nsec };
+        Times {
+            accessed: t(meta.atime(), meta.atime_nsec()),
+            modified: t(meta.mtime(), meta.mtime_nsec()),
+        }
+    };
+    finish_outputs(
+        &mut outputs,
+        outs,
+        meta.permissions().mode(),
+        Some(times),
+        durable,
+    )?;
     Ok(done)
 }
 
@@ -589,7 +609,7 @@ enum Stop {
 /// per chunk, and the bandwidth taken is the bandwidth used (a channel read returns a
 /// packet or so). Returns the bytes copied.
 fn pump(
-    outputs: &[File],
+    outputs: &mut [Box<dyn OutFile>],
     outs: &[Out],
     size: u64,
     ctx: &Ctx,
@@ -620,8 +640,8 @@ fn pump(
                 return Ok(done);
             }
             write_to_all(outputs, outs, &buf[..n]).map_err(Stop::Copy)?;
-            for output in outputs {
-                start_writeback(output, done, n as u64);
+            for output in outputs.iter() {
+                output.writeback(done, n as u64);
             }
             done += n as u64;
             ctx.progress.add_bytes(n as u64);
@@ -654,22 +674,6 @@ fn classify(e: io::Error, src: &Path, dst: &Path) -> CopyError {
     CopyError::Target {
         path: dst.to_path_buf(),
         cause: io::Error::new(e.kind(), format!("{e} (copying from {})", src.display())),
-    }
-}
-
-/// Starts writeback of a just-written range, so the fsync before publishing finds little
-/// left to do and dirty pages do not pile up.
-fn start_writeback(f: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: sync_file_range only reads its integer arguments; the descriptor is owned by
-    // `f`, which outlives the call. A failure only loses the hint, so it is ignored.
-    unsafe {
-        libc::sync_file_range(
-            f.as_raw_fd(),
-            offset as i64,
-            len as i64,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
     }
 }
 

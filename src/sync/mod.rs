@@ -78,6 +78,9 @@ pub fn lock_existing(plans: &[MigrationPlan]) -> anyhow::Result<Vec<Option<crate
 /// The target of a plan, as apply works on it: the volume mounted here, or a record of what
 /// would be done to it.
 fn open_target(plan: &MigrationPlan, dry_run: bool) -> anyhow::Result<Box<dyn Target>> {
+    if let Some(r) = &plan.reach {
+        return (r.open)(dry_run);
+    }
     let local = volume::Local::open(&plan.mount, &plan.target, plan.owner)?;
     Ok(if dry_run {
         Box::new(volume::DryRun::new(local))

@@ -17,7 +17,6 @@ use crate::plan::inventory::{self, FileInfo, Inventory};
 use crate::plan::{self, Migration};
 use crate::progress::Progress;
 use crate::relpath::RelPath;
-use crate::source::Source;
 use crate::tsdb::{check, meta};
 use crate::units;
 
@@ -116,11 +115,10 @@ fn run_one(
 ) -> anyhow::Result<VerifyReport> {
     let start = Instant::now();
     // Read the target only while no apply writes it (an apply is refused meanwhile).
-    let _reading = match crate::lock::shared(&m.target_root) {
-        Err(crate::lock::LockError::Busy(h)) => {
-            return Ok(busy(m, level, h, start));
-        }
-        held => held.ok(),
+    let survey = m.survey();
+    let _reading = match survey.read_lock() {
+        Err(plan::survey::Busy(h)) => return Ok(busy(m, level, h, start)),
+        Ok(held) => held,
     };
     // Verify compares content itself, below: the plan's quick check is enough here.
     let (plan, src, tgt) = plan::build_from(
@@ -145,7 +143,7 @@ fn run_one(
         diffs.push(d(
             '-',
             "",
-            format!("target {} does not exist", m.target_root.display()),
+            format!("target {} does not exist", survey.shown().display()),
         ));
     }
     let mut pairs: Vec<(&FileInfo, &FileInfo)> = Vec::new();
@@ -243,17 +241,18 @@ fn run_one(
     let progress = progress_box.as_ref();
     let mut hashed = 0;
     if level != VerifyLevel::Meta {
-        hashed = hash_pairs(m, &pairs, progress, cancel, &facts.hashes, &mut diffs)?;
-    }
-    if level == VerifyLevel::Deep && tgt.exists {
-        let found = check::run(
-            &crate::source::Source::Local(m.target_root.clone()),
-            &tgt,
-            check::Depth::Deep,
-            m.parallelism,
+        hashed = hash_pairs(
+            m,
+            survey.as_ref(),
+            &pairs,
             progress,
             cancel,
-        );
+            &facts.hashes,
+            &mut diffs,
+        )?;
+    }
+    if level == VerifyLevel::Deep && tgt.exists {
+        let found = survey.check(&tgt, check::Depth::Deep, m.parallelism, progress, cancel);
         if cancel.load(Ordering::Relaxed) {
             anyhow::bail!("verify interrupted during the format checks; the result is incomplete");
         }
@@ -277,7 +276,7 @@ fn run_one(
         ok: diffs.is_empty(),
         level,
         source: m.source.clone(),
-        target: m.target_root.clone(),
+        target: survey.shown().to_path_buf(),
         selection: Some(plan.selection),
         checked_files: checked.0,
         checked_bytes: checked.1,
@@ -291,12 +290,12 @@ fn run_one(
 }
 
 /// The report of a verify that found an apply writing the target: it compares nothing.
-fn busy(m: &Migration, level: VerifyLevel, h: crate::lock::Holder, start: Instant) -> VerifyReport {
+fn busy(m: &Migration, level: VerifyLevel, h: String, start: Instant) -> VerifyReport {
     VerifyReport {
         ok: false,
         level,
         source: m.source.clone(),
-        target: m.target_root.clone(),
+        target: m.survey().shown().to_path_buf(),
         selection: None,
         checked_files: 0,
         checked_bytes: 0,
@@ -384,8 +383,10 @@ fn shell_word(p: &std::path::Path) -> String {
 }
 
 /// Hashes source and target of each pair in parallel; records content differences.
+#[allow(clippy::too_many_arguments)]
 fn hash_pairs(
     m: &Migration,
+    survey: &dyn plan::Survey,
     pairs: &[(&FileInfo, &FileInfo)],
     progress: &dyn Progress,
     cancel: &AtomicBool,
@@ -393,13 +394,20 @@ fn hash_pairs(
     diffs: &mut Vec<Difference>,
 ) -> anyhow::Result<u64> {
     let hashed = AtomicU64::new(0);
-    let target = Source::Local(m.target_root.clone());
-    let (src_root, tgt_root) = (&m.src, &target);
+    // The target's side where the target is (in its receiver, for a volume elsewhere).
+    let rels: Vec<RelPath> = pairs.iter().map(|(_, t)| t.rel.clone()).collect();
+    let theirs = survey.hashes(&rels, m.parallelism, progress, cancel);
+    let triples: Vec<(&FileInfo, &FileInfo, &Result<u128, String>)> = pairs
+        .iter()
+        .zip(&theirs)
+        .map(|(&(s, t), b)| (s, t, b))
+        .collect();
+    let src_root = &m.src;
     let found = crate::par::map_with(
-        pairs,
+        &triples,
         m.parallelism,
         || vec![0u8; crate::hash::BUF_SIZE],
-        |buf, &(s, t)| {
+        |buf, &(s, t, b)| {
             if cancel.load(Ordering::Relaxed) {
                 return None;
             }
@@ -407,10 +415,9 @@ fn hash_pairs(
                 hashed.fetch_add(read, Ordering::Relaxed);
                 h
             });
-            let b = crate::hash::file(tgt_root, &t.rel, buf, progress);
             hashed.fetch_add(t.size, Ordering::Relaxed);
             let (sigil, detail) = match (a, b) {
-                (Ok(x), Ok(y)) if x == y => return None,
+                (Ok(x), Ok(y)) if x == *y => return None,
                 (Ok(x), Ok(y)) => (
                     '*',
                     format!(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::anyhow;
 use nix::fcntl::OFlag;
 
-use super::{Entry, Target};
+use super::{Entry, OutFile, Target, Times};
 use crate::fsutil::{MTime, beneath};
 use crate::lock::Guard;
 use crate::perms::{self, Owner};
@@ -121,6 +121,21 @@ impl Local {
 }
 
 impl Local {
+    /// Creates (or truncates) a file to write, mode 0600 until it is complete.
+    pub fn create_local(&self, rel: &Path) -> io::Result<File> {
+        self.open_at(
+            rel,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC,
+            0o600,
+        )
+        .map(File::from)
+    }
+
+    /// Opens a file read-only.
+    pub fn open_file(&self, rel: &Path) -> io::Result<File> {
+        self.open_at(rel, OFlag::O_RDONLY, 0).map(File::from)
+    }
+
     /// Opens a file to go on writing where an interrupted transfer stopped (created if
     /// missing, never truncated), mode 0600 until it is complete.
     pub fn open_to_resume(&self, rel: &Path) -> io::Result<File> {
@@ -197,17 +212,12 @@ impl Target for Local {
         }
     }
 
-    fn create_file(&self, rel: &Path) -> io::Result<File> {
-        self.open_at(
-            rel,
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC,
-            0o600,
-        )
-        .map(File::from)
+    fn create_file(&self, rel: &Path) -> io::Result<Box<dyn OutFile>> {
+        Ok(Box::new(self.create_local(rel)?))
     }
 
-    fn open_file(&self, rel: &Path) -> io::Result<File> {
-        self.open_at(rel, OFlag::O_RDONLY, 0).map(File::from)
+    fn set_times(&self, rel: &Path, times: Times) -> io::Result<()> {
+        self.open_file(rel)?.set_times(times.file_times())
     }
 
     fn sync_file(&self, rel: &Path) -> io::Result<()> {

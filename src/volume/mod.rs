@@ -46,8 +46,83 @@ pub struct Entry {
     pub mode: u32,
 }
 
+/// The access and modification times a copy gets from its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Times {
+    /// Access time.
+    pub accessed: MTime,
+    /// Modification time.
+    pub modified: MTime,
+}
+
+impl Times {
+    /// Both times `t`.
+    pub fn both(t: MTime) -> Times {
+        Times {
+            accessed: t,
+            modified: t,
+        }
+    }
+
+    /// As std's `FileTimes`.
+    pub fn file_times(self) -> std::fs::FileTimes {
+        std::fs::FileTimes::new()
+            .set_accessed(self.accessed.system_time())
+            .set_modified(self.modified.system_time())
+    }
+}
+
+/// A file being written on a target, from [`Target::create_file`].
+pub trait OutFile: Send {
+    /// Appends `data`.
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()>;
+    /// Hints that the range just written can go to disk now (a local file).
+    fn writeback(&self, _offset: u64, _len: u64) {}
+    /// Finishes the file: the owner, the mode promigrate gives a copy of a source file with
+    /// `src_mode`, with `durable` an fsync, and only then `times` (see [`finish_file`]).
+    /// `shown` names it in messages.
+    fn finish(
+        &mut self,
+        shown: &Path,
+        owner: Owner,
+        src_mode: u32,
+        times: Option<Times>,
+        durable: bool,
+    ) -> io::Result<()>;
+    /// The file itself when it is on a volume mounted here (the in-kernel copy writes it).
+    fn as_file(&self) -> Option<&File> {
+        None
+    }
+}
+
+impl OutFile for File {
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        io::Write::write_all(self, data)
+    }
+
+    fn writeback(&self, offset: u64, len: u64) {
+        crate::cache::start_writeback(self, offset, len);
+    }
+
+    fn finish(
+        &mut self,
+        shown: &Path,
+        owner: Owner,
+        src_mode: u32,
+        times: Option<Times>,
+        durable: bool,
+    ) -> io::Result<()> {
+        let times = times.map_or_else(std::fs::FileTimes::new, Times::file_times);
+        finish_file(self, shown, owner, src_mode, times, durable)
+    }
+
+    fn as_file(&self) -> Option<&File> {
+        Some(self)
+    }
+}
+
 /// A change apply makes to a target, as a dry run records it. Paths are full paths.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
     /// A directory created (with the target owner and mode).
@@ -92,11 +167,11 @@ pub trait Target: Send + Sync {
     /// returns whether an existing one had to be changed.
     fn ensure_dir(&self, rel: &Path) -> anyhow::Result<bool>;
     /// Creates (or truncates) a file to write, mode 0600 until it is complete.
-    fn create_file(&self, rel: &Path) -> io::Result<File>;
+    fn create_file(&self, rel: &Path) -> io::Result<Box<dyn OutFile>>;
     /// Records a file apply would write (a dry run; a real target never gets this call).
     fn would_write(&self, _rel: &Path, _bytes: u64) {}
-    /// Opens a file written earlier, read-only (to give it its times).
-    fn open_file(&self, rel: &Path) -> io::Result<File>;
+    /// Gives a file written earlier its times.
+    fn set_times(&self, rel: &Path, times: Times) -> io::Result<()>;
     /// Makes a file's data durable.
     fn sync_file(&self, rel: &Path) -> io::Result<()>;
     /// Makes a directory's entries durable.

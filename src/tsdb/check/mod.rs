@@ -20,7 +20,7 @@ mod wal;
 use crate::source::Tree;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::plan::inventory::Inventory;
 use crate::progress::Progress;
@@ -28,7 +28,7 @@ use crate::relpath::RelPath;
 use crate::tsdb;
 
 /// How deep to look.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Depth {
     /// meta.json, file numbering, file headers, index TOC, tombstones.
     Cheap,
@@ -38,7 +38,7 @@ pub enum Depth {
 
 /// What Prometheus does about a problem (from prometheus `tsdb/`, and shown by tests that
 /// start a real prometheus on damaged copies).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Effect {
     /// Startup fails ("opening storage failed").
@@ -121,7 +121,7 @@ impl Effect {
 }
 
 /// One problem found in a data directory.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Problem {
     /// Path relative to the TSDB root.
     pub path: RelPath,
@@ -145,6 +145,11 @@ impl Ord for Effect {
 }
 
 impl Problem {
+    /// A problem with the target as a whole (the checks could not run there).
+    pub fn of_target(problem: String) -> Problem {
+        Problem::new("", "", problem, Effect::FailsStart)
+    }
+
     fn new(
         path: impl Into<RelPath>,
         location: impl Into<String>,
