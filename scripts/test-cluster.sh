@@ -262,15 +262,6 @@ EOF
 	chmod 600 "$file"
 }
 
-resolve_state() {
-	local s=${1:-$DEFAULT_STATE}
-	case $s in
-	/*) ;;
-	*) s=$PWD/$s ;;
-	esac
-	printf '%s\n' "${s%/}"
-}
-
 cmd_up() {
 	STATE=$(resolve_state "${1:-}")
 	local t0=$SECONDS

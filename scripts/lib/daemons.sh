@@ -3,7 +3,8 @@
 # start in the background and stop again. A daemon NAME has STATE/NAME.pid, STATE/NAME.exe (the
 # binary) and STATE/NAME.log; only a process whose command line still shows that binary with a
 # path under STATE in its arguments is ever signalled (PIDs get reused).
-# The caller defines log MSG, die MSG and fail MSG (abort; used by start), and sets STATE for start.
+# The caller defines log MSG, die MSG and fail MSG (abort; used by start), sets STATE for start
+# and DEFAULT_STATE for resolve_state.
 
 LAUNCHER=()
 
@@ -101,7 +102,9 @@ start() {
 	shift 2
 	echo "$exe" >"$STATE/$name.exe"
 	local pid i
-	"${LAUNCHER[@]}" "$exe" "$@" </dev/null >"$STATE/$name.log" 2>&1 &
+	# fds 7-9 are the callers' lock files (builds, the test node's host lock): a daemon that
+	# inherited one would hold that lock as long as it runs.
+	"${LAUNCHER[@]}" "$exe" "$@" </dev/null >"$STATE/$name.log" 2>&1 7>&- 8>&- 9>&- &
 	pid=$!
 	echo "$pid" >"$STATE/$name.pid"
 	# Until it has exec'd the binary the child is a copy of this shell (or the launcher), with
@@ -118,3 +121,12 @@ start() {
 	log "started $name (pid $pid, log $STATE/$name.log)"
 }
 
+# resolve_state [DIR]: DIR (default $DEFAULT_STATE) as an absolute path without a trailing slash.
+resolve_state() {
+	local s=${1:-$DEFAULT_STATE}
+	case $s in
+	/*) ;;
+	*) s=$PWD/$s ;;
+	esac
+	printf '%s\n' "${s%/}"
+}
