@@ -311,6 +311,9 @@ UP_OK=0
 up_exit() {
 	[ "$UP_OK" = 1 ] && return 0
 	log "up failed: tearing down; the logs stay in $STATE (removed by the next up or down)"
+	# test-cluster.sh down removes its state dir: keep its logs beside ours
+	local f
+	for f in "$STATE"/cp/*.log; do [ ! -f "$f" ] || cp "$f" "$STATE/cp-${f##*/}"; done
 	teardown
 	set_owner ""
 	return 0
