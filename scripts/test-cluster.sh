@@ -79,7 +79,7 @@ build_kube() {
 	local missing
 	missing=$(missing_cmds "$@")
 	[ -n "$missing" ] || return 0
-	command -v go >/dev/null 2>&1 || die "go not found: it is needed to build $(echo $missing)"
+	command -v go >/dev/null 2>&1 || die "go not found: it is needed to build ${missing//$'\n'/ }"
 	mkdir -p "$(dirname "$CACHE")"
 	# One build at a time per version: a second `up` waits here, then finds the binaries.
 	exec 9>"$CACHE.lock"
