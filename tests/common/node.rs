@@ -24,6 +24,10 @@ use std::time::Duration;
 /// The lock a [`TestNode`] holds while it lives (the script's own host lock only makes a
 /// second `up` fail; this one makes it wait).
 const TESTS_LOCK: &str = "/run/lock/promigrate-node-tests.lock";
+/// The script's host lock: the state dir of the node that is up.
+const HOST_LOCK: &str = "/run/lock/promigrate-node.lock";
+/// How a [`TestNode`]'s temp dir is named, so that a node whose test process died is known.
+const ROOT_PREFIX: &str = "promigrate-testnode-";
 
 /// A running node; taken down on drop.
 pub struct TestNode {
@@ -58,6 +62,37 @@ fn host_lock() -> nix::fcntl::Flock<File> {
     }
 }
 
+/// Takes down a node that a test process left up when it was killed before its drop ran:
+/// whoever holds [`TESTS_LOCK`] knows that no test uses it any more.
+fn down_orphan() {
+    let owner = std::fs::read_to_string(HOST_LOCK).unwrap_or_default();
+    let state = Path::new(owner.trim());
+    let Some(root) = state.parent() else { return };
+    let ours = state.file_name() == Some("state".as_ref())
+        && root
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(ROOT_PREFIX));
+    if !ours || !state.is_dir() {
+        return;
+    }
+    eprintln!(
+        "taking down {}, the node of a test process that died",
+        state.display()
+    );
+    if !down(state) {
+        return;
+    }
+    // Its volumes too, unless something is mounted below them.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mounted_below = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .any(|m| Path::new(m).starts_with(root));
+    if !mounted_below {
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
+
 /// `scripts/test-node.sh down STATE`; false if it failed (it then leaves STATE in place).
 fn down(state: &Path) -> bool {
     Command::new("bash")
@@ -71,6 +106,13 @@ fn down(state: &Path) -> bool {
 impl TestNode {
     pub fn up() -> TestNode {
         let lock = host_lock();
+        down_orphan();
+        let tempdir = || {
+            tempfile::Builder::new()
+                .prefix(ROOT_PREFIX)
+                .tempdir()
+                .unwrap()
+        };
         let start = |root: &tempfile::TempDir| {
             Command::new("bash")
                 .arg(script())
@@ -80,7 +122,7 @@ impl TestNode {
                 .output()
                 .unwrap()
         };
-        let mut root = tempfile::tempdir().unwrap();
+        let mut root = tempdir();
         let mut out = start(&root);
         if !out.status.success() {
             // Starting the node is not what the tests test: a failed start (its logs are
@@ -89,7 +131,7 @@ impl TestNode {
                 let _ = root.keep();
             }
             eprintln!("test-node up failed; starting it once more");
-            root = tempfile::tempdir().unwrap();
+            root = tempdir();
             out = start(&root);
         }
         assert!(
