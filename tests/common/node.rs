@@ -45,7 +45,7 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-node.sh")
 }
 
-fn host_lock() -> nix::fcntl::Flock<File> {
+fn tests_lock() -> nix::fcntl::Flock<File> {
     use nix::fcntl::{Flock, FlockArg};
     let file = File::options()
         .create(true)
@@ -103,9 +103,20 @@ fn down(state: &Path) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Takes the node in `root` down, then removes `root`; when `down` fails, `root` stays
+/// (something may still be mounted below it: never rm -rf into that).
+fn discard(root: tempfile::TempDir) {
+    if !down(&root.path().join("state")) {
+        eprintln!(
+            "scripts/test-node.sh down failed; leaving {} in place",
+            root.keep().display()
+        );
+    }
+}
+
 impl TestNode {
     pub fn up() -> TestNode {
-        let lock = host_lock();
+        let lock = tests_lock();
         down_orphan();
         let tempdir = || {
             tempfile::Builder::new()
@@ -127,17 +138,15 @@ impl TestNode {
         if !out.status.success() {
             // Starting the node is not what the tests test: a failed start (its logs are
             // above) gets one more.
-            if !down(&root.path().join("state")) {
-                let _ = root.keep();
-            }
+            discard(root);
             eprintln!("test-node up failed; starting it once more");
             root = tempdir();
             out = start(&root);
+            if !out.status.success() {
+                discard(root);
+                panic!("scripts/test-node.sh up failed twice (see its output above)");
+            }
         }
-        assert!(
-            out.status.success(),
-            "scripts/test-node.sh up failed twice (see its output above)"
-        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         let env_file = PathBuf::from(stdout.lines().last().unwrap().trim());
         let env: HashMap<String, String> = std::fs::read_to_string(&env_file)
@@ -369,13 +378,6 @@ impl TestNode {
 
 impl Drop for TestNode {
     fn drop(&mut self) {
-        let root = self.root.take().unwrap();
-        if !down(&root.path().join("state")) {
-            // Something may still be mounted below it: never rm -rf into that.
-            eprintln!(
-                "scripts/test-node.sh down failed; leaving {} in place",
-                root.keep().display()
-            );
-        }
+        discard(self.root.take().unwrap());
     }
 }
