@@ -13,14 +13,17 @@ demo:
 	bash scripts/demo.sh
 
 ## All tests: unit, CLI, and real-component integration tests (real promtool/prometheus data,
-## real prometheus servers, a real Kubernetes control plane built once by scripts/test-cluster.sh,
-## Prometheus 3.x built once from the Go module proxy by scripts/prometheus3.sh, and the
-## Prometheus Operator built once the same way by scripts/prometheus-operator.sh).
-## Needs root: it chowns to other uids and mounts small tmpfs volumes.
+## real prometheus servers, a real Kubernetes control plane and kubelet built once by
+## scripts/test-cluster.sh, a real node with containerd and locally built images by
+## scripts/test-node.sh, Prometheus 3.x built once from the Go module proxy by
+## scripts/prometheus3.sh, and the Prometheus Operator built once the same way by
+## scripts/prometheus-operator.sh).
+## Needs root: it chowns to other uids, mounts small tmpfs volumes and runs containers.
 test:
 	bash scripts/deps.sh
-	@if [ "$$(id -u)" -ne 0 ]; then echo "make test needs root (chown to runAsUser/fsGroup, tmpfs mounts): sudo make test" >&2; exit 1; fi
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make test needs root (chown to runAsUser/fsGroup, tmpfs mounts, containers): sudo make test" >&2; exit 1; fi
 	bash scripts/test-cluster.sh build
+	bash scripts/test-node.sh build
 	bash scripts/prometheus3.sh build
 	bash scripts/prometheus-operator.sh build
 	bash scripts/gen-tsdb3.sh target/fixtures/tsdb3

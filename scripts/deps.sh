@@ -3,8 +3,10 @@
 # it is missing: Debian's prometheus (prometheus + promtool: real TSDBs and a real server),
 # rsync and GNU time (benchmarks), util-linux (setpriv, mount), etcd-server and openssl (the
 # test control plane of scripts/test-cluster.sh), apache2-utils (htpasswd: the bcrypt hash of
-# the HTTPS Pushgateway's basic-auth user in tests/observability.rs). The Rust toolchain is expected
-# (rustup); crates are fetched by cargo.
+# the HTTPS Pushgateway's basic-auth user in tests/observability.rs), and for the test node of
+# scripts/test-node.sh: containerd, runc, containernetworking-plugins (host-local and loopback for
+# its CNI plugin), iproute2 (ip), gcc and libc6-dev (the static pause binary of its images).
+# The Rust toolchain is expected (rustup); crates are fetched by cargo.
 set -euo pipefail
 
 need=()
@@ -25,6 +27,13 @@ command -v bc >/dev/null 2>&1 || need+=(bc)
 command -v strace >/dev/null 2>&1 || need+=(strace)
 command -v prometheus-pushgateway >/dev/null 2>&1 || need+=(prometheus-pushgateway)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
+command -v containerd >/dev/null 2>&1 || need+=(containerd)
+command -v runc >/dev/null 2>&1 || need+=(runc)
+[ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] || need+=(containernetworking-plugins)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+# libc.a, for `gcc -static`
+dpkg -s libc6-dev >/dev/null 2>&1 || need+=(libc6-dev)
 # The ssh2 crate builds libssh2 against the system OpenSSL.
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 [ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)

@@ -30,6 +30,42 @@ pub fn kube_bin() -> &'static Path {
     })
 }
 
+/// A tokio runtime and a client of the cluster `kubeconfig` names.
+pub fn connect(kubeconfig: &Path) -> (tokio::runtime::Runtime, Client) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt.block_on(async {
+        let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
+        Client::try_from(config).unwrap()
+    });
+    (rt, client)
+}
+
+/// Creates the object `v` (JSON) through `api`; panics on any error.
+pub fn create<K>(rt: &tokio::runtime::Runtime, api: Api<K>, v: serde_json::Value) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(v).unwrap();
+    rt.block_on(api.create(&PostParams::default(), &obj))
+        .unwrap()
+}
+
+/// Polls every 250 ms until `done`; panics after `timeout`.
+pub fn poll(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// A running control plane; stopped on drop.
 pub struct TestCluster {
     state: tempfile::TempDir,
@@ -75,18 +111,7 @@ impl TestCluster {
         );
         let stdout = String::from_utf8_lossy(&out.stdout);
         let kubeconfig = PathBuf::from(stdout.lines().last().unwrap().trim());
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let client = rt.block_on(async {
-            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .unwrap();
-            Client::try_from(config).unwrap()
-        });
+        let (rt, client) = connect(&kubeconfig);
         let c = TestCluster {
             state,
             kubeconfig,
@@ -122,10 +147,7 @@ impl TestCluster {
             + serde::Serialize
             + std::fmt::Debug,
     {
-        let obj: K = serde_json::from_value(v).unwrap();
-        self.rt
-            .block_on(api.create(&PostParams::default(), &obj))
-            .unwrap()
+        create(&self.rt, api, v)
     }
 
     pub fn pv(&self, name: &str) -> PersistentVolume {
@@ -162,15 +184,8 @@ impl TestCluster {
     }
 
     /// Polls until `done` or 60 s.
-    pub fn wait(&self, what: &str, mut done: impl FnMut() -> bool) {
-        let start = Instant::now();
-        while !done() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "timed out waiting for {what}"
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
+    pub fn wait(&self, what: &str, done: impl FnMut() -> bool) {
+        poll(what, Duration::from_secs(60), done);
     }
 
     pub fn pv_phase(&self, name: &str) -> String {

@@ -2,11 +2,13 @@
 //! prometheus: Debian's 2.42 via scripts/gen-tsdb.sh, 3.x built by scripts/prometheus3.sh via
 //! scripts/gen-tsdb3.sh), plan files, the promigrate binary, and real Prometheus servers (2.42
 //! or 3.x: [`PromFlavor`]) started on 127.0.0.1 and stopped by their PID; a real Kubernetes
-//! control plane ([`cluster`]) and the real Prometheus Operator against it ([`operator`]).
+//! control plane ([`cluster`]), the real Prometheus Operator against it ([`operator`]), and a
+//! real node (kubelet, containerd) beside a control plane ([`node`]).
 #![allow(dead_code)]
 
 pub mod cluster;
 pub mod fake_prometheus;
+pub mod node;
 pub mod operator;
 
 use std::net::TcpListener;
