@@ -74,6 +74,48 @@ pub fn canonical_lenient(p: &Path) -> PathBuf {
     }
 }
 
+/// Where a directory is, in terms that hold across mount namespaces (a receiver in a pod
+/// and the promigrate beside the source on the same node): the kernel's boot id, and the
+/// (device, inode) of the directory (or its nearest existing ancestor) and of each
+/// directory above it up to `/`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Whereabouts {
+    /// `/proc/sys/kernel/random/boot_id`: the same kernel, the same device numbers.
+    pub boot_id: String,
+    /// (device, inode), innermost first.
+    pub chain: Vec<(u64, u64)>,
+}
+
+impl Whereabouts {
+    /// Of `p` on this host; `None` when the boot id cannot be read.
+    pub fn of(p: &Path) -> Option<Whereabouts> {
+        use std::os::unix::fs::MetadataExt;
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let c = canonical_lenient(p);
+        let chain = c
+            .ancestors()
+            .filter_map(|a| std::fs::metadata(a).ok())
+            .map(|m| (m.dev(), m.ino()))
+            .collect();
+        Some(Whereabouts {
+            boot_id: boot_id.trim().to_string(),
+            chain,
+        })
+    }
+
+    /// Whether one of the two directories is the other or lies below it (never across two
+    /// kernels).
+    pub fn overlaps(&self, other: &Whereabouts) -> bool {
+        if self.boot_id != other.boot_id {
+            return false;
+        }
+        let (Some(a), Some(b)) = (self.chain.first(), other.chain.first()) else {
+            return false;
+        };
+        other.chain.contains(a) || self.chain.contains(b)
+    }
+}
+
 /// Whether `inner` is `outer` or lies below it (both canonical).
 pub fn is_within(inner: &Path, outer: &Path) -> bool {
     inner.starts_with(outer)

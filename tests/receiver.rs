@@ -280,7 +280,10 @@ fn plan_apply_and_verify_through_a_receiver_end_byte_equal() {
     // The dry run is the engine, recorded by the receiver: it lists writes, makes none.
     let (code, out, err) = through_receiver(&ws, &["apply", "--dry-run"]);
     assert_eq!(code, 0, "dry run: {out}\n{err}");
-    assert!(out.contains("write"), "the dry run lists the writes: {out}");
+    assert!(
+        out.contains("copy block"),
+        "the dry run lists the copies: {out}"
+    );
     assert!(
         common::files_below(&ws.mount).next().is_none(),
         "a dry run writes nothing"
@@ -346,4 +349,74 @@ fn an_apply_killed_mid_copy_through_a_receiver_is_resumed_by_a_rerun() {
     common::assert_no_temp_files(&ws.target(), "after the rerun");
     let (code, out, err) = through_receiver(&ws, &["verify"]);
     assert_eq!(code, 0, "verify: {out}\n{err}");
+}
+
+#[test]
+fn a_dry_run_through_a_receiver_reads_as_a_local_one() {
+    let ws = common::Workspace::new();
+    let (code, local, err) = ws.run(&["apply", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, remote, err) = through_receiver(&ws, &["apply", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    // The same list of changes; only the target's name differs.
+    let changes = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.trim_start().starts_with("- "))
+            .map(String::from)
+            .collect()
+    };
+    assert!(!changes(&local).is_empty(), "{local}");
+    let remote = remote.replace("receiver 1:", "");
+    assert_eq!(
+        changes(&remote),
+        changes(&local),
+        "remote:\n{remote}\nlocal:\n{local}"
+    );
+}
+
+#[test]
+fn a_full_volume_behind_a_receiver_is_reported_as_full() {
+    let ws = common::Workspace::new();
+    let (_, plan) = ws.run_json(&["plan"]);
+    let need = common::only(&plan)["stats"]["copy_bytes"].as_u64().unwrap();
+    let _fs = common::Tmpfs::mount(&ws.mount, &format!("{}k", need / 1024 * 2 + 256));
+    let mut c = ws.cmd(&[
+        "apply",
+        "--yes",
+        "--bwlimit",
+        &format!("{}K", need / 1024 / 4),
+    ]);
+    c.env(
+        promigrate::remote::COMMAND_ENV,
+        format!("exec {} receive", env!("CARGO_BIN_EXE_promigrate")),
+    );
+    let child = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Someone else fills the volume while apply runs.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let _ = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", ws.mount.join("filler").display()))
+        .arg("bs=4k")
+        .stderr(Stdio::null())
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("target volume is full"), "{err}");
+}
+
+#[test]
+fn a_target_inside_the_source_is_a_blocker_through_a_receiver_too() {
+    let ws = common::Workspace::new();
+    std::fs::write(&ws.plan, common::plan_yaml(&ws.source, &ws.source, "")).unwrap();
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("overlap"), "{out}");
+    let (code, out, err) = through_receiver(&ws, &["plan"]);
+    assert_eq!(code, 1, "a receiver on this host: {out}\n{err}");
+    assert!(out.contains("overlap"), "{out}");
 }

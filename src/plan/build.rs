@@ -143,10 +143,12 @@ pub fn build(
 
 /// Targets on one filesystem share its free space: a blocker on each when together they
 /// need more than there is.
-fn shared_filesystems(plans: &mut [MigrationPlan], devs: &[Option<u64>]) {
+fn shared_filesystems(plans: &mut [MigrationPlan], devs: &[Option<(String, u64)>]) {
     for i in 0..plans.len() {
-        let Some(dev) = devs[i] else { continue };
-        let same: Vec<usize> = (0..plans.len()).filter(|j| devs[*j] == Some(dev)).collect();
+        let Some(dev) = &devs[i] else { continue };
+        let same: Vec<usize> = (0..plans.len())
+            .filter(|j| devs[*j].as_ref() == Some(dev))
+            .collect();
         if same.len() < 2 {
             continue;
         }
@@ -192,18 +194,33 @@ pub fn build_from(
 
     // Source and target must not contain each other: a copy would recurse or eat its source.
     let local = m.src.ssh().is_none();
-    if let (true, Some(ct)) = (local, survey.here()) {
-        let cs = fsutil::canonical_lenient(&m.source);
-        if fsutil::is_within(&ct, &cs) || fsutil::is_within(&cs, &ct) {
-            blockers.push(format!(
-                "source {} and target {} overlap (one is inside the other): choose a target outside the source",
-                cs.display(),
-                ct.display()
-            ));
+    let overlap = |ct: &dyn std::fmt::Display| {
+        format!(
+            "source {} and target {ct} overlap (one is inside the other): choose a target outside the source",
+            fsutil::canonical_lenient(&m.source).display(),
+        )
+    };
+    match (local, survey.here()) {
+        (true, Some(ct)) => {
+            let cs = fsutil::canonical_lenient(&m.source);
+            if fsutil::is_within(&ct, &cs) || fsutil::is_within(&cs, &ct) {
+                blockers.push(overlap(&ct.display()));
+            }
         }
+        // A receiver on this host (this kernel): by device and inode, whatever the paths
+        // look like in its mount namespace.
+        (true, None) => {
+            if let (Some(s), Some(t)) = (fsutil::Whereabouts::of(&m.source), survey.whereabouts())
+                && s.overlaps(&t)
+            {
+                blockers.push(overlap(&shown.display()));
+            }
+        }
+        (false, _) => {}
     }
-    // Never write through a link or across a mount point (see Survey::layout_blockers).
-    blockers.extend(survey.layout_blockers());
+    // Never write through a link, nor across a mount point (last, below).
+    let layout = survey.layout();
+    blockers.extend(layout.outside);
     for link in tgt
         .excluded
         .iter()
@@ -221,6 +238,7 @@ pub fn build_from(
             t.mount.display()
         ));
     }
+    blockers.extend(layout.path_links);
     if let Some(h) = survey.writer() {
         blockers.push(format!(
             "an apply is in progress on this target ({h}): wait for it to finish, then plan again"
@@ -633,6 +651,7 @@ pub fn build_from(
     })?;
     plan.write_blockers = write_blockers;
     plan.warnings.extend(write_warnings);
+    plan.blockers.extend(layout.crossings);
     plan.ok = plan.blockers.is_empty() && plan.write_blockers.is_empty();
     Ok((plan, src, tgt))
 }
@@ -765,28 +784,28 @@ fn content_differs(
         "comparing content (--checksum) of the files with equal size and mtime"
     );
     let progress = progress_for(2 * bytes);
-    // The target's side where the target is (in its receiver, for a volume elsewhere).
+    // The target's side where the target is (in its receiver, for a volume elsewhere), at
+    // the same time as the source's side here.
     let rels: Vec<RelPath> = files.iter().map(|f| f.rel.clone()).collect();
-    let theirs = target.hashes(
-        &rels,
-        parallelism,
-        progress.as_ref(),
-        &std::sync::atomic::AtomicBool::new(false),
-    );
-    let pairs: Vec<(&&FileInfo, &Result<u128, String>)> = files.iter().zip(&theirs).collect();
-    let results = crate::par::map_with(
-        &pairs,
-        parallelism,
-        || vec![0u8; crate::hash::BUF_SIZE],
-        |buf, (f, b)| {
-            let a = source_hash(hashes, source, f, buf, progress.as_ref()).map(|(h, _)| h);
-            match (a, b) {
-                (Ok(x), Ok(y)) => Ok(x != *y),
-                (Err(e), _) => Err(format!("the source: {e}")),
-                (_, Err(e)) => Err(format!("the target: {e}")),
-            }
-        },
-    );
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let (theirs, ours) = std::thread::scope(|sc| {
+        let theirs = sc.spawn(|| target.hashes(&rels, parallelism, progress.as_ref(), &never));
+        let ours = crate::par::map_with(
+            files,
+            parallelism,
+            || vec![0u8; crate::hash::BUF_SIZE],
+            |buf, f| source_hash(hashes, source, f, buf, progress.as_ref()).map(|(h, _)| h),
+        );
+        let theirs = theirs
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (theirs, ours)
+    });
+    let results = ours.into_iter().zip(&theirs).map(|(a, b)| match (a, b) {
+        (Ok(x), Ok(y)) => Ok(x != *y),
+        (Err(e), _) => Err(format!("the source: {e}")),
+        (_, Err(e)) => Err(format!("the target: {e}")),
+    });
     progress.finish();
     let mut out = Content::default();
     for (f, r) in files.iter().zip(results) {

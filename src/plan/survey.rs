@@ -40,6 +40,17 @@ pub struct WritePlan {
     pub fixes: Vec<(RelPath, u32, u32)>,
 }
 
+/// Blockers about the way down from the volume to the TSDB directory.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Layout {
+    /// The TSDB directory resolves outside the volume.
+    pub outside: Vec<String>,
+    /// A symbolic link on the way down from the volume.
+    pub path_links: Vec<String>,
+    /// Mount points inside the volume.
+    pub crossings: Vec<String>,
+}
+
 /// Why a target's lock could not be shared: an apply holds it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Busy(pub String);
@@ -51,14 +62,17 @@ pub trait Survey: Send + Sync {
     /// The TSDB directory as this host resolves it, when the volume is mounted here (to
     /// tell whether source and target overlap); `None` for a volume elsewhere.
     fn here(&self) -> Option<PathBuf>;
-    /// The device of the volume, when it is mounted here (targets on one filesystem share
-    /// its space).
-    fn device(&self) -> Option<u64>;
+    /// The volume's filesystem: the kernel's boot id and its device (targets on one
+    /// filesystem share its space).
+    fn device(&self) -> Option<(String, u64)>;
+    /// Where the TSDB directory is, to tell whether the source (on the same host) overlaps
+    /// it when `here` cannot.
+    fn whereabouts(&self) -> Option<fsutil::Whereabouts>;
     /// Scans the TSDB directory.
     fn scan(&self, depth: inventory::Depth) -> Result<Inventory, ScanError>;
     /// Blockers about the way down from the volume to the TSDB directory: a symbolic link
     /// on it, a directory that resolves outside the volume, mount points inside the volume.
-    fn layout_blockers(&self) -> Vec<String>;
+    fn layout(&self) -> Layout;
     /// Who holds the apply lock, if an apply runs now.
     fn writer(&self) -> Option<String>;
     /// A shared (reading) lock on the TSDB directory, held while the guard lives (`None`:
@@ -126,23 +140,29 @@ impl Survey for LocalSurvey {
         Some(fsutil::canonical_lenient(&self.root))
     }
 
-    fn device(&self) -> Option<u64> {
+    fn device(&self) -> Option<(String, u64)> {
         use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(&self.mount).ok().map(|md| md.dev())
+        let w = fsutil::Whereabouts::of(&self.mount);
+        let dev = std::fs::metadata(&self.mount).ok()?.dev();
+        Some((w.map(|w| w.boot_id).unwrap_or_default(), dev))
+    }
+
+    fn whereabouts(&self) -> Option<fsutil::Whereabouts> {
+        fsutil::Whereabouts::of(&self.root)
     }
 
     fn scan(&self, depth: inventory::Depth) -> Result<Inventory, ScanError> {
         inventory::scan_with(&self.root, depth)
     }
 
-    fn layout_blockers(&self) -> Vec<String> {
-        let mut blockers = Vec::new();
+    fn layout(&self) -> Layout {
+        let mut layout = Layout::default();
         // Never write through a link: a subPath that resolves outside the volume could lead
         // the copy (and the chown) out of the target.
         let ct = fsutil::canonical_lenient(&self.root);
         let mount = fsutil::canonical_lenient(&self.mount);
         if !fsutil::is_within(&ct, &mount) {
-            blockers.push(format!(
+            layout.outside.push(format!(
                 "target {} resolves to {}, outside the volume mounted at {}: a symlink in subPath leads out of the volume; remove it",
                 self.root.display(),
                 ct.display(),
@@ -162,7 +182,7 @@ impl Survey for LocalSurvey {
             if let Ok(md) = std::fs::symlink_metadata(&cur)
                 && md.file_type().is_symlink()
             {
-                blockers.push(format!(
+                layout.path_links.push(format!(
                     "{} in the target's path {} is a symbolic link (to {}): promigrate never writes, chowns or chmods through links; set target.subPath to the real directory, or replace the link with it",
                     cur.display(),
                     self.root.display(),
@@ -171,8 +191,8 @@ impl Survey for LocalSurvey {
                 break;
             }
         }
-        blockers.extend(preflight::mount_crossings(&self.mount, &self.root));
-        blockers
+        layout.crossings = preflight::mount_crossings(&self.mount, &self.root);
+        layout
     }
 
     fn writer(&self) -> Option<String> {

@@ -19,8 +19,9 @@ use std::io::{self, Read, Write};
 pub const MAGIC: &[u8; 8] = b"PROMIGR\x01";
 /// The protocol version; both ends must speak the same.
 pub const VERSION: u16 = 1;
-/// The largest frame accepted: a data chunk is at most [`MAX_DATA`].
-pub const MAX_LEN: u32 = 16 << 20;
+/// The largest frame accepted: a data chunk is at most [`MAX_DATA`]; a reply (the scan of
+/// a target of some 100 000 files, at about 500 bytes a file) may be larger.
+pub const MAX_LEN: u32 = 256 << 20;
 /// The largest data chunk a sender puts in one frame.
 pub const MAX_DATA: usize = 4 << 20;
 

@@ -48,9 +48,13 @@ pub fn attach(m: &mut crate::plan::Migration) -> anyhow::Result<Attached> {
     };
     let shown = cmd.to_string_lossy().into_owned();
     for (i, t) in m.targets.iter_mut().enumerate() {
+        use std::os::unix::process::CommandExt;
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(&cmd)
+            // Its own process group: a Ctrl-C stops the driver at its next chunk, and the
+            // driver ends the receiver; the terminal's signal does not cut it mid-request.
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -61,7 +65,7 @@ pub fn attach(m: &mut crate::plan::Migration) -> anyhow::Result<Attached> {
         let (Some(out), Some(inp)) = (out, inp) else {
             anyhow::bail!("the receiver command {shown:?} has no stdin/stdout");
         };
-        let name = format!("receiver {} (target {})", i + 1, t.root.display());
+        let name = format!("receiver {}", i + 1);
         let rx = client::Receiver::connect(name, Box::new(out), Box::new(inp))?;
         t.remote = Some(survey::reach(
             Arc::new(rx),

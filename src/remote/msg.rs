@@ -81,8 +81,10 @@ pub enum Request {
     Recorded,
     /// Scans the TSDB directory.
     Scan { depth: inventory::Depth },
+    /// Where the TSDB directory and the volume are (boot id, devices and inodes).
+    Whereabouts,
     /// Blockers about the way down from the volume to the TSDB directory.
-    LayoutBlockers,
+    Layout,
     /// Who holds the apply lock, if an apply runs now.
     Writer,
     /// Takes a shared (reading) lock, held until [`Request::ReadUnlock`] or the end of the
@@ -140,8 +142,8 @@ pub enum Answer {
     Ops(Vec<Op>),
     /// A scan.
     Inventory(Box<Inventory>),
-    /// Messages (blockers).
-    Messages(Vec<String>),
+    /// Blockers about the way down to the TSDB directory.
+    Layout(survey::Layout),
     /// Blockers and warnings.
     Findings {
         blockers: Vec<String>,
@@ -157,6 +159,11 @@ pub enum Answer {
     Hashes(Vec<Result<u128, String>>),
     /// Format problems.
     Problems(Vec<check::Problem>),
+    /// Where the TSDB directory is, and the volume's device.
+    Whereabouts {
+        root: Option<crate::fsutil::Whereabouts>,
+        device: Option<(String, u64)>,
+    },
 }
 
 /// A failed request, as the receiver saw it.

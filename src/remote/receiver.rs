@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::frame::{self, FrameError, Kind};
 use super::msg::{Answer, Reply, Request, WireEntry, WireError};
@@ -37,7 +37,11 @@ struct State {
     survey: Option<LocalSurvey>,
     files: HashMap<u32, Open>,
     next: u32,
+    /// Opened for a dry run: nothing is written.
+    dry_run: bool,
     lock: Option<Guard>,
+    /// How many of the driver's guards hold `lock`.
+    locks: usize,
     read_lock: Option<Guard>,
 }
 
@@ -124,6 +128,7 @@ impl State {
                 };
                 self.volume = Some(v);
                 self.target = Some(t);
+                self.dry_run = dry_run;
                 self.survey = Some(LocalSurvey { mount, root, owner });
                 Ok(Answer::Done)
             }
@@ -154,6 +159,11 @@ impl State {
                 Ok(Answer::Changed(changed))
             }
             Request::Create { rel, resume } => {
+                if self.dry_run {
+                    return Err(WireError::msg(format!(
+                        "a dry run writes nothing (asked to create {rel})"
+                    )));
+                }
                 let v = self.volume()?;
                 let rel = p(&rel);
                 let (file, offset) = if resume {
@@ -187,12 +197,13 @@ impl State {
                     .ok_or_else(|| WireError::msg(format!("no open file with handle {handle}")))?;
                 let v = self.volume()?;
                 let shown = v.path(&open.rel);
+                // The driver names the file; the errno (ENOSPC: the volume is full) stays.
                 if let Some(e) = open.failed {
-                    return Err(io(with_path(e, &shown)));
+                    return Err(io(e));
                 }
                 open.file
                     .finish(&shown, v.owner(), mode, times, durable)
-                    .map_err(|e| io(with_path(e, &shown)))?;
+                    .map_err(io)?;
                 Ok(Answer::Done)
             }
             Request::Discard { handle } => {
@@ -239,10 +250,14 @@ impl State {
                 if self.lock.is_none() {
                     self.lock = self.target()?.lock().map_err(any)?;
                 }
+                self.locks += 1;
                 Ok(Answer::Done)
             }
             Request::Unlock => {
-                self.lock = None;
+                self.locks = self.locks.saturating_sub(1);
+                if self.locks == 0 {
+                    self.lock = None;
+                }
                 Ok(Answer::Done)
             }
             Request::ReadUnlock => {
@@ -261,7 +276,14 @@ impl State {
                     .map_err(|e| WireError::msg(e.to_string()))?;
                 Ok(Answer::Inventory(Box::new(inv)))
             }
-            Request::LayoutBlockers => Ok(Answer::Messages(self.survey()?.layout_blockers())),
+            Request::Whereabouts => {
+                let s = self.survey()?;
+                Ok(Answer::Whereabouts {
+                    root: s.whereabouts(),
+                    device: s.device(),
+                })
+            }
+            Request::Layout => Ok(Answer::Layout(self.survey()?.layout())),
             Request::Writer => Ok(Answer::Holder(self.survey()?.writer())),
             Request::ReadLock => match self.survey()?.read_lock() {
                 Ok(g) => {
@@ -306,19 +328,5 @@ impl State {
                 Ok(Answer::Problems(found))
             }
         }
-    }
-}
-
-/// `e` with the file it is about in its message (an errno alone does not say which file).
-fn with_path(e: io::Error, path: &Path) -> io::Error {
-    match e.raw_os_error() {
-        Some(n) => io::Error::new(
-            e.kind(),
-            super::msg::ErrnoMessage {
-                errno: n,
-                message: format!("{}: {e}", path.display()),
-            },
-        ),
-        None => e,
     }
 }

@@ -14,7 +14,7 @@ use super::msg::{Answer, Request};
 use crate::lock::Guard;
 use crate::plan::inventory::{self, Inventory, ScanError};
 use crate::plan::preflight::Writes;
-use crate::plan::survey::{Busy, Space, Survey, WritePlan};
+use crate::plan::survey::{Busy, Layout, Space, Survey, WritePlan};
 use crate::progress::Progress;
 use crate::relpath::RelPath;
 use crate::tsdb::check;
@@ -51,8 +51,18 @@ impl Survey for RemoteSurvey {
         None
     }
 
-    fn device(&self) -> Option<u64> {
-        None
+    fn device(&self) -> Option<(String, u64)> {
+        match self.ask(&Request::Whereabouts) {
+            Ok(Answer::Whereabouts { device, .. }) => device,
+            _ => None,
+        }
+    }
+
+    fn whereabouts(&self) -> Option<crate::fsutil::Whereabouts> {
+        match self.ask(&Request::Whereabouts) {
+            Ok(Answer::Whereabouts { root, .. }) => root,
+            _ => None,
+        }
     }
 
     fn scan(&self, depth: inventory::Depth) -> Result<Inventory, ScanError> {
@@ -66,11 +76,15 @@ impl Survey for RemoteSurvey {
         }
     }
 
-    fn layout_blockers(&self) -> Vec<String> {
-        match self.ask(&Request::LayoutBlockers) {
-            Ok(Answer::Messages(m)) => m,
-            Ok(a) => vec![odd(&a).to_string()],
-            Err(e) => vec![format!("cannot check the target's path: {e:#}")],
+    fn layout(&self) -> Layout {
+        let failed = |why: String| Layout {
+            outside: vec![why],
+            ..Layout::default()
+        };
+        match self.ask(&Request::Layout) {
+            Ok(Answer::Layout(l)) => l,
+            Ok(a) => failed(odd(&a).to_string()),
+            Err(e) => failed(format!("cannot check the target's path: {e:#}")),
         }
     }
 

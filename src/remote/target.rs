@@ -73,11 +73,31 @@ impl Target for Remote {
         self.dry_run
     }
 
+    /// The receiver's record, its paths named as [`Target::path`] names them here.
     fn recorded(&self) -> Vec<crate::volume::Op> {
-        match self.rx.call(&Request::Recorded) {
+        use crate::volume::Op;
+        let ops = match self.rx.call(&Request::Recorded) {
             Ok(super::msg::Answer::Ops(ops)) => ops,
-            _ => Vec::new(),
-        }
+            _ => return Vec::new(),
+        };
+        let on = |p: String| format!("{}:{p}", self.rx.name);
+        ops.into_iter()
+            .map(|op| match op {
+                Op::Mkdir { path } => Op::Mkdir { path: on(path) },
+                Op::Write { path, bytes } => Op::Write {
+                    path: on(path),
+                    bytes,
+                },
+                Op::Rename { from, to } => Op::Rename {
+                    from: on(from),
+                    to: on(to),
+                },
+                Op::Remove { path } => Op::Remove { path: on(path) },
+                Op::RemoveTree { path } => Op::RemoveTree { path: on(path) },
+                Op::Rmdir { path } => Op::Rmdir { path: on(path) },
+                Op::Chown { path } => Op::Chown { path: on(path) },
+            })
+            .collect()
     }
 
     fn would_write(&self, rel: &Path, bytes: u64) {

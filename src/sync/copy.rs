@@ -339,7 +339,8 @@ pub fn copy_file<'a>(
 /// A write error on the target file `dst` (its path is only made when there is an error:
 /// writes are on the copy's hot path).
 fn dst_err(dst: PathBuf, e: io::Error) -> CopyError {
-    if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) {
+    // errno_of: also when a receiver reported it.
+    if crate::remote::msg::errno_of(&e) == Some(nix::errno::Errno::ENOSPC as i32) {
         CopyError::NoSpace { path: dst }
     } else {
         CopyError::Target {

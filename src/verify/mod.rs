@@ -394,27 +394,39 @@ fn hash_pairs(
     diffs: &mut Vec<Difference>,
 ) -> anyhow::Result<u64> {
     let hashed = AtomicU64::new(0);
-    // The target's side where the target is (in its receiver, for a volume elsewhere).
+    // The target's side where the target is (in its receiver, for a volume elsewhere), at
+    // the same time as the source's side here.
     let rels: Vec<RelPath> = pairs.iter().map(|(_, t)| t.rel.clone()).collect();
-    let theirs = survey.hashes(&rels, m.parallelism, progress, cancel);
-    let triples: Vec<(&FileInfo, &FileInfo, &Result<u128, String>)> = pairs
-        .iter()
-        .zip(&theirs)
-        .map(|(&(s, t), b)| (s, t, b))
-        .collect();
     let src_root = &m.src;
-    let found = crate::par::map_with(
-        &triples,
-        m.parallelism,
-        || vec![0u8; crate::hash::BUF_SIZE],
-        |buf, &(s, t, b)| {
-            if cancel.load(Ordering::Relaxed) {
-                return None;
-            }
-            let a = plan::source_hash(hashes, src_root, s, buf, progress).map(|(h, read)| {
-                hashed.fetch_add(read, Ordering::Relaxed);
-                h
-            });
+    let (theirs, ours) = std::thread::scope(|sc| {
+        let theirs = sc.spawn(|| survey.hashes(&rels, m.parallelism, progress, cancel));
+        let ours = crate::par::map_with(
+            pairs,
+            m.parallelism,
+            || vec![0u8; crate::hash::BUF_SIZE],
+            |buf, &(s, _)| {
+                if cancel.load(Ordering::Relaxed) {
+                    return None;
+                }
+                Some(
+                    plan::source_hash(hashes, src_root, s, buf, progress).map(|(h, read)| {
+                        hashed.fetch_add(read, Ordering::Relaxed);
+                        h
+                    }),
+                )
+            },
+        );
+        let theirs = theirs
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (theirs, ours)
+    });
+    let found = pairs
+        .iter()
+        .zip(ours)
+        .zip(&theirs)
+        .map(|((&(s, t), a), b)| {
+            let a = a?;
             hashed.fetch_add(t.size, Ordering::Relaxed);
             let (sigil, detail) = match (a, b) {
                 (Ok(x), Ok(y)) if x == *y => return None,
@@ -433,8 +445,8 @@ fn hash_pairs(
                 sigil,
                 detail,
             })
-        },
-    );
+        });
+    let found: Vec<Option<Difference>> = found.collect();
     if cancel.load(Ordering::Relaxed) {
         anyhow::bail!("verify interrupted before all files were hashed; the result is incomplete");
     }
