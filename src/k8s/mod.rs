@@ -434,6 +434,7 @@ pub(crate) fn test_target() -> KubeTarget {
         derived: Vec::new(),
         wait_timeout: Duration::from_secs(5),
         headroom_percent: 10,
+        receiver_pod: None,
     }
 }
 

@@ -43,6 +43,16 @@ impl Drop for Attached {
 /// [`crate::plan::file::Reach`] to it.
 pub fn attach(m: &mut crate::plan::Migration) -> anyhow::Result<Attached> {
     let mut attached = Attached::default();
+    if let Some(t) = m.targets.iter().find(|t| {
+        t.kubernetes
+            .as_ref()
+            .is_some_and(|k| k.receiver_pod.is_some())
+    }) {
+        anyhow::bail!(
+            "target {}: a target without `path` is written through a receiver pod, which this build cannot start yet: mount the volume and give its `path`",
+            t.root.display()
+        );
+    }
     let Some(cmd) = std::env::var_os(COMMAND_ENV).filter(|c| !c.is_empty()) else {
         return Ok(attached);
     };
