@@ -228,3 +228,102 @@ fn without_pods_exec_the_error_names_it_and_nothing_is_created() {
     }
     assert_eq!(pods_left(&node), Vec::<String>::new());
 }
+
+#[test]
+fn an_apply_killed_mid_copy_leaves_its_pod_and_the_rerun_removes_it_and_ends_byte_equal() {
+    let (node, vol) = node_with_claim();
+    let ws = common::Workspace::new();
+    write_plan(
+        &ws,
+        &node.kubeconfig,
+        &format!("      image: {}\n", node.standin_image()),
+    );
+    let total: u64 = common::files_below(&ws.source)
+        .map(|(_, e)| e.metadata().unwrap().len())
+        .sum();
+    // About 8 s of copying at this limit, once the pod runs.
+    let rate = format!("{}K", (total / 1024 / 8).max(8));
+    let mut c = ws.cmd(&["apply", "--yes", "--bwlimit", &rate]);
+    c.env("PROMIGRATE_RECEIVER_BINARY", static_binary());
+    let mut child = c
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once the receiver has written something into the TSDB's directory.
+    let db = vol.join("prometheus-db");
+    let start = std::time::Instant::now();
+    // (Not files_below: a staging directory renamed during the walk is no error here.)
+    let any_file = |d: &Path| {
+        walkdir::WalkDir::new(d)
+            .into_iter()
+            .filter_map(Result::ok)
+            .any(|e| e.file_type().is_file())
+    };
+    while !any_file(&db) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "apply ended before it wrote anything"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "nothing written after 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "apply ended before the kill: the test would prove nothing"
+    );
+    child.kill().unwrap(); // SIGKILL: no drop runs, the pod stays
+    child.wait().unwrap();
+    let left = pods_left(&node);
+    assert_eq!(left.len(), 1, "the killed run's pod: {left:?}");
+    let mut want = common::content_hashes(&ws.source);
+    want.remove("queries.active");
+    assert_ne!(
+        common::content_hashes(&db),
+        want,
+        "the kill came after the copy had finished: the test would prove nothing"
+    );
+
+    let (code, out, err) = run(&ws, &["apply", "--yes"]);
+    assert_eq!(code, 0, "rerun: {out}\n{err}");
+    assert!(
+        err.contains(&format!("removing the receiver pod {NS}/{}", left[0])),
+        "{err}"
+    );
+    assert_eq!(pods_left(&node), Vec::<String>::new(), "after the rerun");
+    assert_eq!(common::content_hashes(&db), want, "byte-equal");
+    common::assert_no_temp_files(&db, "after the rerun");
+    let (code, out, err) = run(&ws, &["verify"]);
+    assert_eq!(code, 0, "verify: {out}\n{err}");
+}
+
+#[test]
+fn a_dynamically_linked_promigrate_says_how_to_get_a_static_one() {
+    // No cluster is asked: the binary to upload is settled first.
+    let ws = common::Workspace::new();
+    write_plan(&ws, &ws.dir.path().join("no-kubeconfig"), "");
+    let mut c = ws.cmd(&["plan"]);
+    c.env_remove("PROMIGRATE_RECEIVER_BINARY");
+    let (code, out, err) = common::run(c);
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("linked dynamically") && err.contains("make static"),
+        "{err}"
+    );
+    // A dynamic one named by the variable is refused the same way.
+    let mut c = ws.cmd(&["plan"]);
+    c.env(
+        "PROMIGRATE_RECEIVER_BINARY",
+        env!("CARGO_BIN_EXE_promigrate"),
+    );
+    let (code, _, err) = common::run(c);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("PROMIGRATE_RECEIVER_BINARY=") && err.contains("linked dynamically"),
+        "{err}"
+    );
+}

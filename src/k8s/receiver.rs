@@ -496,8 +496,9 @@ async fn wait_running(
                 .or_else(|| now.and_then(|p| p.status?.phase))
                 .unwrap_or_else(|| "no status".into());
             bail!(
-                "the receiver pod {shown} is not running after {}s (target.kubernetes.waitTimeout): {why}",
-                timeout.as_secs()
+                "the receiver pod {shown} is not running after {}s (target.kubernetes.waitTimeout): {why}. A ReadWriteOnce claim that a pod on another node mounts cannot be attached to the receiver's node: scale that pod's StatefulSet to 0 first (kubectl describe pod -n {})",
+                timeout.as_secs(),
+                shown.replace('/', " ")
             );
         }
     };
