@@ -1,10 +1,18 @@
 # promigrate: the two commands a newcomer needs are `make demo` and `make test`.
-.PHONY: demo test unit lint bench build install clean-fixtures
+.PHONY: demo test unit lint bench build static install clean-fixtures
 
 CARGO ?= cargo
 
 build:
 	$(CARGO) build --release --locked
+
+## A static promigrate (glibc and OpenSSL linked in): what a receiver pod runs, in any image
+## (docs/receiver.md). Lands in $(STATIC_BIN); run it, or name it in PROMIGRATE_RECEIVER_BINARY.
+STATIC_TRIPLE ?= x86_64-unknown-linux-gnu
+STATIC_BIN = $(or $(CARGO_TARGET_DIR),target)/$(STATIC_TRIPLE)/release/promigrate
+static:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked --target $(STATIC_TRIPLE)
+	@echo "$(STATIC_BIN)"
 
 ## Plan -> apply -> verify on a small real TSDB into a temp dir, showing the reports.
 demo:

@@ -252,7 +252,7 @@ fn load(
         })
     };
     let mut m = crate::plan::file::load(file, &derive)?;
-    let attached = crate::remote::attach(&mut m)?;
+    let attached = crate::remote::attach(&mut m, rt)?;
     Ok((m, attached))
 }
 

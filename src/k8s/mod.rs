@@ -13,6 +13,7 @@
 //!   the object.
 
 pub mod preflight;
+pub mod receiver;
 pub mod server;
 
 use std::time::{Duration, Instant};
@@ -434,6 +435,7 @@ pub(crate) fn test_target() -> KubeTarget {
         derived: Vec::new(),
         wait_timeout: Duration::from_secs(5),
         headroom_percent: 10,
+        receiver_pod: None,
     }
 }
 
@@ -446,7 +448,8 @@ pub fn recorded_replicas(sts: &StatefulSet) -> Option<i32> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Names of the pods in the namespace whose volumes use the claim.
+/// Names of the pods in the namespace whose volumes use the claim, but promigrate's
+/// receiver pods.
 pub async fn pods_mounting(cluster: &Cluster, k: &KubeTarget) -> anyhow::Result<Vec<String>> {
     Ok(pods_mounting_with_uid(cluster, k)
         .await?
@@ -477,6 +480,8 @@ async fn pods_mounting_with_uid(
                 })
             })
         })
+        // promigrate's own receiver pod writes through the directory lock, as apply does.
+        .filter(|p| !receiver::is_receiver_pod(p))
         .filter_map(|p| {
             Some((
                 p.metadata.name.clone()?,

@@ -226,9 +226,11 @@ pub struct Ssh {
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Target {
-    /// Where the target volume is mounted on this host. It must exist.
-    #[schemars(with = "PathBuf")]
-    pub path: Spanned<PathBuf>,
+    /// Where the target volume is mounted on this host. It must exist. Left out with
+    /// `kubernetes`: the volume is written through a receiver pod that mounts the claim.
+    #[serde(default)]
+    #[schemars(with = "Option<PathBuf>")]
+    pub path: Option<Spanned<PathBuf>>,
     /// Optional directory inside the volume where the TSDB lands (the operator uses
     /// `prometheus-db`). With `kubernetes` naming a StatefulSet or Prometheus resource, it
     /// may be left out: the Prometheus container's volumeMount subPath is taken.
@@ -297,6 +299,24 @@ pub struct Kubernetes {
     /// Free room the PV must have beyond the data, in percent of the data (default 10).
     #[serde(default)]
     pub headroom_percent: Option<u32>,
+    /// The receiver pod that writes the volume when `path` is left out (only then).
+    #[serde(default)]
+    pub receiver: Option<ReceiverPodConfig>,
+}
+
+/// `target.kubernetes.receiver`: the pod that mounts the claim and runs `promigrate
+/// receive` when the target has no `path`.
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReceiverPodConfig {
+    /// Its image: it needs `sh` and `cat`. Default: the Prometheus container's image of the
+    /// StatefulSet's pod template.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The node it runs on. Default: the PV's node affinity (a local PV), else the node the
+    /// StatefulSet's pod last ran on; none: the scheduler places it.
+    #[serde(default)]
+    pub node_name: Option<String>,
 }
 
 /// A Kubernetes object name (DNS subdomain: lowercase letters, digits, `-` and `.`).
@@ -632,6 +652,21 @@ pub struct KubeTarget {
     pub wait_timeout: std::time::Duration,
     /// Required room beyond the data, percent.
     pub headroom_percent: u32,
+    /// Written through a receiver pod on the claim (the target has no `path`); `None`:
+    /// mounted on this host.
+    pub receiver_pod: Option<ReceiverPod>,
+}
+
+/// Where a receiver pod mounts the claim (the whole volume).
+pub const POD_MOUNT: &str = "/promigrate/volume";
+
+/// `target.kubernetes.receiver`, resolved: empty strings are "not given".
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReceiverPod {
+    /// The image, if the plan names one.
+    pub image: Option<String>,
+    /// The node, if the plan names one.
+    pub node_name: Option<String>,
 }
 
 mod secs {
@@ -788,7 +823,12 @@ fn wants_words(k: &KubeTarget, w: Wants) -> String {
 
 /// `target.kubernetes`, checked and resolved as far as the plan alone goes: names the plan
 /// leaves out are empty here until [`Derive`] fills them.
-fn kube_target(k: Kubernetes, plan_path: &Path, name: &str) -> Result<KubeTarget, InvalidInput> {
+fn kube_target(
+    k: Kubernetes,
+    plan_path: &Path,
+    name: &str,
+    mounted: bool,
+) -> Result<KubeTarget, InvalidInput> {
     let base = plan_path.parent().unwrap_or(Path::new("."));
     let err = |what: String| {
         InvalidInput(format!(
@@ -811,6 +851,19 @@ fn kube_target(k: Kubernetes, plan_path: &Path, name: &str) -> Result<KubeTarget
             "`persistentVolumeClaim` is missing: name the claim that binds the target volume (or, for an operator-managed server, the Prometheus resource in `prometheus`)".into(),
         ));
     }
+    if mounted && k.receiver.is_some() {
+        return Err(err(format!(
+            "`receiver` goes with a target written through a receiver pod, which has no `path`: remove `{name}.path` to write the volume through a pod, or `{name}.kubernetes.receiver` to write it where it is mounted"
+        )));
+    }
+    let given = |s: Option<String>| s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let receiver_pod = (!mounted).then(|| {
+        let r = k.receiver.unwrap_or_default();
+        ReceiverPod {
+            image: given(r.image),
+            node_name: given(r.node_name),
+        }
+    });
     Ok(KubeTarget {
         kubeconfig: k.kubeconfig.map(|p| {
             let p = expand_home(&p);
@@ -828,6 +881,7 @@ fn kube_target(k: Kubernetes, plan_path: &Path, name: &str) -> Result<KubeTarget
         derived: Vec::new(),
         wait_timeout: k.wait_timeout.map_or(DEFAULT_WAIT, |w| w.0),
         headroom_percent: k.headroom_percent.unwrap_or(10),
+        receiver_pod,
     })
 }
 
@@ -944,36 +998,52 @@ pub fn resolve(
     let mut targets: Vec<TargetSpec> = Vec::with_capacity(list.len());
     for (i, t) in list.into_iter().enumerate() {
         let name = field.map_or_else(|| "target".to_string(), |f| format!("{f}[{i}]"));
-        let mount = abs(&t.path.value);
-        if !mount.is_dir() {
-            return Err(field_err(
-                &format!("{name}.path"),
-                &t.path,
-                format!(
-                    "{} is not a directory: mount the target volume there first",
-                    mount.display()
-                ),
-            ));
-        }
-        // A mount path that is (or passes through) a symbolic link is resolved: promigrate
-        // works on the real directory, and below it never follows a link.
-        let mount_given = mount;
-        let mount = mount_given.canonicalize().map_err(|e| {
-            field_err(
-                &format!("{name}.path"),
-                &t.path,
-                format!("cannot resolve {}: {e}", mount_given.display()),
-            )
-        })?;
+        // A field error at `path`'s line, or (no `path`: a receiver pod) without a line.
+        let at_err = |field: &str, what: String| match &t.path {
+            Some(p) => field_err(field, p, what),
+            None => whole(format!("field `{field}`: {what}")),
+        };
+        let (mount_given, mount) = match &t.path {
+            Some(path) => {
+                let mount = abs(&path.value);
+                if !mount.is_dir() {
+                    return Err(field_err(
+                        &format!("{name}.path"),
+                        path,
+                        format!(
+                            "{} is not a directory: mount the target volume there first",
+                            mount.display()
+                        ),
+                    ));
+                }
+                // A mount path that is (or passes through) a symbolic link is resolved:
+                // promigrate works on the real directory, and below it never follows a link.
+                let mount_given = mount;
+                let mount = mount_given.canonicalize().map_err(|e| {
+                    field_err(
+                        &format!("{name}.path"),
+                        path,
+                        format!("cannot resolve {}: {e}", mount_given.display()),
+                    )
+                })?;
+                (mount_given, mount)
+            }
+            None if t.kubernetes.is_none() => {
+                return Err(whole(format!(
+                    "field `{name}.path` is missing: give the directory where the target volume is mounted on this host, or name its claim in `{name}.kubernetes` to write it through a receiver pod"
+                )));
+            }
+            // Where the receiver pod mounts the claim.
+            None => (PathBuf::from(POD_MOUNT), PathBuf::from(POD_MOUNT)),
+        };
         let sc = t.security_context;
         let mut kubernetes = match t.kubernetes {
-            Some(k) => Some(kube_target(k, plan_path, &name)?),
+            Some(k) => Some(kube_target(k, plan_path, &name, t.path.is_some())?),
             None => None,
         };
         if kubernetes.is_none() && sc.is_none() {
-            return Err(field_err(
+            return Err(at_err(
                 &name,
-                &t.path,
                 format!(
                     "missing field `securityContext`: give the pod's runAsUser and fsGroup (or name the pod's StatefulSet or Prometheus resource in `{name}.kubernetes`, and it is taken from there)"
                 ),
@@ -995,9 +1065,8 @@ pub fn resolve(
                 || k.persistent_volume_claim.is_empty()
                 || (k.stateful_set.is_some() && (wants.owner || wants.sub_path));
             if k.stateful_set.is_none() && k.prometheus.is_none() && wants.owner {
-                return Err(field_err(
+                return Err(at_err(
                     &name,
-                    &t.path,
                     format!(
                         "missing field `securityContext`: give the pod's runAsUser and fsGroup, or name the pod's StatefulSet (`{name}.kubernetes.statefulSet`) or Prometheus resource (`{name}.kubernetes.prometheus`) to take it from"
                     ),
@@ -1023,9 +1092,8 @@ pub fn resolve(
             }
         }
         let Some(owner) = owner else {
-            return Err(field_err(
+            return Err(at_err(
                 &name,
-                &t.path,
                 "missing field `securityContext`, and the pod does not say which uid and fsGroup it runs as: give them in the plan".into(),
             ));
         };
@@ -1033,10 +1101,22 @@ pub fn resolve(
             Some(p) => mount.join(p),
             None => mount.clone(),
         };
-        if let Some(j) = targets.iter().position(|o| o.root == root) {
-            return Err(field_err(
+        // Receiver pods all mount their claim at the same path: their volumes are told
+        // apart by their PersistentVolume (below).
+        let by_pod = |t: &TargetSpec| {
+            t.kubernetes
+                .as_ref()
+                .is_some_and(|k| k.receiver_pod.is_some())
+        };
+        let pod = kubernetes
+            .as_ref()
+            .is_some_and(|k| k.receiver_pod.is_some());
+        if let Some(j) = targets
+            .iter()
+            .position(|o| !pod && !by_pod(o) && o.root == root)
+        {
+            return Err(at_err(
                 &format!("{name}.path"),
-                &t.path,
                 format!(
                     "{} is already {}[{j}]: each target must be a different volume or subPath",
                     root.display(),
@@ -1051,9 +1131,8 @@ pub fn resolve(
                 })
             })
         {
-            return Err(field_err(
+            return Err(at_err(
                 &format!("{name}.path"),
-                &t.path,
                 format!(
                     "PersistentVolume {} is already the one of {}[{j}]: each target has its own volume",
                     k.persistent_volume,
@@ -1329,6 +1408,81 @@ transfer:
         let empty = missing.replace("transfer:", "targets: []\ntransfer:");
         let e = resolve_err(&empty);
         assert!(e.contains("`targets`") && e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn a_kubernetes_target_without_path_is_written_through_a_receiver_pod() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().display().to_string();
+        let kube = "  kubernetes:\n    namespace: monitoring\n    persistentVolume: pv-0\n    persistentVolumeClaim: data-0\n";
+        let text = GOOD
+            .replace("/data", &dir)
+            .replace("  path: /mnt/pv\n", kube);
+        let resolved = |t: &str| {
+            resolve(
+                parse(t, Path::new("p.yaml")).unwrap(),
+                Path::new("p.yaml"),
+                &offline,
+            )
+        };
+        let m = resolved(&text).unwrap();
+        let t = &m.targets[0];
+        assert_eq!(t.mount, Path::new(POD_MOUNT));
+        assert_eq!(t.root, Path::new(POD_MOUNT).join("prometheus-db"));
+        assert_eq!((t.owner.uid, t.owner.gid), (1000, 2000));
+        let k = t.kubernetes.as_ref().unwrap();
+        assert_eq!(k.receiver_pod, Some(ReceiverPod::default()));
+        assert!(t.remote.is_none(), "reached once its pod runs");
+
+        // The receiver's settings; empty strings are "not given".
+        let with = text.replace(
+            "persistentVolumeClaim: data-0\n",
+            "persistentVolumeClaim: data-0\n    receiver:\n      image: busybox:1.37\n      nodeName: \"\"\n",
+        );
+        let k = resolved(&with).unwrap().targets[0]
+            .kubernetes
+            .clone()
+            .unwrap();
+        assert_eq!(
+            k.receiver_pod,
+            Some(ReceiverPod {
+                image: Some("busybox:1.37".into()),
+                node_name: None
+            })
+        );
+
+        // A mounted target is as before: no pod; `receiver` with `path` is refused.
+        let mounted = with.replace("  kubernetes:", &format!("  path: {dir}\n  kubernetes:"));
+        let e = resolved(&mounted).unwrap_err().0;
+        assert!(
+            e.contains("`target.kubernetes`") && e.contains("`receiver`") && e.contains("`path`"),
+            "{e}"
+        );
+        let mounted = text.replace("  kubernetes:", &format!("  path: {dir}\n  kubernetes:"));
+        let m = resolved(&mounted).unwrap();
+        assert_eq!(m.targets[0].mount, d.path().canonicalize().unwrap());
+        assert_eq!(m.targets[0].kubernetes.as_ref().unwrap().receiver_pod, None);
+
+        // Neither `path` nor `kubernetes`: the error says what to give.
+        let neither = GOOD.replace("/data", &dir).replace("  path: /mnt/pv\n", "");
+        let e = resolved(&neither).unwrap_err().0;
+        assert!(
+            e.contains("`target.path` is missing") && e.contains("receiver pod"),
+            "{e}"
+        );
+
+        // Two pod targets mount their claims at the same path: told apart by their PV.
+        let two = |pv1: &str| {
+            let t0 = "  - subPath: prometheus-db\n    securityContext: { runAsUser: 1000, fsGroup: 2000 }\n    kubernetes: { namespace: m, persistentVolume: pv-0, persistentVolumeClaim: c-0 }\n";
+            let t1 = t0.replace("pv-0", pv1).replace("c-0", "c-1");
+            GOOD.replace("/data", &dir).replace(
+                "target:\n  path: /mnt/pv\n  subPath: prometheus-db\n  securityContext:\n    runAsUser: 1000\n    fsGroup: 2000\n",
+                &format!("targets:\n{t0}{t1}"),
+            )
+        };
+        assert_eq!(resolved(&two("pv-1")).unwrap().targets.len(), 2);
+        let e = resolved(&two("pv-0")).unwrap_err().0;
+        assert!(e.contains("PersistentVolume pv-0 is already"), "{e}");
     }
 
     #[test]

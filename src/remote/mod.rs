@@ -27,6 +27,8 @@ pub const COMMAND_ENV: &str = "PROMIGRATE_RECEIVER_COMMAND";
 #[derive(Default)]
 pub struct Attached {
     children: Vec<Child>,
+    /// Receiver pods: deleted after the children are stopped.
+    pods: Vec<crate::k8s::receiver::PodGuard>,
 }
 
 impl Drop for Attached {
@@ -39,15 +41,45 @@ impl Drop for Attached {
     }
 }
 
-/// Starts a receiver for every target when [`COMMAND_ENV`] is set, and sets each target's
-/// [`crate::plan::file::Reach`] to it.
-pub fn attach(m: &mut crate::plan::Migration) -> anyhow::Result<Attached> {
+/// Starts a receiver pod for every target without `path`, and a receiver for every other
+/// target when [`COMMAND_ENV`] is set, and sets each target's [`crate::plan::file::Reach`]
+/// to it.
+pub fn attach(
+    m: &mut crate::plan::Migration,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<Attached> {
     let mut attached = Attached::default();
+    // Targets without `path`: a receiver pod on the claim.
+    let migration = m.name.clone();
+    let mut binary = None;
+    for t in &mut m.targets {
+        let Some(k) = t.kubernetes.as_ref().filter(|k| k.receiver_pod.is_some()) else {
+            continue;
+        };
+        let bin = match &binary {
+            Some(b) => b,
+            None => binary.insert(crate::k8s::receiver::binary()?),
+        };
+        let (rx, pod) = rt.block_on(async {
+            let cluster = crate::k8s::connect(k).await?;
+            crate::k8s::receiver::start(&cluster, k, &migration, t.owner, bin).await
+        })?;
+        attached.pods.push(pod);
+        t.remote = Some(survey::reach(
+            Arc::new(rx),
+            t.mount.clone(),
+            t.root.clone(),
+            t.owner,
+        )?);
+    }
     let Some(cmd) = std::env::var_os(COMMAND_ENV).filter(|c| !c.is_empty()) else {
         return Ok(attached);
     };
     let shown = cmd.to_string_lossy().into_owned();
     for (i, t) in m.targets.iter_mut().enumerate() {
+        if t.remote.is_some() {
+            continue;
+        }
         use std::os::unix::process::CommandExt;
         let mut child = Command::new("sh")
             .arg("-c")

@@ -1,0 +1,704 @@
+//! The receiver pod (issue 17): a target with `kubernetes` and no `path` is written by
+//! promigrate itself, run as `promigrate receive` in a pod that mounts the claim. This
+//! checks the access first (nothing is created without it), removes a receiver pod that a
+//! killed run left, creates the pod under the `restricted` Pod Security profile, uploads a
+//! static promigrate into it through exec stdin, and connects to `promigrate receive` over a
+//! second exec's stdin/stdout. The pod is deleted when the returned [`PodGuard`] is dropped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
+use kube::api::{AttachParams, DeleteParams, ListParams, PostParams};
+use kube::runtime::wait;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::Cluster;
+use crate::perms::Owner;
+use crate::plan::file::{KubeTarget, POD_MOUNT};
+
+/// The binary to upload into the pod (a static build); else this one, if it is static.
+pub const BINARY_ENV: &str = "PROMIGRATE_RECEIVER_BINARY";
+/// Where the pod keeps the uploaded binary (an emptyDir).
+const BIN_DIR: &str = "/promigrate/bin";
+/// The labels that find a receiver pod again (also one that a killed run left).
+const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "promigrate");
+const ROLE: (&str, &str) = ("promigrate.io/role", "receiver");
+const CLAIM: &str = "promigrate.io/claim";
+const MIGRATION: &str = "promigrate.io/migration";
+
+/// How to get a binary that runs in any image.
+const STATIC_HINT: &str = "build a static promigrate with `make static` (RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release --target x86_64-unknown-linux-gnu) and run that one, or name it in PROMIGRATE_RECEIVER_BINARY";
+
+/// The binary to upload: [`BINARY_ENV`], else this process's own when it is static.
+pub fn binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(BINARY_ENV).filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return match is_static(&p) {
+            Ok(true) => Ok(p),
+            Ok(false) => bail!(
+                "{BINARY_ENV}={} is linked dynamically: the receiver pod's image may have no C library; {STATIC_HINT}",
+                p.display()
+            ),
+            Err(e) => bail!("{BINARY_ENV}={}: {e:#}", p.display()),
+        };
+    }
+    let me = PathBuf::from("/proc/self/exe");
+    match is_static(&me) {
+        Ok(true) => Ok(me),
+        Ok(false) => bail!(
+            "this promigrate is linked dynamically, and the receiver pod's image may have no C library to run it: {STATIC_HINT}"
+        ),
+        Err(e) => bail!("cannot read this promigrate's own binary: {e:#}; {STATIC_HINT}"),
+    }
+}
+
+/// Whether the ELF file at `path` is static: no program interpreter (PT_INTERP).
+pub fn is_static(path: &Path) -> anyhow::Result<bool> {
+    use object::read::elf::{FileHeader, ProgramHeader};
+    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let header = object::elf::FileHeader64::<object::Endianness>::parse(&*data)
+        .map_err(|e| anyhow!("{} is not a 64-bit ELF binary: {e}", path.display()))?;
+    let endian = header
+        .endian()
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let phs = header
+        .program_headers(endian, &*data)
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok(!phs
+        .iter()
+        .any(|ph| ph.p_type(endian) == object::elf::PT_INTERP))
+}
+
+/// The receiver pod of a run: deleted (and waited for) when dropped, on the runtime of
+/// `handle`.
+pub struct PodGuard {
+    handle: tokio::runtime::Handle,
+    pods: Api<Pod>,
+    /// `namespace/name`.
+    pub shown: String,
+    name: String,
+    /// The exec of `promigrate receive`: its stream ends when this is dropped.
+    process: Option<kube::api::AttachedProcess>,
+}
+
+impl Drop for PodGuard {
+    fn drop(&mut self) {
+        // The receiver's stream ends first (it stops at once), then the pod goes.
+        drop(self.process.take());
+        let (pods, name, shown, handle) = (
+            self.pods.clone(),
+            self.name.clone(),
+            self.shown.clone(),
+            self.handle.clone(),
+        );
+        // On a thread of its own: this may be dropped inside the runtime's context.
+        let done = std::thread::spawn(move || {
+            handle.block_on(async {
+                if let Err(e) = delete_and_wait(&pods, &name).await {
+                    tracing::warn!(
+                        "cannot delete the receiver pod {shown}: {e:#}; delete it by hand (kubectl delete pod -n {})",
+                        shown.replace('/', " ")
+                    );
+                }
+            })
+        });
+        let _ = done.join();
+    }
+}
+
+async fn delete_and_wait(pods: &Api<Pod>, name: &str) -> anyhow::Result<()> {
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    match pods.delete(name, &dp).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    let gone = wait::await_condition(pods.clone(), name, |p: Option<&Pod>| p.is_none());
+    match tokio::time::timeout(Duration::from_secs(60), gone).await {
+        Ok(r) => r
+            .map(|_| ())
+            .map_err(|e| anyhow!("waiting for it to go: {e}")),
+        Err(_) => bail!("still there 60 s after its deletion"),
+    }
+}
+
+/// What is asked of the cluster, for the access check and the RBAC docs.
+pub const NEEDED: &[(&str, &str, &str)] = &[
+    ("create", "pods", ""),
+    ("get", "pods", ""),
+    ("list", "pods", ""),
+    ("watch", "pods", ""),
+    ("delete", "pods", ""),
+    ("create", "pods", "exec"),
+];
+
+/// Each permission the receiver pod needs in `ns` (a SelfSubjectAccessReview each); the
+/// missing ones are an error naming verb and resource.
+pub async fn check_access(cluster: &Cluster, ns: &str) -> anyhow::Result<()> {
+    let api: Api<SelfSubjectAccessReview> = Api::all(cluster.client.clone());
+    let mut missing = Vec::new();
+    for (verb, resource, sub) in NEEDED {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(ns.to_string()),
+                    verb: Some(verb.to_string()),
+                    resource: Some(resource.to_string()),
+                    subresource: (!sub.is_empty()).then(|| sub.to_string()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let r = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| super::api_error(cluster, "a selfsubjectaccessreview", e))?;
+        if !r.status.is_some_and(|s| s.allowed) {
+            let what = if sub.is_empty() {
+                resource.to_string()
+            } else {
+                format!("{resource}/{sub}")
+            };
+            missing.push(format!("{verb} {what}"));
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the credentials of {} may not {} in namespace {ns}, which the receiver pod needs (a target without `path`): grant them (docs/kubernetes.md, RBAC) or mount the volume and give the target's `path`. Nothing was created",
+            cluster.describe(),
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// A label value from `s`: at most 63 of `[A-Za-z0-9._-]`, alphanumeric at both ends.
+fn label_value(s: &str) -> String {
+    let v: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    v.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string()
+}
+
+/// Whether `p` is a receiver pod of promigrate (by its labels).
+pub fn is_receiver_pod(p: &Pod) -> bool {
+    let labels = p.labels();
+    [MANAGED_BY, ROLE]
+        .iter()
+        .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+}
+
+fn selector(migration: &str, claim: &str) -> String {
+    format!(
+        "{}={},{}={},{CLAIM}={},{MIGRATION}={}",
+        MANAGED_BY.0,
+        MANAGED_BY.1,
+        ROLE.0,
+        ROLE.1,
+        label_value(claim),
+        label_value(migration)
+    )
+}
+
+/// The image: the plan's, else the Prometheus container's of the StatefulSet.
+async fn image_of(cluster: &Cluster, k: &KubeTarget) -> anyhow::Result<String> {
+    if let Some(i) = k.receiver_pod.as_ref().and_then(|r| r.image.clone()) {
+        return Ok(i);
+    }
+    let Some(sts) = &k.stateful_set else {
+        bail!(
+            "no image for the receiver pod: set target.kubernetes.receiver.image (an image with sh and cat, e.g. busybox, that the cluster can pull), or name the StatefulSet (target.kubernetes.statefulSet) whose Prometheus image to use"
+        );
+    };
+    let api: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &k.namespace);
+    let object = format!("statefulset {}/{sts}", k.namespace);
+    let s = api
+        .get(sts)
+        .await
+        .map_err(|e| super::api_error(cluster, &object, e))?;
+    s.spec
+        .and_then(|s| s.template.spec)
+        .and_then(|spec| super::server::prometheus_container(&spec).and_then(|c| c.image.clone()))
+        .ok_or_else(|| {
+            anyhow!(
+                "{object} has no Prometheus container image: set target.kubernetes.receiver.image"
+            )
+        })
+}
+
+/// The node: the plan's, else the local PV's node affinity (one hostname), else the node
+/// of a pod that mounts the claim; `None`: the scheduler's choice.
+async fn node_of(cluster: &Cluster, k: &KubeTarget) -> anyhow::Result<Option<String>> {
+    if let Some(n) = k.receiver_pod.as_ref().and_then(|r| r.node_name.clone()) {
+        return Ok(Some(n));
+    }
+    let pvs: Api<PersistentVolume> = Api::all(cluster.client.clone());
+    let object = format!("persistentvolume/{}", k.persistent_volume);
+    let pv = pvs
+        .get(&k.persistent_volume)
+        .await
+        .map_err(|e| super::api_error(cluster, &object, e))?;
+    let terms = pv
+        .spec
+        .and_then(|s| s.node_affinity)
+        .and_then(|a| a.required)
+        .map(|r| r.node_selector_terms)
+        .unwrap_or_default();
+    if let [term] = terms.as_slice() {
+        let host = term.match_expressions.iter().flatten().find_map(|e| {
+            let values = e.values.as_deref().unwrap_or_default();
+            (e.key == "kubernetes.io/hostname" && e.operator == "In" && values.len() == 1)
+                .then(|| values[0].clone())
+        });
+        if host.is_some() {
+            return Ok(host);
+        }
+    }
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &k.namespace);
+    let list = pods
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| super::api_error(cluster, &format!("pods in {}", k.namespace), e))?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| !is_receiver_pod(p))
+        .find_map(|p| {
+            let spec = p.spec?;
+            let mounts = spec.volumes.iter().flatten().any(|v| {
+                v.persistent_volume_claim
+                    .as_ref()
+                    .is_some_and(|c| c.claim_name == k.persistent_volume_claim)
+            });
+            if mounts { spec.node_name } else { None }
+        }))
+}
+
+/// The pod, as the `restricted` Pod Security profile wants it.
+fn pod_spec(
+    k: &KubeTarget,
+    migration: &str,
+    image: &str,
+    node: Option<&str>,
+    owner: Owner,
+) -> anyhow::Result<Pod> {
+    let labels: BTreeMap<String, String> = [
+        (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+        (ROLE.0.to_string(), ROLE.1.to_string()),
+        (CLAIM.to_string(), label_value(&k.persistent_volume_claim)),
+        (MIGRATION.to_string(), label_value(migration)),
+    ]
+    .into();
+    let mut spec = json!({
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": 1,
+        "automountServiceAccountToken": false,
+        "securityContext": {
+            "runAsNonRoot": owner.uid != 0,
+            "runAsUser": owner.uid,
+            "runAsGroup": owner.gid,
+            "fsGroup": owner.gid,
+            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "receiver",
+            "image": image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"],
+            "securityContext": {
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"]}},
+            "volumeMounts": [
+                {"name": "volume", "mountPath": POD_MOUNT},
+                {"name": "bin", "mountPath": BIN_DIR}]}],
+        "volumes": [
+            {"name": "volume", "persistentVolumeClaim": {"claimName": k.persistent_volume_claim}},
+            {"name": "bin", "emptyDir": {}}]});
+    if let Some(n) = node {
+        spec["nodeName"] = json!(n);
+    }
+    serde_json::from_value(json!({
+        "metadata": {"generateName": "promigrate-receiver-", "labels": labels},
+        "spec": spec}))
+    .context("the receiver pod's spec")
+}
+
+/// Why a pod is not going to run, if it says so: a waiting reason that is not the start,
+/// a terminated container, phase Failed, or unschedulable.
+fn stuck(p: &Pod) -> Option<String> {
+    let st = p.status.as_ref()?;
+    if st.phase.as_deref() == Some("Failed") {
+        return Some(format!(
+            "phase Failed: {}",
+            st.message.clone().unwrap_or_default()
+        ));
+    }
+    if let Some(c) = st.conditions.iter().flatten().find(|c| {
+        c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
+    }) {
+        return Some(format!(
+            "Unschedulable: {}",
+            c.message.clone().unwrap_or_default()
+        ));
+    }
+    st.container_statuses.iter().flatten().find_map(|c| {
+        let state = c.state.as_ref()?;
+        if let Some(t) = &state.terminated {
+            return Some(format!(
+                "container ended ({}, exit code {}): {}",
+                t.reason.clone().unwrap_or_default(),
+                t.exit_code,
+                t.message.clone().unwrap_or_default()
+            ));
+        }
+        let w = state.waiting.as_ref()?;
+        let reason = w.reason.clone().unwrap_or_default();
+        (!matches!(
+            reason.as_str(),
+            "ContainerCreating" | "PodInitializing" | ""
+        ))
+        .then(|| format!("{reason}: {}", w.message.clone().unwrap_or_default()))
+    })
+}
+
+fn running(p: &Pod) -> bool {
+    p.status.as_ref().is_some_and(|s| {
+        s.phase.as_deref() == Some("Running")
+            && s.container_statuses
+                .iter()
+                .flatten()
+                .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+    })
+}
+
+/// What a start failure means, with what to do when the image has no shell.
+fn start_error(shown: &str, image: &str, why: &str) -> anyhow::Error {
+    let no_shell = ["executable file not found", "no such file or directory"]
+        .iter()
+        .any(|w| why.contains(w));
+    if no_shell {
+        anyhow!(
+            "the receiver pod {shown} cannot run image {image}, which has no `sh`: {why}. The receiver pod needs an image with sh and cat: set target.kubernetes.receiver.image to one the cluster can pull (e.g. busybox)"
+        )
+    } else {
+        anyhow!("the receiver pod {shown} (image {image}) did not start: {why}")
+    }
+}
+
+/// The receiver pod of target `k`, running, with promigrate uploaded into it, and the
+/// connection to its `promigrate receive`.
+pub async fn start(
+    cluster: &Cluster,
+    k: &KubeTarget,
+    migration: &str,
+    owner: Owner,
+    binary: &Path,
+) -> anyhow::Result<(crate::remote::client::Receiver, PodGuard)> {
+    let ns = &k.namespace;
+    check_access(cluster, ns).await?;
+    let image = image_of(cluster, k).await?;
+    let node = node_of(cluster, k).await?;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
+    // A receiver pod that a killed run of this migration left on this claim.
+    let lp = ListParams::default().labels(&selector(migration, &k.persistent_volume_claim));
+    let old = pods
+        .list(&lp)
+        .await
+        .map_err(|e| super::api_error(cluster, &format!("pods in {ns}"), e))?;
+    for p in old.items {
+        let name = p.name_any();
+        tracing::warn!("removing the receiver pod {ns}/{name} that an earlier run left");
+        delete_and_wait(&pods, &name)
+            .await
+            .with_context(|| format!("cannot remove the old receiver pod {ns}/{name}"))?;
+    }
+    let spec = pod_spec(k, migration, &image, node.as_deref(), owner)?;
+    let created = pods
+        .create(&PostParams::default(), &spec)
+        .await
+        .map_err(|e| super::api_error(cluster, &format!("a receiver pod in {ns}"), e))?;
+    let name = created.name_any();
+    let shown = format!("{ns}/{name}");
+    tracing::info!(
+        "receiver pod {shown} created (image {image}, node {})",
+        node.as_deref().unwrap_or("chosen by the scheduler")
+    );
+    let ready = async {
+        wait_running(&pods, &name, &shown, &image, k.wait_timeout).await?;
+        upload(&pods, &name, &shown, &image, binary).await?;
+        connect(&pods, &name, &shown).await
+    };
+    match ready.await {
+        Ok((rx, process)) => Ok((
+            rx,
+            PodGuard {
+                handle: tokio::runtime::Handle::current(),
+                pods,
+                shown,
+                name,
+                process: Some(process),
+            },
+        )),
+        Err(e) => {
+            if let Err(d) = delete_and_wait(&pods, &name).await {
+                tracing::warn!(
+                    "cannot delete the receiver pod {shown}: {d:#}; delete it by hand (kubectl delete pod -n {ns} {name})"
+                );
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn wait_running(
+    pods: &Api<Pod>,
+    name: &str,
+    shown: &str,
+    image: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let settled = |p: Option<&Pod>| p.is_none_or(|p| running(p) || stuck(p).is_some());
+    let waited =
+        tokio::time::timeout(timeout, wait::await_condition(pods.clone(), name, settled)).await;
+    let p = match waited {
+        Ok(Ok(Some(p))) => p,
+        Ok(Ok(None)) => bail!("the receiver pod {shown} was deleted while it started"),
+        Ok(Err(e)) => bail!("cannot watch the receiver pod {shown}: {e}"),
+        Err(_) => {
+            let now = pods.get(name).await.ok();
+            let why = now
+                .as_ref()
+                .and_then(stuck)
+                .or_else(|| now.and_then(|p| p.status?.phase))
+                .unwrap_or_else(|| "no status".into());
+            bail!(
+                "the receiver pod {shown} is not running after {}s (target.kubernetes.waitTimeout): {why}. A ReadWriteOnce claim that a pod on another node mounts cannot be attached to the receiver's node: scale that pod's StatefulSet to 0 first (kubectl describe pod -n {})",
+                timeout.as_secs(),
+                shown.replace('/', " ")
+            );
+        }
+    };
+    match stuck(&p) {
+        Some(why) => Err(start_error(shown, image, &why)),
+        None => Ok(()),
+    }
+}
+
+/// Uploads the binary through exec stdin (`sh` and `cat` in the image).
+async fn upload(
+    pods: &Api<Pod>,
+    name: &str,
+    shown: &str,
+    image: &str,
+    binary: &Path,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let data =
+        std::fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
+    // `echo ok` keeps stdout open until stdin is consumed (containerd ends an exec's stdin
+    // once its stdout and stderr are closed).
+    let script = format!(
+        "cat > {BIN_DIR}/promigrate.part && chmod 0755 {BIN_DIR}/promigrate.part && mv {BIN_DIR}/promigrate.part {BIN_DIR}/promigrate && echo ok && wc -c < {BIN_DIR}/promigrate"
+    );
+    let ap = AttachParams::default()
+        .stdin(true)
+        .stdout(true)
+        .stderr(true)
+        .max_stdin_buf_size(1 << 20);
+    let mut p = pods
+        .exec(name, ["sh", "-c", script.as_str()], &ap)
+        .await
+        .map_err(|e| start_error(shown, image, &format!("exec sh: {e}")))?;
+    let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) = (p.stdin(), p.stdout(), p.stderr())
+    else {
+        bail!("the exec into {shown} has no stdin/stdout/stderr");
+    };
+    let status = p.take_status();
+    let write = async move {
+        stdin.write_all(&data).await?;
+        stdin.shutdown().await
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (w, o, e) = tokio::join!(
+        write,
+        stdout.read_to_end(&mut out),
+        stderr.read_to_end(&mut err)
+    );
+    let status = match status {
+        Some(s) => s.await,
+        None => None,
+    };
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let err = String::from_utf8_lossy(&err).into_owned();
+    let mut lines = out.lines();
+    if lines.next() != Some("ok") {
+        let why = format!(
+            "{}{}{}",
+            err.trim(),
+            status
+                .and_then(|s| s.message)
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default(),
+            w.err()
+                .map(|e| format!(" (writing: {e})"))
+                .unwrap_or_default()
+        );
+        return Err(start_error(
+            shown,
+            image,
+            &format!("uploading promigrate into {BIN_DIR} failed: {why}"),
+        ));
+    }
+    o?;
+    e?;
+    let want = std::fs::metadata(binary)?.len();
+    // The size, when the image has `wc`.
+    if let Some(size) = lines.next().and_then(|l| l.trim().parse::<u64>().ok())
+        && size != want
+    {
+        bail!("uploading promigrate into {shown}: {size} bytes arrived of {want}");
+    }
+    tracing::info!(
+        "promigrate ({want} bytes) uploaded into {shown} in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A writer that ends the exec's stdin when dropped.
+struct Closing(tokio_util::io::SyncIoBridge<tokio::io::WriteHalf<tokio::io::SimplexStream>>);
+
+impl std::io::Write for Closing {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown();
+    }
+}
+
+/// Starts `promigrate receive` in the pod and connects to it; its stderr goes to the logs.
+async fn connect(
+    pods: &Api<Pod>,
+    name: &str,
+    shown: &str,
+) -> anyhow::Result<(crate::remote::client::Receiver, kube::api::AttachedProcess)> {
+    let ap = AttachParams::default()
+        .stdin(true)
+        .stdout(true)
+        .stderr(true)
+        .max_stdin_buf_size(4 << 20)
+        .max_stdout_buf_size(1 << 20);
+    let bin = format!("{BIN_DIR}/promigrate");
+    let mut p = pods
+        .exec(name, [bin.as_str(), "receive"], &ap)
+        .await
+        .with_context(|| format!("cannot exec {bin} receive in {shown}"))?;
+    let (Some(stdin), Some(stdout), Some(stderr)) = (p.stdin(), p.stdout(), p.stderr()) else {
+        bail!("the exec into {shown} has no stdin/stdout/stderr");
+    };
+    let who = shown.to_string();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            tracing::info!(target: "promigrate::receiver", "{who}: {l}");
+        }
+    });
+    let handle = tokio::runtime::Handle::current();
+    let input = tokio_util::io::SyncIoBridge::new_with_handle(stdout, handle.clone());
+    let output = Closing(tokio_util::io::SyncIoBridge::new_with_handle(stdin, handle));
+    let name = format!("receiver pod {shown}");
+    // The hello blocks: off the runtime's threads.
+    let rx = tokio::task::spawn_blocking(move || {
+        crate::remote::client::Receiver::connect(name, Box::new(input), Box::new(output))
+    })
+    .await??;
+    Ok((rx, p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binary_is_static_when_it_has_no_interpreter() {
+        // This test binary is linked dynamically; Debian's ldconfig is static.
+        assert!(!is_static(Path::new("/proc/self/exe")).unwrap());
+        assert!(is_static(Path::new("/sbin/ldconfig")).unwrap());
+        let d = tempfile::tempdir().unwrap();
+        let text = d.path().join("script");
+        std::fs::write(&text, "#!/bin/sh\n").unwrap();
+        let e = is_static(&text).unwrap_err().to_string();
+        assert!(e.contains("not a 64-bit ELF"), "{e}");
+    }
+
+    #[test]
+    fn the_pod_is_restricted_labelled_and_mounts_the_whole_claim() {
+        let mut k = super::super::test_target();
+        k.persistent_volume_claim = "prometheus-db-prometheus-0".into();
+        let owner = Owner {
+            uid: 1000,
+            gid: 2000,
+        };
+        let p = pod_spec(&k, "Prom ECS/2026", "busybox", Some("node-a"), owner).unwrap();
+        let v = serde_json::to_value(&p).unwrap();
+        let labels = &v["metadata"]["labels"];
+        assert_eq!(labels[CLAIM], "prometheus-db-prometheus-0");
+        assert_eq!(labels[MIGRATION], "Prom-ECS-2026");
+        assert_eq!(labels[MANAGED_BY.0], MANAGED_BY.1);
+        let spec = &v["spec"];
+        assert_eq!(spec["nodeName"], "node-a");
+        let sc = &spec["securityContext"];
+        assert_eq!(
+            (&sc["runAsNonRoot"], &sc["runAsUser"], &sc["fsGroup"]),
+            (&json!(true), &json!(1000), &json!(2000))
+        );
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+        let c = &spec["containers"][0];
+        assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(c["volumeMounts"][0]["mountPath"], POD_MOUNT);
+        assert!(c["volumeMounts"][0].get("subPath").is_none());
+        assert_eq!(
+            spec["volumes"][0]["persistentVolumeClaim"]["claimName"],
+            "prometheus-db-prometheus-0"
+        );
+        assert_eq!(
+            selector("Prom ECS/2026", "prometheus-db-prometheus-0"),
+            "app.kubernetes.io/managed-by=promigrate,promigrate.io/role=receiver,promigrate.io/claim=prometheus-db-prometheus-0,promigrate.io/migration=Prom-ECS-2026"
+        );
+        assert_eq!(label_value(&"x".repeat(70)).len(), 63);
+    }
+}

@@ -1,0 +1,329 @@
+//! A target written through a receiver pod (issue 17) on the real test node (kubelet,
+//! containerd, runc: `tests/common/node.rs`): a claim on a local PV whose host directory
+//! promigrate is never given, in a namespace where Pod Security enforces `restricted`. The
+//! receiver is the static promigrate of `make static`, uploaded into the pod. Each test starts
+//! its own node (they take turns: one node per host).
+
+mod common;
+
+use common::cluster::NS;
+use common::node::TestNode;
+use common::{FS_GROUP, RUN_AS_USER};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::ListParams;
+use serde_json::json;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The static promigrate (`make static`, built once: cargo's cache), or the one
+/// PROMIGRATE_RECEIVER_BINARY names.
+fn static_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("PROMIGRATE_RECEIVER_BINARY") {
+            return PathBuf::from(p);
+        }
+        let out = Command::new("make")
+            .args(["-s", "static"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("make static");
+        assert!(out.status.success(), "make static failed");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let p = PathBuf::from(stdout.lines().last().unwrap().trim());
+        let p = if p.is_absolute() {
+            p
+        } else {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+        };
+        assert!(p.is_file(), "make static made no {}", p.display());
+        p
+    })
+}
+
+/// A plan whose target is claim `data-prom-0` of namespace [`NS`], with no `path`, and the
+/// receiver settings `receiver` (YAML lines under `receiver:`, or none).
+fn write_plan(ws: &common::Workspace, kubeconfig: &Path, receiver: &str) {
+    let receiver = if receiver.is_empty() {
+        String::new()
+    } else {
+        format!("    receiver:\n{receiver}")
+    };
+    std::fs::write(
+        &ws.plan,
+        format!(
+            "apiVersion: promigrate/v1
+kind: Migration
+metadata:
+  name: test-migration
+source:
+  path: {}
+target:
+  subPath: prometheus-db
+  securityContext:
+    runAsUser: {RUN_AS_USER}
+    fsGroup: {FS_GROUP}
+  kubernetes:
+    kubeconfig: {}
+    namespace: {NS}
+    persistentVolume: pv-prom
+    persistentVolumeClaim: data-prom-0
+    waitTimeout: 60s
+{receiver}transfer:
+  parallelism: 4
+",
+            ws.source.display(),
+            kubeconfig.display()
+        ),
+    )
+    .unwrap();
+}
+
+/// Runs promigrate with the static binary to upload.
+fn run(ws: &common::Workspace, args: &[&str]) -> (i32, String, String) {
+    let mut c = ws.cmd(args);
+    c.env("PROMIGRATE_RECEIVER_BINARY", static_binary());
+    common::run(c)
+}
+
+/// The receiver pods in [`NS`] (all of them, whatever their labels say).
+fn pods_left(node: &TestNode) -> Vec<String> {
+    let pods: Api<Pod> = Api::namespaced(node.client.clone(), NS);
+    node.rt
+        .block_on(pods.list(&ListParams::default()))
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect()
+}
+
+fn node_with_claim() -> (TestNode, PathBuf) {
+    let node = TestNode::up();
+    node.restricted_namespace(NS);
+    let vol = node.volume_dir("prom");
+    node.local_volume("pv-prom", &vol, NS, "data-prom-0");
+    (node, vol)
+}
+
+#[test]
+fn plan_apply_and_verify_through_a_receiver_pod_end_byte_equal_on_the_claim() {
+    let started = std::time::Instant::now();
+    static_binary();
+    eprintln!("static binary ready after {:?}", started.elapsed());
+    let (node, vol) = node_with_claim();
+    let ws = common::Workspace::new();
+    write_plan(
+        &ws,
+        &node.kubeconfig,
+        &format!("      image: {}\n", node.standin_image()),
+    );
+    let (code, out, err) = run(&ws, &["plan"]);
+    assert_eq!(code, 0, "plan: {out}\n{err}");
+    assert!(out.contains("receiver pod"), "{out}");
+    assert_eq!(pods_left(&node), Vec::<String>::new(), "after plan");
+    let t = std::time::Instant::now();
+    let (code, out, err) = run(&ws, &["apply", "--yes"]);
+    assert_eq!(code, 0, "apply: {out}\n{err}");
+    eprintln!("apply through the pod: {:?}", t.elapsed());
+    assert_eq!(pods_left(&node), Vec::<String>::new(), "after apply");
+
+    let db = vol.join("prometheus-db");
+    let mut want = common::content_hashes(&ws.source);
+    want.remove("queries.active");
+    assert_eq!(common::content_hashes(&db), want, "byte-equal on the PV");
+    for (rel, e) in common::files_below(&db) {
+        let md = e.metadata().unwrap();
+        assert_eq!((md.uid(), md.gid()), (RUN_AS_USER, FS_GROUP), "{rel}");
+    }
+    let (code, out, err) = run(&ws, &["verify", "--level", "deep"]);
+    assert_eq!(code, 0, "verify: {out}\n{err}");
+    // A flipped byte on the PV is found by the receiver's hashes.
+    let block = common::some_block(&db);
+    common::flip_byte_keeping_mtime(&block.join("index"), 100);
+    let (code, out, _) = run(&ws, &["verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("content differs"), "{out}");
+    assert_eq!(pods_left(&node), Vec::<String>::new(), "after verify");
+}
+
+#[test]
+fn a_receiver_image_without_a_shell_is_a_clear_error_and_leaves_no_pod() {
+    let (node, _vol) = node_with_claim();
+    let ws = common::Workspace::new();
+    write_plan(
+        &ws,
+        &node.kubeconfig,
+        &format!("      image: {}\n", node.shellless_image()),
+    );
+    let (code, out, err) = run(&ws, &["plan"]);
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("has no `sh`") && err.contains("target.kubernetes.receiver.image"),
+        "{err}"
+    );
+    assert_eq!(pods_left(&node), Vec::<String>::new());
+}
+
+#[test]
+fn without_pods_exec_the_error_names_it_and_nothing_is_created() {
+    let (node, _vol) = node_with_claim();
+    // A ServiceAccount that may do everything with pods but exec into them; the kubeconfig
+    // impersonates it.
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "no-exec", "namespace": NS},
+        "rules": [{"apiGroups": [""], "resources": ["pods"],
+                   "verbs": ["create", "get", "list", "watch", "delete"]}]});
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "no-exec", "namespace": NS},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "no-exec"},
+        "subjects": [{"kind": "ServiceAccount", "name": "limited", "namespace": NS}]});
+    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "limited", "namespace": NS}});
+    for obj in [sa, role, binding] {
+        let file = node.state_dir().join("rbac.json");
+        std::fs::write(&file, obj.to_string()).unwrap();
+        let out = node
+            .kubectl()
+            .args(["apply", "-f"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let limited = node.state_dir().join("limited.kubeconfig");
+    let admin = std::fs::read_to_string(&node.kubeconfig).unwrap();
+    assert!(admin.contains("\n  user:\n"), "{admin}");
+    std::fs::write(
+        &limited,
+        admin.replace(
+            "\n  user:\n",
+            &format!("\n  user:\n    as: system:serviceaccount:{NS}:limited\n"),
+        ),
+    )
+    .unwrap();
+
+    let ws = common::Workspace::new();
+    write_plan(
+        &ws,
+        &limited,
+        &format!("      image: {}\n", node.standin_image()),
+    );
+    let (code, out, err) = run(&ws, &["plan"]);
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("may not create pods/exec") && err.contains("Nothing was created"),
+        "{err}"
+    );
+    for granted in ["create pods,", "get pods", "delete pods"] {
+        assert!(!err.contains(granted), "{granted} is granted: {err}");
+    }
+    assert_eq!(pods_left(&node), Vec::<String>::new());
+}
+
+#[test]
+fn an_apply_killed_mid_copy_leaves_its_pod_and_the_rerun_removes_it_and_ends_byte_equal() {
+    let (node, vol) = node_with_claim();
+    let ws = common::Workspace::new();
+    write_plan(
+        &ws,
+        &node.kubeconfig,
+        &format!("      image: {}\n", node.standin_image()),
+    );
+    let total: u64 = common::files_below(&ws.source)
+        .map(|(_, e)| e.metadata().unwrap().len())
+        .sum();
+    // About 8 s of copying at this limit, once the pod runs.
+    let rate = format!("{}K", (total / 1024 / 8).max(8));
+    let mut c = ws.cmd(&["apply", "--yes", "--bwlimit", &rate]);
+    c.env("PROMIGRATE_RECEIVER_BINARY", static_binary());
+    let mut child = c
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once the receiver has written something into the TSDB's directory.
+    let db = vol.join("prometheus-db");
+    let start = std::time::Instant::now();
+    // (Not files_below: a staging directory renamed during the walk is no error here.)
+    let any_file = |d: &Path| {
+        walkdir::WalkDir::new(d)
+            .into_iter()
+            .filter_map(Result::ok)
+            .any(|e| e.file_type().is_file())
+    };
+    while !any_file(&db) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "apply ended before it wrote anything"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "nothing written after 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "apply ended before the kill: the test would prove nothing"
+    );
+    child.kill().unwrap(); // SIGKILL: no drop runs, the pod stays
+    child.wait().unwrap();
+    let left = pods_left(&node);
+    assert_eq!(left.len(), 1, "the killed run's pod: {left:?}");
+    let mut want = common::content_hashes(&ws.source);
+    want.remove("queries.active");
+    assert_ne!(
+        common::content_hashes(&db),
+        want,
+        "the kill came after the copy had finished: the test would prove nothing"
+    );
+
+    let (code, out, err) = run(&ws, &["apply", "--yes"]);
+    assert_eq!(code, 0, "rerun: {out}\n{err}");
+    assert!(
+        err.contains(&format!("removing the receiver pod {NS}/{}", left[0])),
+        "{err}"
+    );
+    assert_eq!(pods_left(&node), Vec::<String>::new(), "after the rerun");
+    assert_eq!(common::content_hashes(&db), want, "byte-equal");
+    common::assert_no_temp_files(&db, "after the rerun");
+    let (code, out, err) = run(&ws, &["verify"]);
+    assert_eq!(code, 0, "verify: {out}\n{err}");
+}
+
+#[test]
+fn a_dynamically_linked_promigrate_says_how_to_get_a_static_one() {
+    // No cluster is asked: the binary to upload is settled first.
+    let ws = common::Workspace::new();
+    write_plan(&ws, &ws.dir.path().join("no-kubeconfig"), "");
+    let mut c = ws.cmd(&["plan"]);
+    c.env_remove("PROMIGRATE_RECEIVER_BINARY");
+    let (code, out, err) = common::run(c);
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("linked dynamically") && err.contains("make static"),
+        "{err}"
+    );
+    // A dynamic one named by the variable is refused the same way.
+    let mut c = ws.cmd(&["plan"]);
+    c.env(
+        "PROMIGRATE_RECEIVER_BINARY",
+        env!("CARGO_BIN_EXE_promigrate"),
+    );
+    let (code, _, err) = common::run(c);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("PROMIGRATE_RECEIVER_BINARY=") && err.contains("linked dynamically"),
+        "{err}"
+    );
+}
