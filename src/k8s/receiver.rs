@@ -409,15 +409,23 @@ fn start_error(shown: &str, image: &str, why: &str) -> anyhow::Error {
     }
 }
 
+/// The stdout (`input`) and stdin (`output`) of a `promigrate receive` running in a pod,
+/// named `name` in messages.
+pub struct Stream {
+    pub name: String,
+    pub input: Box<dyn std::io::Read + Send>,
+    pub output: Box<dyn std::io::Write + Send>,
+}
+
 /// The receiver pod of target `k`, running, with promigrate uploaded into it, and the
-/// connection to its `promigrate receive`.
+/// stream of its `promigrate receive`.
 pub async fn start(
     cluster: &Cluster,
     k: &KubeTarget,
     migration: &str,
     owner: Owner,
     binary: &Path,
-) -> anyhow::Result<(crate::remote::client::Receiver, PodGuard)> {
+) -> anyhow::Result<(Stream, PodGuard)> {
     let ns = &k.namespace;
     check_access(cluster, ns).await?;
     let image = image_of(cluster, k).await?;
@@ -453,8 +461,8 @@ pub async fn start(
         connect(&pods, &name, &shown).await
     };
     match ready.await {
-        Ok((rx, process)) => Ok((
-            rx,
+        Ok((stream, process)) => Ok((
+            stream,
             PodGuard {
                 handle: tokio::runtime::Handle::current(),
                 pods,
@@ -607,12 +615,12 @@ impl Drop for Closing {
     }
 }
 
-/// Starts `promigrate receive` in the pod and connects to it; its stderr goes to the logs.
+/// Starts `promigrate receive` in the pod; its stderr goes to the logs.
 async fn connect(
     pods: &Api<Pod>,
     name: &str,
     shown: &str,
-) -> anyhow::Result<(crate::remote::client::Receiver, kube::api::AttachedProcess)> {
+) -> anyhow::Result<(Stream, kube::api::AttachedProcess)> {
     let ap = AttachParams::default()
         .stdin(true)
         .stdout(true)
@@ -638,13 +646,12 @@ async fn connect(
     let handle = tokio::runtime::Handle::current();
     let input = tokio_util::io::SyncIoBridge::new_with_handle(stdout, handle.clone());
     let output = Closing(tokio_util::io::SyncIoBridge::new_with_handle(stdin, handle));
-    let name = format!("receiver pod {shown}");
-    // The hello blocks: off the runtime's threads.
-    let rx = tokio::task::spawn_blocking(move || {
-        crate::remote::client::Receiver::connect(name, Box::new(input), Box::new(output))
-    })
-    .await??;
-    Ok((rx, p))
+    let stream = Stream {
+        name: format!("receiver pod {shown}"),
+        input: Box::new(input),
+        output: Box::new(output),
+    };
+    Ok((stream, p))
 }
 
 #[cfg(test)]

@@ -177,15 +177,7 @@ impl Receiver {
     /// What is at `rel`.
     pub fn stat(&self, rel: &str) -> io::Result<Entry> {
         match self.call(&Request::Stat { rel: rel.into() })? {
-            Answer::Entry(e) => Ok(Entry {
-                is_dir: e.is_dir,
-                is_file: e.is_file,
-                size: e.size,
-                mtime: e.mtime,
-                uid: e.uid,
-                gid: e.gid,
-                mode: e.mode,
-            }),
+            Answer::Entry(e) => Ok(e),
             a => Err(unexpected(&a)),
         }
     }

@@ -60,11 +60,13 @@ pub fn attach(
             Some(b) => b,
             None => binary.insert(crate::k8s::receiver::binary()?),
         };
-        let (rx, pod) = rt.block_on(async {
+        let (stream, pod) = rt.block_on(async {
             let cluster = crate::k8s::connect(k).await?;
             crate::k8s::receiver::start(&cluster, k, &migration, t.owner, bin).await
         })?;
         attached.pods.push(pod);
+        // Off the runtime's threads: the hello blocks on the exec stream.
+        let rx = client::Receiver::connect(stream.name, stream.input, stream.output)?;
         t.remote = Some(survey::reach(
             Arc::new(rx),
             t.mount.clone(),

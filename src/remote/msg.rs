@@ -7,13 +7,12 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::MTime;
 use crate::perms::Owner;
 use crate::plan::inventory::{self, Inventory};
 use crate::plan::{preflight, survey};
 use crate::relpath::RelPath;
 use crate::tsdb::check;
-use crate::volume::{Op, Times};
+use crate::volume::{Entry, Op, Times};
 
 /// A request. Paths (`rel`) are relative to the TSDB directory opened by [`Request::Open`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,18 +111,6 @@ pub enum Request {
     },
 }
 
-/// What is at a path (the wire form of [`crate::volume::Entry`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WireEntry {
-    pub is_dir: bool,
-    pub is_file: bool,
-    pub size: u64,
-    pub mtime: MTime,
-    pub uid: u32,
-    pub gid: u32,
-    pub mode: u32,
-}
-
 /// A successful reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -133,7 +120,7 @@ pub enum Answer {
     /// Yes or no (whether something changed).
     Changed(bool),
     /// An entry's attributes.
-    Entry(WireEntry),
+    Entry(Entry),
     /// Names in a directory, as bytes (a name need not be UTF-8).
     Names(Vec<Vec<u8>>),
     /// A file opened to write: its handle, and the offset to send data from.

@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use super::frame::{self, FrameError, Kind};
-use super::msg::{Answer, Reply, Request, WireEntry, WireError};
+use super::msg::{Answer, Reply, Request, WireError};
 use crate::lock::Guard;
 use crate::plan::{LocalSurvey, Survey};
 use crate::volume::{DryRun, Local, OutFile, Target};
@@ -132,18 +132,7 @@ impl State {
                 self.survey = Some(LocalSurvey { mount, root, owner });
                 Ok(Answer::Done)
             }
-            Request::Stat { rel } => {
-                let e = self.target()?.stat(&p(&rel)).map_err(io)?;
-                Ok(Answer::Entry(WireEntry {
-                    is_dir: e.is_dir,
-                    is_file: e.is_file,
-                    size: e.size,
-                    mtime: e.mtime,
-                    uid: e.uid,
-                    gid: e.gid,
-                    mode: e.mode,
-                }))
-            }
+            Request::Stat { rel } => Ok(Answer::Entry(self.target()?.stat(&p(&rel)).map_err(io)?)),
             Request::List { rel } => {
                 let names = self.target()?.list(&p(&rel)).map_err(io)?;
                 Ok(Answer::Names(

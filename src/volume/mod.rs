@@ -28,7 +28,7 @@ pub use dry_run::DryRun;
 pub use local::{Local, finish_file};
 
 /// What is at a path of the target (never a link: links are refused).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
 pub struct Entry {
     /// A directory.
     pub is_dir: bool,
