@@ -220,10 +220,11 @@ fn without_pods_exec_the_error_names_it_and_nothing_is_created() {
     let (code, out, err) = run(&ws, &["plan"]);
     assert_ne!(code, 0, "{out}\n{err}");
     assert!(
-        err.contains("may not create pods/exec") && err.contains("Nothing was created"),
+        err.contains("may not get pods/exec, create pods/exec")
+            && err.contains("Nothing was created"),
         "{err}"
     );
-    for granted in ["create pods,", "get pods", "delete pods"] {
+    for granted in ["create pods,", "get pods,", "delete pods"] {
         assert!(!err.contains(granted), "{granted} is granted: {err}");
     }
     assert_eq!(pods_left(&node), Vec::<String>::new());

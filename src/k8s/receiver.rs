@@ -116,10 +116,10 @@ impl Drop for PodGuard {
 }
 
 async fn delete_and_wait(pods: &Api<Pod>, name: &str) -> anyhow::Result<()> {
-    let dp = DeleteParams {
-        grace_period_seconds: Some(0),
-        ..Default::default()
-    };
+    // A graceful delete (the pod's own grace period, 1 s): the object goes only once the
+    // kubelet has stopped the container and unmounted the volume, so "gone" means gone. A
+    // grace period of 0 would remove the object at once, container still running.
+    let dp = DeleteParams::default();
     match pods.delete(name, &dp).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
@@ -141,6 +141,9 @@ pub const NEEDED: &[(&str, &str, &str)] = &[
     ("list", "pods", ""),
     ("watch", "pods", ""),
     ("delete", "pods", ""),
+    // kube-client opens exec as a WebSocket upgrade of a GET: Kubernetes authorizes it as
+    // `get pods/exec`, and from 1.35 also as `create`.
+    ("get", "pods", "exec"),
     ("create", "pods", "exec"),
 ];
 
@@ -186,9 +189,11 @@ pub async fn check_access(cluster: &Cluster, ns: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A label value from `s`: at most 63 of `[A-Za-z0-9._-]`, alphanumeric at both ends.
+/// A label value naming `s`: `s` itself when it is one (at most 63 of `[A-Za-z0-9._-]`,
+/// alphanumeric at both ends); else a prefix of it and a hash of all of it, so that two long
+/// names that share their first 63 characters (the claims of an HA pair) stay apart.
 fn label_value(s: &str) -> String {
-    let v: String = s
+    let clean: String = s
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "._-".contains(c) {
@@ -197,10 +202,22 @@ fn label_value(s: &str) -> String {
                 '-'
             }
         })
-        .take(63)
         .collect();
-    v.trim_matches(|c: char| !c.is_ascii_alphanumeric())
-        .to_string()
+    let ends_ok = |v: &str| {
+        v.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && v.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
+    };
+    if clean == s && clean.len() <= 63 && ends_ok(&clean) {
+        return clean;
+    }
+    let hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(s.as_bytes()));
+    let prefix: String = clean.chars().take(46).collect();
+    let prefix = prefix.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    if prefix.is_empty() {
+        hash
+    } else {
+        format!("{prefix}-{hash}")
+    }
 }
 
 /// Whether `p` is a receiver pod of promigrate (by its labels).
@@ -659,6 +676,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_claims_of_an_ha_pair_get_different_labels() {
+        // kube-prometheus-stack's default claim names: 92 characters, the same first 63.
+        let a = "prometheus-kube-prometheus-stack-prometheus-db-prometheus-kube-prometheus-stack-prometheus-0";
+        let b = "prometheus-kube-prometheus-stack-prometheus-db-prometheus-kube-prometheus-stack-prometheus-1";
+        let (la, lb) = (label_value(a), label_value(b));
+        assert_ne!(la, lb);
+        for l in [&la, &lb] {
+            assert!(l.len() <= 63 && l.starts_with("prometheus-kube"), "{l}");
+        }
+        // A name that is a label value stays itself; the same name, the same label.
+        assert_eq!(
+            label_value("prometheus-db-prometheus-0"),
+            "prometheus-db-prometheus-0"
+        );
+        assert_eq!(label_value(a), la);
+        assert_ne!(
+            label_value("-x-"),
+            "x",
+            "a changed name is hashed, not merged"
+        );
+    }
+
+    #[test]
     fn a_binary_is_static_when_it_has_no_interpreter() {
         // This test binary is linked dynamically; Debian's ldconfig is static.
         assert!(!is_static(Path::new("/proc/self/exe")).unwrap());
@@ -682,7 +722,9 @@ mod tests {
         let v = serde_json::to_value(&p).unwrap();
         let labels = &v["metadata"]["labels"];
         assert_eq!(labels[CLAIM], "prometheus-db-prometheus-0");
-        assert_eq!(labels[MIGRATION], "Prom-ECS-2026");
+        // Not a label value as it is: made one, with a hash of the whole name.
+        let m = labels[MIGRATION].as_str().unwrap();
+        assert!(m.starts_with("Prom-ECS-2026-") && m.len() <= 63, "{m}");
         assert_eq!(labels[MANAGED_BY.0], MANAGED_BY.1);
         let spec = &v["spec"];
         assert_eq!(spec["nodeName"], "node-a");
@@ -702,9 +744,12 @@ mod tests {
             spec["volumes"][0]["persistentVolumeClaim"]["claimName"],
             "prometheus-db-prometheus-0"
         );
+        // The selector finds the pod by the same labels.
         assert_eq!(
             selector("Prom ECS/2026", "prometheus-db-prometheus-0"),
-            "app.kubernetes.io/managed-by=promigrate,promigrate.io/role=receiver,promigrate.io/claim=prometheus-db-prometheus-0,promigrate.io/migration=Prom-ECS-2026"
+            format!(
+                "app.kubernetes.io/managed-by=promigrate,promigrate.io/role=receiver,promigrate.io/claim=prometheus-db-prometheus-0,promigrate.io/migration={m}"
+            )
         );
         assert_eq!(label_value(&"x".repeat(70)).len(), 63);
     }
