@@ -74,6 +74,13 @@ pub fn canonical_lenient(p: &Path) -> PathBuf {
     }
 }
 
+/// This kernel's boot id (`/proc/sys/kernel/random/boot_id`): device numbers compare only
+/// under the same one.
+pub fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_string())
+}
+
 /// Where a directory is, in terms that hold across mount namespaces (a receiver in a pod
 /// and the promigrate beside the source on the same node): the kernel's boot id, and the
 /// (device, inode) of the directory (or its nearest existing ancestor) and of each
@@ -90,17 +97,14 @@ impl Whereabouts {
     /// Of `p` on this host; `None` when the boot id cannot be read.
     pub fn of(p: &Path) -> Option<Whereabouts> {
         use std::os::unix::fs::MetadataExt;
-        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let boot_id = boot_id()?;
         let c = canonical_lenient(p);
         let chain = c
             .ancestors()
             .filter_map(|a| std::fs::metadata(a).ok())
             .map(|m| (m.dev(), m.ino()))
             .collect();
-        Some(Whereabouts {
-            boot_id: boot_id.trim().to_string(),
-            chain,
-        })
+        Some(Whereabouts { boot_id, chain })
     }
 
     /// Whether one of the two directories is the other or lies below it (never across two

@@ -27,14 +27,19 @@ struct Running {
     rx: Receiver,
 }
 
-fn start() -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_promigrate"))
+/// `promigrate receive` with its stdin, stdout and stderr piped.
+fn spawn_receiver() -> Child {
+    Command::new(env!("CARGO_BIN_EXE_promigrate"))
         .arg("receive")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start promigrate receive");
+        .expect("start promigrate receive")
+}
+
+fn start() -> Running {
+    let mut child = spawn_receiver();
     let out = child.stdout.take().unwrap();
     let inp = child.stdin.take().unwrap();
     let rx = Receiver::connect("a test receiver", Box::new(out), Box::new(inp))
@@ -124,13 +129,7 @@ fn a_cut_stream_leaves_the_file_unfinished_and_a_resume_continues_at_its_offset(
     // First run: half the file, then the stream is cut inside a data frame (the driver
     // was killed while writing).
     {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_promigrate"))
-            .arg("receive")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_receiver();
         let out = child.stdout.take().unwrap();
         let mut inp = child.stdin.take().unwrap();
         let (tx, rx_pipe) = std::sync::mpsc::channel::<Vec<u8>>();

@@ -142,9 +142,8 @@ impl Survey for LocalSurvey {
 
     fn device(&self) -> Option<(String, u64)> {
         use std::os::unix::fs::MetadataExt;
-        let w = fsutil::Whereabouts::of(&self.mount);
         let dev = std::fs::metadata(&self.mount).ok()?.dev();
-        Some((w.map(|w| w.boot_id).unwrap_or_default(), dev))
+        Some((fsutil::boot_id().unwrap_or_default(), dev))
     }
 
     fn whereabouts(&self) -> Option<fsutil::Whereabouts> {

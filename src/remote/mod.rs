@@ -66,13 +66,7 @@ pub fn attach(
         })?;
         attached.pods.push(pod);
         // Off the runtime's threads: the hello blocks on the exec stream.
-        let rx = client::Receiver::connect(stream.name, stream.input, stream.output)?;
-        t.remote = Some(survey::reach(
-            Arc::new(rx),
-            t.mount.clone(),
-            t.root.clone(),
-            t.owner,
-        )?);
+        reach_through(t, stream.name, stream.input, stream.output)?;
     }
     let Some(cmd) = std::env::var_os(COMMAND_ENV).filter(|c| !c.is_empty()) else {
         return Ok(attached);
@@ -99,14 +93,30 @@ pub fn attach(
         let (Some(out), Some(inp)) = (out, inp) else {
             anyhow::bail!("the receiver command {shown:?} has no stdin/stdout");
         };
-        let name = format!("receiver {}", i + 1);
-        let rx = client::Receiver::connect(name, Box::new(out), Box::new(inp))?;
-        t.remote = Some(survey::reach(
-            Arc::new(rx),
-            t.mount.clone(),
-            t.root.clone(),
-            t.owner,
-        )?);
+        reach_through(
+            t,
+            format!("receiver {}", i + 1),
+            Box::new(out),
+            Box::new(inp),
+        )?;
     }
     Ok(attached)
+}
+
+/// Connects to the receiver at the other end of `input`/`output` and makes it the way to
+/// target `t`.
+fn reach_through(
+    t: &mut crate::plan::file::TargetSpec,
+    name: String,
+    input: Box<dyn std::io::Read + Send>,
+    output: Box<dyn std::io::Write + Send>,
+) -> anyhow::Result<()> {
+    let rx = client::Receiver::connect(name, input, output)?;
+    t.remote = Some(survey::reach(
+        Arc::new(rx),
+        t.mount.clone(),
+        t.root.clone(),
+        t.owner,
+    )?);
+    Ok(())
 }

@@ -44,11 +44,6 @@ impl Remote {
             owner,
         })
     }
-
-    /// The connection (for the requests only a receiver answers).
-    pub fn receiver(&self) -> &Arc<Receiver> {
-        &self.rx
-    }
 }
 
 /// The TSDB directory in messages: `RECEIVER:PATH`.
