@@ -122,10 +122,19 @@ fn plan_apply_and_verify_through_a_receiver_pod_end_byte_equal_on_the_claim() {
         &node.kubeconfig,
         &format!("      image: {}\n", node.standin_image()),
     );
+    // plan changes nothing on the volume: its pod mounts the claim read-only, so the kubelet
+    // does not apply fsGroup (group and setgid bit of the volume's root) as it does for a
+    // read-write mount.
+    let owner_mode = |p: &Path| {
+        let md = std::fs::metadata(p).unwrap();
+        (md.uid(), md.gid(), md.mode())
+    };
+    let before = owner_mode(&vol);
     let (code, out, err) = run(&ws, &["plan"]);
     assert_eq!(code, 0, "plan: {out}\n{err}");
     assert!(out.contains("receiver pod"), "{out}");
     assert_eq!(pods_left(&node), Vec::<String>::new(), "after plan");
+    assert_eq!(owner_mode(&vol), before, "plan changed the volume's root");
     let t = std::time::Instant::now();
     let (code, out, err) = run(&ws, &["apply", "--yes"]);
     assert_eq!(code, 0, "apply: {out}\n{err}");
@@ -177,7 +186,7 @@ fn without_pods_exec_the_error_names_it_and_nothing_is_created() {
     let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
         "metadata": {"name": "no-exec", "namespace": NS},
         "rules": [{"apiGroups": [""], "resources": ["pods"],
-                   "verbs": ["create", "get", "list", "watch", "delete"]}]});
+                   "verbs": ["create", "get", "list", "watch", "delete", "patch"]}]});
     let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
         "metadata": {"name": "no-exec", "namespace": NS},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "no-exec"},
@@ -239,39 +248,10 @@ fn an_apply_killed_mid_copy_leaves_its_pod_and_the_rerun_removes_it_and_ends_byt
         &node.kubeconfig,
         &format!("      image: {}\n", node.standin_image()),
     );
-    let total: u64 = common::files_below(&ws.source)
-        .map(|(_, e)| e.metadata().unwrap().len())
-        .sum();
-    // About 8 s of copying at this limit, once the pod runs.
-    let rate = format!("{}K", (total / 1024 / 8).max(8));
-    let mut c = ws.cmd(&["apply", "--yes", "--bwlimit", &rate]);
-    c.env("PROMIGRATE_RECEIVER_BINARY", static_binary());
-    let mut child = c
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Killed once the receiver has written something into the TSDB's directory.
+    // About 8 s of copying at this limit, once the pod runs; killed once the receiver has
+    // written something into the TSDB's directory.
     let db = vol.join("prometheus-db");
-    let start = std::time::Instant::now();
-    // (Not files_below: a staging directory renamed during the walk is no error here.)
-    let any_file = |d: &Path| {
-        walkdir::WalkDir::new(d)
-            .into_iter()
-            .filter_map(Result::ok)
-            .any(|e| e.file_type().is_file())
-    };
-    while !any_file(&db) {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "apply ended before it wrote anything"
-        );
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(120),
-            "nothing written after 120 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let mut child = spawn_slow_apply_and_wait_for_a_write(&ws, &db, 8);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     assert!(
         child.try_wait().unwrap().is_none(),
@@ -300,6 +280,236 @@ fn an_apply_killed_mid_copy_leaves_its_pod_and_the_rerun_removes_it_and_ends_byt
     common::assert_no_temp_files(&db, "after the rerun");
     let (code, out, err) = run(&ws, &["verify"]);
     assert_eq!(code, 0, "verify: {out}\n{err}");
+}
+
+/// Starts `apply --yes` limited to copy the source in about `seconds` once its pod runs,
+/// and waits until it has written something into the TSDB's directory on the claim.
+fn spawn_slow_apply_and_wait_for_a_write(
+    ws: &common::Workspace,
+    db: &Path,
+    seconds: u64,
+) -> std::process::Child {
+    let total: u64 = common::files_below(&ws.source)
+        .map(|(_, e)| e.metadata().unwrap().len())
+        .sum();
+    let rate = format!("{}K", (total / 1024 / seconds).max(8));
+    let mut c = ws.cmd(&["apply", "--yes", "--bwlimit", &rate]);
+    c.env("PROMIGRATE_RECEIVER_BINARY", static_binary());
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    // (Not files_below: a staging directory renamed during the walk is no error here.)
+    let any_file = |d: &Path| {
+        walkdir::WalkDir::new(d)
+            .into_iter()
+            .filter_map(Result::ok)
+            .any(|e| e.file_type().is_file())
+    };
+    while !any_file(db) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "apply ended before it wrote anything"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "nothing written after 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child
+}
+
+#[test]
+fn a_second_run_beside_a_live_one_leaves_its_receiver_pod_alone() {
+    let (node, vol) = node_with_claim();
+    let ws = common::Workspace::new();
+    write_plan(
+        &ws,
+        &node.kubeconfig,
+        &format!("      image: {}\n", node.standin_image()),
+    );
+    let db = vol.join("prometheus-db");
+    let first = spawn_slow_apply_and_wait_for_a_write(&ws, &db, 25);
+    let live = pods_left(&node);
+    assert_eq!(live.len(), 1, "the first run's pod: {live:?}");
+    // A second command of the same migration on the same claim, while the first copies.
+    let (code, out, err) = run(&ws, &["verify"]);
+    let still = pods_left(&node);
+    assert!(
+        still.contains(&live[0]),
+        "the second run deleted the first run's live pod {}: {still:?}\n{err}",
+        live[0]
+    );
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(
+        err.contains("in use by another promigrate run") && err.contains(&live[0]),
+        "{err}"
+    );
+    let done = first.wait_with_output().unwrap();
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "the first run: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(pods_left(&node), Vec::<String>::new(), "after both");
+    let mut want = common::content_hashes(&ws.source);
+    want.remove("queries.active");
+    assert_eq!(common::content_hashes(&db), want, "byte-equal");
+}
+
+#[test]
+fn a_receiver_pod_deleted_mid_copy_fails_the_apply_clearly_and_the_rerun_ends_byte_equal() {
+    let (node, vol) = node_with_claim();
+    let ws = common::Workspace::new();
+    write_plan(
+        &ws,
+        &node.kubeconfig,
+        &format!("      image: {}\n", node.standin_image()),
+    );
+    let db = vol.join("prometheus-db");
+    let first = spawn_slow_apply_and_wait_for_a_write(&ws, &db, 20);
+    let live = pods_left(&node);
+    assert_eq!(live.len(), 1, "the apply's pod: {live:?}");
+    let out = node
+        .kubectl()
+        .args(["delete", "pod", "-n", NS, &live[0]])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = first.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(
+        done.status.code(),
+        Some(3),
+        "apply with its pod gone: {err}"
+    );
+    assert!(err.contains(&live[0]), "the error names the pod: {err}");
+    let mut want = common::content_hashes(&ws.source);
+    want.remove("queries.active");
+    assert_ne!(
+        common::content_hashes(&db),
+        want,
+        "the deletion came after the copy had finished: the test would prove nothing"
+    );
+    assert_eq!(
+        pods_left(&node),
+        Vec::<String>::new(),
+        "after the failed apply"
+    );
+    let (code, out, err) = run(&ws, &["apply", "--yes"]);
+    assert_eq!(code, 0, "rerun: {out}\n{err}");
+    assert_eq!(pods_left(&node), Vec::<String>::new(), "after the rerun");
+    assert_eq!(common::content_hashes(&db), want, "byte-equal");
+    common::assert_no_temp_files(&db, "after the rerun");
+    let (code, out, err) = run(&ws, &["verify", "--level", "deep"]);
+    assert_eq!(code, 0, "verify: {out}\n{err}");
+}
+
+#[test]
+fn an_ha_pair_of_claims_is_written_through_two_receiver_pods_at_once() {
+    let node = TestNode::up();
+    node.restricted_namespace(NS);
+    let claims = [("pv-a", "data-prom-0"), ("pv-b", "data-prom-1")];
+    let mut vols = Vec::new();
+    let mut targets = String::new();
+    for (pv, claim) in claims {
+        let vol = node.volume_dir(pv);
+        node.local_volume(pv, &vol, NS, claim);
+        vols.push(vol);
+        targets.push_str(&format!(
+            "  - subPath: prometheus-db
+    securityContext: {{ runAsUser: {RUN_AS_USER}, fsGroup: {FS_GROUP} }}
+    kubernetes:
+      kubeconfig: {}
+      namespace: {NS}
+      persistentVolume: {pv}
+      persistentVolumeClaim: {claim}
+      waitTimeout: 60s
+      receiver:
+        image: {}
+",
+            node.kubeconfig.display(),
+            node.standin_image()
+        ));
+    }
+    let ws = common::Workspace::new();
+    std::fs::write(
+        &ws.plan,
+        format!(
+            "apiVersion: promigrate/v1
+kind: Migration
+metadata:
+  name: test-ha
+source:
+  path: {}
+targets:
+{targets}transfer:
+  parallelism: 4
+",
+            ws.source.display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run(&ws, &["apply", "--yes"]);
+    assert_eq!(code, 0, "apply: {out}\n{err}");
+    // One receiver pod per claim.
+    assert_eq!(err.matches(" created (image ").count(), 2, "{err}");
+    assert_eq!(pods_left(&node), Vec::<String>::new(), "after apply");
+    let mut want = common::content_hashes(&ws.source);
+    want.remove("queries.active");
+    for vol in &vols {
+        let db = vol.join("prometheus-db");
+        assert_eq!(common::content_hashes(&db), want, "{}", db.display());
+    }
+    let (code, out, err) = run(&ws, &["verify"]);
+    assert_eq!(code, 0, "verify: {out}\n{err}");
+    assert_eq!(pods_left(&node), Vec::<String>::new(), "after verify");
+}
+
+#[test]
+fn ctrl_c_while_plan_reads_through_the_pod_removes_the_pod() {
+    let (node, _vol) = node_with_claim();
+    let ws = common::Workspace::new();
+    write_plan(
+        &ws,
+        &node.kubeconfig,
+        &format!("      image: {}\n", node.standin_image()),
+    );
+    let mut c = ws.cmd(&["plan"]);
+    c.env("PROMIGRATE_RECEIVER_BINARY", static_binary());
+    let child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupted once its receiver pod exists (starting, or already read).
+    let start = std::time::Instant::now();
+    while pods_left(&node).is_empty() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "no receiver pod after 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(3), "ended by Ctrl-C: {err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert_eq!(
+        pods_left(&node),
+        Vec::<String>::new(),
+        "after Ctrl-C: {err}"
+    );
 }
 
 #[test]

@@ -145,7 +145,7 @@ fn prepare(
         .into());
     }
     let rt = runtime()?;
-    let (m, receivers) = load(&rt, &a.common.file)?;
+    let (m, receivers) = load(&rt, &a.common.file, !a.dry_run)?;
     Ok((deadline, rt, m, receivers))
 }
 

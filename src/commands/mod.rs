@@ -205,11 +205,17 @@ fn cancel_on_signal(runtime: &tokio::runtime::Runtime) -> Arc<AtomicBool> {
     flag
 }
 
+/// Set once Ctrl-C and SIGTERM stop the command at its next chunk ([`arm_cancel`]); until
+/// then they end it at once ([`end_on_signal`]).
+static COOPERATIVE: AtomicBool = AtomicBool::new(false);
+
 /// From now on, Ctrl-C and SIGTERM set `flag` instead of ending the process. Until this is
-/// called the default action applies: the process ends at once (apply arms it only once it
-/// is past its prompt, so Ctrl-C at `[y/N]` ends it with nothing written).
+/// called the process ends at once (apply arms it only once it is past its prompt, so
+/// Ctrl-C at `[y/N]` ends it with nothing written): by the default action, or, once
+/// [`end_on_signal`] ran, after removing the receiver pods.
 fn arm_cancel(runtime: &tokio::runtime::Runtime, flag: Arc<AtomicBool>) {
     use tokio::signal::unix::{SignalKind, signal};
+    COOPERATIVE.store(true, Ordering::Relaxed);
     let f = flag;
     // Registered here, before returning (not when the task first runs): a signal right
     // after this call already stops at the next chunk instead of ending the process.
@@ -231,6 +237,40 @@ fn arm_cancel(runtime: &tokio::runtime::Runtime, flag: Arc<AtomicBool>) {
     });
 }
 
+/// For a run that starts receiver pods: until [`arm_cancel`], Ctrl-C and SIGTERM end the
+/// process (exit 3) only after deleting the receiver pods it created (a plan, apply up to
+/// its prompt: nothing was written).
+fn end_on_signal(runtime: &tokio::runtime::Runtime) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let _in_runtime = runtime.enter();
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!(
+            "cannot install the signal handlers: Ctrl-C ends the process at once and leaves its receiver pods (the next run removes them)"
+        );
+        return;
+    };
+    runtime.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+            if COOPERATIVE.load(Ordering::Relaxed) {
+                // arm_cancel's task stops the run at its next chunk.
+                continue;
+            }
+            tracing::warn!(
+                "interrupted before anything was written: removing the receiver pods of this run, then ending"
+            );
+            crate::k8s::receiver::delete_created().await;
+            std::process::exit(Code::Failure as i32);
+        }
+    });
+}
+
 /// Fails with "interrupted" if the flag is set (checked between phases).
 fn check_cancel(cancel: &AtomicBool, what: &str) -> anyhow::Result<()> {
     if cancel.load(Ordering::Relaxed) {
@@ -244,6 +284,7 @@ fn check_cancel(cancel: &AtomicBool, what: &str) -> anyhow::Result<()> {
 fn load(
     rt: &tokio::runtime::Runtime,
     file: &std::path::Path,
+    writes: bool,
 ) -> anyhow::Result<(Migration, crate::remote::Attached)> {
     let derive = |k: &KubeTarget, wants| {
         rt.block_on(async {
@@ -252,7 +293,14 @@ fn load(
         })
     };
     let mut m = crate::plan::file::load(file, &derive)?;
-    let attached = crate::remote::attach(&mut m, rt)?;
+    if m.targets.iter().any(|t| {
+        t.kubernetes
+            .as_ref()
+            .is_some_and(|k| k.receiver_pod.is_some())
+    }) {
+        end_on_signal(rt);
+    }
+    let attached = crate::remote::attach(&mut m, rt, writes)?;
     Ok((m, attached))
 }
 

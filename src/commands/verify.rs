@@ -72,7 +72,7 @@ pub fn run(a: &VerifyArgs) -> Outcome {
     let started = jiff::Timestamp::now();
     let loaded = runtime().and_then(|rt| {
         let cancel = cancel_on_signal(&rt);
-        let (m, receivers) = load(&rt, &a.common.file)?;
+        let (m, receivers) = load(&rt, &a.common.file, false)?;
         Ok((rt, cancel, m, receivers))
     });
     let (rt, cancel, m, _receivers) = match loaded {

@@ -15,7 +15,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
-use kube::api::{AttachParams, DeleteParams, ListParams, PostParams};
+use kube::api::{AttachParams, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait;
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -34,9 +34,17 @@ const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "promigrate");
 const ROLE: (&str, &str) = ("promigrate.io/role", "receiver");
 const CLAIM: &str = "promigrate.io/claim";
 const MIGRATION: &str = "promigrate.io/migration";
+/// A counter the run that owns the pod moves every [`BEAT`]: a pod whose counter stays still
+/// for [`STILL`] belongs to a run that is gone (killed). Watched for a change, not compared
+/// with a clock: the two runs may be on hosts whose clocks differ.
+const HEARTBEAT: &str = "promigrate.io/heartbeat";
+/// Which process owns the pod (`pid N on HOST`), for messages.
+const OWNER: &str = "promigrate.io/run";
+const BEAT: Duration = Duration::from_secs(2);
+const STILL: Duration = Duration::from_secs(7);
 
 /// How to get a binary that runs in any image.
-const STATIC_HINT: &str = "build a static promigrate with `make static` (RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release --target x86_64-unknown-linux-gnu) and run that one, or name it in PROMIGRATE_RECEIVER_BINARY";
+const STATIC_HINT: &str = "build a static promigrate with `make static` (it prints where it put it: target/x86_64-unknown-linux-gnu/release/promigrate-static) and run that one, or name it in PROMIGRATE_RECEIVER_BINARY";
 
 /// The binary to upload: [`BINARY_ENV`], else this process's own when it is static.
 pub fn binary() -> anyhow::Result<PathBuf> {
@@ -78,6 +86,39 @@ pub fn is_static(path: &Path) -> anyhow::Result<bool> {
         .any(|ph| ph.p_type(endian) == object::elf::PT_INTERP))
 }
 
+/// Receiver pods created and not deleted yet, for a Ctrl-C that ends the process before
+/// their [`PodGuard`]s are dropped (see [`delete_created`]). Process-wide, as signals are.
+static CREATED: std::sync::Mutex<Vec<(Api<Pod>, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn track(pods: &Api<Pod>, name: &str) {
+    if let Ok(mut c) = CREATED.lock() {
+        c.push((pods.clone(), name.to_string()));
+    }
+}
+
+fn untrack(name: &str) {
+    if let Ok(mut c) = CREATED.lock() {
+        c.retain(|(_, n)| n != name);
+    }
+}
+
+/// Deletes every receiver pod this process created and has not deleted yet, and waits until
+/// they are gone: for a command that ends at once on Ctrl-C.
+pub async fn delete_created() {
+    let all = CREATED
+        .lock()
+        .map(|mut c| std::mem::take(&mut *c))
+        .unwrap_or_default();
+    for (pods, name) in all {
+        match delete_and_wait(&pods, &name).await {
+            Ok(()) => tracing::info!("receiver pod {name} deleted"),
+            Err(e) => tracing::warn!(
+                "cannot delete the receiver pod {name}: {e:#}; delete it by hand (kubectl delete pod {name})"
+            ),
+        }
+    }
+}
+
 /// The receiver pod of a run: deleted (and waited for) when dropped, on the runtime of
 /// `handle`.
 pub struct PodGuard {
@@ -88,10 +129,13 @@ pub struct PodGuard {
     name: String,
     /// The exec of `promigrate receive`: its stream ends when this is dropped.
     process: Option<kube::api::AttachedProcess>,
+    /// Moves the pod's [`HEARTBEAT`] until the pod is deleted.
+    beat: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for PodGuard {
     fn drop(&mut self) {
+        self.beat.abort();
         // The receiver's stream ends first (it stops at once), then the pod goes.
         drop(self.process.take());
         let (pods, name, shown, handle) = (
@@ -103,11 +147,12 @@ impl Drop for PodGuard {
         // On a thread of its own: this may be dropped inside the runtime's context.
         let done = std::thread::spawn(move || {
             handle.block_on(async {
-                if let Err(e) = delete_and_wait(&pods, &name).await {
-                    tracing::warn!(
+                match delete_and_wait(&pods, &name).await {
+                    Ok(()) => untrack(&name),
+                    Err(e) => tracing::warn!(
                         "cannot delete the receiver pod {shown}: {e:#}; delete it by hand (kubectl delete pod -n {})",
                         shown.replace('/', " ")
-                    );
+                    ),
                 }
             })
         });
@@ -141,6 +186,8 @@ pub const NEEDED: &[(&str, &str, &str)] = &[
     ("list", "pods", ""),
     ("watch", "pods", ""),
     ("delete", "pods", ""),
+    // The heartbeat that tells a live run's pod from one that a killed run left.
+    ("patch", "pods", ""),
     // kube-client opens exec as a WebSocket upgrade of a GET: Kubernetes authorizes it as
     // `get pods/exec`, and from 1.35 also as `create`.
     ("get", "pods", "exec"),
@@ -314,19 +361,34 @@ async fn node_of(cluster: &Cluster, k: &KubeTarget) -> anyhow::Result<Option<Str
         }))
 }
 
-/// The pod, as the `restricted` Pod Security profile wants it.
+/// The pod, as the `restricted` Pod Security profile wants it. With `read_only` the claim
+/// is mounted read-only: the kubelet then leaves the volume's ownership alone (it applies
+/// fsGroup to read-write mounts only), and nothing in the pod can write it.
 fn pod_spec(
     k: &KubeTarget,
     migration: &str,
     image: &str,
     node: Option<&str>,
     owner: Owner,
+    read_only: bool,
 ) -> anyhow::Result<Pod> {
     let labels: BTreeMap<String, String> = [
         (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
         (ROLE.0.to_string(), ROLE.1.to_string()),
         (CLAIM.to_string(), label_value(&k.persistent_volume_claim)),
         (MIGRATION.to_string(), label_value(migration)),
+    ]
+    .into();
+    let annotations: BTreeMap<String, String> = [
+        (HEARTBEAT.to_string(), "0".to_string()),
+        (
+            OWNER.to_string(),
+            format!(
+                "pid {} on {}",
+                std::process::id(),
+                crate::record::hostname()
+            ),
+        ),
     ]
     .into();
     let mut spec = json!({
@@ -348,16 +410,18 @@ fn pod_spec(
                 "allowPrivilegeEscalation": false,
                 "capabilities": {"drop": ["ALL"]}},
             "volumeMounts": [
-                {"name": "volume", "mountPath": POD_MOUNT},
+                {"name": "volume", "mountPath": POD_MOUNT, "readOnly": read_only},
                 {"name": "bin", "mountPath": BIN_DIR}]}],
         "volumes": [
-            {"name": "volume", "persistentVolumeClaim": {"claimName": k.persistent_volume_claim}},
+            {"name": "volume", "persistentVolumeClaim": {
+                "claimName": k.persistent_volume_claim, "readOnly": read_only}},
             {"name": "bin", "emptyDir": {}}]});
     if let Some(n) = node {
         spec["nodeName"] = json!(n);
     }
     serde_json::from_value(json!({
-        "metadata": {"generateName": "promigrate-receiver-", "labels": labels},
+        "metadata": {"generateName": "promigrate-receiver-", "labels": labels,
+                     "annotations": annotations},
         "spec": spec}))
     .context("the receiver pod's spec")
 }
@@ -435,13 +499,14 @@ pub struct Stream {
 }
 
 /// The receiver pod of target `k`, running, with promigrate uploaded into it, and the
-/// stream of its `promigrate receive`.
+/// stream of its `promigrate receive`; with `read_only` it mounts the claim read-only.
 pub async fn start(
     cluster: &Cluster,
     k: &KubeTarget,
     migration: &str,
     owner: Owner,
     binary: &Path,
+    read_only: bool,
 ) -> anyhow::Result<(Stream, PodGuard)> {
     let ns = &k.namespace;
     check_access(cluster, ns).await?;
@@ -456,18 +521,26 @@ pub async fn start(
         .map_err(|e| super::api_error(cluster, &format!("pods in {ns}"), e))?;
     for p in old.items {
         let name = p.name_any();
+        if let Some(owner) = live_owner(&pods, &p).await {
+            bail!(
+                "claim {ns}/{} is in use by another promigrate run of migration {migration:?} right now: its receiver pod {ns}/{name} ({owner}) is live (its heartbeat moves). Run one promigrate at a time per claim: wait for that run to end. Nothing was changed",
+                k.persistent_volume_claim
+            );
+        }
         tracing::warn!("removing the receiver pod {ns}/{name} that an earlier run left");
         delete_and_wait(&pods, &name)
             .await
             .with_context(|| format!("cannot remove the old receiver pod {ns}/{name}"))?;
     }
-    let spec = pod_spec(k, migration, &image, node.as_deref(), owner)?;
+    let spec = pod_spec(k, migration, &image, node.as_deref(), owner, read_only)?;
     let created = pods
         .create(&PostParams::default(), &spec)
         .await
         .map_err(|e| super::api_error(cluster, &format!("a receiver pod in {ns}"), e))?;
     let name = created.name_any();
     let shown = format!("{ns}/{name}");
+    track(&pods, &name);
+    let beat = tokio::spawn(heartbeat(pods.clone(), name.clone(), shown.clone()));
     tracing::info!(
         "receiver pod {shown} created (image {image}, node {})",
         node.as_deref().unwrap_or("chosen by the scheduler")
@@ -486,17 +559,76 @@ pub async fn start(
                 shown,
                 name,
                 process: Some(process),
+                beat,
             },
         )),
         Err(e) => {
-            if let Err(d) = delete_and_wait(&pods, &name).await {
-                tracing::warn!(
+            beat.abort();
+            match delete_and_wait(&pods, &name).await {
+                Ok(()) => untrack(&name),
+                Err(d) => tracing::warn!(
                     "cannot delete the receiver pod {shown}: {d:#}; delete it by hand (kubectl delete pod -n {ns} {name})"
-                );
+                ),
             }
             Err(e)
         }
     }
+}
+
+/// Moves the pod's [`HEARTBEAT`] every [`BEAT`], for as long as this run lives.
+async fn heartbeat(pods: Api<Pod>, name: String, shown: String) {
+    let mut warned = false;
+    for n in 1u64.. {
+        tokio::time::sleep(BEAT).await;
+        let patch = json!({"metadata": {"annotations": {HEARTBEAT: n.to_string()}}});
+        let r = pods
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await;
+        match r {
+            Ok(_) => warned = false,
+            Err(kube::Error::Api(s)) if s.code == 404 => return,
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(
+                    "cannot move the heartbeat of the receiver pod {shown}: {e}; a second run started now may take this run's pod for one that a killed run left"
+                );
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Who owns receiver pod `p` when that run is alive: its [`HEARTBEAT`] moves within
+/// [`STILL`]. `None`: a pod that a killed run left (it stood still, it ended, it is being
+/// deleted, or it has no heartbeat).
+async fn live_owner(pods: &Api<Pod>, p: &Pod) -> Option<String> {
+    let ended = p
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
+    let first = p.annotations().get(HEARTBEAT).cloned();
+    if ended || p.metadata.deletion_timestamp.is_some() || first.is_none() {
+        return None;
+    }
+    let name = p.name_any();
+    let owner = p.annotations().get(OWNER).cloned().unwrap_or_default();
+    tracing::info!(
+        "receiver pod {name} ({owner}) is there already: watching its heartbeat for up to {}s to tell whether its run is alive",
+        STILL.as_secs()
+    );
+    let watched = Instant::now();
+    while watched.elapsed() < STILL {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match pods.get_opt(&name).await {
+            Ok(None) => return None,
+            Ok(Some(now)) if now.annotations().get(HEARTBEAT) != first.as_ref() => {
+                return Some(owner);
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 async fn wait_running(
@@ -718,7 +850,7 @@ mod tests {
             uid: 1000,
             gid: 2000,
         };
-        let p = pod_spec(&k, "Prom ECS/2026", "busybox", Some("node-a"), owner).unwrap();
+        let p = pod_spec(&k, "Prom ECS/2026", "busybox", Some("node-a"), owner, false).unwrap();
         let v = serde_json::to_value(&p).unwrap();
         let labels = &v["metadata"]["labels"];
         assert_eq!(labels[CLAIM], "prometheus-db-prometheus-0");

@@ -889,6 +889,7 @@ mod tests {
             mount: tgt.path().to_path_buf(),
             root: tgt.path().to_path_buf(),
             owner: crate::perms::Owner { uid: 0, gid: 0 },
+            mounted_read_only: false,
         };
         let found = content_differs(&source, &target, &refs, 2, &hashes, &hidden);
         assert_eq!(

@@ -690,6 +690,7 @@ impl Migration {
                 mount: self.target_mount.clone(),
                 root: self.target_root.clone(),
                 owner: self.owner,
+                mounted_read_only: false,
             }),
         }
     }

@@ -132,6 +132,9 @@ pub struct Target<'a> {
     pub needs: Needs,
     /// Whether apply changes anything at all on the target.
     pub writes: bool,
+    /// Whether this mount's read-only flag and access stand for apply's (not when a
+    /// receiver pod of plan mounts the claim read-only on purpose).
+    pub judge_access: bool,
     /// Existing entries whose owner or mode apply fixes: (relative path, uid, gid).
     pub fixes: Vec<(&'a str, u32, u32)>,
 }
@@ -141,7 +144,7 @@ pub fn check(t: &Target, who: &Process) -> (Vec<String>, Vec<String>) {
     let mut blockers = Vec::new();
     let mut warnings = Vec::new();
     let me = format!("this process (uid {}, gid {})", who.uid, who.gid);
-    if t.fs.read_only {
+    if t.fs.read_only && t.judge_access {
         if t.writes {
             blockers.push(format!(
                 "the target {} is on a read-only mount: apply could not write anything there; remount it read-write (mount -o remount,rw), or point target.path at a writable volume",
@@ -166,6 +169,7 @@ pub fn check(t: &Target, who: &Process) -> (Vec<String>, Vec<String>) {
         ));
     }
     if !t.fs.read_only
+        && t.judge_access
         && let Some(why) = not_writable(t, who)
     {
         blockers.push(why);

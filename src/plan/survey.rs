@@ -115,6 +115,10 @@ pub struct LocalSurvey {
     pub root: PathBuf,
     /// Who must own what is written.
     pub owner: Owner,
+    /// Mounted read-only here on purpose (the receiver pod of a command that only reads):
+    /// whether apply may write is not judged from this mount, whose access is not the one
+    /// apply's read-write mount gets (the kubelet applies fsGroup to that one).
+    pub mounted_read_only: bool,
 }
 
 impl LocalSurvey {
@@ -229,6 +233,7 @@ impl Survey for LocalSurvey {
                 copy_bytes: plan.copy_bytes,
                 needs: plan.needs,
                 writes: plan.writes,
+                judge_access: !self.mounted_read_only,
                 fixes: plan
                     .fixes
                     .iter()

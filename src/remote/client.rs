@@ -25,6 +25,8 @@ pub struct Receiver {
     conn: Mutex<Conn>,
     /// What the receiver is (in messages): `pod monitoring/promigrate-receiver-x`.
     pub name: String,
+    /// Its volume is mounted read-only, for a command that only reads ([`Request::Open`]).
+    pub read_only: bool,
 }
 
 /// A file being written on the receiver.
@@ -66,6 +68,7 @@ impl Receiver {
                 broken: None,
             }),
             name,
+            read_only: false,
         })
     }
 
@@ -142,6 +145,7 @@ impl Receiver {
             root,
             owner,
             dry_run,
+            read_only: self.read_only,
         })
         .map(drop)
     }

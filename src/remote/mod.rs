@@ -43,10 +43,12 @@ impl Drop for Attached {
 
 /// Starts a receiver pod for every target without `path`, and a receiver for every other
 /// target when [`COMMAND_ENV`] is set, and sets each target's [`crate::plan::file::Reach`]
-/// to it.
+/// to it. Unless the command `writes`, the pods mount their claims read-only (a plan or a
+/// verify changes nothing on the volume, not even the kubelet's fsGroup ownership).
 pub fn attach(
     m: &mut crate::plan::Migration,
     rt: &tokio::runtime::Runtime,
+    writes: bool,
 ) -> anyhow::Result<Attached> {
     let mut attached = Attached::default();
     // Targets without `path`: a receiver pod on the claim.
@@ -62,11 +64,11 @@ pub fn attach(
         };
         let (stream, pod) = rt.block_on(async {
             let cluster = crate::k8s::connect(k).await?;
-            crate::k8s::receiver::start(&cluster, k, &migration, t.owner, bin).await
+            crate::k8s::receiver::start(&cluster, k, &migration, t.owner, bin, !writes).await
         })?;
         attached.pods.push(pod);
         // Off the runtime's threads: the hello blocks on the exec stream.
-        reach_through(t, stream.name, stream.input, stream.output)?;
+        reach_through(t, stream.name, stream.input, stream.output, !writes)?;
     }
     let Some(cmd) = std::env::var_os(COMMAND_ENV).filter(|c| !c.is_empty()) else {
         return Ok(attached);
@@ -98,20 +100,23 @@ pub fn attach(
             format!("receiver {}", i + 1),
             Box::new(out),
             Box::new(inp),
+            false,
         )?;
     }
     Ok(attached)
 }
 
 /// Connects to the receiver at the other end of `input`/`output` and makes it the way to
-/// target `t`.
+/// target `t`; `read_only`: its volume is mounted read-only.
 fn reach_through(
     t: &mut crate::plan::file::TargetSpec,
     name: String,
     input: Box<dyn std::io::Read + Send>,
     output: Box<dyn std::io::Write + Send>,
+    read_only: bool,
 ) -> anyhow::Result<()> {
-    let rx = client::Receiver::connect(name, input, output)?;
+    let mut rx = client::Receiver::connect(name, input, output)?;
+    rx.read_only = read_only;
     t.remote = Some(survey::reach(
         Arc::new(rx),
         t.mount.clone(),

@@ -26,6 +26,11 @@ pub enum Request {
         owner: Owner,
         /// Record the changes instead of making them (`apply --dry-run`).
         dry_run: bool,
+        /// The volume is mounted read-only for a command that only reads (plan, verify): a
+        /// read-only mount or the access the mount gives now does not stand for what
+        /// apply's own read-write receiver will have.
+        #[serde(default)]
+        read_only: bool,
     },
     /// What is at `rel` (links refused).
     Stat { rel: String },

@@ -119,6 +119,7 @@ impl State {
                 root,
                 owner,
                 dry_run,
+                read_only,
             } => {
                 let v = Local::open(&mount, &root, owner).map_err(any)?;
                 let t: Box<dyn Target> = if dry_run {
@@ -129,7 +130,12 @@ impl State {
                 self.volume = Some(v);
                 self.target = Some(t);
                 self.dry_run = dry_run;
-                self.survey = Some(LocalSurvey { mount, root, owner });
+                self.survey = Some(LocalSurvey {
+                    mount,
+                    root,
+                    owner,
+                    mounted_read_only: read_only,
+                });
                 Ok(Answer::Done)
             }
             Request::Stat { rel } => Ok(Answer::Entry(self.target()?.stat(&p(&rel)).map_err(io)?)),
