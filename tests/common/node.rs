@@ -187,6 +187,13 @@ impl TestNode {
         &self.env["PROMIGRATE_NODE_STANDIN_IMAGE"]
     }
 
+    /// A real Prometheus 3 (scripts/prometheus3.sh) on the stand-in's busybox, laid out like the
+    /// official image: entrypoint `/bin/prometheus`, user nobody, workdir `/prometheus`,
+    /// `/etc/prometheus/prometheus.yml`; busybox gives it `sh`, `cat` and `wget`.
+    pub fn prometheus_image(&self) -> &str {
+        &self.env["PROMIGRATE_NODE_PROMETHEUS_IMAGE"]
+    }
+
     /// The static pause binary alone: no shell, no `tar`.
     pub fn shellless_image(&self) -> &str {
         &self.env["PROMIGRATE_NODE_SHELLLESS_IMAGE"]
