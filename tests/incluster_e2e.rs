@@ -29,6 +29,8 @@ const STS: &str = "prom";
 /// The claim the StatefulSet's volumeClaimTemplate `prometheus-db` gives pod `prom-0`.
 const CLAIM: &str = "prometheus-db-prom-0";
 const POD: &str = "prom-0";
+/// A Thanos shipper file that lists no block as uploaded.
+const UPLOADED_NONE: &str = "{\"version\": 1, \"uploaded\": []}\n";
 
 /// The source: Prometheus 3 (the version in the image) scraping itself every second.
 fn prom3() -> PromFlavor {
@@ -51,7 +53,11 @@ impl Flow {
     /// Everything before the plan: builds first (the node holds the host-wide lock while it
     /// lives), then the source server, the node, the namespace, PV and claim (`size`), and
     /// the StatefulSet, whose pod is Ready on the still empty claim.
-    fn start(data: &Path, size: &str) -> Flow {
+    ///
+    /// `hold_compactions`: both servers delay the compaction of level-1 blocks (an empty
+    /// `--storage.tsdb.delay-compact-file.path`): the 1 GiB fixture's blocks are copies of
+    /// one set, which a Prometheus otherwise merges into about 60 MB within seconds.
+    fn start(data: &Path, size: &str, hold_compactions: bool) -> Flow {
         static_promigrate();
         common::prom3_bin();
         let ws = Workspace::from_fixture(data, "");
@@ -62,17 +68,27 @@ impl Flow {
         node.create(
             Api::<ConfigMap>::namespaced(node.client.clone(), NS),
             json!({"metadata": {"name": "prom-config"}, "data": {"prometheus.yml":
-                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: target\n    static_configs:\n      - targets: ['127.0.0.1:9090']\n"}}),
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: target\n    static_configs:\n      - targets: ['127.0.0.1:9090']\n",
+                "uploaded.json": UPLOADED_NONE}}),
         );
         node.create(
             Api::<StatefulSet>::namespaced(node.client.clone(), NS),
-            statefulset(&node),
+            statefulset(&node, hold_compactions),
         );
         wait_ready(&node, None, Duration::from_secs(120));
         // The source starts last: about a minute after its start a Prometheus compacts
         // (the 1 GiB fixture's blocks overlap), which the flow should not wait for.
+        let mut flavor = prom3();
+        if hold_compactions {
+            let uploaded = ws.dir.path().join("uploaded.json");
+            std::fs::write(&uploaded, UPLOADED_NONE).unwrap();
+            flavor.flags.push(format!(
+                "--storage.tsdb.delay-compact-file.path={}",
+                uploaded.display()
+            ));
+        }
         let source = PromServer::start_scraping_flavor(
-            &prom3(),
+            &flavor,
             &ws.source,
             &ws.dir.path().join("source-server"),
             "",
@@ -235,7 +251,16 @@ fn dump_pod_logs(node: &TestNode) {
 /// template at /prometheus with the TSDB in `prometheus-db`, retention long enough for the
 /// fixture's old blocks, a readiness probe by `exec` (the kubelet cannot reach a pod IP in
 /// this CNI), scraping itself every second (the ConfigMap).
-fn statefulset(node: &TestNode) -> serde_json::Value {
+fn statefulset(node: &TestNode, hold_compactions: bool) -> serde_json::Value {
+    let mut args = vec![
+        "--config.file=/etc/prometheus/prometheus.yml",
+        "--storage.tsdb.path=/prometheus/prometheus-db",
+        "--storage.tsdb.retention.time=3650d",
+        "--web.listen-address=127.0.0.1:9090",
+    ];
+    if hold_compactions {
+        args.push("--storage.tsdb.delay-compact-file.path=/etc/prometheus/uploaded.json");
+    }
     json!({
         "metadata": {"name": STS},
         "spec": {
@@ -256,11 +281,7 @@ fn statefulset(node: &TestNode) -> serde_json::Value {
                         "name": "prometheus",
                         "image": node.prometheus_image(),
                         "imagePullPolicy": "Never",
-                        "args": [
-                            "--config.file=/etc/prometheus/prometheus.yml",
-                            "--storage.tsdb.path=/prometheus/prometheus-db",
-                            "--storage.tsdb.retention.time=3650d",
-                            "--web.listen-address=127.0.0.1:9090"],
+                        "args": args,
                         "securityContext": {
                             "allowPrivilegeEscalation": false,
                             "capabilities": {"drop": ["ALL"]}},
@@ -297,7 +318,7 @@ fn now_s() -> i64 {
 
 #[test]
 fn a_statefulset_pod_starts_on_data_migrated_through_a_receiver_and_answers_like_the_source() {
-    let flow = Flow::start(common::fixture(), "1Gi");
+    let flow = Flow::start(common::fixture(), "1Gi", false);
     let first = flow.wait_ready(None, Duration::from_secs(5));
     let first_uid = first.metadata.uid.clone();
 
@@ -362,6 +383,7 @@ fn a_statefulset_pod_starts_on_data_migrated_through_a_receiver_and_answers_like
         "deep",
     ]);
     assert_eq!(code, 0, "final: {out}\n{err}");
+    let final_out = out;
     assert_eq!(flow.replicas(), 1, "scaled back");
     assert_eq!(flow.receiver_pods(), Vec::<String>::new(), "after final");
 
@@ -403,8 +425,19 @@ fn a_statefulset_pod_starts_on_data_migrated_through_a_receiver_and_answers_like
             !d["result"].as_array().unwrap().is_empty()
         },
     );
-    assert_eq!(flow.receiver_pods(), Vec::<String>::new(), "at the end");
     assert!(flow.vol.join("prometheus-db/lock").exists());
+
+    // Why the runbook makes this final apply the go/no-go: once the new server runs, a
+    // verify reports its own WAL as different (exit 1). So apply must not send the reader
+    // to `promigrate verify` after it has scaled the StatefulSet back.
+    let (code, after, _) = flow.run(&["verify"]);
+    assert_eq!(code, 1, "a verify beside the running server: {after}");
+    assert!(after.contains("wal/"), "{after}");
+    assert_eq!(flow.receiver_pods(), Vec::<String>::new(), "at the end");
+    assert!(
+        !final_out.contains("Next: promigrate verify") && final_out.contains("Next: cut over."),
+        "the final apply already verified and scaled back, yet says: {final_out}"
+    );
 }
 
 /// Runs promigrate (the static release build, as a real driver would be) and stamps each
@@ -458,7 +491,7 @@ fn downtime_end_to_end() {
     let data = std::env::var_os("PROMIGRATE_DOWNTIME_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|| common::gib_fixture().to_path_buf());
-    let mut flow = Flow::start(&data, "8Gi");
+    let mut flow = Flow::start(&data, "8Gi", true);
     let first_uid = flow.wait_ready(None, Duration::from_secs(5)).metadata.uid;
     let t = Instant::now();
     let (code, _) = run_stamped(&flow, &["apply", "--phase", "presync", "--yes"], t);
