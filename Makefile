@@ -55,6 +55,7 @@ bench:
 	bash scripts/bench-deep.sh --gib 1 --large-chunks --out target/bench/results-deep-large.md
 	bash scripts/bench-phases.sh
 	bash scripts/bench-ssh.sh
+	bash scripts/bench-downtime.sh
 
 PREFIX ?= /usr/local
 # Where cargo puts the release binary ($CARGO_TARGET_DIR when set).
