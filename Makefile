@@ -26,16 +26,16 @@ demo:
 ## All tests: unit, CLI, and real-component integration tests (real promtool/prometheus data,
 ## real prometheus servers, a real Kubernetes control plane and kubelet built once by
 ## scripts/test-cluster.sh, a real node with containerd and locally built images by
-## scripts/test-node.sh, Prometheus 3.x built once from the Go module proxy by
-## scripts/prometheus3.sh, and the Prometheus Operator built once the same way by
+## scripts/test-node.sh (its Prometheus image holds the Prometheus 3.x that
+## scripts/prometheus3.sh builds once from the Go module proxy), and the Prometheus Operator built once the same way by
 ## scripts/prometheus-operator.sh).
 ## Needs root: it chowns to other uids, mounts small tmpfs volumes and runs containers.
 test:
 	bash scripts/deps.sh
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make test needs root (chown to runAsUser/fsGroup, tmpfs mounts, containers): sudo make test" >&2; exit 1; fi
 	bash scripts/test-cluster.sh build
-	bash scripts/test-node.sh build
 	bash scripts/prometheus3.sh build
+	bash scripts/test-node.sh build
 	bash scripts/prometheus-operator.sh build
 	bash scripts/gen-tsdb3.sh target/fixtures/tsdb3
 	$(CARGO) test --locked
@@ -58,6 +58,7 @@ bench:
 	bash scripts/bench-deep.sh --gib 1 --large-chunks --out target/bench/results-deep-large.md
 	bash scripts/bench-phases.sh
 	bash scripts/bench-ssh.sh
+	bash scripts/bench-downtime.sh
 
 PREFIX ?= /usr/local
 # Where cargo puts the release binary ($CARGO_TARGET_DIR when set).

@@ -9,6 +9,7 @@
 #
 # Usage (as root):
 #   scripts/test-node.sh build              test-cluster.sh build (which builds the kubelet too),
+#                                           prometheus3.sh build (Prometheus 3, for its image),
 #                                           then the image archives; LAST stdout line = images dir
 #   scripts/test-node.sh up     [STATE_DIR] start everything, wait for node 127.0.0.1 Ready;
 #                                           LAST stdout line = path of the env file
@@ -23,7 +24,9 @@
 # PROMIGRATE_KUBE_CA, PROMIGRATE_KUBE_TOKEN) and PROMIGRATE_NODE_NAME, PROMIGRATE_NODE_STATE,
 # PROMIGRATE_NODE_KUBECTL, PROMIGRATE_NODE_CONTAINERD (containerd's socket; `ctr -n k8s.io`),
 # PROMIGRATE_NODE_PAUSE_IMAGE, PROMIGRATE_NODE_STANDIN_IMAGE (busybox standing in for Prometheus:
-# sh, cat, tar), PROMIGRATE_NODE_SHELLLESS_IMAGE (the static pause binary only: no shell, no tar).
+# sh, cat, tar), PROMIGRATE_NODE_SHELLLESS_IMAGE (the static pause binary only: no shell, no tar),
+# PROMIGRATE_NODE_PROMETHEUS_IMAGE (a real Prometheus 3 from scripts/prometheus3.sh on that busybox,
+# laid out like the official image).
 #
 # Environment:
 #   PROMIGRATE_NODE_STATE     state dir when none is given (default ${TMPDIR:-/tmp}/promigrate-node-<uid>)
@@ -110,10 +113,26 @@ ensure_images() {
 	[ -f "$IMAGES_ENV" ] || die "scripts/lib/node_images.py wrote no images.env"
 }
 
+# ensure_prometheus_image: the Prometheus image archive in $IMAGES (Prometheus 3 built or found
+# by scripts/prometheus3.sh, cached by version there; the archive rebuilt only when its inputs
+# change); sets PROMETHEUS_ENV. Runs after ensure_images (it reuses the busybox .deb).
+ensure_prometheus_image() {
+	local prom_bin deb
+	prom_bin=$(bash "$HERE/prometheus3.sh" build | tail -n 1)
+	[ -x "$prom_bin/prometheus" ] || die "scripts/prometheus3.sh build gave no prometheus in '$prom_bin'"
+	exec 7>"$IMAGES.lock"
+	flock 7
+	deb=$(find "$IMAGES" -maxdepth 1 -name 'busybox-static_*.deb' | sort | tail -n 1)
+	PROMETHEUS_ENV=$(python3 "$HERE/lib/node_images.py" prometheus "$IMAGES" "$deb" "$prom_bin" | tail -n 1)
+	exec 7>&-
+	[ -f "$PROMETHEUS_ENV" ] || die "scripts/lib/node_images.py wrote no prometheus.env"
+}
+
 ensure_built() {
 	bash "$HERE/test-cluster.sh" build >/dev/null
 	[ -x "$KUBE_BIN/kubelet" ] || die "no kubelet in $KUBE_BIN after test-cluster.sh build"
 	ensure_images
+	ensure_prometheus_image
 }
 
 cmd_build() {
@@ -327,6 +346,8 @@ cmd_up() {
 	ensure_built
 	# shellcheck disable=SC1090
 	. "$IMAGES_ENV"
+	# shellcheck disable=SC1090
+	. "$PROMETHEUS_ENV"
 	lock_host
 	owner=$(lock_owner)
 	if [ -n "$owner" ] && running "$owner"; then
@@ -382,7 +403,7 @@ cmd_up() {
 	log "containerd ready in $(since_s "$t") s"
 	t=$(now_us)
 	local a
-	for a in pause prometheus-standin shellless; do
+	for a in pause prometheus-standin shellless prometheus; do
 		ctr_ images import "$IMAGES/$a.oci.tar" >/dev/null || fail "ctr images import $IMAGES/$a.oci.tar failed"
 	done
 	# The kubelet's image garbage collection leaves pinned images alone.
@@ -422,6 +443,7 @@ cmd_up() {
 		echo "PROMIGRATE_NODE_PAUSE_IMAGE=$PAUSE_IMAGE"
 		echo "PROMIGRATE_NODE_STANDIN_IMAGE=$STANDIN_IMAGE"
 		echo "PROMIGRATE_NODE_SHELLLESS_IMAGE=$SHELLLESS_IMAGE"
+		echo "PROMIGRATE_NODE_PROMETHEUS_IMAGE=$PROMETHEUS_IMAGE"
 	} >"$STATE/env"
 	chmod 600 "$STATE/env"
 	UP_OK=1

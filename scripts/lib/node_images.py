@@ -3,6 +3,7 @@
 `ctr -n k8s.io images import`; nothing is pulled from a registry.
 
   python3 node_images.py build OUT_DIR BUSYBOX_DEB KUBE_SRC
+  python3 node_images.py prometheus OUT_DIR BUSYBOX_DEB PROM_BIN_DIR
 
 - pause: Kubernetes' own pause.c (KUBE_SRC/build/pause/linux/pause.c, KUBE_SRC being the
   k8s.io/kubernetes module the kube binaries are built from) compiled with `gcc -static`; the
@@ -18,6 +19,16 @@ same inputs give the same bytes. OUT_DIR/inputs.sha256 records a hash of the inp
 pause.c and its Makefile, the gcc version, this file); when it matches, nothing is rebuilt.
 OUT_DIR/images.env names the images (PAUSE_IMAGE=, STANDIN_IMAGE=, SHELLLESS_IMAGE=); its path is
 the last line on stdout.
+
+`prometheus` builds the one image that needs a Prometheus (scripts/prometheus3.sh's static
+binaries in PROM_BIN_DIR), apart, so that `build` needs no Go:
+- prometheus: the stand-in's busybox plus /bin/prometheus, laid out like the official image
+  (prom/prometheus): /etc/prometheus/prometheus.yml scraping itself every 15 s, user nobody,
+  working directory /prometheus, entrypoint /bin/prometheus with the official arguments;
+  localhost/promigrate/prometheus:v<version>-busybox-<busybox version>. No promtool, no web UI
+  (scripts/prometheus3.sh builds without the assets; the HTTP API is all there).
+Its inputs' hash is OUT_DIR/prometheus.sha256; OUT_DIR/prometheus.env holds PROMETHEUS_IMAGE=
+and its path is the last line on stdout.
 """
 
 import hashlib
@@ -210,10 +221,103 @@ def build(out, deb, kube_src):
     print(env)
 
 
+# The official image's prometheus.yml (prom/prometheus: documentation/examples/prometheus.yml,
+# without its comments and empty alerting and rule sections).
+PROMETHEUS_YML = b"""global:
+  scrape_interval: 15s
+  evaluation_interval: 15s
+scrape_configs:
+  - job_name: "prometheus"
+    static_configs:
+      - targets: ["localhost:9090"]
+        labels:
+          app: "prometheus"
+"""
+
+
+def is_static_elf(data):
+    """True when an ELF file has no program interpreter (PT_INTERP): it runs without a libc."""
+    import struct
+    if data[:4] != b"\x7fELF" or data[4] != 2:
+        raise SystemExit("node_images: not a 64-bit ELF file")
+    end = "<" if data[5] == 1 else ">"
+    phoff, = struct.unpack_from(end + "Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from(end + "HH", data, 0x36)
+    return all(struct.unpack_from(end + "I", data, phoff + i * phentsize)[0] != 3
+               for i in range(phnum))
+
+
+def build_prometheus(out, deb, bin_dir):
+    prom_path = os.path.join(bin_dir, "prometheus")
+    prom = open(prom_path, "rb").read()
+    if not is_static_elf(prom):
+        raise SystemExit(f"node_images: {prom_path} is linked dynamically; busybox has no libc "
+                         "(scripts/prometheus3.sh builds with CGO_ENABLED=0)")
+    h = hashlib.sha256()
+    for part in (open(deb, "rb").read(), prom, open(__file__, "rb").read(), oci_arch().encode()):
+        h.update(sha256(part).encode())
+    key = h.hexdigest()
+    stamp = os.path.join(out, "prometheus.sha256")
+    env = os.path.join(out, "prometheus.env")
+    tar = os.path.join(out, "prometheus.oci.tar")
+    if (os.path.isfile(tar) and os.path.isfile(env) and os.path.isfile(stamp)
+            and open(stamp).read().strip() == key):
+        print(f"node_images: prometheus image up to date ({out})", file=sys.stderr)
+        print(env)
+        return
+    os.makedirs(out, exist_ok=True)
+    if os.path.exists(stamp):
+        os.remove(stamp)
+    first = subprocess.run([prom_path, "--version"], check=True, capture_output=True,
+                           text=True).stdout.splitlines()[0]
+    m = re.match(r"prometheus, version (\S+)", first)
+    if not m:
+        raise SystemExit(f"node_images: cannot read the version of {prom_path}: {first!r}")
+    busybox, bb_version = busybox_from_deb(deb)
+    bb_tag = re.sub(r"[^A-Za-z0-9_.-]", "_", bb_version.split(":")[-1].split("-")[0])
+    ref = f"{PREFIX}/prometheus:v{re.sub(r'[^A-Za-z0-9_.-]', '_', m.group(1))}-busybox-{bb_tag}"
+    with tempfile.TemporaryDirectory() as d:
+        bb = os.path.join(d, "busybox")
+        with open(bb, "wb") as f:
+            f.write(busybox)
+        os.chmod(bb, 0o755)
+        applets = subprocess.run([bb, "--list"], check=True, capture_output=True,
+                                 text=True).stdout.split()
+    for need in ("sh", "cat", "wget"):
+        if need not in applets:
+            raise SystemExit(f"node_images: busybox from {deb} has no {need} applet")
+    entries = [("bin", "dir", 0o755, None), ("bin/busybox", "file", 0o755, busybox),
+               ("bin/prometheus", "file", 0o755, prom),
+               ("etc", "dir", 0o755, None), ("etc/prometheus", "dir", 0o755, None),
+               ("etc/prometheus/prometheus.yml", "file", 0o644, PROMETHEUS_YML),
+               ("tmp", "dir", 0o1777, None), ("prometheus", "dir", 0o755, None),
+               ("etc/passwd", "file", 0o644,
+                b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"),
+               ("etc/group", "file", 0o644, b"root:x:0:\nnogroup:x:65534:\n")]
+    entries += [("bin/" + a, "symlink", 0o777, "busybox") for a in applets
+                if a not in ("busybox", "prometheus")]
+    archive(tar, ref, entries,
+            {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+             "Entrypoint": ["/bin/prometheus"],
+             "Cmd": ["--config.file=/etc/prometheus/prometheus.yml",
+                     "--storage.tsdb.path=/prometheus"],
+             "ExposedPorts": {"9090/tcp": {}}, "Volumes": {"/prometheus": {}},
+             "User": "65534:65534", "WorkingDir": "/prometheus"})
+    with open(env + ".tmp", "w") as f:
+        f.write(f"PROMETHEUS_IMAGE={ref}\n")
+    os.replace(env + ".tmp", env)
+    with open(stamp, "w") as f:
+        f.write(key + "\n")
+    print(env)
+
+
 def main(argv):
-    if len(argv) != 5 or argv[1] != "build":
+    if len(argv) == 5 and argv[1] == "build":
+        build(*argv[2:])
+    elif len(argv) == 5 and argv[1] == "prometheus":
+        build_prometheus(*argv[2:])
+    else:
         raise SystemExit(__doc__)
-    build(*argv[2:])
 
 
 if __name__ == "__main__":

@@ -635,6 +635,12 @@ fn render_apply(out: &ApplyOutput) -> String {
         s.push_str(
             "Next: stop the source Prometheus, then promigrate apply -f <plan> --phase final.\n",
         );
+    } else if out.ok && !out.dry_run && out.verify.is_some() {
+        // The verify above gated the scale-up, and the new server now writes its own WAL:
+        // a verify from here on reports that as differences (docs/runbook.md, step 5).
+        s.push_str(
+            "Next: cut over. The verify above was the go/no-go and the StatefulSet runs again on the copy; a `promigrate verify` from now on reports the new server's own wal/ and chunks_head/ as different.\n",
+        );
     } else if out.ok && !out.dry_run {
         s.push_str("Next: promigrate verify -f <plan> (its exit code gates the cutover).\n");
     }

@@ -29,6 +29,30 @@ const HOST_LOCK: &str = "/run/lock/promigrate-node.lock";
 /// How a [`TestNode`]'s temp dir is named, so that a node whose test process died is known.
 const ROOT_PREFIX: &str = "promigrate-testnode-";
 
+/// The static promigrate that a receiver pod runs (`make static`, built once: cargo's cache),
+/// or the one PROMIGRATE_RECEIVER_BINARY names. Build it before [`TestNode::up`]: the node
+/// holds the host-wide lock while it lives.
+pub fn static_promigrate() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("PROMIGRATE_RECEIVER_BINARY") {
+            return PathBuf::from(p);
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new("make")
+            .args(["-s", "static"])
+            .current_dir(root)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("make static");
+        assert!(out.status.success(), "make static failed");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let p = root.join(stdout.lines().last().unwrap_or_default().trim());
+        assert!(p.is_file(), "make static made no {}", p.display());
+        p
+    })
+}
+
 /// A running node; taken down on drop.
 pub struct TestNode {
     /// `state/`: the script's state dir; `volumes/`: directories for local PVs.
@@ -187,6 +211,13 @@ impl TestNode {
         &self.env["PROMIGRATE_NODE_STANDIN_IMAGE"]
     }
 
+    /// A real Prometheus 3 (scripts/prometheus3.sh) on the stand-in's busybox, laid out like the
+    /// official image: entrypoint `/bin/prometheus`, user nobody, workdir `/prometheus`,
+    /// `/etc/prometheus/prometheus.yml`; busybox gives it `sh`, `cat` and `wget`.
+    pub fn prometheus_image(&self) -> &str {
+        &self.env["PROMIGRATE_NODE_PROMETHEUS_IMAGE"]
+    }
+
     /// The static pause binary alone: no shell, no `tar`.
     pub fn shellless_image(&self) -> &str {
         &self.env["PROMIGRATE_NODE_SHELLLESS_IMAGE"]
@@ -262,10 +293,15 @@ impl TestNode {
     /// (`spec.claimRef`: binds at once, where a claim naming its volume waits for the binder's
     /// next resync), and that claim; returns once it is Bound.
     pub fn local_volume(&self, pv: &str, dir: &Path, ns: &str, claim: &str) {
+        self.local_volume_sized(pv, dir, ns, claim, "1Gi")
+    }
+
+    /// [`TestNode::local_volume`] with PV capacity and claim request `size` (a quantity).
+    pub fn local_volume_sized(&self, pv: &str, dir: &Path, ns: &str, claim: &str, size: &str) {
         self.create(
             Api::<PersistentVolume>::all(self.client.clone()),
             json!({"metadata": {"name": pv}, "spec": {
-                "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                "capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"],
                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "local-manual",
                 "claimRef": {"namespace": ns, "name": claim},
                 "local": {"path": dir.display().to_string()},
@@ -277,7 +313,7 @@ impl TestNode {
             claims.clone(),
             json!({"metadata": {"name": claim}, "spec": {
                 "accessModes": ["ReadWriteOnce"], "storageClassName": "local-manual",
-                "resources": {"requests": {"storage": "1Gi"}}}}),
+                "resources": {"requests": {"storage": size}}}}),
         );
         poll(
             &format!("claim {ns}/{claim} bound to {pv}"),
