@@ -47,7 +47,9 @@ lint:
 	for f in scripts/*.sh scripts/lib/*.sh; do bash -n "$$f" || exit 1; done
 	python3 -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' scripts/lib/*.py
 
-## Benchmarks against cp -a and rsync -a on >= 4 GiB of real blocks (docs/performance.md, docs/development.md).
+## Benchmarks against cp -a and rsync -a on >= 4 GiB of real blocks, over SSH, and through a
+## receiver pod on the real test node against tar through kubectl exec (docs/performance.md,
+## docs/development.md).
 bench:
 	bash scripts/deps.sh
 	bash scripts/bench.sh
@@ -55,6 +57,7 @@ bench:
 	bash scripts/bench-deep.sh --gib 1 --large-chunks --out target/bench/results-deep-large.md
 	bash scripts/bench-phases.sh
 	bash scripts/bench-ssh.sh
+	bash scripts/bench-incluster.sh
 
 PREFIX ?= /usr/local
 # Where cargo puts the release binary ($CARGO_TARGET_DIR when set).
