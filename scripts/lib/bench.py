@@ -450,7 +450,7 @@ def cmd_report_incluster(facts_path, tsv_path):
     p("### Where the time goes (medians, s)")
     p("")
     ph = {"to pod created": [], "pod start until upload began": [], "upload": [], "copy": [],
-          "after the copy (pod deleted, exit)": []}
+          "after the copy": []}
     for r in pm:
         j = r["json"]
         if not all(k in j for k in ("created_at", "uploaded_at", "upload_s", "copied_at", "copy_s")):
@@ -459,10 +459,11 @@ def cmd_report_incluster(facts_path, tsv_path):
         ph["pod start until upload began"].append(j["uploaded_at"] - j["upload_s"] - j["created_at"])
         ph["upload"].append(j["upload_s"])
         ph["copy"].append(j["copy_s"])
-        ph["after the copy (pod deleted, exit)"].append(r["t0"] + r["wall"] - j["copied_at"])
+        ph["after the copy"].append(r["t0"] + r["wall"] - j["copied_at"])
     if ph["upload"]:
         p("promigrate (from its log's timestamps, `RUST_LOG=info`; copy = its report's "
-          "`duration_seconds`, the plan of the target through the receiver included):")
+          "`duration_seconds`; after the copy = from its log's `apply: done` to its exit: the "
+          "final phase, the run record, the pod deleted and gone):")
         p("")
         p("| step | median s | per round |")
         p("|---|---|---|")
