@@ -38,7 +38,8 @@ test:
 	bash scripts/test-node.sh build
 	bash scripts/prometheus-operator.sh build
 	bash scripts/gen-tsdb3.sh target/fixtures/tsdb3
-	$(CARGO) test --locked
+	$(MAKE) static
+	PROMIGRATE_RECEIVER_BINARY=$(abspath $(STATIC_OUT)) $(CARGO) test --locked
 
 ## Unit tests only (no root, no prometheus).
 unit:
@@ -50,7 +51,9 @@ lint:
 	for f in scripts/*.sh scripts/lib/*.sh; do bash -n "$$f" || exit 1; done
 	python3 -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' scripts/lib/*.py
 
-## Benchmarks against cp -a and rsync -a on >= 4 GiB of real blocks (docs/performance.md, docs/development.md).
+## Benchmarks against cp -a and rsync -a on >= 4 GiB of real blocks, over SSH, and through a
+## receiver pod on the real test node against tar through kubectl exec (docs/performance.md,
+## docs/development.md).
 bench:
 	bash scripts/deps.sh
 	bash scripts/bench.sh
@@ -58,6 +61,7 @@ bench:
 	bash scripts/bench-deep.sh --gib 1 --large-chunks --out target/bench/results-deep-large.md
 	bash scripts/bench-phases.sh
 	bash scripts/bench-ssh.sh
+	bash scripts/bench-incluster.sh
 	bash scripts/bench-downtime.sh
 
 PREFIX ?= /usr/local

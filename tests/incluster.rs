@@ -16,34 +16,6 @@ use serde_json::json;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
-
-/// The static promigrate (`make static`, built once: cargo's cache), or the one
-/// PROMIGRATE_RECEIVER_BINARY names.
-fn static_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("PROMIGRATE_RECEIVER_BINARY") {
-            return PathBuf::from(p);
-        }
-        let out = Command::new("make")
-            .args(["-s", "static"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .expect("make static");
-        assert!(out.status.success(), "make static failed");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let p = PathBuf::from(stdout.lines().last().unwrap().trim());
-        let p = if p.is_absolute() {
-            p
-        } else {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
-        };
-        assert!(p.is_file(), "make static made no {}", p.display());
-        p
-    })
-}
 
 /// A plan whose target is claim `data-prom-0` of namespace [`NS`], with no `path`, and the
 /// receiver settings `receiver` (YAML lines under `receiver:`, or none).
@@ -86,7 +58,7 @@ target:
 /// Runs promigrate with the static binary to upload.
 fn run(ws: &common::Workspace, args: &[&str]) -> (i32, String, String) {
     let mut c = ws.cmd(args);
-    c.env("PROMIGRATE_RECEIVER_BINARY", static_binary());
+    c.env("PROMIGRATE_RECEIVER_BINARY", common::node::static_promigrate());
     common::run(c)
 }
 
@@ -113,7 +85,7 @@ fn node_with_claim() -> (TestNode, PathBuf) {
 #[test]
 fn plan_apply_and_verify_through_a_receiver_pod_end_byte_equal_on_the_claim() {
     let started = std::time::Instant::now();
-    static_binary();
+    common::node::static_promigrate();
     eprintln!("static binary ready after {:?}", started.elapsed());
     let (node, vol) = node_with_claim();
     let ws = common::Workspace::new();
@@ -294,7 +266,7 @@ fn spawn_slow_apply_and_wait_for_a_write(
         .sum();
     let rate = format!("{}K", (total / 1024 / seconds).max(8));
     let mut c = ws.cmd(&["apply", "--yes", "--bwlimit", &rate]);
-    c.env("PROMIGRATE_RECEIVER_BINARY", static_binary());
+    c.env("PROMIGRATE_RECEIVER_BINARY", common::node::static_promigrate());
     let mut child = c
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -484,7 +456,7 @@ fn ctrl_c_while_plan_reads_through_the_pod_removes_the_pod() {
         &format!("      image: {}\n", node.standin_image()),
     );
     let mut c = ws.cmd(&["plan"]);
-    c.env("PROMIGRATE_RECEIVER_BINARY", static_binary());
+    c.env("PROMIGRATE_RECEIVER_BINARY", common::node::static_promigrate());
     let child = c
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

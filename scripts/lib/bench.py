@@ -1,8 +1,11 @@
-"""The Python half of scripts/bench.sh: `python3 bench.py CMD ARGS` with CMD one of
+"""The Python half of scripts/bench.sh and scripts/bench-incluster.sh: `python3 bench.py CMD
+ARGS` with CMD one of
 json-fields FILE (selected fields of a promigrate JSON report, compact, or "-"),
-subset SRC DST MIB (hard links of the first blocks until MIB MiB) and
-report FACTS TSV (the Markdown report of a run's measurements)."""
-import json, os, statistics, sys
+subset SRC DST MIB (hard links of the first blocks until MIB MiB),
+report FACTS TSV (the Markdown report of a run's measurements),
+incluster-log JSON_OUT LOG (a receiver-pod run's report and log, as one compact JSON) and
+report-incluster FACTS TSV (the Markdown report of scripts/bench-incluster.sh)."""
+import datetime, json, os, re, statistics, sys
 
 
 def cmd_json_fields(path):
@@ -281,6 +284,269 @@ def cmd_report(facts_path, tsv_path):
           min(x["load"] for x in allr), med([x["load"] for x in allr]), max(x["load"] for x in allr),
           ", ".join("%.1f" % x["other_cpu_s"] for x in sorted(sel("full"), key=lambda x: (x["round"], x["pos"]))),
           facts["nproc"]))
+    print("\n".join(out))
+
+
+
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)Z\s+(\w+)\s+(.*)$")
+
+
+def cmd_incluster_log(out_path, log_path):
+    """A receiver-pod run (apply or verify): its JSON report's ok and figures, and from its
+    log (RUST_LOG=info, text) the epoch times of the pod's creation, the upload's end, the
+    copy's end ("apply: done") and the last line, and the upload's own seconds."""
+    r = {}
+    try:
+        with open(out_path) as f:
+            d = json.load(f)
+        r["ok"] = d.get("ok")
+        t = (d.get("targets") or [{}])[0]
+        a = t.get("apply")
+        if isinstance(a, dict):
+            r["copied_bytes"] = a.get("copied_bytes")
+            r["copied_files"] = a.get("copied_files")
+            r["copy_s"] = a.get("duration_seconds")
+        for k in ("checked_files", "checked_bytes", "hashed_bytes"):
+            if k in t:
+                r[k] = t[k]
+        if "duration_seconds" in t:
+            r["verify_s"] = t["duration_seconds"]
+        if isinstance(t.get("differences"), list):
+            r["differences"] = len(t["differences"])
+    except Exception as e:
+        r["ok"] = None
+        r["report_error"] = str(e)
+    last = None
+    for line in open(log_path, errors="replace"):
+        m = LOG_LINE.match(line.strip())
+        if not m:
+            continue
+        ts = datetime.datetime.fromisoformat(m.group(1)).replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+        msg = m.group(3)
+        last = ts
+        r.setdefault("first_log_at", ts)
+        if "receiver pod" in msg and " created " in msg:
+            r["created_at"] = ts
+        u = re.search(r"uploaded into \S+ in ([0-9.]+)s", msg)
+        if u:
+            r["uploaded_at"] = ts
+            r["upload_s"] = float(u.group(1))
+        if "apply: done" in msg:
+            r["copied_at"] = ts
+    if last is not None:
+        r["last_log_at"] = last
+    print(json.dumps(r, separators=(",", ":")))
+
+
+def cmd_report_incluster(facts_path, tsv_path):
+    import csv
+    facts = {}
+    for line in open(facts_path):
+        k, _, v = line.rstrip("\n").partition("\t")
+        facts[k] = v
+    tck = float(facts.get("clk_tck", "100"))
+    GiB, MiB = 2**30, 2**20
+    data_bytes = int(facts["data_bytes"])
+    gib = data_bytes / GiB
+    med = statistics.median
+
+    def counters(s):
+        return {k: float(v) for k, v in (x.split("=", 1) for x in s.split())}
+
+    rows = []
+    with open(tsv_path) as f:
+        for x in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+            t0, t1, t2 = float(x["t0"]), float(x["t1"]), float(x["t2"])
+            b, a = counters(x["before"]), counters(x["after"])
+            d = {k: a[k] - b[k] for k in b}
+            r = dict(kind=x["kind"], round=int(x["round"]), tool=x["tool"], pos=int(x["pos"]),
+                     t0=t0, wall=t1 - t0, sync_after=t2 - t1, load=float(x["load1"]))
+            cpu = {
+                "here_user": float(x["user_s"]), "here_sys": float(x["sys_s"]),
+                "pod_user": d["pod_user_ns"] / 1e9, "pod_sys": d["pod_sys_ns"] / 1e9,
+                "kube-apiserver": d["kube-apiserver"] / tck, "kubelet": d["kubelet"] / tck,
+                "containerd": d["containerd"] / tck, "etcd": d["etcd"] / tck,
+                "kube-controller-manager": d["kube-controller-manager"] / tck,
+                "shim": sum(float(p.split(":")[1]) for p in x["shims"].split(",")) / tck
+                if x["shims"] != "-" else 0.0,
+                "machine": d["machine"] / tck, "iowait": d["iowait"] / tck,
+            }
+            known = sum(v for k, v in cpu.items() if k not in ("machine", "iowait"))
+            cpu["rest"] = cpu["machine"] - known
+            r["cpu"] = cpu
+            r["maxrss_kib"] = int(x["maxrss_kib"])
+            r["steps"] = {}
+            if x["steps"]:
+                for s in x["steps"].split(","):
+                    k, v = s.split(" ")
+                    r["steps"][k] = float(v)
+            r["json"] = json.loads(x["json"]) if x["json"] != "-" else {}
+            rows.append(r)
+
+    def sel(kind, tool):
+        return sorted([r for r in rows if r["kind"] == kind and r["tool"] == tool],
+                      key=lambda r: r["round"])
+
+    pm, hand, ver = sel("apply", "promigrate"), sel("apply", "by-hand"), sel("verify", "promigrate")
+    out = []
+    p = out.append
+    p("## In-cluster target: promigrate through a receiver pod vs tar through `kubectl exec`")
+    p("")
+    p("Made by `scripts/bench-incluster.sh` on %s: measurements, not assertions. %.2f GiB of real "
+      "blocks (%s blocks, %s files, %d bytes) into a claim on a `local:` PV of the real test node "
+      "(kube-apiserver, kubelet, containerd, runc on 127.0.0.1), `restricted` namespace, "
+      "%s interleaved rounds, empty volume and page cache dropped before every run, each timed "
+      "from start to exit." % (facts["date"], gib, facts["data_blocks"], facts["data_files"],
+                               data_bytes, facts["rounds"]))
+    p("")
+    p("| | |")
+    p("|---|---|")
+    for k, label in [("date", "date"), ("nproc", "nproc"), ("cpu", "CPU"), ("kernel", "kernel"),
+                     ("fs_mount", "volume's filesystem"), ("same_fs", "source on the same filesystem"),
+                     ("uptime_start", "`uptime` before"), ("uptime_end", "`uptime` after"),
+                     ("load15", "15-min load average before -> after"),
+                     ("procs_start", "other busy processes before (ps %CPU >= 5)"),
+                     ("procs_end", "other busy processes after"),
+                     ("promigrate_version", "promigrate"), ("promigrate_bytes", "static binary, bytes (uploaded each run)"),
+                     ("git_head", "git HEAD"), ("git_dirty", "work tree"),
+                     ("kube", "Kubernetes"), ("containerd", "containerd"), ("runc", "runc"),
+                     ("tar", "tar here (the pod: busybox tar)"), ("image", "image (both pods)"),
+                     ("data_dir", "data"), ("parallelism", "promigrate transfer.parallelism")]:
+        p("| %s | %s |" % (label, facts.get(k, "?").replace("|", "\\|")))
+    p("")
+    p("### Time until durable, pod start and deletion included")
+    p("")
+    p("promigrate: `apply --yes` from start to exit (access check, receiver pod created and "
+      "Running, static binary uploaded, copy with an fsync per file, pod deleted and gone). "
+      "By hand: pod created, `kubectl wait` Ready, `tar -cf - | kubectl exec -i POD -- tar -xf -`, "
+      "`kubectl exec POD -- sync`, `kubectl delete pod` (waits until gone). `sync -f` after = a "
+      "`sync -f` of the volume on the host after the run, timed apart (both are durable by then).")
+    p("")
+    p("| round | order | promigrate s | by hand s | throughput promigrate / by hand | `sync -f` after (pm, hand) | load1 at start (pm, hand) |")
+    p("|---|---|---|---|---|---|---|")
+    ratios = []
+    for a, b in zip(pm, hand):
+        ratio = b["wall"] / a["wall"]
+        ratios.append(ratio)
+        order = "promigrate, by hand" if a["pos"] < b["pos"] else "by hand, promigrate"
+        p("| %d | %s | %.2f | %.2f | %.2f | %.2f, %.2f | %.2f, %.2f |" % (
+            a["round"], order, a["wall"], b["wall"], ratio, a["sync_after"], b["sync_after"],
+            a["load"], b["load"]))
+    p("")
+    p("| tool | runs | median s | min s | max s | MiB/s (median) |")
+    p("|---|---|---|---|---|---|")
+    for label, rs in (("promigrate apply (receiver pod)", pm), ("by hand (tar through kubectl exec)", hand)):
+        w = [r["wall"] for r in rs]
+        p("| %s | %d | %.2f | %.2f | %.2f | %.1f |" % (
+            label, len(w), med(w), min(w), max(w), data_bytes / MiB / med(w)))
+    mr = med(ratios)
+    rom = med([r["wall"] for r in hand]) / med([r["wall"] for r in pm])
+    p("")
+    p("Throughput ratio promigrate / by hand: **%.2f** (median of the per-round ratios; %s); "
+      "ratio of the medians %.2f. Goal of issue 17: >= 0.9: **%s**." % (
+          mr, ", ".join("%.2f" % x for x in ratios), rom, "met" if mr >= 0.9 else "not met"))
+    p("")
+    p("### Where the time goes (medians, s)")
+    p("")
+    ph = {"to pod created": [], "pod start until upload began": [], "upload": [], "copy": [],
+          "after the copy": []}
+    for r in pm:
+        j = r["json"]
+        if not all(k in j for k in ("created_at", "uploaded_at", "upload_s", "copied_at", "copy_s")):
+            continue
+        ph["to pod created"].append(j["created_at"] - r["t0"])
+        ph["pod start until upload began"].append(j["uploaded_at"] - j["upload_s"] - j["created_at"])
+        ph["upload"].append(j["upload_s"])
+        ph["copy"].append(j["copy_s"])
+        ph["after the copy"].append(r["t0"] + r["wall"] - j["copied_at"])
+    if ph["upload"]:
+        p("promigrate (from its log's timestamps, `RUST_LOG=info`; copy = its report's "
+          "`duration_seconds`; after the copy = from its log's `apply: done` to its exit: the "
+          "final phase, the run record, the pod deleted and gone):")
+        p("")
+        p("| step | median s | per round |")
+        p("|---|---|---|")
+        for k, v in ph.items():
+            p("| %s | %.2f | %s |" % (k, med(v), ", ".join("%.2f" % x for x in v)))
+        cb = [r["json"].get("copy_s") for r in pm]
+        p("")
+        p("The copy alone ran at %.0f MiB/s (median), against %.0f MiB/s for the tar pipe alone "
+          "by hand (below)." % (data_bytes / MiB / med(cb),
+                                 data_bytes / MiB / med([r["steps"]["copied"] - r["steps"]["ready"] for r in hand])))
+        p("")
+    steps = [("pod created", "created", None), ("Ready", "ready", "created"),
+             ("tar through `kubectl exec`", "copied", "ready"), ("`kubectl exec sync`", "synced", "copied"),
+             ("pod deleted and gone", "deleted", "synced")]
+    p("By hand (each step's end, from the script's clock):")
+    p("")
+    p("| step | median s | per round |")
+    p("|---|---|---|")
+    for label, k, prev in steps:
+        v = [r["steps"][k] - (r["steps"][prev] if prev else r["t0"]) for r in hand]
+        p("| %s | %.2f | %s |" % (label, med(v), ", ".join("%.2f" % x for x in v)))
+    p("")
+    p("### CPU per GiB (user + system seconds per GiB of data, median over the runs)")
+    p("")
+    p("Here = the process tree run here (/usr/bin/time: promigrate; or bash, every `kubectl` and "
+      "`tar`). Pod = cpuacct of the kubelet's cgroup root (the containers and everything exec'd "
+      "into them). The relays: the node's daemons (/proc/PID/stat) and the pod's containerd-shim "
+      "(sampled every 0.2 s while it lived). Machine = all CPU time of the machine during the run "
+      "(/proc/stat), rest = machine minus all of the above (kernel writeback and threads, "
+      "other processes of this machine).")
+    p("")
+    cols = [("here", lambda c: c["here_user"] + c["here_sys"]),
+            ("here user/sys", None),
+            ("pod", lambda c: c["pod_user"] + c["pod_sys"]),
+            ("pod user/sys", None),
+            ("kube-apiserver", lambda c: c["kube-apiserver"]),
+            ("kubelet", lambda c: c["kubelet"]),
+            ("containerd", lambda c: c["containerd"]),
+            ("shim", lambda c: c["shim"]),
+            ("etcd + kcm", lambda c: c["etcd"] + c["kube-controller-manager"]),
+            ("machine", lambda c: c["machine"]),
+            ("rest", lambda c: c["rest"]),
+            ("iowait", lambda c: c["iowait"])]
+    p("| run | " + " | ".join(c[0] for c in cols) + " |")
+    p("|---|" + "---|" * len(cols))
+    for label, rs in (("promigrate apply", pm), ("by hand", hand), ("promigrate verify", ver)):
+        if not rs:
+            continue
+        cells = []
+        for name, f in cols:
+            if f is None:
+                side = "here" if name.startswith("here") else "pod"
+                cells.append("%.2f / %.2f" % (med([r["cpu"][side + "_user"] for r in rs]) / gib,
+                                               med([r["cpu"][side + "_sys"] for r in rs]) / gib))
+            else:
+                cells.append("%.2f" % (med([f(r["cpu"]) for r in rs]) / gib))
+        p("| %s | %s |" % (label, " | ".join(cells)))
+    p("")
+    p("Peak RSS here: promigrate apply %.1f MiB (max over runs); by hand (largest process of "
+      "the tree: kubectl or tar) %.1f MiB." % (
+          max(r["maxrss_kib"] for r in pm) / 1024, max(r["maxrss_kib"] for r in hand) / 1024))
+    p("")
+    if ver:
+        p("### `promigrate verify` (checksum level) of the copy, through its own receiver pod")
+        p("")
+        p("Cache dropped before it; pod start, upload and deletion included; not in the throughput.")
+        p("")
+        p("| round | wall s | its own duration s | upload s | checked bytes | differences |")
+        p("|---|---|---|---|---|---|")
+        for r in ver:
+            j = r["json"]
+            p("| %d | %.2f | %.2f | %.2f | %s | %s |" % (
+                r["round"], r["wall"], j.get("verify_s", float("nan")), j.get("upload_s", float("nan")),
+                j.get("checked_bytes", "?"), j.get("differences", "?")))
+        w = [r["wall"] for r in ver]
+        p("| **median** | %.2f | %.2f | %.2f | | |" % (
+            med(w), med([r["json"].get("verify_s", float("nan")) for r in ver]),
+            med([r["json"].get("upload_s", float("nan")) for r in ver])))
+        p("")
+    allr = rows
+    p("Load average (1 min) at the start of the runs: min %.2f, median %.2f, max %.2f (%s CPUs)." % (
+        min(r["load"] for r in allr), med([r["load"] for r in allr]), max(r["load"] for r in allr),
+        facts["nproc"]))
     print("\n".join(out))
 
 
