@@ -7,7 +7,7 @@
 mod common;
 
 use common::cluster::NS;
-use common::node::TestNode;
+use common::node::{TestNode, static_promigrate};
 use common::{FS_GROUP, RUN_AS_USER};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -15,7 +15,6 @@ use kube::api::ListParams;
 use serde_json::json;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// A plan whose target is claim `data-prom-0` of namespace [`NS`], with no `path`, and the
 /// receiver settings `receiver` (YAML lines under `receiver:`, or none).
@@ -58,7 +57,7 @@ target:
 /// Runs promigrate with the static binary to upload.
 fn run(ws: &common::Workspace, args: &[&str]) -> (i32, String, String) {
     let mut c = ws.cmd(args);
-    c.env("PROMIGRATE_RECEIVER_BINARY", common::node::static_promigrate());
+    c.env("PROMIGRATE_RECEIVER_BINARY", static_promigrate());
     common::run(c)
 }
 
@@ -85,7 +84,7 @@ fn node_with_claim() -> (TestNode, PathBuf) {
 #[test]
 fn plan_apply_and_verify_through_a_receiver_pod_end_byte_equal_on_the_claim() {
     let started = std::time::Instant::now();
-    common::node::static_promigrate();
+    static_promigrate();
     eprintln!("static binary ready after {:?}", started.elapsed());
     let (node, vol) = node_with_claim();
     let ws = common::Workspace::new();
@@ -266,7 +265,7 @@ fn spawn_slow_apply_and_wait_for_a_write(
         .sum();
     let rate = format!("{}K", (total / 1024 / seconds).max(8));
     let mut c = ws.cmd(&["apply", "--yes", "--bwlimit", &rate]);
-    c.env("PROMIGRATE_RECEIVER_BINARY", common::node::static_promigrate());
+    c.env("PROMIGRATE_RECEIVER_BINARY", static_promigrate());
     let mut child = c
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -456,7 +455,7 @@ fn ctrl_c_while_plan_reads_through_the_pod_removes_the_pod() {
         &format!("      image: {}\n", node.standin_image()),
     );
     let mut c = ws.cmd(&["plan"]);
-    c.env("PROMIGRATE_RECEIVER_BINARY", common::node::static_promigrate());
+    c.env("PROMIGRATE_RECEIVER_BINARY", static_promigrate());
     let child = c
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
