@@ -81,11 +81,9 @@ fn node_with_claim() -> (TestNode, PathBuf) {
     (node, vol)
 }
 
-#[test]
-fn plan_apply_and_verify_through_a_receiver_pod_end_byte_equal_on_the_claim() {
-    let started = std::time::Instant::now();
-    static_promigrate();
-    eprintln!("static binary ready after {:?}", started.elapsed());
+/// [`node_with_claim`], and a workspace whose plan reaches the claim through a receiver pod
+/// of the stand-in image.
+fn node_claim_and_plan() -> (TestNode, PathBuf, common::Workspace) {
     let (node, vol) = node_with_claim();
     let ws = common::Workspace::new();
     write_plan(
@@ -93,6 +91,23 @@ fn plan_apply_and_verify_through_a_receiver_pod_end_byte_equal_on_the_claim() {
         &node.kubeconfig,
         &format!("      image: {}\n", node.standin_image()),
     );
+    (node, vol, ws)
+}
+
+/// What the claim's TSDB must hold after an apply: the source's content, but the file
+/// Prometheus rewrites at each start.
+fn wanted(ws: &common::Workspace) -> std::collections::BTreeMap<String, u128> {
+    let mut want = common::content_hashes(&ws.source);
+    want.remove("queries.active");
+    want
+}
+
+#[test]
+fn plan_apply_and_verify_through_a_receiver_pod_end_byte_equal_on_the_claim() {
+    let started = std::time::Instant::now();
+    static_promigrate();
+    eprintln!("static binary ready after {:?}", started.elapsed());
+    let (node, vol, ws) = node_claim_and_plan();
     // plan changes nothing on the volume: its pod mounts the claim read-only, so the kubelet
     // does not apply fsGroup (group and setgid bit of the volume's root) as it does for a
     // read-write mount.
@@ -113,8 +128,7 @@ fn plan_apply_and_verify_through_a_receiver_pod_end_byte_equal_on_the_claim() {
     assert_eq!(pods_left(&node), Vec::<String>::new(), "after apply");
 
     let db = vol.join("prometheus-db");
-    let mut want = common::content_hashes(&ws.source);
-    want.remove("queries.active");
+    let want = wanted(&ws);
     assert_eq!(common::content_hashes(&db), want, "byte-equal on the PV");
     for (rel, e) in common::files_below(&db) {
         let md = e.metadata().unwrap();
@@ -212,13 +226,7 @@ fn without_pods_exec_the_error_names_it_and_nothing_is_created() {
 
 #[test]
 fn an_apply_killed_mid_copy_leaves_its_pod_and_the_rerun_removes_it_and_ends_byte_equal() {
-    let (node, vol) = node_with_claim();
-    let ws = common::Workspace::new();
-    write_plan(
-        &ws,
-        &node.kubeconfig,
-        &format!("      image: {}\n", node.standin_image()),
-    );
+    let (node, vol, ws) = node_claim_and_plan();
     // About 8 s of copying at this limit, once the pod runs; killed once the receiver has
     // written something into the TSDB's directory.
     let db = vol.join("prometheus-db");
@@ -232,8 +240,7 @@ fn an_apply_killed_mid_copy_leaves_its_pod_and_the_rerun_removes_it_and_ends_byt
     child.wait().unwrap();
     let left = pods_left(&node);
     assert_eq!(left.len(), 1, "the killed run's pod: {left:?}");
-    let mut want = common::content_hashes(&ws.source);
-    want.remove("queries.active");
+    let want = wanted(&ws);
     assert_ne!(
         common::content_hashes(&db),
         want,
@@ -295,13 +302,7 @@ fn spawn_slow_apply_and_wait_for_a_write(
 
 #[test]
 fn a_second_run_beside_a_live_one_leaves_its_receiver_pod_alone() {
-    let (node, vol) = node_with_claim();
-    let ws = common::Workspace::new();
-    write_plan(
-        &ws,
-        &node.kubeconfig,
-        &format!("      image: {}\n", node.standin_image()),
-    );
+    let (node, vol, ws) = node_claim_and_plan();
     let db = vol.join("prometheus-db");
     let first = spawn_slow_apply_and_wait_for_a_write(&ws, &db, 25);
     let live = pods_left(&node);
@@ -327,20 +328,13 @@ fn a_second_run_beside_a_live_one_leaves_its_receiver_pod_alone() {
         String::from_utf8_lossy(&done.stderr)
     );
     assert_eq!(pods_left(&node), Vec::<String>::new(), "after both");
-    let mut want = common::content_hashes(&ws.source);
-    want.remove("queries.active");
+    let want = wanted(&ws);
     assert_eq!(common::content_hashes(&db), want, "byte-equal");
 }
 
 #[test]
 fn a_receiver_pod_deleted_mid_copy_fails_the_apply_clearly_and_the_rerun_ends_byte_equal() {
-    let (node, vol) = node_with_claim();
-    let ws = common::Workspace::new();
-    write_plan(
-        &ws,
-        &node.kubeconfig,
-        &format!("      image: {}\n", node.standin_image()),
-    );
+    let (node, vol, ws) = node_claim_and_plan();
     let db = vol.join("prometheus-db");
     let first = spawn_slow_apply_and_wait_for_a_write(&ws, &db, 20);
     let live = pods_left(&node);
@@ -363,8 +357,7 @@ fn a_receiver_pod_deleted_mid_copy_fails_the_apply_clearly_and_the_rerun_ends_by
         "apply with its pod gone: {err}"
     );
     assert!(err.contains(&live[0]), "the error names the pod: {err}");
-    let mut want = common::content_hashes(&ws.source);
-    want.remove("queries.active");
+    let want = wanted(&ws);
     assert_ne!(
         common::content_hashes(&db),
         want,
@@ -434,8 +427,7 @@ targets:
     // One receiver pod per claim.
     assert_eq!(err.matches(" created (image ").count(), 2, "{err}");
     assert_eq!(pods_left(&node), Vec::<String>::new(), "after apply");
-    let mut want = common::content_hashes(&ws.source);
-    want.remove("queries.active");
+    let want = wanted(&ws);
     for vol in &vols {
         let db = vol.join("prometheus-db");
         assert_eq!(common::content_hashes(&db), want, "{}", db.display());
@@ -447,13 +439,7 @@ targets:
 
 #[test]
 fn ctrl_c_while_plan_reads_through_the_pod_removes_the_pod() {
-    let (node, _vol) = node_with_claim();
-    let ws = common::Workspace::new();
-    write_plan(
-        &ws,
-        &node.kubeconfig,
-        &format!("      image: {}\n", node.standin_image()),
-    );
+    let (node, _vol, ws) = node_claim_and_plan();
     let mut c = ws.cmd(&["plan"]);
     c.env("PROMIGRATE_RECEIVER_BINARY", static_promigrate());
     let child = c
