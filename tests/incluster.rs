@@ -378,7 +378,7 @@ fn a_receiver_pod_deleted_mid_copy_fails_the_apply_clearly_and_the_rerun_ends_by
 }
 
 #[test]
-fn an_ha_pair_of_claims_is_written_through_two_receiver_pods_at_once() {
+fn an_ha_pair_of_claims_is_written_through_two_receiver_pods_from_one_run() {
     let node = TestNode::up();
     node.restricted_namespace(NS);
     let claims = [("pv-a", "data-prom-0"), ("pv-b", "data-prom-1")];
@@ -437,19 +437,18 @@ targets:
     assert_eq!(pods_left(&node), Vec::<String>::new(), "after verify");
 }
 
-#[test]
-fn ctrl_c_while_plan_reads_through_the_pod_removes_the_pod() {
-    let (node, _vol, ws) = node_claim_and_plan();
-    let mut c = ws.cmd(&["plan"]);
+/// Runs `promigrate ARGS`, sends it SIGINT once its receiver pod exists, and asserts that
+/// it ended with exit 3, deleting the pod first (its own message, not a later failure's).
+fn interrupted_once_its_pod_exists(node: &TestNode, ws: &common::Workspace, args: &[&str]) {
+    let mut c = ws.cmd(args);
     c.env("PROMIGRATE_RECEIVER_BINARY", static_promigrate());
     let child = c
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Interrupted once its receiver pod exists (starting, or already read).
     let start = std::time::Instant::now();
-    while pods_left(&node).is_empty() {
+    while pods_left(node).is_empty() {
         assert!(
             start.elapsed() < std::time::Duration::from_secs(60),
             "no receiver pod after 60 s"
@@ -461,12 +460,34 @@ fn ctrl_c_while_plan_reads_through_the_pod_removes_the_pod() {
     let done = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&done.stderr);
     assert_eq!(done.status.code(), Some(3), "ended by Ctrl-C: {err}");
-    assert!(err.contains("interrupted"), "{err}");
-    assert_eq!(
-        pods_left(&node),
-        Vec::<String>::new(),
-        "after Ctrl-C: {err}"
+    assert!(
+        err.contains("interrupted before anything was written"),
+        "{err}"
     );
+    assert_eq!(pods_left(node), Vec::<String>::new(), "after Ctrl-C: {err}");
+}
+
+#[test]
+fn ctrl_c_while_plan_reads_through_the_pod_removes_the_pod() {
+    let (node, _vol, ws) = node_claim_and_plan();
+    // Interrupted once its receiver pod exists (starting, or already read).
+    interrupted_once_its_pod_exists(&node, &ws, &["plan"]);
+}
+
+#[test]
+fn ctrl_c_while_verify_waits_for_its_pod_removes_the_pod() {
+    let (node, _vol) = node_with_claim();
+    let ws = common::Workspace::new();
+    // A node that does not exist: the pod stays Pending for the whole waitTimeout (60 s).
+    write_plan(
+        &ws,
+        &node.kubeconfig,
+        &format!(
+            "      image: {}\n      nodeName: no-such-node\n",
+            node.standin_image()
+        ),
+    );
+    interrupted_once_its_pod_exists(&node, &ws, &["verify"]);
 }
 
 #[test]

@@ -205,9 +205,14 @@ fn cancel_on_signal(runtime: &tokio::runtime::Runtime) -> Arc<AtomicBool> {
     flag
 }
 
-/// Set once Ctrl-C and SIGTERM stop the command at its next chunk ([`arm_cancel`]); until
-/// then they end it at once ([`end_on_signal`]).
-static COOPERATIVE: AtomicBool = AtomicBool::new(false);
+/// What Ctrl-C and SIGTERM do: end the process at once ([`end_on_signal`]), until
+/// [`arm_cancel`] makes them stop the command at its next chunk. One state, changed by
+/// compare-and-swap, so that the two never both act on one signal.
+static SIGNALS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(AT_ONCE);
+const AT_ONCE: u8 = 0;
+/// A signal came before [`arm_cancel`]: the process is deleting its pods and ending.
+const ENDING: u8 = 1;
+const COOPERATIVE: u8 = 2;
 
 /// From now on, Ctrl-C and SIGTERM set `flag` instead of ending the process. Until this is
 /// called the process ends at once (apply arms it only once it is past its prompt, so
@@ -215,7 +220,15 @@ static COOPERATIVE: AtomicBool = AtomicBool::new(false);
 /// [`end_on_signal`] ran, after removing the receiver pods.
 fn arm_cancel(runtime: &tokio::runtime::Runtime, flag: Arc<AtomicBool>) {
     use tokio::signal::unix::{SignalKind, signal};
-    COOPERATIVE.store(true, Ordering::Relaxed);
+    if SIGNALS.compare_exchange(AT_ONCE, COOPERATIVE, Ordering::SeqCst, Ordering::SeqCst)
+        == Err(ENDING)
+    {
+        // end_on_signal is deleting the pods and ends the process: nothing more may start
+        // (no quiesce, no write).
+        loop {
+            std::thread::park();
+        }
+    }
     let f = flag;
     // Registered here, before returning (not when the task first runs): a signal right
     // after this call already stops at the next chunk instead of ending the process.
@@ -258,14 +271,26 @@ fn end_on_signal(runtime: &tokio::runtime::Runtime) {
                 _ = int.recv() => {},
                 _ = term.recv() => {},
             }
-            if COOPERATIVE.load(Ordering::Relaxed) {
+            let ending =
+                SIGNALS.compare_exchange(AT_ONCE, ENDING, Ordering::SeqCst, Ordering::SeqCst);
+            if ending.is_err() {
                 // arm_cancel's task stops the run at its next chunk.
                 continue;
             }
             tracing::warn!(
-                "interrupted before anything was written: removing the receiver pods of this run, then ending"
+                "interrupted before anything was written: removing the receiver pods of this run, then ending (Ctrl-C again ends at once and leaves them: the next run removes them)"
             );
-            crate::k8s::receiver::delete_created().await;
+            let deleted = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                crate::k8s::receiver::delete_created(),
+            );
+            tokio::select! {
+                r = deleted => if r.is_err() {
+                    tracing::warn!("the receiver pods are not gone after 60 s: ending anyway; the next run removes them");
+                },
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
             std::process::exit(Code::Failure as i32);
         }
     });

@@ -71,8 +71,10 @@ impl VerifyOutput {
 pub fn run(a: &VerifyArgs) -> Outcome {
     let started = jiff::Timestamp::now();
     let loaded = runtime().and_then(|rt| {
-        let cancel = cancel_on_signal(&rt);
+        // Armed after the receiver pods started: until then a Ctrl-C deletes them and ends
+        // the process (start does not look at the flag; see end_on_signal).
         let (m, receivers) = load(&rt, &a.common.file, false)?;
+        let cancel = cancel_on_signal(&rt);
         Ok((rt, cancel, m, receivers))
     });
     let (rt, cancel, m, _receivers) = match loaded {
