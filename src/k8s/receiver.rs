@@ -41,7 +41,9 @@ const HEARTBEAT: &str = "promigrate.io/heartbeat";
 /// Which process owns the pod (`pid N on HOST`), for messages.
 const OWNER: &str = "promigrate.io/run";
 const BEAT: Duration = Duration::from_secs(2);
-const STILL: Duration = Duration::from_secs(7);
+/// Seven beats: a slow API server or a loaded host of the owner does not make its pod look
+/// left behind.
+const STILL: Duration = Duration::from_secs(15);
 
 /// How to get a binary that runs in any image.
 const STATIC_HINT: &str = "build a static promigrate with `make static` (it prints where it put it: target/x86_64-unknown-linux-gnu/release/promigrate-static) and run that one, or name it in PROMIGRATE_RECEIVER_BINARY";
@@ -86,19 +88,35 @@ pub fn is_static(path: &Path) -> anyhow::Result<bool> {
         .any(|ph| ph.p_type(endian) == object::elf::PT_INTERP))
 }
 
-/// Receiver pods created and not deleted yet, for a Ctrl-C that ends the process before
-/// their [`PodGuard`]s are dropped (see [`delete_created`]). Process-wide, as signals are.
-static CREATED: std::sync::Mutex<Vec<(Api<Pod>, String)>> = std::sync::Mutex::new(Vec::new());
+/// Receiver pods about to be created or created, and not deleted yet, for a Ctrl-C that ends
+/// the process before their [`PodGuard`]s are dropped (see [`delete_created`]); and whether
+/// that has begun (no more pods then). Process-wide, as signals are.
+static CREATED: std::sync::Mutex<Created> = std::sync::Mutex::new(Created {
+    pods: Vec::new(),
+    closing: false,
+});
 
-fn track(pods: &Api<Pod>, name: &str) {
-    if let Ok(mut c) = CREATED.lock() {
-        c.push((pods.clone(), name.to_string()));
+struct Created {
+    pods: Vec<(Api<Pod>, String)>,
+    /// [`delete_created`] has begun.
+    closing: bool,
+}
+
+/// Notes pod `name` before it is created (a Ctrl-C right after its creation still finds
+/// it); false once [`delete_created`] has begun: create no pod then.
+fn track(pods: &Api<Pod>, name: &str) -> bool {
+    match CREATED.lock() {
+        Ok(mut c) if !c.closing => {
+            c.pods.push((pods.clone(), name.to_string()));
+            true
+        }
+        _ => false,
     }
 }
 
 fn untrack(name: &str) {
     if let Ok(mut c) = CREATED.lock() {
-        c.retain(|(_, n)| n != name);
+        c.pods.retain(|(_, n)| n != name);
     }
 }
 
@@ -107,13 +125,17 @@ fn untrack(name: &str) {
 pub async fn delete_created() {
     let all = CREATED
         .lock()
-        .map(|mut c| std::mem::take(&mut *c))
+        .map(|mut c| {
+            c.closing = true;
+            std::mem::take(&mut c.pods)
+        })
         .unwrap_or_default();
     for (pods, name) in all {
+        let ns = pods.namespace().unwrap_or_default().to_string();
         match delete_and_wait(&pods, &name).await {
-            Ok(()) => tracing::info!("receiver pod {name} deleted"),
+            Ok(()) => tracing::info!("receiver pod {ns}/{name} deleted"),
             Err(e) => tracing::warn!(
-                "cannot delete the receiver pod {name}: {e:#}; delete it by hand (kubectl delete pod {name})"
+                "cannot delete the receiver pod {ns}/{name}: {e:#}; delete it by hand (kubectl delete pod -n {ns} {name})"
             ),
         }
     }
@@ -164,7 +186,33 @@ async fn delete_and_wait(pods: &Api<Pod>, name: &str) -> anyhow::Result<()> {
     // A graceful delete (the pod's own grace period, 1 s): the object goes only once the
     // kubelet has stopped the container and unmounted the volume, so "gone" means gone. A
     // grace period of 0 would remove the object at once, container still running.
-    let dp = DeleteParams::default();
+    // A pod none of whose containers ever started (Pending: no node for it, an image that
+    // cannot be pulled, a volume that cannot attach) has run nothing that could write: it
+    // goes at once (grace 0). Graceful, it would wait for a kubelet that may never come
+    // (the node it names does not exist).
+    let started = match pods.get_opt(name).await {
+        Ok(Some(p)) => p
+            .status
+            .and_then(|s| s.container_statuses)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| {
+                c.state
+                    .as_ref()
+                    .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+                    || c.last_state
+                        .as_ref()
+                        .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+            }),
+        Ok(None) => return Ok(()),
+        // Unknown: graceful, as for a pod that ran.
+        Err(_) => true,
+    };
+    let dp = if started {
+        DeleteParams::default()
+    } else {
+        DeleteParams::default().grace_period(0)
+    };
     match pods.delete(name, &dp).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
@@ -367,6 +415,7 @@ async fn node_of(cluster: &Cluster, k: &KubeTarget) -> anyhow::Result<Option<Str
 fn pod_spec(
     k: &KubeTarget,
     migration: &str,
+    name: &str,
     image: &str,
     node: Option<&str>,
     owner: Owner,
@@ -420,7 +469,7 @@ fn pod_spec(
         spec["nodeName"] = json!(n);
     }
     serde_json::from_value(json!({
-        "metadata": {"generateName": "promigrate-receiver-", "labels": labels,
+        "metadata": {"name": name, "labels": labels,
                      "annotations": annotations},
         "spec": spec}))
     .context("the receiver pod's spec")
@@ -521,7 +570,7 @@ pub async fn start(
         .map_err(|e| super::api_error(cluster, &format!("pods in {ns}"), e))?;
     for p in old.items {
         let name = p.name_any();
-        if let Some(owner) = live_owner(&pods, &p).await {
+        if let Some(owner) = live_owner(&pods, &p).await? {
             bail!(
                 "claim {ns}/{} is in use by another promigrate run of migration {migration:?} right now: its receiver pod {ns}/{name} ({owner}) is live (its heartbeat moves). Run one promigrate at a time per claim: wait for that run to end. Nothing was changed",
                 k.persistent_volume_claim
@@ -532,14 +581,32 @@ pub async fn start(
             .await
             .with_context(|| format!("cannot remove the old receiver pod {ns}/{name}"))?;
     }
-    let spec = pod_spec(k, migration, &image, node.as_deref(), owner, read_only)?;
-    let created = pods
-        .create(&PostParams::default(), &spec)
-        .await
-        .map_err(|e| super::api_error(cluster, &format!("a receiver pod in {ns}"), e))?;
-    let name = created.name_any();
+    // Named here, not by the API server: it is noted before it exists.
+    let name = format!(
+        "promigrate-receiver-{}",
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
+    let spec = pod_spec(
+        k,
+        migration,
+        &name,
+        &image,
+        node.as_deref(),
+        owner,
+        read_only,
+    )?;
+    if !track(&pods, &name) {
+        bail!("interrupted: no receiver pod created");
+    }
+    if let Err(e) = pods.create(&PostParams::default(), &spec).await {
+        untrack(&name);
+        return Err(super::api_error(
+            cluster,
+            &format!("a receiver pod in {ns}"),
+            e,
+        ));
+    }
     let shown = format!("{ns}/{name}");
-    track(&pods, &name);
     let beat = tokio::spawn(heartbeat(pods.clone(), name.clone(), shown.clone()));
     tracing::info!(
         "receiver pod {shown} created (image {image}, node {})",
@@ -581,27 +648,34 @@ async fn heartbeat(pods: Api<Pod>, name: String, shown: String) {
     for n in 1u64.. {
         tokio::time::sleep(BEAT).await;
         let patch = json!({"metadata": {"annotations": {HEARTBEAT: n.to_string()}}});
-        let r = pods
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await;
-        match r {
-            Ok(_) => warned = false,
-            Err(kube::Error::Api(s)) if s.code == 404 => return,
-            Err(e) if !warned => {
-                warned = true;
-                tracing::warn!(
-                    "cannot move the heartbeat of the receiver pod {shown}: {e}; a second run started now may take this run's pod for one that a killed run left"
-                );
+        let r = tokio::time::timeout(
+            BEAT * 2,
+            pods.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await;
+        let why = match r {
+            Ok(Ok(_)) => {
+                warned = false;
+                continue;
             }
-            Err(_) => {}
+            Ok(Err(kube::Error::Api(s))) if s.code == 404 => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {}s", (BEAT * 2).as_secs()),
+        };
+        if !warned {
+            warned = true;
+            tracing::warn!(
+                "cannot move the heartbeat of the receiver pod {shown}: {why}; a second run started now may take this run's pod for one that a killed run left"
+            );
         }
     }
 }
 
 /// Who owns receiver pod `p` when that run is alive: its [`HEARTBEAT`] moves within
 /// [`STILL`]. `None`: a pod that a killed run left (it stood still, it ended, it is being
-/// deleted, or it has no heartbeat).
-async fn live_owner(pods: &Api<Pod>, p: &Pod) -> Option<String> {
+/// deleted, or it has no heartbeat: a pod of a promigrate older than the heartbeat). An
+/// error when it cannot be told (the pod could not be read): then nothing is deleted.
+async fn live_owner(pods: &Api<Pod>, p: &Pod) -> anyhow::Result<Option<String>> {
     let ended = p
         .status
         .as_ref()
@@ -609,7 +683,7 @@ async fn live_owner(pods: &Api<Pod>, p: &Pod) -> Option<String> {
         .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
     let first = p.annotations().get(HEARTBEAT).cloned();
     if ended || p.metadata.deletion_timestamp.is_some() || first.is_none() {
-        return None;
+        return Ok(None);
     }
     let name = p.name_any();
     let owner = p.annotations().get(OWNER).cloned().unwrap_or_default();
@@ -621,14 +695,17 @@ async fn live_owner(pods: &Api<Pod>, p: &Pod) -> Option<String> {
     while watched.elapsed() < STILL {
         tokio::time::sleep(Duration::from_millis(500)).await;
         match pods.get_opt(&name).await {
-            Ok(None) => return None,
+            Ok(None) => return Ok(None),
             Ok(Some(now)) if now.annotations().get(HEARTBEAT) != first.as_ref() => {
-                return Some(owner);
+                return Ok(Some(owner));
             }
-            _ => {}
+            Ok(Some(_)) => {}
+            Err(e) => bail!(
+                "cannot tell whether the receiver pod {name} ({owner}) belongs to a run that is alive: reading it failed ({e}); nothing was changed: rerun"
+            ),
         }
     }
-    None
+    Ok(None)
 }
 
 async fn wait_running(
@@ -850,7 +927,16 @@ mod tests {
             uid: 1000,
             gid: 2000,
         };
-        let p = pod_spec(&k, "Prom ECS/2026", "busybox", Some("node-a"), owner, false).unwrap();
+        let p = pod_spec(
+            &k,
+            "Prom ECS/2026",
+            "promigrate-receiver-x",
+            "busybox",
+            Some("node-a"),
+            owner,
+            false,
+        )
+        .unwrap();
         let v = serde_json::to_value(&p).unwrap();
         let labels = &v["metadata"]["labels"];
         assert_eq!(labels[CLAIM], "prometheus-db-prometheus-0");
