@@ -638,9 +638,15 @@ fn render_apply(out: &ApplyOutput) -> String {
     } else if out.ok && !out.dry_run && out.verify.is_some() {
         // The verify above gated the scale-up, and the new server now writes its own WAL:
         // a verify from here on reports that as differences (docs/runbook.md, step 5).
-        s.push_str(
-            "Next: cut over. The verify above was the go/no-go and the StatefulSet runs again on the copy; a `promigrate verify` from now on reports the new server's own wal/ and chunks_head/ as different.\n",
-        );
+        let scaled_back = out
+            .kubernetes_changes
+            .iter()
+            .any(|c| c.field == "spec.replicas" && c.before == "0" && c.after != "0");
+        s.push_str(if scaled_back {
+            "Next: cut over. The verify above was the go/no-go and the StatefulSet runs again on the copy; a `promigrate verify` from now on reports the new server's own wal/ and chunks_head/ as different.\n"
+        } else {
+            "Next: cut over. The verify above was the go/no-go; promigrate scaled nothing back (nothing was scaled down by it, e.g. a StatefulSet scaled to 0 by hand): start the target Prometheus on the copy yourself. A `promigrate verify` once it runs reports its own wal/ and chunks_head/ as different.\n"
+        });
     } else if out.ok && !out.dry_run {
         s.push_str("Next: promigrate verify -f <plan> (its exit code gates the cutover).\n");
     }
