@@ -12,6 +12,7 @@
 //! - Every wait watches the one object it waits for and has a timeout; every API error names
 //!   the object.
 
+pub mod exec;
 pub mod preflight;
 pub mod receiver;
 pub mod server;

@@ -150,7 +150,7 @@ pub struct PodGuard {
     pub shown: String,
     name: String,
     /// The exec of `promigrate receive`: its stream ends when this is dropped.
-    process: Option<kube::api::AttachedProcess>,
+    process: Option<super::exec::Session>,
     /// Moves the pod's [`HEARTBEAT`] until the pod is deleted.
     beat: tokio::task::JoinHandle<()>,
 }
@@ -846,38 +846,22 @@ async fn connect(
     pods: &Api<Pod>,
     name: &str,
     shown: &str,
-) -> anyhow::Result<(Stream, kube::api::AttachedProcess)> {
-    let ap = AttachParams::default()
-        .stdin(true)
-        .stdout(true)
-        .stderr(true)
-        .max_stdin_buf_size(4 << 20)
-        .max_stdout_buf_size(1 << 20);
+) -> anyhow::Result<(Stream, super::exec::Session)> {
     let bin = format!("{BIN_DIR}/promigrate");
-    let mut p = pods
-        .exec(name, [bin.as_str(), "receive"], &ap)
+    let e = super::exec::exec(pods, name, &[bin.as_str(), "receive"], shown)
         .await
         .with_context(|| format!("cannot exec {bin} receive in {shown}"))?;
-    let (Some(stdin), Some(stdout), Some(stderr)) = (p.stdin(), p.stdout(), p.stderr()) else {
-        bail!("the exec into {shown} has no stdin/stdout/stderr");
-    };
-    let who = shown.to_string();
-    tokio::spawn(async move {
-        use tokio::io::AsyncBufReadExt;
-        let mut lines = tokio::io::BufReader::new(stderr).lines();
-        while let Ok(Some(l)) = lines.next_line().await {
-            tracing::info!(target: "promigrate::receiver", "{who}: {l}");
-        }
-    });
     let handle = tokio::runtime::Handle::current();
-    let input = tokio_util::io::SyncIoBridge::new_with_handle(stdout, handle.clone());
-    let output = Closing(tokio_util::io::SyncIoBridge::new_with_handle(stdin, handle));
+    let input = tokio_util::io::SyncIoBridge::new_with_handle(e.stdout, handle.clone());
+    let output = Closing(tokio_util::io::SyncIoBridge::new_with_handle(
+        e.stdin, handle,
+    ));
     let stream = Stream {
         name: format!("receiver pod {shown}"),
         input: Box::new(input),
         output: Box::new(output),
     };
-    Ok((stream, p))
+    Ok((stream, e.session))
 }
 
 #[cfg(test)]

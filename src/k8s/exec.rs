@@ -1,0 +1,141 @@
+//! An exec whose stdin goes out in large messages, for the receiver's stream.
+//!
+//! kube-client 5 sends an exec's stdin as one WebSocket message per read of at most 4 KiB
+//! (a `ReaderStream` in its `remote_command.rs`). Every message crosses the API server, the
+//! kubelet, containerd and the shim: on the test node that cost the receiver about three
+//! quarters of its throughput against `kubectl exec` (docs/performance.md). Here the channel
+//! protocol of `v5.channel.k8s.io` (or v4) is spoken over kube's own upgraded connection
+//! ([`kube::Client::connect`]: its TLS, credentials and protocol negotiation), with stdin
+//! messages of up to [`MESSAGE`] bytes.
+
+use futures_util::{SinkExt, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::AttachParams;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, SimplexStream, WriteHalf};
+use tokio_tungstenite::tungstenite::Message;
+
+/// The largest stdin message.
+const MESSAGE: usize = 256 << 10;
+/// What is buffered between the writer and the stdin messages, and before the reader.
+const PIPE: usize = 4 << 20;
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+/// The exec's end: a `metav1.Status`.
+const ERROR: u8 = 3;
+/// v5: `[CLOSE, channel]` closes that channel (stdin's end).
+const CLOSE: u8 = 255;
+
+/// The tasks that carry an exec's streams: dropping this ends the exec (the connection
+/// closes).
+pub struct Session {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The command's stdout to read, its stdin to write (shut it down to close it), and the
+/// session. Its stderr lines go to the log, prefixed with `shown`.
+pub struct Exec {
+    pub stdout: ReadHalf<SimplexStream>,
+    pub stdin: WriteHalf<SimplexStream>,
+    pub session: Session,
+}
+
+/// Runs `command` in pod `name`'s (only) container, with stdin, stdout and stderr.
+pub async fn exec(
+    pods: &Api<Pod>,
+    name: &str,
+    command: &[&str],
+    shown: &str,
+) -> anyhow::Result<Exec> {
+    let ap = AttachParams::default()
+        .stdin(true)
+        .stdout(true)
+        .stderr(true);
+    let req =
+        kube::core::Request::new(pods.resource_url()).exec(name, command.iter().copied(), &ap)?;
+    let conn = pods.clone().into_client().connect(req).await?;
+    let closes = conn.supports_stream_close();
+    let (mut sink, mut source) = conn.into_stream().split();
+    let (mut stdin_r, stdin_w) = tokio::io::simplex(PIPE);
+    let (stdout_r, mut stdout_w) = tokio::io::simplex(PIPE);
+    let send = tokio::spawn(async move {
+        let mut buf = vec![0u8; MESSAGE + 1];
+        buf[0] = STDIN;
+        loop {
+            match stdin_r.read(&mut buf[1..]).await {
+                Ok(0) | Err(_) => {
+                    if closes {
+                        let _ = sink.send(Message::binary(vec![CLOSE, STDIN])).await;
+                    }
+                    // The connection stays open for stdout: the sink half is kept.
+                    std::future::pending::<()>().await;
+                }
+                Ok(n) => {
+                    if sink
+                        .send(Message::binary(buf[..=n].to_vec()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let who = shown.to_string();
+    let recv = tokio::spawn(async move {
+        let mut err_line = Vec::new();
+        while let Some(Ok(msg)) = source.next().await {
+            let data = match msg {
+                Message::Binary(d) => d,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let Some((&channel, rest)) = data.split_first() else {
+                continue;
+            };
+            match channel {
+                STDOUT if stdout_w.write_all(rest).await.is_err() => break,
+                STDERR => {
+                    err_line.extend_from_slice(rest);
+                    while let Some(i) = err_line.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = err_line.drain(..=i).collect();
+                        tracing::info!(
+                            target: "promigrate::receiver",
+                            "{who}: {}",
+                            String::from_utf8_lossy(&line).trim_end()
+                        );
+                    }
+                }
+                ERROR if !rest.is_empty() => {
+                    let status: serde_json::Value =
+                        serde_json::from_slice(rest).unwrap_or_default();
+                    if status["status"] != "Success" {
+                        tracing::warn!(
+                            "{who}: the exec ended: {}",
+                            status["message"].as_str().unwrap_or("(no message)")
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        let _ = stdout_w.shutdown().await;
+    });
+    Ok(Exec {
+        stdout: stdout_r,
+        stdin: stdin_w,
+        session: Session {
+            tasks: vec![send, recv],
+        },
+    })
+}
