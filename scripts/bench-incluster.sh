@@ -46,6 +46,9 @@
 #   --out FILE       Markdown results (default target/bench/results-incluster.md); the raw
 #                    measurements go to the same name with .tsv
 #
+# PROMIGRATE_BENCH_BINARY=PATH uses that static promigrate instead of `make static` (to
+# compare two builds on the same machine state).
+#
 # Needs root (the node, the page cache, emptying the PV's directory), what scripts/test-node.sh
 # needs (built once by `scripts/test-node.sh build`, which `make test` runs), cargo, GNU time.
 #
@@ -153,8 +156,14 @@ trap 'exit 143' TERM
 trap 'exit 129' HUP
 
 # ------------------------------------------------------- the binary, the data
-log "building the static promigrate (make static)"
-STATIC=$(cd "$ROOT" && nice -n 10 make -s static | tail -n 1) || die "make static failed"
+if [[ -n ${PROMIGRATE_BENCH_BINARY:-} ]]; then
+	# Another build to compare (e.g. an older commit's `make static`).
+	STATIC=$PROMIGRATE_BENCH_BINARY
+	log "the static promigrate: $STATIC (PROMIGRATE_BENCH_BINARY)"
+else
+	log "building the static promigrate (make static)"
+	STATIC=$(cd "$ROOT" && nice -n 10 make -s static | tail -n 1) || die "make static failed"
+fi
 [[ $STATIC == /* ]] || STATIC=$ROOT/$STATIC
 [[ -x $STATIC ]] || die "make static made no $STATIC"
 FIX=$ROOT/target/fixtures
