@@ -12,13 +12,15 @@ use futures_util::{SinkExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::AttachParams;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, SimplexStream, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio_tungstenite::tungstenite::Message;
 
 /// The largest stdin message.
 const MESSAGE: usize = 256 << 10;
 /// What is buffered between the writer and the stdin messages, and before the reader.
 const PIPE: usize = 4 << 20;
+/// How often a ping goes out (kube-client's exec: every 60 s).
+const PING: std::time::Duration = std::time::Duration::from_secs(30);
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
@@ -44,8 +46,8 @@ impl Drop for Session {
 /// The command's stdout to read, its stdin to write (shut it down to close it), and the
 /// session. Its stderr lines go to the log, prefixed with `shown`.
 pub struct Exec {
-    pub stdout: ReadHalf<SimplexStream>,
-    pub stdin: WriteHalf<SimplexStream>,
+    pub stdout: DuplexStream,
+    pub stdin: DuplexStream,
     pub session: Session,
 }
 
@@ -65,26 +67,38 @@ pub async fn exec(
     let conn = pods.clone().into_client().connect(req).await?;
     let closes = conn.supports_stream_close();
     let (mut sink, mut source) = conn.into_stream().split();
-    let (mut stdin_r, stdin_w) = tokio::io::simplex(PIPE);
-    let (stdout_r, mut stdout_w) = tokio::io::simplex(PIPE);
+    // Duplex pipes, each used one way: when a task ends (or is aborted) its end is dropped,
+    // and the other side gets EOF or a broken pipe instead of waiting forever.
+    let (mut stdin_r, stdin_w) = tokio::io::duplex(PIPE);
+    let (stdout_r, mut stdout_w) = tokio::io::duplex(PIPE);
     let send = tokio::spawn(async move {
         let mut buf = vec![0u8; MESSAGE + 1];
         buf[0] = STDIN;
+        // A ping now and then, as kube-client's exec does: a connection that waits long for
+        // a reply (the receiver hashing a large volume) is not dropped as idle by a load
+        // balancer before the API server, and a dead one shows as an error.
+        let mut ping = tokio::time::interval(PING);
+        ping.tick().await;
+        let mut open = true;
         loop {
-            match stdin_r.read(&mut buf[1..]).await {
-                Ok(0) | Err(_) => {
-                    if closes {
-                        let _ = sink.send(Message::binary(vec![CLOSE, STDIN])).await;
+            tokio::select! {
+                r = stdin_r.read(&mut buf[1..]), if open => match r {
+                    Ok(0) | Err(_) => {
+                        open = false;
+                        if closes
+                            && sink.send(Message::binary(vec![CLOSE, STDIN])).await.is_err()
+                        {
+                            return;
+                        }
                     }
-                    // The connection stays open for stdout: the sink half is kept.
-                    std::future::pending::<()>().await;
-                }
-                Ok(n) => {
-                    if sink
-                        .send(Message::binary(buf[..=n].to_vec()))
-                        .await
-                        .is_err()
-                    {
+                    Ok(n) => {
+                        if sink.send(Message::binary(buf[..=n].to_vec())).await.is_err() {
+                            return;
+                        }
+                    }
+                },
+                _ = ping.tick() => {
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
                         return;
                     }
                 }
@@ -94,7 +108,14 @@ pub async fn exec(
     let who = shown.to_string();
     let recv = tokio::spawn(async move {
         let mut err_line = Vec::new();
-        while let Some(Ok(msg)) = source.next().await {
+        while let Some(msg) = source.next().await {
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("{who}: the exec stream broke: {e}");
+                    break;
+                }
+            };
             let data = match msg {
                 Message::Binary(d) => d,
                 Message::Close(_) => break,

@@ -186,10 +186,23 @@ async fn delete_and_wait(pods: &Api<Pod>, name: &str) -> anyhow::Result<()> {
     // A graceful delete (the pod's own grace period, 1 s): the object goes only once the
     // kubelet has stopped the container and unmounted the volume, so "gone" means gone. A
     // grace period of 0 would remove the object at once, container still running.
-    // A pod none of whose containers ever started (Pending: no node for it, an image that
-    // cannot be pulled, a volume that cannot attach) has run nothing that could write: it
-    // goes at once (grace 0). Graceful, it would wait for a kubelet that may never come
-    // (the node it names does not exist).
+    match pods.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    let gone = |limit| {
+        let w = wait::await_condition(pods.clone(), name, |p: Option<&Pod>| p.is_none());
+        tokio::time::timeout(Duration::from_secs(limit), w)
+    };
+    if let Ok(r) = gone(30).await {
+        return r
+            .map(|_| ())
+            .map_err(|e| anyhow!("waiting for it to go: {e}"));
+    }
+    // No kubelet confirmed it in 30 s. A pod none of whose containers ever started (no node
+    // for it: one that does not exist or does not answer) has run nothing that could write:
+    // it goes now (grace 0). One that ran is waited for.
     let started = match pods.get_opt(name).await {
         Ok(Some(p)) => p
             .status
@@ -197,29 +210,28 @@ async fn delete_and_wait(pods: &Api<Pod>, name: &str) -> anyhow::Result<()> {
             .unwrap_or_default()
             .iter()
             .any(|c| {
-                c.state
-                    .as_ref()
-                    .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
-                    || c.last_state
-                        .as_ref()
-                        .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+                let ran = |s: &k8s_openapi::api::core::v1::ContainerState| {
+                    s.running.is_some() || s.terminated.is_some()
+                };
+                c.state.as_ref().is_some_and(ran) || c.last_state.as_ref().is_some_and(ran)
             }),
         Ok(None) => return Ok(()),
-        // Unknown: graceful, as for a pod that ran.
         Err(_) => true,
     };
-    let dp = if started {
-        DeleteParams::default()
-    } else {
-        DeleteParams::default().grace_period(0)
-    };
-    match pods.delete(name, &dp).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
-        Err(e) => return Err(e.into()),
+    if !started {
+        tracing::warn!(
+            "receiver pod {name}: no kubelet confirmed its deletion in 30 s and it never started a container; removing it at once"
+        );
+        match pods
+            .delete(name, &DeleteParams::default().grace_period(0))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
     }
-    let gone = wait::await_condition(pods.clone(), name, |p: Option<&Pod>| p.is_none());
-    match tokio::time::timeout(Duration::from_secs(60), gone).await {
+    match gone(30).await {
         Ok(r) => r
             .map(|_| ())
             .map_err(|e| anyhow!("waiting for it to go: {e}")),
@@ -694,7 +706,10 @@ async fn live_owner(pods: &Api<Pod>, p: &Pod) -> anyhow::Result<Option<String>> 
     let watched = Instant::now();
     while watched.elapsed() < STILL {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        match pods.get_opt(&name).await {
+        let got = tokio::time::timeout(BEAT * 2, pods.get_opt(&name))
+            .await
+            .unwrap_or_else(|_| Err(kube::Error::Service("no answer within 4 s".into())));
+        match got {
             Ok(None) => return Ok(None),
             Ok(Some(now)) if now.annotations().get(HEARTBEAT) != first.as_ref() => {
                 return Ok(Some(owner));
@@ -824,9 +839,9 @@ async fn upload(
 }
 
 /// A writer that ends the exec's stdin when dropped.
-struct Closing(tokio_util::io::SyncIoBridge<tokio::io::WriteHalf<tokio::io::SimplexStream>>);
+struct Closing<W: tokio::io::AsyncWrite + Unpin>(tokio_util::io::SyncIoBridge<W>);
 
-impl std::io::Write for Closing {
+impl<W: tokio::io::AsyncWrite + Unpin> std::io::Write for Closing<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.write(buf)
     }
@@ -835,7 +850,7 @@ impl std::io::Write for Closing {
     }
 }
 
-impl Drop for Closing {
+impl<W: tokio::io::AsyncWrite + Unpin> Drop for Closing<W> {
     fn drop(&mut self) {
         let _ = self.0.shutdown();
     }
