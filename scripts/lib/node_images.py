@@ -133,6 +133,22 @@ def busybox_from_deb(deb):
     raise SystemExit(f"node_images: no bin/busybox in {deb}")
 
 
+def need_applets(busybox, deb, needs):
+    """The applets of the busybox binary (bytes, from deb); fails unless every one in needs
+    is there."""
+    with tempfile.TemporaryDirectory() as d:
+        bb = os.path.join(d, "busybox")
+        with open(bb, "wb") as f:
+            f.write(busybox)
+        os.chmod(bb, 0o755)
+        applets = subprocess.run([bb, "--list"], check=True, capture_output=True,
+                                 text=True).stdout.split()
+    for need in needs:
+        if need not in applets:
+            raise SystemExit(f"node_images: busybox from {deb} has no {need} applet")
+    return applets
+
+
 def pause_version(kube_src):
     mk = open(os.path.join(kube_src, "build/pause/Makefile")).read()
     m = re.search(r"^TAG \?= (\S+)$", mk, re.M)
@@ -189,16 +205,7 @@ def build(out, deb, kube_src):
     archive(os.path.join(out, "shellless.oci.tar"), refs["shellless"], pause_only,
             {"Entrypoint": ["/pause"], "User": "65535:65535", "WorkingDir": "/"})
 
-    with tempfile.TemporaryDirectory() as d:
-        bb = os.path.join(d, "busybox")
-        with open(bb, "wb") as f:
-            f.write(busybox)
-        os.chmod(bb, 0o755)
-        applets = subprocess.run([bb, "--list"], check=True, capture_output=True,
-                                 text=True).stdout.split()
-    for need in ("sh", "cat", "tar"):
-        if need not in applets:
-            raise SystemExit(f"node_images: busybox from {deb} has no {need} applet")
+    applets = need_applets(busybox, deb, ("sh", "cat", "tar"))
     standin = [("bin", "dir", 0o755, None), ("bin/busybox", "file", 0o755, busybox),
                ("etc", "dir", 0o755, None), ("tmp", "dir", 0o1777, None),
                ("prometheus", "dir", 0o755, None),
@@ -276,16 +283,7 @@ def build_prometheus(out, deb, bin_dir):
     busybox, bb_version = busybox_from_deb(deb)
     bb_tag = re.sub(r"[^A-Za-z0-9_.-]", "_", bb_version.split(":")[-1].split("-")[0])
     ref = f"{PREFIX}/prometheus:v{re.sub(r'[^A-Za-z0-9_.-]', '_', m.group(1))}-busybox-{bb_tag}"
-    with tempfile.TemporaryDirectory() as d:
-        bb = os.path.join(d, "busybox")
-        with open(bb, "wb") as f:
-            f.write(busybox)
-        os.chmod(bb, 0o755)
-        applets = subprocess.run([bb, "--list"], check=True, capture_output=True,
-                                 text=True).stdout.split()
-    for need in ("sh", "cat", "wget"):
-        if need not in applets:
-            raise SystemExit(f"node_images: busybox from {deb} has no {need} applet")
+    applets = need_applets(busybox, deb, ("sh", "cat", "wget"))
     entries = [("bin", "dir", 0o755, None), ("bin/busybox", "file", 0o755, busybox),
                ("bin/prometheus", "file", 0o755, prom),
                ("etc", "dir", 0o755, None), ("etc/prometheus", "dir", 0o755, None),
