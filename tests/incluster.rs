@@ -84,13 +84,17 @@ fn node_with_claim() -> (TestNode, PathBuf) {
 /// [`node_with_claim`], and a workspace whose plan reaches the claim through a receiver pod
 /// of the stand-in image.
 fn node_claim_and_plan() -> (TestNode, PathBuf, common::Workspace) {
+    node_claim_and_plan_with(|node| format!("      image: {}\n", node.standin_image()))
+}
+
+/// [`node_with_claim`], and a workspace whose plan has the receiver settings `receiver`
+/// gives for the node.
+fn node_claim_and_plan_with(
+    receiver: impl Fn(&TestNode) -> String,
+) -> (TestNode, PathBuf, common::Workspace) {
     let (node, vol) = node_with_claim();
     let ws = common::Workspace::new();
-    write_plan(
-        &ws,
-        &node.kubeconfig,
-        &format!("      image: {}\n", node.standin_image()),
-    );
+    write_plan(&ws, &node.kubeconfig, &receiver(&node));
     (node, vol, ws)
 }
 
@@ -147,13 +151,8 @@ fn plan_apply_and_verify_through_a_receiver_pod_end_byte_equal_on_the_claim() {
 
 #[test]
 fn a_receiver_image_without_a_shell_is_a_clear_error_and_leaves_no_pod() {
-    let (node, _vol) = node_with_claim();
-    let ws = common::Workspace::new();
-    write_plan(
-        &ws,
-        &node.kubeconfig,
-        &format!("      image: {}\n", node.shellless_image()),
-    );
+    let (node, _vol, ws) =
+        node_claim_and_plan_with(|node| format!("      image: {}\n", node.shellless_image()));
     let (code, out, err) = run(&ws, &["plan"]);
     assert_ne!(code, 0, "{out}\n{err}");
     assert!(
@@ -476,17 +475,13 @@ fn ctrl_c_while_plan_reads_through_the_pod_removes_the_pod() {
 
 #[test]
 fn ctrl_c_while_verify_waits_for_its_pod_removes_the_pod() {
-    let (node, _vol) = node_with_claim();
-    let ws = common::Workspace::new();
     // A node that does not exist: the pod stays Pending for the whole waitTimeout (60 s).
-    write_plan(
-        &ws,
-        &node.kubeconfig,
-        &format!(
+    let (node, _vol, ws) = node_claim_and_plan_with(|node| {
+        format!(
             "      image: {}\n      nodeName: no-such-node\n",
             node.standin_image()
-        ),
-    );
+        )
+    });
     interrupted_once_its_pod_exists(&node, &ws, &["verify"]);
 }
 
