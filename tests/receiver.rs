@@ -122,6 +122,91 @@ fn a_file_is_staged_written_finished_and_renamed_through_the_receiver() {
 }
 
 #[test]
+fn a_request_that_waits_does_not_hold_up_the_others_on_the_stream() {
+    // A copy worker waiting for its file's fsync must not stop the other workers' requests:
+    // here the wait is a read of a FIFO, which blocks in the receiver until a writer comes.
+    let (_d, mount, root) = volume();
+    let fifo = root.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    std::fs::write(root.join("other"), b"x").unwrap();
+    let Running { child, rx } = start();
+    rx.open(mount, root.clone(), OWNER, false).unwrap();
+    let rx = std::sync::Arc::new(rx);
+    let waiting = {
+        let rx = rx.clone();
+        std::thread::spawn(move || rx.call(&Request::Read { rel: "fifo".into() }))
+    };
+    let (tx, answered) = std::sync::mpsc::channel();
+    {
+        let rx = rx.clone();
+        std::thread::spawn(move || {
+            // After the read is surely on its way (the answer below is the assertion).
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let _ = tx.send(rx.stat("other"));
+        });
+    }
+    // Generous: the stat takes milliseconds unless it waits behind the read.
+    let got = answered.recv_timeout(std::time::Duration::from_secs(30));
+    // Let the read end, whatever happened above.
+    let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    w.write_all(b"fifo data").unwrap();
+    drop(w);
+    let read = waiting
+        .join()
+        .unwrap()
+        .expect("the read of the FIFO is answered");
+    assert!(
+        matches!(read, promigrate::remote::msg::Answer::Bytes(ref b) if b == b"fifo data"),
+        "{read:?}"
+    );
+    let e = got
+        .expect("a stat answered while another request of the same stream waits")
+        .unwrap();
+    assert!(e.is_file && e.size == 1);
+    drop(rx);
+    assert!(wait_exit(child).0.success());
+}
+
+#[test]
+fn files_written_by_several_threads_over_one_stream_end_byte_equal() {
+    // The copy workers share the stream: their data frames and requests interleave.
+    let (_d, mount, root) = volume();
+    let Running { child, rx } = start();
+    rx.open(mount, root.clone(), OWNER, false).unwrap();
+    let rx = std::sync::Arc::new(rx);
+    let workers: Vec<_> = (0..6)
+        .map(|t| {
+            let rx = rx.clone();
+            std::thread::spawn(move || {
+                (0..8)
+                    .map(|i| {
+                        let data: Vec<u8> = content(((t * 8 + i) * 37_000) % (5 << 20) + 1)
+                            .into_iter()
+                            .map(|b| b ^ (t * 8 + i) as u8)
+                            .collect();
+                        let name = format!("f{t}-{i}");
+                        let h = rx.create(&name, false).unwrap();
+                        // In pieces, so the frames of different files interleave.
+                        for (k, piece) in data.chunks(300_000).enumerate() {
+                            rx.write_at(h.id, (k * 300_000) as u64, piece).unwrap();
+                        }
+                        rx.finish(h, 0o100644, None, true).unwrap();
+                        (name, data)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for w in workers {
+        for (name, data) in w.join().unwrap() {
+            assert_eq!(std::fs::read(root.join(&name)).unwrap(), data, "{name}");
+        }
+    }
+    drop(rx);
+    assert!(wait_exit(child).0.success());
+}
+
+#[test]
 fn a_cut_stream_leaves_the_file_unfinished_and_a_resume_continues_at_its_offset() {
     let (_d, mount, root) = volume();
     let data = content(5 << 20);

@@ -9,7 +9,7 @@ use crate::exit::Code;
 
 /// Serves the driver on stdin/stdout until it ends the stream.
 pub fn run() -> Outcome {
-    let served = crate::remote::receiver::serve(std::io::stdin().lock(), std::io::stdout().lock())
+    let served = crate::remote::receiver::serve(std::io::stdin().lock(), std::io::stdout())
         .context("receiver");
     Outcome::bare(served.map(|()| Code::Ok))
 }

@@ -10,106 +10,180 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use super::frame::{self, FrameError, Kind};
 use super::msg::{Answer, Reply, Request, WireError};
 use crate::lock::Guard;
 use crate::plan::{LocalSurvey, Survey};
 use crate::volume::{DryRun, Local, OutFile, Target};
-use std::sync::atomic::AtomicBool;
+
+/// How many requests the receiver works on at once. The driver has one outstanding per
+/// thread that asks (its copy workers, at most 64, and a few more): a request beyond these
+/// waits for a free worker, it is never refused.
+const WORKERS: usize = 16;
 
 /// A file being written for the driver.
 struct Open {
     file: File,
     rel: PathBuf,
     /// The first error of its data frames, reported when the driver finishes it.
-    failed: Option<io::Error>,
+    failed: Mutex<Option<io::Error>>,
 }
 
-/// The receiver's state for one stream.
-#[derive(Default)]
-struct State {
+/// The volume the driver opened.
+struct Opened {
     /// The volume, for the files written through handles.
-    volume: Option<Local>,
+    volume: Local,
     /// The volume as apply works on it: itself, or a dry run's record of it.
-    target: Option<Box<dyn Target>>,
+    target: Box<dyn Target>,
     /// The volume as plan and verify read it.
-    survey: Option<LocalSurvey>,
-    files: HashMap<u32, Open>,
-    next: u32,
+    survey: LocalSurvey,
     /// Opened for a dry run: nothing is written.
     dry_run: bool,
+}
+
+/// The directory locks the driver holds.
+#[derive(Default)]
+struct Locks {
     lock: Option<Guard>,
     /// How many of the driver's guards hold `lock`.
-    locks: usize,
+    count: usize,
     read_lock: Option<Guard>,
+}
+
+/// The receiver's state for one stream, shared by the thread that reads the stream (it
+/// writes the data frames, in order) and the workers that answer requests.
+#[derive(Default)]
+struct State {
+    opened: RwLock<Option<Arc<Opened>>>,
+    files: Mutex<HashMap<u32, Arc<Open>>>,
+    next: AtomicU32,
+    locks: Mutex<Locks>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The writing half: replies, from any worker, each flushed; the first failure (the driver
+/// is gone) is kept, and nothing more is written.
+struct Replies<W: Write> {
+    w: BufWriter<W>,
+    failed: Option<io::Error>,
 }
 
 /// Serves one driver until its stream ends. A stream cut inside a frame (the driver died, or
 /// the connection was cut) ends the service with an error; what was written stays as it
 /// is, unfinished files included (a resumed transfer continues them).
-pub fn serve(input: impl Read, output: impl Write) -> Result<(), FrameError> {
+///
+/// Data frames are written as they are read, so a file holds all its data by the time the
+/// request that follows it is read. Requests are answered by [`WORKERS`] threads, as they
+/// come and each as soon as it is done: the driver's copy workers each wait only for their
+/// own (a file's fsync), as they would on a local volume.
+pub fn serve(input: impl Read, output: impl Write + Send) -> Result<(), FrameError> {
     let mut r = BufReader::with_capacity(frame::MAX_DATA + 64, input);
     let mut w = BufWriter::new(output);
     frame::write_hello(&mut w)?;
     w.flush()?;
     frame::read_hello(&mut r)?;
-    let mut st = State::default();
-    while let Some(f) = frame::read_frame(&mut r)? {
-        match f.kind {
-            Kind::Data => st.data(f.id, &f.payload)?,
-            Kind::Request => {
-                let reply: Reply = match serde_json::from_slice::<Request>(&f.payload) {
-                    Ok(req) => st.answer(req),
-                    Err(e) => Err(WireError::msg(format!(
-                        "a request this receiver does not understand ({e}): use the same promigrate on both sides"
-                    ))),
-                };
-                let body =
-                    serde_json::to_vec(&reply).map_err(|e| FrameError::Protocol(e.to_string()))?;
-                frame::write_frame(&mut w, Kind::Reply, f.id, &body)?;
-                w.flush()?;
-            }
-            Kind::Reply => return Err(FrameError::Protocol("a reply sent to the receiver".into())),
+    let st = State::default();
+    let replies = Mutex::new(Replies { w, failed: None });
+    let (tx, rx) = std::sync::mpsc::channel::<frame::Frame>();
+    let rx = Mutex::new(rx);
+    let read = std::thread::scope(|s| {
+        for _ in 0..WORKERS {
+            s.spawn(|| {
+                loop {
+                    // Only the wait for the next request is under the lock.
+                    let next = locked(&rx).recv();
+                    let Ok(f) = next else { break };
+                    st.reply(&f, &replies);
+                }
+            });
         }
+        let read = (|| {
+            while let Some(f) = frame::read_frame(&mut r)? {
+                match f.kind {
+                    Kind::Data => st.data(f.id, &f.payload)?,
+                    Kind::Request => {
+                        // The workers live until `tx` is dropped below.
+                        let _ = tx.send(f);
+                    }
+                    Kind::Reply => {
+                        return Err(FrameError::Protocol("a reply sent to the receiver".into()));
+                    }
+                }
+            }
+            Ok(())
+        })();
+        // The requests read so far are answered, then the workers end.
+        drop(tx);
+        read
+    });
+    read?;
+    match replies
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .failed
+    {
+        Some(e) => Err(FrameError::Io(e)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 impl State {
-    fn volume(&self) -> Result<&Local, WireError> {
-        self.volume
-            .as_ref()
+    fn opened(&self) -> Result<Arc<Opened>, WireError> {
+        self.opened
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
             .ok_or_else(|| WireError::msg("no target opened yet (open comes first)"))
     }
 
-    fn target(&self) -> Result<&dyn Target, WireError> {
-        self.target
-            .as_deref()
-            .ok_or_else(|| WireError::msg("no target opened yet (open comes first)"))
+    /// Answers request frame `f` and writes the reply.
+    fn reply<W: Write>(&self, f: &frame::Frame, replies: &Mutex<Replies<W>>) {
+        let reply: Reply = match serde_json::from_slice::<Request>(&f.payload) {
+            Ok(req) => self.answer(req),
+            Err(e) => Err(WireError::msg(format!(
+                "a request this receiver does not understand ({e}): use the same promigrate on both sides"
+            ))),
+        };
+        let body = match serde_json::to_vec(&reply) {
+            Ok(b) => b,
+            Err(e) => {
+                let failed: Reply = Err(WireError::msg(format!(
+                    "the receiver cannot encode its reply: {e}"
+                )));
+                serde_json::to_vec(&failed).unwrap_or_default()
+            }
+        };
+        let mut out = locked(replies);
+        if out.failed.is_none()
+            && let Err(e) = frame::write_frame(&mut out.w, Kind::Reply, f.id, &body)
+                .and_then(|()| out.w.flush())
+        {
+            out.failed = Some(e);
+        }
     }
 
-    fn survey(&self) -> Result<&LocalSurvey, WireError> {
-        self.survey
-            .as_ref()
-            .ok_or_else(|| WireError::msg("no target opened yet (open comes first)"))
-    }
-
-    fn data(&mut self, handle: u32, payload: &[u8]) -> Result<(), FrameError> {
+    fn data(&self, handle: u32, payload: &[u8]) -> Result<(), FrameError> {
         let (off, bytes) = frame::data_parts(payload)?;
-        let Some(open) = self.files.get_mut(&handle) else {
+        let Some(open) = locked(&self.files).get(&handle).cloned() else {
             // Data for a handle discarded since (the driver stopped that copy): ignored.
             return Ok(());
         };
-        if open.failed.is_none()
+        let mut failed = locked(&open.failed);
+        if failed.is_none()
             && let Err(e) = open.file.write_all_at(bytes, off)
         {
-            open.failed = Some(e);
+            *failed = Some(e);
         }
         Ok(())
     }
 
-    fn answer(&mut self, req: Request) -> Reply {
+    fn answer(&self, req: Request) -> Reply {
         let io = |e: io::Error| WireError::of(&e);
         let any = |e: anyhow::Error| WireError::msg(format!("{e:#}"));
         let p = |s: &str| PathBuf::from(s);
@@ -121,45 +195,51 @@ impl State {
                 dry_run,
                 read_only,
             } => {
-                let v = Local::open(&mount, &root, owner).map_err(any)?;
-                let t: Box<dyn Target> = if dry_run {
+                let volume = Local::open(&mount, &root, owner).map_err(any)?;
+                let target: Box<dyn Target> = if dry_run {
                     Box::new(DryRun::new(Local::open(&mount, &root, owner).map_err(any)?))
                 } else {
                     Box::new(Local::open(&mount, &root, owner).map_err(any)?)
                 };
-                self.volume = Some(v);
-                self.target = Some(t);
-                self.dry_run = dry_run;
-                self.survey = Some(LocalSurvey {
+                let survey = LocalSurvey {
                     mount,
                     root,
                     owner,
                     mounted_read_only: read_only,
-                });
+                };
+                *self.opened.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Opened {
+                    volume,
+                    target,
+                    survey,
+                    dry_run,
+                }));
                 Ok(Answer::Done)
             }
-            Request::Stat { rel } => Ok(Answer::Entry(self.target()?.stat(&p(&rel)).map_err(io)?)),
+            Request::Stat { rel } => Ok(Answer::Entry(
+                self.opened()?.target.stat(&p(&rel)).map_err(io)?,
+            )),
             Request::List { rel } => {
-                let names = self.target()?.list(&p(&rel)).map_err(io)?;
+                let names = self.opened()?.target.list(&p(&rel)).map_err(io)?;
                 Ok(Answer::Names(
                     names.iter().map(|n| n.as_bytes().to_vec()).collect(),
                 ))
             }
             Request::MakeDirs { rel } => {
-                self.target()?.make_dirs(&p(&rel)).map_err(any)?;
+                self.opened()?.target.make_dirs(&p(&rel)).map_err(any)?;
                 Ok(Answer::Done)
             }
             Request::EnsureDir { rel } => {
-                let changed = self.target()?.ensure_dir(&p(&rel)).map_err(any)?;
+                let changed = self.opened()?.target.ensure_dir(&p(&rel)).map_err(any)?;
                 Ok(Answer::Changed(changed))
             }
             Request::Create { rel, resume } => {
-                if self.dry_run {
+                let o = self.opened()?;
+                if o.dry_run {
                     return Err(WireError::msg(format!(
                         "a dry run writes nothing (asked to create {rel})"
                     )));
                 }
-                let v = self.volume()?;
+                let v = &o.volume;
                 let rel = p(&rel);
                 let (file, offset) = if resume {
                     let f = v.open_to_resume(&rel).map_err(io)?;
@@ -168,15 +248,14 @@ impl State {
                 } else {
                     (v.create_local(&rel).map_err(io)?, 0)
                 };
-                self.next = self.next.wrapping_add(1);
-                let handle = self.next;
-                self.files.insert(
+                let handle = self.next.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+                locked(&self.files).insert(
                     handle,
-                    Open {
+                    Arc::new(Open {
                         file,
                         rel,
-                        failed: None,
-                    },
+                        failed: Mutex::new(None),
+                    }),
                 );
                 Ok(Answer::Opened { handle, offset })
             }
@@ -186,121 +265,147 @@ impl State {
                 times,
                 durable,
             } => {
-                let mut open = self
-                    .files
+                let open = locked(&self.files)
                     .remove(&handle)
                     .ok_or_else(|| WireError::msg(format!("no open file with handle {handle}")))?;
-                let v = self.volume()?;
+                let o = self.opened()?;
+                let v = &o.volume;
                 let shown = v.path(&open.rel);
+                // Its data frames were all written before this request was read: the
+                // reading thread has let go of it.
+                let Ok(open) = Arc::try_unwrap(open) else {
+                    return Err(WireError::msg(format!(
+                        "{} is still being written",
+                        shown.display()
+                    )));
+                };
                 // The driver names the file; the errno (ENOSPC: the volume is full) stays.
-                if let Some(e) = open.failed {
+                if let Some(e) = open.failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
                     return Err(io(e));
                 }
-                open.file
-                    .finish(&shown, v.owner(), mode, times, durable)
+                let mut file = open.file;
+                file.finish(&shown, v.owner(), mode, times, durable)
                     .map_err(io)?;
                 Ok(Answer::Done)
             }
             Request::Discard { handle } => {
-                self.files.remove(&handle);
+                locked(&self.files).remove(&handle);
                 Ok(Answer::Done)
             }
             Request::SetTimes { rel, times } => {
-                self.target()?.set_times(&p(&rel), times).map_err(io)?;
+                self.opened()?
+                    .target
+                    .set_times(&p(&rel), times)
+                    .map_err(io)?;
                 Ok(Answer::Done)
             }
             Request::SyncFile { rel } => {
-                self.target()?.sync_file(&p(&rel)).map_err(io)?;
+                self.opened()?.target.sync_file(&p(&rel)).map_err(io)?;
                 Ok(Answer::Done)
             }
             Request::SyncDir { rel } => {
-                self.target()?.sync_dir(&p(&rel)).map_err(io)?;
+                self.opened()?.target.sync_dir(&p(&rel)).map_err(io)?;
                 Ok(Answer::Done)
             }
             Request::Rename { from, to } => {
-                self.target()?.rename(&p(&from), &p(&to)).map_err(io)?;
+                self.opened()?
+                    .target
+                    .rename(&p(&from), &p(&to))
+                    .map_err(io)?;
                 Ok(Answer::Done)
             }
             Request::RemoveFile { rel } => {
-                self.target()?.remove_file(&p(&rel)).map_err(io)?;
+                self.opened()?.target.remove_file(&p(&rel)).map_err(io)?;
                 Ok(Answer::Done)
             }
             Request::RemoveTree { rel } => {
-                self.target()?.remove_tree(&p(&rel)).map_err(io)?;
+                self.opened()?.target.remove_tree(&p(&rel)).map_err(io)?;
                 Ok(Answer::Done)
             }
             Request::RemoveEmptyDir { rel } => {
-                self.target()?.remove_empty_dir(&p(&rel)).map_err(io)?;
+                self.opened()?
+                    .target
+                    .remove_empty_dir(&p(&rel))
+                    .map_err(io)?;
                 Ok(Answer::Done)
             }
             Request::FixOwner { rel } => {
-                let changed = self.target()?.fix_owner(&p(&rel)).map_err(io)?;
+                let changed = self.opened()?.target.fix_owner(&p(&rel)).map_err(io)?;
                 Ok(Answer::Changed(changed))
             }
             Request::MarkCopied { rel, name } => {
-                self.target()?.mark_copied(&p(&rel), &name).map_err(io)?;
+                self.opened()?
+                    .target
+                    .mark_copied(&p(&rel), &name)
+                    .map_err(io)?;
                 Ok(Answer::Done)
             }
             Request::Lock => {
-                if self.lock.is_none() {
-                    self.lock = self.target()?.lock().map_err(any)?;
+                let mut l = locked(&self.locks);
+                if l.lock.is_none() {
+                    l.lock = self.opened()?.target.lock().map_err(any)?;
                 }
-                self.locks += 1;
+                l.count += 1;
                 Ok(Answer::Done)
             }
             Request::Unlock => {
-                self.locks = self.locks.saturating_sub(1);
-                if self.locks == 0 {
-                    self.lock = None;
+                let mut l = locked(&self.locks);
+                l.count = l.count.saturating_sub(1);
+                if l.count == 0 {
+                    l.lock = None;
                 }
                 Ok(Answer::Done)
             }
             Request::ReadUnlock => {
-                self.read_lock = None;
+                locked(&self.locks).read_lock = None;
                 Ok(Answer::Done)
             }
             Request::WouldWrite { rel, bytes } => {
-                self.target()?.would_write(&p(&rel), bytes);
+                self.opened()?.target.would_write(&p(&rel), bytes);
                 Ok(Answer::Done)
             }
-            Request::Recorded => Ok(Answer::Ops(self.target()?.recorded())),
+            Request::Recorded => Ok(Answer::Ops(self.opened()?.target.recorded())),
             Request::Scan { depth } => {
                 let inv = self
-                    .survey()?
+                    .opened()?
+                    .survey
                     .scan(depth)
                     .map_err(|e| WireError::msg(e.to_string()))?;
                 Ok(Answer::Inventory(Box::new(inv)))
             }
             Request::Whereabouts => {
-                let s = self.survey()?;
+                let o = self.opened()?;
+                let s = &o.survey;
                 Ok(Answer::Whereabouts {
                     root: s.whereabouts(),
                     device: s.device(),
                 })
             }
-            Request::Layout => Ok(Answer::Layout(self.survey()?.layout())),
-            Request::Writer => Ok(Answer::Holder(self.survey()?.writer())),
-            Request::ReadLock => match self.survey()?.read_lock() {
+            Request::Layout => Ok(Answer::Layout(self.opened()?.survey.layout())),
+            Request::Writer => Ok(Answer::Holder(self.opened()?.survey.writer())),
+            Request::ReadLock => match self.opened()?.survey.read_lock() {
                 Ok(g) => {
-                    self.read_lock = g;
+                    locked(&self.locks).read_lock = g;
                     Ok(Answer::Holder(None))
                 }
                 Err(crate::plan::survey::Busy(h)) => Ok(Answer::Holder(Some(h))),
             },
             Request::Space { writes } => {
-                let s = self.survey()?.space(&writes).map_err(any)?;
+                let s = self.opened()?.survey.space(&writes).map_err(any)?;
                 Ok(Answer::Space(s))
             }
             Request::WriteCheck { plan } => {
-                let (blockers, warnings) = self.survey()?.write_check(&plan).map_err(any)?;
+                let (blockers, warnings) = self.opened()?.survey.write_check(&plan).map_err(any)?;
                 Ok(Answer::Findings { blockers, warnings })
             }
-            Request::Read { rel } => Ok(Answer::Bytes(self.survey()?.read(&rel).map_err(io)?)),
-            Request::IsCopied { dir, name } => {
-                Ok(Answer::Changed(self.survey()?.is_copied(&dir, &name)))
+            Request::Read { rel } => {
+                Ok(Answer::Bytes(self.opened()?.survey.read(&rel).map_err(io)?))
             }
+            Request::IsCopied { dir, name } => Ok(Answer::Changed(
+                self.opened()?.survey.is_copied(&dir, &name),
+            )),
             Request::Hashes { rels, parallelism } => {
-                let h = self.survey()?.hashes(
+                let h = self.opened()?.survey.hashes(
                     &rels,
                     parallelism,
                     &crate::progress::Hidden,
@@ -309,7 +414,8 @@ impl State {
                 Ok(Answer::Hashes(h))
             }
             Request::Check { depth, parallelism } => {
-                let s = self.survey()?;
+                let o = self.opened()?;
+                let s = &o.survey;
                 let inv = s
                     .scan(crate::plan::inventory::Depth::WithMeta)
                     .map_err(|e| WireError::msg(e.to_string()))?;
