@@ -172,6 +172,9 @@ struct Dest<'a> {
     /// Directories this run changed (below the TSDB directory).
     touched_dirs: Mutex<BTreeSet<PathBuf>>,
     left_for_final: Mutex<Vec<String>>,
+    /// The staging directory is there, with its owner and mode (it is removed only at the
+    /// end of the run): asked of the target once, not per block.
+    staging_ready: AtomicBool,
 }
 
 struct Shared<'a> {
@@ -438,6 +441,7 @@ fn execute(
                 fixed: AtomicU64::new(0),
                 touched_dirs: Mutex::new(BTreeSet::new()),
                 left_for_final: Mutex::new(Vec::new()),
+                staging_ready: AtomicBool::new(false),
             })
             .collect(),
         source: &first.src,
@@ -679,10 +683,17 @@ fn stage_dir<'s>(
     to: &[usize],
 ) -> anyhow::Result<()> {
     let stage = stage_of(dir);
+    // Per target: whether its staging of this block holds nothing yet (then no file of it
+    // is asked about: a target through a receiver answers each question in a round trip).
+    let mut fresh = Vec::with_capacity(to.len());
     for &t in to {
         let d = &sh.dests[t];
-        d.ensure_dir(Path::new(tsdb::STAGING_DIR))?;
+        if !d.staging_ready.load(Ordering::Relaxed) {
+            d.ensure_dir(Path::new(tsdb::STAGING_DIR))?;
+            d.staging_ready.store(true, Ordering::Relaxed);
+        }
         d.ensure_dir(&stage)?;
+        fresh.push(d.target.list(&stage).is_ok_and(|names| names.is_empty()));
         if !staged_as_a_whole(dir) {
             mark_copied(d.target.as_ref(), &stage, &d.plan.name);
         }
@@ -711,7 +722,7 @@ fn stage_dir<'s>(
             if let Some(parent) = dst.parent().filter(|p| *p != stage) {
                 sh.dests[t].ensure_dir(parent)?;
             }
-            if staged_complete(sh.source, rel, target, &dst) {
+            if !fresh[k] && staged_complete(sh.source, rel, target, &dst) {
                 sh.dests[t].resumed.fetch_add(1, Ordering::Relaxed);
                 resumed[k].push(dst.clone());
             } else {
