@@ -382,13 +382,31 @@ pub fn build_from(
         checksum_compared_files: compared.len() as u64,
         ..PlanStats::default()
     };
+    // meta.json and tombstones are rewritten in place on a live source (compaction marks,
+    // deletions): compare their bytes, not only size and mtime. They are small; all of them
+    // in one request to the target (a receiver answers it in one round trip). With a
+    // checksum every file's content was compared already.
+    let small_differ = small_files_differ(
+        survey.as_ref(),
+        &facts.scanned,
+        selected
+            .iter()
+            .filter_map(|b| tgt.blocks.get(&b.dir).map(|tb| (b, tb)))
+            .flat_map(|(b, tb)| {
+                b.files.values().filter(|f| {
+                    compared_by_bytes(&f.rel)
+                        && !compared.contains(f.rel.as_str())
+                        && diff::file(f, tb.files.get(&f.rel)) == diff::State::Identical
+                })
+            })
+            .map(|f| f.rel.clone())
+            .collect(),
+        m.parallelism,
+    );
     let mut blocks = Vec::new();
     for b in &selected {
         let meta = b.meta.as_ref().expect("selected blocks have a meta");
         let tb = tgt.blocks.get(&b.dir);
-        // meta.json and tombstones are rewritten in place on a live source (compaction marks,
-        // deletions): compare their bytes, not only size and mtime. They are small. With a
-        // checksum every file's content was compared already.
         let state = |f: &FileInfo| match diff::file(f, tb.and_then(|t| t.files.get(&f.rel))) {
             diff::State::Identical if compared.contains(f.rel.as_str()) => {
                 if content.differ.contains(&f.rel) {
@@ -397,11 +415,7 @@ pub fn build_from(
                     diff::State::Identical
                 }
             }
-            diff::State::Identical
-                if small_file_differs(survey.as_ref(), &facts.scanned, &f.rel) =>
-            {
-                diff::State::Differs
-            }
+            diff::State::Identical if small_differ.contains(&f.rel) => diff::State::Differs,
             s => s,
         };
         let mut d = diff::block(b, tb);
@@ -835,16 +849,29 @@ pub fn compared_by_bytes(rel: &str) -> bool {
     rel.ends_with("/meta.json") || rel.ends_with("/tombstones")
 }
 
-/// Whether a block's meta.json or tombstones differs in content between source and target.
-fn small_file_differs(target: &dyn Survey, source: &dyn crate::source::Tree, rel: &str) -> bool {
-    if !compared_by_bytes(rel) {
-        return false;
+/// Which of `rels` (a block's meta.json and tombstones, equal in size and mtime) differ in
+/// content between source and target: the source's bytes here, the target's hashed where it
+/// is (xxh3-128, one request for all). One that cannot be read on either side counts as
+/// differing: apply copies it again.
+fn small_files_differ(
+    target: &dyn Survey,
+    source: &dyn crate::source::Tree,
+    rels: Vec<RelPath>,
+    parallelism: usize,
+) -> BTreeSet<RelPath> {
+    if rels.is_empty() {
+        return BTreeSet::new();
     }
-    let target = target.read(rel);
-    match (source.read(rel), target) {
-        (Ok(a), Ok(b)) => a != b,
-        _ => true,
-    }
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let theirs = target.hashes(&rels, parallelism, &crate::progress::Hidden, &never);
+    rels.into_iter()
+        .zip(theirs)
+        .filter(|(rel, theirs)| {
+            let ours = source.read(rel).map(|b| xxhash_rust::xxh3::xxh3_128(&b));
+            !matches!((ours, theirs), (Ok(a), Ok(b)) if a == *b)
+        })
+        .map(|(rel, _)| rel)
+        .collect()
 }
 
 #[cfg(test)]
