@@ -124,6 +124,7 @@ impl Receiver {
     /// meanwhile).
     pub fn call(&self, req: &Request) -> io::Result<Answer> {
         let body = serde_json::to_vec(req).map_err(|e| self.broke(e))?;
+        let started = std::time::Instant::now();
         let (tx, rx) = sync_channel::<Delivery>(1);
         {
             let mut w = locked(&self.writer);
@@ -142,7 +143,14 @@ impl Receiver {
                 return Err(self.write_failed(&e));
             }
         }
-        match rx.recv() {
+        let got = rx.recv();
+        tracing::trace!(
+            "{}: {} in {:?}",
+            self.name,
+            String::from_utf8_lossy(&body[..body.len().min(80)]),
+            started.elapsed()
+        );
+        match got {
             Ok(Ok(reply)) => reply.map_err(|e| e.into_io()),
             Ok(Err(why)) => Err(io::Error::new(io::ErrorKind::BrokenPipe, why)),
             // The reader ended without a word (it always says why): a broken stream.
