@@ -511,3 +511,139 @@ fn a_dynamically_linked_promigrate_says_how_to_get_a_static_one() {
         "{err}"
     );
 }
+
+/// The replicas of StatefulSet `name` in [`NS`].
+fn replicas(node: &TestNode, name: &str) -> i32 {
+    let api: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        Api::namespaced(node.client.clone(), NS);
+    let s = node.rt.block_on(api.get(name)).unwrap();
+    s.spec.and_then(|s| s.replicas).unwrap_or(1)
+}
+
+/// Waits until pod `name` in [`NS`] is Ready.
+fn wait_pod_ready(node: &TestNode, name: &str) {
+    let pods: Api<Pod> = Api::namespaced(node.client.clone(), NS);
+    common::cluster::poll(
+        &format!("pod {NS}/{name} Ready"),
+        std::time::Duration::from_secs(90),
+        || {
+            node.rt
+                .block_on(pods.get_opt(name))
+                .unwrap()
+                .and_then(|p| p.status?.conditions)
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        },
+    );
+}
+
+#[test]
+fn a_claim_a_pod_holds_exclusively_is_freed_by_apply_before_its_receiver_starts_and_left_alone_by_plan()
+ {
+    // A ReadWriteOncePod claim that a StatefulSet's pod mounts: no receiver pod can mount it
+    // beside that pod (the kubelet keeps it Pending). Before, plan waited the whole
+    // waitTimeout for its pod and then blamed a pod on another node; apply could not start.
+    static_promigrate();
+    let node = TestNode::up();
+    node.restricted_namespace(NS);
+    let vol = node.volume_dir("prom");
+    node.local_volume_as(
+        "pv-prom",
+        &vol,
+        NS,
+        "data-prom-0",
+        "1Gi",
+        "ReadWriteOncePod",
+    );
+    let sts: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        Api::namespaced(node.client.clone(), NS);
+    let mut pod = node.restricted_pod(
+        "unused",
+        node.standin_image(),
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done",
+        ],
+        Some(("data-prom-0", "")),
+    );
+    pod["metadata"] = json!({"labels": {"app": "holder"}});
+    pod["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "data", "mountPath": "/prometheus"}]);
+    node.create(
+        sts,
+        json!({"metadata": {"name": "holder"}, "spec": {
+            "replicas": 1, "serviceName": "holder",
+            "selector": {"matchLabels": {"app": "holder"}},
+            "template": pod}}),
+    );
+    wait_pod_ready(&node, "holder-0");
+    let ws = common::Workspace::new();
+    write_plan(
+        &ws,
+        &node.kubeconfig,
+        &format!("      image: {}\n", node.standin_image()),
+    );
+    let plan = std::fs::read_to_string(&ws.plan).unwrap();
+    std::fs::write(
+        &ws.plan,
+        plan.replace(
+            "    waitTimeout: 60s\n",
+            "    waitTimeout: 60s\n    statefulSet: holder\n",
+        ),
+    )
+    .unwrap();
+
+    // plan only reads: it stops, naming the claim and the pod, and changes nothing.
+    let (code, out, err) = run(&ws, &["plan"]);
+    assert_eq!(code, 1, "plan: {out}\n{err}");
+    assert!(
+        err.contains("ReadWriteOncePod")
+            && err.contains(&format!("{NS}/holder-0"))
+            && err.contains("Nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(pods_left(&node), vec!["holder-0".to_string()], "after plan");
+    assert_eq!(replicas(&node, "holder"), 1);
+
+    // An apply that stops before it writes (its deadline passed while the receiver started)
+    // scales the StatefulSet back.
+    let (code, out, err) = run(&ws, &["apply", "--yes", "--deadline", "1s"]);
+    assert_eq!(code, 1, "apply: {out}\n{err}");
+    assert!(
+        out.contains("scaled to 0 for the receiver, was scaled back"),
+        "{out}\n{err}"
+    );
+    assert_eq!(replicas(&node, "holder"), 1, "scaled back");
+    assert!(
+        common::files_below(&vol).next().is_none(),
+        "nothing written"
+    );
+    wait_pod_ready(&node, "holder-0");
+
+    // apply --yes scales the StatefulSet down before its receiver starts, copies, verifies,
+    // and scales it back.
+    let (code, out, err) = run(&ws, &["apply", "--yes"]);
+    assert_eq!(code, 0, "apply: {out}\n{err}");
+    let freed = err
+        .find("scaling statefulset/")
+        .unwrap_or_else(|| panic!("{err}"));
+    let started = err
+        .find(" created (image ")
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        freed < started,
+        "scaled down before the receiver pod: {err}"
+    );
+    assert_eq!(
+        common::content_hashes(&vol.join("prometheus-db")),
+        wanted(&ws),
+        "byte-equal on the PV"
+    );
+    assert_eq!(replicas(&node, "holder"), 1, "scaled back after the verify");
+    wait_pod_ready(&node, "holder-0");
+    assert_eq!(
+        pods_left(&node),
+        vec!["holder-0".to_string()],
+        "after apply"
+    );
+}

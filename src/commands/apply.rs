@@ -89,7 +89,7 @@ impl ApplyOutput {
 /// gateway is set.
 pub fn run(a: &ApplyArgs) -> Outcome {
     let started = jiff::Timestamp::now();
-    let (deadline, rt, m, _receivers) = match prepare(a, started) {
+    let (deadline, rt, m, mut receivers) = match prepare(a, started) {
         Ok(p) => p,
         Err(e) => return Outcome::bare(Err(e)),
     };
@@ -99,7 +99,16 @@ pub fn run(a: &ApplyArgs) -> Outcome {
         dry_run: a.dry_run,
         ..Default::default()
     };
-    let result = apply_and_record(a, &m, &rt, &cancel, deadline, started, &mut out);
+    let result = apply_and_record(
+        a,
+        &m,
+        &rt,
+        &cancel,
+        deadline,
+        started,
+        &mut out,
+        &mut receivers,
+    );
     let push = if a.dry_run {
         None
     } else {
@@ -145,13 +154,21 @@ fn prepare(
         .into());
     }
     let rt = runtime()?;
-    let (m, receivers) = load(&rt, &a.common.file, !a.dry_run)?;
+    // A claim a pod holds: apply scales the StatefulSet down before its receiver starts,
+    // which is before the plan can be shown, so only with --yes.
+    let held = match (a.dry_run, a.yes) {
+        (true, _) => k8s::receiver::Held::Refuse,
+        (false, false) => k8s::receiver::Held::NeedsYes,
+        (false, true) => k8s::receiver::Held::Quiesce,
+    };
+    let (m, receivers) = load(&rt, &a.common.file, !a.dry_run, held)?;
     Ok((deadline, rt, m, receivers))
 }
 
 /// Applies, filling in `out`, and writes the run record (not for a dry run). The outer
 /// error: the record could not be kept, and there is no report; the inner result is the
 /// apply's own, with `out` reporting it.
+#[allow(clippy::too_many_arguments)] // the run's parts, each used once
 fn apply_and_record(
     a: &ApplyArgs,
     m: &plan::Migration,
@@ -160,13 +177,14 @@ fn apply_and_record(
     deadline: Option<cli::ResolvedDeadline>,
     started: jiff::Timestamp,
     out: &mut ApplyOutput,
+    receivers: &mut crate::remote::Attached,
 ) -> anyhow::Result<anyhow::Result<Code>> {
     let record_dir = if a.dry_run {
         None
     } else {
         Some(record::prepare(&a.state_dir, &m.name)?)
     };
-    let outcome = apply_steps(a, m, rt, cancel, deadline, out);
+    let outcome = apply_steps(a, m, rt, cancel, deadline, out, receivers);
     let code = match &outcome {
         Ok(code) => *code,
         Err(e) => {
@@ -188,6 +206,8 @@ fn apply_and_record(
     Ok(outcome)
 }
 
+/// [`apply_steps_until`], and, for a run that stopped before it began to change the targets,
+/// the StatefulSets scaled down so that a receiver could mount a claim a pod held scaled back.
 fn apply_steps(
     a: &ApplyArgs,
     m: &plan::Migration,
@@ -195,6 +215,38 @@ fn apply_steps(
     cancel: &Arc<AtomicBool>,
     deadline: Option<cli::ResolvedDeadline>,
     out: &mut ApplyOutput,
+    receivers: &mut crate::remote::Attached,
+) -> anyhow::Result<Code> {
+    out.kubernetes_changes.append(&mut receivers.changes);
+    let mut writing = false;
+    let early = receivers.quiesced.clone();
+    let r = apply_steps_until(a, m, rt, cancel, deadline, out, &early, &mut writing);
+    if writing || early.is_empty() {
+        return r;
+    }
+    let notes = receivers.give_back(rt);
+    out.kubernetes_changes.append(&mut receivers.changes);
+    match r {
+        Ok(code) => {
+            out.kubernetes_note = Some(notes.join("; "));
+            Ok(code)
+        }
+        Err(e) => Err(notes.into_iter().fold(e, |e, n| e.context(n))),
+    }
+}
+
+/// The steps of apply. `early`: the targets whose StatefulSets were scaled down before
+/// their receivers started; `writing` is set once the run begins to change the targets.
+#[allow(clippy::too_many_arguments)]
+fn apply_steps_until(
+    a: &ApplyArgs,
+    m: &plan::Migration,
+    rt: &tokio::runtime::Runtime,
+    cancel: &Arc<AtomicBool>,
+    deadline: Option<cli::ResolvedDeadline>,
+    out: &mut ApplyOutput,
+    early: &[plan::file::KubeTarget],
+    writing: &mut bool,
 ) -> anyhow::Result<Code> {
     let mut plans = build_plans(m, compare_of(a.checksum, a.phase()))?;
     // With the source stopped its binary no longer answers: an earlier apply's answer holds.
@@ -341,9 +393,15 @@ fn apply_steps(
     // Only the targets this run writes are quiesced (a StatefulSet shared by several
     // targets is scaled down once, for the first that writes); a presync writes no WAL or
     // head file, so differences there alone leave the pods running.
-    let mut quiesced: Vec<plan::file::KubeTarget> = Vec::new();
+    *writing = true;
+    let same = |x: &plan::file::KubeTarget, y: &plan::file::KubeTarget| {
+        (&x.namespace, &x.persistent_volume_claim) == (&y.namespace, &y.persistent_volume_claim)
+    };
+    // Those scaled down for their receivers already are in the notes and scaled back as
+    // the others are.
+    let mut quiesced: Vec<plan::file::KubeTarget> = early.to_vec();
     for (i, c, k) in &clusters {
-        if plans[*i].phase_writes_nothing(phase) {
+        if plans[*i].phase_writes_nothing(phase) || early.iter().any(|e| same(e, k)) {
             continue;
         }
         let r = rt.block_on(k8s::quiesce(c, k, &mut out.kubernetes_changes));

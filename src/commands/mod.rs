@@ -310,6 +310,7 @@ fn load(
     rt: &tokio::runtime::Runtime,
     file: &std::path::Path,
     writes: bool,
+    held: crate::k8s::receiver::Held,
 ) -> anyhow::Result<(Migration, crate::remote::Attached)> {
     let derive = |k: &KubeTarget, wants| {
         rt.block_on(async {
@@ -325,7 +326,7 @@ fn load(
     }) {
         end_on_signal(rt);
     }
-    let attached = crate::remote::attach(&mut m, rt, writes)?;
+    let attached = crate::remote::attach(&mut m, rt, writes, held)?;
     Ok((m, attached))
 }
 

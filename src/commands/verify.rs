@@ -73,7 +73,12 @@ pub fn run(a: &VerifyArgs) -> Outcome {
     let loaded = runtime().and_then(|rt| {
         // Armed after the receiver pods started: until then a Ctrl-C deletes them and ends
         // the process (start does not look at the flag; see end_on_signal).
-        let (m, receivers) = load(&rt, &a.common.file, false)?;
+        let (m, receivers) = load(
+            &rt,
+            &a.common.file,
+            false,
+            crate::k8s::receiver::Held::Refuse,
+        )?;
         let cancel = cancel_on_signal(&rt);
         Ok((rt, cancel, m, receivers))
     });

@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
-use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{AttachParams, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait;
 use kube::{Api, ResourceExt};
@@ -236,6 +236,101 @@ async fn delete_and_wait(pods: &Api<Pod>, name: &str) -> anyhow::Result<()> {
             .map(|_| ())
             .map_err(|e| anyhow!("waiting for it to go: {e}")),
         Err(_) => bail!("still there 60 s after its deletion"),
+    }
+}
+
+/// What a run may do when a pod holds the claim so that a receiver pod cannot mount it
+/// beside that pod (a `ReadWriteOncePod` claim the pod mounts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// A command that only reads (plan, verify, a dry run) changes nothing: it stops.
+    Refuse,
+    /// apply without `--yes`: it would have to scale down before it can show its plan.
+    NeedsYes,
+    /// `apply --yes`: the StatefulSet is scaled to 0 first, as apply does before it writes.
+    Quiesce,
+}
+
+/// The pods (not receivers) that mount claim `k` when it is `ReadWriteOncePod`: no other pod
+/// may mount it while they run. Empty for any other claim (a `ReadWriteOnce` claim is
+/// mounted beside them on their node, where the receiver pod goes).
+pub async fn holders(cluster: &Cluster, k: &KubeTarget) -> anyhow::Result<Vec<String>> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), &k.namespace);
+    let object = format!(
+        "persistentvolumeclaim/{}/{}",
+        k.namespace, k.persistent_volume_claim
+    );
+    let claim = claims
+        .get(&k.persistent_volume_claim)
+        .await
+        .map_err(|e| super::api_error(cluster, &object, e))?;
+    let exclusive = claim
+        .spec
+        .and_then(|s| s.access_modes)
+        .unwrap_or_default()
+        .iter()
+        .any(|m| m == "ReadWriteOncePod");
+    if !exclusive {
+        return Ok(Vec::new());
+    }
+    super::pods_mounting(cluster, k).await
+}
+
+/// Makes claim `k` mountable by a receiver pod when a pod holds it ([`holders`]): as `held`
+/// says, stops with what to do, or scales the target's StatefulSet to 0 and waits for its
+/// pods to go ([`super::quiesce`], the changes in `changes`). Whether it scaled down.
+pub async fn free_claim(
+    cluster: &Cluster,
+    k: &KubeTarget,
+    held: Held,
+    changes: &mut Vec<super::Change>,
+) -> anyhow::Result<bool> {
+    let pods = holders(cluster, k).await?;
+    if pods.is_empty() {
+        return Ok(false);
+    }
+    let ns = &k.namespace;
+    let listed = pods
+        .iter()
+        .map(|p| format!("{ns}/{p}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let why = format!(
+        "claim {ns}/{} is ReadWriteOncePod and pod {listed} mounts it: no receiver pod can mount it beside",
+        k.persistent_volume_claim
+    );
+    let sts = k
+        .stateful_set
+        .as_ref()
+        .map(|s| format!("statefulset/{ns}/{s}"))
+        .or_else(|| {
+            k.prometheus
+                .as_ref()
+                .map(|p| format!("the StatefulSet of prometheus/{ns}/{p}"))
+        });
+    match held {
+        Held::Refuse => Err(crate::exit::Finding(format!(
+            "{why}. A command that only reads (plan, verify, apply --dry-run) does not stop it: scale its StatefulSet to 0 first (kubectl scale statefulset -n {ns} NAME --replicas=0) and back afterwards, or let `apply --yes` do it. Nothing was changed"
+        ))
+        .into()),
+        Held::NeedsYes => Err(crate::exit::Finding(format!(
+            "{why}. apply must scale {} to 0 before its receiver can read the volume, so before it can show the plan: rerun with --yes to let it (it scales it back once the final phase verifies, or as soon as the run stops before copying), or scale it to 0 yourself. Nothing was changed",
+            sts.as_deref().unwrap_or("its StatefulSet")
+        ))
+        .into()),
+        Held::Quiesce => {
+            let Some(sts) = sts else {
+                return Err(crate::exit::Finding(format!(
+                    "{why}, and the plan names no StatefulSet to scale down: set target.kubernetes.statefulSet (or prometheus), or stop that pod. Nothing was changed"
+                ))
+                .into());
+            };
+            tracing::warn!(
+                "{why}: scaling {sts} to 0 before the receiver starts, so before the plan is read (apply scales it back once the final phase verifies, or as soon as the run stops before copying)"
+            );
+            super::quiesce(cluster, k, changes).await?;
+            Ok(true)
+        }
     }
 }
 

@@ -29,6 +29,10 @@ pub struct Attached {
     children: Vec<Child>,
     /// Receiver pods: deleted after the children are stopped.
     pods: Vec<crate::k8s::receiver::PodGuard>,
+    /// Targets whose StatefulSet was scaled to 0 so that their receiver could mount a claim
+    /// a pod held ([`crate::k8s::receiver::free_claim`]), and the changes made.
+    pub quiesced: Vec<crate::plan::file::KubeTarget>,
+    pub changes: Vec<crate::k8s::Change>,
 }
 
 impl Drop for Attached {
@@ -44,13 +48,60 @@ impl Drop for Attached {
 /// Starts a receiver pod for every target without `path`, and a receiver for every other
 /// target when [`COMMAND_ENV`] is set, and sets each target's [`crate::plan::file::Reach`]
 /// to it. Unless the command `writes`, the pods mount their claims read-only (a plan or a
-/// verify changes nothing on the volume, not even the kubelet's fsGroup ownership).
+/// verify changes nothing on the volume, not even the kubelet's fsGroup ownership). A claim
+/// that a pod holds is freed first or not, as `held` says.
 pub fn attach(
     m: &mut crate::plan::Migration,
     rt: &tokio::runtime::Runtime,
     writes: bool,
+    held: crate::k8s::receiver::Held,
 ) -> anyhow::Result<Attached> {
     let mut attached = Attached::default();
+    match attach_to(m, rt, writes, held, &mut attached) {
+        Ok(()) => Ok(attached),
+        Err(e) => {
+            // The receivers started so far go first (a pod of theirs may hold a claim).
+            drop(std::mem::take(&mut attached.pods));
+            let notes = attached.give_back(rt);
+            Err(notes.into_iter().fold(e, |e, n| e.context(n)))
+        }
+    }
+}
+
+impl Attached {
+    /// Scales back the StatefulSets scaled down for the receivers (see [`Attached::quiesced`]),
+    /// for a run that stops before it copies anything; says what it did, one line a target.
+    pub fn give_back(&mut self, rt: &tokio::runtime::Runtime) -> Vec<String> {
+        let mut notes = Vec::new();
+        for k in std::mem::take(&mut self.quiesced) {
+            let sts = match (&k.stateful_set, &k.prometheus) {
+                (Some(s), _) => format!("statefulset/{}/{s}", k.namespace),
+                (None, Some(p)) => format!("the StatefulSet of prometheus/{}/{p}", k.namespace),
+                (None, None) => "its StatefulSet".into(),
+            };
+            let restored = rt.block_on(async {
+                let cluster = crate::k8s::connect(&k).await?;
+                crate::k8s::restore(&cluster, &k, &mut self.changes).await
+            });
+            notes.push(match restored {
+                Ok(()) => format!("{sts}, scaled to 0 for the receiver, was scaled back"),
+                Err(r) => format!(
+                    "{sts} is left scaled to 0 (scaled down for the receiver; scaling it back failed: {r:#}): rerun apply, or scale it back by hand"
+                ),
+            });
+        }
+        notes
+    }
+}
+
+/// [`attach`], filling in `attached` as it goes.
+fn attach_to(
+    m: &mut crate::plan::Migration,
+    rt: &tokio::runtime::Runtime,
+    writes: bool,
+    held: crate::k8s::receiver::Held,
+    attached: &mut Attached,
+) -> anyhow::Result<()> {
     // Targets without `path`: a receiver pod on the claim.
     let migration = m.name.clone();
     let mut binary = None;
@@ -62,16 +113,27 @@ pub fn attach(
             Some(b) => b,
             None => binary.insert(crate::k8s::receiver::binary()?),
         };
-        let (stream, pod) = rt.block_on(async {
-            let cluster = crate::k8s::connect(k).await?;
-            crate::k8s::receiver::start(&cluster, k, &migration, t.owner, bin, !writes).await
-        })?;
+        let cluster = rt.block_on(crate::k8s::connect(k))?;
+        let mut changes = Vec::new();
+        let freed = rt.block_on(crate::k8s::receiver::free_claim(
+            &cluster,
+            k,
+            held,
+            &mut changes,
+        ));
+        attached.changes.extend(changes);
+        if freed? {
+            attached.quiesced.push(k.clone());
+        }
+        let (stream, pod) = rt.block_on(crate::k8s::receiver::start(
+            &cluster, k, &migration, t.owner, bin, !writes,
+        ))?;
         attached.pods.push(pod);
         // Off the runtime's threads: the hello blocks on the exec stream.
         reach_through(t, stream.name, stream.input, stream.output, !writes)?;
     }
     let Some(cmd) = std::env::var_os(COMMAND_ENV).filter(|c| !c.is_empty()) else {
-        return Ok(attached);
+        return Ok(());
     };
     let shown = cmd.to_string_lossy().into_owned();
     for (i, t) in m.targets.iter_mut().enumerate() {
@@ -103,7 +165,7 @@ pub fn attach(
             false,
         )?;
     }
-    Ok(attached)
+    Ok(())
 }
 
 /// Connects to the receiver at the other end of `input`/`output` and makes it the way to

@@ -298,10 +298,23 @@ impl TestNode {
 
     /// [`TestNode::local_volume`] with PV capacity and claim request `size` (a quantity).
     pub fn local_volume_sized(&self, pv: &str, dir: &Path, ns: &str, claim: &str, size: &str) {
+        self.local_volume_as(pv, dir, ns, claim, size, "ReadWriteOnce")
+    }
+
+    /// [`TestNode::local_volume_sized`] with access mode `mode` (PV and claim).
+    pub fn local_volume_as(
+        &self,
+        pv: &str,
+        dir: &Path,
+        ns: &str,
+        claim: &str,
+        size: &str,
+        mode: &str,
+    ) {
         self.create(
             Api::<PersistentVolume>::all(self.client.clone()),
             json!({"metadata": {"name": pv}, "spec": {
-                "capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"],
+                "capacity": {"storage": size}, "accessModes": [mode],
                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "local-manual",
                 "claimRef": {"namespace": ns, "name": claim},
                 "local": {"path": dir.display().to_string()},
@@ -312,7 +325,7 @@ impl TestNode {
         self.create(
             claims.clone(),
             json!({"metadata": {"name": claim}, "spec": {
-                "accessModes": ["ReadWriteOnce"], "storageClassName": "local-manual",
+                "accessModes": [mode], "storageClassName": "local-manual",
                 "resources": {"requests": {"storage": size}}}}),
         );
         poll(
