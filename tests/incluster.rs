@@ -423,8 +423,12 @@ targets:
     .unwrap();
     let (code, out, err) = run(&ws, &["apply", "--yes"]);
     assert_eq!(code, 0, "apply: {out}\n{err}");
-    // One receiver pod per claim.
+    // One receiver pod per claim, both started before either gets its binary: they start
+    // together, not one after the other.
     assert_eq!(err.matches(" created (image ").count(), 2, "{err}");
+    let second_created = err.rfind(" created (image ").unwrap();
+    let first_uploaded = err.find(") uploaded into ").expect("uploaded");
+    assert!(second_created < first_uploaded, "pods started one after the other: {err}");
     assert_eq!(pods_left(&node), Vec::<String>::new(), "after apply");
     let want = wanted(&ws);
     for vol in &vols {

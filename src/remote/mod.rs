@@ -102,16 +102,14 @@ fn attach_to(
     held: crate::k8s::receiver::Held,
     attached: &mut Attached,
 ) -> anyhow::Result<()> {
-    // Targets without `path`: a receiver pod on the claim.
+    // Targets without `path`: a receiver pod on the claim. Each claim freed first if a pod
+    // holds it, one after the other; then the pods start together (an HA pair's two pods
+    // take one pod start, not two).
     let migration = m.name.clone();
-    let mut binary = None;
-    for t in &mut m.targets {
+    let mut clusters = Vec::new();
+    for (i, t) in m.targets.iter().enumerate() {
         let Some(k) = t.kubernetes.as_ref().filter(|k| k.receiver_pod.is_some()) else {
             continue;
-        };
-        let bin = match &binary {
-            Some(b) => b,
-            None => binary.insert(crate::k8s::receiver::binary()?),
         };
         let cluster = rt.block_on(crate::k8s::connect(k))?;
         let mut changes = Vec::new();
@@ -125,12 +123,45 @@ fn attach_to(
         if freed? {
             attached.quiesced.push(k.clone());
         }
-        let (stream, pod) = rt.block_on(crate::k8s::receiver::start(
-            &cluster, k, &migration, t.owner, bin, !writes,
-        ))?;
-        attached.pods.push(pod);
-        // Off the runtime's threads: the hello blocks on the exec stream.
-        reach_through(t, stream.name, stream.input, stream.output, !writes)?;
+        clusters.push((i, cluster));
+    }
+    if !clusters.is_empty() {
+        let bin = crate::k8s::receiver::binary()?;
+        let targets = &m.targets;
+        let started = rt.block_on(futures_util::future::join_all(clusters.iter().map(
+            |(i, cluster)| {
+                let t = &targets[*i];
+                let k = t.kubernetes.as_ref().expect("a receiver pod target");
+                crate::k8s::receiver::start(cluster, k, &migration, t.owner, &bin, !writes)
+            },
+        )));
+        // Every pod that started is kept (and so deleted at the end) before any error.
+        let mut streams = Vec::new();
+        let mut failed = None;
+        for ((i, _), r) in clusters.iter().zip(started) {
+            match r {
+                Ok((stream, pod)) => {
+                    attached.pods.push(pod);
+                    streams.push((*i, stream));
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        for (i, stream) in streams {
+            // Off the runtime's threads: the hello blocks on the exec stream.
+            reach_through(
+                &mut m.targets[i],
+                stream.name,
+                stream.input,
+                stream.output,
+                !writes,
+            )?;
+        }
     }
     let Some(cmd) = std::env::var_os(COMMAND_ENV).filter(|c| !c.is_empty()) else {
         return Ok(());
