@@ -436,6 +436,92 @@ fn an_apply_killed_mid_copy_through_a_receiver_is_resumed_by_a_rerun() {
 }
 
 #[test]
+fn a_second_ctrl_c_ends_an_apply_whose_receiver_does_not_answer() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let ws = common::Workspace::new();
+    let total: u64 = common::files_below(&ws.source)
+        .map(|(_, e)| e.metadata().unwrap().len())
+        .sum();
+    let rate = format!("{}K", (total / 1024 / 4).max(8));
+    let pid_file = ws.dir.path().join("receiver.pid");
+    let err_file = ws.dir.path().join("apply.err");
+    let mut cmd = ws.cmd(&["apply", "--yes", "--bwlimit", &rate]);
+    cmd.env(
+        promigrate::remote::COMMAND_ENV,
+        format!(
+            "echo $$ > {}; exec {} receive",
+            pid_file.display(),
+            env!("CARGO_BIN_EXE_promigrate")
+        ),
+    );
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&err_file).unwrap_or_default();
+    let t = std::time::Instant::now();
+    while !log().contains("apply: copying") {
+        assert!(
+            t.elapsed().as_secs() < 30,
+            "apply did not start copying: {}",
+            log()
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "apply ended: {}",
+            log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let receiver: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let receiver = Pid::from_raw(receiver);
+    // The receiver stops answering (as one behind a stalled connection would).
+    kill(receiver, Signal::SIGSTOP).unwrap();
+    let driver = Pid::from_raw(child.id() as i32);
+    kill(driver, Signal::SIGINT).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let first = child.try_wait().unwrap();
+    let second_ended = first.is_none() && {
+        kill(driver, Signal::SIGINT).unwrap();
+        let t = std::time::Instant::now();
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break true;
+            }
+            if t.elapsed().as_secs() >= 20 {
+                break false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    // Whatever happened, nothing of this test stays running.
+    let _ = kill(receiver, Signal::SIGKILL);
+    let _ = kill(receiver, Signal::SIGCONT);
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    assert!(
+        first.is_none(),
+        "the first Ctrl-C ended apply, with the receiver stopped: the test would prove nothing: {}",
+        log()
+    );
+    assert!(second_ended, "a second Ctrl-C did not end apply: {}", log());
+    assert_eq!(status.code(), Some(3), "{}", log());
+    assert!(log().contains("second signal: ending at once"), "{}", log());
+    // What was copied stays; a rerun ends byte-equal.
+    let (code, out, err) = through_receiver(&ws, &["apply", "--yes"]);
+    assert_eq!(code, 0, "rerun: {out}\n{err}");
+    let mut want = common::content_hashes(&ws.source);
+    want.remove("queries.active");
+    assert_eq!(common::content_hashes(&ws.target()), want, "byte-equal");
+}
+
+#[test]
 fn a_dry_run_through_a_receiver_reads_as_a_local_one() {
     let ws = common::Workspace::new();
     let (code, local, err) = ws.run(&["apply", "--dry-run"]);

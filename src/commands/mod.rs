@@ -245,8 +245,31 @@ fn arm_cancel(runtime: &tokio::runtime::Runtime, flag: Arc<AtomicBool>) {
             _ = int.recv() => {},
             _ = term.recv() => {},
         }
-        tracing::warn!("signal received: stopping at the next chunk; rerun to resume");
+        tracing::warn!(
+            "signal received: stopping at the next chunk; rerun to resume (Ctrl-C again ends at once)"
+        );
         f.store(true, Ordering::Relaxed);
+        // A second one: the chunk does not end (a stalled stream, a receiver that does not
+        // answer). End now, as a killed run would, but with the receiver pods deleted.
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+        tracing::warn!(
+            "second signal: ending at once, without the run record; what was copied stays and a rerun continues (a StatefulSet that apply scaled down stays at 0 until then). Removing the receiver pods first (Ctrl-C again ends without waiting)"
+        );
+        let deleted = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            crate::k8s::receiver::delete_created(),
+        );
+        tokio::select! {
+            r = deleted => if r.is_err() {
+                tracing::warn!("the receiver pods are not gone after 60 s: ending anyway; the next run removes them");
+            },
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+        std::process::exit(Code::Failure as i32);
     });
 }
 
