@@ -428,7 +428,10 @@ targets:
     assert_eq!(err.matches(" created (image ").count(), 2, "{err}");
     let second_created = err.rfind(" created (image ").unwrap();
     let first_uploaded = err.find(") uploaded into ").expect("uploaded");
-    assert!(second_created < first_uploaded, "pods started one after the other: {err}");
+    assert!(
+        second_created < first_uploaded,
+        "pods started one after the other: {err}"
+    );
     assert_eq!(pods_left(&node), Vec::<String>::new(), "after apply");
     let want = wanted(&ws);
     for vol in &vols {
