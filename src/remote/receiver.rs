@@ -90,6 +90,8 @@ pub fn serve(input: impl Read, output: impl Write + Send) -> Result<(), FrameErr
     frame::read_hello(&mut r)?;
     let st = State::default();
     let replies = Mutex::new(Replies { w, failed: None });
+    // Set when a reply could not be written: the driver is gone, nothing more is done.
+    let gone = AtomicBool::new(false);
     let (tx, rx) = std::sync::mpsc::channel::<frame::Frame>();
     let rx = Mutex::new(rx);
     let read = std::thread::scope(|s| {
@@ -99,12 +101,17 @@ pub fn serve(input: impl Read, output: impl Write + Send) -> Result<(), FrameErr
                     // Only the wait for the next request is under the lock.
                     let next = locked(&rx).recv();
                     let Ok(f) = next else { break };
-                    st.reply(&f, &replies);
+                    if !gone.load(Ordering::Relaxed) && !st.reply(&f, &replies) {
+                        gone.store(true, Ordering::Relaxed);
+                    }
                 }
             });
         }
         let read = (|| {
             while let Some(f) = frame::read_frame(&mut r)? {
+                if gone.load(Ordering::Relaxed) {
+                    break;
+                }
                 match f.kind {
                     Kind::Data => st.data(f.id, &f.payload)?,
                     Kind::Request => {
@@ -142,10 +149,25 @@ impl State {
             .ok_or_else(|| WireError::msg("no target opened yet (open comes first)"))
     }
 
-    /// Answers request frame `f` and writes the reply.
-    fn reply<W: Write>(&self, f: &frame::Frame, replies: &Mutex<Replies<W>>) {
+    /// Answers request frame `f` and writes the reply; false when it could not be written.
+    /// A request whose handling panics is answered with that error (its caller is not left
+    /// waiting for a reply that never comes).
+    fn reply<W: Write>(&self, f: &frame::Frame, replies: &Mutex<Replies<W>>) -> bool {
         let reply: Reply = match serde_json::from_slice::<Request>(&f.payload) {
-            Ok(req) => self.answer(req),
+            Ok(req) => {
+                let answered =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.answer(req)));
+                answered.unwrap_or_else(|p| {
+                    let why = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(WireError::msg(format!(
+                        "the receiver failed on this request (a bug: {why}); rerun, and report it"
+                    )))
+                })
+            }
             Err(e) => Err(WireError::msg(format!(
                 "a request this receiver does not understand ({e}): use the same promigrate on both sides"
             ))),
@@ -166,6 +188,7 @@ impl State {
         {
             out.failed = Some(e);
         }
+        out.failed.is_none()
     }
 
     fn data(&self, handle: u32, payload: &[u8]) -> Result<(), FrameError> {
