@@ -641,6 +641,16 @@ fn to_read(sh: &Shared, job: &Job) -> Vec<String> {
     match &job.work {
         Work::NewDir { dir, files, .. } => {
             let stage = stage_of(dir);
+            // A target whose staging of the block holds nothing needs every file: asked
+            // once, not file by file.
+            if job.to.iter().any(|&t| {
+                sh.dests[t]
+                    .target
+                    .list(&stage)
+                    .map_or(true, |names| names.is_empty())
+            }) {
+                return files.iter().map(|rel| rel.to_string()).collect();
+            }
             files
                 .iter()
                 .filter(|rel| {
