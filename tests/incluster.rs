@@ -612,6 +612,31 @@ fn a_claim_a_pod_holds_exclusively_is_freed_by_apply_before_its_receiver_starts_
     assert_eq!(pods_left(&node), vec!["holder-0".to_string()], "after plan");
     assert_eq!(replicas(&node, "holder"), 1);
 
+    // A StatefulSet whose claims go when it is scaled down (whenScaled: Delete) is not
+    // scaled down to free one: the checks plan makes come first.
+    let retention = |when: &str| {
+        let api: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+            Api::namespaced(node.client.clone(), NS);
+        node.rt
+            .block_on(api.patch(
+                "holder",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"spec": {
+                    "persistentVolumeClaimRetentionPolicy": {"whenScaled": when}}})),
+            ))
+            .unwrap();
+    };
+    retention("Delete");
+    let (code, out, err) = run(&ws, &["apply", "--yes"]);
+    assert_eq!(code, 1, "apply: {out}\n{err}");
+    assert!(
+        err.contains("whenScaled: Delete") && err.contains("This claim was not changed"),
+        "{err}"
+    );
+    assert_eq!(replicas(&node, "holder"), 1, "not scaled down");
+    assert_eq!(pods_left(&node), vec!["holder-0".to_string()]);
+    retention("Retain");
+
     // An apply that stops before it writes (its deadline passed while the receiver started)
     // scales the StatefulSet back.
     let (code, out, err) = run(&ws, &["apply", "--yes", "--deadline", "1s"]);
@@ -626,6 +651,45 @@ fn a_claim_a_pod_holds_exclusively_is_freed_by_apply_before_its_receiver_starts_
         "nothing written"
     );
     wait_pod_ready(&node, "holder-0");
+
+    // Ctrl-C once the receiver pod exists (the StatefulSet is at 0 for it): the pod is
+    // deleted and the StatefulSet scaled back before the process ends.
+    let mut c = ws.cmd(&["apply", "--yes"]);
+    c.env("PROMIGRATE_RECEIVER_BINARY", static_promigrate());
+    let child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !pods_left(&node)
+        .iter()
+        .any(|p| p.starts_with("promigrate-receiver-"))
+    {
+        assert!(start.elapsed().as_secs() < 60, "no receiver pod after 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    let out = String::from_utf8_lossy(&done.stdout);
+    assert_eq!(done.status.code(), Some(3), "ended by Ctrl-C: {out}\n{err}");
+    assert!(
+        format!("{out}{err}").contains("scaled to 0 for the receiver, was scaled back"),
+        "{out}\n{err}"
+    );
+    assert_eq!(
+        replicas(&node, "holder"),
+        1,
+        "scaled back after Ctrl-C: {err}"
+    );
+    wait_pod_ready(&node, "holder-0");
+    assert_eq!(
+        pods_left(&node),
+        vec!["holder-0".to_string()],
+        "after Ctrl-C"
+    );
 
     // apply --yes scales the StatefulSet down before its receiver starts, copies, verifies,
     // and scales it back.

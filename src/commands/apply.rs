@@ -394,6 +394,9 @@ fn apply_steps_until(
     // targets is scaled down once, for the first that writes); a presync writes no WAL or
     // head file, so differences there alone leave the pods running.
     *writing = true;
+    // From here a StatefulSet scaled down for its receiver is apply's own to scale back
+    // (after the verify), as any other it quiesces.
+    k8s::receiver::forget_early();
     let same = |x: &plan::file::KubeTarget, y: &plan::file::KubeTarget| {
         (&x.namespace, &x.persistent_volume_claim) == (&y.namespace, &y.persistent_volume_claim)
     };

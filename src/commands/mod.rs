@@ -256,12 +256,12 @@ fn arm_cancel(runtime: &tokio::runtime::Runtime, flag: Arc<AtomicBool>) {
             _ = term.recv() => {},
         }
         tracing::warn!(
-            "second signal: ending at once, without the run record; what was copied stays and a rerun continues (a StatefulSet that apply scaled down stays at 0 until then). Removing the receiver pods first (Ctrl-C again ends without waiting)"
+            "second signal: ending at once, without the run record; a rerun continues where this run stopped (a StatefulSet that apply scaled down stays at 0 until then). Removing the receiver pods first (Ctrl-C again ends without waiting)"
         );
-        let deleted = tokio::time::timeout(
-            std::time::Duration::from_secs(60),
-            crate::k8s::receiver::delete_created(),
-        );
+        let deleted = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            crate::k8s::receiver::delete_created().await;
+            crate::k8s::receiver::give_back_early().await;
+        });
         tokio::select! {
             r = deleted => if r.is_err() {
                 tracing::warn!("the receiver pods are not gone after 60 s: ending anyway; the next run removes them");
@@ -301,12 +301,12 @@ fn end_on_signal(runtime: &tokio::runtime::Runtime) {
                 continue;
             }
             tracing::warn!(
-                "interrupted before anything was written: removing the receiver pods of this run, then ending (Ctrl-C again ends at once and leaves them: the next run removes them)"
+                "interrupted before anything was written: removing the receiver pods of this run and scaling back a StatefulSet scaled down for one, then ending (Ctrl-C again ends at once and leaves them: the next run removes the pods)"
             );
-            let deleted = tokio::time::timeout(
-                std::time::Duration::from_secs(60),
-                crate::k8s::receiver::delete_created(),
-            );
+            let deleted = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+                crate::k8s::receiver::delete_created().await;
+                crate::k8s::receiver::give_back_early().await;
+            });
             tokio::select! {
                 r = deleted => if r.is_err() {
                     tracing::warn!("the receiver pods are not gone after 60 s: ending anyway; the next run removes them");

@@ -251,10 +251,10 @@ pub enum Held {
     Quiesce,
 }
 
-/// The pods (not receivers) that mount claim `k` when it is `ReadWriteOncePod`: no other pod
-/// may mount it while they run. Empty for any other claim (a `ReadWriteOnce` claim is
-/// mounted beside them on their node, where the receiver pod goes).
-pub async fn holders(cluster: &Cluster, k: &KubeTarget) -> anyhow::Result<Vec<String>> {
+/// The pods (not receivers) that hold claim `k` when it is `ReadWriteOncePod`: scheduled
+/// and not finished, they keep any other pod from mounting it. Empty for any other claim (a
+/// `ReadWriteOnce` claim is mounted beside them on their node, where the receiver pod goes).
+pub async fn holders(cluster: &Cluster, k: &KubeTarget) -> anyhow::Result<Vec<Pod>> {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), &k.namespace);
     let object = format!(
         "persistentvolumeclaim/{}/{}",
@@ -273,18 +273,82 @@ pub async fn holders(cluster: &Cluster, k: &KubeTarget) -> anyhow::Result<Vec<St
     if !exclusive {
         return Ok(Vec::new());
     }
-    super::pods_mounting(cluster, k).await
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &k.namespace);
+    let list = pods
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| super::api_error(cluster, &format!("pods in {}", k.namespace), e))?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| !is_receiver_pod(p))
+        .filter(|p| {
+            let spec = p.spec.as_ref();
+            let mounts = spec.and_then(|s| s.volumes.as_ref()).is_some_and(|vs| {
+                vs.iter().any(|v| {
+                    v.persistent_volume_claim
+                        .as_ref()
+                        .is_some_and(|c| c.claim_name == k.persistent_volume_claim)
+                })
+            });
+            let scheduled = spec.is_some_and(|s| s.node_name.is_some());
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            mounts && scheduled && !matches!(phase, Some("Succeeded" | "Failed"))
+        })
+        .collect())
 }
 
-/// Makes claim `k` mountable by a receiver pod when a pod holds it ([`holders`]): as `held`
-/// says, stops with what to do, or scales the target's StatefulSet to 0 and waits for its
-/// pods to go ([`super::quiesce`], the changes in `changes`). Whether it scaled down.
-pub async fn free_claim(
-    cluster: &Cluster,
-    k: &KubeTarget,
-    held: Held,
-    changes: &mut Vec<super::Change>,
-) -> anyhow::Result<bool> {
+/// Targets whose StatefulSets this process began to scale down so that a receiver could
+/// mount a claim a pod held, and has not scaled back or handed to apply's own flow yet:
+/// for a Ctrl-C that ends the process before that (see [`give_back_early`]).
+static EARLY: std::sync::Mutex<Vec<KubeTarget>> = std::sync::Mutex::new(Vec::new());
+
+/// Notes that `k`'s StatefulSet is about to be scaled down early (before it is, so a scale-
+/// down that fails part-way is given back too).
+pub fn note_early(k: &KubeTarget) {
+    if let Ok(mut e) = EARLY.lock() {
+        e.push(k.clone());
+    }
+}
+
+/// Forgets what [`note_early`] noted: scaled back, or now apply's own to scale back.
+pub fn forget_early() {
+    if let Ok(mut e) = EARLY.lock() {
+        e.clear();
+    }
+}
+
+/// Scales back what was scaled down early ([`note_early`]), for a process that ends on a
+/// signal before it wrote anything; logs what it did.
+pub async fn give_back_early() {
+    let all = EARLY
+        .lock()
+        .map(|mut e| std::mem::take(&mut *e))
+        .unwrap_or_default();
+    for k in all {
+        let sts = k.stateful_set.as_deref().unwrap_or("of its Prometheus");
+        let restored = async {
+            let cluster = super::connect(&k).await?;
+            super::restore(&cluster, &k, &mut Vec::new()).await
+        };
+        match restored.await {
+            Ok(()) => tracing::warn!(
+                "statefulset {}/{sts}, scaled to 0 for the receiver, was scaled back",
+                k.namespace
+            ),
+            Err(e) => tracing::warn!(
+                "statefulset {}/{sts} was scaled to 0 for the receiver and could not be scaled back ({e:#}): rerun apply, or scale it back by hand",
+                k.namespace
+            ),
+        }
+    }
+}
+
+/// Whether claim `k` must be freed before a receiver pod can mount it: a pod holds it
+/// ([`holders`]). As `held` says, that is an error with what to do, or (`Quiesce`) true once
+/// the StatefulSet is known to be the holder and safe to scale to 0 (the checks plan makes
+/// of it: no blockers); nothing is changed here.
+pub async fn must_free(cluster: &Cluster, k: &KubeTarget, held: Held) -> anyhow::Result<bool> {
     let pods = holders(cluster, k).await?;
     if pods.is_empty() {
         return Ok(false);
@@ -292,7 +356,7 @@ pub async fn free_claim(
     let ns = &k.namespace;
     let listed = pods
         .iter()
-        .map(|p| format!("{ns}/{p}"))
+        .map(|p| format!("{ns}/{}", p.name_any()))
         .collect::<Vec<_>>()
         .join(", ");
     let why = format!(
@@ -308,27 +372,53 @@ pub async fn free_claim(
                 .as_ref()
                 .map(|p| format!("the StatefulSet of prometheus/{ns}/{p}"))
         });
+    let finding = |s: String| -> anyhow::Error { crate::exit::Finding(s).into() };
     match held {
-        Held::Refuse => Err(crate::exit::Finding(format!(
+        Held::Refuse => Err(finding(format!(
             "{why}. A command that only reads (plan, verify, apply --dry-run) does not stop it: scale its StatefulSet to 0 first (kubectl scale statefulset -n {ns} NAME --replicas=0) and back afterwards, or let `apply --yes` do it. Nothing was changed"
-        ))
-        .into()),
-        Held::NeedsYes => Err(crate::exit::Finding(format!(
-            "{why}. apply must scale {} to 0 before its receiver can read the volume, so before it can show the plan: rerun with --yes to let it (it scales it back once the final phase verifies, or as soon as the run stops before copying), or scale it to 0 yourself. Nothing was changed",
+        ))),
+        Held::NeedsYes => Err(finding(format!(
+            "{why}. apply must scale {} to 0 before its receiver can read the volume, so before it can show the plan: rerun with --yes to let it (it scales it back once the final phase verifies, or as soon as the run stops before writing), or scale it to 0 yourself. This claim was not changed",
             sts.as_deref().unwrap_or("its StatefulSet")
-        ))
-        .into()),
+        ))),
         Held::Quiesce => {
             let Some(sts) = sts else {
-                return Err(crate::exit::Finding(format!(
-                    "{why}, and the plan names no StatefulSet to scale down: set target.kubernetes.statefulSet (or prometheus), or stop that pod. Nothing was changed"
-                ))
-                .into());
+                return Err(finding(format!(
+                    "{why}, and the plan names no StatefulSet to scale down: set target.kubernetes.statefulSet (or prometheus), or stop that pod. This claim was not changed"
+                )));
             };
+            // Only the StatefulSet's own pods go when it is scaled down.
+            if let Some(name) = &k.stateful_set {
+                let foreign: Vec<String> = pods
+                    .iter()
+                    .filter(|p| {
+                        !p.owner_references()
+                            .iter()
+                            .any(|o| o.kind == "StatefulSet" && &o.name == name)
+                    })
+                    .map(|p| format!("{ns}/{}", p.name_any()))
+                    .collect();
+                if !foreign.is_empty() {
+                    return Err(finding(format!(
+                        "{why}; pod {} is not a pod of {sts}, so scaling that down would not free the claim: stop it first. This claim was not changed",
+                        foreign.join(", ")
+                    )));
+                }
+            }
+            // What plan would block before any scale-down (a whenScaled: Delete retention
+            // policy deletes the claim at 0, GitOps, a missing object), judged now: the
+            // scale-down comes before the plan.
+            let state = super::preflight::inspect(cluster, k).await?;
+            let report = super::preflight::assess(k, &state, 0, true);
+            if !report.blockers.is_empty() {
+                return Err(finding(format!(
+                    "{why}, and apply would have to scale {sts} to 0 before the plan, but: {}. This claim was not changed",
+                    report.blockers.join("; ")
+                )));
+            }
             tracing::warn!(
-                "{why}: scaling {sts} to 0 before the receiver starts, so before the plan is read (apply scales it back once the final phase verifies, or as soon as the run stops before copying)"
+                "{why}: scaling {sts} to 0 before the receiver starts, so before the plan is read (apply scales it back once the final phase verifies, or as soon as the run stops before writing)"
             );
-            super::quiesce(cluster, k, changes).await?;
             Ok(true)
         }
     }

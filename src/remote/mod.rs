@@ -79,17 +79,26 @@ impl Attached {
                 (None, Some(p)) => format!("the StatefulSet of prometheus/{}/{p}", k.namespace),
                 (None, None) => "its StatefulSet".into(),
             };
+            let before = self.changes.len();
             let restored = rt.block_on(async {
                 let cluster = crate::k8s::connect(&k).await?;
                 crate::k8s::restore(&cluster, &k, &mut self.changes).await
             });
-            notes.push(match restored {
-                Ok(()) => format!("{sts}, scaled to 0 for the receiver, was scaled back"),
-                Err(r) => format!(
-                    "{sts} is left scaled to 0 (scaled down for the receiver; scaling it back failed: {r:#}): rerun apply, or scale it back by hand"
+            // What the restore did before it failed, if it failed: its changes say.
+            let scaled_back = self.changes[before..]
+                .iter()
+                .any(|c| c.field == "spec.replicas" && c.after != "0");
+            notes.push(match (restored, scaled_back) {
+                (Ok(()), _) => format!("{sts}, scaled to 0 for the receiver, was scaled back"),
+                (Err(r), true) => format!(
+                    "{sts}, scaled to 0 for the receiver, was scaled back, but its restore did not finish: {r:#} (see kubernetes_changes)"
+                ),
+                (Err(r), false) => format!(
+                    "{sts} is left as it was scaled down for the receiver (scaling it back failed: {r:#}; see kubernetes_changes): rerun apply, or scale it back by hand"
                 ),
             });
         }
+        crate::k8s::receiver::forget_early();
         notes
     }
 }
@@ -112,16 +121,14 @@ fn attach_to(
             continue;
         };
         let cluster = rt.block_on(crate::k8s::connect(k))?;
-        let mut changes = Vec::new();
-        let freed = rt.block_on(crate::k8s::receiver::free_claim(
-            &cluster,
-            k,
-            held,
-            &mut changes,
-        ));
-        attached.changes.extend(changes);
-        if freed? {
+        if rt.block_on(crate::k8s::receiver::must_free(&cluster, k, held))? {
+            // Noted first: a scale-down that fails part-way is given back too.
             attached.quiesced.push(k.clone());
+            crate::k8s::receiver::note_early(k);
+            let mut changes = Vec::new();
+            let quiesced = rt.block_on(crate::k8s::quiesce(&cluster, k, &mut changes));
+            attached.changes.extend(changes);
+            quiesced?;
         }
         clusters.push((i, cluster));
     }
