@@ -93,11 +93,29 @@ pub enum Output {
 #[derive(Debug, Args)]
 pub struct PlanFileArgs {
     /// The migration plan (YAML, `kind: Migration`).
-    #[arg(short = 'f', long = "file", value_name = "PLAN")]
-    pub file: PathBuf,
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "PLAN",
+        required_unless_present = "plan"
+    )]
+    file: Option<PathBuf>,
+    /// The plan file, given without -f (`promigrate plan PLAN` is `promigrate plan -f PLAN`).
+    #[arg(value_name = "PLAN", conflicts_with = "file")]
+    plan: Option<PathBuf>,
     /// Report format on stdout.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
     pub output: Output,
+}
+
+impl PlanFileArgs {
+    /// The plan file: -f, or the one given without it.
+    pub fn file(&self) -> &std::path::Path {
+        self.file
+            .as_deref()
+            .or(self.plan.as_deref())
+            .unwrap_or(std::path::Path::new(""))
+    }
 }
 
 /// `promigrate plan`.

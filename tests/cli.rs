@@ -153,6 +153,37 @@ const MALFORMED: &[(&str, &str, &str, &str)] = &[
         "`transfer.deleteExtraneous`",
     ),
     ("not YAML", "kind: Migration", "kind: [Migration", "line"),
+    // Issue 18: the parser's words for these, in the plan's terms.
+    (
+        "uid is a user name",
+        "runAsUser: 1000",
+        "runAsUser: prometheus",
+        "not a numeric uid/gid",
+    ),
+    (
+        "uid is a fraction",
+        "runAsUser: 1000",
+        "runAsUser: 1000.5",
+        "whole number",
+    ),
+    (
+        "the next key indented too far",
+        "    fsGroup: 2000",
+        "      fsGroup: 2000",
+        "indented further than `runAsUser`",
+    ),
+    (
+        "a list given as one value",
+        "  parallelism: 4",
+        "  parallelism: 4\n  excludeBlocks: 01ABC",
+        "`transfer.excludeBlocks` is a list",
+    ),
+    (
+        "a key set twice",
+        "  parallelism: 4",
+        "  parallelism: 4\n  parallelism: 5",
+        "`transfer.parallelism` is set twice, on line 14 and line 15",
+    ),
     (
         "source path missing",
         "source:\n  path: ",
@@ -199,6 +230,88 @@ fn malformed_plans_exit_2_name_the_field_and_write_nothing() {
             "{what}: something was written"
         );
     }
+}
+
+#[test]
+fn an_empty_or_binary_plan_file_is_named_as_such() {
+    let ws = Workspace::new();
+    for (text, expect) in [
+        (&b""[..], "is empty"),
+        (&b"  \n# only a comment\n"[..], "is empty (comments only)"),
+        (&b"\x00\xff\xfebinary"[..], "is not a text file"),
+    ] {
+        std::fs::write(&ws.plan, text).unwrap();
+        let (code, _, err) = ws.run(&["plan"]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(expect), "{err}");
+        assert!(!err.contains("pass an existing file"), "{err}");
+    }
+}
+
+#[test]
+fn every_missing_path_is_reported_in_one_run() {
+    let ws = Workspace::new();
+    let good = std::fs::read_to_string(&ws.plan).unwrap();
+    let bad = good
+        .replacen(
+            &format!("path: {}", ws.source.display()),
+            "path: /nonexistent/source",
+            1,
+        )
+        .replacen(
+            &format!("path: {}", ws.mount.display()),
+            "path: /nonexistent/target",
+            1,
+        );
+    assert_ne!(bad, good);
+    std::fs::write(&ws.plan, bad).unwrap();
+    let (code, _, err) = ws.run(&["plan"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("`source.path`") && err.contains("`target.path`"),
+        "both in one run: {err}"
+    );
+}
+
+#[test]
+fn a_home_relative_path_is_expanded() {
+    let ws = Workspace::new();
+    let good = std::fs::read_to_string(&ws.plan).unwrap();
+    // HOME is the workspace: ~/<source's name> is the source.
+    let home = ws.source.parent().unwrap();
+    let name = ws.source.file_name().unwrap().to_str().unwrap();
+    std::fs::write(
+        &ws.plan,
+        good.replacen(
+            &format!("path: {}", ws.source.display()),
+            &format!("path: ~/{name}"),
+            1,
+        ),
+    )
+    .unwrap();
+    let mut c = ws.cmd(&["plan"]);
+    c.env("HOME", home);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains(&ws.source.display().to_string()), "{out}");
+}
+
+#[test]
+fn the_plan_file_may_be_given_without_f() {
+    let ws = Workspace::new();
+    let mut c = promigrate();
+    c.args(["plan", ws.plan.to_str().unwrap()]);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let mut c = promigrate();
+    c.args([
+        "plan",
+        "-f",
+        ws.plan.to_str().unwrap(),
+        ws.plan.to_str().unwrap(),
+    ]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 2, "{err}");
 }
 
 #[test]

@@ -161,7 +161,7 @@ fn prepare(
         (false, false) => k8s::receiver::Held::NeedsYes,
         (false, true) => k8s::receiver::Held::Quiesce,
     };
-    let (m, receivers) = load(&rt, &a.common.file, !a.dry_run, held)?;
+    let (m, receivers) = load(&rt, a.common.file(), !a.dry_run, held)?;
     Ok((deadline, rt, m, receivers))
 }
 

@@ -26,7 +26,7 @@ pub fn run(args: &PlanArgs) -> Outcome {
 fn plan(args: &PlanArgs) -> anyhow::Result<(Box<dyn Report>, Code)> {
     let a = &args.common;
     let rt = runtime()?;
-    let (m, _receivers) = load(&rt, &a.file, false, crate::k8s::receiver::Held::Refuse)?;
+    let (m, _receivers) = load(&rt, a.file(), false, crate::k8s::receiver::Held::Refuse)?;
     let mut plans = build_plans(&m, compare_of(args.checksum, sync::Phase::All))?;
     if m.targets.iter().any(|t| t.kubernetes.is_some()) {
         kube_preflight(&rt, &m, &mut plans, sync::Phase::All);

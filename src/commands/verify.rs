@@ -75,7 +75,7 @@ pub fn run(a: &VerifyArgs) -> Outcome {
         // the process (start does not look at the flag; see end_on_signal).
         let (m, receivers) = load(
             &rt,
-            &a.common.file,
+            a.common.file(),
             false,
             crate::k8s::receiver::Held::Refuse,
         )?;

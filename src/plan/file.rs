@@ -399,9 +399,44 @@ pub struct SecurityContext {
 
 /// A uid or gid a Linux file can have: 0 to 2^32-2. 2^32-1 is `(uid_t)-1`, which chown(2)
 /// reads as "leave unchanged": an owner of that value would own nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "i64")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinuxId(pub u32);
+
+impl<'de> Deserialize<'de> for LinuxId {
+    /// A whole number in range; anything else (a user name, a fraction) named for what it
+    /// is, not as a failed integer parse.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Id;
+        impl serde::de::Visitor<'_> for Id {
+            type Value = LinuxId;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a numeric uid/gid, e.g. 1000")
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<LinuxId, E> {
+                LinuxId::try_from(n).map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<LinuxId, E> {
+                LinuxId::try_from(i64::try_from(n).unwrap_or(-1)).map_err(E::custom)
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<LinuxId, E> {
+                Err(E::custom(format!(
+                    "{n} is not a uid/gid: use a whole number, e.g. 1000"
+                )))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<LinuxId, E> {
+                Err(E::custom(format!(
+                    "{v:?} is not a numeric uid/gid: names are not looked up (the pod's image may not know them); use the number, e.g. 1000 (`id -u NAME` where the name is known)"
+                )))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<LinuxId, E> {
+                Err(E::custom(format!(
+                    "{v} is not a uid/gid: use a number, e.g. 1000"
+                )))
+            }
+        }
+        d.deserialize_any(Id)
+    }
+}
 impl TryFrom<i64> for LinuxId {
     type Error = String;
     fn try_from(n: i64) -> Result<Self, String> {
@@ -747,6 +782,7 @@ pub fn parse(text: &str, origin: &Path) -> Result<PlanFile, InvalidInput> {
             .strip_prefix("error: ")
             .unwrap_or(&msg)
             .replace("<input>", &origin.display().to_string());
+        let (field, msg) = plainer(text, &path, field, msg);
         InvalidInput(format!(
             "plan file {}: field {field}: {msg}",
             origin.display()
@@ -754,15 +790,122 @@ pub fn parse(text: &str, origin: &Path) -> Result<PlanFile, InvalidInput> {
     })
 }
 
+/// The parser's words for a few common mistakes, in the plan's terms: a key set twice, a
+/// list given as one value, a key indented too far (which makes the line above it look
+/// wrong). `field` and `msg` as [`parse`] shows them; `msg`'s first line is
+/// `line L column C: WHAT`.
+fn plainer(text: &str, path: &str, field: String, msg: String) -> (String, String) {
+    let (first, rest) = msg.split_once('\n').unwrap_or((&msg, ""));
+    let Some((line, what)) = first
+        .strip_prefix("line ")
+        .and_then(|r| r.split_once(" column "))
+        .and_then(|(l, r)| Some((l.parse::<usize>().ok()?, r.split_once(": ")?.1)))
+    else {
+        return (field, msg);
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let at = |n: usize| lines.get(n.wrapping_sub(1)).copied().unwrap_or("");
+    let rest = if rest.is_empty() {
+        String::new()
+    } else {
+        format!("\n{rest}")
+    };
+    let parent = path.trim_end_matches(".?").trim_end_matches('?');
+    let name = |key: &str| {
+        if parent.is_empty() || parent == "." {
+            format!("`{key}`")
+        } else {
+            format!("`{parent}.{key}`")
+        }
+    };
+    // "duplicate mapping key: K, set DuplicateKeyPolicy in Options if acceptable"
+    if let Some(key) = what
+        .strip_prefix("duplicate mapping key: ")
+        .and_then(|r| r.split(',').next())
+    {
+        let here = at(line);
+        let earlier = (1..line).rev().find(|&n| {
+            let l = at(n);
+            indent(l) == indent(here) && l.trim_start().starts_with(&format!("{key}:"))
+        });
+        let lines = match earlier {
+            Some(n) => format!("on line {n} and line {line}"),
+            None => format!("again on line {line}"),
+        };
+        let field = if parent.is_empty() || parent == "." {
+            "(top level)".to_string()
+        } else {
+            format!("`{parent}`")
+        };
+        return (
+            field,
+            format!("{} is set twice, {lines}: keep one{rest}", name(key)),
+        );
+    }
+    if what == "expected sequence start" {
+        return (
+            field.clone(),
+            format!(
+                "line {line}: {field} is a list: write `[A, B]`, or each item on a line of its own below it as `- A`{rest}"
+            ),
+        );
+    }
+    // A value on this line, and the next line indented further: that line was meant as a
+    // key of its own, and the parser read it as part of this value.
+    let here = at(line);
+    let next = (line + 1..=lines.len())
+        .map(|n| (n, at(n)))
+        .find(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+    if let Some((n, l)) = next
+        && here.contains(": ")
+        && indent(l) > indent(here)
+        && !l.trim_start().starts_with('-')
+    {
+        let key = here.trim_start().split(':').next().unwrap_or("");
+        return (
+            field,
+            format!(
+                "line {line}: {what} (line {n} is indented further than `{key}` on line {line}: if it is a key of its own, indent it as `{key}` is){rest}"
+            ),
+        );
+    }
+    (field, msg)
+}
+
 /// Reads, parses and resolves a plan file. A missing file, an invalid field or a missing
 /// source or target path is an [`InvalidInput`] (exit 2).
 pub fn load(plan_path: &Path, derive: &Derive<'_>) -> anyhow::Result<Migration> {
-    let text = std::fs::read_to_string(plan_path).map_err(|e| {
+    let bytes = std::fs::read(plan_path).map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "; pass an existing file with -f (see examples/vm-to-k8s.yaml)"
+            }
+            std::io::ErrorKind::IsADirectory => "; pass the plan file, not its directory",
+            _ => "",
+        };
         InvalidInput(format!(
-            "cannot read plan file {}: {e}; pass an existing file with -f (see examples/vm-to-k8s.yaml)",
+            "cannot read plan file {}: {e}{hint}",
             plan_path.display()
         ))
     })?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        InvalidInput(format!(
+            "plan file {} is not a text file (not valid UTF-8): check that -f names the plan (a YAML file, see examples/vm-to-k8s.yaml)",
+            plan_path.display()
+        ))
+    })?;
+    if text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        return Err(InvalidInput(format!(
+            "plan file {} is empty{}: start from examples/vm-to-k8s.yaml (or `promigrate schema` for every field)",
+            plan_path.display(),
+            if text.trim().is_empty() { "" } else { " (comments only)" }
+        ))
+        .into());
+    }
     let file = parse(&text, plan_path)?;
     resolve(file, plan_path, derive).map_err(anyhow::Error::from)
 }
@@ -914,12 +1057,16 @@ pub fn resolve(
             return Err(field_err(
                 "source.path",
                 &file.source.path,
-                "with source.ssh the path is on the remote host and must be absolute".into(),
+                "with source.ssh the path is on the remote host and must be absolute (`~` is not expanded there)".into(),
             ));
         }
         Some(_) => file.source.path.value.clone(),
-        None => abs(&file.source.path.value),
+        // `~/x` as a shell would expand it, as for source.ssh.identityFile.
+        None => abs(&expand_home(&file.source.path.value)),
     };
+    // Every path that is not there, reported together (a missing source and a missing
+    // target are two errors in one run, not one per run).
+    let mut missing: Vec<String> = Vec::new();
     let source_server = crate::promversion::SourceServer {
         version: file.source.prometheus_version.clone(),
         url: file.source.prometheus_url.clone(),
@@ -965,14 +1112,17 @@ pub fn resolve(
         None => crate::source::Source::Local(source.clone()),
     };
     if file.source.ssh.is_none() && !source.is_dir() {
-        return Err(field_err(
-            "source.path",
-            &file.source.path,
-            format!(
-                "{} is not a directory: point it at the Prometheus data directory (the one holding wal/)",
-                source.display()
-            ),
-        ));
+        missing.push(
+            field_err(
+                "source.path",
+                &file.source.path,
+                format!(
+                    "{} is not a directory: point it at the Prometheus data directory (the one holding wal/)",
+                    source.display()
+                ),
+            )
+            .0,
+        );
     }
     let whole = |what: String| InvalidInput(format!("plan file {}: {what}", plan_path.display()));
     let (list, field) = match (file.target, file.targets) {
@@ -1006,16 +1156,20 @@ pub fn resolve(
         };
         let (mount_given, mount) = match &t.path {
             Some(path) => {
-                let mount = abs(&path.value);
+                let mount = abs(&expand_home(&path.value));
                 if !mount.is_dir() {
-                    return Err(field_err(
-                        &format!("{name}.path"),
-                        path,
-                        format!(
-                            "{} is not a directory: mount the target volume there first",
-                            mount.display()
-                        ),
-                    ));
+                    missing.push(
+                        field_err(
+                            &format!("{name}.path"),
+                            path,
+                            format!(
+                                "{} is not a directory: mount the target volume there first",
+                                mount.display()
+                            ),
+                        )
+                        .0,
+                    );
+                    continue;
                 }
                 // A mount path that is (or passes through) a symbolic link is resolved:
                 // promigrate works on the real directory, and below it never follows a link.
@@ -1149,6 +1303,22 @@ pub fn resolve(
             kubernetes,
             remote: None,
         });
+    }
+    match missing.as_slice() {
+        [] => {}
+        [one] => return Err(InvalidInput(one.clone())),
+        several => {
+            let prefix = format!("plan file {}: ", plan_path.display());
+            return Err(InvalidInput(format!(
+                "{prefix}{} paths are not there:\n{}",
+                several.len(),
+                several
+                    .iter()
+                    .map(|m| format!("  - {}", m.strip_prefix(&prefix).unwrap_or(m)))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )));
+        }
     }
     let pushgateway = file
         .report
