@@ -127,6 +127,17 @@ pub struct PlanArgs {
     /// match, like `rsync -c`: shows what the quick check cannot see. Reads those files whole.
     #[arg(long)]
     pub checksum: bool,
+    /// Estimate at this bandwidth limit, as `apply --bwlimit RATE` would run (rsync units;
+    /// 0 = none), instead of the plan's `transfer.bwlimit` / `transfer.finalBwlimit`.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub bwlimit: Option<Rate>,
+    /// The phase `--bwlimit` is for (default: both); the estimates of the others stay.
+    #[arg(long = "phase", id = "phase", value_enum)]
+    pub phase_arg: Option<PhaseArg>,
+    /// Where apply keeps its run records: a phase without a limit is estimated at the rate
+    /// the latest apply measured there.
+    #[arg(long, value_name = "DIR", default_value = "migrations")]
+    pub state_dir: PathBuf,
 }
 
 /// `promigrate apply`.
@@ -135,7 +146,8 @@ pub struct ApplyArgs {
     #[command(flatten)]
     pub common: PlanFileArgs,
     /// Bandwidth limit across all workers, rsync units (200M = 200 MiB/s; bare number = KiB/s; 0 = none).
-    /// Overrides `transfer.bwlimit`.
+    /// Overrides the plan's limit of the phase this run copies: `transfer.bwlimit` for a
+    /// presync, `transfer.finalBwlimit` for the final phase and `all` (the downtime).
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub bwlimit: Option<Rate>,
     /// Do not ask for confirmation (it is only asked on a terminal).

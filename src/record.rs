@@ -70,6 +70,35 @@ pub fn prepare(state_dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// The copy rate the latest apply recorded in `dir` that copied enough to measure one (at
+/// least 16 MiB, not a dry run): bytes per second, its start time, and the record's path.
+pub fn last_measured_rate(dir: &Path) -> Option<(f64, String, PathBuf)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with("-apply.json"))
+        .collect();
+    files.sort();
+    files.into_iter().rev().find_map(|f| {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&f).ok()?).ok()?;
+        if v["report"]["dry_run"].as_bool() == Some(true) {
+            return None;
+        }
+        let (bytes, secs) = v["report"]["targets"]
+            .as_array()?
+            .iter()
+            .filter_map(|t| {
+                let a = &t["apply"];
+                Some((a["copied_bytes"].as_u64()?, a["duration_seconds"].as_f64()?))
+            })
+            .max_by_key(|(b, _)| *b)?;
+        (bytes >= 16 << 20 && secs > 0.0).then(|| {
+            let started = v["started"].as_str().unwrap_or("?").to_string();
+            (bytes as f64 / secs, started, f)
+        })
+    })
+}
+
 /// Writes a record into `dir` and returns its path.
 pub fn write<T: Serialize>(dir: &Path, record: &RunRecord<T>) -> anyhow::Result<PathBuf> {
     let stamp = jiff::Timestamp::now()

@@ -1182,3 +1182,78 @@ fn a_deadline_shorter_than_the_estimate_is_warned_about_at_the_start() {
         "{v}"
     );
 }
+
+#[test]
+fn each_phase_is_estimated_at_its_own_rate_and_plan_takes_bwlimit_and_phase() {
+    let ws = Workspace::with_extra("  bwlimit: 64K\n  finalBwlimit: 50M\n");
+    let (code, out, err) = ws.run(&["plan"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("at 64.0 KiB/s (transfer.bwlimit)"), "{out}");
+    assert!(
+        out.contains("Downtime (the final phase's copy): ")
+            && out.contains("at 50.0 MiB/s (transfer.finalBwlimit)"),
+        "{out}"
+    );
+    // The runbook's estimate of the downtime at another rate, without editing the plan.
+    let (code, out, _) = ws.run(&["plan", "--bwlimit", "10M", "--phase", "final"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("at 10.0 MiB/s (--bwlimit)"), "{out}");
+    assert!(
+        out.contains("at 64.0 KiB/s (transfer.bwlimit)"),
+        "presync stays: {out}"
+    );
+    let (code, v) = ws.run_json(&["plan"]);
+    assert_eq!(code, 0);
+    let phases = &only(&v)["phases"];
+    assert_eq!(phases["presync"]["rate"]["from"], "transfer.bwlimit", "{v}");
+    assert_eq!(
+        phases["final"]["rate"]["from"], "transfer.finalBwlimit",
+        "{v}"
+    );
+}
+
+#[test]
+fn without_a_limit_the_estimate_is_at_the_rate_the_last_apply_measured() {
+    let ws = Workspace::new();
+    let (_, out, _) = ws.run(&["plan"]);
+    assert!(out.contains("no estimate: no limit set"), "{out}");
+    // A run record of an earlier apply that copied 1 GiB in 10 s.
+    let dir = ws.state.join("test-migration");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("20261201T000000.000Z-apply.json"),
+        r#"{"command": "apply", "started": "2026-12-01T00:00:00Z",
+            "report": {"dry_run": false, "targets": [{"apply": {
+              "copied_bytes": 1073741824, "duration_seconds": 10.0}}]}}"#,
+    )
+    .unwrap();
+    let (code, out, err) = ws.run(&["plan"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("at 102.4 MiB/s (measured by the apply of 2026-12-01T00:00:00Z"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_presync_limit_does_not_throttle_the_downtime_and_apply_says_its_limit() {
+    let ws = Workspace::with_extra("  bwlimit: 64K\n");
+    let (code, out, err) = ws.run(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("apply: all phase, bandwidth limit none (transfer.finalBwlimit is not set: the downtime is not throttled)"),
+        "{err}"
+    );
+    let (code, out, err) = ws.run(&["apply", "--yes", "--phase", "presync"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("apply: presync phase, bandwidth limit 64.0 KiB/s (transfer.bwlimit)"),
+        "{err}"
+    );
+    let (code, out, err) = ws.run(&["apply", "--yes", "--phase", "final", "--bwlimit", "1M"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("apply: final phase, bandwidth limit 1.0 MiB/s (--bwlimit)"),
+        "{err}"
+    );
+}

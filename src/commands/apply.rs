@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use super::verify::{VerifyOutput, run_verify};
 use super::{
-    Outcome, Push, arm_cancel, build_plans, check_cancel, compare_of, kube_preflight, load,
-    render_plans, report, runtime,
+    Outcome, Push, arm_cancel, build_plans, check_cancel, compare_of, kube_preflight, limit_of,
+    load, render_plans, report, runtime, set_rates,
 };
 use crate::cli::{self, ApplyArgs, Output};
 use crate::exit::{self, Code};
@@ -264,12 +264,8 @@ fn apply_steps_until(
     if !kube_targets.is_empty() {
         kube_preflight(rt, m, &mut plans, a.phase());
     }
-    if let Some(r) = a.bwlimit {
-        for p in &mut plans {
-            p.bwlimit = r.limit();
-            p.stats.eta_seconds = p.bwlimit.map(|r| p.stats.copy_bytes as f64 / r as f64);
-            p.phases = plan::phases(&p.blocks, &p.files, p.bwlimit);
-        }
+    for p in &mut plans {
+        set_rates(p, a.bwlimit, Some(a.phase()), &records);
     }
     let source = m.src.clone();
     let several = plans.len() > 1;
@@ -428,6 +424,19 @@ fn apply_steps_until(
         .max()
         .unwrap_or(0);
     let files = plans.iter().map(|p| p.stats.copy_files).max().unwrap_or(0);
+    // The limit of this phase: the presync's, or the final phase's (the downtime), said
+    // before the copy so that a throttled downtime is not a surprise.
+    let (limit, limit_from) = limit_of(&plans[0], a.bwlimit, phase);
+    tracing::info!(
+        "apply: {} phase, bandwidth limit {}",
+        phase.as_str(),
+        match (limit, limit_from) {
+            (Some(r), from) => format!("{}/s ({from})", units::bytes(r)),
+            (None, "--bwlimit") => "none (--bwlimit 0)".to_string(),
+            (None, from) if phase == sync::Phase::Presync => format!("none ({from} is not set)"),
+            (None, from) => format!("none ({from} is not set: the downtime is not throttled)"),
+        }
+    );
     let worker_plans = plans.clone();
     let worker_cancel = cancel.clone();
     let (reports, result) = rt
@@ -438,7 +447,7 @@ fn apply_steps_until(
             }
             let progress = progress::for_stderr("apply", total);
             let opts = sync::ApplyOptions {
-                bwlimit: worker_plans[0].bwlimit,
+                bwlimit: limit,
                 cancel: &worker_cancel,
                 progress: progress.as_ref(),
                 phase,

@@ -353,6 +353,67 @@ fn load(
     Ok((m, attached))
 }
 
+/// Sets the rate each phase of `p` is estimated at: `--bwlimit` (`cli`) for the phases the
+/// command runs (`phase`; `None`: both), else the plan's limits (`transfer.bwlimit` for the
+/// presync, `transfer.finalBwlimit` for the final phase and `--phase all`); a phase with no
+/// limit at the rate the latest apply measured (its run record in `records`), said so.
+fn set_rates(
+    p: &mut MigrationPlan,
+    cli: Option<crate::units::Rate>,
+    phase: Option<sync::Phase>,
+    records: &std::path::Path,
+) {
+    use crate::plan::policy::Rate;
+    let from_cli = cli.map(|r| {
+        r.limit().map(|b| Rate {
+            bytes_per_second: b,
+            from: "--bwlimit".into(),
+            limit: true,
+        })
+    });
+    let mut presync = p.phases.presync.rate.clone();
+    let mut final_ = p.phases.final_.rate.clone();
+    if let Some(c) = &from_cli {
+        if matches!(phase, None | Some(sync::Phase::Presync)) {
+            presync = c.clone();
+        }
+        if matches!(phase, None | Some(sync::Phase::Final | sync::Phase::All)) {
+            final_ = c.clone();
+        }
+    }
+    let measured = || {
+        crate::record::last_measured_rate(records).map(|(rate, when, file)| Rate {
+            bytes_per_second: rate as u64,
+            from: format!("measured by the apply of {when}, {}", file.display()),
+            limit: false,
+        })
+    };
+    if presync.is_none() {
+        presync = measured();
+    }
+    if final_.is_none() {
+        final_ = measured();
+    }
+    p.stats.eta_seconds = final_
+        .as_ref()
+        .map(|r| p.stats.copy_bytes as f64 / r.bytes_per_second.max(1) as f64);
+    p.phases = crate::plan::phases(&p.blocks, &p.files, presync, final_);
+}
+
+/// The bandwidth limit a run of `phase` keeps to, and where it comes from: `--bwlimit`
+/// (`cli`), or the plan's limit of that phase.
+fn limit_of(
+    p: &MigrationPlan,
+    cli: Option<crate::units::Rate>,
+    phase: sync::Phase,
+) -> (Option<u64>, &'static str) {
+    match (cli, phase) {
+        (Some(r), _) => (r.limit(), "--bwlimit"),
+        (None, sync::Phase::Presync) => (p.bwlimit, "transfer.bwlimit"),
+        (None, _) => (p.final_bwlimit, "transfer.finalBwlimit"),
+    }
+}
+
 /// Builds the plan of every target volume, scanning the source once.
 fn build_plans(m: &Migration, compare: Compare) -> anyhow::Result<Vec<MigrationPlan>> {
     let progress_for = |total| progress::for_stderr("checksum", total);

@@ -565,7 +565,6 @@ pub fn build_from(
         ));
     }
 
-    stats.eta_seconds = m.bwlimit.map(|r| stats.copy_bytes as f64 / r as f64);
     let space = {
         let written = blocks
             .iter()
@@ -607,7 +606,25 @@ pub fn build_from(
         ));
     }
 
-    let phases = phases(&blocks, &files, m.bwlimit);
+    let limit = |r: Option<u64>, from: &str| {
+        r.map(|r| crate::plan::policy::Rate {
+            bytes_per_second: r,
+            from: from.into(),
+            limit: true,
+        })
+    };
+    let phases = phases(
+        &blocks,
+        &files,
+        limit(m.bwlimit, "transfer.bwlimit"),
+        limit(m.final_bwlimit, "transfer.finalBwlimit"),
+    );
+    // All of it in one run (`--phase all`) is with the source stopped: at the final rate.
+    stats.eta_seconds = phases
+        .final_
+        .rate
+        .as_ref()
+        .map(|r| stats.copy_bytes as f64 / r.bytes_per_second.max(1) as f64);
     let mut plan = MigrationPlan {
         phases,
         ok: false, // set below, with the write preflight
@@ -619,6 +636,7 @@ pub fn build_from(
         mount: m.target_mount.clone(),
         owner: m.owner,
         bwlimit: m.bwlimit,
+        final_bwlimit: m.final_bwlimit,
         parallelism: m.parallelism,
         delete_extraneous: m.delete_extraneous,
         time_range: m.time_range,

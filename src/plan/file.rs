@@ -456,10 +456,16 @@ impl TryFrom<i64> for LinuxId {
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Transfer {
-    /// Bandwidth limit across all workers, rsync units (`200M` = 200 MiB/s, bare number = KiB/s).
+    /// Bandwidth limit across all workers, rsync units (`200M` = 200 MiB/s, bare number = KiB/s),
+    /// for the presync (the source still runs). Not for the final phase: see `finalBwlimit`.
     #[serde(default)]
     #[schemars(with = "Option<RateSchema>")]
     pub bwlimit: Option<Rate>,
+    /// Bandwidth limit of the final phase and of `--phase all` (the source is stopped: the
+    /// downtime), rsync units; unset or 0: none.
+    #[serde(default)]
+    #[schemars(with = "Option<RateSchema>")]
+    pub final_bwlimit: Option<Rate>,
     /// Files copied at once (1-64, default 4).
     #[serde(default)]
     #[schemars(with = "Option<u8>", range(min = 1, max = 64))]
@@ -598,8 +604,10 @@ pub struct Migration {
     /// Every target volume (`targets:`); one entry for `target:`. The three fields above
     /// are the first one's; [`Migration::views`] gives one single-target view per entry.
     pub targets: Vec<TargetSpec>,
-    /// Bytes per second, or `None` for no limit.
+    /// Bytes per second in the presync, or `None` for no limit.
     pub bwlimit: Option<u64>,
+    /// Bytes per second in the final phase (and `--phase all`), or `None` for no limit.
+    pub final_bwlimit: Option<u64>,
     /// Files copied at once.
     pub parallelism: usize,
     /// Block selection, if any.
@@ -1336,6 +1344,7 @@ pub fn resolve(
         owner: first.owner,
         targets,
         bwlimit: file.transfer.bwlimit.and_then(Rate::limit),
+        final_bwlimit: file.transfer.final_bwlimit.and_then(Rate::limit),
         parallelism: file
             .transfer
             .parallelism

@@ -54,6 +54,17 @@ pub enum Phase {
     All,
 }
 
+impl Phase {
+    /// Its name, as `--phase` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Presync => "presync",
+            Phase::Final => "final",
+            Phase::All => "all",
+        }
+    }
+}
+
 /// What `apply` will do, as data. Serialised for `--output json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct MigrationPlan {
@@ -75,8 +86,10 @@ pub struct MigrationPlan {
     pub mount: PathBuf,
     /// Owner every target entry gets.
     pub owner: Owner,
-    /// Bandwidth limit in bytes/s, if any.
+    /// Bandwidth limit of the presync in bytes/s, if any.
     pub bwlimit: Option<u64>,
+    /// Bandwidth limit of the final phase (and `--phase all`) in bytes/s, if any.
+    pub final_bwlimit: Option<u64>,
     /// Parallel copy workers.
     pub parallelism: usize,
     /// Whether extraneous target entries are quarantined.

@@ -64,15 +64,30 @@ pub struct Phases {
     pub final_: PhaseCost,
 }
 
-/// Bytes and files one phase copies, and how long that takes at the bandwidth limit.
+/// Bytes and files one phase copies, and how long that takes at its rate.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PhaseCost {
     /// Bytes to copy.
     pub bytes: u64,
     /// Files to copy.
     pub files: u64,
-    /// At the bandwidth limit (seconds), if there is one.
+    /// At `rate` (seconds), if there is one.
     pub eta_seconds: Option<f64>,
+    /// The rate of the estimate (bytes/s) and where it comes from (a limit, or what an
+    /// earlier apply measured); `None`: no limit and nothing measured.
+    pub rate: Option<Rate>,
+}
+
+/// A rate an estimate is made at, and where it comes from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rate {
+    /// Bytes per second.
+    pub bytes_per_second: u64,
+    /// `transfer.bwlimit`, `transfer.finalBwlimit`, `--bwlimit`, or `measured by the apply
+    /// of <time> (run record <file>)`.
+    pub from: String,
+    /// A limit the copy keeps to (not a measured rate).
+    pub limit: bool,
 }
 
 /// What the selection leaves out of the source that the user did not name block by block
@@ -172,8 +187,16 @@ pub fn extra_reason(kind: ExtraKind) -> &'static str {
 }
 
 /// What each phase copies, per the plan's states.
-pub fn phases(blocks: &[BlockPlan], files: &[FilePlan], bwlimit: Option<u64>) -> Phases {
-    let eta = |bytes: u64| bwlimit.map(|r| bytes as f64 / r as f64);
+pub fn phases(
+    blocks: &[BlockPlan],
+    files: &[FilePlan],
+    presync: Option<Rate>,
+    final_: Option<Rate>,
+) -> Phases {
+    let eta = |bytes: u64, r: &Option<Rate>| {
+        r.as_ref()
+            .map(|r| bytes as f64 / r.bytes_per_second.max(1) as f64)
+    };
     let presync_bytes: u64 = blocks.iter().map(|b| b.copy_bytes).sum();
     let presync_files = blocks.iter().map(|b| b.copy.len() as u64).sum();
     let todo = files.iter().filter(|f| f.state != State::Identical);
@@ -182,12 +205,14 @@ pub fn phases(blocks: &[BlockPlan], files: &[FilePlan], bwlimit: Option<u64>) ->
         presync: PhaseCost {
             bytes: presync_bytes,
             files: presync_files,
-            eta_seconds: eta(presync_bytes),
+            eta_seconds: eta(presync_bytes, &presync),
+            rate: presync,
         },
         final_: PhaseCost {
             bytes: final_bytes,
             files: todo.count() as u64,
-            eta_seconds: eta(final_bytes),
+            eta_seconds: eta(final_bytes, &final_),
+            rate: final_,
         },
     }
 }
@@ -378,12 +403,24 @@ mod tests {
             file("wal/00000000", 500, State::Identical),
             file("chunks_head/000001", 300, State::Differs),
         ];
-        let p = phases(&blocks, &files, Some(100));
+        let at = |r| {
+            Some(Rate {
+                bytes_per_second: r,
+                from: "test".into(),
+                limit: true,
+            })
+        };
+        let p = phases(&blocks, &files, at(100), at(50));
         assert_eq!((p.presync.bytes, p.presync.files), (105, 3));
         assert_eq!((p.final_.bytes, p.final_.files), (1300, 2));
         assert_eq!(p.presync.eta_seconds, Some(1.05));
-        assert_eq!(p.final_.eta_seconds, Some(13.0));
-        assert_eq!(phases(&blocks, &files, None).final_.eta_seconds, None);
+        assert_eq!(
+            p.final_.eta_seconds,
+            Some(26.0),
+            "each phase at its own rate"
+        );
+        let p = phases(&blocks, &files, at(100), None);
+        assert_eq!(p.final_.eta_seconds, None);
     }
 
     /// A block directory with a minimal meta.json (and a chunk segment).

@@ -136,8 +136,21 @@ impl MigrationPlan {
             st.source_files
         );
         let eta = |p: &PhaseCost| {
-            p.eta_seconds
-                .map_or("no bandwidth limit set".to_string(), units::duration)
+            match (&p.rate, p.eta_seconds) {
+            (Some(r), Some(eta)) if r.limit => format!(
+                "{} at {}/s ({})",
+                units::duration(eta),
+                units::bytes(r.bytes_per_second),
+                r.from
+            ),
+            (Some(r), Some(eta)) => format!(
+                "about {} at {}/s ({}; no limit set)",
+                units::duration(eta),
+                units::bytes(r.bytes_per_second),
+                r.from
+            ),
+            _ => "no estimate: no limit set and no earlier apply measured (plan --bwlimit RATE estimates at a rate)".to_string(),
+        }
         };
         let _ = writeln!(
             s,
@@ -159,17 +172,12 @@ impl MigrationPlan {
         };
         let _ = writeln!(s, "Source Prometheus: {source}");
         let _ = writeln!(s, "Source version: {}", self.source_version.line());
-        match (self.bwlimit, st.eta_seconds) {
-            (Some(r), Some(eta)) => {
-                let _ = writeln!(s, "ETA at {}/s: {}", units::bytes(r), units::duration(eta));
-            }
-            _ => {
-                let _ = writeln!(
-                    s,
-                    "ETA: no bandwidth limit set (transfer.bwlimit / --bwlimit)"
-                );
-            }
-        }
+        // The runbook notes this one: how long the source stays stopped for the copy.
+        let _ = writeln!(
+            s,
+            "Downtime (the final phase's copy): {}",
+            eta(&self.phases.final_)
+        );
         if let Some(k) = &self.kubernetes {
             render_kubernetes(&mut s, k);
         }

@@ -426,7 +426,7 @@ fn execute(
             .collect(),
     );
 
-    let throttle = limiter::for_limit(opts.bwlimit.or(first.bwlimit));
+    let throttle = limiter::for_limit(opts.bwlimit);
     let shared = Shared {
         dests: plans
             .iter()
@@ -454,7 +454,7 @@ fn execute(
         read_bytes: AtomicU64::new(0),
         phase: opts.phase,
         started: Instant::now(),
-        bwlimit: opts.bwlimit.or(first.bwlimit),
+        bwlimit: opts.bwlimit,
         out_of_time: AtomicBool::new(false),
         streaming: Streaming {
             // A dry run reads no file content: no tar stream.

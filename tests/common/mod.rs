@@ -425,7 +425,10 @@ impl Workspace {
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = promigrate();
         c.args(args).arg("-f").arg(&self.plan);
-        if matches!(args.first(), Some(&"apply") | Some(&"verify")) {
+        if matches!(
+            args.first(),
+            Some(&"apply") | Some(&"verify") | Some(&"plan")
+        ) {
             c.arg("--state-dir").arg(&self.state);
         }
         c
