@@ -32,3 +32,21 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+/// Prints the error a run ends with on stderr: `error: …` as text, or, with JSON logs, one
+/// JSON line like the log lines (`level` `ERROR`, `message`, `exit_code`, `timestamp`), so a
+/// log collector that reads JSON lines sees why the run failed.
+pub fn final_error(format: LogFormat, err: &anyhow::Error, exit_code: u8) {
+    match format {
+        LogFormat::Text => eprintln!("error: {err:#}"),
+        LogFormat::Json => {
+            let line = serde_json::json!({
+                "timestamp": jiff::Timestamp::now().to_string(),
+                "level": "ERROR",
+                "message": format!("{err:#}"),
+                "exit_code": exit_code,
+            });
+            eprintln!("{line}");
+        }
+    }
+}

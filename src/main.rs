@@ -5,12 +5,13 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = promigrate::cli::parse();
-    promigrate::logging::init(cli.log_format);
+    let log_format = cli.log_format;
+    promigrate::logging::init(log_format);
     let code = match promigrate::run(cli) {
         Ok(code) => code,
         Err(err) => {
             let code = promigrate::exit::classify(&err);
-            eprintln!("error: {err:#}");
+            promigrate::logging::final_error(log_format, &err, code as u8);
             code
         }
     };

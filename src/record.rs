@@ -60,7 +60,8 @@ impl<'a, T: Serialize> RunRecord<'a, T> {
 /// Creates `<state_dir>/<name>/` up front so a run fails before it writes any data if its
 /// audit trail cannot be kept.
 pub fn prepare(state_dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
-    let dir = state_dir.join(name);
+    // Absolute, so that the path printed and recorded is one to paste from anywhere.
+    let dir = std::path::absolute(state_dir.join(name)).unwrap_or_else(|_| state_dir.join(name));
     std::fs::create_dir_all(&dir).with_context(|| {
         format!(
             "cannot create the run-record directory {} (set --state-dir to a writable directory)",
@@ -99,6 +100,15 @@ pub fn last_measured_rate(dir: &Path) -> Option<(f64, String, PathBuf)> {
     })
 }
 
+/// The record this process wrote last, for the report's `record` key (also when the run
+/// failed after writing it).
+static WRITTEN: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// The path of the record this process wrote last, if any.
+pub fn last_written() -> Option<PathBuf> {
+    WRITTEN.lock().ok().and_then(|w| w.clone())
+}
+
 /// Writes a record into `dir` and returns its path.
 pub fn write<T: Serialize>(dir: &Path, record: &RunRecord<T>) -> anyhow::Result<PathBuf> {
     let stamp = jiff::Timestamp::now()
@@ -115,6 +125,9 @@ pub fn write<T: Serialize>(dir: &Path, record: &RunRecord<T>) -> anyhow::Result<
         .with_context(|| format!("cannot write run record {}", tmp.display()))?;
     std::fs::rename(&tmp, &path)
         .with_context(|| format!("cannot write run record {}", path.display()))?;
+    if let Ok(mut w) = WRITTEN.lock() {
+        *w = Some(path.clone());
+    }
     Ok(path)
 }
 

@@ -383,6 +383,104 @@ fn json_output_has_boolean_ok_for_every_command() {
     assert!(v["error"].as_str().unwrap().contains("line"));
 }
 
+/// The keys every `--output json` document has, and what they must say: `ok`, `exit_code`
+/// (the process's), `error` (`null` unless it failed) and `record` (an absolute path to an
+/// existing run record, or `null` for a command that keeps none).
+fn assert_contract(what: &str, code: i32, v: &serde_json::Value, ok: bool, record: bool) {
+    assert_eq!(v["ok"].as_bool(), Some(ok), "{what}: {v}");
+    assert_eq!(
+        v["exit_code"].as_i64(),
+        Some(i64::from(code)),
+        "{what}: {v}"
+    );
+    assert_eq!(
+        v["error"].is_string(),
+        code >= 2 || (!ok && v["refusal"].is_null() && what.contains("failure")),
+        "{what}: error {v}"
+    );
+    assert!(v.get("record").is_some(), "{what}: no record key: {v}");
+    if record {
+        let p = std::path::PathBuf::from(
+            v["record"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{what}: {v}")),
+        );
+        assert!(p.is_absolute() && p.is_file(), "{what}: {}", p.display());
+    } else {
+        assert!(v["record"].is_null(), "{what}: {v}");
+    }
+}
+
+#[test]
+fn every_command_and_outcome_has_the_same_json_contract() {
+    let ws = Workspace::new();
+    let (code, v) = ws.run_json(&["plan"]);
+    assert_contract("plan, ok", code, &v, true, false);
+    let (code, v) = ws.run_json(&["verify", "--level", "meta"]);
+    assert_contract("verify, differences", code, &v, false, true);
+    let (code, v) = ws.run_json(&["apply", "--yes", "--dry-run"]);
+    assert_contract("apply --dry-run", code, &v, true, false);
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_contract("apply, ok", code, &v, true, true);
+    let (code, v) = ws.run_json(&["verify"]);
+    assert_contract("verify, ok", code, &v, true, true);
+    let mut c = promigrate();
+    c.args(["inspect", "--output", "json"]).arg(&ws.source);
+    let (code, out, _) = run(c);
+    assert_contract(
+        "inspect, ok",
+        code,
+        &serde_json::from_str(&out).unwrap(),
+        true,
+        false,
+    );
+    // A blocker: apply refuses and says so, with its record.
+    let good = std::fs::read_to_string(&ws.plan).unwrap();
+    let inside = ws.source.join("inside");
+    std::fs::create_dir(&inside).unwrap();
+    std::fs::write(
+        &ws.plan,
+        good.replacen(
+            &format!("path: {}", ws.mount.display()),
+            &format!("path: {}", inside.display()),
+            1,
+        ),
+    )
+    .unwrap();
+    let (code, v) = ws.run_json(&["plan"]);
+    assert_contract("plan, blocker", code, &v, false, false);
+    let (code, v) = ws.run_json(&["apply", "--yes"]);
+    assert_contract("apply, blocker", code, &v, false, true);
+    assert!(
+        v["refusal"]
+            .as_str()
+            .is_some_and(|r| r.contains("blockers")),
+        "a refusal for blockers says so: {v}"
+    );
+    std::fs::remove_dir(&inside).unwrap();
+    // A failure before any report: one document, with the error.
+    std::fs::write(&ws.plan, "kind: [").unwrap();
+    for cmd in ["plan", "apply", "verify"] {
+        let args: Vec<&str> = if cmd == "apply" {
+            vec![cmd, "--yes"]
+        } else {
+            vec![cmd]
+        };
+        let (code, v) = ws.run_json(&args);
+        assert_contract(&format!("{cmd}, failure"), code, &v, false, false);
+    }
+    // With JSON logs the error the run ends with is a JSON line on stderr too.
+    let mut c = ws.cmd(&["plan"]);
+    c.args(["--log-format", "json"]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 2);
+    let last: serde_json::Value = serde_json::from_str(err.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {err}"));
+    assert_eq!(last["level"], "ERROR", "{err}");
+    assert_eq!(last["exit_code"], 2, "{err}");
+    assert!(last["message"].as_str().unwrap().contains("line"), "{err}");
+}
+
 #[test]
 fn dry_run_writes_nothing() {
     let ws = Workspace::new();

@@ -319,6 +319,12 @@ fn apply_steps_until(
     if !ok || a.dry_run {
         out.refused = !ok;
         out.ok = ok;
+        if !ok {
+            out.refusal = Some(
+                "resolve the blockers above (`targets[].blockers` in JSON); nothing was written"
+                    .into(),
+            );
+        }
         out.set(plans, None);
         for (t, w) in out.targets.iter_mut().zip(would) {
             t.would = Some(w);

@@ -28,8 +28,18 @@ use crate::{k8s, metrics, progress, sync};
 
 /// A command's report: JSON serialised from its data, or text rendered from the same data.
 pub trait Report {
-    /// Writes the report as `output` asks (pretty JSON and a newline, or the text).
-    fn write(&self, output: Output, out: &mut dyn Write) -> std::io::Result<()>;
+    /// Writes the report as `output` asks (pretty JSON and a newline, or the text); a JSON
+    /// report carries how the command `ended`.
+    fn write(&self, output: Output, ended: &Ended, out: &mut dyn Write) -> std::io::Result<()>;
+}
+
+/// How a command ended, for the keys every JSON report has: `ok` (the report's own),
+/// `exit_code`, `error` (`null` unless it failed) and `record` (the run record's path, or
+/// `null` for a command that keeps none).
+pub struct Ended {
+    pub exit_code: u8,
+    pub error: Option<String>,
+    pub record: Option<std::path::PathBuf>,
 }
 
 /// A value and how it reads as text.
@@ -39,11 +49,24 @@ struct Rendered<T, F> {
 }
 
 impl<T: Serialize, F: Fn(&T) -> String> Report for Rendered<T, F> {
-    fn write(&self, output: Output, out: &mut dyn Write) -> std::io::Result<()> {
+    fn write(&self, output: Output, ended: &Ended, out: &mut dyn Write) -> std::io::Result<()> {
         match output {
-            Output::Json => serde_json::to_writer_pretty(&mut *out, &self.value)
-                .map_err(std::io::Error::from)
-                .and_then(|_| writeln!(out)),
+            Output::Json => {
+                let mut v = serde_json::to_value(&self.value).map_err(std::io::Error::from)?;
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("exit_code".into(), ended.exit_code.into());
+                    if o.get("error").is_none_or(|e| e.is_null()) {
+                        o.insert("error".into(), ended.error.clone().into());
+                    }
+                    if o.get("record").is_none_or(|r| r.is_null()) {
+                        let record = ended.record.as_ref().map(|p| p.display().to_string());
+                        o.insert("record".into(), record.into());
+                    }
+                }
+                serde_json::to_writer_pretty(&mut *out, &v)
+                    .map_err(std::io::Error::from)
+                    .and_then(|_| writeln!(out))
+            }
             Output::Text => write!(out, "{}", (self.text)(&self.value)),
         }
     }
@@ -107,8 +130,16 @@ pub fn finish(outcome: Outcome, output: Output) -> anyhow::Result<Code> {
         push,
     } = outcome;
     let reported = report.is_some();
+    let ended = Ended {
+        exit_code: match &result {
+            Ok(c) => *c as u8,
+            Err(e) => exit::classify(e) as u8,
+        },
+        error: result.as_ref().err().map(|e| format!("{e:#}")),
+        record: crate::record::last_written(),
+    };
     if let Some(r) = report
-        && let Err(e) = print(&*r, output)
+        && let Err(e) = print(&*r, output, &ended)
     {
         result = Err(e);
     }
@@ -117,16 +148,24 @@ pub fn finish(outcome: Outcome, output: Output) -> anyhow::Result<Code> {
         p.send(&result);
     }
     if let (Err(e), Output::Json, false) = (&result, output, reported) {
-        let doc = serde_json::json!({"ok": false, "error": format!("{e:#}"), "exit_code": exit::classify(e) as u8});
+        let record = crate::record::last_written().map(|p| p.display().to_string());
+        let doc = serde_json::json!({"ok": false, "error": format!("{e:#}"), "exit_code": exit::classify(e) as u8, "record": record});
         println!("{doc}");
+    }
+    if let (Err(_), Output::Text, false, Some(rec)) =
+        (&result, output, reported, crate::record::last_written())
+    {
+        eprintln!("Run record: {}", rec.display());
     }
     result
 }
 
-fn print(report: &dyn Report, output: Output) -> anyhow::Result<()> {
+fn print(report: &dyn Report, output: Output, ended: &Ended) -> anyhow::Result<()> {
     // Buffered: stdout is line-buffered, and a JSON report has thousands of lines.
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let r = report.write(output, &mut out).and_then(|_| out.flush());
+    let r = report
+        .write(output, ended, &mut out)
+        .and_then(|_| out.flush());
     match r {
         // A closed pipe (`| head`) is not a failure.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
