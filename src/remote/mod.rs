@@ -115,12 +115,25 @@ fn attach_to(
     // holds it, one after the other; then the pods start together (an HA pair's two pods
     // take one pod start, not two).
     let migration = m.name.clone();
+    let wanted = m.targets.iter().any(|t| {
+        t.kubernetes
+            .as_ref()
+            .is_some_and(|k| k.receiver_pod.is_some())
+    });
+    // The binary first (a dynamic one is said before anything is asked of a cluster), then
+    // per target the access check, before the claim is read or anything changed.
+    let bin = if wanted {
+        Some(crate::k8s::receiver::binary()?)
+    } else {
+        None
+    };
     let mut clusters = Vec::new();
     for (i, t) in m.targets.iter().enumerate() {
         let Some(k) = t.kubernetes.as_ref().filter(|k| k.receiver_pod.is_some()) else {
             continue;
         };
         let cluster = rt.block_on(crate::k8s::connect(k))?;
+        rt.block_on(crate::k8s::receiver::check_access(&cluster, &k.namespace))?;
         if rt.block_on(crate::k8s::receiver::must_free(&cluster, k, held))? {
             // Noted first: a scale-down that fails part-way is given back too.
             attached.quiesced.push(k.clone());
@@ -132,8 +145,7 @@ fn attach_to(
         }
         clusters.push((i, cluster));
     }
-    if !clusters.is_empty() {
-        let bin = crate::k8s::receiver::binary()?;
+    if let (false, Some(bin)) = (clusters.is_empty(), bin) {
         let targets = &m.targets;
         let started = rt.block_on(futures_util::future::join_all(clusters.iter().map(
             |(i, cluster)| {
