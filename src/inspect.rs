@@ -66,6 +66,8 @@ pub struct SnapshotSummary {
 pub struct InspectReport {
     /// `true` when no problem was found.
     pub ok: bool,
+    /// Whether the directory is a Prometheus TSDB at all (a block, `wal/` or `chunks_head/`).
+    pub tsdb: bool,
     /// The directory inspected.
     pub dir: PathBuf,
     /// Blocks, oldest first.
@@ -105,6 +107,23 @@ pub fn run(
     }
     let inv = inventory::scan(dir)?;
     let mut report = summarise(&inv);
+    if !inventory::is_tsdb(&inv) {
+        // Not a TSDB (/etc, a volume's root above its subPath, wal/): say so first, and
+        // where the TSDB is when there is one near.
+        report.ok = false;
+        report.problems.insert(
+            0,
+            format!(
+                "{} is not a Prometheus TSDB directory (no block, no wal/ or chunks_head/){}",
+                dir.display(),
+                match inventory::tsdb_near(dir) {
+                    Some(t) => format!(": the TSDB is at {} (inspect that)", t.display()),
+                    None => String::new(),
+                }
+            ),
+        );
+        return Ok(report);
+    }
     if deep {
         let progress = crate::progress::for_stderr(
             "inspect --deep",
@@ -201,6 +220,7 @@ fn summarise(inv: &Inventory) -> InspectReport {
         .collect();
     chunk_snapshots.sort_by(|a, b| a.dir.cmp(&b.dir));
     InspectReport {
+        tsdb: inventory::is_tsdb(inv),
         chunk_snapshots,
         ok: problems.is_empty(),
         dir: inv.root.clone(),
@@ -221,6 +241,13 @@ impl InspectReport {
     /// The report for people.
     pub fn render_text(&self) -> String {
         let mut s = String::new();
+        if !self.tsdb {
+            // What it is not comes first, and alone.
+            for p in &self.problems {
+                let _ = writeln!(s, "problem: {p}");
+            }
+            return s;
+        }
         let _ = writeln!(s, "TSDB {}", self.dir.display());
         let _ = writeln!(
             s,

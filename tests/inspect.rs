@@ -76,3 +76,84 @@ fn inspect_of_a_missing_dir_is_usage_error() {
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/data"), "{err}");
 }
+
+#[test]
+fn a_directory_that_is_not_a_tsdb_exits_1_and_points_at_the_tsdb_near_it() {
+    let d = tempfile::tempdir().unwrap();
+    // Something that is no TSDB at all (an /etc).
+    let etc = d.path().join("etc");
+    std::fs::create_dir_all(etc.join("ssh")).unwrap();
+    std::fs::write(etc.join("hosts"), b"127.0.0.1 localhost\n").unwrap();
+    // A volume's root, with the TSDB in its subPath.
+    let vol = d.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    copy_tree(fixture(), &vol.join("prometheus-db"));
+    std::fs::create_dir(vol.join("lost+found")).unwrap();
+    for (dir, near) in [
+        (etc.clone(), None),
+        (vol.clone(), Some(vol.join("prometheus-db"))),
+        (
+            vol.join("prometheus-db/wal"),
+            Some(vol.join("prometheus-db")),
+        ),
+    ] {
+        let mut c = promigrate();
+        c.arg("inspect").arg(&dir);
+        let (code, out, err) = run(c);
+        assert_eq!(code, 1, "{}: {out}\n{err}", dir.display());
+        let first = out.lines().next().unwrap_or("");
+        assert!(
+            first.contains("is not a Prometheus TSDB directory"),
+            "said first: {out}"
+        );
+        match near {
+            Some(t) => assert!(
+                first.contains(&format!("the TSDB is at {}", t.display())),
+                "{out}"
+            ),
+            None => assert!(!first.contains("the TSDB is at"), "{out}"),
+        }
+    }
+    // plan with source.path at the volume's root: the blocker says where the TSDB is, and
+    // the root's entries are not listed one by one before it.
+    let ws = Workspace::new();
+    let good = std::fs::read_to_string(&ws.plan).unwrap();
+    std::fs::write(
+        &ws.plan,
+        good.replacen(
+            &format!("path: {}", ws.source.display()),
+            &format!("path: {}", vol.display()),
+            1,
+        ),
+    )
+    .unwrap();
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "The TSDB is at {}: point source.path there",
+            vol.join("prometheus-db").display()
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("not TSDB data"), "{out}");
+}
+
+#[test]
+fn lost_and_found_at_the_volume_root_is_no_warning() {
+    let ws = Workspace::new();
+    // The TSDB directory is the volume's root (no subPath), which holds lost+found.
+    let good = std::fs::read_to_string(&ws.plan).unwrap();
+    std::fs::write(&ws.plan, good.replacen("  subPath: prometheus-db\n", "", 1)).unwrap();
+    std::fs::create_dir(ws.mount.join("lost+found")).unwrap();
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("warning:"), "{out}");
+    // Another stray entry still is one.
+    std::fs::write(ws.mount.join("notes.txt"), b"x").unwrap();
+    let (_, out, _) = ws.run(&["plan"]);
+    assert!(
+        out.contains("not TSDB data; they are left alone: notes.txt"),
+        "{out}"
+    );
+}

@@ -244,10 +244,17 @@ pub fn build_from(
             "an apply is in progress on this target ({h}): wait for it to finish, then plan again"
         ));
     }
-    if src.blocks.is_empty() && !src.dirs.iter().any(|d| d == "wal") {
+    let not_a_tsdb = src.blocks.is_empty() && !src.dirs.iter().any(|d| d == "wal");
+    if not_a_tsdb {
+        // Where the TSDB is, when it is near (a local source: below it, or wal/'s parent).
+        let near = match &m.src {
+            crate::source::Source::Local(root) => inventory::tsdb_near(root),
+            _ => None,
+        };
         blockers.push(format!(
-            "source {} holds no blocks and no wal/: is source.path the Prometheus data directory (--storage.tsdb.path)?",
-            m.source.display()
+            "source {} holds no blocks and no wal/: is source.path the Prometheus data directory (--storage.tsdb.path)?{}",
+            m.source.display(),
+            near.map_or(String::new(), |t| format!(" The TSDB is at {}: point source.path there", t.display()))
         ));
     }
     let source_state = facts.state.clone();
@@ -285,10 +292,14 @@ pub fn build_from(
 
     // Block selection.
     let mut skipped = src.excluded.clone();
-    skipped.extend(src.unknown.iter().map(|u| inventory::Skipped {
-        rel: u.into(),
-        reason: "not TSDB data".into(),
-    }));
+    // Not a TSDB at all (/etc, a volume's root): its entries are not listed one by one as
+    // "not TSDB data" before the blocker that says so.
+    if !not_a_tsdb {
+        skipped.extend(src.unknown.iter().map(|u| inventory::Skipped {
+            rel: u.into(),
+            reason: "not TSDB data".into(),
+        }));
+    }
     skipped.extend(src.leftovers.iter().map(|u| inventory::Skipped {
         rel: u.clone(),
         reason: "promigrate temp file".into(),
@@ -558,10 +569,17 @@ pub fn build_from(
             "the target has {kept} block entr(ies) the source selection lacks; they stay, and Prometheus will load them with the copy (set transfer.deleteExtraneous: true to quarantine them)"
         ));
     }
-    if !tgt.unknown.is_empty() {
+    // A filesystem's lost+found at the volume's root is normal there: no warning.
+    let unknown: Vec<&str> = tgt
+        .unknown
+        .iter()
+        .map(String::as_str)
+        .filter(|u| *u != "lost+found")
+        .collect();
+    if !unknown.is_empty() {
         warnings.push(format!(
             "the target holds entries that are not TSDB data; they are left alone: {}",
-            tgt.unknown.join(", ")
+            unknown.join(", ")
         ));
     }
 

@@ -435,6 +435,45 @@ pub fn segments<'a>(
     out
 }
 
+/// Whether a scan found a Prometheus TSDB: a block, or `wal/` or `chunks_head/`.
+pub fn is_tsdb(inv: &Inventory) -> bool {
+    !inv.blocks.is_empty() || inv.dirs.iter().any(|d| d == "wal" || d == "chunks_head")
+}
+
+/// Where the TSDB is, for a directory `dir` that is not one: its parent when `dir` is a
+/// TSDB's `wal/`, `chunks_head/` or `wbl/`; else the first directory below it (three
+/// levels at most, links not followed) that holds `wal/` or a block.
+pub fn tsdb_near(dir: &Path) -> Option<PathBuf> {
+    let holds_tsdb = |d: &Path| {
+        d.join("wal").is_dir()
+            || std::fs::read_dir(d).is_ok_and(|rd| {
+                rd.flatten().any(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<ulid::Ulid>().is_ok())
+                        && e.path().join("meta.json").is_file()
+                })
+            })
+    };
+    let name = dir.file_name().and_then(|n| n.to_str());
+    if matches!(name, Some("wal" | "chunks_head" | "wbl"))
+        && let Some(parent) = dir.parent()
+        && holds_tsdb(parent)
+    {
+        return Some(parent.to_path_buf());
+    }
+    walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .max_depth(3)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_dir())
+        .take(10_000)
+        .find(|e| holds_tsdb(e.path()))
+        .map(|e| e.path().to_path_buf())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
