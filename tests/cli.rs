@@ -1355,3 +1355,54 @@ fn the_presync_limit_does_not_throttle_the_downtime_and_apply_says_its_limit() {
         "{err}"
     );
 }
+
+#[test]
+fn the_next_steps_are_pasteable_and_a_presync_logs_its_own_file_count() {
+    let ws = Workspace::new();
+    let (code, out, err) = ws.run(&["apply", "--yes", "--phase", "presync"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let plan = ws.plan.display().to_string();
+    let state = ws.state.display().to_string();
+    let want = format!(
+        "Next: stop the source Prometheus, then promigrate apply -f {plan} --state-dir {state} --phase final."
+    );
+    assert!(out.contains(&want), "{out}");
+    // The log line counts the files this phase copies, as its report does.
+    let (_, v) = ws.run_json(&["apply", "--yes", "--phase", "presync", "--dry-run"]);
+    let copied: u64 = v["targets"][0]["plan"]["phases"]["presync"]["files"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(copied, 0, "the first presync copied them all: {v}");
+    let fresh = Workspace::new();
+    let (_, v) = fresh.run_json(&["plan"]);
+    let presync_files = only(&v)["phases"]["presync"]["files"].as_u64().unwrap();
+    let total = only(&v)["stats"]["copy_files"].as_u64().unwrap();
+    assert!(presync_files < total, "the fixture has WAL/head files: {v}");
+    let (_, _, err) = fresh.run(&["apply", "--yes", "--phase", "presync"]);
+    assert!(
+        err.contains(&format!("apply: copying files={presync_files} ")),
+        "{err}"
+    );
+    // After the final phase: verify, deep, on the same plan and records.
+    let (code, out, _) = ws.run(&["apply", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "Next: promigrate verify -f {plan} --state-dir {state} --level deep"
+        )),
+        "{out}"
+    );
+    // A path with a space is quoted for the shell.
+    let spaced = ws.dir.path().join("my plan.yaml");
+    std::fs::copy(&ws.plan, &spaced).unwrap();
+    let mut c = promigrate();
+    c.args(["apply", "--yes", "--state-dir"])
+        .arg(&ws.state)
+        .arg(&spaced);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains(&format!("verify -f '{}'", spaced.display())),
+        "{out}"
+    );
+}

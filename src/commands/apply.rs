@@ -48,6 +48,10 @@ struct ApplyOutput {
     warnings: Vec<String>,
     error: Option<String>,
     record: Option<std::path::PathBuf>,
+    /// The command line that reaches this plan again, for the "Next:" lines
+    /// (`promigrate … -f PLAN`, the plan as it was given).
+    #[serde(skip)]
+    again: String,
 }
 
 /// One target volume's part of an apply.
@@ -97,6 +101,7 @@ pub fn run(a: &ApplyArgs) -> Outcome {
     let cancel = Arc::new(AtomicBool::new(false));
     let mut out = ApplyOutput {
         dry_run: a.dry_run,
+        again: super::again(a.common.file(), &a.state_dir),
         ..Default::default()
     };
     let result = apply_and_record(
@@ -429,7 +434,16 @@ fn apply_steps_until(
         })
         .max()
         .unwrap_or(0);
-    let files = plans.iter().map(|p| p.stats.copy_files).max().unwrap_or(0);
+    // As for the bytes: what this phase copies (a presync logs its blocks' files, not the
+    // plan's total).
+    let files = plans
+        .iter()
+        .map(|p| match phase {
+            sync::Phase::Presync => p.phases.presync.files,
+            _ => p.stats.copy_files,
+        })
+        .max()
+        .unwrap_or(0);
     // The limit of this phase: the presync's, or the final phase's (the downtime), said
     // before the copy so that a throttled downtime is not a surprise.
     let (limit, limit_from) = limit_of(&plans[0], a.bwlimit, phase);
@@ -708,9 +722,10 @@ fn render_apply(out: &ApplyOutput) -> String {
         .iter()
         .any(|(_, r)| r.is_some_and(|r| r.phase == sync::Phase::Presync));
     if out.ok && !out.dry_run && presync {
-        s.push_str(
-            "Next: stop the source Prometheus, then promigrate apply -f <plan> --phase final.\n",
-        );
+        s.push_str(&format!(
+            "Next: stop the source Prometheus, then {} --phase final.\n",
+            out.again.replacen("{}", "apply", 1)
+        ));
     } else if out.ok && !out.dry_run && out.verify.is_some() {
         // The verify above gated the scale-up, and the new server now writes its own WAL:
         // a verify from here on reports that as differences (docs/runbook.md, step 5).
@@ -724,7 +739,10 @@ fn render_apply(out: &ApplyOutput) -> String {
             "Next: cut over. The verify above was the go/no-go; promigrate scaled nothing back (nothing was scaled down by it, e.g. a StatefulSet scaled to 0 by hand): start the target Prometheus on the copy yourself. A `promigrate verify` once it runs reports its own wal/ and chunks_head/ as different.\n"
         });
     } else if out.ok && !out.dry_run {
-        s.push_str("Next: promigrate verify -f <plan> (its exit code gates the cutover).\n");
+        s.push_str(&format!(
+            "Next: {} --level deep (its exit code gates the cutover).\n",
+            out.again.replacen("{}", "verify", 1)
+        ));
     }
     s
 }

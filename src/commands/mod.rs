@@ -453,6 +453,44 @@ fn limit_of(
     }
 }
 
+/// The command line that runs a command on `plan` again, with `{}` where the command goes:
+/// `promigrate {} -f PLAN` (the plan path as given, quoted for a shell when it must be;
+/// `kubectl promigrate` when run as the kubectl plugin), with `--state-dir DIR` unless it
+/// is the default.
+fn again(plan: &std::path::Path, state_dir: &std::path::Path) -> String {
+    let quote = |s: &str| {
+        if !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@%=".contains(c))
+        {
+            s.to_string()
+        } else {
+            format!("'{}'", s.replace('\'', "'\\''"))
+        }
+    };
+    let plugin = std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().starts_with("kubectl-promigrate"))
+        })
+        .unwrap_or(false);
+    let me = if plugin {
+        "kubectl promigrate"
+    } else {
+        "promigrate"
+    };
+    let mut s = format!("{me} {{}} -f {}", quote(&plan.to_string_lossy()));
+    if state_dir != std::path::Path::new("migrations") {
+        s.push_str(&format!(
+            " --state-dir {}",
+            quote(&state_dir.to_string_lossy())
+        ));
+    }
+    s
+}
+
 /// Builds the plan of every target volume, scanning the source once.
 fn build_plans(m: &Migration, compare: Compare) -> anyhow::Result<Vec<MigrationPlan>> {
     let progress_for = |total| progress::for_stderr("checksum", total);
