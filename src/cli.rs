@@ -44,8 +44,12 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff) of promigrate.
-    Man,
+    /// Print the man page (roff) of promigrate, or of one of its commands.
+    Man {
+        /// The command whose page to print (`plan`: the page promigrate-plan(1)); none: the
+        /// page of promigrate itself.
+        command: Option<String>,
+    },
     /// Print the JSON Schema of the plan file (for editor validation).
     Schema,
     /// Serve a driving promigrate on stdin/stdout (run by promigrate in a receiver pod
@@ -70,7 +74,13 @@ pub fn command_for_invocation(argv0: Option<std::ffi::OsString>) -> clap::Comman
         .and_then(|a| std::path::Path::new(a).file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let cmd = Cli::command();
+    let mut cmd = Cli::command();
+    // Each command's help ends with a few examples, then the exit codes.
+    for (name, examples) in EXAMPLES {
+        cmd = cmd.mut_subcommand(*name, |c| {
+            c.after_help(format!("Examples:\n{examples}\n{}", crate::exit::HELP))
+        });
+    }
     if invoked == "kubectl-promigrate" {
         cmd.name("kubectl-promigrate")
             .bin_name("kubectl promigrate")
@@ -78,6 +88,36 @@ pub fn command_for_invocation(argv0: Option<std::ffi::OsString>) -> clap::Comman
         cmd
     }
 }
+
+/// Examples ending each command's help (and its man page).
+pub const EXAMPLES: &[(&str, &str)] = &[
+    (
+        "plan",
+        "  promigrate plan -f plan.yaml                          # what apply would do; exit 1 on blockers
+  promigrate plan plan.yaml --bwlimit 500M --phase final # the downtime at 500 MiB/s
+  promigrate plan -f plan.yaml --checksum -o json        # compare content too, as JSON
+",
+    ),
+    (
+        "apply",
+        "  promigrate apply -f plan.yaml --phase presync --bwlimit 200M --yes  # while the source runs
+  promigrate apply -f plan.yaml --phase final --yes                    # source stopped: the downtime
+  promigrate apply -f plan.yaml --dry-run                              # what it would change
+",
+    ),
+    (
+        "verify",
+        "  promigrate verify -f plan.yaml --level deep   # the go/no-go: exit 0 = cut over
+  promigrate verify -f plan.yaml -o json        # the differences, as JSON
+",
+    ),
+    (
+        "inspect",
+        "  promigrate inspect /var/lib/prometheus/data         # blocks, time range, WAL and head
+  promigrate inspect /mnt/pv/prometheus-db --deep     # and read every file back
+",
+    ),
+];
 
 /// Report format on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]

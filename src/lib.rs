@@ -47,7 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Code> {
         Command::Apply(a) => a.common.output,
         Command::Verify(a) => a.common.output,
         Command::Inspect(a) => a.output,
-        Command::Completions { .. } | Command::Man | Command::Schema | Command::Receive => {
+        Command::Completions { .. } | Command::Man { .. } | Command::Schema | Command::Receive => {
             Output::Text
         }
     };
@@ -57,7 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Code> {
         Command::Verify(a) => commands::verify::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Completions { shell } => commands::generate::completions(*shell),
-        Command::Man => commands::generate::man(),
+        Command::Man { command } => commands::generate::man(command.as_deref()),
         Command::Schema => commands::generate::schema(),
         Command::Receive => commands::receive::run(),
     };

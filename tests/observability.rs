@@ -428,6 +428,59 @@ fn completions_and_man_page_generate() {
         man.starts_with(".ie") || man.contains(".TH promigrate"),
         "{man}"
     );
+    // The exit codes are a list, one item per code.
+    for code in 0..=3 {
+        assert!(man.contains(&format!(".TP\n\\fB{code}\\fR\n")), "{man}");
+    }
+    assert!(!man.contains("Exit codes:"), "not one block of text: {man}");
+    // Every page the main page refers to exists: `promigrate man COMMAND`.
+    let referred: Vec<String> = man
+        .lines()
+        .filter_map(|l| l.strip_prefix("promigrate\\-"))
+        .filter_map(|l| l.strip_suffix("(1)"))
+        .map(String::from)
+        .collect();
+    assert!(referred.len() >= 4, "{man}");
+    for name in &referred {
+        let (code, page, err) = run({
+            let mut c = promigrate();
+            c.args(["man", name]);
+            c
+        });
+        assert_eq!(code, 0, "{name}: {err}");
+        assert!(
+            page.contains(&format!(".TH promigrate-{name} 1")),
+            "{name}: {page}"
+        );
+        assert!(page.contains(".SH \"EXIT STATUS\""), "{name}: {page}");
+    }
+    let (_, page, _) = run({
+        let mut c = promigrate();
+        c.args(["man", "apply"]);
+        c
+    });
+    assert!(page.contains(".SH EXAMPLES"), "{page}");
+    // And each command's --help ends with examples, then the exit codes.
+    for cmd in ["plan", "apply", "verify", "inspect"] {
+        let (code, out, _) = run({
+            let mut c = promigrate();
+            c.args([cmd, "--help"]);
+            c
+        });
+        assert_eq!(code, 0);
+        let ex = out
+            .find("Examples:")
+            .unwrap_or_else(|| panic!("{cmd}: {out}"));
+        let codes = out.find("Exit codes:").unwrap();
+        assert!(ex < codes, "{cmd}: {out}");
+        assert!(
+            out[ex..codes]
+                .matches(&format!("promigrate {cmd} "))
+                .count()
+                >= 2,
+            "{cmd}: {out}"
+        );
+    }
 }
 
 fn yaml_to_json(text: &str) -> serde_json::Value {
