@@ -340,8 +340,8 @@ pub enum PhaseArg {
     /// Blocks only; safe while the source Prometheus runs. A block that vanishes (compacted
     /// away) or changes while it is copied is left for the final phase.
     Presync,
-    /// With the source stopped: new and changed blocks, meta.json and tombstones, compacted-
-    /// away blocks to quarantine, and an exact mirror of wal/, wbl/, chunks_head/.
+    /// With the source stopped: new and changed blocks, meta.json and tombstones, blocks
+    /// compacted away to quarantine, and an exact mirror of wal/, wbl/, chunks_head/.
     Final,
     /// Presync then final, in one run (the source must be stopped).
     All,

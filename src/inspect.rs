@@ -279,8 +279,8 @@ impl InspectReport {
             (Some(a), Some(z)) => {
                 let _ = writeln!(
                     s,
-                    "{} block(s), {} .. {} UTC, {} samples, {}",
-                    self.blocks.len(),
+                    "{}, {} .. {} UTC, {} samples, {}",
+                    units::count(self.blocks.len() as u64, "block"),
                     units::ms_utc(a),
                     units::ms_utc(z),
                     self.total_samples,
@@ -296,11 +296,11 @@ impl InspectReport {
             let w = if g.dir == "chunks_head" { 6 } else { 8 };
             let _ = write!(
                 s,
-                "{}/: segments {:0w$}..{:0w$} ({} file(s), {})",
+                "{}/: segments {:0w$}..{:0w$} ({}, {})",
                 g.dir,
                 g.first,
                 g.last,
-                g.count,
+                units::count(g.count as u64, "file"),
                 units::bytes(g.size)
             );
             if !g.checkpoints.is_empty() {
@@ -311,9 +311,9 @@ impl InspectReport {
         for c in &self.chunk_snapshots {
             let _ = writeln!(
                 s,
-                "{}/: chunk snapshot ({} file(s), {}){}",
+                "{}/: chunk snapshot ({}, {}){}",
                 c.dir,
-                c.files,
+                units::count(c.files as u64, "file"),
                 units::bytes(c.size),
                 if c.loaded {
                     "; loaded at startup"
@@ -331,9 +331,9 @@ impl InspectReport {
             }
             Some(f) => {
                 for p in f {
-                    let _ = writeln!(s, "! {}", p.line());
+                    let _ = writeln!(s, "problem: {}", p.line());
                 }
-                let _ = writeln!(s, "format: {} problem(s)", f.len());
+                let _ = writeln!(s, "format: {}", units::count(f.len() as u64, "problem"));
             }
             None => {}
         }
@@ -370,7 +370,7 @@ mod tests {
         assert_eq!(r.chunk_snapshots[1].size, 20);
         let text = r.render_text();
         assert!(
-            text.contains("chunk_snapshot.000010.0000000000/: chunk snapshot (1 file(s), 20 B); loaded at startup"),
+            text.contains("chunk_snapshot.000010.0000000000/: chunk snapshot (1 file, 20 B); loaded at startup"),
             "{text}"
         );
     }

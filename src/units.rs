@@ -103,6 +103,26 @@ impl<'de> serde::Deserialize<'de> for Rate {
     }
 }
 
+/// `n` and the noun, in the plural unless `n` is 1: `count(3, "file")` is `3 files`,
+/// `count(1, "entry")` `1 entry`, `count(2, "fix")` `2 fixes`.
+pub fn count(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        return format!("1 {noun}");
+    }
+    let plural = if let Some(stem) = noun
+        .strip_suffix('y')
+        .filter(|s| !s.ends_with(['a', 'e', 'o', 'u']))
+    {
+        format!("{stem}ies")
+    } else if ["s", "x", "ch", "sh"].iter().any(|e| noun.ends_with(e)) {
+        format!("{noun}es")
+    } else {
+        format!("{noun}s")
+    };
+    format!("{n} {plural}")
+}
+
 /// Formats a byte count for people, in binary units ("1.5 GiB").
 pub fn bytes(n: u64) -> String {
     ByteSize(n).display().iec().to_string()
@@ -128,6 +148,15 @@ pub fn ms_utc(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn counts_say_one_or_the_plural() {
+        assert_eq!(count(1u64, "file"), "1 file");
+        assert_eq!(count(0u64, "file"), "0 files");
+        assert_eq!(count(3u64, "entry"), "3 entries");
+        assert_eq!(count(2u64, "owner/mode fix"), "2 owner/mode fixes");
+        assert_eq!(count(2u64, "key"), "2 keys");
+    }
     use super::*;
 
     #[test]

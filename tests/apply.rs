@@ -575,7 +575,7 @@ fn issue_13_checksum_replaces_a_block_file_only_content_tells_apart() {
         )),
         "{out}"
     );
-    assert!(out.contains("0 B in 0 file(s) copied"), "{out}");
+    assert!(out.contains("0 B in 0 files copied"), "{out}");
 }
 
 /// The same for a WAL segment: a presync with --checksum leaves WAL/head alone (it hashes
@@ -664,7 +664,7 @@ fn files_dated_before_1970_compare_identical_after_apply() {
     let (code, text, err) = ws.run(&["plan"]);
     assert_eq!(code, 0, "{text}\n{err}");
     assert!(text.contains(&format!("  = {name}")), "{text}");
-    assert!(text.contains("To copy: 0 B in 0 file(s)"), "{text}");
+    assert!(text.contains("To copy: 0 B in 0 files"), "{text}");
     let (code, v) = ws.run_json(&["apply", "--yes"]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(only(&v)["apply"]["copied_bytes"], 0, "{v}");

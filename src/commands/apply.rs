@@ -670,12 +670,12 @@ fn render_apply(out: &ApplyOutput) -> String {
             String::new()
         };
         s.push_str(&format!(
-            "\n{verb}{to}: {} in {} file(s) copied, {} block(s) published, {} resumed file(s), {} owner/mode fix(es) in {} ({}/s)\n",
+            "\n{verb}{to}: {} in {} copied, {} published, {}, {} in {} ({}/s)\n",
             units::bytes(r.copied_bytes),
-            r.copied_files,
-            r.blocks_published,
-            r.resumed_files,
-            r.ownership_fixed,
+            units::count(r.copied_files, "file"),
+            units::count(r.blocks_published, "block"),
+            units::count(r.resumed_files, "resumed file"),
+            units::count(r.ownership_fixed, "owner/mode fix"),
             units::duration(r.duration_seconds),
             units::bytes(r.average_rate as u64)
         ));
@@ -688,8 +688,8 @@ fn render_apply(out: &ApplyOutput) -> String {
         }
         if let Some(q) = &r.quarantine_dir {
             s.push_str(&format!(
-                "Quarantined {} entr(ies) in {}\n",
-                r.quarantined.len(),
+                "Quarantined {} in {}\n",
+                units::count(r.quarantined.len() as u64, "entry"),
                 q.display()
             ));
         }

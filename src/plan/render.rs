@@ -18,9 +18,9 @@ impl MigrationPlan {
             units::bytes(self.target_free_bytes),
             if self.target_needs.inodes > 0 {
                 format!(
-                    "; apply needs {} and {} inode(s)",
+                    "; apply needs {} and {}",
                     units::bytes(self.target_needs.bytes),
-                    self.target_needs.inodes
+                    units::count(self.target_needs.inodes, "inode")
                 )
             } else {
                 String::new()
@@ -66,7 +66,10 @@ impl MigrationPlan {
                 b.num_series,
                 b.num_samples,
                 if b.state == State::Differs {
-                    format!("  [{} file(s) to update]", b.copy.len())
+                    format!(
+                        "  [{} to update]",
+                        units::count(b.copy.len() as u64, "file")
+                    )
                 } else {
                     String::new()
                 }
@@ -83,8 +86,8 @@ impl MigrationPlan {
             let todo: Vec<&&FilePlan> = of.iter().filter(|f| f.state != State::Identical).collect();
             let _ = writeln!(
                 s,
-                "  {d}/: {} file(s), {}; {} to copy",
-                of.len(),
+                "  {d}/: {}, {}; {} to copy",
+                units::count(of.len() as u64, "file"),
                 units::bytes(of.iter().map(|f| f.size).sum()),
                 todo.len()
             );
@@ -127,13 +130,13 @@ impl MigrationPlan {
         let st = &self.stats;
         let _ = writeln!(
             s,
-            "\nTo copy: {} in {} file(s) ({} identical, {} differing) of {} in {} file(s)",
+            "\nTo copy: {} in {} ({} identical, {} differing) of {} in {}",
             units::bytes(st.copy_bytes),
-            st.copy_files,
+            units::count(st.copy_files, "file"),
             st.identical_files,
             st.differing_files,
             units::bytes(st.source_bytes),
-            st.source_files
+            units::count(st.source_files, "file")
         );
         let eta = |p: &PhaseCost| {
             match (&p.rate, p.eta_seconds) {
@@ -154,12 +157,12 @@ impl MigrationPlan {
         };
         let _ = writeln!(
             s,
-            "Phases: presync (blocks; the source may run) {} in {} file(s), {}; final (WAL/head; source stopped: the downtime) {} in {} file(s), {}",
+            "Phases: presync (blocks; the source may run) {} in {}, {}; final (WAL/head; source stopped: the downtime) {} in {}, {}",
             units::bytes(self.phases.presync.bytes),
-            self.phases.presync.files,
+            units::count(self.phases.presync.files, "file"),
             eta(&self.phases.presync),
             units::bytes(self.phases.final_.bytes),
-            self.phases.final_.files,
+            units::count(self.phases.final_.files, "file"),
             eta(&self.phases.final_)
         );
         let source = match &self.source_state {

@@ -926,8 +926,8 @@ fn quarantine(
         }
     }
     tracing::info!(
-        "moved {} extraneous entr(ies) to {}",
-        report.quarantined.len(),
+        "moved {} to {}",
+        crate::units::count(report.quarantined.len() as u64, "extraneous entry"),
         target.path(&qrel).display()
     );
     Ok(())
