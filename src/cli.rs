@@ -171,8 +171,9 @@ pub struct PlanArgs {
     /// 0 = none), instead of the plan's `transfer.bwlimit` / `transfer.finalBwlimit`.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub bwlimit: Option<Rate>,
-    /// The phase `--bwlimit` is for (default: both); the estimates of the others stay.
-    #[arg(long = "phase", id = "phase", value_enum)]
+    /// The phase `--bwlimit` is for (default: both; `all` is the final phase's rate, as
+    /// apply runs it with the source stopped); the estimates of the others stay.
+    #[arg(long = "phase", id = "phase", value_enum, requires = "bwlimit")]
     pub phase_arg: Option<PhaseArg>,
     /// Where apply keeps its run records: a phase without a limit is estimated at the rate
     /// the latest apply measured there.

@@ -72,8 +72,12 @@ pub fn prepare(state_dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// The copy rate the latest apply recorded in `dir` that copied enough to measure one (at
-/// least 16 MiB, not a dry run): bytes per second, its start time, and the record's path.
+/// least 16 MiB, not a dry run) without a bandwidth limit (a limited run measures its limit,
+/// not what an unlimited phase does; records older than this field are not taken): bytes
+/// per second, its start time, and the record's absolute path.
 pub fn last_measured_rate(dir: &Path) -> Option<(f64, String, PathBuf)> {
+    let dir = std::path::absolute(dir).ok()?;
+    let dir = dir.as_path();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -90,6 +94,10 @@ pub fn last_measured_rate(dir: &Path) -> Option<(f64, String, PathBuf)> {
             .iter()
             .filter_map(|t| {
                 let a = &t["apply"];
+                // Unlimited: the key is there, and null.
+                if !a.get("bwlimit").is_some_and(serde_json::Value::is_null) {
+                    return None;
+                }
                 Some((a["copied_bytes"].as_u64()?, a["duration_seconds"].as_f64()?))
             })
             .max_by_key(|(b, _)| *b)?;

@@ -233,6 +233,83 @@ fn malformed_plans_exit_2_name_the_field_and_write_nothing() {
 }
 
 #[test]
+fn plan_file_errors_after_review() {
+    let ws = Workspace::new();
+    let good = std::fs::read_to_string(&ws.plan).unwrap();
+    // A quoted number is that number, as it always was.
+    std::fs::write(
+        &ws.plan,
+        good.replace("runAsUser: 1000", "runAsUser: \"1000\""),
+    )
+    .unwrap();
+    let (code, out, err) = ws.run(&["plan"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // A uid past 64 bits is named as written.
+    std::fs::write(
+        &ws.plan,
+        good.replace("runAsUser: 1000", "runAsUser: 18446744073709551615"),
+    )
+    .unwrap();
+    let (_, _, err) = ws.run(&["plan"]);
+    assert!(
+        err.contains("18446744073709551615 is not a Linux uid/gid"),
+        "{err}"
+    );
+    // A flow list over two lines is no "indented too far".
+    std::fs::write(
+        &ws.plan,
+        good.replace(
+            "  parallelism: 4",
+            "  parallelism: 4\n  excludeBlocks: [BAD,\n    01ARZ3NDEKTSV4RRFFQ69G5FAV]",
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = ws.run(&["plan"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains("indented further"), "{err}");
+    // The first of a key set twice is looked for in its own list item only.
+    let item = |sub: &str| {
+        format!(
+            "- path: {}\n  subPath: {sub}\n  securityContext: {{ runAsUser: 1000, fsGroup: 2000 }}\n",
+            ws.mount.display()
+        )
+    };
+    let two = format!(
+        "apiVersion: promigrate/v1\nkind: Migration\nmetadata:\n  name: t\nsource:\n  path: {}\ntargets:\n{}{}",
+        ws.source.display(),
+        item("one"),
+        item("two").replace("  subPath: two\n", "  subPath: two\n  subPath: three\n")
+    );
+    std::fs::write(&ws.plan, &two).unwrap();
+    let (_, _, err) = ws.run(&["plan"]);
+    let first = two
+        .lines()
+        .position(|l| l.contains("subPath: two"))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!("on line {first} and line {}", first + 1)),
+        "{two}\n{err}"
+    );
+    // UTF-16 text is named as such.
+    let utf16: Vec<u8> = [0xff, 0xfe]
+        .into_iter()
+        .chain(good.encode_utf16().flat_map(|u| u.to_le_bytes()))
+        .collect();
+    std::fs::write(&ws.plan, utf16).unwrap();
+    let (code, _, err) = ws.run(&["plan"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("UTF-16") && err.contains("save it as UTF-8"),
+        "{err}"
+    );
+    // plan --phase without --bwlimit is a usage error, not silently ignored.
+    std::fs::write(&ws.plan, &good).unwrap();
+    let (code, _, _) = ws.run(&["plan", "--phase", "final"]);
+    assert_eq!(code, 2);
+}
+
+#[test]
 fn an_empty_or_binary_plan_file_is_named_as_such() {
     let ws = Workspace::new();
     for (text, expect) in [
@@ -1322,7 +1399,15 @@ fn without_a_limit_the_estimate_is_at_the_rate_the_last_apply_measured() {
         dir.join("20261201T000000.000Z-apply.json"),
         r#"{"command": "apply", "started": "2026-12-01T00:00:00Z",
             "report": {"dry_run": false, "targets": [{"apply": {
-              "copied_bytes": 1073741824, "duration_seconds": 10.0}}]}}"#,
+              "copied_bytes": 1073741824, "duration_seconds": 10.0, "bwlimit": null}}]}}"#,
+    )
+    .unwrap();
+    // A later apply that kept to a limit measured its limit: not taken.
+    std::fs::write(
+        dir.join("20261202T000000.000Z-apply.json"),
+        r#"{"command": "apply", "started": "2026-12-02T00:00:00Z",
+            "report": {"dry_run": false, "targets": [{"apply": {
+              "copied_bytes": 1073741824, "duration_seconds": 50.0, "bwlimit": 20971520}}]}}"#,
     )
     .unwrap();
     let (code, out, err) = ws.run(&["plan"]);
@@ -1364,7 +1449,7 @@ fn the_next_steps_are_pasteable_and_a_presync_logs_its_own_file_count() {
     let plan = ws.plan.display().to_string();
     let state = ws.state.display().to_string();
     let want = format!(
-        "Next: stop the source Prometheus, then promigrate apply -f {plan} --state-dir {state} --phase final."
+        "Next: stop the source Prometheus, then run: promigrate apply -f {plan} --state-dir {state} --phase final\n"
     );
     assert!(out.contains(&want), "{out}");
     // The log line counts the files this phase copies, as its report does.

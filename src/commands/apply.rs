@@ -723,7 +723,7 @@ fn render_apply(out: &ApplyOutput) -> String {
         .any(|(_, r)| r.is_some_and(|r| r.phase == sync::Phase::Presync));
     if out.ok && !out.dry_run && presync {
         s.push_str(&format!(
-            "Next: stop the source Prometheus, then {} --phase final.\n",
+            "Next: stop the source Prometheus, then run: {} --phase final\n",
             out.again.replacen("{}", "apply", 1)
         ));
     } else if out.ok && !out.dry_run && out.verify.is_some() {

@@ -155,7 +155,8 @@ pub fn finish(outcome: Outcome, output: Output) -> anyhow::Result<Code> {
     if let (Err(_), Output::Text, false, Some(rec)) =
         (&result, output, reported, crate::record::last_written())
     {
-        eprintln!("Run record: {}", rec.display());
+        // Through the logger, so that it is a JSON line with --log-format json.
+        tracing::info!("run record: {}", rec.display());
     }
     result
 }

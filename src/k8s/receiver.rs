@@ -755,7 +755,7 @@ pub async fn start(
     read_only: bool,
 ) -> anyhow::Result<(Stream, PodGuard)> {
     let ns = &k.namespace;
-    check_access(cluster, ns).await?;
+    // The access check ran before (attach: every target's, before any claim is read).
     let image = image_of(cluster, k).await?;
     let node = node_of(cluster, k).await?;
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);

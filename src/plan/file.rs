@@ -416,14 +416,23 @@ impl<'de> Deserialize<'de> for LinuxId {
                 LinuxId::try_from(n).map_err(E::custom)
             }
             fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<LinuxId, E> {
-                LinuxId::try_from(i64::try_from(n).unwrap_or(-1)).map_err(E::custom)
+                match i64::try_from(n) {
+                    Ok(i) => LinuxId::try_from(i).map_err(E::custom),
+                    Err(_) => Err(E::custom(format!(
+                        "{n} is not a Linux uid/gid: use a number from 0 to 4294967294, e.g. 1000"
+                    ))),
+                }
             }
             fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<LinuxId, E> {
                 Err(E::custom(format!(
-                    "{n} is not a uid/gid: use a whole number, e.g. 1000"
+                    "{n:?} is not a uid/gid: use a whole number without a point, e.g. 1000"
                 )))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<LinuxId, E> {
+                // A quoted number ("1000") is that number, as it always was.
+                if let Ok(n) = v.trim().parse::<i64>() {
+                    return self.visit_i64(n);
+                }
                 Err(E::custom(format!(
                     "{v:?} is not a numeric uid/gid: names are not looked up (the pod's image may not know them); use the number, e.g. 1000 (`id -u NAME` where the name is known)"
                 )))
@@ -757,6 +766,25 @@ fn whole_err(plan_path: &Path, what: &str) -> InvalidInput {
     InvalidInput(format!("plan file {}: {what}", plan_path.display()))
 }
 
+/// The error of the paths that are not there: one, or all of them in a list.
+fn missing_paths(plan_path: &Path, missing: &[String]) -> InvalidInput {
+    match missing {
+        [one] => InvalidInput(one.clone()),
+        several => {
+            let prefix = format!("plan file {}: ", plan_path.display());
+            InvalidInput(format!(
+                "{prefix}{} paths are not there:\n{}",
+                several.len(),
+                several
+                    .iter()
+                    .map(|m| format!("  - {}", m.strip_prefix(&prefix).unwrap_or(m)))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ))
+        }
+    }
+}
+
 /// `~/x` → `$HOME/x`, as a shell would; other paths unchanged.
 fn expand_home(p: &Path) -> PathBuf {
     match (p.strip_prefix("~"), std::env::var_os("HOME")) {
@@ -833,10 +861,27 @@ fn plainer(text: &str, path: &str, field: String, msg: String) -> (String, Strin
         .and_then(|r| r.split(',').next())
     {
         let here = at(line);
-        let earlier = (1..line).rev().find(|&n| {
+        // The first one: in the same mapping, so not above a line indented less (the start
+        // of the mapping, or of another list item); `- key:` starts a list item's mapping.
+        let mut earlier = None;
+        for n in (1..line).rev() {
             let l = at(n);
-            indent(l) == indent(here) && l.trim_start().starts_with(&format!("{key}:"))
-        });
+            if l.trim().is_empty() || l.trim_start().starts_with('#') {
+                continue;
+            }
+            let t = l.trim_start();
+            let (ind, t) = match t.strip_prefix("- ") {
+                Some(rest) => (indent(l) + 2, rest),
+                None => (indent(l), t),
+            };
+            if ind == indent(here) && t.starts_with(&format!("{key}:")) {
+                earlier = Some(n);
+                break;
+            }
+            if indent(l) < indent(here) {
+                break;
+            }
+        }
         let lines = match earlier {
             Some(n) => format!("on line {n} and line {line}"),
             None => format!("again on line {line}"),
@@ -865,10 +910,20 @@ fn plainer(text: &str, path: &str, field: String, msg: String) -> (String, Strin
     let next = (line + 1..=lines.len())
         .map(|n| (n, at(n)))
         .find(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
-    if let Some((n, l)) = next
-        && here.contains(": ")
+    // Only when the next line is `key: …` and the value the parser complains about ran on
+    // into that key (a plain scalar that swallowed it), not for flow lists, maps or block
+    // scalars that go on over several lines.
+    let next_key = next.and_then(|(_, l)| {
+        let t = l.trim_start();
+        let k = t.split_once(':')?.0;
+        (!k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')).then_some(k)
+    });
+    let value = here.split_once(": ").map_or("", |(_, v)| v.trim_start());
+    if let (Some((n, l)), Some(next_key)) = (next, next_key)
         && indent(l) > indent(here)
-        && !l.trim_start().starts_with('-')
+        && !value.is_empty()
+        && !value.starts_with(['{', '[', '|', '>', '#', '&', '*', '"', '\''])
+        && what.contains(next_key)
     {
         let key = here.trim_start().split(':').next().unwrap_or("");
         return (
@@ -897,11 +952,18 @@ pub fn load(plan_path: &Path, derive: &Derive<'_>) -> anyhow::Result<Migration> 
             plan_path.display()
         ))
     })?;
-    let text = String::from_utf8(bytes).map_err(|_| {
-        InvalidInput(format!(
-            "plan file {} is not a text file (not valid UTF-8): check that -f names the plan (a YAML file, see examples/vm-to-k8s.yaml)",
-            plan_path.display()
-        ))
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let what = if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+            "is UTF-16 text (as PowerShell's `>` writes it): save it as UTF-8".to_string()
+        } else if bytes.contains(&0) {
+            "is not a text file: check that -f names the plan (a YAML file, see examples/vm-to-k8s.yaml)".to_string()
+        } else {
+            let at = e.utf8_error().valid_up_to();
+            let line = bytes[..at].iter().filter(|b| **b == b'\n').count() + 1;
+            format!("is not UTF-8 text (line {line} has a byte that is not): save it as UTF-8")
+        };
+        InvalidInput(format!("plan file {} {what}", plan_path.display()))
     })?;
     if text
         .lines()
@@ -1154,6 +1216,29 @@ pub fn resolve(
             ));
         }
     };
+    // Every target path that is not there, with the source's, before anything else is
+    // judged or asked of a cluster.
+    for (i, t) in list.iter().enumerate() {
+        let Some(path) = &t.path else { continue };
+        let mount = abs(&expand_home(&path.value));
+        if !mount.is_dir() {
+            let name = field.map_or_else(|| "target".to_string(), |f| format!("{f}[{i}]"));
+            missing.push(
+                field_err(
+                    &format!("{name}.path"),
+                    path,
+                    format!(
+                        "{} is not a directory: mount the target volume there first",
+                        mount.display()
+                    ),
+                )
+                .0,
+            );
+        }
+    }
+    if !missing.is_empty() {
+        return Err(missing_paths(plan_path, &missing));
+    }
     let mut targets: Vec<TargetSpec> = Vec::with_capacity(list.len());
     for (i, t) in list.into_iter().enumerate() {
         let name = field.map_or_else(|| "target".to_string(), |f| format!("{f}[{i}]"));
@@ -1312,21 +1397,8 @@ pub fn resolve(
             remote: None,
         });
     }
-    match missing.as_slice() {
-        [] => {}
-        [one] => return Err(InvalidInput(one.clone())),
-        several => {
-            let prefix = format!("plan file {}: ", plan_path.display());
-            return Err(InvalidInput(format!(
-                "{prefix}{} paths are not there:\n{}",
-                several.len(),
-                several
-                    .iter()
-                    .map(|m| format!("  - {}", m.strip_prefix(&prefix).unwrap_or(m)))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )));
-        }
+    if !missing.is_empty() {
+        return Err(missing_paths(plan_path, &missing));
     }
     let pushgateway = file
         .report

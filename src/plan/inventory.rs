@@ -444,8 +444,20 @@ pub fn is_tsdb(inv: &Inventory) -> bool {
 /// TSDB's `wal/`, `chunks_head/` or `wbl/`; else the first directory below it (three
 /// levels at most, links not followed) that holds `wal/` or a block.
 pub fn tsdb_near(dir: &Path) -> Option<PathBuf> {
+    // A `wal/` counts only with a Prometheus segment (`00000003`) or checkpoint in it:
+    // other programs have wal/ directories too (etcd, Loki, a locale named so).
+    let prometheus_wal = |wal: &Path| {
+        std::fs::read_dir(wal).is_ok_and(|rd| {
+            rd.flatten().any(|e| {
+                e.file_name().to_str().is_some_and(|n| {
+                    (n.len() == 8 && n.bytes().all(|b| b.is_ascii_digit()))
+                        || n.starts_with("checkpoint.")
+                })
+            })
+        })
+    };
     let holds_tsdb = |d: &Path| {
-        d.join("wal").is_dir()
+        prometheus_wal(&d.join("wal"))
             || std::fs::read_dir(d).is_ok_and(|rd| {
                 rd.flatten().any(|e| {
                     e.file_name()
@@ -462,16 +474,35 @@ pub fn tsdb_near(dir: &Path) -> Option<PathBuf> {
     {
         return Some(parent.to_path_buf());
     }
-    walkdir::WalkDir::new(dir)
-        .min_depth(1)
-        .max_depth(3)
-        .follow_links(false)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_dir())
-        .take(10_000)
-        .find(|e| holds_tsdb(e.path()))
-        .map(|e| e.path().to_path_buf())
+    // Breadth first, in name order, on this filesystem only: the nearest one.
+    let mut level = vec![dir.to_path_buf()];
+    let mut looked = 0;
+    for _ in 0..3 {
+        let mut next = Vec::new();
+        for d in &level {
+            let mut subs: Vec<PathBuf> = walkdir::WalkDir::new(d)
+                .min_depth(1)
+                .max_depth(1)
+                .follow_links(false)
+                .same_file_system(true)
+                .sort_by_file_name()
+                .into_iter()
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_dir())
+                .map(|e| e.into_path())
+                .collect();
+            looked += subs.len();
+            if let Some(found) = subs.iter().find(|s| holds_tsdb(s)) {
+                return Some(found.clone());
+            }
+            next.append(&mut subs);
+            if looked > 10_000 {
+                return None;
+            }
+        }
+        level = next;
+    }
+    None
 }
 
 #[cfg(test)]

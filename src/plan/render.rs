@@ -176,9 +176,17 @@ impl MigrationPlan {
         let _ = writeln!(s, "Source Prometheus: {source}");
         let _ = writeln!(s, "Source version: {}", self.source_version.line());
         // The runbook notes this one: how long the source stays stopped for the copy.
+        let pending = if self.phases.presync.bytes > 0 {
+            format!(
+                ", after a presync: {} of blocks is still to presync, which a final phase without one copies in the downtime too",
+                units::bytes(self.phases.presync.bytes)
+            )
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "Downtime (the final phase's copy): {}",
+            "Downtime (the final phase's copy): {}{pending}",
             eta(&self.phases.final_)
         );
         if let Some(k) = &self.kubernetes {

@@ -134,16 +134,21 @@ fn attach_to(
         };
         let cluster = rt.block_on(crate::k8s::connect(k))?;
         rt.block_on(crate::k8s::receiver::check_access(&cluster, &k.namespace))?;
-        if rt.block_on(crate::k8s::receiver::must_free(&cluster, k, held))? {
+        clusters.push((i, cluster));
+    }
+    for (i, cluster) in &clusters {
+        let Some(k) = m.targets[*i].kubernetes.as_ref() else {
+            continue;
+        };
+        if rt.block_on(crate::k8s::receiver::must_free(cluster, k, held))? {
             // Noted first: a scale-down that fails part-way is given back too.
             attached.quiesced.push(k.clone());
             crate::k8s::receiver::note_early(k);
             let mut changes = Vec::new();
-            let quiesced = rt.block_on(crate::k8s::quiesce(&cluster, k, &mut changes));
+            let quiesced = rt.block_on(crate::k8s::quiesce(cluster, k, &mut changes));
             attached.changes.extend(changes);
             quiesced?;
         }
-        clusters.push((i, cluster));
     }
     if let (false, Some(bin)) = (clusters.is_empty(), bin) {
         let targets = &m.targets;

@@ -116,6 +116,9 @@ pub struct ApplyReport {
     pub duration_seconds: f64,
     /// Average copy rate (bytes/s).
     pub average_rate: f64,
+    /// The bandwidth limit the copy kept to (bytes/s), or `None`: its rate is then what this
+    /// machine, source and target do, and estimates an unlimited phase.
+    pub bwlimit: Option<u64>,
     /// The phase that ran.
     pub phase: Phase,
     /// Stopped at the deadline before everything was done (rerun to continue).
@@ -208,6 +211,7 @@ pub fn apply(
     for (report, plan) in reports.iter_mut().zip(plans) {
         report.duration_seconds = seconds;
         report.average_rate = report.copied_bytes as f64 / seconds.max(1e-6);
+        report.bwlimit = opts.bwlimit;
         report.ok = result.is_ok() && !report.incomplete;
         report.phase = opts.phase;
         if report.ok && !opts.dry_run {
