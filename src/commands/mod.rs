@@ -298,19 +298,29 @@ fn arm_cancel(runtime: &tokio::runtime::Runtime, flag: Arc<AtomicBool>) {
         tracing::warn!(
             "second signal: ending at once, without the run record; a rerun continues where this run stopped (a StatefulSet that apply scaled down stays at 0 until then). Removing the receiver pods first (Ctrl-C again ends without waiting)"
         );
-        let deleted = tokio::time::timeout(std::time::Duration::from_secs(60), async {
-            crate::k8s::receiver::delete_created().await;
-            crate::k8s::receiver::give_back_early().await;
-        });
-        tokio::select! {
-            r = deleted => if r.is_err() {
-                tracing::warn!("the receiver pods are not gone after 60 s: ending anyway; the next run removes them");
-            },
-            _ = int.recv() => {},
-            _ = term.recv() => {},
-        }
-        std::process::exit(Code::Failure as i32);
+        clean_up_and_exit(&mut int, &mut term).await;
     });
+}
+
+/// Deletes the receiver pods this process created and scales back what it scaled down for
+/// them before writing (at most 60 s; another signal ends the wait), then ends the process
+/// with exit 3.
+async fn clean_up_and_exit(
+    int: &mut tokio::signal::unix::Signal,
+    term: &mut tokio::signal::unix::Signal,
+) {
+    let cleaned = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        crate::k8s::receiver::delete_created().await;
+        crate::k8s::receiver::give_back_early().await;
+    });
+    tokio::select! {
+        r = cleaned => if r.is_err() {
+            tracing::warn!("the receiver pods are not gone after 60 s: ending anyway; the next run removes them");
+        },
+        _ = int.recv() => {},
+        _ = term.recv() => {},
+    }
+    std::process::exit(Code::Failure as i32);
 }
 
 /// For a run that starts receiver pods: until [`arm_cancel`], Ctrl-C and SIGTERM end the
@@ -343,18 +353,7 @@ fn end_on_signal(runtime: &tokio::runtime::Runtime) {
             tracing::warn!(
                 "interrupted before anything was written: removing the receiver pods of this run and scaling back a StatefulSet scaled down for one, then ending (Ctrl-C again ends at once and leaves them: the next run removes the pods)"
             );
-            let deleted = tokio::time::timeout(std::time::Duration::from_secs(60), async {
-                crate::k8s::receiver::delete_created().await;
-                crate::k8s::receiver::give_back_early().await;
-            });
-            tokio::select! {
-                r = deleted => if r.is_err() {
-                    tracing::warn!("the receiver pods are not gone after 60 s: ending anyway; the next run removes them");
-                },
-                _ = int.recv() => {},
-                _ = term.recv() => {},
-            }
-            std::process::exit(Code::Failure as i32);
+            clean_up_and_exit(&mut int, &mut term).await;
         }
     });
 }

@@ -273,6 +273,19 @@ pub async fn holders(cluster: &Cluster, k: &KubeTarget) -> anyhow::Result<Vec<Po
     if !exclusive {
         return Ok(Vec::new());
     }
+    Ok(claim_pods(cluster, k)
+        .await?
+        .into_iter()
+        .filter(|p| {
+            let scheduled = p.spec.as_ref().is_some_and(|s| s.node_name.is_some());
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            scheduled && !matches!(phase, Some("Succeeded" | "Failed"))
+        })
+        .collect())
+}
+
+/// The pods in `k`'s namespace (but receivers) whose volumes use its claim.
+async fn claim_pods(cluster: &Cluster, k: &KubeTarget) -> anyhow::Result<Vec<Pod>> {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &k.namespace);
     let list = pods
         .list(&ListParams::default())
@@ -283,17 +296,16 @@ pub async fn holders(cluster: &Cluster, k: &KubeTarget) -> anyhow::Result<Vec<Po
         .into_iter()
         .filter(|p| !is_receiver_pod(p))
         .filter(|p| {
-            let spec = p.spec.as_ref();
-            let mounts = spec.and_then(|s| s.volumes.as_ref()).is_some_and(|vs| {
-                vs.iter().any(|v| {
-                    v.persistent_volume_claim
-                        .as_ref()
-                        .is_some_and(|c| c.claim_name == k.persistent_volume_claim)
+            p.spec
+                .as_ref()
+                .and_then(|s| s.volumes.as_ref())
+                .is_some_and(|vs| {
+                    vs.iter().any(|v| {
+                        v.persistent_volume_claim
+                            .as_ref()
+                            .is_some_and(|c| c.claim_name == k.persistent_volume_claim)
+                    })
                 })
-            });
-            let scheduled = spec.is_some_and(|s| s.node_name.is_some());
-            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-            mounts && scheduled && !matches!(phase, Some("Succeeded" | "Failed"))
         })
         .collect())
 }
@@ -586,24 +598,10 @@ async fn node_of(cluster: &Cluster, k: &KubeTarget) -> anyhow::Result<Option<Str
             return Ok(host);
         }
     }
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &k.namespace);
-    let list = pods
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| super::api_error(cluster, &format!("pods in {}", k.namespace), e))?;
-    Ok(list
-        .items
+    Ok(claim_pods(cluster, k)
+        .await?
         .into_iter()
-        .filter(|p| !is_receiver_pod(p))
-        .find_map(|p| {
-            let spec = p.spec?;
-            let mounts = spec.volumes.iter().flatten().any(|v| {
-                v.persistent_volume_claim
-                    .as_ref()
-                    .is_some_and(|c| c.claim_name == k.persistent_volume_claim)
-            });
-            if mounts { spec.node_name } else { None }
-        }))
+        .find_map(|p| p.spec?.node_name))
 }
 
 /// The pod, as the `restricted` Pod Security profile wants it. With `read_only` the claim

@@ -1249,21 +1249,8 @@ pub fn resolve(
         };
         let (mount_given, mount) = match &t.path {
             Some(path) => {
+                // There (checked with the others above).
                 let mount = abs(&expand_home(&path.value));
-                if !mount.is_dir() {
-                    missing.push(
-                        field_err(
-                            &format!("{name}.path"),
-                            path,
-                            format!(
-                                "{} is not a directory: mount the target volume there first",
-                                mount.display()
-                            ),
-                        )
-                        .0,
-                    );
-                    continue;
-                }
                 // A mount path that is (or passes through) a symbolic link is resolved:
                 // promigrate works on the real directory, and below it never follows a link.
                 let mount_given = mount;
@@ -1396,9 +1383,6 @@ pub fn resolve(
             kubernetes,
             remote: None,
         });
-    }
-    if !missing.is_empty() {
-        return Err(missing_paths(plan_path, &missing));
     }
     let pushgateway = file
         .report
