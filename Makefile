@@ -78,7 +78,7 @@ install: build
 	$(RELEASE_BIN) completions fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/promigrate.fish
 	$(RELEASE_BIN) man > $(DESTDIR)$(PREFIX)/share/man/man1/promigrate.1
 	for c in plan apply verify inspect completions man schema help; do \
-		$(RELEASE_BIN) man $$c > $(DESTDIR)$(PREFIX)/share/man/man1/promigrate-$$c.1; done
+		$(RELEASE_BIN) man $$c > $(DESTDIR)$(PREFIX)/share/man/man1/promigrate-$$c.1 || exit 1; done
 
 clean-fixtures:
 	rm -rf target/fixtures

@@ -93,28 +93,38 @@ pub fn command_for_invocation(argv0: Option<std::ffi::OsString>) -> clap::Comman
 pub const EXAMPLES: &[(&str, &str)] = &[
     (
         "plan",
-        "  promigrate plan -f plan.yaml                          # what apply would do; exit 1 on blockers
-  promigrate plan plan.yaml --bwlimit 500M --phase final # the downtime at 500 MiB/s
-  promigrate plan -f plan.yaml --checksum -o json        # compare content too, as JSON
+        "  # what apply would do; exit 1 on blockers:
+  promigrate plan -f plan.yaml
+  # the downtime estimate at 500 MiB/s:
+  promigrate plan plan.yaml --bwlimit 500M --phase final
+  # compare content too, as JSON:
+  promigrate plan -f plan.yaml --checksum -o json
 ",
     ),
     (
         "apply",
-        "  promigrate apply -f plan.yaml --phase presync --bwlimit 200M --yes  # while the source runs
-  promigrate apply -f plan.yaml --phase final --yes                    # source stopped: the downtime
-  promigrate apply -f plan.yaml --dry-run                              # what it would change
+        "  # blocks, while the source runs:
+  promigrate apply -f plan.yaml --phase presync --bwlimit 200M --yes
+  # the source stopped: the downtime:
+  promigrate apply -f plan.yaml --phase final --yes
+  # what it would change:
+  promigrate apply -f plan.yaml --dry-run
 ",
     ),
     (
         "verify",
-        "  promigrate verify -f plan.yaml --level deep   # the go/no-go: exit 0 = cut over
-  promigrate verify -f plan.yaml -o json        # the differences, as JSON
+        "  # the go/no-go: exit 0 = cut over:
+  promigrate verify -f plan.yaml --level deep
+  # the differences, as JSON:
+  promigrate verify -f plan.yaml -o json
 ",
     ),
     (
         "inspect",
-        "  promigrate inspect /var/lib/prometheus/data         # blocks, time range, WAL and head
-  promigrate inspect /mnt/pv/prometheus-db --deep     # and read every file back
+        "  # blocks, time range, WAL and head:
+  promigrate inspect /var/lib/prometheus/data
+  # and read every file back:
+  promigrate inspect /mnt/pv/prometheus-db --deep
 ",
     ),
 ];

@@ -71,7 +71,8 @@ fn render_man(
     w(man.render_synopsis_section(out))?;
     w(man.render_description_section(out))?;
     w(man.render_options_section(out))?;
-    if cmd.get_subcommands().any(|c| !c.is_hide_set()) {
+    // clap's `help` lists copies of every command: pages that do not exist.
+    if command != Some("help") && cmd.get_subcommands().any(|c| !c.is_hide_set()) {
         w(man.render_subcommands_section(out))?;
     }
     let roff = |s: &str| s.replace('\\', "\\e").replace('-', "\\-");

@@ -155,8 +155,9 @@ pub fn finish(outcome: Outcome, output: Output) -> anyhow::Result<Code> {
     if let (Err(_), Output::Text, false, Some(rec)) =
         (&result, output, reported, crate::record::last_written())
     {
-        // Through the logger, so that it is a JSON line with --log-format json.
-        tracing::info!("run record: {}", rec.display());
+        // Through the logger, so that it is a JSON line with --log-format json; at warn, so
+        // that RUST_LOG=warn still says where the failed run's record is.
+        tracing::warn!("the run failed; its record: {}", rec.display());
     }
     result
 }

@@ -475,8 +475,10 @@ pub fn tsdb_near(dir: &Path) -> Option<PathBuf> {
         return Some(parent.to_path_buf());
     }
     // Breadth first, in name order, on this filesystem only: the nearest one.
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).ok()?.dev();
     let mut level = vec![dir.to_path_buf()];
-    let mut looked = 0;
+    let mut looked = 0usize;
     for _ in 0..3 {
         let mut next = Vec::new();
         for d in &level {
@@ -489,6 +491,8 @@ pub fn tsdb_near(dir: &Path) -> Option<PathBuf> {
                 .into_iter()
                 .filter_map(Result::ok)
                 .filter(|e| e.file_type().is_dir())
+                .filter(|e| e.metadata().is_ok_and(|m| m.dev() == dev))
+                .take(10_000usize.saturating_sub(looked))
                 .map(|e| e.into_path())
                 .collect();
             looked += subs.len();
@@ -496,7 +500,7 @@ pub fn tsdb_near(dir: &Path) -> Option<PathBuf> {
                 return Some(found.clone());
             }
             next.append(&mut subs);
-            if looked > 10_000 {
+            if looked >= 10_000 {
                 return None;
             }
         }
