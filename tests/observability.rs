@@ -634,3 +634,22 @@ fn the_plan_file_reference_documents_every_schema_field() {
         "rows of docs/plan-file.md naming no field: {stale:?}"
     );
 }
+
+#[test]
+fn a_closed_pipe_is_no_panic_for_the_generators() {
+    // `promigrate schema | head -1` and the like: the reader goes before the output is
+    // written.
+    for args in [&["completions", "bash"][..], &["schema"], &["man"]] {
+        let mut child = promigrate()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -11,9 +11,22 @@ use crate::exit::Code;
 pub fn completions(shell: clap_complete::Shell) -> Outcome {
     let mut cmd = cli::command_for_invocation(std::env::args_os().next());
     let name = cmd.get_name().to_string();
+    // Made first, then written: a closed pipe (`| head`) is no failure and no panic.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, name, &mut script);
+    Outcome::bare(write_stdout(&script, "the completion script"))
+}
+
+/// Writes `bytes` to stdout; a closed pipe is not a failure.
+fn write_stdout(bytes: &[u8], what: &str) -> anyhow::Result<Code> {
+    use std::io::Write;
     let mut out = std::io::stdout().lock();
-    clap_complete::generate(shell, &mut cmd, name, &mut out);
-    Outcome::bare(Ok(Code::Ok))
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Code::Ok),
+        r => r
+            .map(|()| Code::Ok)
+            .with_context(|| format!("cannot write {what}")),
+    }
 }
 
 /// `promigrate man [COMMAND]`: the man page (roff) of promigrate, or of one of the commands
@@ -119,8 +132,5 @@ fn exit_codes() -> Vec<(String, String)> {
 pub fn schema() -> Outcome {
     let schema = crate::plan::file::schema();
     let encoded = serde_json::to_string_pretty(&schema).context("cannot encode the schema");
-    Outcome::bare(encoded.map(|s| {
-        println!("{s}");
-        Code::Ok
-    }))
+    Outcome::bare(encoded.and_then(|s| write_stdout(format!("{s}\n").as_bytes(), "the schema")))
 }
