@@ -421,18 +421,15 @@ fn set_rates(
             final_ = c.clone();
         }
     }
-    let measured = || {
-        crate::record::last_measured_rate(records).map(|(rate, when, file)| Rate {
+    // The run records are read once, and only when a phase has no limit to estimate by.
+    if presync.is_none() || final_.is_none() {
+        let measured = crate::record::last_measured_rate(records).map(|(rate, when, file)| Rate {
             bytes_per_second: rate as u64,
             from: format!("measured by the apply of {when}, {}", file.display()),
             limit: false,
-        })
-    };
-    if presync.is_none() {
-        presync = measured();
-    }
-    if final_.is_none() {
-        final_ = measured();
+        });
+        presync = presync.or_else(|| measured.clone());
+        final_ = final_.or(measured);
     }
     p.stats.eta_seconds = final_
         .as_ref()
