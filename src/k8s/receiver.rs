@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
 use kube::api::{AttachParams, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait;
 use kube::{Api, ResourceExt};
@@ -255,11 +255,7 @@ pub enum Held {
 /// and not finished, they keep any other pod from mounting it. Empty for any other claim (a
 /// `ReadWriteOnce` claim is mounted beside them on their node, where the receiver pod goes).
 pub async fn holders(cluster: &Cluster, k: &KubeTarget) -> anyhow::Result<Vec<Pod>> {
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), &k.namespace);
-    let object = format!(
-        "persistentvolumeclaim/{}/{}",
-        k.namespace, k.persistent_volume_claim
-    );
+    let (claims, object) = super::claim(cluster, k);
     let claim = claims
         .get(&k.persistent_volume_claim)
         .await
@@ -337,23 +333,45 @@ pub async fn give_back_early() {
         .lock()
         .map(|mut e| std::mem::take(&mut *e))
         .unwrap_or_default();
-    for k in all {
-        let sts = k.stateful_set.as_deref().unwrap_or("of its Prometheus");
+    for note in scale_back(all, &mut Vec::new()).await {
+        tracing::warn!("{note}");
+    }
+}
+
+/// Scales back the StatefulSets of `quiesced`, scaled to 0 for their receivers, recording
+/// what it changed in `changes`; says what it did, one line a target.
+pub async fn scale_back(
+    quiesced: Vec<KubeTarget>,
+    changes: &mut Vec<super::Change>,
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    for k in quiesced {
+        let sts = match (&k.stateful_set, &k.prometheus) {
+            (Some(s), _) => format!("statefulset/{}/{s}", k.namespace),
+            (None, Some(p)) => format!("the StatefulSet of prometheus/{}/{p}", k.namespace),
+            (None, None) => "its StatefulSet".into(),
+        };
+        let before = changes.len();
         let restored = async {
             let cluster = super::connect(&k).await?;
-            super::restore(&cluster, &k, &mut Vec::new()).await
-        };
-        match restored.await {
-            Ok(()) => tracing::warn!(
-                "statefulset {}/{sts}, scaled to 0 for the receiver, was scaled back",
-                k.namespace
-            ),
-            Err(e) => tracing::warn!(
-                "statefulset {}/{sts} was scaled to 0 for the receiver and could not be scaled back ({e:#}): rerun apply, or scale it back by hand",
-                k.namespace
-            ),
+            super::restore(&cluster, &k, changes).await
         }
+        .await;
+        // What the restore did before it failed, if it failed: its changes say.
+        let scaled_back = changes[before..]
+            .iter()
+            .any(|c| c.field == "spec.replicas" && c.after != "0");
+        notes.push(match (restored, scaled_back) {
+            (Ok(()), _) => format!("{sts}, scaled to 0 for the receiver, was scaled back"),
+            (Err(r), true) => format!(
+                "{sts}, scaled to 0 for the receiver, was scaled back, but its restore did not finish: {r:#} (see kubernetes_changes)"
+            ),
+            (Err(r), false) => format!(
+                "{sts} is left as it was scaled down for the receiver (scaling it back failed: {r:#}; see kubernetes_changes): rerun apply, or scale it back by hand"
+            ),
+        });
     }
+    notes
 }
 
 /// Whether claim `k` must be freed before a receiver pod can mount it: a pod holds it

@@ -72,32 +72,11 @@ impl Attached {
     /// Scales back the StatefulSets scaled down for the receivers (see [`Attached::quiesced`]),
     /// for a run that stops before it copies anything; says what it did, one line a target.
     pub fn give_back(&mut self, rt: &tokio::runtime::Runtime) -> Vec<String> {
-        let mut notes = Vec::new();
-        for k in std::mem::take(&mut self.quiesced) {
-            let sts = match (&k.stateful_set, &k.prometheus) {
-                (Some(s), _) => format!("statefulset/{}/{s}", k.namespace),
-                (None, Some(p)) => format!("the StatefulSet of prometheus/{}/{p}", k.namespace),
-                (None, None) => "its StatefulSet".into(),
-            };
-            let before = self.changes.len();
-            let restored = rt.block_on(async {
-                let cluster = crate::k8s::connect(&k).await?;
-                crate::k8s::restore(&cluster, &k, &mut self.changes).await
-            });
-            // What the restore did before it failed, if it failed: its changes say.
-            let scaled_back = self.changes[before..]
-                .iter()
-                .any(|c| c.field == "spec.replicas" && c.after != "0");
-            notes.push(match (restored, scaled_back) {
-                (Ok(()), _) => format!("{sts}, scaled to 0 for the receiver, was scaled back"),
-                (Err(r), true) => format!(
-                    "{sts}, scaled to 0 for the receiver, was scaled back, but its restore did not finish: {r:#} (see kubernetes_changes)"
-                ),
-                (Err(r), false) => format!(
-                    "{sts} is left as it was scaled down for the receiver (scaling it back failed: {r:#}; see kubernetes_changes): rerun apply, or scale it back by hand"
-                ),
-            });
-        }
+        let quiesced = std::mem::take(&mut self.quiesced);
+        let notes = rt.block_on(crate::k8s::receiver::scale_back(
+            quiesced,
+            &mut self.changes,
+        ));
         crate::k8s::receiver::forget_early();
         notes
     }
