@@ -404,6 +404,17 @@ async fn unpause(
     Ok(())
 }
 
+/// The claim's API (in its namespace) and its name for messages
+/// (`persistentvolumeclaim/NS/NAME`).
+pub(crate) fn claim(cluster: &Cluster, k: &KubeTarget) -> (Api<PersistentVolumeClaim>, String) {
+    let api = Api::namespaced(cluster.client.clone(), &k.namespace);
+    let object = format!(
+        "persistentvolumeclaim/{}/{}",
+        k.namespace, k.persistent_volume_claim
+    );
+    (api, object)
+}
+
 /// The StatefulSet's API, its name for messages, and its current state.
 async fn stateful_set(
     cluster: &Cluster,
@@ -598,11 +609,7 @@ pub async fn restore(
     // The operator takes over again once the StatefulSet is as it was.
     unpause(cluster, k, changes).await?;
     // With a StatefulSet, or a claim that exists already: it must bind this PV.
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), &k.namespace);
-    let object = format!(
-        "persistentvolumeclaim/{}/{}",
-        k.namespace, k.persistent_volume_claim
-    );
+    let (pvcs, object) = claim(cluster, k);
     let exists = pvcs
         .get_opt(&k.persistent_volume_claim)
         .await

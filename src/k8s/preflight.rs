@@ -2,7 +2,7 @@
 //! stops a migration (blockers), and what apply will do to each.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume};
 use kube::Api;
 use serde::Serialize;
 
@@ -140,20 +140,11 @@ pub async fn inspect(cluster: &Cluster, k: &KubeTarget) -> anyhow::Result<KubeSt
     if !namespace_exists {
         return Ok(state);
     }
-    let pvc_api: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), &k.namespace);
+    let (pvc_api, object) = super::claim(cluster, k);
     state.persistent_volume_claim = pvc_api
         .get_opt(&k.persistent_volume_claim)
         .await
-        .map_err(|e| {
-            api_error(
-                cluster,
-                &format!(
-                    "persistentvolumeclaim/{}/{}",
-                    k.namespace, k.persistent_volume_claim
-                ),
-                e,
-            )
-        })?
+        .map_err(|e| api_error(cluster, &object, e))?
         .map(|pvc| PvcState {
             phase: pvc
                 .status
