@@ -80,8 +80,8 @@ impl Sshd {
             "Port {port}\nListenAddress 127.0.0.1\n{host_keys}PidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\n\
-             StrictModes no\nPermitRootLogin yes\n{sftp}\
-             LogLevel ERROR\n{extra}",
+             StrictModes no\nPermitRootLogin yes\n{sftp}{extra}\
+             LogLevel ERROR\n",
             d = d.display()
         );
         std::fs::write(d.join("sshd_config"), config).unwrap();
@@ -159,8 +159,12 @@ fn hash_known_hosts(file: &Path) {
 /// Runs sshd with the configuration in `dir` until it accepts connections on `port`.
 fn listen(dir: &Path, port: u16) -> Child {
     let child = Command::new("/usr/sbin/sshd")
-        .args(["-D", "-e", "-f"])
+        .args(["-D", "-f"])
         .arg(dir.join("sshd_config"))
+        // The log in a file (the first LogLevel of the configuration counts: `extra` may
+        // set one before the default ERROR).
+        .arg("-E")
+        .arg(dir.join("sshd.log"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -1010,6 +1014,7 @@ fn spec_of(sshd: &Sshd) -> promigrate::ssh::SshSpec {
         known_hosts_file: sshd.path("known_hosts"),
         accept_new_host_key: false,
         read: promigrate::ssh::ReadVia::Tar,
+        ..Default::default()
     }
 }
 
@@ -1172,4 +1177,201 @@ fn the_source_version_over_ssh_is_the_running_binarys_then_paths() {
         );
     }
     assert_eq!(take_marker(), None, "the user's binary ran as root");
+}
+
+/// A bastion: an sshd that only forwards (no shell, no command, no SFTP), logging at
+/// DEBUG1 so that its forwardings can be read off its log, and allowing the connection
+/// to `to` only. `client_key.pub` of `also` is authorized too (one deploy key for both).
+fn bastion(to: &Sshd, forwarding: &str) -> Sshd {
+    let jump = Sshd::start_with(&format!(
+        "LogLevel DEBUG1\nAllowTcpForwarding {forwarding}\nPermitOpen 127.0.0.1:{}\n\
+         PermitTTY no\nForceCommand /bin/false\nSubsystem sftp /bin/false\n",
+        to.port
+    ));
+    let mut keys = std::fs::read_to_string(jump.path("authorized_keys")).unwrap();
+    keys.push_str(&std::fs::read_to_string(to.path("client_key.pub")).unwrap());
+    std::fs::write(jump.path("authorized_keys"), keys).unwrap();
+    jump
+}
+
+/// One known_hosts file with the host keys of every sshd given.
+fn known_hosts_of(dir: &Path, hosts: &[&Sshd]) -> PathBuf {
+    let all: String = hosts
+        .iter()
+        .map(|h| std::fs::read_to_string(h.path("known_hosts")).unwrap())
+        .collect();
+    let kh = dir.join("known_hosts_all");
+    std::fs::write(&kh, all).unwrap();
+    kh
+}
+
+/// Whether the bastion forwarded a connection to `port` (its DEBUG1 log says so).
+fn forwarded_to(jump: &Sshd, port: u16) -> bool {
+    std::fs::read_to_string(jump.path("sshd.log"))
+        .unwrap_or_default()
+        .contains(&format!("target 127.0.0.1 port {port}"))
+}
+
+/// Issue 18: `source.ssh.proxyJump` goes through a bastion that allows nothing but
+/// forwarding: plan says the way, apply copies byte for byte, deep verify passes, and the
+/// bastion's log shows the forwarded connections. The bastion's host key is checked like
+/// the source's: a known_hosts without it stops everything before anything is read.
+#[test]
+fn a_source_behind_a_jump_host_is_copied_through_it_with_each_host_key_checked() {
+    let target = Sshd::start();
+    let jump = bastion(&target, "yes");
+    let ws = Workspace::new();
+    let kh = known_hosts_of(ws.dir.path(), &[&target, &jump]);
+    ssh_plan(&ws, &target, "client_key", &kh, "");
+    let yaml = std::fs::read_to_string(&ws.plan).unwrap().replace(
+        "    knownHostsFile:",
+        &format!(
+            "    proxyJump: root@127.0.0.1:{}\n    configFile: none\n    knownHostsFile:",
+            jump.port
+        ),
+    );
+    std::fs::write(&ws.plan, yaml).unwrap();
+
+    let (code, text, err) = ws.run(&["plan"]);
+    assert_eq!(code, 0, "{text}\n{err}");
+    assert!(
+        text.contains(&format!("via root@127.0.0.1:{}", jump.port)),
+        "{text}"
+    );
+    assert!(
+        forwarded_to(&jump, target.port),
+        "plan did not go through the bastion"
+    );
+    let (code, v) = ws.run_json(&["plan"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        only(&v)["source_jumps"],
+        serde_json::json!([format!("root@127.0.0.1:{}", jump.port)]),
+        "{v}"
+    );
+
+    let (code, v) = ws.run_json(&["apply", "--yes", "--source-stopped"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(file_hashes(&ws.target()), copied_hashes(&ws));
+    let (code, out, _) = ws.run(&["verify", "--level", "deep"]);
+    assert_eq!(code, 0, "{out}");
+
+    // The bastion's key unknown: refused, naming the bastion; nothing read or written.
+    let ws2 = Workspace::new();
+    let only_target = target.path("known_hosts");
+    ssh_plan(&ws2, &target, "client_key", &only_target, "");
+    let yaml = std::fs::read_to_string(&ws2.plan).unwrap().replace(
+        "    knownHostsFile:",
+        &format!(
+            "    proxyJump: [\"root@127.0.0.1:{}\"]\n    configFile: none\n    knownHostsFile:",
+            jump.port
+        ),
+    );
+    std::fs::write(&ws2.plan, yaml).unwrap();
+    for args in [&["plan"][..], &["apply", "--yes", "--source-stopped"]] {
+        let (code, out, err) = ws2.run(args);
+        assert_eq!(code, 3, "{args:?}: {out}\n{err}");
+        assert!(
+            err.contains(&format!("jump host root@127.0.0.1:{}", jump.port))
+                && err.contains("UNKNOWN HOST"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!ws2.target().exists(), "nothing may be written");
+}
+
+/// Issue 18: a bastion that refuses to forward is named, with what to check, at once (a
+/// refusal is not a dropped connection to retry).
+#[test]
+fn a_jump_host_that_refuses_to_forward_is_named_at_once() {
+    let target = Sshd::start();
+    let jump = bastion(&target, "no");
+    let ws = Workspace::new();
+    let kh = known_hosts_of(ws.dir.path(), &[&target, &jump]);
+    ssh_plan(&ws, &target, "client_key", &kh, "");
+    let yaml = std::fs::read_to_string(&ws.plan).unwrap().replace(
+        "    knownHostsFile:",
+        &format!(
+            "    proxyJump: root@127.0.0.1:{}\n    configFile: none\n    knownHostsFile:",
+            jump.port
+        ),
+    );
+    std::fs::write(&ws.plan, yaml).unwrap();
+    let t = Instant::now();
+    let (code, out, err) = ws.run(&["plan"]);
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(
+        err.contains(&format!("jump host root@127.0.0.1:{}", jump.port))
+            && err.contains("AllowTcpForwarding"),
+        "{err}"
+    );
+    assert!(!err.contains("attempt"), "retried: {err}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
+
+/// Issue 18: the source named by its `~/.ssh/config` alias: HostName, User, Port,
+/// IdentityFile, UserKnownHostsFile and ProxyJump (itself an alias) come from the config,
+/// and plan prints what it resolved; apply and deep verify go through the bastion.
+#[test]
+fn an_ssh_config_alias_supplies_the_host_its_settings_and_its_jump() {
+    let target = Sshd::start();
+    let jump = bastion(&target, "yes");
+    let ws = Workspace::new();
+    let kh = known_hosts_of(ws.dir.path(), &[&target, &jump]);
+    let config = ws.dir.path().join("ssh_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Host vm1\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentityFile {}\n  ProxyJump bastion\n\
+             Host bastion\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentityFile {}\n\
+             Host *\n  UserKnownHostsFile {}\n  ServerAliveInterval 30\n",
+            target.port,
+            target.path("client_key").display(),
+            jump.port,
+            jump.path("client_key").display(),
+            kh.display()
+        ),
+    )
+    .unwrap();
+    let yaml = plan_yaml(&ws.source, &ws.mount, "").replace(
+        &format!("source:\n  path: {}\n", ws.source.display()),
+        &format!(
+            "source:\n  path: {}\n  ssh:\n    host: vm1\n    configFile: {}\n",
+            ws.source.display(),
+            config.display()
+        ),
+    );
+    assert!(yaml.contains("host: vm1"), "plan template changed");
+    std::fs::write(&ws.plan, yaml).unwrap();
+
+    let (code, text, err) = ws.run(&["plan"]);
+    assert_eq!(code, 0, "{text}\n{err}");
+    for want in [
+        format!("source  root@127.0.0.1:{}:", target.port),
+        "alias vm1".to_string(),
+        format!("via root@127.0.0.1:{}", jump.port),
+        format!(
+            "from {}: HostName, Port, User, IdentityFile, UserKnownHostsFile, ProxyJump",
+            config.display()
+        ),
+    ] {
+        assert!(text.contains(&want), "{want}: {text}");
+    }
+    assert!(
+        forwarded_to(&jump, target.port),
+        "plan did not go through the bastion"
+    );
+    let (code, v) = ws.run_json(&["plan"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        only(&v)["source_ssh_config"]["file"].as_str(),
+        Some(config.to_str().unwrap()),
+        "{v}"
+    );
+
+    let (code, v) = ws.run_json(&["apply", "--yes", "--source-stopped"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(file_hashes(&ws.target()), copied_hashes(&ws));
+    let (code, out, _) = ws.run(&["verify", "--level", "deep"]);
+    assert_eq!(code, 0, "{out}");
 }

@@ -649,6 +649,17 @@ pub fn build_from(
         name: m.name.clone(),
         source: m.source.clone(),
         source_host: m.src.ssh().map(|s| s.describe()),
+        source_jumps: m
+            .src
+            .ssh()
+            .map(|s| s.jumps.iter().map(|j| j.describe()).collect())
+            .unwrap_or_default(),
+        source_ssh_config: m.src.ssh().and_then(|s| {
+            s.config.clone().map(|file| super::model::SshConfigUse {
+                file,
+                keys: s.from_config.clone(),
+            })
+        }),
         src: m.src.clone(),
         target: shown.clone(),
         mount: m.target_mount.clone(),

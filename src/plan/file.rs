@@ -196,23 +196,37 @@ pub struct Source {
     pub prometheus_url: Option<crate::promversion::PromUrl>,
 }
 
-/// `source.ssh`.
+/// `source.ssh`. What it leaves out, the ssh config says for the host (`configFile`).
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Ssh {
-    /// Host name or address.
+    /// Host name or address, or a `Host` alias of the ssh config.
     pub host: String,
-    /// Port (default 22).
+    /// Port (default: the ssh config's `Port`, else 22).
     #[serde(default)]
     pub port: Option<u16>,
-    /// Remote user.
-    pub user: String,
-    /// Private key file (`~` expanded); the ssh-agent when absent.
+    /// Remote user (default: the ssh config's `User`, else the local user, as with ssh).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Private key file (`~` expanded; default: the first existing `IdentityFile` of the
+    /// ssh config); the ssh-agent when there is none.
     #[serde(default)]
     pub identity_file: Option<PathBuf>,
-    /// known_hosts file (default `~/.ssh/known_hosts`).
+    /// known_hosts file (default: the ssh config's `UserKnownHostsFile`, else
+    /// `~/.ssh/known_hosts`). Jump hosts' keys are checked against it too.
     #[serde(default)]
     pub known_hosts_file: Option<PathBuf>,
+    /// Jump hosts to go through, in order, as `ssh -J` takes them: `user@host:port`, a list
+    /// or one string with commas; `none` for none (default: the ssh config's `ProxyJump`).
+    /// Each hop's key is checked like the source's; its user, port and key come from the
+    /// hop, else the ssh config for its name; its key else `identityFile`, else the agent.
+    #[serde(default)]
+    #[schemars(with = "Option<HopsSchema>")]
+    pub proxy_jump: Option<Hops>,
+    /// The ssh config file to read (`~` expanded; default `~/.ssh/config` where it exists;
+    /// `none`: none).
+    #[serde(default)]
+    pub config_file: Option<PathBuf>,
     /// Accept and record an unknown host's key (never a changed one). Default false.
     #[serde(default)]
     pub accept_new_host_key: bool,
@@ -220,6 +234,64 @@ pub struct Ssh {
     /// host has no GNU tar 1.29+) or `sftp`.
     #[serde(default)]
     pub read: crate::ssh::ReadVia,
+}
+
+/// `source.ssh.proxyJump`: one string with commas (`a@b:22,c`), or a list of hops.
+#[derive(Debug, Clone)]
+pub struct Hops(pub Vec<String>);
+
+/// The shape of [`Hops`], for the JSON schema.
+#[derive(schemars::JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum HopsSchema {
+    /// `user@host:port,user@host:port`.
+    One(String),
+    /// One hop an item.
+    Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Hops {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Hops;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("jump hosts as user@host:port, one string with commas or a list")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Hops, E> {
+                let hops: Vec<String> = v.split(',').map(|h| h.trim().to_string()).collect();
+                if hops.iter().any(|h| h.is_empty()) {
+                    return Err(E::custom(format!(
+                        "{v:?} has an empty hop: write user@host:port, with a comma between hops"
+                    )));
+                }
+                Ok(Hops(hops))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Hops, A::Error> {
+                let mut hops = Vec::new();
+                while let Some(h) = a.next_element::<String>()? {
+                    hops.push(self_check::<A::Error>(h)?);
+                }
+                if hops.is_empty() {
+                    return Err(serde::de::Error::custom(
+                        "an empty list: leave proxyJump out, or write `none`",
+                    ));
+                }
+                Ok(Hops(hops))
+            }
+        }
+        fn self_check<E: serde::de::Error>(h: String) -> Result<String, E> {
+            let h = h.trim().to_string();
+            if h.is_empty() || h.contains(',') {
+                return Err(E::custom(format!(
+                    "{h:?} is not one hop: write user@host:port, one an item"
+                )));
+            }
+            Ok(h)
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `target`.
@@ -1143,26 +1215,31 @@ pub fn resolve(
     };
     let src = match &file.source.ssh {
         Some(s) => {
-            if s.host.is_empty() || s.user.is_empty() {
+            if s.host.is_empty() || s.user.as_deref() == Some("") {
                 return Err(whole_err(
                     plan_path,
-                    "fields `source.ssh.host` and `source.ssh.user` must not be empty",
+                    "fields `source.ssh.host` and `source.ssh.user` must not be empty (leave user out for the ssh config's or your own)",
                 ));
             }
             let home = |p: &Path| abs(&expand_home(p));
-            let spec = crate::ssh::SshSpec {
+            let given = crate::ssh::config::Given {
                 host: s.host.clone(),
-                port: s.port.unwrap_or(22),
+                port: s.port,
                 user: s.user.clone(),
                 identity_file: s.identity_file.as_deref().map(home),
-                known_hosts_file: home(
-                    s.known_hosts_file
-                        .as_deref()
-                        .unwrap_or(Path::new("~/.ssh/known_hosts")),
-                ),
+                known_hosts_file: s.known_hosts_file.as_deref().map(home),
                 accept_new_host_key: s.accept_new_host_key,
                 read: s.read,
+                proxy_jump: s.proxy_jump.clone().map(|h| h.0),
+                config_file: s.config_file.as_deref().map(|c| {
+                    if c == Path::new("none") {
+                        c.to_path_buf()
+                    } else {
+                        home(c)
+                    }
+                }),
             };
+            let spec = crate::ssh::config::resolve(&given).map_err(|e| whole_err(plan_path, &e))?;
             if let Some(k) = &spec.identity_file
                 && !k.is_file()
             {

@@ -77,6 +77,12 @@ pub struct MigrationPlan {
     /// `user@host:port` of an SSH source.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_host: Option<String>,
+    /// The jump hosts to it, in order (`user@host:port`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub source_jumps: Vec<String>,
+    /// The ssh config file that supplied some of `source_host`'s settings, and which.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_ssh_config: Option<SshConfigUse>,
     /// How the source is read.
     #[serde(skip)]
     pub src: crate::source::Source,
@@ -298,4 +304,13 @@ impl MigrationPlan {
             Phase::Final | Phase::All => self.writes_nothing(),
         }
     }
+}
+
+/// What an ssh config file supplied for an SSH source ([`MigrationPlan::source_ssh_config`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct SshConfigUse {
+    /// The file.
+    pub file: PathBuf,
+    /// Its keys that supplied something (`HostName`, `User`, `Port`, ...).
+    pub keys: Vec<&'static str>,
 }

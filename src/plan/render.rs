@@ -11,6 +11,9 @@ impl MigrationPlan {
         let mut s = String::new();
         let _ = writeln!(s, "Migration plan: {}", self.name);
         let _ = writeln!(s, "  source  {}", self.src.describe());
+        if let Some(route) = self.src.ssh().map(|h| h.route()).filter(|r| !r.is_empty()) {
+            let _ = writeln!(s, "          {}", route.join("; "));
+        }
         let _ = writeln!(
             s,
             "  target  {}  ({} free{})",

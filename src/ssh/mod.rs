@@ -4,7 +4,9 @@
 //! for the remote lock probe. ssh2 is blocking: it runs on the copy workers' own threads,
 //! never on the async runtime's.
 
+pub mod config;
 pub mod hostkey;
+mod jump;
 pub mod snapshot;
 pub mod stream;
 
@@ -18,7 +20,7 @@ use serde::Serialize;
 use ssh2::Session;
 
 /// Where the source is, over SSH (`source.ssh`, resolved).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct SshSpec {
     /// Host name or address.
     pub host: String,
@@ -34,6 +36,18 @@ pub struct SshSpec {
     pub accept_new_host_key: bool,
     /// How apply reads files.
     pub read: ReadVia,
+    /// The hosts gone through first, in order (`source.ssh.proxyJump`, or `ProxyJump` in the
+    /// ssh config): each checked and authenticated like this one; none has jumps of its own.
+    pub jumps: Vec<SshSpec>,
+    /// The ssh config file that supplied some of this (see `from_config`).
+    pub config: Option<PathBuf>,
+    /// The keys of the ssh config that supplied something (`HostName`, `User`, ...).
+    pub from_config: Vec<&'static str>,
+    /// The name the plan gave (`source.ssh.host`), an alias where `HostName` replaced it.
+    pub alias: Option<String>,
+    /// Which part of the plan this host is, for messages (`source.ssh`, or
+    /// `source.ssh.proxyJump hop ops@bastion`).
+    pub role: String,
 }
 
 /// How apply reads the files of an SSH source (`source.ssh.read`).
@@ -54,6 +68,37 @@ impl SshSpec {
     /// `user@host:port`, for messages.
     pub fn describe(&self) -> String {
         format!("{}@{}:{}", self.user, self.host, self.port)
+    }
+
+    /// How the host was reached and resolved, for plan's output: its alias, the jump
+    /// hosts, what the ssh config supplied. Empty when the plan said it all.
+    pub fn route(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let Some(a) = self.alias.as_deref().filter(|a| *a != self.host) {
+            notes.push(format!("alias {a}"));
+        }
+        if !self.jumps.is_empty() {
+            let hops: Vec<String> = self.jumps.iter().map(|j| j.describe()).collect();
+            notes.push(format!("via {}", hops.join(" -> ")));
+        }
+        if let Some(c) = &self.config {
+            notes.push(format!(
+                "from {}: {}",
+                c.display(),
+                self.from_config.join(", ")
+            ));
+        }
+        notes
+    }
+
+    /// The plan field that gave this host's `key` (`host`, `port`, `identityFile`), for
+    /// messages: `source.ssh.port`, or for a jump host `source.ssh.proxyJump (port of hop
+    /// ops@bastion)`.
+    fn field(&self, key: &str) -> String {
+        match self.role.strip_prefix("source.ssh.proxyJump hop ") {
+            Some(hop) => format!("source.ssh.proxyJump ({key} of hop {hop})"),
+            None => format!("source.ssh.{key}"),
+        }
     }
 }
 
@@ -117,9 +162,44 @@ pub fn open_conn(spec: &SshSpec) -> Result<Conn, SshError> {
 }
 
 /// Connects, checks the host key, authenticates. Nothing is read from the source before
-/// the host key has been accepted.
+/// the host key has been accepted. With jump hosts: to the first over TCP, then to each
+/// next through a forwarded connection of the one before ([`jump`]), every host's key
+/// checked and every hop authenticated as the source is.
 pub fn connect(spec: &SshSpec) -> Result<Session, SshError> {
-    connect_to(spec, &resolve(spec)?)
+    let Some((first, rest)) = spec.jumps.split_first() else {
+        return connect_to(spec, &resolve(spec)?);
+    };
+    let on_hop = |hop: &SshSpec, e: SshError| {
+        let say = |m: String| format!("jump host {}: {m}", hop.describe());
+        match e {
+            SshError::HostKey(m) => SshError::HostKey(say(m)),
+            SshError::Auth(m) => SshError::Auth(say(m)),
+            SshError::Resolve(m) => SshError::Resolve(say(m)),
+            SshError::Connect(m) => SshError::Connect(say(m)),
+        }
+    };
+    let dup_err = |e: io::Error| SshError::Connect(format!("cannot duplicate a socket: {e}"));
+    let tcp = resolve(first)
+        .and_then(|addrs| tcp_connect(first, &addrs))
+        .map_err(|e| on_hop(first, e))?;
+    // Each session's socket, kept to wait on when its jump relays (the session owns the
+    // original).
+    let mut wire: std::os::fd::OwnedFd = tcp.try_clone().map_err(dup_err)?.into();
+    let mut via = start(first, tcp.into()).map_err(|e| on_hop(first, e))?;
+    let mut via_spec = first;
+    for next in rest.iter().chain(std::iter::once(spec)) {
+        let far = jump::forward(via, wire, via_spec, next)?;
+        wire = far.try_clone().map_err(dup_err)?.into();
+        via = start(next, far.into()).map_err(|e| {
+            if std::ptr::eq(next, spec) {
+                e
+            } else {
+                on_hop(next, e)
+            }
+        })?;
+        via_spec = next;
+    }
+    Ok(via)
 }
 
 /// The addresses of `source.ssh.host`, in the resolver's order. A name that does not
@@ -132,12 +212,14 @@ pub fn resolve(spec: &SshSpec) -> Result<Vec<SocketAddr>, SshError> {
             // Rust runs getaddrinfo in) is a resolver hiccup: a connection error, retried.
             if e.to_string().contains("Temporary failure") {
                 SshError::Connect(format!(
-                    "cannot resolve source.ssh.host {} for now ({e})",
+                    "cannot resolve {} {} for now ({e})",
+                    spec.field("host"),
                     spec.host
                 ))
             } else {
                 SshError::Resolve(format!(
-                    "source.ssh.host {} does not resolve ({e}): check the name, or give the address",
+                    "{} {} does not resolve ({e}): check the name, or give the address",
+                    spec.field("host"),
                     spec.host
                 ))
             }
@@ -145,7 +227,8 @@ pub fn resolve(spec: &SshSpec) -> Result<Vec<SocketAddr>, SshError> {
         .collect();
     if addrs.is_empty() {
         return Err(SshError::Resolve(format!(
-            "source.ssh.host {} does not resolve to any address: check the name, or give the address",
+            "{} {} does not resolve to any address: check the name, or give the address",
+            spec.field("host"),
             spec.host
         )));
     }
@@ -156,28 +239,42 @@ pub fn resolve(spec: &SshSpec) -> Result<Vec<SocketAddr>, SshError> {
 /// checked for): each address in turn until one accepts the TCP connection, as OpenSSH
 /// does (a name with an IPv6 and an IPv4 address, sshd listening on one of them).
 pub fn connect_to(spec: &SshSpec, addrs: &[SocketAddr]) -> Result<Session, SshError> {
+    start(spec, tcp_connect(spec, addrs)?.into())
+}
+
+/// The TCP connection of [`connect_to`].
+fn tcp_connect(spec: &SshSpec, addrs: &[SocketAddr]) -> Result<TcpStream, SshError> {
     let mut refused = Vec::new();
     let tcp = addrs
         .iter()
-        .find_map(|addr| match TcpStream::connect_timeout(addr, Duration::from_secs(10)) {
-            Ok(tcp) => Some(tcp),
-            Err(e) => {
-                tracing::debug!("{}: {addr}: {e}", spec.describe());
-                refused.push(format!("{addr}: {e}"));
-                None
-            }
-        })
+        .find_map(
+            |addr| match TcpStream::connect_timeout(addr, Duration::from_secs(10)) {
+                Ok(tcp) => Some(tcp),
+                Err(e) => {
+                    tracing::debug!("{}: {addr}: {e}", spec.describe());
+                    refused.push(format!("{addr}: {e}"));
+                    None
+                }
+            },
+        )
         .ok_or_else(|| {
             SshError::Connect(format!(
-                "cannot connect to {} ({}); is sshd running there and the port (source.ssh.port) right?",
+                "cannot connect to {} ({}); is sshd running there and the port ({}) right?",
                 spec.describe(),
-                refused.join("; ")
+                refused.join("; "),
+                spec.field("port")
             ))
         })?;
     let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// An SSH session with `spec`'s host over `wire` (a TCP connection, or a jump host's
+/// forwarded one): the handshake, the host-key check, the authentication.
+fn start(spec: &SshSpec, wire: std::os::fd::OwnedFd) -> Result<Session, SshError> {
     let mut sess = Session::new()
         .map_err(|e| SshError::Connect(format!("cannot start an SSH session: {e}")))?;
-    sess.set_tcp_stream(tcp);
+    sess.set_tcp_stream(wire);
     sess.set_timeout(60_000);
     // Cipher order by what libssh2 costs in CPU per byte, measured here (1.1 GiB over one
     // connection: aes128-ctr 4.65 s user, chacha20-poly1305 4.31 s, aes128-gcm 6.47 s,
@@ -239,8 +336,9 @@ fn authenticate(sess: &Session, spec: &SshSpec) -> Result<(), SshError> {
             sess.userauth_pubkey_file(&spec.user, None, key, None)
                 .map_err(|e| {
                     SshError::Auth(format!(
-                        "{who} refused the key {} (source.ssh.identityFile): {}; check that its public key is in ~{}/.ssh/authorized_keys there",
+                        "{who} refused the key {} ({}): {}; check that its public key is in ~{}/.ssh/authorized_keys there",
                         key.display(),
+                        spec.field("identityFile"),
                         e.message(),
                         spec.user
                     ))
@@ -249,8 +347,9 @@ fn authenticate(sess: &Session, spec: &SshSpec) -> Result<(), SshError> {
         None => {
             sess.userauth_agent(&spec.user).map_err(|e| {
                 SshError::Auth(format!(
-                    "no ssh-agent key was accepted by {who} ({}): set source.ssh.identityFile, or start ssh-agent and ssh-add the key",
-                    e.message()
+                    "no ssh-agent key was accepted by {who} ({}): set {}, or start ssh-agent and ssh-add the key",
+                    e.message(),
+                    spec.field("identityFile")
                 ))
             })?;
         }

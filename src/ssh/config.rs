@@ -1,0 +1,466 @@
+//! `source.ssh` as OpenSSH users expect it: the host may be an alias of `~/.ssh/config`
+//! (parsed by the `ssh2-config` crate), whose `HostName`, `User`, `Port`, `IdentityFile`,
+//! `UserKnownHostsFile` and `ProxyJump` fill in what the plan leaves out; and the host may
+//! be reached through jump hosts (`source.ssh.proxyJump`, or `ProxyJump` there), each
+//! resolved the same way. The plan's own fields always win.
+
+use std::path::{Path, PathBuf};
+
+use ssh2_config::{HostParams, ParseRule, SshConfig};
+
+use super::{ReadVia, SshSpec};
+
+/// What the plan says of the SSH source (`source.ssh`), paths already made absolute.
+#[derive(Debug, Default, Clone)]
+pub struct Given {
+    /// `host`: a name, an address, or an alias of the ssh config.
+    pub host: String,
+    /// `port`.
+    pub port: Option<u16>,
+    /// `user`.
+    pub user: Option<String>,
+    /// `identityFile`.
+    pub identity_file: Option<PathBuf>,
+    /// `knownHostsFile`.
+    pub known_hosts_file: Option<PathBuf>,
+    /// `acceptNewHostKey`.
+    pub accept_new_host_key: bool,
+    /// `read`.
+    pub read: ReadVia,
+    /// `proxyJump`: the hops in order (`["none"]`: none, whatever the ssh config says).
+    pub proxy_jump: Option<Vec<String>>,
+    /// `configFile`: `None` for `~/.ssh/config` where it exists; `none` for no file.
+    pub config_file: Option<PathBuf>,
+}
+
+/// The ssh config file in use: the one named, `~/.ssh/config` where it exists, or none.
+/// A file named that is not there, or does not parse, is an error naming it.
+fn load(named: Option<&Path>) -> Result<Option<(PathBuf, SshConfig)>, String> {
+    let (path, must) = match named {
+        Some(p) if p == Path::new("none") => return Ok(None),
+        Some(p) => (p.to_path_buf(), true),
+        None => match std::env::var_os("HOME") {
+            Some(h) => (PathBuf::from(h).join(".ssh/config"), false),
+            None => return Ok(None),
+        },
+    };
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "field `source.ssh.configFile`: cannot read {} ({e}): name an ssh config this user may read, or `none`",
+                path.display()
+            ));
+        }
+    };
+    let rules = ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS;
+    let config = SshConfig::default()
+        .parse(&mut std::io::BufReader::new(file), rules)
+        .map_err(|e| {
+            format!(
+                "ssh config {}: {e}: mend it, or set source.ssh.configFile to another file or `none`",
+                path.display()
+            )
+        })?;
+    Ok(Some((path, config)))
+}
+
+/// The name this process runs as: the local user OpenSSH logs in as when nothing says.
+fn local_user() -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .or_else(|| std::env::var("USER").ok())
+}
+
+/// A config path with OpenSSH's tokens expanded (`%d` home, `%u` local user, `%h` host,
+/// `%r` remote user, `%p` port, `%%`), and a leading `~`.
+fn expand(p: &str, host: &str, user: &str, port: u16) -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let mut out = String::new();
+    let mut chars = p.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&home),
+            Some('u') => out.push_str(&local_user().unwrap_or_default()),
+            Some('h') => out.push_str(host),
+            Some('r') => out.push_str(user),
+            Some('p') => out.push_str(&port.to_string()),
+            Some('%') => out.push('%'),
+            Some(o) => {
+                out.push('%');
+                out.push(o);
+            }
+            None => out.push('%'),
+        }
+    }
+    match out.strip_prefix("~/") {
+        Some(rest) if !home.is_empty() => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(out),
+    }
+}
+
+/// One hop of a ProxyJump list: `[user@]host[:port]` or `ssh://[user@]host[:port]`; an
+/// IPv6 address in brackets.
+fn parse_hop(hop: &str) -> Result<(Option<String>, String, Option<u16>), String> {
+    let bad = |why: &str| {
+        format!("field `source.ssh.proxyJump`: `{hop}` {why}: write each hop as user@host:port")
+    };
+    let s = hop
+        .strip_prefix("ssh://")
+        .unwrap_or(hop)
+        .trim_end_matches('/');
+    let (user, rest) = match s.rsplit_once('@') {
+        Some((u, r)) if !u.is_empty() => (Some(u.to_string()), r),
+        Some(_) => return Err(bad("has an empty user")),
+        None => (None, s),
+    };
+    let (host, port) = if let Some(r) = rest.strip_prefix('[') {
+        let (h, after) = r
+            .split_once(']')
+            .ok_or_else(|| bad("opens a bracket it does not close"))?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => (h, Some(p)),
+            _ => (rest, None),
+        }
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(bad("has no host"));
+    }
+    let port = port
+        .map(|p| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| bad("has a port that is not a number from 1 to 65535"))
+        })
+        .transpose()?;
+    Ok((user, host.to_string(), port))
+}
+
+/// Whether a ProxyJump list says "no jump".
+fn is_none(hops: &[String]) -> bool {
+    hops.len() == 1 && hops[0].eq_ignore_ascii_case("none")
+}
+
+/// What the config says of `alias`, if there is a config.
+fn query(config: Option<&(PathBuf, SshConfig)>, alias: &str) -> Option<HostParams> {
+    config.map(|(_, c)| c.query(alias))
+}
+
+/// Resolves one host (the source or a hop): the plan's value, else the config's, else
+/// OpenSSH's default. `used` collects the config keys that supplied something.
+struct Resolved {
+    host: String,
+    port: u16,
+    user: String,
+    identity_file: Option<PathBuf>,
+    known_hosts_file: PathBuf,
+    proxy_jump: Option<Vec<String>>,
+    used: Vec<&'static str>,
+}
+
+fn resolve_host(
+    alias: &str,
+    port: Option<u16>,
+    user: Option<String>,
+    identity_file: Option<PathBuf>,
+    known_hosts_file: Option<PathBuf>,
+    params: Option<HostParams>,
+    what: &str,
+) -> Result<Resolved, String> {
+    let mut used = Vec::new();
+    let p = params.unwrap_or_else(|| HostParams::new(&Default::default()));
+    let host = match &p.host_name {
+        Some(h) => {
+            used.push("HostName");
+            h.replace("%h", alias).replace("%%", "%")
+        }
+        None => alias.to_string(),
+    };
+    let port = match (port, p.port) {
+        (Some(p), _) => p,
+        (None, Some(c)) => {
+            used.push("Port");
+            c
+        }
+        (None, None) => 22,
+    };
+    let user = match (user, &p.user) {
+        (Some(u), _) => u,
+        (None, Some(c)) => {
+            used.push("User");
+            c.clone()
+        }
+        (None, None) => local_user().ok_or_else(|| {
+            format!("{what}: no user is given, the ssh config names none, and this process's user has no name: set source.ssh.user")
+        })?,
+    };
+    let identity_file = match identity_file {
+        Some(k) => Some(k),
+        None => {
+            // The first of the config's IdentityFile lines whose file exists, as OpenSSH
+            // skips the missing ones.
+            let listed = p.identity_file.clone().unwrap_or_default();
+            let found = listed
+                .iter()
+                .map(|k| expand(&k.to_string_lossy(), &host, &user, port))
+                .find(|k| k.is_file());
+            if found.is_some() {
+                used.push("IdentityFile");
+            } else if !listed.is_empty() {
+                tracing::debug!(
+                    "{what}: none of the ssh config's IdentityFile lines names a file here ({listed:?}); the ssh-agent is asked"
+                );
+            }
+            found
+        }
+    };
+    let known_hosts_file = match known_hosts_file {
+        Some(k) => k,
+        None => match p
+            .unsupported_fields
+            .get("userknownhostsfile")
+            .and_then(|v| v.first())
+        {
+            Some(k) => {
+                used.push("UserKnownHostsFile");
+                expand(k, &host, &user, port)
+            }
+            None => expand("~/.ssh/known_hosts", &host, &user, port),
+        },
+    };
+    Ok(Resolved {
+        host,
+        port,
+        user,
+        identity_file,
+        known_hosts_file,
+        proxy_jump: p.proxy_jump.clone(),
+        used,
+    })
+}
+
+/// `source.ssh` resolved against the ssh config: the host to connect to and every jump on
+/// the way, in order. Errors name the field or the config file, and what to do.
+pub fn resolve(g: &Given) -> Result<SshSpec, String> {
+    let config = load(g.config_file.as_deref())?;
+    let t = resolve_host(
+        &g.host,
+        g.port,
+        g.user.clone(),
+        g.identity_file.clone(),
+        g.known_hosts_file.clone(),
+        query(config.as_ref(), &g.host),
+        "source.ssh",
+    )?;
+    let mut used = t.used.clone();
+    let hops = match (&g.proxy_jump, &t.proxy_jump) {
+        (Some(h), _) => h.clone(),
+        (None, Some(h)) => {
+            used.push("ProxyJump");
+            h.clone()
+        }
+        (None, None) => Vec::new(),
+    };
+    let hops = if is_none(&hops) { Vec::new() } else { hops };
+    let mut jumps = Vec::new();
+    // The first hop's own ProxyJump (from the config) comes before it, as with OpenSSH,
+    // whose jump to the first hop is itself an ssh run with that host's config.
+    let mut pending: Vec<String> = hops.into_iter().rev().collect();
+    let mut rounds = 0;
+    while let Some(hop) = pending.pop() {
+        rounds += 1;
+        if rounds > 16 {
+            return Err(
+                "field `source.ssh.proxyJump`: more than 16 jump hosts (do the ProxyJump lines of the ssh config lead round in a circle?)".into(),
+            );
+        }
+        let (user, alias, port) = parse_hop(&hop)?;
+        let what = format!("source.ssh.proxyJump hop {hop}");
+        let h = resolve_host(
+            &alias,
+            port,
+            user,
+            None,
+            g.known_hosts_file.clone(),
+            query(config.as_ref(), &alias),
+            &what,
+        )?;
+        if jumps.is_empty()
+            && let Some(before) = h.proxy_jump.as_ref().filter(|b| !is_none(b))
+        {
+            // Not the first hop after all: its own hops go first.
+            pending.push(hop.clone());
+            pending.extend(before.iter().rev().cloned());
+            // Guard against a hop that names itself.
+            if before.iter().any(|b| b == &hop) {
+                return Err(format!(
+                    "ssh config: the ProxyJump of {alias} names {hop} itself: mend the config, or set source.ssh.proxyJump"
+                ));
+            }
+            continue;
+        }
+        jumps.push(SshSpec {
+            host: h.host,
+            port: h.port,
+            user: h.user,
+            // The hop's own key (from the config), else the plan's, else the agent.
+            identity_file: h.identity_file.or_else(|| g.identity_file.clone()),
+            known_hosts_file: h.known_hosts_file,
+            accept_new_host_key: g.accept_new_host_key,
+            read: g.read,
+            role: what,
+            ..SshSpec::default()
+        });
+    }
+    Ok(SshSpec {
+        host: t.host,
+        port: t.port,
+        user: t.user,
+        identity_file: t.identity_file,
+        known_hosts_file: t.known_hosts_file,
+        accept_new_host_key: g.accept_new_host_key,
+        read: g.read,
+        jumps,
+        config: config.map(|(p, _)| p).filter(|_| !used.is_empty()),
+        from_config: used,
+        alias: Some(g.host.clone()),
+        role: "source.ssh".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hops_are_read_as_openssh_writes_them() {
+        assert_eq!(
+            parse_hop("ops@bastion:2222").unwrap(),
+            (Some("ops".into()), "bastion".into(), Some(2222))
+        );
+        assert_eq!(
+            parse_hop("bastion").unwrap(),
+            (None, "bastion".into(), None)
+        );
+        assert_eq!(
+            parse_hop("ssh://a@[::1]:22").unwrap(),
+            (Some("a".into()), "::1".into(), Some(22))
+        );
+        assert_eq!(parse_hop("::1").unwrap(), (None, "::1".into(), None));
+        for bad in ["ops@bastion:x", "@h", "ops@:22", "h:0", "[::1"] {
+            let e = parse_hop(bad).unwrap_err();
+            assert!(e.contains("source.ssh.proxyJump") && e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_config_fills_in_what_the_plan_leaves_out_and_the_plan_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k");
+        std::fs::write(&key, "x").unwrap();
+        let cfg = dir.path().join("config");
+        std::fs::write(
+            &cfg,
+            format!(
+                "Host vm1\n  HostName 10.0.0.5\n  User prom\n  Port 2200\n  IdentityFile /nonexistent\n  IdentityFile {}\n  ProxyJump jump1\n  UserKnownHostsFile {}/kh\n\
+                 Host jump1\n  HostName 127.0.0.9\n  User ops\n  Port 2022\n\
+                 Host *\n  ServerAliveInterval 30\n",
+                key.display(),
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let g = Given {
+            host: "vm1".into(),
+            config_file: Some(cfg.clone()),
+            ..Given::default()
+        };
+        let s = resolve(&g).unwrap();
+        assert_eq!(
+            (s.host.as_str(), s.port, s.user.as_str()),
+            ("10.0.0.5", 2200, "prom")
+        );
+        assert_eq!(s.identity_file.as_deref(), Some(key.as_path()));
+        assert_eq!(s.known_hosts_file, dir.path().join("kh"));
+        assert_eq!(s.jumps.len(), 1);
+        assert_eq!(s.jumps[0].describe(), "ops@127.0.0.9:2022");
+        assert!(s.from_config.contains(&"ProxyJump"), "{:?}", s.from_config);
+        // The plan's fields win; proxyJump none drops the config's.
+        let g = Given {
+            host: "vm1".into(),
+            port: Some(22),
+            user: Some("root".into()),
+            proxy_jump: Some(vec!["none".into()]),
+            config_file: Some(cfg.clone()),
+            ..Given::default()
+        };
+        let s = resolve(&g).unwrap();
+        assert_eq!(s.describe(), "root@10.0.0.5:22");
+        assert!(s.jumps.is_empty());
+        // No config at all: the host as given.
+        let g = Given {
+            host: "vm1".into(),
+            user: Some("u".into()),
+            config_file: Some("none".into()),
+            ..Given::default()
+        };
+        let s = resolve(&g).unwrap();
+        assert_eq!(s.describe(), "u@vm1:22");
+        assert!(s.config.is_none() && s.from_config.is_empty());
+    }
+
+    #[test]
+    fn a_missing_or_broken_config_file_is_named() {
+        let g = Given {
+            host: "h".into(),
+            config_file: Some("/nonexistent/ssh_config".into()),
+            ..Given::default()
+        };
+        let e = resolve(&g).unwrap_err();
+        assert!(
+            e.contains("source.ssh.configFile") && e.contains("/nonexistent/ssh_config"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_first_hops_own_proxyjump_goes_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config");
+        std::fs::write(
+            &cfg,
+            "Host inner\n  ProxyJump outer:2201\nHost loop\n  ProxyJump loop\n",
+        )
+        .unwrap();
+        let g = Given {
+            host: "vm".into(),
+            user: Some("u".into()),
+            proxy_jump: Some(vec!["a@inner".into()]),
+            config_file: Some(cfg.clone()),
+            ..Given::default()
+        };
+        let s = resolve(&g).unwrap();
+        let hops: Vec<String> = s.jumps.iter().map(|j| j.describe()).collect();
+        assert_eq!(hops.len(), 2, "{hops:?}");
+        assert!(
+            hops[0].ends_with("@outer:2201") && hops[1] == "a@inner:22",
+            "{hops:?}"
+        );
+        let g = Given {
+            proxy_jump: Some(vec!["loop".into()]),
+            ..g
+        };
+        let e = resolve(&g).unwrap_err();
+        assert!(e.contains("loop"), "{e}");
+    }
+}
