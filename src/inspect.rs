@@ -138,7 +138,7 @@ pub fn run(
             progress.as_ref(),
             cancel,
         );
-        progress.finish();
+        progress.finish(true);
         if cancel.load(std::sync::atomic::Ordering::Relaxed) {
             anyhow::bail!("inspect --deep was interrupted; the result is incomplete");
         }

@@ -12,12 +12,15 @@ use crate::units;
 
 /// Receives progress from the copy and verify workers.
 pub trait Progress: Send + Sync {
+    /// The work begins: a bar is drawn from now on (not for a run that stops before).
+    fn start(&self) {}
     /// `n` more bytes are done.
     fn add_bytes(&self, n: u64);
     /// `n` bytes counted before are to be done again (a copy that fell back part-way).
     fn take_back(&self, n: u64);
-    /// The run is over.
-    fn finish(&self);
+    /// The run is over; `complete` when it did all it was to do. A bar is cleared then, and
+    /// otherwise left on its last figure (what the summary below it says was written).
+    fn finish(&self, complete: bool);
 }
 
 /// Reports nothing.
@@ -25,19 +28,44 @@ pub struct Hidden;
 impl Progress for Hidden {
     fn add_bytes(&self, _: u64) {}
     fn take_back(&self, _: u64) {}
-    fn finish(&self) {}
+    fn finish(&self, _: bool) {}
 }
 
 /// The right progress for stderr: a bar on a terminal, log lines every 10 s otherwise.
 pub fn for_stderr(label: &str, total_bytes: u64) -> Box<dyn Progress> {
+    let p = for_stderr_from_start(label, total_bytes);
+    p.start();
+    p
+}
+
+/// [`for_stderr`], with a bar drawn only from [`Progress::start`] on.
+pub fn for_stderr_from_start(label: &str, total_bytes: u64) -> Box<dyn Progress> {
     if std::io::stderr().is_terminal() {
-        let bar = ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
+        // Hidden until `start`.
+        let bar = ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::hidden());
         bar.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{msg} [{bar:30}] {done}/{all} {rate} ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                // Sizes as the summaries write them (units::bytes), so that the two agree.
+                .with_key(
+                    "done",
+                    |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = w.write_str(&units::bytes(s.pos()));
+                    },
+                )
+                .with_key(
+                    "all",
+                    |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = w.write_str(&units::bytes(s.len().unwrap_or(0)));
+                    },
+                )
+                .with_key(
+                    "rate",
+                    |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = w.write_str(&format!("{}/s", units::bytes(s.per_sec() as u64)));
+                    },
+                )
+                .progress_chars("=> "),
         );
         bar.set_message(label.to_string());
         Box::new(Bar(bar))
@@ -55,14 +83,22 @@ pub fn for_stderr(label: &str, total_bytes: u64) -> Box<dyn Progress> {
 
 struct Bar(ProgressBar);
 impl Progress for Bar {
+    fn start(&self) {
+        self.0.set_draw_target(ProgressDrawTarget::stderr());
+        self.0.reset_elapsed();
+    }
     fn add_bytes(&self, n: u64) {
         self.0.inc(n);
     }
     fn take_back(&self, n: u64) {
         self.0.dec(n);
     }
-    fn finish(&self) {
-        self.0.finish_and_clear();
+    fn finish(&self, complete: bool) {
+        if complete {
+            self.0.finish_and_clear();
+        } else {
+            self.0.abandon();
+        }
     }
 }
 
@@ -108,7 +144,7 @@ impl Progress for Lines {
                 Some(d.saturating_sub(n))
             });
     }
-    fn finish(&self) {}
+    fn finish(&self, _: bool) {}
 }
 
 #[cfg(test)]

@@ -47,6 +47,8 @@ struct ApplyOutput {
     /// Things to know about this run (e.g. a deadline shorter than the estimate).
     warnings: Vec<String>,
     error: Option<String>,
+    /// It failed before it changed any target: nothing was written to them (see `error`).
+    not_started: bool,
     record: Option<std::path::PathBuf>,
     /// The command line that reaches this plan again, for the "Next:" lines
     /// (`promigrate … -f PLAN`, the plan as it was given).
@@ -194,6 +196,10 @@ fn apply_and_record(
         Ok(code) => *code,
         Err(e) => {
             out.error = Some(format!("{e:#}"));
+            out.not_started = !out
+                .targets
+                .iter()
+                .any(|t| t.apply.as_ref().is_some_and(|r| r.began));
             exit::classify(e)
         }
     };
@@ -302,6 +308,7 @@ fn apply_steps_until(
             deadline: None,
             held: std::sync::Mutex::new(Vec::new()),
             dry_run: true,
+            starting: None,
         };
         let (reports, result) = sync::apply(&plans, &opts);
         result.context("the dry run stopped")?;
@@ -461,11 +468,14 @@ fn apply_steps_until(
     let worker_cancel = cancel.clone();
     let (reports, result) = rt
         .block_on(async move { tokio::task::spawn_blocking(move || {
-            // Logged before the progress bar is drawn, so the two do not tear each other.
-            for p in &worker_plans {
-                tracing::info!(files, bytes = total, target = %p.target.display(), "apply: copying");
-            }
-            let progress = progress::for_stderr("apply", total);
+            // Logged once every target is locked and ready (not for a run that cannot
+            // start), before the progress bar is drawn, so the two do not tear each other.
+            let starting = || {
+                for p in &worker_plans {
+                    tracing::info!(files, bytes = total, target = %p.target.display(), "apply: copying");
+                }
+            };
+            let progress = progress::for_stderr_from_start("apply", total);
             let opts = sync::ApplyOptions {
                 bwlimit: limit,
                 cancel: &worker_cancel,
@@ -474,6 +484,7 @@ fn apply_steps_until(
                 deadline,
                 held: std::sync::Mutex::new(held),
                 dry_run: false,
+                starting: Some(&starting),
             };
             sync::apply(&worker_plans, &opts)
         }).await })
@@ -635,7 +646,14 @@ fn refusal(state: &live::Liveness, source_stopped: bool) -> Option<String> {
 fn render_apply(out: &ApplyOutput) -> String {
     let mut s = String::new();
     let outcomes = out.outcomes();
-    if outcomes.is_empty() {
+    if out.not_started {
+        // Failed before any target was changed: said as such, not as a copy of 0 B.
+        s.push_str(&format!(
+            "Not started: {}. Nothing was written to the target.\n",
+            out.error.as_deref().unwrap_or("?")
+        ));
+    }
+    if outcomes.is_empty() && !out.not_started {
         return s; // the error is printed on stderr
     }
     let plans: Vec<&plan::MigrationPlan> = outcomes.iter().map(|(p, _)| *p).collect();
@@ -657,7 +675,9 @@ fn render_apply(out: &ApplyOutput) -> String {
         s.push_str("Nothing was written.\n");
     }
     for (p, r) in &outcomes {
-        let Some(r) = r else { continue };
+        let Some(r) = r.filter(|_| !out.not_started) else {
+            continue;
+        };
         let verb = match (out.ok, out.incomplete, r.ok) {
             (true, _, _) => "Applied",
             (false, true, _) => "INCOMPLETE (stopped at the deadline; rerun apply to continue)",
@@ -669,8 +689,24 @@ fn render_apply(out: &ApplyOutput) -> String {
         } else {
             String::new()
         };
+        // Bytes of files left unfinished are written too (the bar counted them): said, so
+        // that the two agree.
+        let unfinished = if r.unfinished_bytes > 0 {
+            format!(
+                " and {} of unfinished files (removed; {}): {} written,",
+                units::bytes(r.unfinished_bytes),
+                if r.ok {
+                    "copied again after a retry"
+                } else {
+                    "the rerun copies them again"
+                },
+                units::bytes(r.copied_bytes + r.unfinished_bytes)
+            )
+        } else {
+            ",".into()
+        };
         s.push_str(&format!(
-            "\n{verb}{to}: {} in {} copied, {} published, {}, {} in {} ({}/s)\n",
+            "\n{verb}{to}: {} in {} copied{unfinished} {} published, {}, {} in {} ({}/s)\n",
             units::bytes(r.copied_bytes),
             units::count(r.copied_files, "file"),
             units::count(r.blocks_published, "block"),

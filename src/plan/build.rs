@@ -867,7 +867,7 @@ fn content_differs(
         (Err(e), _) => Err(format!("the source: {e}")),
         (_, Err(e)) => Err(format!("the target: {e}")),
     });
-    progress.finish();
+    progress.finish(true);
     let mut out = Content::default();
     for (f, r) in files.iter().zip(results) {
         match r {

@@ -749,7 +749,7 @@ mod tests {
             }
         }
         fn take_back(&self, _: u64) {}
-        fn finish(&self) {}
+        fn finish(&self, _: bool) {}
     }
 
     fn copy_meddled(act: impl Fn() + Send + Sync, s: &Path) -> (Result<u64, CopyError>, u64) {

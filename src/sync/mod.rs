@@ -51,6 +51,9 @@ pub struct ApplyOptions<'a> {
     /// Record the changes instead of making them ([`crate::volume::DryRun`]): the source's
     /// file contents are not read, its metadata is.
     pub dry_run: bool,
+    /// Called once every target is locked and prepared, right before the first file is
+    /// copied (apply logs what it copies there, not before a run that cannot start).
+    pub starting: Option<&'a (dyn Fn() + Sync)>,
 }
 
 /// Takes the apply lock of every target whose TSDB directory exists already, without
@@ -114,8 +117,15 @@ pub struct ApplyReport {
     pub ownership_fixed: u64,
     /// Wall time (s).
     pub duration_seconds: f64,
-    /// Average copy rate (bytes/s).
+    /// Average rate (bytes/s) of everything written: `copied_bytes` and `unfinished_bytes`.
     pub average_rate: f64,
+    /// Bytes written into files the run did not finish (stopped by Ctrl-C, the deadline, an
+    /// error): removed again, copied again by the next run. With `copied_bytes`, what the
+    /// progress bar showed last.
+    pub unfinished_bytes: u64,
+    /// The run began to change this target: it created its directory, or went on past
+    /// its lock (a failure before that changed nothing there).
+    pub began: bool,
     /// The bandwidth limit the copy kept to (bytes/s), or `None`: its rate is then what this
     /// machine, source and target do, and estimates an unlimited phase.
     pub bwlimit: Option<u64>,
@@ -185,8 +195,10 @@ struct Shared<'a> {
     /// The source (the same in every plan).
     source: &'a crate::source::Source,
     ctx: Ctx<'a>,
-    /// Bytes read from the source.
+    /// Bytes read from the source, of files finished.
     read_bytes: AtomicU64,
+    /// Sizes of the staged files kept from an earlier run (the progress counts them).
+    resumed_bytes: AtomicU64,
     phase: Phase,
     started: Instant,
     bwlimit: Option<u64>,
@@ -194,6 +206,34 @@ struct Shared<'a> {
     out_of_time: AtomicBool,
     /// Workers read an SSH source through tar streams (cleared when the host's tar cannot).
     streaming: Streaming,
+}
+
+/// The progress apply shows, and the bytes it was told of (added, less taken back): the
+/// figure the bar ends on.
+struct Tally<'a> {
+    inner: &'a dyn Progress,
+    shown: AtomicU64,
+}
+
+impl Progress for Tally<'_> {
+    fn add_bytes(&self, n: u64) {
+        self.shown.fetch_add(n, Ordering::Relaxed);
+        self.inner.add_bytes(n);
+    }
+    fn start(&self) {
+        self.inner.start();
+    }
+    fn take_back(&self, n: u64) {
+        let _ = self
+            .shown
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                Some(d.saturating_sub(n))
+            });
+        self.inner.take_back(n);
+    }
+    fn finish(&self, complete: bool) {
+        self.inner.finish(complete);
+    }
 }
 
 /// Executes one plan per target volume of the same source (one, or an HA pair's two) in one
@@ -210,7 +250,8 @@ pub fn apply(
     let seconds = start.elapsed().as_secs_f64();
     for (report, plan) in reports.iter_mut().zip(plans) {
         report.duration_seconds = seconds;
-        report.average_rate = report.copied_bytes as f64 / seconds.max(1e-6);
+        report.average_rate =
+            (report.copied_bytes + report.unfinished_bytes) as f64 / seconds.max(1e-6);
         report.bwlimit = opts.bwlimit;
         report.ok = result.is_ok() && !report.incomplete;
         report.phase = opts.phase;
@@ -238,8 +279,15 @@ struct Prepared {
 }
 
 /// Creates the path down to the TSDB root (parts created here get the target owner) and
-/// takes the target's apply lock, before anything that was there is touched.
-fn lock(target: &dyn Target) -> anyhow::Result<Option<crate::lock::Guard>> {
+/// takes the target's apply lock, before anything that was there is touched. A root it
+/// had to create marks the report as begun.
+fn lock(
+    target: &dyn Target,
+    report: &mut ApplyReport,
+) -> anyhow::Result<Option<crate::lock::Guard>> {
+    if target.stat(Path::new("")).is_err() {
+        report.began = true;
+    }
     target.make_dirs(Path::new(""))?;
     target.lock()
 }
@@ -407,10 +455,10 @@ fn execute(
         .map(|p| open_target(p, opts.dry_run))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut locks = Vec::with_capacity(plans.len());
-    for (target, held) in targets.iter().zip(held) {
+    for ((target, held), report) in targets.iter().zip(held).zip(reports.iter_mut()) {
         locks.push(match held {
             Some(g) => Some(g),
-            None => lock(target.as_ref())?,
+            None => lock(target.as_ref(), report)?,
         });
     }
     let mut prepared = Vec::with_capacity(plans.len());
@@ -420,8 +468,13 @@ fn execute(
         .zip(reports.iter_mut())
         .zip(locks)
     {
+        report.began = true;
         prepared.push(prepare(plan, target.as_ref(), lock, opts.phase, report)?);
     }
+    if let Some(starting) = opts.starting {
+        starting();
+    }
+    opts.progress.start();
     let jobs = merge(
         plans
             .iter()
@@ -431,6 +484,10 @@ fn execute(
     );
 
     let throttle = limiter::for_limit(opts.bwlimit);
+    let tally = Tally {
+        inner: opts.progress,
+        shown: AtomicU64::new(0),
+    };
     let shared = Shared {
         dests: plans
             .iter()
@@ -451,11 +508,12 @@ fn execute(
         source: &first.src,
         ctx: Ctx {
             throttle: throttle.as_ref(),
-            progress: opts.progress,
+            progress: &tally,
             cancel: opts.cancel,
             deadline: opts.deadline,
         },
         read_bytes: AtomicU64::new(0),
+        resumed_bytes: AtomicU64::new(0),
         phase: opts.phase,
         started: Instant::now(),
         bwlimit: opts.bwlimit,
@@ -474,8 +532,14 @@ fn execute(
     // A dry run records in the order apply would go, one job after the other.
     let parallelism = if opts.dry_run { 1 } else { first.parallelism };
     let jobs_result = run_jobs(&shared, jobs, parallelism);
-    opts.progress.finish();
     let out_of_time = shared.out_of_time.load(Ordering::Relaxed);
+    // What the progress counted beyond the files finished and resumed: files left part-way.
+    let unfinished = tally.shown.load(Ordering::Relaxed).saturating_sub(
+        shared.read_bytes.load(Ordering::Relaxed) + shared.resumed_bytes.load(Ordering::Relaxed),
+    );
+    // A bar left at its last figure when the run stops short, to agree with the summary.
+    opts.progress
+        .finish(jobs_result.is_ok() && !out_of_time && unfinished == 0);
     for (d, report) in shared.dests.iter().zip(reports.iter_mut()) {
         report.copied_bytes = d.copied_bytes.load(Ordering::Relaxed);
         report.copied_files = d.copied_files.load(Ordering::Relaxed);
@@ -487,6 +551,7 @@ fn execute(
             .map(|v| v.clone())
             .unwrap_or_default();
         report.incomplete = out_of_time;
+        report.unfinished_bytes = unfinished;
         report.streamed_files = shared.streaming.files.load(Ordering::Relaxed);
     }
     // Every directory this run changed is made durable, also when it stops part-way: what
@@ -747,6 +812,7 @@ fn stage_dir<'s>(
         if need.is_empty() {
             let size = sh.dests[to[0]].target.stat(&dst).map_or(0, |e| e.size);
             sh.ctx.progress.add_bytes(size);
+            sh.resumed_bytes.fetch_add(size, Ordering::Relaxed);
             continue;
         }
         if sh.dests[to[0]].target.recording() {

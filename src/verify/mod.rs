@@ -269,7 +269,7 @@ fn run_one(
             }
         }));
     }
-    progress.finish();
+    progress.finish(true);
     diffs.sort();
     diffs.dedup();
     Ok(VerifyReport {
