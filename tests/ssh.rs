@@ -1319,13 +1319,17 @@ fn an_ssh_config_alias_supplies_the_host_its_settings_and_its_jump() {
     let ws = Workspace::new();
     let kh = known_hosts_of(ws.dir.path(), &[&target, &jump]);
     let config = ws.dir.path().join("ssh_config");
+    // A key the source does not know comes first: as with OpenSSH, the next is tried.
+    let stranger = ws.dir.path().join("stranger_key");
+    keygen(&stranger, "");
     std::fs::write(
         &config,
         format!(
-            "Host vm1\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentityFile {}\n  ProxyJump bastion\n\
+            "Host vm1\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentityFile {}\n  IdentityFile {}\n  ProxyJump bastion\n\
              Host bastion\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentityFile {}\n\
              Host *\n  UserKnownHostsFile {}\n  ServerAliveInterval 30\n",
             target.port,
+            stranger.display(),
             target.path("client_key").display(),
             jump.port,
             jump.path("client_key").display(),

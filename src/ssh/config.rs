@@ -44,8 +44,8 @@ fn load(named: Option<&Path>) -> Result<Option<(PathBuf, SshConfig)>, String> {
             None => return Ok(None),
         },
     };
-    let file = match std::fs::File::open(&path) {
-        Ok(f) => f,
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must => return Ok(None),
         Err(e) => {
             return Err(format!(
@@ -54,9 +54,10 @@ fn load(named: Option<&Path>) -> Result<Option<(PathBuf, SshConfig)>, String> {
             ));
         }
     };
+    let text = without_match_blocks(&path, &text)?;
     let rules = ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS;
     let config = SshConfig::default()
-        .parse(&mut std::io::BufReader::new(file), rules)
+        .parse(&mut text.as_bytes(), rules)
         .map_err(|e| {
             format!(
                 "ssh config {}: {e}: mend it, or set source.ssh.configFile to another file or `none`",
@@ -64,6 +65,87 @@ fn load(named: Option<&Path>) -> Result<Option<(PathBuf, SshConfig)>, String> {
             )
         })?;
     Ok(Some((path, config)))
+}
+
+/// A host pattern no host is looked up by: the `Host` line a `Match` line becomes.
+const NO_HOST: &str = "Host promigrate-skips-this-match-block.invalid";
+
+/// The numbers of the lines whose keyword is `word` (as OpenSSH reads it: the first word,
+/// any case, `=` allowed after it), and their arguments.
+fn keyword_lines<'t>(text: &'t str, word: &str) -> Vec<(usize, &'t str)> {
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let l = l.trim_start();
+            let end = l.find(|c: char| c.is_whitespace() || c == '=')?;
+            l[..end]
+                .eq_ignore_ascii_case(word)
+                .then(|| (i + 1, l[end..].trim_start_matches([' ', '\t', '=']).trim()))
+        })
+        .collect()
+}
+
+/// The config text with its `Match` blocks left out: the parser reads `Host` blocks only
+/// and would take a `Match` block's lines as the previous block's. Each `Match` line
+/// becomes a `Host` line no host matches, so that its block applies to none (logged). A
+/// `Match` block in an `Include`d file cannot be left out so: that is an error naming it.
+fn without_match_blocks(path: &Path, text: &str) -> Result<String, String> {
+    let matches = keyword_lines(text, "match");
+    if !matches.is_empty() {
+        let at: Vec<String> = matches.iter().map(|(n, _)| n.to_string()).collect();
+        tracing::warn!(
+            "ssh config {}: its Match blocks (line {}) are not read: promigrate reads Host blocks only; put what the source needs in a Host block or in the plan",
+            path.display(),
+            at.join(", ")
+        );
+    }
+    included_match_blocks(path, text, 0)?;
+    let lines: Vec<&str> = text.lines().collect();
+    Ok(lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            if matches.iter().any(|(n, _)| *n == i + 1) {
+                NO_HOST
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// An error if a file `text` includes (`Include`, as OpenSSH resolves it: `~`, relative to
+/// `~/.ssh`, glob patterns), or one it includes, has a `Match` block.
+fn included_match_blocks(from: &Path, text: &str, depth: usize) -> Result<(), String> {
+    if depth > 8 {
+        return Ok(()); // the parser stops an Include loop itself
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    for (_, args) in keyword_lines(text, "include") {
+        for arg in args.split_whitespace() {
+            let arg = arg.trim_matches('"');
+            let pattern = match arg.strip_prefix("~/") {
+                Some(rest) => format!("{home}/{rest}"),
+                None if arg.starts_with('/') => arg.to_string(),
+                None => format!("{home}/.ssh/{arg}"),
+            };
+            for file in glob::glob(&pattern).into_iter().flatten().flatten() {
+                let Ok(inner) = std::fs::read_to_string(&file) else {
+                    continue;
+                };
+                if let Some((n, _)) = keyword_lines(&inner, "match").first() {
+                    return Err(format!(
+                        "ssh config {} (included from {}) has a Match block (line {n}), which promigrate cannot read apart from the Host block before it: set what the source needs in the plan's source.ssh fields, and configFile: none (or name a config without it)",
+                        file.display(),
+                        from.display()
+                    ));
+                }
+                included_match_blocks(&file, &inner, depth + 1)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The name this process runs as: the local user OpenSSH logs in as when nothing says.
@@ -163,20 +245,36 @@ struct Resolved {
     port: u16,
     user: String,
     identity_file: Option<PathBuf>,
+    /// The config's `IdentityFile`s that exist here, in order (tried after the agent).
+    config_identities: Vec<PathBuf>,
     known_hosts_file: PathBuf,
     proxy_jump: Option<Vec<String>>,
     used: Vec<&'static str>,
 }
 
-fn resolve_host(
-    alias: &str,
+/// What the plan says of one host (the source, or a hop), for [`resolve_host`].
+struct Ask<'a> {
+    alias: &'a str,
     port: Option<u16>,
     user: Option<String>,
     identity_file: Option<PathBuf>,
     known_hosts_file: Option<PathBuf>,
-    params: Option<HostParams>,
-    what: &str,
-) -> Result<Resolved, String> {
+    /// For messages: `source.ssh`, or `source.ssh.proxyJump hop …`.
+    what: &'a str,
+    /// The host is reached through a jump (its ProxyCommand would not be used).
+    reached_otherwise: bool,
+}
+
+fn resolve_host(ask: Ask<'_>, params: Option<HostParams>) -> Result<Resolved, String> {
+    let Ask {
+        alias,
+        port,
+        user,
+        identity_file,
+        known_hosts_file,
+        what,
+        reached_otherwise,
+    } = ask;
     let mut used = Vec::new();
     let p = params.unwrap_or_else(|| HostParams::new(&Default::default()));
     let host = match &p.host_name {
@@ -201,29 +299,39 @@ fn resolve_host(
             c.clone()
         }
         (None, None) => local_user().ok_or_else(|| {
-            format!("{what}: no user is given, the ssh config names none, and this process's user has no name: set source.ssh.user")
+            format!("{what}: no user is given, the ssh config names none, and this process's user has no name: {}", if what == "source.ssh" { "set source.ssh.user" } else { "write the hop as user@host" })
         })?,
     };
-    let identity_file = match identity_file {
-        Some(k) => Some(k),
-        None => {
-            // The first of the config's IdentityFile lines whose file exists, as OpenSSH
-            // skips the missing ones.
-            let listed = p.identity_file.clone().unwrap_or_default();
-            let found = listed
-                .iter()
-                .map(|k| expand(&k.to_string_lossy(), &host, &user, port))
-                .find(|k| k.is_file());
-            if found.is_some() {
-                used.push("IdentityFile");
-            } else if !listed.is_empty() {
-                tracing::debug!(
-                    "{what}: none of the ssh config's IdentityFile lines names a file here ({listed:?}); the ssh-agent is asked"
-                );
-            }
-            found
+    // The plan's key is the one. Without it, as OpenSSH: the agent's keys, then the
+    // config's IdentityFiles that exist here (the missing ones are skipped).
+    let mut config_identities = Vec::new();
+    if identity_file.is_none() {
+        let listed = p.identity_file.clone().unwrap_or_default();
+        config_identities = listed
+            .iter()
+            .map(|k| expand(&k.to_string_lossy(), &host, &user, port))
+            .filter(|k| k.is_file())
+            .collect();
+        if !config_identities.is_empty() {
+            used.push("IdentityFile");
+        } else if !listed.is_empty() {
+            tracing::debug!(
+                "{what}: none of the ssh config's IdentityFile lines names a file here ({listed:?}); the ssh-agent is asked"
+            );
         }
-    };
+    }
+    // ProxyCommand is not run: refused rather than left out (the host would be tried
+    // directly, where it may not be reachable, or not be the host meant).
+    if let Some(cmd) = p.unsupported_fields.get("proxycommand")
+        && !cmd.first().is_some_and(|c| c.eq_ignore_ascii_case("none"))
+        && p.proxy_jump.is_none()
+        && !reached_otherwise
+    {
+        return Err(format!(
+            "{what}: the ssh config sets ProxyCommand for {alias} ({}), which promigrate does not run: set source.ssh.proxyJump (or ProxyJump in the config instead), or source.ssh.configFile: none",
+            cmd.join(" ")
+        ));
+    }
     let known_hosts_file = match known_hosts_file {
         Some(k) => k,
         None => match p
@@ -243,6 +351,7 @@ fn resolve_host(
         port,
         user,
         identity_file,
+        config_identities,
         known_hosts_file,
         proxy_jump: p.proxy_jump.clone(),
         used,
@@ -254,13 +363,16 @@ fn resolve_host(
 pub fn resolve(g: &Given) -> Result<SshSpec, String> {
     let config = load(g.config_file.as_deref())?;
     let t = resolve_host(
-        &g.host,
-        g.port,
-        g.user.clone(),
-        g.identity_file.clone(),
-        g.known_hosts_file.clone(),
+        Ask {
+            alias: &g.host,
+            port: g.port,
+            user: g.user.clone(),
+            identity_file: g.identity_file.clone(),
+            known_hosts_file: g.known_hosts_file.clone(),
+            what: "source.ssh",
+            reached_otherwise: g.proxy_jump.as_ref().is_some_and(|h| !is_none(h)),
+        },
         query(config.as_ref(), &g.host),
-        "source.ssh",
     )?;
     let mut used = t.used.clone();
     let hops = match (&g.proxy_jump, &t.proxy_jump) {
@@ -287,13 +399,17 @@ pub fn resolve(g: &Given) -> Result<SshSpec, String> {
         let (user, alias, port) = parse_hop(&hop)?;
         let what = format!("source.ssh.proxyJump hop {hop}");
         let h = resolve_host(
-            &alias,
-            port,
-            user,
-            None,
-            g.known_hosts_file.clone(),
+            Ask {
+                alias: &alias,
+                port,
+                user,
+                identity_file: None,
+                known_hosts_file: g.known_hosts_file.clone(),
+                what: &what,
+                // Only the first hop is reached on its own (its ProxyCommand would matter).
+                reached_otherwise: !jumps.is_empty(),
+            },
             query(config.as_ref(), &alias),
-            &what,
         )?;
         if jumps.is_empty()
             && let Some(before) = h.proxy_jump.as_ref().filter(|b| !is_none(b))
@@ -309,12 +425,28 @@ pub fn resolve(g: &Given) -> Result<SshSpec, String> {
             }
             continue;
         }
+        for k in &h.used {
+            let k = match *k {
+                "HostName" => "HostName (hop)",
+                "User" => "User (hop)",
+                "Port" => "Port (hop)",
+                "IdentityFile" => "IdentityFile (hop)",
+                "UserKnownHostsFile" => "UserKnownHostsFile (hop)",
+                other => other,
+            };
+            if !used.contains(&k) {
+                used.push(k);
+            }
+        }
+        // The agent, then the hop's own keys (from the config), then the plan's.
+        let mut keys = h.config_identities;
+        keys.extend(g.identity_file.clone());
         jumps.push(SshSpec {
             host: h.host,
             port: h.port,
             user: h.user,
-            // The hop's own key (from the config), else the plan's, else the agent.
-            identity_file: h.identity_file.or_else(|| g.identity_file.clone()),
+            identity_file: None,
+            config_identities: keys,
             known_hosts_file: h.known_hosts_file,
             accept_new_host_key: g.accept_new_host_key,
             read: g.read,
@@ -327,6 +459,7 @@ pub fn resolve(g: &Given) -> Result<SshSpec, String> {
         port: t.port,
         user: t.user,
         identity_file: t.identity_file,
+        config_identities: t.config_identities,
         known_hosts_file: t.known_hosts_file,
         accept_new_host_key: g.accept_new_host_key,
         read: g.read,
@@ -390,7 +523,8 @@ mod tests {
             (s.host.as_str(), s.port, s.user.as_str()),
             ("10.0.0.5", 2200, "prom")
         );
-        assert_eq!(s.identity_file.as_deref(), Some(key.as_path()));
+        assert_eq!(s.identity_file, None);
+        assert_eq!(s.config_identities, vec![key.clone()]);
         assert_eq!(s.known_hosts_file, dir.path().join("kh"));
         assert_eq!(s.jumps.len(), 1);
         assert_eq!(s.jumps[0].describe(), "ops@127.0.0.9:2022");
@@ -431,6 +565,63 @@ mod tests {
             e.contains("source.ssh.configFile") && e.contains("/nonexistent/ssh_config"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn match_blocks_apply_to_no_host_and_included_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config");
+        std::fs::write(
+            &cfg,
+            "Host bastion\n  User ops\nMatch host *.internal\n  User admin\n  ProxyJump bastion\n",
+        )
+        .unwrap();
+        let g = Given {
+            host: "bastion".into(),
+            config_file: Some(cfg.clone()),
+            ..Given::default()
+        };
+        let s = resolve(&g).unwrap();
+        assert_eq!(
+            s.user, "ops",
+            "the Match block's User was taken as bastion's"
+        );
+        assert!(s.jumps.is_empty(), "{:?}", s.jumps);
+        // A Match block in an included file cannot be left out: refused, named.
+        let inc = dir.path().join("inc.conf");
+        std::fs::write(&inc, "Match all\n  User admin\n").unwrap();
+        std::fs::write(
+            &cfg,
+            format!("Include {}\nHost bastion\n  User ops\n", inc.display()),
+        )
+        .unwrap();
+        let e = resolve(&g).unwrap_err();
+        assert!(e.contains("inc.conf") && e.contains("Match"), "{e}");
+    }
+
+    #[test]
+    fn a_proxycommand_is_refused_not_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config");
+        std::fs::write(
+            &cfg,
+            "Host vm\n  ProxyCommand nc -X 5 -x proxy:1080 %h %p\n",
+        )
+        .unwrap();
+        let g = Given {
+            host: "vm".into(),
+            user: Some("u".into()),
+            config_file: Some(cfg.clone()),
+            ..Given::default()
+        };
+        let e = resolve(&g).unwrap_err();
+        assert!(e.contains("ProxyCommand") && e.contains("proxyJump"), "{e}");
+        // The plan's proxyJump instead: fine.
+        let g = Given {
+            proxy_jump: Some(vec!["ops@b".into()]),
+            ..g
+        };
+        assert!(resolve(&g).is_ok());
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub fn forward(
     via_spec: &SshSpec,
     next: &SshSpec,
 ) -> Result<UnixStream, SshError> {
-    let channel = via
+    let mut channel = via
         .channel_direct_tcpip(&next.host, next.port, None)
         .map_err(|e| {
             // A refusal ("administratively prohibited") stays one: it is not retried.
@@ -53,9 +53,20 @@ pub fn forward(
     std::thread::Builder::new()
         .name("ssh-jump".into())
         .spawn(move || {
-            if let Err(e) = relay(&via, channel, near, &wire) {
-                tracing::debug!("jump through {name} ended: {e}");
+            let ended = relay(&via, &mut channel, near, &wire);
+            if let Err(e) = &ended {
+                // The next session sees its connection end; this says where it broke.
+                tracing::warn!("the connection through jump host {name} broke: {e}");
             }
+            // Closed in blocking mode (briefly): non-blocking, libssh2 gives up on the
+            // close at once and keeps the session's memory.
+            via.set_timeout(2_000);
+            via.set_blocking(true);
+            if ended.is_ok() {
+                let _ = channel.close();
+            }
+            drop(channel);
+            let _ = via.disconnect(None, "done", None);
         })
         .map_err(io_err)?;
     Ok(far)
@@ -64,7 +75,7 @@ pub fn forward(
 /// Moves bytes both ways between `channel` and `near` until either side closes.
 fn relay(
     sess: &Session,
-    mut channel: Channel,
+    channel: &mut Channel,
     mut near: UnixStream,
     wire: &OwnedFd,
 ) -> io::Result<()> {
@@ -135,12 +146,20 @@ fn relay(
         if moved {
             continue;
         }
-        // Nothing moved: wait for the jump host's socket (as libssh2 needs it) or the next
-        // session's end; at most 50 ms, so that nothing libssh2 holds waits long.
-        let wire_flags = match sess.block_directions() {
-            BlockDirections::Outbound => PollFlags::POLLOUT,
-            BlockDirections::Both => PollFlags::POLLIN | PollFlags::POLLOUT,
-            _ => PollFlags::POLLIN,
+        // Nothing moved: wait for what the next try needs, and only that (a socket polled
+        // for what will not be read wakes the loop at once, over and over): the jump
+        // host's socket when the channel will be read, or written to (a full window waits
+        // for the host's window adjust), as libssh2 says it is blocked; the next session's
+        // end when it will be read or written. At most 50 ms, for libssh2's own buffers.
+        let channel_wanted = (down.is_empty() && !remote_eof) || !up.is_empty();
+        let wire_flags = if channel_wanted {
+            match sess.block_directions() {
+                BlockDirections::Outbound => PollFlags::POLLOUT,
+                BlockDirections::Both => PollFlags::POLLIN | PollFlags::POLLOUT,
+                _ => PollFlags::POLLIN,
+            }
+        } else {
+            PollFlags::empty()
         };
         let mut near_flags = PollFlags::empty();
         if up.is_empty() && !local_eof {
@@ -149,10 +168,15 @@ fn relay(
         if !down.is_empty() {
             near_flags |= PollFlags::POLLOUT;
         }
-        let mut fds = [
-            PollFd::new(wire.as_fd(), wire_flags),
-            PollFd::new(near.as_fd(), near_flags),
-        ];
+        // A descriptor with nothing asked of it is left out: its hang-up would be reported
+        // whatever the flags, and wake the loop for nothing.
+        let mut fds = Vec::with_capacity(2);
+        if !wire_flags.is_empty() {
+            fds.push(PollFd::new(wire.as_fd(), wire_flags));
+        }
+        if !near_flags.is_empty() {
+            fds.push(PollFd::new(near.as_fd(), near_flags));
+        }
         match poll(&mut fds, PollTimeout::from(50u8)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),

@@ -28,8 +28,11 @@ pub struct SshSpec {
     pub port: u16,
     /// Remote user.
     pub user: String,
-    /// Private key file; the agent when absent.
+    /// Private key file (the plan's `identityFile`): the one key used.
     pub identity_file: Option<PathBuf>,
+    /// Without `identity_file`: keys tried after the agent's, in order (the ssh config's
+    /// `IdentityFile`s that exist; for a jump host, the plan's `identityFile` last).
+    pub config_identities: Vec<PathBuf>,
     /// known_hosts file to check the host key against.
     pub known_hosts_file: PathBuf,
     /// Accept (and append) an unknown host's key: only when the plan says so.
@@ -345,13 +348,29 @@ fn authenticate(sess: &Session, spec: &SshSpec) -> Result<(), SshError> {
                 })?;
         }
         None => {
-            sess.userauth_agent(&spec.user).map_err(|e| {
-                SshError::Auth(format!(
-                    "no ssh-agent key was accepted by {who} ({}): set {}, or start ssh-agent and ssh-add the key",
-                    e.message(),
-                    spec.field("identityFile")
-                ))
-            })?;
+            // As OpenSSH: the agent's keys, then the ssh config's key files in order.
+            let mut tried = Vec::new();
+            match sess.userauth_agent(&spec.user) {
+                Ok(()) if sess.authenticated() => return Ok(()),
+                Ok(()) => tried.push("the ssh-agent's keys were refused".to_string()),
+                Err(e) => tried.push(format!("ssh-agent: {}", e.message())),
+            }
+            for key in &spec.config_identities {
+                if hostkey::key_is_encrypted(key) {
+                    tried.push(format!("{} is encrypted (ssh-add it)", key.display()));
+                    continue;
+                }
+                match sess.userauth_pubkey_file(&spec.user, None, key, None) {
+                    Ok(()) if sess.authenticated() => return Ok(()),
+                    Ok(()) => tried.push(format!("{} was refused", key.display())),
+                    Err(e) => tried.push(format!("{}: {}", key.display(), e.message())),
+                }
+            }
+            return Err(SshError::Auth(format!(
+                "{who} accepted no key ({}): set {}, or start ssh-agent and ssh-add the key",
+                tried.join("; "),
+                spec.field("identityFile")
+            )));
         }
     }
     if sess.authenticated() {
