@@ -166,6 +166,23 @@ impl PlanFileArgs {
             .or(self.plan.as_deref())
             .unwrap_or(std::path::Path::new(""))
     }
+
+    /// The run-record directory: `--state-dir` (`given`), else `migrations/` beside the
+    /// plan file, so that it does not depend on where promigrate runs from.
+    pub fn state_dir(&self, given: Option<&std::path::Path>) -> PathBuf {
+        match given {
+            Some(d) => d.to_path_buf(),
+            None => default_state_dir(self.file()),
+        }
+    }
+}
+
+/// `migrations/` in the plan file's directory.
+pub fn default_state_dir(plan: &std::path::Path) -> PathBuf {
+    plan.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .join("migrations")
 }
 
 /// `promigrate plan`.
@@ -185,10 +202,10 @@ pub struct PlanArgs {
     /// apply runs it with the source stopped); the estimates of the others stay.
     #[arg(long = "phase", id = "phase", value_enum, requires = "bwlimit")]
     pub phase_arg: Option<PhaseArg>,
-    /// Where apply keeps its run records: a phase without a limit is estimated at the rate
-    /// the latest apply measured there.
-    #[arg(long, value_name = "DIR", default_value = "migrations")]
-    pub state_dir: PathBuf,
+    /// Where apply keeps its run records (default: `migrations/` beside the plan file): a
+    /// phase without a limit is estimated at the rate the latest apply measured there.
+    #[arg(long = "state-dir", id = "state_dir", value_name = "DIR")]
+    pub state_dir_arg: Option<PathBuf>,
 }
 
 /// `promigrate apply`.
@@ -212,9 +229,10 @@ pub struct ApplyArgs {
     /// verify). Reads those files whole; a presync compares block files only.
     #[arg(long)]
     pub checksum: bool,
-    /// Where run records are written (`<DIR>/<metadata.name>/`).
-    #[arg(long, value_name = "DIR", default_value = "migrations")]
-    pub state_dir: PathBuf,
+    /// Where run records are written (`<DIR>/<metadata.name>/`; default: `migrations/`
+    /// beside the plan file, wherever promigrate runs from).
+    #[arg(long = "state-dir", id = "state_dir", value_name = "DIR")]
+    pub state_dir_arg: Option<PathBuf>,
     /// presync: blocks only, while the source runs; final: the rest, with the source stopped;
     /// all: both (the source must be stopped).
     #[arg(long = "phase", id = "phase", value_enum, default_value_t = PhaseArg::All)]
@@ -399,9 +417,10 @@ pub struct VerifyArgs {
     /// plan's `caFile` and credentials still apply).
     #[arg(long, value_name = "URL")]
     pub pushgateway: Option<String>,
-    /// Where run records are written (`<DIR>/<metadata.name>/`).
-    #[arg(long, value_name = "DIR", default_value = "migrations")]
-    pub state_dir: PathBuf,
+    /// Where run records are written (`<DIR>/<metadata.name>/`; default: `migrations/`
+    /// beside the plan file, wherever promigrate runs from).
+    #[arg(long = "state-dir", id = "state_dir", value_name = "DIR")]
+    pub state_dir_arg: Option<PathBuf>,
 }
 
 /// `promigrate inspect`.
@@ -424,3 +443,15 @@ pub struct InspectArgs {
 fn parse_rate(s: &str) -> Result<Rate, String> {
     s.parse()
 }
+
+macro_rules! state_dir_of {
+    ($($args:ty),*) => {$(
+        impl $args {
+            /// The run-record directory: `--state-dir`, else `migrations/` beside the plan.
+            pub fn state_dir(&self) -> PathBuf {
+                self.common.state_dir(self.state_dir_arg.as_deref())
+            }
+        }
+    )*};
+}
+state_dir_of!(PlanArgs, ApplyArgs, VerifyArgs);

@@ -1491,3 +1491,46 @@ fn the_next_steps_are_pasteable_and_a_presync_logs_its_own_file_count() {
         "{out}"
     );
 }
+
+/// Issue 18: without --state-dir, run records go to `migrations/` beside the plan file,
+/// wherever promigrate runs from (not the current directory by accident), and the path
+/// printed is that one, absolute.
+#[test]
+fn run_records_default_to_beside_the_plan_file_whatever_the_working_directory() {
+    let ws = Workspace::new();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let mut c = promigrate();
+        c.args(args)
+            .arg("-f")
+            .arg(&ws.plan)
+            .current_dir(elsewhere.path());
+        run(c)
+    };
+    let (code, out, err) = run(&["apply", "--yes", "--source-stopped"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let records = ws.dir.path().join("migrations").join("test-migration");
+    let written: Vec<_> = std::fs::read_dir(&records)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{out}", records.display()))
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert!(
+        out.contains(&format!("Run record: {}", written[0].display())),
+        "{out}"
+    );
+    assert!(
+        !elsewhere.path().join("migrations").exists(),
+        "a record went to the working directory"
+    );
+    let (code, out, _) = run(&["verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(std::fs::read_dir(&records).unwrap().count(), 2);
+    // The "Next:" line needs no --state-dir for the default.
+    let (_, out, _) = run(&["apply", "--yes", "--source-stopped", "--phase", "presync"]);
+    assert!(
+        out.contains("Next:") && !out.contains("--state-dir"),
+        "{out}"
+    );
+}

@@ -103,7 +103,7 @@ pub fn run(a: &ApplyArgs) -> Outcome {
     let cancel = Arc::new(AtomicBool::new(false));
     let mut out = ApplyOutput {
         dry_run: a.dry_run,
-        again: super::again(a.common.file(), &a.state_dir),
+        again: super::again(a.common.file(), &a.state_dir()),
         ..Default::default()
     };
     let result = apply_and_record(
@@ -189,7 +189,7 @@ fn apply_and_record(
     let record_dir = if a.dry_run {
         None
     } else {
-        Some(record::prepare(&a.state_dir, &m.name)?)
+        Some(record::prepare(&a.state_dir(), &m.name)?)
     };
     let outcome = apply_steps(a, m, rt, cancel, deadline, out, receivers);
     let code = match &outcome {
@@ -261,7 +261,7 @@ fn apply_steps_until(
 ) -> anyhow::Result<Code> {
     let mut plans = build_plans(m, compare_of(a.checksum, a.phase()))?;
     // With the source stopped its binary no longer answers: an earlier apply's answer holds.
-    let records = a.state_dir.join(&m.name);
+    let records = a.state_dir().join(&m.name);
     for p in &mut plans {
         p.source_version = p.source_version.clone().or_recorded(&records);
     }
@@ -597,7 +597,7 @@ fn kube_finish(
         m,
         a.verify_level(),
         cancel.clone(),
-        &a.state_dir.join(&m.name),
+        &a.state_dir().join(&m.name),
     );
     let left = || note.clone().unwrap_or_default();
     let verified = verified.map_err(|e| e.context(left()))?;

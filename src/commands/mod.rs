@@ -454,7 +454,7 @@ fn limit_of(
 /// The command line that runs a command on `plan` again, with `{}` where the command goes:
 /// `promigrate {} -f PLAN` (the plan path as given, quoted for a shell when it must be;
 /// `kubectl promigrate` when run as the kubectl plugin), with `--state-dir DIR` unless it
-/// is the default.
+/// is the default (`migrations/` beside the plan).
 fn again(plan: &std::path::Path, state_dir: &std::path::Path) -> String {
     let quote = |s: &str| {
         if !s.is_empty()
@@ -480,7 +480,7 @@ fn again(plan: &std::path::Path, state_dir: &std::path::Path) -> String {
         "promigrate"
     };
     let mut s = format!("{me} {{}} -f {}", quote(&plan.to_string_lossy()));
-    if state_dir != std::path::Path::new("migrations") {
+    if state_dir != crate::cli::default_state_dir(plan) {
         s.push_str(&format!(
             " --state-dir {}",
             quote(&state_dir.to_string_lossy())

@@ -28,7 +28,7 @@ fn plan(args: &PlanArgs) -> anyhow::Result<(Box<dyn Report>, Code)> {
     let rt = runtime()?;
     let (m, _receivers) = load(&rt, a.file(), false, crate::k8s::receiver::Held::Refuse)?;
     let mut plans = build_plans(&m, compare_of(args.checksum, sync::Phase::All))?;
-    let records = args.state_dir.join(&m.name);
+    let records = args.state_dir().join(&m.name);
     for p in &mut plans {
         super::set_rates(p, args.bwlimit, args.phase_arg.map(Into::into), &records);
     }

@@ -169,7 +169,7 @@ fn verify_and_record(
     started: jiff::Timestamp,
     differences: &mut Option<u64>,
 ) -> anyhow::Result<(Box<dyn Report>, Code)> {
-    let record_dir = record::prepare(&a.state_dir, &m.name)?;
+    let record_dir = record::prepare(&a.state_dir(), &m.name)?;
     let result = run_verify(rt, m, a.level(), cancel, &record_dir);
     let code = match &result {
         Ok(r) if r.ok() => Code::Ok,
