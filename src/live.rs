@@ -69,8 +69,9 @@ pub fn probe(root: &Path) -> Liveness {
         }
         Scan::Clear { uninspected } if uninspected > 0 => {
             return Liveness::Unknown(format!(
-                "no lock is held on {}, but {uninspected} process(es) could not be inspected (run promigrate as root to see them all)",
-                lock.display()
+                "no lock is held on {}, but {} could not be inspected (run promigrate as root to see them all)",
+                lock.display(),
+                crate::units::count(uninspected as u64, "process")
             ));
         }
         Scan::Clear { .. } => {}

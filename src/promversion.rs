@@ -959,8 +959,9 @@ fn remote_running(pool: &crate::ssh::Pool, root: &Path) -> Result<(PromVersion, 
     let root = root.display();
     match unseen {
         _ if !others.is_empty() => Err(format!(
-            "{} on {host} write(s) {root} but no prometheus binary: not run",
-            others.join(", ")
+            "{} on {host} {} {root} but no prometheus binary: not run",
+            others.join(", "),
+            crate::units::verb_for(others.len() as u64, "writes", "write")
         )),
         Some(as_root) => {
             let hint = if as_root {

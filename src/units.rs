@@ -107,10 +107,16 @@ impl<'de> serde::Deserialize<'de> for Rate {
 /// `count(1, "entry")` `1 entry`, `count(2, "fix")` `2 fixes`.
 pub fn count(n: impl Into<u64>, noun: &str) -> String {
     let n = n.into();
-    if n == 1 {
-        return format!("1 {noun}");
+    format!("{n} {}", noun_for(n, noun))
+}
+
+/// `noun` as it reads after the number `n` ("pod", "pods"; "entry", "entries"), for lists
+/// and counts written apart.
+pub fn noun_for(n: impl Into<u64>, noun: &str) -> String {
+    if n.into() == 1 {
+        return noun.to_string();
     }
-    let plural = if let Some(stem) = noun
+    if let Some(stem) = noun
         .strip_suffix('y')
         .filter(|s| !s.ends_with(['a', 'e', 'o', 'u']))
     {
@@ -119,8 +125,12 @@ pub fn count(n: impl Into<u64>, noun: &str) -> String {
         format!("{noun}es")
     } else {
         format!("{noun}s")
-    };
-    format!("{n} {plural}")
+    }
+}
+
+/// The verb for `n` subjects: `one` for 1, `many` otherwise ("is"/"are").
+pub fn verb_for(n: impl Into<u64>, one: &'static str, many: &'static str) -> &'static str {
+    if n.into() == 1 { one } else { many }
 }
 
 /// Formats a byte count for people, in binary units ("1.5 GiB").
@@ -156,6 +166,11 @@ mod tests {
         assert_eq!(count(3u64, "entry"), "3 entries");
         assert_eq!(count(2u64, "owner/mode fix"), "2 owner/mode fixes");
         assert_eq!(count(2u64, "key"), "2 keys");
+        assert_eq!(count(2u64, "process"), "2 processes");
+        assert_eq!(noun_for(1u64, "pod"), "pod");
+        assert_eq!(noun_for(2u64, "block entry"), "block entries");
+        assert_eq!(verb_for(1u64, "is", "are"), "is");
+        assert_eq!(verb_for(0u64, "is", "are"), "are");
     }
     use super::*;
 

@@ -523,7 +523,7 @@ fn issue_13_checksum_replaces_a_block_file_only_content_tells_apart() {
     let (code, out, _) = ws.run(&["apply", "--yes", "--checksum", "--dry-run"]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains(&format!("update block {ulid} (1 file(s)")),
+        out.contains(&format!("update block {ulid} (1 file,")),
         "{out}"
     );
     assert!(out.contains(&format!("  * {rel}")), "{out}");
@@ -570,7 +570,7 @@ fn issue_13_checksum_replaces_a_block_file_only_content_tells_apart() {
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(&format!(
-            "Compared by content (--checksum): {} file(s) with equal size and mtime, 0 differ",
+            "Compared by content (--checksum): {} files with equal size and mtime, 0 differ",
             stats["source_files"]
         )),
         "{out}"

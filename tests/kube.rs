@@ -224,7 +224,7 @@ fn running_statefulset_is_scaled_to_zero_while_copying_and_back_after_verify() {
     let (code, text, _) = ws.run(&["plan"]);
     assert_eq!(code, 0, "{text}");
     assert!(
-        text.contains("statefulset/monitoring/prom: 1 replica(s)"),
+        text.contains("statefulset/monitoring/prom: 1 replica ("),
         "{text}"
     );
 
@@ -872,7 +872,7 @@ fn a_pod_that_keeps_the_claim_ends_the_wait_naming_it_and_nothing_is_written() {
     assert_ne!(code, 0, "{v}");
     let e = v["error"].as_str().unwrap_or_default();
     assert!(
-        e.contains("pod(s) holder in namespace")
+        e.contains("pod holder in namespace")
             && e.contains("still mount claim data-prom-0 after 3s"),
         "{e}"
     );
@@ -899,14 +899,14 @@ fn a_pod_that_keeps_the_claim_ends_the_wait_naming_it_and_nothing_is_written() {
         let line = line.unwrap();
         log.push_str(&line);
         log.push('\n');
-        if line.contains("waiting for pod(s) holder to stop") {
+        if line.contains("waiting for pod holder to stop") {
             k.rt.block_on(pods.delete("holder", &Default::default()))
                 .unwrap();
         }
     }
     let out = child.wait_with_output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(log.contains("waiting for pod(s) holder to stop"), "{log}");
+    assert!(log.contains("waiting for pod holder to stop"), "{log}");
     assert_eq!(out.status.code(), Some(0), "{v}\n{log}");
     assert_eq!(k.replicas(), 1);
 }

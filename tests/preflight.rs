@@ -251,7 +251,7 @@ fn two_targets_on_one_filesystem_must_fit_together() {
     assert!(
         blockers(&out)
             .iter()
-            .any(|b| b.contains("2 target(s) share the filesystem") && b.contains("inodes")),
+            .any(|b| b.contains("2 targets share the filesystem") && b.contains("inodes")),
         "{out}"
     );
     let (code, out, _) = ws.run(&["apply", "--yes"]);

@@ -846,13 +846,14 @@ fn describe_ops(ops: &[volume::Op], root: &Path, owner: perms::Owner) -> Vec<Str
                         short(from)
                     ),
                     _ if staging(from) => format!(
-                        "{what} {to} ({files} file(s), {}: staged in {}/, then renamed into place)",
+                        "{what} {to} ({}, {}: staged in {}/, then renamed into place)",
+                        units::count(files, "file"),
                         units::bytes(bytes),
                         short(from)
                     ),
                     // A file of a block that is there already (one --checksum found differing).
                     Some((ulid, file)) => format!(
-                        "update block {ulid} (1 file(s), {}: {file} through {})",
+                        "update block {ulid} (1 file, {}: {file} through {})",
                         units::bytes(bytes),
                         short(from)
                     ),
@@ -894,7 +895,8 @@ fn describe_ops(ops: &[volume::Op], root: &Path, owner: perms::Owner) -> Vec<Str
     // Written and never renamed: a presync that leaves a block for the final phase does not.
     for (p, (files, bytes)) in staged {
         lines.push(format!(
-            "write {p} ({files} file(s), {})",
+            "write {p} ({}, {})",
+            units::count(files, "file"),
             units::bytes(bytes)
         ));
     }

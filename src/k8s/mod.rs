@@ -239,11 +239,13 @@ pub async fn quiesce(
         // Each one's deletion, watched; then the list again (a controller may have made
         // another meanwhile).
         tracing::info!(
-            "waiting for pod(s) {} to stop (they mount claim {})",
+            "waiting for {} {} to stop ({} claim {})",
+            crate::units::noun_for(pods.len() as u64, "pod"),
             pods.iter()
                 .map(|(p, _)| p.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
+            crate::units::verb_for(pods.len() as u64, "it mounts", "they mount"),
             k.persistent_volume_claim
         );
         let mut timed_out = false;
@@ -274,9 +276,11 @@ pub async fn quiesce(
             return Ok(());
         }
         anyhow::bail!(
-            "pod(s) {} in namespace {} still mount claim {} after {}s; nothing was written. {}",
+            "{} {} in namespace {} still {} claim {} after {}s; nothing was written. {}",
+            crate::units::noun_for(pods.len() as u64, "pod"),
             pods.join(", "),
             k.namespace,
+            crate::units::verb_for(pods.len() as u64, "mounts", "mount"),
             k.persistent_volume_claim,
             k.wait_timeout.as_secs(),
             match &k.stateful_set {

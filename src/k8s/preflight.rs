@@ -390,7 +390,8 @@ pub fn assess(k: &KubeTarget, state: &KubeState, data_bytes: u64, writes: bool) 
                     "statefulset/{ns}/{name}: has 0 replicas and is left so"
                 )),
                 (n, _) if !writes => r.actions.push(format!(
-                    "statefulset/{ns}/{name}: {n} replica(s), left running: apply has nothing to write"
+                    "statefulset/{ns}/{name}: {}, left running: apply has nothing to write",
+                    crate::units::count(n as u64, "replica")
                 )),
                 (n, _) => r.actions.push(format!(
                     "statefulset/{ns}/{name}: record {n} replicas in annotation {}, scale to 0 and wait (up to {}s) for its pods to go before writing; scale back to {n} after a successful verify and wait for the claim to bind",
@@ -434,13 +435,19 @@ pub fn assess(k: &KubeTarget, state: &KubeState, data_bytes: u64, writes: bool) 
     }
     if !state.pods_mounting.is_empty() && k.stateful_set.is_none() && !writes {
         r.warnings.push(format!(
-            "pod(s) {} mount persistentvolumeclaim/{ns}/{pvc_name}; apply has nothing to write, so they are left running",
-            state.pods_mounting.join(", ")
+            "{} {} {} persistentvolumeclaim/{ns}/{pvc_name}; apply has nothing to write, so {} left running",
+            crate::units::noun_for(state.pods_mounting.len() as u64, "pod"),
+            state.pods_mounting.join(", "),
+            crate::units::verb_for(state.pods_mounting.len() as u64, "mounts", "mount"),
+            crate::units::verb_for(state.pods_mounting.len() as u64, "it is", "they are")
         ));
     } else if !state.pods_mounting.is_empty() && k.stateful_set.is_none() {
         r.blockers.push(format!(
-            "pod(s) {} mount persistentvolumeclaim/{ns}/{pvc_name} and would write while data is copied: stop them, or name their StatefulSet in target.kubernetes.statefulSet",
-            state.pods_mounting.join(", ")
+            "{} {} {} persistentvolumeclaim/{ns}/{pvc_name} and would write while data is copied: stop {}, or name their StatefulSet in target.kubernetes.statefulSet",
+            crate::units::noun_for(state.pods_mounting.len() as u64, "pod"),
+            state.pods_mounting.join(", "),
+            crate::units::verb_for(state.pods_mounting.len() as u64, "mounts", "mount"),
+            crate::units::verb_for(state.pods_mounting.len() as u64, "it", "them")
         ));
     }
     r

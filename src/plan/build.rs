@@ -157,8 +157,8 @@ fn shared_filesystems(plans: &mut [MigrationPlan], devs: &[Option<(String, u64)>
         let p = &mut plans[i];
         if need > p.target_free_bytes {
             p.write_blockers.push(format!(
-                "{} target(s) share the filesystem of {}: together they need {} (with headroom) but {} is free; give each target its own volume or free space",
-                same.len(),
+                "{} share the filesystem of {}: together they need {} (with headroom) but {} is free; give each target its own volume or free space",
+                crate::units::count(same.len() as u64, "target"),
                 p.mount.display(),
                 crate::units::bytes(need),
                 crate::units::bytes(p.target_free_bytes)
@@ -166,8 +166,8 @@ fn shared_filesystems(plans: &mut [MigrationPlan], devs: &[Option<(String, u64)>
         }
         if let Some(free) = p.target_free_inodes.filter(|f| inodes > *f) {
             p.write_blockers.push(format!(
-                "{} target(s) share the filesystem of {}: together they create {inodes} files and directories but {free} inodes are free; give each target its own volume or free inodes",
-                same.len(),
+                "{} share the filesystem of {}: together they create {inodes} files and directories but {free} inodes are free; give each target its own volume or free inodes",
+                crate::units::count(same.len() as u64, "target"),
                 p.mount.display(),
             ));
         }
@@ -283,8 +283,9 @@ pub fn build_from(
                 .map(|t| t.to_string())
                 .unwrap_or_default();
             warnings.push(format!(
-                "{} source file(s) are dated after 2038-01-19 by SFTP (e.g. {} at {at}): SFTP carries times as unsigned 32-bit seconds, so a file dated before 1970 on the host arrives so; it is copied with the time SFTP gives and compares identical on a rerun; with source.ssh.read: tar (GNU find and tar on the host) the true time is kept",
-                late.len(),
+                "{} {} dated after 2038-01-19 by SFTP (e.g. {} at {at}): SFTP carries times as unsigned 32-bit seconds, so a file dated before 1970 on the host arrives so; it is copied with the time SFTP gives and compares identical on a rerun; with source.ssh.read: tar (GNU find and tar on the host) the true time is kept",
+                crate::units::count(late.len() as u64, "source file"),
+                crate::units::verb_for(late.len() as u64, "is", "are"),
                 f.rel
             ));
         }
@@ -566,7 +567,11 @@ pub fn build_from(
         .count();
     if kept > 0 {
         warnings.push(format!(
-            "the target has {kept} block entr(ies) the source selection lacks; they stay, and Prometheus will load them with the copy (set transfer.deleteExtraneous: true to quarantine them)"
+            "the target has {} the source selection lacks; {} stay, and Prometheus will load {} with the copy (set transfer.deleteExtraneous: true to quarantine {})",
+            crate::units::count(kept as u64, "block entry"),
+            crate::units::verb_for(kept as u64, "it", "they"),
+            crate::units::verb_for(kept as u64, "it", "them"),
+            crate::units::verb_for(kept as u64, "it", "them")
         ));
     }
     // A filesystem's lost+found at the volume's root is normal there: no warning.

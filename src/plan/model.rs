@@ -275,8 +275,10 @@ impl MigrationPlan {
             Compare::Checksum => "",
         };
         Some(format!(
-            "Compared by content (--checksum): {} file(s) with equal size and mtime, {} differ{scope}",
-            self.stats.checksum_compared_files, self.stats.checksum_differing_files
+            "Compared by content (--checksum): {} with equal size and mtime, {} {}{scope}",
+            crate::units::count(self.stats.checksum_compared_files, "file"),
+            self.stats.checksum_differing_files,
+            crate::units::verb_for(self.stats.checksum_differing_files, "differs", "differ")
         ))
     }
 

@@ -193,11 +193,14 @@ pub fn check(t: &Target, who: &Process) -> (Vec<String>, Vec<String>) {
             .collect();
         if let Some(first) = foreign.first() {
             blockers.push(format!(
-                "{} existing target entr(ies) belong to another user and need owner {}:{}, which {me} cannot give without CAP_CHOWN: {first}{}; run as root (sudo), or chown them to {}:{} first",
-                foreign.len(),
+                "{} {} to another user and {} owner {}:{}, which {me} cannot give without CAP_CHOWN: {first}{}; run as root (sudo), or chown {} to {}:{} first",
+                crate::units::count(foreign.len() as u64, "existing target entry"),
+                crate::units::verb_for(foreign.len() as u64, "belongs", "belong"),
+                crate::units::verb_for(foreign.len() as u64, "needs", "need"),
                 t.owner.uid,
                 t.owner.gid,
                 if foreign.len() > 1 { ", …" } else { "" },
+                crate::units::verb_for(foreign.len() as u64, "it", "them"),
                 t.owner.uid,
                 t.owner.gid
             ));

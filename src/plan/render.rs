@@ -292,9 +292,9 @@ fn render_kubernetes(s: &mut String, k: &crate::k8s::KubeReport) {
             Some(sts) => {
                 let _ = writeln!(
                     s,
-                    "  statefulset/{}/{name}: {} replica(s) ({} ready), PVC retention whenScaled {} / whenDeleted {}{}",
+                    "  statefulset/{}/{name}: {} ({} ready), PVC retention whenScaled {} / whenDeleted {}{}",
                     k.namespace,
-                    sts.replicas,
+                    crate::units::count(sts.replicas as u64, "replica"),
                     sts.ready_replicas,
                     sts.when_scaled,
                     sts.when_deleted,

@@ -187,9 +187,10 @@ impl<'a> Reader<'a> {
         }
         if let Source::Ssh { pool, .. } = self.source {
             tracing::warn!(
-                "the tar stream from {} cannot vouch for the {} file(s) of this batch ({why}); they are copied again over SFTP",
+                "the tar stream from {} cannot vouch for the {} of this batch ({why}); {} copied again over SFTP",
                 pool.spec().host,
-                files.len()
+                crate::units::count(files.len() as u64, "file"),
+                crate::units::verb_for(files.len() as u64, "it is", "they are")
             );
         }
         for f in files {

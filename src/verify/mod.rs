@@ -223,9 +223,9 @@ fn run_one(
             '!',
             "",
             format!(
-                "no source file was checked: the selection is empty, while the source holds {} block(s) and {} head file(s); nothing proves the target holds its data",
-                src.blocks.len(),
-                src.files.len()
+                "no source file was checked: the selection is empty, while the source holds {} and {}; nothing proves the target holds its data",
+                units::count(src.blocks.len() as u64, "block"),
+                units::count(src.files.len() as u64, "head file")
             ),
         ));
     }
@@ -477,8 +477,8 @@ impl VerifyReport {
         }
         let _ = writeln!(
             s,
-            "{} source file(s), {} checked; {} hashed in {}",
-            self.checked_files,
+            "{}, {} checked; {} hashed in {}",
+            units::count(self.checked_files, "source file"),
             units::bytes(self.checked_bytes),
             units::bytes(self.hashed_bytes),
             units::duration(self.duration_seconds)
@@ -504,12 +504,16 @@ impl VerifyReport {
                 s,
                 "FAILED: {}. Do not cut over.",
                 match (self.differences.len(), self.cluster_blockers.len()) {
-                    (d, 0) => format!("{d} difference(s)"),
+                    (d, 0) => units::count(d as u64, "difference"),
                     (0, b) => format!(
-                        "the data matches, but the target Prometheus would not run it as migrated ({b} blocker(s))"
+                        "the data matches, but the target Prometheus would not run it as migrated ({})",
+                        units::count(b as u64, "blocker")
                     ),
-                    (d, b) =>
-                        format!("{d} difference(s), and {b} blocker(s) in the target Prometheus"),
+                    (d, b) => format!(
+                        "{}, and {} in the target Prometheus",
+                        units::count(d as u64, "difference"),
+                        units::count(b as u64, "blocker")
+                    ),
                 }
             );
         }

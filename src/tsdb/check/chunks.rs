@@ -95,7 +95,10 @@ pub(super) fn check(
     if extra > 0 {
         out.push(p(
             String::new(),
-            format!("{extra} more damaged chunk(s)"),
+            format!(
+                "{} more",
+                crate::units::count(extra as u64, "damaged chunk")
+            ),
             Effect::QueryErrors,
         ));
     }

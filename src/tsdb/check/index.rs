@@ -328,7 +328,10 @@ pub(super) fn check(
         out.push(Problem::new(
             rel,
             "",
-            format!("{extra} more damaged entr(ies)"),
+            format!(
+                "{} more",
+                crate::units::count(extra as u64, "damaged entry")
+            ),
             Effect::QueryErrors,
         ));
     }

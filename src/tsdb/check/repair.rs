@@ -40,10 +40,10 @@ pub fn drop_before_last_gap(
     let dropped: Vec<String> = before.iter().map(|s| name(s.0)).collect();
     let bytes: u64 = before.iter().map(|s| s.2).sum();
     let range = format!(
-        "{}..{} ({} file(s), {}), keeping {}..{}",
+        "{}..{} ({}, {}), keeping {}..{}",
         name(before[0].0),
         name(before[before.len() - 1].0),
-        before.len(),
+        crate::units::count(before.len() as u64, "file"),
         units::bytes(bytes),
         name(after[0].0),
         name(after[after.len() - 1].0)
