@@ -1534,3 +1534,45 @@ fn run_records_default_to_beside_the_plan_file_whatever_the_working_directory() 
         "{out}"
     );
 }
+
+/// Issue 18: a relative `target.path` (`./pv`, `x/../pv`), or a plan file named by a
+/// relative path, is no symbolic link: no warning says it is. One that is a link is named.
+#[test]
+fn a_relative_target_path_is_not_called_a_symbolic_link() {
+    let ws = Workspace::new();
+    std::fs::create_dir(ws.dir.path().join("x")).unwrap();
+    let plan = std::fs::read_to_string(&ws.plan).unwrap();
+    for path in ["./pv", "x/../pv", "pv"] {
+        std::fs::write(
+            &ws.plan,
+            plan.replace(
+                &format!("path: {}", ws.mount.display()),
+                &format!("path: {path}"),
+            ),
+        )
+        .unwrap();
+        // From the plan's directory, with the plan named relatively too.
+        let mut c = promigrate();
+        c.args(["plan", "-f", "plan.yaml", "--state-dir"])
+            .arg(&ws.state)
+            .current_dir(ws.dir.path());
+        let (code, out, err) = run(c);
+        assert_eq!(code, 0, "{path}: {out}{err}");
+        assert!(!out.contains("symbolic link"), "{path}: {out}");
+    }
+    // A link is still named.
+    std::os::unix::fs::symlink("pv", ws.dir.path().join("pv-link")).unwrap();
+    std::fs::write(
+        &ws.plan,
+        plan.replace(&format!("path: {}", ws.mount.display()), "path: pv-link"),
+    )
+    .unwrap();
+    let (code, out, _) = ws.run(&["plan"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "pv-link is a symbolic link: promigrate works on the directory it resolves to"
+        ),
+        "{out}"
+    );
+}

@@ -231,7 +231,17 @@ pub fn build_from(
             shown.join(&link.rel).display()
         ));
     }
-    if let Some(t) = m.targets.first().filter(|t| t.mount_given != t.mount) {
+    // A link on the way, not merely a path written otherwise (relative, `./`, `..`).
+    let through_link = |p: &std::path::Path| {
+        let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        p.ancestors()
+            .any(|a| std::fs::symlink_metadata(a).is_ok_and(|m| m.file_type().is_symlink()))
+    };
+    if let Some(t) = m
+        .targets
+        .first()
+        .filter(|t| t.mount_given != t.mount && through_link(&t.mount_given))
+    {
         warnings.push(format!(
             "target.path {} is a symbolic link: promigrate works on the directory it resolves to, {}",
             t.mount_given.display(),
