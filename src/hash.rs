@@ -11,12 +11,14 @@ use crate::source::{Input, Source};
 pub const BUF_SIZE: usize = 1 << 20;
 
 /// The xxh3-128 of the file `rel` below `root`, read through `buf`; each chunk read is
-/// counted on `progress`.
+/// counted on `progress`. `cancel` stops it between chunks (`Interrupted`): a large file
+/// does not hold up a Ctrl-C.
 pub fn file(
     root: &Source,
     rel: &str,
     buf: &mut [u8],
     progress: &dyn Progress,
+    cancel: &std::sync::atomic::AtomicBool,
 ) -> std::io::Result<u128> {
     let (mut f, st) = root.open(rel)?;
     let len = st.size;
@@ -28,6 +30,12 @@ pub fn file(
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut done = 0u64;
     let result = loop {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            break Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "interrupted",
+            ));
+        }
         let n = match f.read(buf) {
             Ok(n) => n,
             Err(e) => break Err(e),

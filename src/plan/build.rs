@@ -68,12 +68,13 @@ pub fn source_hash(
     f: &FileInfo,
     buf: &mut [u8],
     progress: &dyn Progress,
+    cancel: &std::sync::atomic::AtomicBool,
 ) -> std::io::Result<(u128, u64)> {
     if let Some(h) = hashes.lock().ok().and_then(|h| h.get(&f.rel).copied()) {
         progress.add_bytes(f.size);
         return Ok((h, 0));
     }
-    let h = crate::hash::file(source, &f.rel, buf, progress)?;
+    let h = crate::hash::file(source, &f.rel, buf, progress, cancel)?;
     if let Ok(mut map) = hashes.lock() {
         map.insert(f.rel.clone(), h);
     }
@@ -870,7 +871,7 @@ fn content_differs(
             files,
             parallelism,
             || vec![0u8; crate::hash::BUF_SIZE],
-            |buf, f| source_hash(hashes, source, f, buf, progress.as_ref()).map(|(h, _)| h),
+            |buf, f| source_hash(hashes, source, f, buf, progress.as_ref(), &never).map(|(h, _)| h),
         );
         let theirs = theirs
             .join()

@@ -268,7 +268,7 @@ impl Survey for LocalSurvey {
                 if cancel.load(std::sync::atomic::Ordering::Relaxed) {
                     return Err("interrupted".to_string());
                 }
-                crate::hash::file(&tree, rel, buf, progress).map_err(|e| e.to_string())
+                crate::hash::file(&tree, rel, buf, progress, cancel).map_err(|e| e.to_string())
             },
         )
     }

@@ -409,10 +409,12 @@ fn hash_pairs(
                     return None;
                 }
                 Some(
-                    plan::source_hash(hashes, src_root, s, buf, progress).map(|(h, read)| {
-                        hashed.fetch_add(read, Ordering::Relaxed);
-                        h
-                    }),
+                    plan::source_hash(hashes, src_root, s, buf, progress, cancel).map(
+                        |(h, read)| {
+                            hashed.fetch_add(read, Ordering::Relaxed);
+                            h
+                        },
+                    ),
                 )
             },
         );
