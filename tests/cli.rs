@@ -303,6 +303,21 @@ fn plan_file_errors_after_review() {
         err.contains("UTF-16") && err.contains("save it as UTF-8"),
         "{err}"
     );
+    // Without the byte-order mark too (big- and little-endian): ASCII in UTF-16 is valid
+    // UTF-8 with a NUL every other byte.
+    for be in [false, true] {
+        let utf16: Vec<u8> = good
+            .encode_utf16()
+            .flat_map(|u| if be { u.to_be_bytes() } else { u.to_le_bytes() })
+            .collect();
+        std::fs::write(&ws.plan, utf16).unwrap();
+        let (code, _, err) = ws.run(&["plan"]);
+        assert_eq!(code, 2);
+        assert!(
+            err.contains("UTF-16") && err.contains("save it as UTF-8"),
+            "big-endian {be}: {err}"
+        );
+    }
     // plan --phase without --bwlimit is a usage error, not silently ignored.
     std::fs::write(&ws.plan, &good).unwrap();
     let (code, _, _) = ws.run(&["plan", "--phase", "final"]);

@@ -460,6 +460,14 @@ fn completions_and_man_page_generate() {
         c
     });
     assert!(page.contains(".SH EXAMPLES"), "{page}");
+    // A hidden command (the receiver's) has no page: refused like an unknown one.
+    let (code, page, err) = run({
+        let mut c = promigrate();
+        c.args(["man", "receive"]);
+        c
+    });
+    assert_eq!(code, 2, "{page}");
+    assert!(err.contains("no command \"receive\""), "{err}");
     // And each command's --help ends with examples, then the exit codes.
     for cmd in ["plan", "apply", "verify", "inspect"] {
         let (code, out, _) = run({

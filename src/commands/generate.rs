@@ -37,7 +37,8 @@ pub fn man(command: Option<&str>) -> Outcome {
     root.build();
     let cmd = match command {
         None => root,
-        Some(name) => match root.find_subcommand(name) {
+        // A hidden command (the receiver's) has no page, as the list below says.
+        Some(name) => match root.find_subcommand(name).filter(|c| !c.is_hide_set()) {
             // Printed once, then the process ends.
             Some(c) => c
                 .clone()

@@ -1037,6 +1037,26 @@ pub fn load(plan_path: &Path, derive: &Derive<'_>) -> anyhow::Result<Migration> 
         };
         InvalidInput(format!("plan file {} {what}", plan_path.display()))
     })?;
+    // ASCII written as UTF-16 without a byte-order mark is valid UTF-8, with a NUL in
+    // every other byte; other NULs mean it is no text at all.
+    if text.contains('\0') {
+        let b = text.as_bytes();
+        let head = &b[..b.len().min(256)];
+        let zeros_at = |parity: usize| {
+            head.iter()
+                .skip(parity)
+                .step_by(2)
+                .filter(|x| **x == 0)
+                .count()
+        };
+        let half = head.len() / 2;
+        let what = if half > 0 && (zeros_at(0) * 10 >= half * 9 || zeros_at(1) * 10 >= half * 9) {
+            "is UTF-16 text without a byte-order mark: save it as UTF-8"
+        } else {
+            "is not a text file: check that -f names the plan (a YAML file, see examples/vm-to-k8s.yaml)"
+        };
+        return Err(InvalidInput(format!("plan file {} {what}", plan_path.display())).into());
+    }
     if text
         .lines()
         .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
