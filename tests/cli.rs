@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
+use std::process::Stdio;
 
 /// Every example plan parses (paths are not resolved: they name production hosts).
 #[test]
@@ -1590,4 +1591,70 @@ fn a_relative_target_path_is_not_called_a_symbolic_link() {
         ),
         "{out}"
     );
+}
+
+/// Issue 18: the JSON contract when a run is interrupted (SIGINT) or stopped by its
+/// deadline: one document, `ok` false, `exit_code` the process's, `error` set when it
+/// failed, and the record of the run.
+#[test]
+fn an_interrupted_or_out_of_time_run_keeps_the_json_contract() {
+    let interrupted = |ws: &Workspace, args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--output", "json"]);
+        let child = ws
+            .cmd(&a)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: not one JSON document ({e}): {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), v)
+    };
+    let ws = Workspace::new();
+    // 100 KiB/s: the fixture takes several seconds, SIGINT comes after 2.
+    let (code, v) = interrupted(
+        &ws,
+        &["apply", "--yes", "--source-stopped", "--bwlimit", "100K"],
+    );
+    assert_eq!(code, 3, "{v}");
+    assert_contract("apply, interrupted", code, &v, false, true);
+    assert!(v["error"].as_str().unwrap().contains("interrupted"), "{v}");
+
+    // A deadline that passes mid-copy: incomplete, exit 1, no error, a record.
+    let (code, v) = ws.run_json(&[
+        "apply",
+        "--yes",
+        "--source-stopped",
+        "--bwlimit",
+        "100K",
+        "--deadline",
+        "2s",
+    ]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["incomplete"], true, "{v}");
+    assert_contract("apply, deadline", code, &v, false, true);
+
+    // verify, interrupted in the middle of a large file (a sparse one on both sides).
+    let (code, v) = ws.run_json(&["apply", "--yes", "--source-stopped"]);
+    assert_eq!(code, 0, "{v}");
+    for root in [ws.source.clone(), ws.target()] {
+        let f = std::fs::File::create(root.join("wal/00000099")).unwrap();
+        f.set_len(16 << 30).unwrap();
+    }
+    let (code, v) = interrupted(&ws, &["verify", "--level", "checksum"]);
+    assert_eq!(code, 3, "{v}");
+    assert_contract("verify, interrupted", code, &v, false, true);
 }
