@@ -97,26 +97,34 @@ static CREATED: std::sync::Mutex<Created> = std::sync::Mutex::new(Created {
 });
 
 struct Created {
-    pods: Vec<(Api<Pod>, String)>,
+    /// Each pod, and whether its create call has returned (until then a delete can find
+    /// nothing, and the pod be made right after).
+    pods: Vec<(
+        Api<Pod>,
+        String,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    )>,
     /// [`delete_created`] has begun.
     closing: bool,
 }
 
 /// Notes pod `name` before it is created (a Ctrl-C right after its creation still finds
 /// it); false once [`delete_created`] has begun: create no pod then.
-fn track(pods: &Api<Pod>, name: &str) -> bool {
+fn track(pods: &Api<Pod>, name: &str) -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
     match CREATED.lock() {
         Ok(mut c) if !c.closing => {
-            c.pods.push((pods.clone(), name.to_string()));
-            true
+            let settled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            c.pods
+                .push((pods.clone(), name.to_string(), settled.clone()));
+            Some(settled)
         }
-        _ => false,
+        _ => None,
     }
 }
 
 fn untrack(name: &str) {
     if let Ok(mut c) = CREATED.lock() {
-        c.pods.retain(|(_, n)| n != name);
+        c.pods.retain(|(_, n, _)| n != name);
     }
 }
 
@@ -130,8 +138,16 @@ pub async fn delete_created() {
             std::mem::take(&mut c.pods)
         })
         .unwrap_or_default();
-    for (pods, name) in all {
+    for (pods, name, settled) in all {
         let ns = pods.namespace().unwrap_or_default().to_string();
+        // A create call still on its way: deleted now, the pod could be made just after.
+        // Its answer is waited for (at most 10 s; the API server answers in milliseconds).
+        let asked = std::time::Instant::now();
+        while !settled.load(std::sync::atomic::Ordering::Acquire)
+            && asked.elapsed() < Duration::from_secs(10)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         match delete_and_wait(&pods, &name).await {
             Ok(()) => tracing::info!("receiver pod {ns}/{name} deleted"),
             Err(e) => tracing::warn!(
@@ -808,10 +824,12 @@ pub async fn start(
         owner,
         read_only,
     )?;
-    if !track(&pods, &name) {
+    let Some(settled) = track(&pods, &name) else {
         bail!("interrupted: no receiver pod created");
-    }
-    if let Err(e) = pods.create(&PostParams::default(), &spec).await {
+    };
+    let created = pods.create(&PostParams::default(), &spec).await;
+    settled.store(true, std::sync::atomic::Ordering::Release);
+    if let Err(e) = created {
         untrack(&name);
         return Err(super::api_error(
             cluster,
