@@ -765,15 +765,7 @@ fn render_apply(out: &ApplyOutput) -> String {
     } else if out.ok && !out.dry_run && out.verify.is_some() {
         // The verify above gated the scale-up, and the new server now writes its own WAL:
         // a verify from here on reports that as differences (docs/runbook.md, step 5).
-        let scaled_back = out
-            .kubernetes_changes
-            .iter()
-            .any(|c| c.field == "spec.replicas" && c.before == "0" && c.after != "0");
-        s.push_str(if scaled_back {
-            "Next: cut over. The verify above was the go/no-go and the StatefulSet runs again on the copy; a `promigrate verify` from now on reports the new server's own wal/ and chunks_head/ as different.\n"
-        } else {
-            "Next: cut over. The verify above was the go/no-go; promigrate scaled nothing back (nothing was scaled down by it, e.g. a StatefulSet scaled to 0 by hand): start the target Prometheus on the copy yourself. A `promigrate verify` once it runs reports its own wal/ and chunks_head/ as different.\n"
-        });
+        s.push_str(&cutover_line(out, &outcomes));
     } else if out.ok && !out.dry_run {
         s.push_str(&format!(
             "Next: {} --level deep (its exit code gates the cutover).\n",
@@ -781,6 +773,64 @@ fn render_apply(out: &ApplyOutput) -> String {
         ));
     }
     s
+}
+
+/// The "Next: cut over" line after a gated apply: which StatefulSets run again on the copy
+/// (scaled back by this run), and which the operator must start (every target's, by name,
+/// when there are several).
+fn cutover_line(
+    out: &ApplyOutput,
+    outcomes: &[(&plan::MigrationPlan, Option<&sync::ApplyReport>)],
+) -> String {
+    // Each target's StatefulSet (the operator's is prometheus-NAME), once.
+    let mut named: Vec<String> = Vec::new();
+    for (p, _) in outcomes {
+        let Some(k) = &p.kubernetes else { continue };
+        let sts = k.stateful_set_name.clone().or_else(|| {
+            k.prometheus_name
+                .as_ref()
+                .map(|n| format!("prometheus-{n}"))
+        });
+        if let Some(o) = sts.map(|n| format!("statefulset/{}/{n}", k.namespace))
+            && !named.contains(&o)
+        {
+            named.push(o);
+        }
+    }
+    cutover_text(&out.kubernetes_changes, &named)
+}
+
+/// [`cutover_line`] from the run's cluster changes and the targets' StatefulSets.
+fn cutover_text(changes: &[k8s::Change], named: &[String]) -> String {
+    let back: Vec<&str> = changes
+        .iter()
+        .filter(|c| c.field == "spec.replicas" && c.before == "0" && c.after != "0")
+        .map(|c| c.object.as_str())
+        .collect();
+    let left: Vec<&str> = named
+        .iter()
+        .map(String::as_str)
+        .filter(|o| !back.contains(o))
+        .collect();
+    let after = "a `promigrate verify` from now on reports the new server's own wal/ and chunks_head/ as different.";
+    match (back.as_slice(), left.as_slice()) {
+        // One StatefulSet, scaled back: as it always read.
+        ([_], []) if named.len() <= 1 => format!(
+            "Next: cut over. The verify above was the go/no-go and the StatefulSet runs again on the copy; {after}\n"
+        ),
+        ([], _) => "Next: cut over. The verify above was the go/no-go; promigrate scaled nothing back (nothing was scaled down by it, e.g. a StatefulSet scaled to 0 by hand): start the target Prometheus on the copy yourself. A `promigrate verify` once it runs reports its own wal/ and chunks_head/ as different.\n".to_string(),
+        (back, []) => format!(
+            "Next: cut over. The verify above was the go/no-go and {} run again on the copies; {after}\n",
+            back.join(", ")
+        ),
+        (back, left) => format!(
+            "Next: cut over. The verify above was the go/no-go; {} {} again on the copy, but promigrate scaled nothing back for {} (not scaled down by it): start {} on the copy yourself. Then {after}\n",
+            back.join(", "),
+            crate::units::verb_for(back.len() as u64, "runs", "run"),
+            left.join(", "),
+            crate::units::verb_for(left.len() as u64, "it", "them"),
+        ),
+    }
 }
 
 /// A dry run's recorded changes to one target as lines for people: a staged block (its
@@ -916,4 +966,42 @@ fn confirm(plans: &[plan::MigrationPlan]) -> anyhow::Result<bool> {
         .read_line(&mut line)
         .context("cannot read the answer from stdin")?;
     Ok(matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scaled(object: &str) -> k8s::Change {
+        k8s::Change {
+            object: object.into(),
+            field: "spec.replicas".into(),
+            before: "0".into(),
+            after: "1".into(),
+        }
+    }
+
+    #[test]
+    fn the_cutover_line_names_each_statefulset_when_there_are_several() {
+        let (a, b) = ("statefulset/m/a".to_string(), "statefulset/m/b".to_string());
+        let one = cutover_text(&[scaled(&a)], std::slice::from_ref(&a));
+        assert!(
+            one.contains("the StatefulSet runs again on the copy"),
+            "{one}"
+        );
+        let both = cutover_text(&[scaled(&a), scaled(&b)], &[a.clone(), b.clone()]);
+        assert!(
+            both.contains("statefulset/m/a, statefulset/m/b run again on the copies"),
+            "{both}"
+        );
+        let half = cutover_text(&[scaled(&a)], &[a.clone(), b.clone()]);
+        assert!(
+            half.contains("statefulset/m/a runs again on the copy")
+                && half.contains("scaled nothing back for statefulset/m/b")
+                && half.contains("start it on the copy yourself"),
+            "{half}"
+        );
+        let none = cutover_text(&[], &[a, b]);
+        assert!(none.contains("promigrate scaled nothing back"), "{none}");
+    }
 }
