@@ -179,10 +179,11 @@ impl PlanFileArgs {
 
 /// `migrations/` in the plan file's directory.
 pub fn default_state_dir(plan: &std::path::Path) -> PathBuf {
-    plan.parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."))
-        .join("migrations")
+    match plan.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => dir.join("migrations"),
+        // A plan named without a directory: `migrations`, as `--state-dir migrations` is.
+        None => PathBuf::from("migrations"),
+    }
 }
 
 /// `promigrate plan`.

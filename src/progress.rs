@@ -74,7 +74,7 @@ pub fn for_stderr_from_start(label: &str, total_bytes: u64) -> Box<dyn Progress>
             label: label.to_string(),
             total: total_bytes,
             done: AtomicU64::new(0),
-            start: Instant::now(),
+            start: Mutex::new(Instant::now()),
             last: Mutex::new(Instant::now()),
             every: Duration::from_secs(10),
         })
@@ -106,12 +106,22 @@ struct Lines {
     label: String,
     total: u64,
     done: AtomicU64,
-    start: Instant,
+    /// When the work began ([`Progress::start`]): the rate and ETA count from there.
+    start: Mutex<Instant>,
     last: Mutex<Instant>,
     every: Duration,
 }
 
 impl Progress for Lines {
+    fn start(&self) {
+        let now = Instant::now();
+        if let Ok(mut s) = self.start.lock() {
+            *s = now;
+        }
+        if let Ok(mut l) = self.last.lock() {
+            *l = now;
+        }
+    }
     fn add_bytes(&self, n: u64) {
         let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
         let Ok(mut last) = self.last.try_lock() else {
@@ -121,7 +131,11 @@ impl Progress for Lines {
             return;
         }
         *last = Instant::now();
-        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
+        let secs = self
+            .start
+            .lock()
+            .map_or(0.0, |s| s.elapsed().as_secs_f64())
+            .max(1e-3);
         let rate = done as f64 / secs;
         let eta = if rate > 0.0 {
             (self.total.saturating_sub(done)) as f64 / rate
@@ -157,7 +171,7 @@ mod tests {
             label: "copy".into(),
             total: 100,
             done: AtomicU64::new(0),
-            start: Instant::now(),
+            start: Mutex::new(Instant::now()),
             last: Mutex::new(Instant::now()),
             every: Duration::from_secs(3600),
         };

@@ -154,11 +154,7 @@ fn sigterm_stops_cleanly_and_resumes() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1200));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    signal(child.id(), nix::sys::signal::Signal::SIGTERM);
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");

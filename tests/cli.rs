@@ -307,7 +307,8 @@ fn plan_file_errors_after_review() {
     // Without the byte-order mark too (big- and little-endian): ASCII in UTF-16 is valid
     // UTF-8 with a NUL every other byte.
     for be in [false, true] {
-        let utf16: Vec<u8> = good
+        // With a non-ASCII comment too (not valid UTF-8 then).
+        let utf16: Vec<u8> = format!("# é\n{good}")
             .encode_utf16()
             .flat_map(|u| if be { u.to_be_bytes() } else { u.to_le_bytes() })
             .collect();
@@ -332,6 +333,8 @@ fn an_empty_or_binary_plan_file_is_named_as_such() {
         (&b""[..], "is empty"),
         (&b"  \n# only a comment\n"[..], "is empty (comments only)"),
         (&b"\x00\xff\xfebinary"[..], "is not a text file"),
+        // Zeros (a file zero-filled after a crash) are no UTF-16 either.
+        (&[0u8; 512][..], "is not a text file"),
     ] {
         std::fs::write(&ws.plan, text).unwrap();
         let (code, _, err) = ws.run(&["plan"]);
@@ -1608,11 +1611,7 @@ fn an_interrupted_or_out_of_time_run_keeps_the_json_contract() {
             .spawn()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_secs(2));
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        )
-        .unwrap();
+        signal(child.id(), nix::sys::signal::Signal::SIGINT);
         let out = child.wait_with_output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
@@ -1650,10 +1649,7 @@ fn an_interrupted_or_out_of_time_run_keeps_the_json_contract() {
     // verify, interrupted in the middle of a large file (a sparse one on both sides).
     let (code, v) = ws.run_json(&["apply", "--yes", "--source-stopped"]);
     assert_eq!(code, 0, "{v}");
-    for root in [ws.source.clone(), ws.target()] {
-        let f = std::fs::File::create(root.join("wal/00000099")).unwrap();
-        f.set_len(16 << 30).unwrap();
-    }
+    big_sparse_segment(&ws);
     let (code, v) = interrupted(&ws, &["verify", "--level", "checksum"]);
     assert_eq!(code, 3, "{v}");
     assert_contract("verify, interrupted", code, &v, false, true);

@@ -203,11 +203,7 @@ fn a_run_stopped_part_way_fsyncs_the_directories_it_changed() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    signal(child.id(), nix::sys::signal::Signal::SIGTERM);
     let status = child.wait().unwrap();
     let _ = strace.wait();
     assert_ne!(status.code(), Some(0), "the run was to be stopped part-way");

@@ -873,7 +873,7 @@ fn a_pod_that_keeps_the_claim_ends_the_wait_naming_it_and_nothing_is_written() {
     let e = v["error"].as_str().unwrap_or_default();
     assert!(
         e.contains("pod holder in namespace")
-            && e.contains("still mount claim data-prom-0 after 3s"),
+            && e.contains("still mounts claim data-prom-0 after 3s"),
         "{e}"
     );
     assert!(!e.contains("prom-0,") && !e.contains(", prom-0"), "{e}");

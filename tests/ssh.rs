@@ -1205,6 +1205,16 @@ fn known_hosts_of(dir: &Path, hosts: &[&Sshd]) -> PathBuf {
     kh
 }
 
+/// Sets `source.ssh.proxyJump` of the workspace plan (made by [`ssh_plan`]) to `hops`, and
+/// reads no ssh config.
+fn through(ws: &Workspace, hops: &str) {
+    let yaml = std::fs::read_to_string(&ws.plan).unwrap().replace(
+        "    knownHostsFile:",
+        &format!("    proxyJump: {hops}\n    configFile: none\n    knownHostsFile:"),
+    );
+    std::fs::write(&ws.plan, yaml).unwrap();
+}
+
 /// Whether the bastion forwarded a connection to `port` (its DEBUG1 log says so).
 fn forwarded_to(jump: &Sshd, port: u16) -> bool {
     std::fs::read_to_string(jump.path("sshd.log"))
@@ -1223,14 +1233,7 @@ fn a_source_behind_a_jump_host_is_copied_through_it_with_each_host_key_checked()
     let ws = Workspace::new();
     let kh = known_hosts_of(ws.dir.path(), &[&target, &jump]);
     ssh_plan(&ws, &target, "client_key", &kh, "");
-    let yaml = std::fs::read_to_string(&ws.plan).unwrap().replace(
-        "    knownHostsFile:",
-        &format!(
-            "    proxyJump: root@127.0.0.1:{}\n    configFile: none\n    knownHostsFile:",
-            jump.port
-        ),
-    );
-    std::fs::write(&ws.plan, yaml).unwrap();
+    through(&ws, &format!("root@127.0.0.1:{}", jump.port));
 
     let (code, text, err) = ws.run(&["plan"]);
     assert_eq!(code, 0, "{text}\n{err}");
@@ -1260,14 +1263,7 @@ fn a_source_behind_a_jump_host_is_copied_through_it_with_each_host_key_checked()
     let ws2 = Workspace::new();
     let only_target = target.path("known_hosts");
     ssh_plan(&ws2, &target, "client_key", &only_target, "");
-    let yaml = std::fs::read_to_string(&ws2.plan).unwrap().replace(
-        "    knownHostsFile:",
-        &format!(
-            "    proxyJump: [\"root@127.0.0.1:{}\"]\n    configFile: none\n    knownHostsFile:",
-            jump.port
-        ),
-    );
-    std::fs::write(&ws2.plan, yaml).unwrap();
+    through(&ws2, &format!("[\"root@127.0.0.1:{}\"]", jump.port));
     for args in [&["plan"][..], &["apply", "--yes", "--source-stopped"]] {
         let (code, out, err) = ws2.run(args);
         assert_eq!(code, 3, "{args:?}: {out}\n{err}");
@@ -1289,14 +1285,7 @@ fn a_jump_host_that_refuses_to_forward_is_named_at_once() {
     let ws = Workspace::new();
     let kh = known_hosts_of(ws.dir.path(), &[&target, &jump]);
     ssh_plan(&ws, &target, "client_key", &kh, "");
-    let yaml = std::fs::read_to_string(&ws.plan).unwrap().replace(
-        "    knownHostsFile:",
-        &format!(
-            "    proxyJump: root@127.0.0.1:{}\n    configFile: none\n    knownHostsFile:",
-            jump.port
-        ),
-    );
-    std::fs::write(&ws.plan, yaml).unwrap();
+    through(&ws, &format!("root@127.0.0.1:{}", jump.port));
     let t = Instant::now();
     let (code, out, err) = ws.run(&["plan"]);
     assert_eq!(code, 3, "{out}\n{err}");

@@ -143,10 +143,7 @@ fn ctrl_c_stops_verify_in_the_middle_of_a_large_file() {
     let ws = Workspace::new();
     let (code, out, err) = ws.run(&["apply", "--yes", "--source-stopped"]);
     assert_eq!(code, 0, "{out}{err}");
-    for root in [ws.source.clone(), ws.target()] {
-        let f = std::fs::File::create(root.join("wal/00000099")).unwrap();
-        f.set_len(16 << 30).unwrap();
-    }
+    big_sparse_segment(&ws);
     let mut child = ws
         .cmd(&["verify", "--level", "checksum"])
         .stdout(std::process::Stdio::null())
@@ -155,11 +152,7 @@ fn ctrl_c_stops_verify_in_the_middle_of_a_large_file() {
         .unwrap();
     // Let it get into the big file.
     std::thread::sleep(std::time::Duration::from_secs(2));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
+    signal(child.id(), nix::sys::signal::Signal::SIGINT);
     let start = std::time::Instant::now();
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {

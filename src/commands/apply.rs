@@ -47,8 +47,11 @@ struct ApplyOutput {
     /// Things to know about this run (e.g. a deadline shorter than the estimate).
     warnings: Vec<String>,
     error: Option<String>,
-    /// It failed before it changed any target: nothing was written to them (see `error`).
+    /// It failed before it changed anything, on the targets or in the cluster (see `error`).
     not_started: bool,
+    /// The copy engine was entered (reports come back from it, unless it panicked).
+    #[serde(skip)]
+    copy_entered: bool,
     record: Option<std::path::PathBuf>,
     /// The command line that reaches this plan again, for the "Next:" lines
     /// (`promigrate … -f PLAN`, the plan as it was given).
@@ -196,10 +199,17 @@ fn apply_and_record(
         Ok(code) => *code,
         Err(e) => {
             out.error = Some(format!("{e:#}"));
-            out.not_started = !out
+            // Nothing changed anywhere: no cluster object (a quiesce that failed half-way
+            // has changed some), and the copy either not entered, or entered and stopped
+            // before it began on any target (a copy that ended without its reports, a worker
+            // that panicked, may have written anything).
+            let reports: Vec<&sync::ApplyReport> = out
                 .targets
                 .iter()
-                .any(|t| t.apply.as_ref().is_some_and(|r| r.began));
+                .filter_map(|t| t.apply.as_ref())
+                .collect();
+            out.not_started = out.kubernetes_changes.is_empty()
+                && (!out.copy_entered || (!reports.is_empty() && !reports.iter().any(|r| r.began)));
             exit::classify(e)
         }
     };
@@ -466,6 +476,7 @@ fn apply_steps_until(
     );
     let worker_plans = plans.clone();
     let worker_cancel = cancel.clone();
+    out.copy_entered = true;
     let (reports, result) = rt
         .block_on(async move { tokio::task::spawn_blocking(move || {
             // Logged once every target is locked and ready (not for a run that cannot
@@ -693,14 +704,23 @@ fn render_apply(out: &ApplyOutput) -> String {
         // that the two agree.
         let unfinished = if r.unfinished_bytes > 0 {
             format!(
-                " and {} of unfinished files (removed; {}): {} written,",
+                " and {} of unfinished files (removed; {}): {} written{},",
                 units::bytes(r.unfinished_bytes),
                 if r.ok {
                     "copied again after a retry"
                 } else {
                     "the rerun copies them again"
                 },
-                units::bytes(r.copied_bytes + r.unfinished_bytes)
+                units::bytes(r.copied_bytes + r.unfinished_bytes),
+                if r.resumed_bytes > 0 {
+                    format!(
+                        " and {} of staged files kept from an earlier run ({} in all)",
+                        units::bytes(r.resumed_bytes),
+                        units::bytes(r.copied_bytes + r.unfinished_bytes + r.resumed_bytes)
+                    )
+                } else {
+                    String::new()
+                }
             )
         } else {
             ",".into()

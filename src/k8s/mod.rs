@@ -287,7 +287,11 @@ pub async fn quiesce(
                 Some(s) => format!(
                     "StatefulSet {s} is left at 0 replicas: find out why its pods do not stop, then rerun apply"
                 ),
-                None => "stop them (or name their StatefulSet in target.kubernetes.statefulSet), then rerun apply".into(),
+                None => format!(
+                    "stop {} (or name {} StatefulSet in target.kubernetes.statefulSet), then rerun apply",
+                    crate::units::verb_for(pods.len() as u64, "it", "them"),
+                    crate::units::verb_for(pods.len() as u64, "its", "their")
+                ),
             }
         );
     }

@@ -578,9 +578,9 @@ pub fn build_from(
         .count();
     if kept > 0 {
         warnings.push(format!(
-            "the target has {} the source selection lacks; {} stay, and Prometheus will load {} with the copy (set transfer.deleteExtraneous: true to quarantine {})",
+            "the target has {} the source selection lacks; {}, and Prometheus will load {} with the copy (set transfer.deleteExtraneous: true to quarantine {})",
             crate::units::count(kept as u64, "block entry"),
-            crate::units::verb_for(kept as u64, "it", "they"),
+            crate::units::verb_for(kept as u64, "it stays", "they stay"),
             crate::units::verb_for(kept as u64, "it", "them"),
             crate::units::verb_for(kept as u64, "it", "them")
         ));

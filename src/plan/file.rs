@@ -1008,6 +1008,28 @@ fn plainer(text: &str, path: &str, field: String, msg: String) -> (String, Strin
     (field, msg)
 }
 
+/// Whether `bytes` look like UTF-16 without a byte-order mark: in the first 256 bytes, those
+/// at one parity nearly all NUL (the high bytes of ASCII), those at the other nearly none (a
+/// file of zeros is not text of any kind).
+fn utf16_without_bom(bytes: &[u8]) -> bool {
+    let head = &bytes[..bytes.len().min(256)];
+    let half = head.len() / 2;
+    if half < 4 {
+        return false;
+    }
+    let zeros = |parity: usize| {
+        head.iter()
+            .skip(parity)
+            .step_by(2)
+            .filter(|x| **x == 0)
+            .count()
+    };
+    let (even, odd) = (zeros(0), zeros(1));
+    let most = |z: usize| z * 10 >= half * 9;
+    let few = |z: usize| z * 10 <= half;
+    (most(even) && few(odd)) || (most(odd) && few(even))
+}
+
 /// Reads, parses and resolves a plan file. A missing file, an invalid field or a missing
 /// source or target path is an [`InvalidInput`] (exit 2).
 pub fn load(plan_path: &Path, derive: &Derive<'_>) -> anyhow::Result<Migration> {
@@ -1028,6 +1050,8 @@ pub fn load(plan_path: &Path, derive: &Derive<'_>) -> anyhow::Result<Migration> 
         let bytes = e.as_bytes();
         let what = if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
             "is UTF-16 text (as PowerShell's `>` writes it): save it as UTF-8".to_string()
+        } else if utf16_without_bom(bytes) {
+            "is UTF-16 text without a byte-order mark: save it as UTF-8".to_string()
         } else if bytes.contains(&0) {
             "is not a text file: check that -f names the plan (a YAML file, see examples/vm-to-k8s.yaml)".to_string()
         } else {
@@ -1040,17 +1064,7 @@ pub fn load(plan_path: &Path, derive: &Derive<'_>) -> anyhow::Result<Migration> 
     // ASCII written as UTF-16 without a byte-order mark is valid UTF-8, with a NUL in
     // every other byte; other NULs mean it is no text at all.
     if text.contains('\0') {
-        let b = text.as_bytes();
-        let head = &b[..b.len().min(256)];
-        let zeros_at = |parity: usize| {
-            head.iter()
-                .skip(parity)
-                .step_by(2)
-                .filter(|x| **x == 0)
-                .count()
-        };
-        let half = head.len() / 2;
-        let what = if half > 0 && (zeros_at(0) * 10 >= half * 9 || zeros_at(1) * 10 >= half * 9) {
+        let what = if utf16_without_bom(text.as_bytes()) {
             "is UTF-16 text without a byte-order mark: save it as UTF-8"
         } else {
             "is not a text file: check that -f names the plan (a YAML file, see examples/vm-to-k8s.yaml)"

@@ -94,9 +94,12 @@ fn without_match_blocks(path: &Path, text: &str) -> Result<String, String> {
     if !matches.is_empty() {
         let at: Vec<String> = matches.iter().map(|(n, _)| n.to_string()).collect();
         tracing::warn!(
-            "ssh config {}: its Match blocks (line {}) are not read: promigrate reads Host blocks only; put what the source needs in a Host block or in the plan",
+            "ssh config {}: its Match {} ({} {}) {} not read: promigrate reads Host blocks only; put what the source needs in a Host block or in the plan",
             path.display(),
-            at.join(", ")
+            crate::units::noun_for(at.len() as u64, "block"),
+            crate::units::noun_for(at.len() as u64, "line"),
+            at.join(", "),
+            crate::units::verb_for(at.len() as u64, "is", "are")
         );
     }
     included_match_blocks(path, text, 0)?;
@@ -245,8 +248,10 @@ struct Resolved {
     port: u16,
     user: String,
     identity_file: Option<PathBuf>,
-    /// The config's `IdentityFile`s that exist here, in order (tried after the agent).
+    /// The config's `IdentityFile`s that exist here, in order (tried before the agent).
     config_identities: Vec<PathBuf>,
+    /// `IdentitiesOnly yes`.
+    identities_only: bool,
     known_hosts_file: PathBuf,
     proxy_jump: Option<Vec<String>>,
     used: Vec<&'static str>,
@@ -302,8 +307,8 @@ fn resolve_host(ask: Ask<'_>, params: Option<HostParams>) -> Result<Resolved, St
             format!("{what}: no user is given, the ssh config names none, and this process's user has no name: {}", if what == "source.ssh" { "set source.ssh.user" } else { "write the hop as user@host" })
         })?,
     };
-    // The plan's key is the one. Without it, as OpenSSH: the agent's keys, then the
-    // config's IdentityFiles that exist here (the missing ones are skipped).
+    // The plan's key is the one. Without it: the config's IdentityFiles that exist here
+    // (the missing ones are skipped, as OpenSSH does), then the agent's keys.
     let mut config_identities = Vec::new();
     if identity_file.is_none() {
         let listed = p.identity_file.clone().unwrap_or_default();
@@ -352,6 +357,11 @@ fn resolve_host(ask: Ask<'_>, params: Option<HostParams>) -> Result<Resolved, St
         user,
         identity_file,
         config_identities,
+        identities_only: p
+            .unsupported_fields
+            .get("identitiesonly")
+            .and_then(|v| v.first())
+            .is_some_and(|v| v.eq_ignore_ascii_case("yes")),
         known_hosts_file,
         proxy_jump: p.proxy_jump.clone(),
         used,
@@ -447,6 +457,7 @@ pub fn resolve(g: &Given) -> Result<SshSpec, String> {
             user: h.user,
             identity_file: None,
             config_identities: keys,
+            identities_only: h.identities_only,
             known_hosts_file: h.known_hosts_file,
             accept_new_host_key: g.accept_new_host_key,
             read: g.read,
@@ -460,6 +471,7 @@ pub fn resolve(g: &Given) -> Result<SshSpec, String> {
         user: t.user,
         identity_file: t.identity_file,
         config_identities: t.config_identities,
+        identities_only: t.identities_only,
         known_hosts_file: t.known_hosts_file,
         accept_new_host_key: g.accept_new_host_key,
         read: g.read,

@@ -30,9 +30,11 @@ pub struct SshSpec {
     pub user: String,
     /// Private key file (the plan's `identityFile`): the one key used.
     pub identity_file: Option<PathBuf>,
-    /// Without `identity_file`: keys tried after the agent's, in order (the ssh config's
-    /// `IdentityFile`s that exist; for a jump host, the plan's `identityFile` last).
+    /// Without `identity_file`: key files tried before the agent's keys, in order (the ssh
+    /// config's `IdentityFile`s that exist; for a jump host, the plan's `identityFile` last).
     pub config_identities: Vec<PathBuf>,
+    /// `IdentitiesOnly yes` in the ssh config: no agent key but those files.
+    pub identities_only: bool,
     /// known_hosts file to check the host key against.
     pub known_hosts_file: PathBuf,
     /// Accept (and append) an unknown host's key: only when the plan says so.
@@ -348,13 +350,11 @@ fn authenticate(sess: &Session, spec: &SshSpec) -> Result<(), SshError> {
                 })?;
         }
         None => {
-            // As OpenSSH: the agent's keys, then the ssh config's key files in order.
+            // The ssh config's key files first, in order (the keys it names for this host:
+            // an agent with many keys would otherwise use up sshd's MaxAuthTries before
+            // them), then the agent's keys (an encrypted file's key among them), unless
+            // the config says IdentitiesOnly.
             let mut tried = Vec::new();
-            match sess.userauth_agent(&spec.user) {
-                Ok(()) if sess.authenticated() => return Ok(()),
-                Ok(()) => tried.push("the ssh-agent's keys were refused".to_string()),
-                Err(e) => tried.push(format!("ssh-agent: {}", e.message())),
-            }
             for key in &spec.config_identities {
                 if hostkey::key_is_encrypted(key) {
                     tried.push(format!("{} is encrypted (ssh-add it)", key.display()));
@@ -364,6 +364,13 @@ fn authenticate(sess: &Session, spec: &SshSpec) -> Result<(), SshError> {
                     Ok(()) if sess.authenticated() => return Ok(()),
                     Ok(()) => tried.push(format!("{} was refused", key.display())),
                     Err(e) => tried.push(format!("{}: {}", key.display(), e.message())),
+                }
+            }
+            if !spec.identities_only {
+                match sess.userauth_agent(&spec.user) {
+                    Ok(()) if sess.authenticated() => return Ok(()),
+                    Ok(()) => tried.push("the ssh-agent's keys were refused".to_string()),
+                    Err(e) => tried.push(format!("ssh-agent: {}", e.message())),
                 }
             }
             return Err(SshError::Auth(format!(

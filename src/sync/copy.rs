@@ -334,6 +334,12 @@ pub fn copy_file<'a>(
             let _ = o.target.remove_file(o.rel);
         }
     }
+    // A file that changed while it was read is not this run's to copy (a presync leaves
+    // its block for the final phase): what the progress counted of it is taken back, so
+    // it is not reported as an unfinished file either.
+    if let Err(CopyError::Changed { copied, .. }) = &result {
+        ctx.progress.take_back(*copied);
+    }
     result
 }
 

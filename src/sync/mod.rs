@@ -123,6 +123,9 @@ pub struct ApplyReport {
     /// error): removed again, copied again by the next run. With `copied_bytes`, what the
     /// progress bar showed last.
     pub unfinished_bytes: u64,
+    /// Sizes of the staged files an earlier run left complete and this run kept (the
+    /// progress counts them as done). Per run, like `unfinished_bytes`.
+    pub resumed_bytes: u64,
     /// The run began to change this target: it created its directory, or went on past
     /// its lock (a failure before that changed nothing there).
     pub began: bool,
@@ -552,6 +555,7 @@ fn execute(
             .unwrap_or_default();
         report.incomplete = out_of_time;
         report.unfinished_bytes = unfinished;
+        report.resumed_bytes = shared.resumed_bytes.load(Ordering::Relaxed);
         report.streamed_files = shared.streaming.files.load(Ordering::Relaxed);
     }
     // Every directory this run changed is made durable, also when it stops part-way: what

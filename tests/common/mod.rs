@@ -494,6 +494,21 @@ pub fn json_strings(v: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// Sends `signal` to the process `pid` (one this test started).
+pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+}
+
+/// A 16 GiB sparse WAL segment (`wal/00000099`) on both sides of an applied workspace:
+/// hashing it whole takes this debug build minutes, so a command is still hashing it when
+/// a test interrupts it.
+pub fn big_sparse_segment(ws: &Workspace) {
+    for root in [ws.source.clone(), ws.target()] {
+        let f = std::fs::File::create(root.join("wal/00000099")).unwrap();
+        f.set_len(16 << 30).unwrap();
+    }
+}
+
 pub fn promigrate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_promigrate"))
 }

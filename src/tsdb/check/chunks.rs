@@ -96,8 +96,8 @@ pub(super) fn check(
         out.push(p(
             String::new(),
             format!(
-                "{} more",
-                crate::units::count(extra as u64, "damaged chunk")
+                "{extra} more {}",
+                crate::units::noun_for(extra as u64, "damaged chunk")
             ),
             Effect::QueryErrors,
         ));

@@ -329,8 +329,8 @@ pub(super) fn check(
             rel,
             "",
             format!(
-                "{} more",
-                crate::units::count(extra as u64, "damaged entry")
+                "{extra} more {}",
+                crate::units::noun_for(extra as u64, "damaged entry")
             ),
             Effect::QueryErrors,
         ));
