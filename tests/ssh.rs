@@ -1215,6 +1215,18 @@ fn through(ws: &Workspace, hops: &str) {
     std::fs::write(&ws.plan, yaml).unwrap();
 }
 
+/// A source sshd, a bastion in front of it (`AllowTcpForwarding forwarding`), and a
+/// workspace whose plan reaches the source through the bastion, both host keys known.
+fn behind_a_bastion(forwarding: &str) -> (Sshd, Sshd, Workspace) {
+    let target = Sshd::start();
+    let jump = bastion(&target, forwarding);
+    let ws = Workspace::new();
+    let kh = known_hosts_of(ws.dir.path(), &[&target, &jump]);
+    ssh_plan(&ws, &target, "client_key", &kh, "");
+    through(&ws, &format!("root@127.0.0.1:{}", jump.port));
+    (target, jump, ws)
+}
+
 /// Whether the bastion forwarded a connection to `port` (its DEBUG1 log says so).
 fn forwarded_to(jump: &Sshd, port: u16) -> bool {
     std::fs::read_to_string(jump.path("sshd.log"))
@@ -1228,12 +1240,7 @@ fn forwarded_to(jump: &Sshd, port: u16) -> bool {
 /// the source's: a known_hosts without it stops everything before anything is read.
 #[test]
 fn a_source_behind_a_jump_host_is_copied_through_it_with_each_host_key_checked() {
-    let target = Sshd::start();
-    let jump = bastion(&target, "yes");
-    let ws = Workspace::new();
-    let kh = known_hosts_of(ws.dir.path(), &[&target, &jump]);
-    ssh_plan(&ws, &target, "client_key", &kh, "");
-    through(&ws, &format!("root@127.0.0.1:{}", jump.port));
+    let (target, jump, ws) = behind_a_bastion("yes");
 
     let (code, text, err) = ws.run(&["plan"]);
     assert_eq!(code, 0, "{text}\n{err}");
@@ -1280,12 +1287,7 @@ fn a_source_behind_a_jump_host_is_copied_through_it_with_each_host_key_checked()
 /// refusal is not a dropped connection to retry).
 #[test]
 fn a_jump_host_that_refuses_to_forward_is_named_at_once() {
-    let target = Sshd::start();
-    let jump = bastion(&target, "no");
-    let ws = Workspace::new();
-    let kh = known_hosts_of(ws.dir.path(), &[&target, &jump]);
-    ssh_plan(&ws, &target, "client_key", &kh, "");
-    through(&ws, &format!("root@127.0.0.1:{}", jump.port));
+    let (_target, jump, ws) = behind_a_bastion("no");
     let t = Instant::now();
     let (code, out, err) = ws.run(&["plan"]);
     assert_eq!(code, 3, "{out}\n{err}");
