@@ -718,3 +718,23 @@ fn a_claim_a_pod_holds_exclusively_is_freed_by_apply_before_its_receiver_starts_
         "after apply"
     );
 }
+
+/// Issue 17: an image the node cannot pull is named at once (not after the wait timeout),
+/// with what to set; no pod is left behind.
+#[test]
+fn a_receiver_image_the_node_cannot_pull_is_a_clear_error_and_leaves_no_pod() {
+    // A registry on a closed port of 127.0.0.1: the pull is refused at once.
+    let (node, _vol, ws) = node_claim_and_plan_with(|_| {
+        "      image: 127.0.0.1:1/promigrate-test/no-such-image:1\n".to_string()
+    });
+    let (code, out, err) = run(&ws, &["plan"]);
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(
+        err.contains("cannot pull image 127.0.0.1:1/promigrate-test/no-such-image:1")
+            && err.contains("target.kubernetes.receiver.image"),
+        "{err}"
+    );
+    // Named from the pod's status at once, not from the wait's timeout.
+    assert!(!err.contains("is not running after"), "{err}");
+    assert_eq!(pods_left(&node), Vec::<String>::new());
+}

@@ -759,9 +759,16 @@ fn start_error(shown: &str, image: &str, why: &str) -> anyhow::Error {
     let no_shell = ["executable file not found", "no such file or directory"]
         .iter()
         .any(|w| why.contains(w));
+    let no_image = ["ErrImagePull", "ImagePullBackOff", "InvalidImageName"]
+        .iter()
+        .any(|w| why.starts_with(w));
     if no_shell {
         anyhow!(
             "the receiver pod {shown} cannot run image {image}, which has no `sh`: {why}. The receiver pod needs an image with sh and cat: set target.kubernetes.receiver.image to one the cluster can pull (e.g. busybox)"
+        )
+    } else if no_image {
+        anyhow!(
+            "the receiver pod {shown} cannot start: its node cannot pull image {image} ({why}). Set target.kubernetes.receiver.image to an image with sh and cat that the node has or can pull (the Prometheus StatefulSet's own image is taken when the plan names none)"
         )
     } else {
         anyhow!("the receiver pod {shown} (image {image}) did not start: {why}")
