@@ -1370,3 +1370,79 @@ fn an_ssh_config_alias_supplies_the_host_its_settings_and_its_jump() {
     let (code, out, _) = ws.run(&["verify", "--level", "deep"]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// Issue 18 (review): `IdentitiesOnly yes` with an encrypted `IdentityFile` logs in with the
+/// agent's copy of that key, as OpenSSH does (an agent of the test's own, on its own
+/// socket; the key added with its passphrase through SSH_ASKPASS).
+#[test]
+fn identities_only_logs_in_with_the_agents_copy_of_the_named_key() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    let dir = ws.dir.path();
+    let key = dir.join("locked_key");
+    keygen(&key, "secret phrase");
+    let mut keys = std::fs::read_to_string(sshd.path("authorized_keys")).unwrap();
+    keys.push_str(&std::fs::read_to_string(dir.join("locked_key.pub")).unwrap());
+    std::fs::write(sshd.path("authorized_keys"), keys).unwrap();
+    let sock = dir.join("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("ssh-agent (openssh-client)");
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(start.elapsed() < Duration::from_secs(10), "no agent socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let askpass = dir.join("askpass.sh");
+    std::fs::write(&askpass, "#!/bin/sh\necho 'secret phrase'\n").unwrap();
+    std::fs::set_permissions(
+        &askpass,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let added = Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .env("SSH_ASKPASS", &askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{added:?}");
+    let config = dir.join("ssh_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Host vm\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n",
+            sshd.port,
+            key.display(),
+            sshd.path("known_hosts").display()
+        ),
+    )
+    .unwrap();
+    let yaml = plan_yaml(&ws.source, &ws.mount, "").replace(
+        &format!("source:\n  path: {}\n", ws.source.display()),
+        &format!(
+            "source:\n  path: {}\n  ssh:\n    host: vm\n    configFile: {}\n",
+            ws.source.display(),
+            config.display()
+        ),
+    );
+    std::fs::write(&ws.plan, yaml).unwrap();
+    let mut c = ws.cmd(&["plan"]);
+    c.env("SSH_AUTH_SOCK", &sock);
+    let (code, out, err) = run(c);
+    // Without the agent, the encrypted file alone cannot log in: named as such.
+    let mut c = ws.cmd(&["plan"]);
+    c.env_remove("SSH_AUTH_SOCK");
+    let (code2, _, err2) = run(c);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(code2, 3, "{err2}");
+    assert!(err2.contains("locked_key is encrypted"), "{err2}");
+}

@@ -702,9 +702,14 @@ fn render_apply(out: &ApplyOutput) -> String {
         };
         // Bytes of files left unfinished are written too (the bar counted them): said, so
         // that the two agree.
-        let unfinished = if r.unfinished_bytes > 0 {
-            format!(
-                " and {} of unfinished files (removed; {}): {} written{},",
+        // What the bar counted beyond the files finished: files left unfinished (written,
+        // then removed), and, on a run that stops short (its bar stays), staged files kept
+        // from an earlier run: said, so that the two agree.
+        let kept = r.resumed_bytes > 0 && (r.unfinished_bytes > 0 || !r.ok);
+        let mut unfinished = String::new();
+        if r.unfinished_bytes > 0 {
+            unfinished.push_str(&format!(
+                " and {} of unfinished files (removed; {}): {} written",
                 units::bytes(r.unfinished_bytes),
                 if r.ok {
                     "copied again after a retry"
@@ -712,19 +717,21 @@ fn render_apply(out: &ApplyOutput) -> String {
                     "the rerun copies them again"
                 },
                 units::bytes(r.copied_bytes + r.unfinished_bytes),
-                if r.resumed_bytes > 0 {
-                    format!(
-                        " and {} of staged files kept from an earlier run ({} in all)",
-                        units::bytes(r.resumed_bytes),
-                        units::bytes(r.copied_bytes + r.unfinished_bytes + r.resumed_bytes)
-                    )
+            ));
+        }
+        if kept {
+            unfinished.push_str(&format!(
+                "{} {} of staged files kept from an earlier run ({} in all)",
+                if r.unfinished_bytes > 0 {
+                    " and"
                 } else {
-                    String::new()
-                }
-            )
-        } else {
-            ",".into()
-        };
+                    ", with"
+                },
+                units::bytes(r.resumed_bytes),
+                units::bytes(r.copied_bytes + r.unfinished_bytes + r.resumed_bytes)
+            ));
+        }
+        unfinished.push(',');
         s.push_str(&format!(
             "\n{verb}{to}: {} in {} copied{unfinished} {} published, {}, {} in {} ({}/s)\n",
             units::bytes(r.copied_bytes),
@@ -802,16 +809,15 @@ fn cutover_line(
     out: &ApplyOutput,
     outcomes: &[(&plan::MigrationPlan, Option<&sync::ApplyReport>)],
 ) -> String {
-    // Each target's StatefulSet (the operator's is prometheus-NAME), once.
+    // Each target's StatefulSet (derived from the operator's resource where the plan names
+    // that one), once.
     let mut named: Vec<String> = Vec::new();
     for (p, _) in outcomes {
         let Some(k) = &p.kubernetes else { continue };
-        let sts = k.stateful_set_name.clone().or_else(|| {
-            k.prometheus_name
-                .as_ref()
-                .map(|n| format!("prometheus-{n}"))
-        });
-        if let Some(o) = sts.map(|n| format!("statefulset/{}/{n}", k.namespace))
+        if let Some(o) = k
+            .stateful_set_name
+            .as_ref()
+            .map(|n| format!("statefulset/{}/{n}", k.namespace))
             && !named.contains(&o)
         {
             named.push(o);
@@ -844,10 +850,16 @@ fn cutover_text(changes: &[k8s::Change], named: &[String]) -> String {
             back.join(", ")
         ),
         (back, left) => format!(
-            "Next: cut over. The verify above was the go/no-go; {} {} again on the copy, but promigrate scaled nothing back for {} (not scaled down by it): start {} on the copy yourself. Then {after}\n",
+            "Next: cut over. The verify above was the go/no-go; {} {}, but promigrate did not scale {} back (it did not scale {} down): if {} not running, start {} on the copy yourself. Once each runs, {after}\n",
             back.join(", "),
-            crate::units::verb_for(back.len() as u64, "runs", "run"),
+            crate::units::verb_for(
+                back.len() as u64,
+                "runs again on its copy",
+                "run again on their copies"
+            ),
             left.join(", "),
+            crate::units::verb_for(left.len() as u64, "it", "them"),
+            crate::units::verb_for(left.len() as u64, "it is", "they are"),
             crate::units::verb_for(left.len() as u64, "it", "them"),
         ),
     }
@@ -1016,8 +1028,8 @@ mod tests {
         );
         let half = cutover_text(&[scaled(&a)], &[a.clone(), b.clone()]);
         assert!(
-            half.contains("statefulset/m/a runs again on the copy")
-                && half.contains("scaled nothing back for statefulset/m/b")
+            half.contains("statefulset/m/a runs again on its copy")
+                && half.contains("did not scale statefulset/m/b back")
                 && half.contains("start it on the copy yourself"),
             "{half}"
         );

@@ -756,12 +756,21 @@ fn running(p: &Pod) -> bool {
 
 /// What a start failure means, with what to do when the image has no shell.
 fn start_error(shown: &str, image: &str, why: &str) -> anyhow::Error {
-    let no_shell = ["executable file not found", "no such file or directory"]
-        .iter()
-        .any(|w| why.contains(w));
-    let no_image = ["ErrImagePull", "ImagePullBackOff", "InvalidImageName"]
-        .iter()
-        .any(|w| why.starts_with(w));
+    // A pull error first: its message may well say "no such file or directory" too.
+    let no_image = [
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "ImageInspectError",
+        "RegistryUnavailable",
+    ]
+    .iter()
+    .any(|w| why.starts_with(w));
+    let no_shell = !no_image
+        && ["executable file not found", "no such file or directory"]
+            .iter()
+            .any(|w| why.contains(w));
     if no_shell {
         anyhow!(
             "the receiver pod {shown} cannot run image {image}, which has no `sh`: {why}. The receiver pod needs an image with sh and cat: set target.kubernetes.receiver.image to one the cluster can pull (e.g. busybox)"

@@ -321,7 +321,7 @@ fn resolve_host(ask: Ask<'_>, params: Option<HostParams>) -> Result<Resolved, St
             used.push("IdentityFile");
         } else if !listed.is_empty() {
             tracing::debug!(
-                "{what}: none of the ssh config's IdentityFile lines names a file here ({listed:?}); the ssh-agent is asked"
+                "{what}: none of the ssh config's IdentityFile lines names a file here ({listed:?}); the ssh-agent is asked, unless IdentitiesOnly"
             );
         }
     }
@@ -448,7 +448,8 @@ pub fn resolve(g: &Given) -> Result<SshSpec, String> {
                 used.push(k);
             }
         }
-        // The agent, then the hop's own keys (from the config), then the plan's.
+        // The hop's own keys (from the config), then the plan's, then the agent's (see
+        // super::authenticate).
         let mut keys = h.config_identities;
         keys.extend(g.identity_file.clone());
         jumps.push(SshSpec {

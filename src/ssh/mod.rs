@@ -350,14 +350,49 @@ fn authenticate(sess: &Session, spec: &SshSpec) -> Result<(), SshError> {
                 })?;
         }
         None => {
-            // The ssh config's key files first, in order (the keys it names for this host:
-            // an agent with many keys would otherwise use up sshd's MaxAuthTries before
-            // them), then the agent's keys (an encrypted file's key among them), unless
-            // the config says IdentitiesOnly.
+            // As OpenSSH: the agent's keys that are the config's IdentityFiles (by their
+            // public key, `<file>.pub` or a `.pub` named itself), then the config's key
+            // files in order, then, unless the config says IdentitiesOnly, the agent's other
+            // keys. The keys the config names come first: an agent with many keys would
+            // otherwise use up sshd's MaxAuthTries before them.
             let mut tried = Vec::new();
+            let wanted: Vec<Vec<u8>> = spec
+                .config_identities
+                .iter()
+                .filter_map(|k| public_blob(k))
+                .collect();
+            let (agent, agent_keys) = match agent_identities(sess) {
+                Ok((a, ids)) => (Some(a), ids),
+                Err(e) => {
+                    tried.push(format!("ssh-agent: {e}"));
+                    (None, Vec::new())
+                }
+            };
+            let (named, others): (Vec<_>, Vec<_>) = agent_keys
+                .into_iter()
+                .partition(|id| wanted.iter().any(|w| w.as_slice() == id.blob()));
+            let by_agent = |ids: &[ssh2::PublicKey], tried: &mut Vec<String>| {
+                let Some(agent) = &agent else { return false };
+                for id in ids {
+                    match agent.userauth(&spec.user, id) {
+                        Ok(()) if sess.authenticated() => return true,
+                        _ => tried.push(format!("the agent's key {} was refused", id.comment())),
+                    }
+                }
+                false
+            };
+            if by_agent(&named, &mut tried) {
+                return Ok(());
+            }
             for key in &spec.config_identities {
+                if key.extension().is_some_and(|e| e == "pub") {
+                    continue; // a public key only: for the agent's keys above
+                }
                 if hostkey::key_is_encrypted(key) {
-                    tried.push(format!("{} is encrypted (ssh-add it)", key.display()));
+                    tried.push(format!(
+                        "{} is encrypted and no agent offered it (ssh-add it)",
+                        key.display()
+                    ));
                     continue;
                 }
                 match sess.userauth_pubkey_file(&spec.user, None, key, None) {
@@ -366,15 +401,19 @@ fn authenticate(sess: &Session, spec: &SshSpec) -> Result<(), SshError> {
                     Err(e) => tried.push(format!("{}: {}", key.display(), e.message())),
                 }
             }
-            if !spec.identities_only {
-                match sess.userauth_agent(&spec.user) {
-                    Ok(()) if sess.authenticated() => return Ok(()),
-                    Ok(()) => tried.push("the ssh-agent's keys were refused".to_string()),
-                    Err(e) => tried.push(format!("ssh-agent: {}", e.message())),
-                }
+            if !spec.identities_only && by_agent(&others, &mut tried) {
+                return Ok(());
+            }
+            if tried.is_empty() {
+                tried.push(if spec.identities_only {
+                    "IdentitiesOnly, and no IdentityFile of the ssh config names a usable key here"
+                        .to_string()
+                } else {
+                    "the ssh-agent holds no key".to_string()
+                });
             }
             return Err(SshError::Auth(format!(
-                "{who} accepted no key ({}): set {}, or start ssh-agent and ssh-add the key",
+                "{who} accepted no key ({}): set {}, or ssh-add the key to a running ssh-agent (SSH_AUTH_SOCK)",
                 tried.join("; "),
                 spec.field("identityFile")
             )));
@@ -385,6 +424,33 @@ fn authenticate(sess: &Session, spec: &SshSpec) -> Result<(), SshError> {
     } else {
         Err(SshError::Auth(format!("{who}: authentication failed")))
     }
+}
+
+/// The ssh-agent, connected, and its keys (an error: no agent).
+fn agent_identities(sess: &Session) -> Result<(ssh2::Agent, Vec<ssh2::PublicKey>), String> {
+    let mut agent = sess.agent().map_err(|e| e.message().to_string())?;
+    agent.connect().map_err(|e| e.message().to_string())?;
+    agent
+        .list_identities()
+        .map_err(|e| e.message().to_string())?;
+    let ids = agent.identities().map_err(|e| e.message().to_string())?;
+    Ok((agent, ids))
+}
+
+/// The public key blob of key file `key`: from `<key>.pub`, or `key` itself when it is the
+/// `.pub` file (`type base64 comment`).
+fn public_blob(key: &Path) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let pub_file = if key.extension().is_some_and(|e| e == "pub") {
+        key.to_path_buf()
+    } else {
+        let mut p = key.as_os_str().to_owned();
+        p.push(".pub");
+        PathBuf::from(p)
+    };
+    let text = std::fs::read_to_string(pub_file).ok()?;
+    let b64 = text.split_whitespace().nth(1)?;
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
 
 /// Runs a command on the remote host; returns its exit status and stdout.
