@@ -27,6 +27,14 @@ pub struct FsInfo {
     pub is_nfs: bool,
 }
 
+/// `~/x` → `$HOME/x`, as a shell would; other paths unchanged.
+pub fn expand_home(p: &Path) -> PathBuf {
+    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => p.to_path_buf(),
+    }
+}
+
 /// Reads [`FsInfo`] for `path` (which must exist).
 pub fn fs_info(path: &Path) -> std::io::Result<FsInfo> {
     let v = statvfs(path).map_err(std::io::Error::from)?;

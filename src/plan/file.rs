@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::exit::InvalidInput;
+use crate::fsutil::expand_home;
 use crate::perms::Owner;
 use crate::units::Rate;
 
@@ -854,14 +855,6 @@ fn missing_paths(plan_path: &Path, missing: &[String]) -> InvalidInput {
                     .join("\n")
             ))
         }
-    }
-}
-
-/// `~/x` → `$HOME/x`, as a shell would; other paths unchanged.
-fn expand_home(p: &Path) -> PathBuf {
-    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
-        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
-        _ => p.to_path_buf(),
     }
 }
 

@@ -128,10 +128,12 @@ fn included_match_blocks(from: &Path, text: &str, depth: usize) -> Result<(), St
     for (_, args) in keyword_lines(text, "include") {
         for arg in args.split_whitespace() {
             let arg = arg.trim_matches('"');
-            let pattern = match arg.strip_prefix("~/") {
-                Some(rest) => format!("{home}/{rest}"),
-                None if arg.starts_with('/') => arg.to_string(),
-                None => format!("{home}/.ssh/{arg}"),
+            let pattern = if arg.starts_with('~') || arg.starts_with('/') {
+                crate::fsutil::expand_home(Path::new(arg))
+                    .to_string_lossy()
+                    .into_owned()
+            } else {
+                format!("{home}/.ssh/{arg}")
             };
             for file in glob::glob(&pattern).into_iter().flatten().flatten() {
                 let Ok(inner) = std::fs::read_to_string(&file) else {
@@ -185,10 +187,7 @@ fn expand(p: &str, host: &str, user: &str, port: u16) -> PathBuf {
             None => out.push('%'),
         }
     }
-    match out.strip_prefix("~/") {
-        Some(rest) if !home.is_empty() => PathBuf::from(home).join(rest),
-        _ => PathBuf::from(out),
-    }
+    crate::fsutil::expand_home(Path::new(&out))
 }
 
 /// One hop of a ProxyJump list: `[user@]host[:port]` or `ssh://[user@]host[:port]`; an
