@@ -1227,6 +1227,16 @@ fn behind_a_bastion(forwarding: &str) -> (Sshd, Sshd, Workspace) {
     (target, jump, ws)
 }
 
+/// A full apply of the workspace (the source stopped) succeeds, the target holds the
+/// source's files byte for byte, and deep verify passes.
+fn apply_equal_and_deep_verified(ws: &Workspace) {
+    let (code, v) = ws.run_json(&["apply", "--yes", "--source-stopped"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(file_hashes(&ws.target()), copied_hashes(ws));
+    let (code, out, _) = ws.run(&["verify", "--level", "deep"]);
+    assert_eq!(code, 0, "{out}");
+}
+
 /// Whether the bastion forwarded a connection to `port` (its DEBUG1 log says so).
 fn forwarded_to(jump: &Sshd, port: u16) -> bool {
     std::fs::read_to_string(jump.path("sshd.log"))
@@ -1260,11 +1270,7 @@ fn a_source_behind_a_jump_host_is_copied_through_it_with_each_host_key_checked()
         "{v}"
     );
 
-    let (code, v) = ws.run_json(&["apply", "--yes", "--source-stopped"]);
-    assert_eq!(code, 0, "{v}");
-    assert_eq!(file_hashes(&ws.target()), copied_hashes(&ws));
-    let (code, out, _) = ws.run(&["verify", "--level", "deep"]);
-    assert_eq!(code, 0, "{out}");
+    apply_equal_and_deep_verified(&ws);
 
     // The bastion's key unknown: refused, naming the bastion; nothing read or written.
     let ws2 = Workspace::new();
@@ -1364,11 +1370,7 @@ fn an_ssh_config_alias_supplies_the_host_its_settings_and_its_jump() {
         "{v}"
     );
 
-    let (code, v) = ws.run_json(&["apply", "--yes", "--source-stopped"]);
-    assert_eq!(code, 0, "{v}");
-    assert_eq!(file_hashes(&ws.target()), copied_hashes(&ws));
-    let (code, out, _) = ws.run(&["verify", "--level", "deep"]);
-    assert_eq!(code, 0, "{out}");
+    apply_equal_and_deep_verified(&ws);
 }
 
 /// Issue 18 (review): `IdentitiesOnly yes` with an encrypted `IdentityFile` logs in with the
