@@ -1,5 +1,5 @@
 # promigrate: the two commands a newcomer needs are `make demo` and `make test`.
-.PHONY: demo test unit lint bench build static install clean-fixtures
+.PHONY: demo test test-prereqs unit lint bench build static install clean-fixtures
 
 CARGO ?= cargo
 
@@ -30,7 +30,12 @@ demo:
 ## scripts/prometheus3.sh builds once from the Go module proxy), and the Prometheus Operator built once the same way by
 ## scripts/prometheus-operator.sh).
 ## Needs root: it chowns to other uids, mounts small tmpfs volumes and runs containers.
-test:
+test: test-prereqs
+	PROMIGRATE_RECEIVER_BINARY=$(abspath $(STATIC_OUT)) $(CARGO) test --locked
+
+## What `make test` builds or fetches before the tests (each step cached: by version, or by
+## its inputs), on its own so CI can free the Go build cache before the Rust test builds.
+test-prereqs:
 	bash scripts/deps.sh
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make test needs root (chown to runAsUser/fsGroup, tmpfs mounts, containers): sudo make test" >&2; exit 1; fi
 	bash scripts/test-cluster.sh build
@@ -39,7 +44,6 @@ test:
 	bash scripts/prometheus-operator.sh build
 	bash scripts/gen-tsdb3.sh target/fixtures/tsdb3
 	$(MAKE) static
-	PROMIGRATE_RECEIVER_BINARY=$(abspath $(STATIC_OUT)) $(CARGO) test --locked
 
 ## Unit tests only (no root, no prometheus).
 unit:
