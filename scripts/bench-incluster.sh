@@ -47,7 +47,8 @@
 #                    measurements go to the same name with .tsv
 #
 # PROMIGRATE_BENCH_BINARY=PATH uses that static promigrate instead of `make static` (to
-# compare two builds on the same machine state).
+# compare two builds on the same machine state). PROMIGRATE_BENCH_LOG=FILTER is the RUST_LOG of
+# promigrate's apply runs (default info; e.g. promigrate=debug), kept in the logs below.
 #
 # Needs root (the node, the page cache, emptying the PV's directory), what scripts/test-node.sh
 # needs (built once by `scripts/test-node.sh build`, which `make test` runs), cargo, GNU time.
@@ -415,7 +416,7 @@ check_volume() {
 run_promigrate() { # ROUND POS
 	empty_volume
 	drop_caches
-	measure apply "$1" promigrate "$2" -- env PROMIGRATE_RECEIVER_BINARY="$BIN" RUST_LOG=info \
+	measure apply "$1" promigrate "$2" -- env PROMIGRATE_RECEIVER_BINARY="$BIN" RUST_LOG=${PROMIGRATE_BENCH_LOG:-info} \
 		"$BIN" apply -f "$PLAN" --yes --state-dir "$RUN/records" --output json
 	check_volume "promigrate (round $1)"
 	local o

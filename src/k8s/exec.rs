@@ -8,6 +8,8 @@
 //! ([`kube::Client::connect`]: its TLS, credentials and protocol negotiation), with stdin
 //! messages of up to [`MESSAGE`] bytes.
 
+use std::sync::{Arc, Mutex};
+
 use futures_util::{SinkExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -43,12 +45,30 @@ impl Drop for Session {
     }
 }
 
+/// Where the command's stderr goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stderr {
+    /// To the log, line by line, prefixed with the pod's name (the receiver's messages).
+    Log,
+    /// Kept in [`Exec::stderr`] (its first [`KEPT`] bytes), for the caller's message.
+    Keep,
+}
+
+/// How much of a kept stderr is kept.
+const KEPT: usize = 64 << 10;
+
 /// The command's stdout to read, its stdin to write (shut it down to close it), and the
-/// session. Its stderr lines go to the log, prefixed with `shown`.
+/// session. Its stderr goes where [`Stderr`] says; how the exec ended, when it failed, is in
+/// `failed` once stdout has ended.
 pub struct Exec {
     pub stdout: DuplexStream,
     pub stdin: DuplexStream,
     pub session: Session,
+    /// The kept stderr ([`Stderr::Keep`]).
+    pub stderr: Arc<Mutex<Vec<u8>>>,
+    /// The message of the exec's status when it was not `Success` (a command not found, an
+    /// exit code).
+    pub failed: Arc<Mutex<Option<String>>>,
 }
 
 /// Runs `command` in pod `name`'s (only) container, with stdin, stdout and stderr.
@@ -57,6 +77,7 @@ pub async fn exec(
     name: &str,
     command: &[&str],
     shown: &str,
+    stderr: Stderr,
 ) -> anyhow::Result<Exec> {
     let ap = AttachParams::default()
         .stdin(true)
@@ -106,6 +127,9 @@ pub async fn exec(
         }
     });
     let who = shown.to_string();
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let failed = Arc::new(Mutex::new(None));
+    let (kept_w, failed_w) = (kept.clone(), failed.clone());
     let recv = tokio::spawn(async move {
         let mut err_line = Vec::new();
         while let Some(msg) = source.next().await {
@@ -126,6 +150,11 @@ pub async fn exec(
             };
             match channel {
                 STDOUT if stdout_w.write_all(rest).await.is_err() => break,
+                STDERR if stderr == Stderr::Keep => {
+                    let mut k = kept_w.lock().unwrap_or_else(|p| p.into_inner());
+                    let room = KEPT.saturating_sub(k.len());
+                    k.extend_from_slice(&rest[..rest.len().min(room)]);
+                }
                 STDERR => {
                     err_line.extend_from_slice(rest);
                     while let Some(i) = err_line.iter().position(|b| *b == b'\n') {
@@ -141,10 +170,12 @@ pub async fn exec(
                     let status: serde_json::Value =
                         serde_json::from_slice(rest).unwrap_or_default();
                     if status["status"] != "Success" {
-                        tracing::warn!(
-                            "{who}: the exec ended: {}",
-                            status["message"].as_str().unwrap_or("(no message)")
-                        );
+                        let message = status["message"].as_str().unwrap_or("(no message)");
+                        if stderr == Stderr::Log {
+                            tracing::warn!("{who}: the exec ended: {message}");
+                        }
+                        *failed_w.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(message.to_string());
                     }
                 }
                 _ => {}
@@ -158,5 +189,7 @@ pub async fn exec(
         session: Session {
             tasks: vec![send, recv],
         },
+        stderr: kept,
+        failed,
     })
 }

@@ -15,7 +15,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
-use kube::api::{AttachParams, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait;
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -1008,45 +1008,40 @@ async fn upload(
     let script = format!(
         "cat > {BIN_DIR}/promigrate.part && chmod 0755 {BIN_DIR}/promigrate.part && mv {BIN_DIR}/promigrate.part {BIN_DIR}/promigrate && echo ok && wc -c < {BIN_DIR}/promigrate"
     );
-    let ap = AttachParams::default()
-        .stdin(true)
-        .stdout(true)
-        .stderr(true)
-        .max_stdin_buf_size(1 << 20);
-    let mut p = pods
-        .exec(name, ["sh", "-c", script.as_str()], &ap)
-        .await
-        .map_err(|e| start_error(shown, image, &format!("exec sh: {e}")))?;
-    let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) = (p.stdin(), p.stdout(), p.stderr())
-    else {
-        bail!("the exec into {shown} has no stdin/stdout/stderr");
-    };
-    let status = p.take_status();
+    // promigrate's own exec (src/k8s/exec.rs): stdin in messages of 256 KiB, where
+    // kube-client's sends one per 4 KiB (the upload took twice as long through it).
+    let e = super::exec::exec(
+        pods,
+        name,
+        &["sh", "-c", script.as_str()],
+        shown,
+        super::exec::Stderr::Keep,
+    )
+    .await
+    .map_err(|e| start_error(shown, image, &format!("exec sh: {e}")))?;
+    let super::exec::Exec {
+        mut stdout,
+        mut stdin,
+        session,
+        stderr,
+        failed,
+    } = e;
     let write = async move {
         stdin.write_all(&data).await?;
         stdin.shutdown().await
     };
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let (w, o, e) = tokio::join!(
-        write,
-        stdout.read_to_end(&mut out),
-        stderr.read_to_end(&mut err)
-    );
-    let status = match status {
-        Some(s) => s.await,
-        None => None,
-    };
+    let mut out = Vec::new();
+    let (w, o) = tokio::join!(write, stdout.read_to_end(&mut out));
+    drop(session);
     let out = String::from_utf8_lossy(&out).into_owned();
-    let err = String::from_utf8_lossy(&err).into_owned();
+    let err = String::from_utf8_lossy(&locked_vec(&stderr)).into_owned();
+    let status = failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut lines = out.lines();
     if lines.next() != Some("ok") {
         let why = format!(
             "{}{}{}",
             err.trim(),
-            status
-                .and_then(|s| s.message)
-                .map(|m| format!(" ({m})"))
-                .unwrap_or_default(),
+            status.map(|m| format!(" ({m})")).unwrap_or_default(),
             w.err()
                 .map(|e| format!(" (writing: {e})"))
                 .unwrap_or_default()
@@ -1058,7 +1053,6 @@ async fn upload(
         ));
     }
     o?;
-    e?;
     let want = std::fs::metadata(binary)?.len();
     // The size, when the image has `wc`.
     if let Some(size) = lines.next().and_then(|l| l.trim().parse::<u64>().ok())
@@ -1071,6 +1065,10 @@ async fn upload(
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+fn locked_vec(v: &std::sync::Mutex<Vec<u8>>) -> Vec<u8> {
+    v.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// A writer that ends the exec's stdin when dropped.
@@ -1098,9 +1096,15 @@ async fn connect(
     shown: &str,
 ) -> anyhow::Result<(Stream, super::exec::Session)> {
     let bin = format!("{BIN_DIR}/promigrate");
-    let e = super::exec::exec(pods, name, &[bin.as_str(), "receive"], shown)
-        .await
-        .with_context(|| format!("cannot exec {bin} receive in {shown}"))?;
+    let e = super::exec::exec(
+        pods,
+        name,
+        &[bin.as_str(), "receive"],
+        shown,
+        super::exec::Stderr::Log,
+    )
+    .await
+    .with_context(|| format!("cannot exec {bin} receive in {shown}"))?;
     let handle = tokio::runtime::Handle::current();
     let input = tokio_util::io::SyncIoBridge::new_with_handle(e.stdout, handle.clone());
     let output = Closing(tokio_util::io::SyncIoBridge::new_with_handle(
