@@ -281,8 +281,8 @@ EOF
 HAND=$RUN/by-hand.sh
 cat >"$HAND" <<'EOF'
 #!/usr/bin/env bash
-# by-hand.sh POD SRC NS IMAGE CLAIM SUBPATH NODE KUBECTL...: a pod on the claim (on NODE: the
-# test node runs no scheduler; the receiver pod takes it from the PV's node affinity), tar
+# by-hand.sh POD SRC NS IMAGE CLAIM SUBPATH NODE KUBECTL...: a pod on the claim (on NODE, as
+# the receiver pod, which takes it from the PV's node affinity: no scheduling on either), tar
 # through kubectl exec, sync, the pod deleted; prints "step end_epoch" lines on fd 3.
 set -euo pipefail
 pod=$1 src=$2 ns=$3 image=$4 claim=$5 sub=$6 node=$7

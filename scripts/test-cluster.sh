@@ -7,7 +7,8 @@
 #
 # Usage:
 #   scripts/test-cluster.sh build            build (or find cached) kube-apiserver,
-#                                            kube-controller-manager, kubectl and kubelet;
+#                                            kube-controller-manager, kubectl, kubelet and
+#                                            kube-scheduler (for scripts/test-node.sh);
 #                                            install etcd
 #   scripts/test-cluster.sh up   [STATE_DIR] start everything; LAST stdout line = kubeconfig path
 #   scripts/test-cluster.sh down [STATE_DIR] stop what `up` started (recorded PIDs), remove STATE_DIR
@@ -62,11 +63,12 @@ ensure_etcd() {
 	command -v etcd >/dev/null 2>&1 || die "etcd-server installed but no etcd on PATH"
 }
 
-# What `up` runs, and the kubelet, which scripts/test-node.sh runs beside them. `build` makes
-# all four; `up` needs only the control plane's. A cache made before the kubelet was added gets
-# it built and added, without touching the binaries already there (a running cluster uses them).
+# What `up` runs, and the kubelet and kube-scheduler, which scripts/test-node.sh runs beside
+# them. `build` makes all five; `up` needs only the control plane's. A cache made before one was
+# added gets it built and added, without touching the binaries already there (a running cluster
+# uses them).
 CONTROL_PLANE_CMDS=(kube-apiserver kube-controller-manager kubectl)
-ALL_CMDS=("${CONTROL_PLANE_CMDS[@]}" kubelet)
+ALL_CMDS=("${CONTROL_PLANE_CMDS[@]}" kubelet kube-scheduler)
 
 # missing_cmds CMD...: those of CMD... not (yet) in $BIN, one a line.
 missing_cmds() {

@@ -2,13 +2,14 @@
 # A real, throwaway Kubernetes node on 127.0.0.1 for integration tests: the control plane of
 # scripts/test-cluster.sh (etcd, kube-apiserver, kube-controller-manager), plus Debian's
 # containerd and runc, and the kubelet built with the control plane (same version, same cache).
-# The node is named 127.0.0.1; no scheduler runs, so pods set spec.nodeName: 127.0.0.1. Images are
+# The node is named 127.0.0.1, and a kube-scheduler (built with the control plane) places pods
+# that name no node (as a receiver pod on a volume with no node affinity is). Images are
 # built locally (scripts/lib/node_images.py) and imported, never pulled: pods use
 # imagePullPolicy: Never. Pod networking: scripts/lib/cni_isolated.py, an interface that exists only
 # inside the pod's network namespace. One node per host at a time (a host-wide lock).
 #
 # Usage (as root):
-#   scripts/test-node.sh build              test-cluster.sh build (which builds the kubelet too),
+#   scripts/test-node.sh build              test-cluster.sh build (the kubelet and kube-scheduler too),
 #                                           prometheus3.sh build (Prometheus 3, for its image),
 #                                           then the image archives; LAST stdout line = images dir
 #   scripts/test-node.sh up     [STATE_DIR] start everything, wait for node 127.0.0.1 Ready;
@@ -130,7 +131,10 @@ ensure_prometheus_image() {
 
 ensure_built() {
 	bash "$HERE/test-cluster.sh" build >/dev/null
-	[ -x "$KUBE_BIN/kubelet" ] || die "no kubelet in $KUBE_BIN after test-cluster.sh build"
+	local c
+	for c in kubelet kube-scheduler; do
+		[ -x "$KUBE_BIN/$c" ] || die "no $c in $KUBE_BIN after test-cluster.sh build"
+	done
 	ensure_images
 	ensure_prometheus_image
 }
@@ -160,7 +164,7 @@ set_owner() { printf '%s\n' "$1" >"$HOST_LOCK"; }
 # (shims and containers left by a node whose kubelet and containerd died are only leftovers).
 running() {
 	local s=$1 n
-	for n in kubelet containerd; do is_ours "$s" "$n" && return 0; done
+	for n in kube-scheduler kubelet containerd; do is_ours "$s" "$n" && return 0; done
 	for n in etcd kube-apiserver kube-controller-manager; do is_ours "$s/cp" "$n" && return 0; done
 	return 1
 }
@@ -434,6 +438,29 @@ cmd_up() {
 	wait_until "node $NODE_NAME Ready" kubelet node_ready
 	log "node $NODE_NAME Ready $(since_s "$t") s after the kubelet started"
 
+	# 4. the scheduler, for pods that name no node. It serves /healthz (always allowed) on a
+	# loopback port with a self-signed certificate. The kubelet registered the node with the
+	# node.kubernetes.io/not-ready:NoSchedule taint, which the node lifecycle controller
+	# removes once the node is Ready; that controller does not run here (it would also evict
+	# the tests' pods when a loaded machine delays a heartbeat), so the taint goes here.
+	t=$(now_us)
+	local taints
+	kubectl_ taint nodes "$NODE_NAME" node.kubernetes.io/not-ready:NoSchedule- >/dev/null || true
+	taints=$(kubectl_ get node "$NODE_NAME" -o jsonpath='{.spec.taints}') ||
+		fail "cannot read the taints of node $NODE_NAME"
+	[[ $taints != *not-ready* ]] || fail "cannot remove the not-ready taint of node $NODE_NAME: $taints"
+	mapfile -t ports < <(free_ports 1)
+	[ "${#ports[@]}" -eq 1 ] || fail "could not find a free port"
+	start kube-scheduler "$KUBE_BIN/kube-scheduler" \
+		--kubeconfig="$STATE/cp/kubeconfig" \
+		--authentication-kubeconfig="$STATE/cp/kubeconfig" \
+		--authorization-kubeconfig="$STATE/cp/kubeconfig" \
+		--leader-elect=false \
+		--bind-address=127.0.0.1 --secure-port="${ports[0]}" \
+		--cert-dir="$STATE/scheduler-certs"
+	wait_until "the kube-scheduler's /healthz" kube-scheduler curl -fsSk --max-time 2 "https://127.0.0.1:${ports[0]}/healthz"
+	log "kube-scheduler ready in $(since_s "$t") s"
+
 	{
 		grep -v '^PROMIGRATE_KUBE_STATE=' "$STATE/cp/env"
 		echo "PROMIGRATE_NODE_NAME=$NODE_NAME"
@@ -493,8 +520,9 @@ remove_state() {
 teardown() (
 	set +e
 	local t i pid m h s v left
-	# 1. no controller may recreate a pod while they are deleted
+	# 1. no controller may recreate a pod while they are deleted, nor the scheduler place one
 	stop_one "$STATE/cp" kube-controller-manager
+	stop_one "$STATE" kube-scheduler
 	# 2. every pod deleted, and confirmed by the kubelet: it stops the containers, tears down
 	# the sandboxes and network namespaces and unmounts the volumes first
 	if is_ours "$STATE" kubelet && is_ours "$STATE" containerd && is_ours "$STATE/cp" kube-apiserver; then
@@ -613,7 +641,7 @@ cmd_down() {
 cmd_status() {
 	local rc=0 n
 	STATE=$(resolve_state "${1:-}")
-	for n in containerd kubelet; do
+	for n in containerd kubelet kube-scheduler; do
 		if is_ours "$STATE" "$n"; then log "$n: running (pid $(cat "$STATE/$n.pid"))"; else
 			log "$n: not running"
 			rc=1

@@ -738,3 +738,70 @@ fn a_receiver_image_the_node_cannot_pull_is_a_clear_error_and_leaves_no_pod() {
     assert!(!err.contains("is not running after"), "{err}");
     assert_eq!(pods_left(&node), Vec::<String>::new());
 }
+
+/// A claim on a volume that names no node (a `hostPath` PV here, as a network volume would
+/// be), writable by the receiver's user as a Prometheus volume is, and a plan for it whose
+/// receiver names no node either: its pod goes where the scheduler puts it.
+fn node_with_unplaced_claim() -> (TestNode, PathBuf, common::Workspace) {
+    let node = TestNode::up();
+    node.restricted_namespace(NS);
+    let vol = node.volume_dir("prom");
+    // The kubelet applies no fsGroup to a hostPath volume: the directory is the pod user's.
+    std::os::unix::fs::chown(&vol, Some(RUN_AS_USER), Some(FS_GROUP)).unwrap();
+    node.host_path_volume("pv-prom", &vol, NS, "data-prom-0");
+    let ws = common::Workspace::new();
+    write_plan(
+        &ws,
+        &node.kubeconfig,
+        &format!("      image: {}\n", node.standin_image()),
+    );
+    (node, vol, ws)
+}
+
+/// Issue 17: a volume that names no node (cloud disks, Ceph RBD: the usual case once the
+/// StatefulSet's pod is gone) gets a receiver pod without a node, which the real scheduler
+/// places; the apply ends byte-equal and leaves no pod.
+#[test]
+fn a_receiver_pod_on_a_volume_that_names_no_node_is_placed_by_the_scheduler() {
+    let (node, vol, ws) = node_with_unplaced_claim();
+    let (code, out, err) = run(&ws, &["apply", "--yes"]);
+    assert_eq!(code, 0, "apply: {out}\n{err}");
+    assert!(err.contains("node chosen by the scheduler"), "{err}");
+    assert_eq!(
+        common::content_hashes(&vol.join("prometheus-db")),
+        wanted(&ws),
+        "byte-equal on the PV"
+    );
+    assert_eq!(pods_left(&node), Vec::<String>::new(), "after apply");
+}
+
+/// Issue 17: a receiver pod that no node can take (here: the only node cordoned) is named at
+/// once from the scheduler's verdict, with what to do, not after the wait's timeout; no pod
+/// is left behind and nothing is written.
+#[test]
+fn a_receiver_pod_no_node_can_take_is_named_at_once_and_leaves_no_pod() {
+    let (node, vol, ws) = node_with_unplaced_claim();
+    let out = node
+        .kubectl()
+        .args(["cordon", node.name()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let (code, out, err) = run(&ws, &["apply", "--yes"]);
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(
+        err.contains("Unschedulable") && err.contains("unschedulable"),
+        "the scheduler's reason: {err}"
+    );
+    assert!(
+        err.contains("target.kubernetes.receiver.nodeName"),
+        "what to do: {err}"
+    );
+    assert!(!err.contains("is not running after"), "{err}");
+    assert_eq!(pods_left(&node), Vec::<String>::new());
+    assert_eq!(
+        std::fs::read_dir(&vol).unwrap().count(),
+        0,
+        "nothing written to the volume"
+    );
+}

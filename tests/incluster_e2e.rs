@@ -246,7 +246,7 @@ fn dump_pod_logs(node: &TestNode) {
     );
 }
 
-/// StatefulSet `prom`: one replica of the Prometheus image on this node (no scheduler runs),
+/// StatefulSet `prom`: one replica of the Prometheus image on this node (`nodeName` set),
 /// as the `restricted` profile wants it, uid 1000 / gid and fsGroup 2000, the claim of its
 /// template at /prometheus with the TSDB in `prometheus-db`, retention long enough for the
 /// fixture's old blocks, a readiness probe by `exec` (the kubelet cannot reach a pod IP in

@@ -69,6 +69,9 @@ pub struct Exec {
     /// The message of the exec's status when it was not `Success` (a command not found, an
     /// exit code).
     pub failed: Arc<Mutex<Option<String>>>,
+    /// Whether the command's stdin can be ended while its stdout goes on (`v5.channel.k8s.io`,
+    /// Kubernetes 1.30 and later); with v4 only the whole connection can be closed.
+    pub ends_stdin: bool,
 }
 
 /// Runs `command` in pod `name`'s (only) container, with stdin, stdout and stderr.
@@ -191,5 +194,6 @@ pub async fn exec(
         },
         stderr: kept,
         failed,
+        ends_stdin: closes,
     })
 }

@@ -779,6 +779,10 @@ fn start_error(shown: &str, image: &str, why: &str) -> anyhow::Error {
         anyhow!(
             "the receiver pod {shown} cannot start: its node cannot pull image {image} ({why}). Set target.kubernetes.receiver.image to an image with sh and cat that the node has or can pull (the Prometheus StatefulSet's own image is taken when the plan names none)"
         )
+    } else if why.starts_with("Unschedulable") {
+        anyhow!(
+            "the receiver pod {shown} cannot be placed on any node ({why}). Make a node where the volume can attach able to take it (not cordoned, with room for it, without taints it does not tolerate), or name one in target.kubernetes.receiver.nodeName"
+        )
     } else {
         anyhow!("the receiver pod {shown} (image {image}) did not start: {why}")
     }
@@ -1025,7 +1029,14 @@ async fn upload(
         session,
         stderr,
         failed,
+        ends_stdin,
     } = e;
+    if !ends_stdin {
+        // `cat` would wait for the end of a stdin that v4 cannot end.
+        bail!(
+            "the API server in front of {shown} speaks only the v4 exec protocol (Kubernetes before 1.30), which cannot end the upload's stdin and keep its output: the receiver pod needs v5.channel.k8s.io (Kubernetes 1.30 or later); write a volume such a cluster holds from its node, with a mounted target (target.path)"
+        );
+    }
     let write = async move {
         stdin.write_all(&data).await?;
         stdin.shutdown().await
@@ -1142,6 +1153,22 @@ mod tests {
             label_value("-x-"),
             "x",
             "a changed name is hashed, not merged"
+        );
+    }
+
+    #[test]
+    fn an_unschedulable_pod_is_explained_with_what_to_do() {
+        let e = start_error(
+            "monitoring/promigrate-receiver-x",
+            "busybox",
+            "Unschedulable: 0/1 nodes are available: 1 node(s) were unschedulable.",
+        )
+        .to_string();
+        assert!(
+            e.contains("cannot be placed on any node")
+                && e.contains("1 node(s) were unschedulable")
+                && e.contains("target.kubernetes.receiver.nodeName"),
+            "{e}"
         );
     }
 

@@ -1,8 +1,8 @@
 //! A real, throwaway Kubernetes node for the tests: `scripts/test-node.sh` runs the control
 //! plane of `scripts/test-cluster.sh`, Debian's containerd and runc, and a kubelet (node
 //! `127.0.0.1`), with locally built images (a busybox standing in for Prometheus, a shell-less
-//! image) and a CNI plugin that keeps the pod network inside the pod. No scheduler: pods set
-//! `spec.nodeName`. [`TestNode::up`] starts one (about 8 s once built); dropping it deletes the
+//! image) and a CNI plugin that keeps the pod network inside the pod, and a kube-scheduler for
+//! the pods that name no node (most test pods set `spec.nodeName`). [`TestNode::up`] starts one (about 8 s once built); dropping it deletes the
 //! pods (confirmed by the kubelet) and takes everything down, also on failure.
 //!
 //! Two nodes cannot share a host (one cgroup root, paths the kubelet hard-codes), so a
@@ -311,15 +311,43 @@ impl TestNode {
         size: &str,
         mode: &str,
     ) {
+        let source = json!({
+            "local": {"path": dir.display().to_string()},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": [self.name()]}]}]}}});
+        self.bound_volume(pv, ns, claim, size, mode, source);
+    }
+
+    /// A `hostPath:` PV on `dir`, with no node affinity (as a network volume, it names no
+    /// node: a pod on it goes where the scheduler puts it), bound to claim `ns/claim` as
+    /// [`TestNode::local_volume`] does. The kubelet does not apply fsGroup to it: `dir`'s
+    /// owner and mode are what the pods get.
+    pub fn host_path_volume(&self, pv: &str, dir: &Path, ns: &str, claim: &str) {
+        let source = json!({"hostPath": {"path": dir.display().to_string(), "type": "Directory"}});
+        self.bound_volume(pv, ns, claim, "1Gi", "ReadWriteOnce", source);
+    }
+
+    /// PV `pv` with `source` (its volume source and node affinity, merged into its spec),
+    /// pre-bound to claim `ns/claim`, and that claim; returns once it is Bound.
+    fn bound_volume(
+        &self,
+        pv: &str,
+        ns: &str,
+        claim: &str,
+        size: &str,
+        mode: &str,
+        source: serde_json::Value,
+    ) {
+        let mut spec = json!({
+            "capacity": {"storage": size}, "accessModes": [mode],
+            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "local-manual",
+            "claimRef": {"namespace": ns, "name": claim}});
+        for (k, v) in source.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
         self.create(
             Api::<PersistentVolume>::all(self.client.clone()),
-            json!({"metadata": {"name": pv}, "spec": {
-                "capacity": {"storage": size}, "accessModes": [mode],
-                "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "local-manual",
-                "claimRef": {"namespace": ns, "name": claim},
-                "local": {"path": dir.display().to_string()},
-                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [self.name()]}]}]}}}}),
+            json!({"metadata": {"name": pv}, "spec": spec}),
         );
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
         self.create(
