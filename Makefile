@@ -44,6 +44,7 @@ test-prereqs:
 	bash scripts/test-node.sh build
 	bash scripts/prometheus-operator.sh build
 	bash scripts/gen-tsdb3.sh target/fixtures/tsdb3
+	bash scripts/gen-tsdb3.sh --feeder >/dev/null
 	$(MAKE) static
 
 ## Unit tests only (no root, no prometheus).

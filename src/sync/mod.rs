@@ -120,8 +120,9 @@ pub struct ApplyReport {
     /// Average rate (bytes/s) of everything written: `copied_bytes` and `unfinished_bytes`.
     pub average_rate: f64,
     /// Bytes written into files the run did not finish (stopped by Ctrl-C, the deadline, an
-    /// error): removed again, copied again by the next run. With `copied_bytes`, what the
-    /// progress bar showed last.
+    /// error): removed again, copied again by the next run. With `copied_bytes` (and
+    /// `resumed_bytes`, the staged files an earlier run left complete), what the progress bar
+    /// showed last.
     pub unfinished_bytes: u64,
     /// Sizes of the staged files an earlier run left complete and this run kept (the
     /// progress counts them as done). Per run, like `unfinished_bytes`.
