@@ -445,7 +445,7 @@ cmd_up() {
 	# the tests' pods when a loaded machine delays a heartbeat), so the taint goes here.
 	t=$(now_us)
 	local taints
-	kubectl_ taint nodes "$NODE_NAME" node.kubernetes.io/not-ready:NoSchedule- >/dev/null || true
+	kubectl_ taint nodes "$NODE_NAME" node.kubernetes.io/not-ready:NoSchedule- >/dev/null 2>&1 || true
 	taints=$(kubectl_ get node "$NODE_NAME" -o jsonpath='{.spec.taints}') ||
 		fail "cannot read the taints of node $NODE_NAME"
 	[[ $taints != *not-ready* ]] || fail "cannot remove the not-ready taint of node $NODE_NAME: $taints"

@@ -776,11 +776,19 @@ fn a_receiver_pod_on_a_volume_that_names_no_node_is_placed_by_the_scheduler() {
 }
 
 /// Issue 17: a receiver pod that no node can take (here: the only node cordoned) is named at
-/// once from the scheduler's verdict, with what to do, not after the wait's timeout; no pod
-/// is left behind and nothing is written.
+/// once from the scheduler's verdict, with what to do, while the wait goes on (a cluster
+/// autoscaler may add a node) until `waitTimeout`; then the error names it again; no pod is
+/// left behind and nothing is written.
 #[test]
 fn a_receiver_pod_no_node_can_take_is_named_at_once_and_leaves_no_pod() {
     let (node, vol, ws) = node_with_unplaced_claim();
+    let plan = std::fs::read_to_string(&ws.plan).unwrap();
+    assert!(plan.contains("waitTimeout: 60s"), "{plan}");
+    std::fs::write(
+        &ws.plan,
+        plan.replace("waitTimeout: 60s", "waitTimeout: 8s"),
+    )
+    .unwrap();
     let out = node
         .kubectl()
         .args(["cordon", node.name()])
@@ -789,15 +797,25 @@ fn a_receiver_pod_no_node_can_take_is_named_at_once_and_leaves_no_pod() {
     assert!(out.status.success(), "{out:?}");
     let (code, out, err) = run(&ws, &["apply", "--yes"]);
     assert_eq!(code, 3, "{out}\n{err}");
+    // Said at once, as a warning, while it waits...
+    let warned = err
+        .find("cannot be placed yet (Unschedulable: ")
+        .unwrap_or_else(|| panic!("the warning: {err}"));
     assert!(
-        err.contains("Unschedulable") && err.contains("unschedulable"),
-        "the scheduler's reason: {err}"
+        err[warned..].contains("1 node(s) were unschedulable")
+            && err[warned..].contains("waiting up to 8s"),
+        "{err}"
     );
+    // ...and as the error once the wait is over, with what to do.
+    let failed = err
+        .find("cannot be placed on any node (Unschedulable: ")
+        .unwrap_or_else(|| panic!("the error: {err}"));
+    assert!(warned < failed, "{err}");
     assert!(
-        err.contains("target.kubernetes.receiver.nodeName"),
+        err[failed..].contains("target.kubernetes.receiver.nodeName")
+            && err[failed..].contains("waited 8s"),
         "what to do: {err}"
     );
-    assert!(!err.contains("is not running after"), "{err}");
     assert_eq!(pods_left(&node), Vec::<String>::new());
     assert_eq!(
         std::fs::read_dir(&vol).unwrap().count(),

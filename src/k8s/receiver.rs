@@ -754,6 +754,14 @@ fn running(p: &Pod) -> bool {
     })
 }
 
+/// What to do about a receiver pod that the scheduler cannot place.
+const UNPLACED_HINT: &str = "Make a node where the volume can attach able to take it (not cordoned, with room for it, without taints it does not tolerate), or name one in target.kubernetes.receiver.nodeName";
+
+/// Whether [`stuck`]'s reason is the scheduler's "no node can take it".
+fn unschedulable(why: &str) -> bool {
+    why.starts_with("Unschedulable")
+}
+
 /// What a start failure means, with what to do when the image has no shell.
 fn start_error(shown: &str, image: &str, why: &str) -> anyhow::Error {
     // A pull error first: its message may well say "no such file or directory" too.
@@ -779,10 +787,8 @@ fn start_error(shown: &str, image: &str, why: &str) -> anyhow::Error {
         anyhow!(
             "the receiver pod {shown} cannot start: its node cannot pull image {image} ({why}). Set target.kubernetes.receiver.image to an image with sh and cat that the node has or can pull (the Prometheus StatefulSet's own image is taken when the plan names none)"
         )
-    } else if why.starts_with("Unschedulable") {
-        anyhow!(
-            "the receiver pod {shown} cannot be placed on any node ({why}). Make a node where the volume can attach able to take it (not cordoned, with room for it, without taints it does not tolerate), or name one in target.kubernetes.receiver.nodeName"
-        )
+    } else if unschedulable(why) {
+        anyhow!("the receiver pod {shown} cannot be placed on any node ({why}). {UNPLACED_HINT}")
     } else {
         anyhow!("the receiver pod {shown} (image {image}) did not start: {why}")
     }
@@ -969,7 +975,27 @@ async fn wait_running(
     image: &str,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let settled = |p: Option<&Pod>| p.is_none_or(|p| running(p) || stuck(p).is_some());
+    // Unschedulable is not the end: a cluster autoscaler may add a node that can take the
+    // pod. It is said at once, and the wait goes on.
+    let warned = std::sync::atomic::AtomicBool::new(false);
+    let settled = |p: Option<&Pod>| {
+        p.is_none_or(|p| {
+            let why = stuck(p);
+            match &why {
+                Some(w) if unschedulable(w) => {
+                    if !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(
+                            "the receiver pod {shown} cannot be placed yet ({w}); waiting up to {}s (target.kubernetes.waitTimeout) in case a node is added (a cluster autoscaler), or Ctrl-C. {UNPLACED_HINT}",
+                            timeout.as_secs()
+                        );
+                    }
+                    false
+                }
+                Some(_) => true,
+                None => running(p),
+            }
+        })
+    };
     let waited =
         tokio::time::timeout(timeout, wait::await_condition(pods.clone(), name, settled)).await;
     let p = match waited {
@@ -983,6 +1009,13 @@ async fn wait_running(
                 .and_then(stuck)
                 .or_else(|| now.and_then(|p| p.status?.phase))
                 .unwrap_or_else(|| "no status".into());
+            if unschedulable(&why) {
+                bail!(
+                    "{:#} (waited {}s: target.kubernetes.waitTimeout)",
+                    start_error(shown, image, &why),
+                    timeout.as_secs()
+                );
+            }
             bail!(
                 "the receiver pod {shown} is not running after {}s (target.kubernetes.waitTimeout): {why}. A ReadWriteOnce claim that a pod on another node mounts cannot be attached to the receiver's node: scale that pod's StatefulSet to 0 first (kubectl describe pod -n {})",
                 timeout.as_secs(),
@@ -1037,12 +1070,29 @@ async fn upload(
             "the API server in front of {shown} speaks only the v4 exec protocol (Kubernetes before 1.30), which cannot end the upload's stdin and keep its output: the receiver pod needs v5.channel.k8s.io (Kubernetes 1.30 or later); write a volume such a cluster holds from its node, with a mounted target (target.path)"
         );
     }
+    let data_len = data.len() as u64;
     let write = async move {
         stdin.write_all(&data).await?;
         stdin.shutdown().await
     };
     let mut out = Vec::new();
-    let (w, o) = tokio::join!(write, stdout.read_to_end(&mut out));
+    // A stream that stops moving (an end of stdin lost on the way) must not hang the run: a
+    // minute, and a second per MB of the binary.
+    let limit = Duration::from_secs(60 + data_len / 1_000_000);
+    let Ok((w, o)) = tokio::time::timeout(limit, async {
+        tokio::join!(write, stdout.read_to_end(&mut out))
+    })
+    .await
+    else {
+        return Err(start_error(
+            shown,
+            image,
+            &format!(
+                "uploading promigrate into {BIN_DIR} did not end within {}s",
+                limit.as_secs()
+            ),
+        ));
+    };
     drop(session);
     let out = String::from_utf8_lossy(&out).into_owned();
     let err = String::from_utf8_lossy(&locked_vec(&stderr)).into_owned();
