@@ -8,7 +8,7 @@
 //! ([`kube::Client::connect`]: its TLS, credentials and protocol negotiation), with stdin
 //! messages of up to [`MESSAGE`] bytes.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::{SinkExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
@@ -50,25 +50,48 @@ impl Drop for Session {
 pub enum Stderr {
     /// To the log, line by line, prefixed with the pod's name (the receiver's messages).
     Log,
-    /// Kept in [`Exec::stderr`] (its first [`KEPT`] bytes), for the caller's message.
+    /// Kept in [`Ended::stderr`] (its first [`KEPT`] bytes), for the caller's message.
     Keep,
 }
 
 /// How much of a kept stderr is kept.
 const KEPT: usize = 64 << 10;
 
+/// What the stream said of how the command ended, complete once stdout has ended.
+#[derive(Clone, Default)]
+pub struct Ended(Arc<Mutex<EndedState>>);
+
+#[derive(Default)]
+struct EndedState {
+    stderr: Vec<u8>,
+    failed: Option<String>,
+}
+
+impl Ended {
+    fn state(&self) -> MutexGuard<'_, EndedState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The kept stderr ([`Stderr::Keep`]), as text.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.state().stderr).into_owned()
+    }
+
+    /// The message of the exec's status when it was not `Success` (a command not found, an
+    /// exit code).
+    pub fn failed(&self) -> Option<String> {
+        self.state().failed.clone()
+    }
+}
+
 /// The command's stdout to read, its stdin to write (shut it down to close it), and the
-/// session. Its stderr goes where [`Stderr`] says; how the exec ended, when it failed, is in
-/// `failed` once stdout has ended.
+/// session. Its stderr goes where [`Stderr`] says; how the exec ended is in `ended` once
+/// stdout has ended.
 pub struct Exec {
     pub stdout: DuplexStream,
     pub stdin: DuplexStream,
     pub session: Session,
-    /// The kept stderr ([`Stderr::Keep`]).
-    pub stderr: Arc<Mutex<Vec<u8>>>,
-    /// The message of the exec's status when it was not `Success` (a command not found, an
-    /// exit code).
-    pub failed: Arc<Mutex<Option<String>>>,
+    pub ended: Ended,
     /// Whether the command's stdin can be ended while its stdout goes on (`v5.channel.k8s.io`,
     /// Kubernetes 1.30 and later); with v4 only the whole connection can be closed.
     pub ends_stdin: bool,
@@ -130,9 +153,8 @@ pub async fn exec(
         }
     });
     let who = shown.to_string();
-    let kept = Arc::new(Mutex::new(Vec::new()));
-    let failed = Arc::new(Mutex::new(None));
-    let (kept_w, failed_w) = (kept.clone(), failed.clone());
+    let ended = Ended::default();
+    let ended_w = ended.clone();
     let recv = tokio::spawn(async move {
         let mut err_line = Vec::new();
         while let Some(msg) = source.next().await {
@@ -154,7 +176,7 @@ pub async fn exec(
             match channel {
                 STDOUT if stdout_w.write_all(rest).await.is_err() => break,
                 STDERR if stderr == Stderr::Keep => {
-                    let mut k = kept_w.lock().unwrap_or_else(|p| p.into_inner());
+                    let k = &mut ended_w.state().stderr;
                     let room = KEPT.saturating_sub(k.len());
                     k.extend_from_slice(&rest[..rest.len().min(room)]);
                 }
@@ -177,8 +199,7 @@ pub async fn exec(
                         if stderr == Stderr::Log {
                             tracing::warn!("{who}: the exec ended: {message}");
                         }
-                        *failed_w.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(message.to_string());
+                        ended_w.state().failed = Some(message.to_string());
                     }
                 }
                 _ => {}
@@ -192,8 +213,7 @@ pub async fn exec(
         session: Session {
             tasks: vec![send, recv],
         },
-        stderr: kept,
-        failed,
+        ended,
         ends_stdin: closes,
     })
 }

@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -99,21 +101,17 @@ static CREATED: std::sync::Mutex<Created> = std::sync::Mutex::new(Created {
 struct Created {
     /// Each pod, and whether its create call has returned (until then a delete can find
     /// nothing, and the pod be made right after).
-    pods: Vec<(
-        Api<Pod>,
-        String,
-        std::sync::Arc<std::sync::atomic::AtomicBool>,
-    )>,
+    pods: Vec<(Api<Pod>, String, Arc<AtomicBool>)>,
     /// [`delete_created`] has begun.
     closing: bool,
 }
 
 /// Notes pod `name` before it is created (a Ctrl-C right after its creation still finds
 /// it); false once [`delete_created`] has begun: create no pod then.
-fn track(pods: &Api<Pod>, name: &str) -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+fn track(pods: &Api<Pod>, name: &str) -> Option<Arc<AtomicBool>> {
     match CREATED.lock() {
         Ok(mut c) if !c.closing => {
-            let settled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let settled = Arc::new(AtomicBool::new(false));
             c.pods
                 .push((pods.clone(), name.to_string(), settled.clone()));
             Some(settled)
@@ -143,9 +141,7 @@ pub async fn delete_created() {
         // A create call still on its way: deleted now, the pod could be made just after.
         // Its answer is waited for (at most 10 s; the API server answers in milliseconds).
         let asked = std::time::Instant::now();
-        while !settled.load(std::sync::atomic::Ordering::Acquire)
-            && asked.elapsed() < Duration::from_secs(10)
-        {
+        while !settled.load(Ordering::Acquire) && asked.elapsed() < Duration::from_secs(10) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         match delete_and_wait(&pods, &name).await {
@@ -854,7 +850,7 @@ pub async fn start(
         bail!("interrupted: no receiver pod created");
     };
     let created = pods.create(&PostParams::default(), &spec).await;
-    settled.store(true, std::sync::atomic::Ordering::Release);
+    settled.store(true, Ordering::Release);
     if let Err(e) = created {
         untrack(&name);
         return Err(super::api_error(
@@ -977,13 +973,13 @@ async fn wait_running(
 ) -> anyhow::Result<()> {
     // Unschedulable is not the end: a cluster autoscaler may add a node that can take the
     // pod. It is said at once, and the wait goes on.
-    let warned = std::sync::atomic::AtomicBool::new(false);
+    let warned = AtomicBool::new(false);
     let settled = |p: Option<&Pod>| {
         p.is_none_or(|p| {
             let why = stuck(p);
             match &why {
                 Some(w) if unschedulable(w) => {
-                    if !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    if !warned.swap(true, Ordering::Relaxed) {
                         tracing::warn!(
                             "the receiver pod {shown} cannot be placed yet ({w}); waiting up to {}s (target.kubernetes.waitTimeout) in case a node is added (a cluster autoscaler), or Ctrl-C. {UNPLACED_HINT}",
                             timeout.as_secs()
@@ -1060,8 +1056,7 @@ async fn upload(
         mut stdout,
         mut stdin,
         session,
-        stderr,
-        failed,
+        ended,
         ends_stdin,
     } = e;
     if !ends_stdin {
@@ -1095,8 +1090,8 @@ async fn upload(
     };
     drop(session);
     let out = String::from_utf8_lossy(&out).into_owned();
-    let err = String::from_utf8_lossy(&locked_vec(&stderr)).into_owned();
-    let status = failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let err = ended.stderr();
+    let status = ended.failed();
     let mut lines = out.lines();
     if lines.next() != Some("ok") {
         let why = format!(
@@ -1126,10 +1121,6 @@ async fn upload(
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-fn locked_vec(v: &std::sync::Mutex<Vec<u8>>) -> Vec<u8> {
-    v.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// A writer that ends the exec's stdin when dropped.

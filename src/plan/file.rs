@@ -1023,6 +1023,22 @@ fn utf16_without_bom(bytes: &[u8]) -> bool {
     (most(even) && few(odd)) || (most(odd) && few(even))
 }
 
+/// Why `bytes` are not UTF-8 text, when they are text of another kind (UTF-16, with or
+/// without a byte-order mark) or no text (NULs): what to tell the user.
+fn not_utf8_text(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+        Some("is UTF-16 text (as PowerShell's `>` writes it): save it as UTF-8")
+    } else if utf16_without_bom(bytes) {
+        Some("is UTF-16 text without a byte-order mark: save it as UTF-8")
+    } else if bytes.contains(&0) {
+        Some(
+            "is not a text file: check that -f names the plan (a YAML file, see examples/vm-to-k8s.yaml)",
+        )
+    } else {
+        None
+    }
+}
+
 /// Reads, parses and resolves a plan file. A missing file, an invalid field or a missing
 /// source or target path is an [`InvalidInput`] (exit 2).
 pub fn load(plan_path: &Path, derive: &Derive<'_>) -> anyhow::Result<Migration> {
@@ -1041,27 +1057,19 @@ pub fn load(plan_path: &Path, derive: &Derive<'_>) -> anyhow::Result<Migration> 
     })?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let bytes = e.as_bytes();
-        let what = if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
-            "is UTF-16 text (as PowerShell's `>` writes it): save it as UTF-8".to_string()
-        } else if utf16_without_bom(bytes) {
-            "is UTF-16 text without a byte-order mark: save it as UTF-8".to_string()
-        } else if bytes.contains(&0) {
-            "is not a text file: check that -f names the plan (a YAML file, see examples/vm-to-k8s.yaml)".to_string()
-        } else {
-            let at = e.utf8_error().valid_up_to();
-            let line = bytes[..at].iter().filter(|b| **b == b'\n').count() + 1;
-            format!("is not UTF-8 text (line {line} has a byte that is not): save it as UTF-8")
-        };
+        let what = not_utf8_text(bytes).map_or_else(
+            || {
+                let at = e.utf8_error().valid_up_to();
+                let line = bytes[..at].iter().filter(|b| **b == b'\n').count() + 1;
+                format!("is not UTF-8 text (line {line} has a byte that is not): save it as UTF-8")
+            },
+            str::to_string,
+        );
         InvalidInput(format!("plan file {} {what}", plan_path.display()))
     })?;
     // ASCII written as UTF-16 without a byte-order mark is valid UTF-8, with a NUL in
     // every other byte; other NULs mean it is no text at all.
-    if text.contains('\0') {
-        let what = if utf16_without_bom(text.as_bytes()) {
-            "is UTF-16 text without a byte-order mark: save it as UTF-8"
-        } else {
-            "is not a text file: check that -f names the plan (a YAML file, see examples/vm-to-k8s.yaml)"
-        };
+    if let Some(what) = not_utf8_text(text.as_bytes()) {
         return Err(InvalidInput(format!("plan file {} {what}", plan_path.display())).into());
     }
     if text
