@@ -293,31 +293,32 @@ fn plan_file_errors_after_review() {
         "{two}\n{err}"
     );
     // UTF-16 text is named as such.
-    let utf16: Vec<u8> = [0xff, 0xfe]
-        .into_iter()
-        .chain(good.encode_utf16().flat_map(|u| u.to_le_bytes()))
-        .collect();
-    std::fs::write(&ws.plan, utf16).unwrap();
-    let (code, _, err) = ws.run(&["plan"]);
-    assert_eq!(code, 2);
-    assert!(
-        err.contains("UTF-16") && err.contains("save it as UTF-8"),
-        "{err}"
+    let named_utf16 = |bytes: Vec<u8>, what: &str| {
+        std::fs::write(&ws.plan, bytes).unwrap();
+        let (code, _, err) = ws.run(&["plan"]);
+        assert_eq!(code, 2, "{what}");
+        assert!(
+            err.contains("UTF-16") && err.contains("save it as UTF-8"),
+            "{what}: {err}"
+        );
+    };
+    named_utf16(
+        [0xff, 0xfe]
+            .into_iter()
+            .chain(good.encode_utf16().flat_map(|u| u.to_le_bytes()))
+            .collect(),
+        "with a byte-order mark",
     );
     // Without the byte-order mark too (big- and little-endian): ASCII in UTF-16 is valid
     // UTF-8 with a NUL every other byte.
     for be in [false, true] {
         // With a non-ASCII comment too (not valid UTF-8 then).
-        let utf16: Vec<u8> = format!("# é\n{good}")
-            .encode_utf16()
-            .flat_map(|u| if be { u.to_be_bytes() } else { u.to_le_bytes() })
-            .collect();
-        std::fs::write(&ws.plan, utf16).unwrap();
-        let (code, _, err) = ws.run(&["plan"]);
-        assert_eq!(code, 2);
-        assert!(
-            err.contains("UTF-16") && err.contains("save it as UTF-8"),
-            "big-endian {be}: {err}"
+        named_utf16(
+            format!("# é\n{good}")
+                .encode_utf16()
+                .flat_map(|u| if be { u.to_be_bytes() } else { u.to_le_bytes() })
+                .collect(),
+            &format!("big-endian {be}"),
         );
     }
     // plan --phase without --bwlimit is a usage error, not silently ignored.

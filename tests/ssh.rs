@@ -1215,6 +1215,24 @@ fn through(ws: &Workspace, hops: &str) {
     std::fs::write(&ws.plan, yaml).unwrap();
 }
 
+/// Writes the workspace plan with a source reached as `host`, an alias of ssh config
+/// `config`, which supplies everything else.
+fn by_ssh_config(ws: &Workspace, host: &str, config: &Path) {
+    let yaml = plan_yaml(&ws.source, &ws.mount, "").replace(
+        &format!("source:\n  path: {}\n", ws.source.display()),
+        &format!(
+            "source:\n  path: {}\n  ssh:\n    host: {host}\n    configFile: {}\n",
+            ws.source.display(),
+            config.display()
+        ),
+    );
+    assert!(
+        yaml.contains(&format!("host: {host}")),
+        "plan template changed"
+    );
+    std::fs::write(&ws.plan, yaml).unwrap();
+}
+
 /// A source sshd, a bastion in front of it (`AllowTcpForwarding forwarding`), and a
 /// workspace whose plan reaches the source through the bastion, both host keys known.
 fn behind_a_bastion(forwarding: &str) -> (Sshd, Sshd, Workspace) {
@@ -1334,16 +1352,7 @@ fn an_ssh_config_alias_supplies_the_host_its_settings_and_its_jump() {
         ),
     )
     .unwrap();
-    let yaml = plan_yaml(&ws.source, &ws.mount, "").replace(
-        &format!("source:\n  path: {}\n", ws.source.display()),
-        &format!(
-            "source:\n  path: {}\n  ssh:\n    host: vm1\n    configFile: {}\n",
-            ws.source.display(),
-            config.display()
-        ),
-    );
-    assert!(yaml.contains("host: vm1"), "plan template changed");
-    std::fs::write(&ws.plan, yaml).unwrap();
+    by_ssh_config(&ws, "vm1", &config);
 
     let (code, text, err) = ws.run(&["plan"]);
     assert_eq!(code, 0, "{text}\n{err}");
@@ -1426,15 +1435,7 @@ fn identities_only_logs_in_with_the_agents_copy_of_the_named_key() {
         ),
     )
     .unwrap();
-    let yaml = plan_yaml(&ws.source, &ws.mount, "").replace(
-        &format!("source:\n  path: {}\n", ws.source.display()),
-        &format!(
-            "source:\n  path: {}\n  ssh:\n    host: vm\n    configFile: {}\n",
-            ws.source.display(),
-            config.display()
-        ),
-    );
-    std::fs::write(&ws.plan, yaml).unwrap();
+    by_ssh_config(&ws, "vm", &config);
     let mut c = ws.cmd(&["plan"]);
     c.env("SSH_AUTH_SOCK", &sock);
     let (code, out, err) = run(c);
