@@ -17,7 +17,7 @@ use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -564,23 +564,9 @@ fn a_target_in_use_by_a_verify_stops_apply_before_the_scale_down() {
     std::fs::create_dir_all(ws.target()).unwrap();
     // A reader holding the shared lock, as a running verify does.
     // It says `held` once it holds the lock (a fixed wait lost that race once in five runs).
-    let mut reader = Command::new("flock")
-        .args(["-s", "-o"])
-        .arg(ws.target())
-        .args(["-c", "echo held; exec sleep 60"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(reader.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "held");
+    let reader = LockHolder::take(&ws.target(), true);
     let (code, v) = ws.run_json(&["apply", "--yes"]);
-    let _ = reader.kill();
-    let _ = reader.wait();
+    drop(reader);
     assert_eq!(code, 3, "{v}");
     assert!(
         v["error"].as_str().unwrap_or_default().contains("is using"),

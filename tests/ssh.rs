@@ -278,15 +278,9 @@ fn plan_apply_verify_over_ssh_copies_a_real_tsdb_exactly() {
     // While something holds the source's lock (as a running Prometheus does), the remote
     // probe (flock over an exec channel) sees it, and the final phase refuses.
     std::fs::write(ws.source.join("lock"), b"").unwrap();
-    let mut holder = Command::new("flock")
-        .arg(ws.source.join("lock"))
-        .args(["sleep", "60"])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let holder = LockHolder::take(&ws.source.join("lock"), false);
     let (code, v) = ws.run_json(&["apply", "--yes", "--phase", "final"]);
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    drop(holder);
     assert_eq!(code, 1, "{v}");
     assert!(
         v["refusal"]

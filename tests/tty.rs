@@ -20,12 +20,25 @@ struct Tty {
 
 impl Tty {
     fn start(cmd: &Command) -> Tty {
-        let mut line = String::from(cmd.get_program().to_string_lossy().as_ref());
+        // `script` runs the line with `$SHELL -c`. dash (Debian's /bin/sh, and the shell
+        // when SHELL is unset, as under CI) does not exec a lone command, so the Ctrl-C
+        // would also kill the shell and `script` would report 130 instead of promigrate's
+        // own exit code: `exec` makes the command the pty's process whatever the shell.
+        let mut line = String::from("exec ");
+        line.push_str(&shell_quote(&cmd.get_program().to_string_lossy()));
         for a in cmd.get_args() {
             line.push(' ');
             line.push_str(&shell_quote(&a.to_string_lossy()));
         }
-        let mut child = Command::new("script")
+        let mut script = Command::new("script");
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => script.env(k, v),
+                None => script.env_remove(k),
+            };
+        }
+        let mut child = script
+            .env("SHELL", "/bin/sh")
             .args(["-q", "-f", "-e", "-c", &line, "/dev/null"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -125,23 +138,10 @@ fn the_prompt_declined_or_answered_after_the_target_was_taken_writes_nothing() {
     let mut tty = Tty::start(&ws.cmd(&["apply", "--source-stopped"]));
     tty.wait_for(|s| s.contains("[y/N]"), "the prompt");
     // Another apply takes the target while the operator reads the plan.
-    let mut holder = Command::new("flock")
-        .arg(ws.target())
-        .args(["-c", "echo held; exec sleep 60"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut held = [0u8; 5];
-    holder
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut held)
-        .unwrap();
+    let holder = LockHolder::take(&ws.target(), false);
     tty.type_keys(b"y\r");
     let code = tty.exit_code();
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    drop(holder);
     let screen = tty.text();
     assert_eq!(code, 3, "{screen}");
     assert!(

@@ -1272,3 +1272,42 @@ pub fn chown_tree(dir: &Path, (uid, gid): (u32, u32)) {
         .unwrap();
     assert!(st.success(), "chown -R {uid}:{gid} {}", dir.display());
 }
+
+/// Another process holding `flock(2)` on `path` (a directory or a file), as a running
+/// promigrate or Prometheus does: one process (a shell that takes the lock on an fd, says
+/// so, then becomes `sleep`), so ending it by PID releases the lock and leaves no orphan
+/// behind (`flock PATH sleep` forks, and killing `flock` would leave the `sleep` holding
+/// the lock).
+pub struct LockHolder(Child);
+
+impl LockHolder {
+    pub fn take(path: &Path, shared: bool) -> LockHolder {
+        let mode = if shared { "-s" } else { "-x" };
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                r#"exec 9<"$1" && flock "$2" 9 && echo held && exec sleep 600"#,
+                "sh",
+            ])
+            .arg(path)
+            .arg(mode)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run sh");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "held", "could not lock {}", path.display());
+        LockHolder(child)
+    }
+}
+
+impl Drop for LockHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
