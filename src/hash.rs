@@ -52,3 +52,66 @@ pub fn file(
     }
     result
 }
+
+/// Source content hashes taken by a copy from the very bytes it read and sent, each with
+/// the file's size and modification time then (a file that changed while it was read is
+/// not kept: the copy fails it). The verify that ends an apply takes a source file's hash
+/// from here instead of reading the file again when the file still has that size and
+/// mtime (to the nanosecond where the source keeps them): the source is read once, the
+/// target is always read back from its volume.
+#[derive(Debug, Default)]
+pub struct Sent(std::sync::Mutex<std::collections::HashMap<String, SentHash>>);
+
+#[derive(Debug, Clone, Copy)]
+struct SentHash {
+    hash: u128,
+    size: u64,
+    mtime: crate::fsutil::MTime,
+}
+
+impl Sent {
+    /// Keeps the hash of `rel`'s bytes as copied, the file having `size` and `mtime`.
+    pub fn record(&self, rel: &str, hash: u128, size: u64, mtime: crate::fsutil::MTime) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(rel.to_string(), SentHash { hash, size, mtime });
+        }
+    }
+
+    /// The hash of `rel` as copied, if it was copied whole in this run and the file has the
+    /// same size and mtime now.
+    pub fn get(&self, rel: &str, size: u64, mtime: crate::fsutil::MTime) -> Option<u128> {
+        let m = self.0.lock().ok()?;
+        let s = m.get(rel)?;
+        (s.size == size && s.mtime == mtime).then_some(s.hash)
+    }
+
+    /// How many files' hashes are kept.
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsutil::MTime;
+
+    #[test]
+    fn a_sent_hash_is_given_only_for_the_same_size_and_mtime() {
+        let s = Sent::default();
+        let t = MTime { sec: 10, nsec: 5 };
+        s.record("wal/00000001", 42, 100, t);
+        assert_eq!(s.get("wal/00000001", 100, t), Some(42));
+        // Grown, or touched since (even by a nanosecond, or to whole seconds): read it again.
+        assert_eq!(s.get("wal/00000001", 101, t), None);
+        assert_eq!(s.get("wal/00000001", 100, MTime { sec: 10, nsec: 6 }), None);
+        assert_eq!(s.get("wal/00000001", 100, MTime { sec: 10, nsec: 0 }), None);
+        assert_eq!(s.get("wal/00000002", 100, t), None);
+        assert_eq!(s.len(), 1);
+    }
+}

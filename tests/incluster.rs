@@ -130,6 +130,20 @@ fn plan_apply_and_verify_through_a_receiver_pod_end_byte_equal_on_the_claim() {
     assert_eq!(code, 0, "apply: {out}\n{err}");
     eprintln!("apply through the pod: {:?}", t.elapsed());
     assert_eq!(pods_left(&node), Vec::<String>::new(), "after apply");
+    // Its verify took the source's hashes from the copy (every file was copied) and read
+    // the target back in the pod: the bytes hashed are the target's alone.
+    let files = wanted(&ws).len();
+    let bytes: u64 = common::files_below(&ws.source)
+        .filter(|(rel, _)| rel != "queries.active")
+        .map(|(_, e)| e.metadata().unwrap().len())
+        .sum();
+    assert!(
+        out.contains(&format!("{} hashed in", promigrate::units::bytes(bytes)))
+            && out.contains(&format!(
+                "the source side of {files} files hashed as they were copied"
+            )),
+        "{out}"
+    );
 
     let db = vol.join("prometheus-db");
     let want = wanted(&ws);

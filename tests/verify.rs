@@ -171,3 +171,94 @@ fn ctrl_c_stops_verify_in_the_middle_of_a_large_file() {
     assert_eq!(status.code(), Some(3), "{err}");
     assert!(err.contains("interrupted"), "{err}");
 }
+
+/// The verify that ends an apply takes a source file's hash from the bytes the copy sent
+/// (`promigrate::hash::Sent`) instead of reading the file again, only while the file has
+/// the size and mtime it had then; the target is read back every time, so a target damaged
+/// after the copy is still found.
+#[test]
+fn hashes_taken_while_copying_stand_for_the_source_only_while_it_is_unchanged() {
+    use promigrate::fsutil::MTime;
+    use promigrate::hash::Sent;
+    use promigrate::verify::VerifyLevel;
+    let ws = applied();
+    let m = promigrate::plan::file::load(&ws.plan, &promigrate::plan::file::offline).unwrap();
+    let verify = |sent: &Sent| {
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let mut reports = promigrate::verify::run(
+            &m,
+            VerifyLevel::Checksum,
+            &|_| Box::new(promigrate::progress::Hidden),
+            &never,
+            Some(sent),
+        )
+        .unwrap();
+        reports.remove(0)
+    };
+    let chunk_rel = format!(
+        "{}/chunks/000001",
+        some_block(&ws.target())
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+    );
+    let src = ws.source.join(&chunk_rel);
+    let st = std::fs::metadata(&src).unwrap();
+    let now = MTime {
+        sec: st.mtime(),
+        nsec: st.mtime_nsec(),
+    };
+    let right = xxhash_rust::xxh3::xxh3_128(&std::fs::read(&src).unwrap());
+
+    // A hash for the file as it is now is used: a wrong one is a difference (so it was
+    // taken, not the file read again), and the source file is not read.
+    let wrong = Sent::default();
+    wrong.record(&chunk_rel, right ^ 1, st.len(), now);
+    let r = verify(&wrong);
+    assert!(!r.ok, "{r:?}");
+    assert_eq!(r.hashed_while_copied, 1);
+    assert!(
+        r.differences
+            .iter()
+            .any(|d| *d.path == *chunk_rel && d.detail.contains("content differs")),
+        "{:?}",
+        r.differences
+    );
+    assert_eq!(r.hashed_bytes, 2 * r.checked_bytes - st.len());
+
+    // For another mtime (the file touched since), or another size, it is not used.
+    for (size, mtime) in [
+        (
+            st.len(),
+            MTime {
+                sec: now.sec - 1,
+                ..now
+            },
+        ),
+        (st.len() + 1, now),
+    ] {
+        let stale = Sent::default();
+        stale.record(&chunk_rel, right ^ 1, size, mtime);
+        let r = verify(&stale);
+        assert!(r.ok, "{:?}", r.differences);
+        assert_eq!(r.hashed_while_copied, 0);
+        assert_eq!(r.hashed_bytes, 2 * r.checked_bytes);
+    }
+
+    // The right hash, and the target damaged after the copy (size and mtime kept): found,
+    // because the target side is read back.
+    let good = Sent::default();
+    good.record(&chunk_rel, right, st.len(), now);
+    assert!(verify(&good).ok);
+    let copy = ws.target().join(&chunk_rel);
+    flip_byte_keeping_mtime(&copy, st.len() as usize / 2);
+    let r = verify(&good);
+    assert!(!r.ok);
+    assert!(
+        r.differences
+            .iter()
+            .any(|d| *d.path == *chunk_rel && d.detail.contains("content differs")),
+        "{:?}",
+        r.differences
+    );
+}

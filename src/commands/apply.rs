@@ -319,6 +319,7 @@ fn apply_steps_until(
             held: std::sync::Mutex::new(Vec::new()),
             dry_run: true,
             starting: None,
+            sent: None,
         };
         let (reports, result) = sync::apply(&plans, &opts);
         result.context("the dry run stopped")?;
@@ -476,6 +477,13 @@ fn apply_steps_until(
     );
     let worker_plans = plans.clone();
     let worker_cancel = cancel.clone();
+    // The verify that gates the scale-up follows in this run: the source bytes are hashed
+    // as they are copied, so that it reads the source's copied files once, not twice.
+    let sent = (phase != sync::Phase::Presync
+        && !clusters.is_empty()
+        && a.verify_level() != crate::verify::VerifyLevel::Meta)
+        .then(|| Arc::new(crate::hash::Sent::default()));
+    let worker_sent = sent.clone();
     out.copy_entered = true;
     let (reports, result) = rt
         .block_on(async move { tokio::task::spawn_blocking(move || {
@@ -496,6 +504,7 @@ fn apply_steps_until(
                 held: std::sync::Mutex::new(held),
                 dry_run: false,
                 starting: Some(&starting),
+                sent: worker_sent.as_deref(),
             };
             sync::apply(&worker_plans, &opts)
         }).await })
@@ -528,7 +537,15 @@ fn apply_steps_until(
             .iter()
             .map(|(_, c, k)| (c.clone(), k.clone()))
             .collect();
-        kube_finish(a, m, rt, cancel, &pairs, note, out)?;
+        let verified = run_verify(
+            rt,
+            m,
+            a.verify_level(),
+            cancel.clone(),
+            &a.state_dir().join(&m.name),
+            sent,
+        );
+        kube_finish(rt, &pairs, note, verified, out)?;
     }
     out.ok = true;
     Ok(Code::Ok)
@@ -592,24 +609,15 @@ fn left_scaled_down(k: &plan::file::KubeTarget) -> String {
     }
 }
 
-/// After the final phase: verify every target, and only if all match, recover Released PVs
-/// and scale the StatefulSets back (waiting for their claims to bind).
+/// After the final phase, with the verify of every target (`verified`): only if all match,
+/// recover Released PVs and scale the StatefulSets back (waiting for their claims to bind).
 fn kube_finish(
-    a: &ApplyArgs,
-    m: &plan::Migration,
     rt: &tokio::runtime::Runtime,
-    cancel: &Arc<AtomicBool>,
     clusters: &[(k8s::Cluster, plan::file::KubeTarget)],
     note: Option<String>,
+    verified: anyhow::Result<VerifyOutput>,
     out: &mut ApplyOutput,
 ) -> anyhow::Result<()> {
-    let verified = run_verify(
-        rt,
-        m,
-        a.verify_level(),
-        cancel.clone(),
-        &a.state_dir().join(&m.name),
-    );
     let left = || note.clone().unwrap_or_default();
     let verified = verified.map_err(|e| e.context(left()))?;
     let ok = verified.ok();

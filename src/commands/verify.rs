@@ -96,20 +96,24 @@ pub fn run(a: &VerifyArgs) -> Outcome {
     Outcome::of(result).with_push(Push::of(a.pushgateway.as_deref(), &m, run, started))
 }
 
-/// Verifies every target of the migration on the blocking pool (the source hashed once).
+/// Verifies every target of the migration on the blocking pool (the source hashed once, or
+/// not at all for the files whose hashes the apply before it took as it copied them:
+/// `sent`).
 pub(super) fn run_verify(
     rt: &tokio::runtime::Runtime,
     m: &Migration,
     level: VerifyLevel,
     cancel: Arc<AtomicBool>,
     records: &std::path::Path,
+    sent: Option<Arc<crate::hash::Sent>>,
 ) -> anyhow::Result<VerifyOutput> {
     let mm = m.clone();
     let mut reports = rt
         .block_on(async move {
             tokio::task::spawn_blocking(move || {
                 let progress_for = |total| progress::for_stderr("verify", total);
-                let reports = crate::verify::run(&mm, level, &progress_for, &cancel)?;
+                let reports =
+                    crate::verify::run(&mm, level, &progress_for, &cancel, sent.as_deref())?;
                 check_cancel(&cancel, "verify")?;
                 Ok::<_, anyhow::Error>(reports)
             })
@@ -170,7 +174,7 @@ fn verify_and_record(
     differences: &mut Option<u64>,
 ) -> anyhow::Result<(Box<dyn Report>, Code)> {
     let record_dir = record::prepare(&a.state_dir(), &m.name)?;
-    let result = run_verify(rt, m, a.level(), cancel, &record_dir);
+    let result = run_verify(rt, m, a.level(), cancel, &record_dir, None);
     let code = match &result {
         Ok(r) if r.ok() => Code::Ok,
         Ok(_) => Code::Findings,

@@ -55,6 +55,10 @@ pub struct Ctx<'a> {
     pub cancel: &'a AtomicBool,
     /// Stop at the next chunk once this instant has passed.
     pub deadline: Option<std::time::Instant>,
+    /// Where the hashes of the source bytes copied are kept, when a verify follows in this
+    /// run ([`crate::hash::Sent`]). Files copied in the kernel (`copy_file_range`, one
+    /// local destination) never pass through memory and are not hashed.
+    pub sent: Option<&'a crate::hash::Sent>,
 }
 
 /// One destination of a copy: a file to create (or truncate) on a target, which gives it
@@ -105,22 +109,29 @@ pub struct Streaming {
 struct Streamed<'a> {
     rel: String,
     head: stream::Head,
+    /// The hash of the bytes copied ([`Ctx::sent`]), kept once tar vouched for them.
+    hash: Option<u128>,
     /// Each copy: its target, and where on it.
     outs: Vec<(&'a dyn Target, PathBuf)>,
     durable: bool,
 }
 
 impl Streamed<'_> {
-    /// Gives the copies the source's times, now that tar vouched for the file.
-    fn vouched(&self) -> Result<(), CopyError> {
-        let times = Times::both(crate::fsutil::MTime {
+    /// Gives the copies the source's times, now that tar vouched for the file, and keeps
+    /// the hash of what was copied.
+    fn vouched(&self, ctx: &Ctx) -> Result<(), CopyError> {
+        let mtime = crate::fsutil::MTime {
             sec: self.head.mtime,
             nsec: 0,
-        });
+        };
+        let times = Times::both(mtime);
         for (target, rel) in &self.outs {
             target
                 .set_times(rel, times)
                 .map_err(|e| dst_err(target.path(rel), e))?;
+        }
+        if let (Some(sent), Some(h)) = (ctx.sent, self.hash) {
+            sent.record(&self.rel, h, self.head.size, mtime);
         }
         Ok(())
     }
@@ -173,7 +184,7 @@ impl<'a> Reader<'a> {
         };
         let why = match said {
             Ok(complaints) if complaints.is_empty() => {
-                return files.iter().try_for_each(Streamed::vouched);
+                return files.iter().try_for_each(|f| f.vouched(ctx));
             }
             Ok(complaints) => format!("it reported: {}", complaints.join("; ")),
             Err(e) => {
@@ -323,7 +334,7 @@ pub fn copy_file<'a>(
 ) -> Result<u64, CopyError> {
     let source = reader.source;
     let result = match source {
-        Source::Local(root) => copy_inner(&root.join(rel), outs, durable, ctx),
+        Source::Local(root) => copy_inner(&root.join(rel), rel, outs, durable, ctx),
         Source::Ssh { .. } => match copy_streamed(reader, rel, outs, durable, ctx) {
             Some(r) => r,
             None => copy_remote(source, rel, outs, durable, ctx),
@@ -432,7 +443,10 @@ fn copy_streamed<'a>(
         Ok(o) => o,
         Err(e) => return Some(Err(e)),
     };
-    let done = match pump(&mut outputs, outs, head.size, ctx, |b| s.read(b)) {
+    let mut hasher = ctx.sent.map(|_| xxhash_rust::xxh3::Xxh3::new());
+    let done = match pump(&mut outputs, outs, head.size, ctx, hasher.as_mut(), |b| {
+        s.read(b)
+    }) {
         Ok(n) if n == head.size => n,
         // The stream broke part-way: what it delivered is read again over SFTP, so the
         // progress takes it back.
@@ -458,6 +472,7 @@ fn copy_streamed<'a>(
     reader.unchecked.push(Streamed {
         rel: rel.to_string(),
         head,
+        hash: hasher.map(|h| h.digest128()),
         outs: outs
             .iter()
             .map(|o| (o.target, o.rel.to_path_buf()))
@@ -484,7 +499,11 @@ fn copy_remote(
     };
     let (mut input, st) = source.open(rel).map_err(src_err)?;
     let mut outputs = create_outputs(outs)?;
-    let done = pump(&mut outputs, outs, st.size, ctx, |b| input.read(b)).map_err(|e| match e {
+    let mut hasher = ctx.sent.map(|_| xxhash_rust::xxh3::Xxh3::new());
+    let done = pump(&mut outputs, outs, st.size, ctx, hasher.as_mut(), |b| {
+        input.read(b)
+    })
+    .map_err(|e| match e {
         Stop::Read(e, _) => src_err(e),
         Stop::Copy(e) => e,
     })?;
@@ -508,10 +527,19 @@ fn copy_remote(
         Some(Times::both(st.mtime)),
         durable,
     )?;
+    if let (Some(sent), Some(h)) = (ctx.sent, hasher) {
+        sent.record(rel, h.digest128(), done, st.mtime);
+    }
     Ok(done)
 }
 
-fn copy_inner(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64, CopyError> {
+fn copy_inner(
+    src: &Path,
+    rel: &str,
+    outs: &[Out],
+    durable: bool,
+    ctx: &Ctx,
+) -> Result<u64, CopyError> {
     let src_err = |e| CopyError::Source {
         path: src.to_path_buf(),
         cause: e,
@@ -527,6 +555,11 @@ fn copy_inner(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64,
     } else {
         vec![0u8; ctx.throttle.chunk().min(TEE_BUF)]
     };
+    // The bytes go through `buf`: they are hashed on the way when a verify follows.
+    let mut hasher = ctx
+        .sent
+        .filter(|_| !direct)
+        .map(|_| xxhash_rust::xxh3::Xxh3::new());
     let mut done: u64 = 0;
     // Up to the size at open: a file that grows is caught by the comparison below, not read
     // to its new end.
@@ -554,6 +587,9 @@ fn copy_inner(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64,
         } else {
             let n = (&input).read(&mut buf[..want as usize]).map_err(src_err)?;
             write_to_all(&mut outputs, outs, &buf[..n])?;
+            if let Some(h) = hasher.as_mut() {
+                h.update(&buf[..n]);
+            }
             n as u64
         };
         if n == 0 {
@@ -601,6 +637,9 @@ fn copy_inner(src: &Path, outs: &[Out], durable: bool, ctx: &Ctx) -> Result<u64,
         Some(times),
         durable,
     )?;
+    if let (Some(sent), Some(h)) = (ctx.sent, hasher) {
+        sent.record(rel, h.digest128(), done, times.modified);
+    }
     Ok(done)
 }
 
@@ -621,6 +660,7 @@ fn pump(
     outs: &[Out],
     size: u64,
     ctx: &Ctx,
+    mut hasher: Option<&mut xxhash_rust::xxh3::Xxh3>,
     mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
 ) -> Result<u64, Stop> {
     thread_local! {
@@ -648,6 +688,9 @@ fn pump(
                 return Ok(done);
             }
             write_to_all(outputs, outs, &buf[..n]).map_err(Stop::Copy)?;
+            if let Some(h) = hasher.as_deref_mut() {
+                h.update(&buf[..n]);
+            }
             for output in outputs.iter() {
                 output.writeback(done, n as u64);
             }
@@ -702,11 +745,13 @@ mod tests {
         std::fs::write(&s, &data).unwrap();
         let sm = std::fs::metadata(&s).unwrap();
         let cancel = AtomicBool::new(false);
+        let sent = crate::hash::Sent::default();
         let ctx = Ctx {
             throttle: &Unlimited,
             progress: &Hidden,
             cancel: &cancel,
             deadline: None,
+            sent: Some(&sent),
         };
         let owner = Owner {
             uid: sm.uid(),
@@ -739,6 +784,18 @@ mod tests {
                 let tm = std::fs::metadata(o.path()).unwrap();
                 assert_eq!((tm.mtime(), tm.mtime_nsec()), (sm.mtime(), sm.mtime_nsec()));
                 assert_eq!(tm.mode() & 0o660, 0o660);
+            }
+            // The bytes passed through memory only with two destinations: only then is
+            // their hash kept, for the source's size and mtime.
+            let mtime = crate::fsutil::MTime {
+                sec: sm.mtime(),
+                nsec: sm.mtime_nsec(),
+            };
+            let kept = sent.get("s", data.len() as u64, mtime);
+            if outs.len() == 1 {
+                assert_eq!(kept, None);
+            } else {
+                assert_eq!(kept, Some(xxhash_rust::xxh3::xxh3_128(&data)));
             }
         }
     }
@@ -777,6 +834,7 @@ mod tests {
             progress: &progress,
             cancel: &cancel,
             deadline: None,
+            sent: None,
         };
         let src = Source::Local(d.to_path_buf());
         let r = copy_file(
@@ -835,6 +893,7 @@ mod tests {
             progress: &Hidden,
             cancel: &cancel,
             deadline: None,
+            sent: None,
         };
         let t2 = d.path().join("t2");
         let owner = Owner { uid: 0, gid: 0 };

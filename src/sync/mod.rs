@@ -54,6 +54,9 @@ pub struct ApplyOptions<'a> {
     /// Called once every target is locked and prepared, right before the first file is
     /// copied (apply logs what it copies there, not before a run that cannot start).
     pub starting: Option<&'a (dyn Fn() + Sync)>,
+    /// Keep the hashes of the source bytes copied here, for the verify that follows in the
+    /// same run ([`crate::hash::Sent`]).
+    pub sent: Option<&'a crate::hash::Sent>,
 }
 
 /// Takes the apply lock of every target whose TSDB directory exists already, without
@@ -515,6 +518,7 @@ fn execute(
             progress: &tally,
             cancel: opts.cancel,
             deadline: opts.deadline,
+            sent: opts.sent,
         },
         read_bytes: AtomicU64::new(0),
         resumed_bytes: AtomicU64::new(0),

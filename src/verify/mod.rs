@@ -65,6 +65,10 @@ pub struct VerifyReport {
     pub checked_bytes: u64,
     /// Bytes hashed (both sides).
     pub hashed_bytes: u64,
+    /// Source files whose hash was taken from the bytes the apply before this verify, in
+    /// the same run, copied ([`crate::hash::Sent`]): not read a second time. Their targets
+    /// are read back like every other.
+    pub hashed_while_copied: u64,
     /// Everything that differs, sorted by path.
     pub differences: Vec<Difference>,
     /// What the target Prometheus server would do wrong with the data (its owner, subPath,
@@ -81,26 +85,48 @@ pub struct VerifyReport {
 
 /// Verifies every target volume of the migration (one for `target:`, several for
 /// `targets:`), one report each, scanning and hashing the source once. `progress_for` makes
-/// the progress sink once the number of bytes to read is known.
+/// the progress sink once the number of bytes to read is known. `sent`: the hashes of the
+/// source bytes an apply just copied, in this run; a source file that still has the size
+/// and mtime it had then is not read again (its target is).
 pub fn run(
     m: &Migration,
     level: VerifyLevel,
     progress_for: &dyn Fn(u64) -> Box<dyn Progress>,
     cancel: &AtomicBool,
+    sent: Option<&crate::hash::Sent>,
 ) -> anyhow::Result<Vec<VerifyReport>> {
     let (src, facts) = plan::scan_and_check(m)?;
+    let from_copy = sent.map_or(0, |sent| seed(&facts.hashes, &src, sent));
     let mut reports = Vec::new();
     for view in m.views() {
-        reports.push(run_one(
-            &view,
-            src.clone(),
-            &facts,
-            level,
-            progress_for,
-            cancel,
-        )?);
+        let mut r = run_one(&view, src.clone(), &facts, level, progress_for, cancel)?;
+        if level != VerifyLevel::Meta {
+            r.hashed_while_copied = from_copy;
+        }
+        reports.push(r);
     }
     Ok(reports)
+}
+
+/// Takes into `hashes` the hash of every file of the source inventory `src` that `sent`
+/// has for its present size and mtime; how many.
+fn seed(hashes: &plan::SourceHashes, src: &Inventory, sent: &crate::hash::Sent) -> u64 {
+    let Ok(mut hashes) = hashes.lock() else {
+        return 0;
+    };
+    let files = src
+        .blocks
+        .values()
+        .flat_map(|b| b.files.values())
+        .chain(src.files.values());
+    let mut n = 0;
+    for f in files {
+        if let Some(h) = sent.get(&f.rel, f.size, f.mtime) {
+            hashes.insert(f.rel.clone(), h);
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Verifies one target. Source hashes are kept in `facts`, so that with several targets each
@@ -281,6 +307,7 @@ fn run_one(
         checked_files: checked.0,
         checked_bytes: checked.1,
         hashed_bytes: hashed,
+        hashed_while_copied: 0,
         differences: diffs,
         cluster_blockers: Vec::new(),
         cluster_warnings: Vec::new(),
@@ -300,6 +327,7 @@ fn busy(m: &Migration, level: VerifyLevel, h: String, start: Instant) -> VerifyR
         checked_files: 0,
         checked_bytes: 0,
         hashed_bytes: 0,
+        hashed_while_copied: 0,
         cluster_blockers: Vec::new(),
         cluster_warnings: Vec::new(),
         plan: None,
@@ -479,11 +507,20 @@ impl VerifyReport {
         }
         let _ = writeln!(
             s,
-            "{}, {} checked; {} hashed in {}",
+            "{}, {} checked; {} hashed in {}{}",
             units::count(self.checked_files, "source file"),
             units::bytes(self.checked_bytes),
             units::bytes(self.hashed_bytes),
-            units::duration(self.duration_seconds)
+            units::duration(self.duration_seconds),
+            if self.hashed_while_copied > 0 {
+                format!(
+                    " (the source side of {} hashed as {} copied, not read again; every target file read back)",
+                    units::count(self.hashed_while_copied, "file"),
+                    units::verb_for(self.hashed_while_copied, "it was", "they were")
+                )
+            } else {
+                String::new()
+            }
         );
         for w in &self.cluster_warnings {
             let _ = writeln!(s, "warning (target Prometheus): {w}");
