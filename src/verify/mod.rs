@@ -155,6 +155,10 @@ fn run_one(
         plan::Compare::Quick,
         &|_| Box::new(crate::progress::Hidden),
     )?;
+    tracing::debug!(
+        seconds = start.elapsed().as_secs_f64(),
+        "verify: target surveyed and compared by metadata"
+    );
     let mut diffs = Vec::new();
     let d = |sigil: char, path: &str, detail: String| Difference {
         path: path.into(),
@@ -276,6 +280,11 @@ fn run_one(
             &facts.hashes,
             &mut diffs,
         )?;
+        tracing::debug!(
+            seconds = start.elapsed().as_secs_f64(),
+            hashed,
+            "verify: content hashed"
+        );
     }
     if level == VerifyLevel::Deep && tgt.exists {
         let found = survey.check(&tgt, check::Depth::Deep, m.parallelism, progress, cancel);
