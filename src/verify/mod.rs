@@ -5,6 +5,7 @@
 //! It reads only. Differences use rclone `check` sigils: `-` missing on the target,
 //! `+` extra on the target, `*` differs, `!` error.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -63,11 +64,12 @@ pub struct VerifyReport {
     pub checked_files: u64,
     /// Bytes of those files.
     pub checked_bytes: u64,
-    /// Bytes hashed (both sides).
+    /// Bytes this verify read and hashed, both sides (a source file whose hash was taken
+    /// from the copy, [`VerifyReport::hashed_while_copied`], is not read: only its target).
     pub hashed_bytes: u64,
-    /// Source files whose hash was taken from the bytes the apply before this verify, in
-    /// the same run, copied ([`crate::hash::Sent`]): not read a second time. Their targets
-    /// are read back like every other.
+    /// Source files compared whose hash was taken from the bytes the apply before this
+    /// verify, in the same run, copied ([`crate::hash::Sent`]): not read a second time.
+    /// Their targets are read back like every other.
     pub hashed_while_copied: u64,
     /// Everything that differs, sorted by path.
     pub differences: Vec<Difference>,
@@ -96,37 +98,47 @@ pub fn run(
     sent: Option<&crate::hash::Sent>,
 ) -> anyhow::Result<Vec<VerifyReport>> {
     let (src, facts) = plan::scan_and_check(m)?;
-    let from_copy = sent.map_or(0, |sent| seed(&facts.hashes, &src, sent));
+    let from_copy = sent
+        .map(|sent| seed(&facts.hashes, &src, sent))
+        .unwrap_or_default();
     let mut reports = Vec::new();
     for view in m.views() {
-        let mut r = run_one(&view, src.clone(), &facts, level, progress_for, cancel)?;
-        if level != VerifyLevel::Meta {
-            r.hashed_while_copied = from_copy;
-        }
-        reports.push(r);
+        reports.push(run_one(
+            &view,
+            src.clone(),
+            &facts,
+            &from_copy,
+            level,
+            progress_for,
+            cancel,
+        )?);
     }
     Ok(reports)
 }
 
 /// Takes into `hashes` the hash of every file of the source inventory `src` that `sent`
-/// has for its present size and mtime; how many.
-fn seed(hashes: &plan::SourceHashes, src: &Inventory, sent: &crate::hash::Sent) -> u64 {
+/// has for its present size and mtime; which files.
+fn seed(
+    hashes: &plan::SourceHashes,
+    src: &Inventory,
+    sent: &crate::hash::Sent,
+) -> HashSet<RelPath> {
+    let mut seeded = HashSet::new();
     let Ok(mut hashes) = hashes.lock() else {
-        return 0;
+        return seeded;
     };
     let files = src
         .blocks
         .values()
         .flat_map(|b| b.files.values())
         .chain(src.files.values());
-    let mut n = 0;
     for f in files {
         if let Some(h) = sent.get(&f.rel, f.size, f.mtime) {
             hashes.insert(f.rel.clone(), h);
-            n += 1;
+            seeded.insert(f.rel.clone());
         }
     }
-    n
+    seeded
 }
 
 /// Verifies one target. Source hashes are kept in `facts`, so that with several targets each
@@ -135,6 +147,7 @@ fn run_one(
     m: &Migration,
     src: Inventory,
     facts: &plan::SourceFacts,
+    from_copy: &HashSet<RelPath>,
     level: VerifyLevel,
     progress_for: &dyn Fn(u64) -> Box<dyn Progress>,
     cancel: &AtomicBool,
@@ -270,7 +283,12 @@ fn run_one(
     let progress_box = progress_for(to_read);
     let progress = progress_box.as_ref();
     let mut hashed = 0;
+    let mut hashed_while_copied = 0;
     if level != VerifyLevel::Meta {
+        hashed_while_copied = pairs
+            .iter()
+            .filter(|(s, _)| from_copy.contains(&s.rel))
+            .count() as u64;
         hashed = hash_pairs(
             m,
             survey.as_ref(),
@@ -316,7 +334,7 @@ fn run_one(
         checked_files: checked.0,
         checked_bytes: checked.1,
         hashed_bytes: hashed,
-        hashed_while_copied: 0,
+        hashed_while_copied,
         differences: diffs,
         cluster_blockers: Vec::new(),
         cluster_warnings: Vec::new(),
