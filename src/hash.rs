@@ -96,6 +96,130 @@ impl Sent {
     }
 }
 
+/// The file, beside the run records, that keeps the hashes a copy took of the source's
+/// block files from one apply to the next ([`Sent::keep`], [`Sent::take_kept`]): the
+/// closing verify of the final phase then does not read again the blocks a presync copied.
+pub const KEPT_FILE: &str = "source-hashes.json";
+
+/// Whether a file's hash may be kept from one run to the next: a block's chunk segment or
+/// index (`<ULID>/chunks/000001`, `<ULID>/index`), which Prometheus writes once, in a
+/// temporary directory renamed into place, and never rewrites. Not meta.json and
+/// tombstones, which a live server rewrites in place, nor WAL and head files.
+pub fn keeps_across_runs(rel: &str) -> bool {
+    let mut parts = rel.split('/');
+    let (Some(dir), Some(name)) = (parts.next(), parts.next_back()) else {
+        return false;
+    };
+    dir.len() == 26
+        && ulid::Ulid::from_string(dir).is_ok()
+        && name != "meta.json"
+        && name != "tombstones"
+        && (rel == format!("{dir}/index")
+            || rel.strip_prefix(dir).is_some_and(|r| {
+                r.strip_prefix("/chunks/")
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            }))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Kept {
+    version: u32,
+    /// The source the hashes are of (`host:path` or the local path).
+    source: String,
+    files: std::collections::BTreeMap<String, KeptHash>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptHash {
+    /// xxh3-128, 32 hex digits.
+    xxh3: String,
+    size: u64,
+    mtime: crate::fsutil::MTime,
+}
+
+impl Sent {
+    /// Adds the hashes [`Sent::keep`] wrote into `dir` for `source`; how many. A file that
+    /// is absent gives 0; one that cannot be read, or is of another source or version,
+    /// gives the reason (the caller warns: its files are then read again, nothing else).
+    pub fn take_kept(&self, dir: &std::path::Path, source: &str) -> Result<usize, String> {
+        let path = dir.join(KEPT_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let kept: Kept = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{} is not readable: {e}", path.display()))?;
+        if kept.version != 1 {
+            return Err(format!(
+                "{} has version {}, not 1",
+                path.display(),
+                kept.version
+            ));
+        }
+        if kept.source != source {
+            return Err(format!(
+                "{} is of another source ({}, not {source})",
+                path.display(),
+                kept.source
+            ));
+        }
+        let mut n = 0;
+        for (rel, k) in kept.files {
+            let Ok(hash) = u128::from_str_radix(&k.xxh3, 16) else {
+                continue;
+            };
+            if keeps_across_runs(&rel) {
+                self.record(&rel, hash, k.size, k.mtime);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Writes the hashes of block files ([`keeps_across_runs`]) of the blocks `still`
+    /// says the source has, for `source`, into `dir` (a temporary file renamed: whole or
+    /// absent); how many.
+    pub fn keep(
+        &self,
+        dir: &std::path::Path,
+        source: &str,
+        still: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<usize> {
+        use anyhow::Context;
+        let files: std::collections::BTreeMap<String, KeptHash> = self
+            .0
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the hashes' lock is poisoned"))?
+            .iter()
+            .filter(|(rel, _)| {
+                keeps_across_runs(rel) && still(rel.split('/').next().unwrap_or_default())
+            })
+            .map(|(rel, h)| {
+                (
+                    rel.clone(),
+                    KeptHash {
+                        xxh3: format!("{:032x}", h.hash),
+                        size: h.size,
+                        mtime: h.mtime,
+                    },
+                )
+            })
+            .collect();
+        let n = files.len();
+        let body = serde_json::to_vec(&Kept {
+            version: 1,
+            source: source.to_string(),
+            files,
+        })?;
+        let path = dir.join(KEPT_FILE);
+        let tmp = dir.join(format!(".{KEPT_FILE}{}", crate::tsdb::TMP_SUFFIX));
+        std::fs::write(&tmp, body).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +237,66 @@ mod tests {
         assert_eq!(s.get("wal/00000001", 100, MTime { sec: 10, nsec: 0 }), None);
         assert_eq!(s.get("wal/00000002", 100, t), None);
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn only_block_data_files_are_kept_across_runs() {
+        let b = "01M969EDZ7MT87T4MCWCZA66ER";
+        for rel in [format!("{b}/index"), format!("{b}/chunks/000001")] {
+            assert!(keeps_across_runs(&rel), "{rel}");
+        }
+        for rel in [
+            format!("{b}/meta.json"),
+            format!("{b}/tombstones"),
+            format!("{b}/chunks/.000001.tmp"),
+            format!("{b}/chunks"),
+            format!("{b}.tmp-for-creation/index"),
+            "wal/00000001".to_string(),
+            "chunks_head/000001".to_string(),
+            "01M969EDZ7MT87T4MCWCZA66E/index".to_string(),
+        ] {
+            assert!(!keeps_across_runs(&rel), "{rel}");
+        }
+    }
+
+    #[test]
+    fn kept_hashes_come_back_for_the_same_source_only() {
+        let d = tempfile::tempdir().unwrap();
+        let b = "01M969EDZ7MT87T4MCWCZA66ER";
+        let gone = "01M969EE0PDB69G7K074YMHNRQ";
+        let t = MTime { sec: 7, nsec: 9 };
+        let s = Sent::default();
+        s.record(&format!("{b}/index"), u128::MAX - 1, 10, t);
+        s.record(&format!("{b}/meta.json"), 2, 10, t);
+        s.record("wal/00000001", 3, 10, t);
+        s.record(&format!("{gone}/index"), 4, 10, t);
+        // Only the blocks the source still has.
+        assert_eq!(s.keep(d.path(), "src", |dir| dir == b).unwrap(), 1);
+
+        let back = Sent::default();
+        assert_eq!(back.take_kept(d.path(), "src"), Ok(1));
+        assert_eq!(back.get(&format!("{b}/index"), 10, t), Some(u128::MAX - 1));
+        assert_eq!(back.get("wal/00000001", 10, t), None);
+        assert_eq!(back.get(&format!("{gone}/index"), 10, t), None);
+        // Another source's, a damaged file, none at all.
+        let other = Sent::default();
+        assert!(
+            other
+                .take_kept(d.path(), "host:/src")
+                .unwrap_err()
+                .contains("another source")
+        );
+        std::fs::write(d.path().join(KEPT_FILE), b"{").unwrap();
+        assert!(
+            other
+                .take_kept(d.path(), "src")
+                .unwrap_err()
+                .contains("not readable")
+        );
+        assert!(other.is_empty());
+        assert_eq!(
+            Sent::default().take_kept(&d.path().join("none"), "src"),
+            Ok(0)
+        );
     }
 }

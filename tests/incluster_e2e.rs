@@ -383,6 +383,20 @@ fn a_statefulset_pod_starts_on_data_migrated_through_a_receiver_and_answers_like
         "deep",
     ]);
     assert_eq!(code, 0, "final: {out}\n{err}");
+    // Its verify read the source's block files no more: their hashes were taken as the
+    // presync (an earlier run) copied them, or as this run did; the target is read back.
+    let block_files = common::files_below(&flow.ws.source)
+        .filter(|(rel, _)| promigrate::hash::keeps_across_runs(rel))
+        .count();
+    let taken: usize = out
+        .split_once("(the source side of ")
+        .and_then(|(_, rest)| rest.split_once(' '))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no source hashes taken from the copies: {out}"));
+    assert!(
+        block_files > 0 && taken >= block_files,
+        "{taken} of {block_files} block files: {out}"
+    );
     let final_out = out;
     assert_eq!(flow.replicas(), 1, "scaled back");
     assert_eq!(flow.receiver_pods(), Vec::<String>::new(), "after final");

@@ -477,12 +477,22 @@ fn apply_steps_until(
     );
     let worker_plans = plans.clone();
     let worker_cancel = cancel.clone();
-    // The verify that gates the scale-up follows in this run: the source bytes are hashed
-    // as they are copied, so that it reads the source's copied files once, not twice.
-    let sent = (phase != sync::Phase::Presync
-        && !clusters.is_empty()
-        && a.verify_level() != crate::verify::VerifyLevel::Meta)
+    // The verify that gates the scale-up follows the final phase: the source bytes are
+    // hashed as they are copied, so that it reads the source's copied files once, not twice;
+    // the block files' hashes are kept beside the run records, for the final phase after a
+    // presync (blocks are never rewritten).
+    let sent = (!clusters.is_empty() && a.verify_level() != crate::verify::VerifyLevel::Meta)
         .then(|| Arc::new(crate::hash::Sent::default()));
+    let kept_dir = a.state_dir().join(&m.name);
+    let source_id = m.src.describe();
+    if let Some(sent) = sent.as_ref().filter(|_| phase != sync::Phase::Presync) {
+        match sent.take_kept(&kept_dir, &source_id) {
+            Ok(n) => tracing::debug!(files = n, "source hashes kept by earlier applies"),
+            Err(why) => tracing::warn!(
+                "{why}: the verify after the copy reads the source's blocks again (delete the file if it stays so)"
+            ),
+        }
+    }
     let worker_sent = sent.clone();
     out.copy_entered = true;
     let (reports, result) = rt
@@ -509,6 +519,16 @@ fn apply_steps_until(
             sync::apply(&worker_plans, &opts)
         }).await })
         .context("the copy workers stopped unexpectedly")?;
+    if let Some(sent) = &sent {
+        // What was copied whole is kept, whatever became of the run.
+        let still = |dir: &str| plans.iter().any(|p| p.blocks.iter().any(|b| b.ulid == dir));
+        match sent.keep(&kept_dir, &source_id, still) {
+            Ok(n) => tracing::debug!(files = n, "source hashes kept for the next apply"),
+            Err(e) => {
+                tracing::warn!("{e:#}: the next apply's verify reads the source's blocks again")
+            }
+        }
+    }
     let incomplete = reports.iter().any(|r| r.incomplete);
     out.set(plans, Some(reports));
     let note = (!quiesced.is_empty()).then(|| left_scaled_down_all(&quiesced));
