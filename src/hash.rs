@@ -106,19 +106,15 @@ pub const KEPT_FILE: &str = "source-hashes.json";
 /// temporary directory renamed into place, and never rewrites. Not meta.json and
 /// tombstones, which a live server rewrites in place, nor WAL and head files.
 pub fn keeps_across_runs(rel: &str) -> bool {
-    let mut parts = rel.split('/');
-    let (Some(dir), Some(name)) = (parts.next(), parts.next_back()) else {
+    let Some((dir, rest)) = rel.split_once('/') else {
         return false;
     };
-    dir.len() == 26
-        && ulid::Ulid::from_string(dir).is_ok()
-        && name != "meta.json"
-        && name != "tombstones"
-        && (rel == format!("{dir}/index")
-            || rel.strip_prefix(dir).is_some_and(|r| {
-                r.strip_prefix("/chunks/")
-                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-            }))
+    let block = dir.len() == 26 && ulid::Ulid::from_string(dir).is_ok();
+    let data = rest == "index"
+        || rest
+            .strip_prefix("chunks/")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    block && data
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

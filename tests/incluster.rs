@@ -140,7 +140,7 @@ fn plan_apply_and_verify_through_a_receiver_pod_end_byte_equal_on_the_claim() {
     assert!(
         out.contains(&format!("{} hashed in", promigrate::units::bytes(bytes)))
             && out.contains(&format!(
-                "the source side of {files} files hashed as they were copied"
+                "the source side of {files} files hashed when an apply copied them"
             )),
         "{out}"
     );

@@ -541,9 +541,9 @@ impl VerifyReport {
             units::duration(self.duration_seconds),
             if self.hashed_while_copied > 0 {
                 format!(
-                    " (the source side of {} hashed as {} copied, not read again; every target file read back)",
+                    " (the source side of {} hashed when an apply copied {}, not read again; every target file read back)",
                     units::count(self.hashed_while_copied, "file"),
-                    units::verb_for(self.hashed_while_copied, "it was", "they were")
+                    units::verb_for(self.hashed_while_copied, "it", "them")
                 )
             } else {
                 String::new()
