@@ -55,10 +55,11 @@ pub fn file(
 
 /// Source content hashes taken by a copy from the very bytes it read and sent, each with
 /// the file's size and modification time then (a file that changed while it was read is
-/// not kept: the copy fails it). The verify that ends an apply takes a source file's hash
-/// from here instead of reading the file again when the file still has that size and
-/// mtime (to the nanosecond where the source keeps them): the source is read once, the
-/// target is always read back from its volume.
+/// not kept: the copy fails it), in this run or, for block files, in an earlier apply
+/// ([`Sent::take_kept`]). The verify that ends an apply takes a source file's hash from
+/// here instead of reading the file again when the file still has that size and mtime (to
+/// the nanosecond where the source keeps them): the source is read once, the target is
+/// always read back from its volume.
 #[derive(Debug, Default)]
 pub struct Sent(std::sync::Mutex<std::collections::HashMap<String, SentHash>>);
 
@@ -77,8 +78,8 @@ impl Sent {
         }
     }
 
-    /// The hash of `rel` as copied, if it was copied whole in this run and the file has the
-    /// same size and mtime now.
+    /// The hash of `rel` as copied, if it was copied whole (in this run, or kept from an
+    /// earlier one) and the file has the same size and mtime now.
     pub fn get(&self, rel: &str, size: u64, mtime: crate::fsutil::MTime) -> Option<u128> {
         let m = self.0.lock().ok()?;
         let s = m.get(rel)?;
@@ -209,9 +210,21 @@ impl Sent {
             files,
         })?;
         let path = dir.join(KEPT_FILE);
-        let tmp = dir.join(format!(".{KEPT_FILE}{}", crate::tsdb::TMP_SUFFIX));
-        std::fs::write(&tmp, body).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        // This process's own temporary name: two applies of one migration (one of them
+        // refused by the target's lock) never write into one file; the last rename wins.
+        let tmp = dir.join(format!(
+            ".{KEPT_FILE}.{}{}",
+            std::process::id(),
+            crate::tsdb::TMP_SUFFIX
+        ));
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            std::io::Write::write_all(&mut f, &body)?;
+            f.sync_all()
+        });
+        if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &path)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("cannot write {}", path.display()));
+        }
         Ok(n)
     }
 }
@@ -274,6 +287,18 @@ mod tests {
         assert_eq!(back.get(&format!("{b}/index"), 10, t), Some(u128::MAX - 1));
         assert_eq!(back.get("wal/00000001", 10, t), None);
         assert_eq!(back.get(&format!("{gone}/index"), 10, t), None);
+        // A later run that takes them and copies more keeps both.
+        back.record(&format!("{b}/chunks/000001"), 5, 11, t);
+        assert_eq!(back.keep(d.path(), "src", |dir| dir == b).unwrap(), 2);
+        let again = Sent::default();
+        assert_eq!(again.take_kept(d.path(), "src"), Ok(2));
+        assert_eq!(again.get(&format!("{b}/index"), 10, t), Some(u128::MAX - 1));
+        assert_eq!(again.get(&format!("{b}/chunks/000001"), 11, t), Some(5));
+        // Touched since: not given.
+        assert_eq!(
+            again.get(&format!("{b}/index"), 10, MTime { sec: 8, nsec: 9 }),
+            None
+        );
         // Another source's, a damaged file, none at all.
         let other = Sent::default();
         assert!(
@@ -281,6 +306,16 @@ mod tests {
                 .take_kept(d.path(), "host:/src")
                 .unwrap_err()
                 .contains("another source")
+        );
+        let v2 = std::fs::read_to_string(d.path().join(KEPT_FILE))
+            .unwrap()
+            .replacen("\"version\":1", "\"version\":2", 1);
+        std::fs::write(d.path().join(KEPT_FILE), v2).unwrap();
+        assert!(
+            other
+                .take_kept(d.path(), "src")
+                .unwrap_err()
+                .contains("version 2")
         );
         std::fs::write(d.path().join(KEPT_FILE), b"{").unwrap();
         assert!(

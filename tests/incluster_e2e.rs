@@ -337,6 +337,10 @@ fn a_statefulset_pod_starts_on_data_migrated_through_a_receiver_and_answers_like
     );
     assert!(err.contains(&derived), "receiver pod not {derived}: {err}");
     assert_eq!(flow.receiver_pods(), Vec::<String>::new(), "after presync");
+    // Run again (after a deadline, or to be sure): nothing left to copy, and the block
+    // hashes the first one took are kept for the final phase's verify all the same.
+    let (code, out, err) = flow.run(&["apply", "--phase", "presync", "--yes"]);
+    assert_eq!(code, 0, "second presync: {out}\n{err}");
 
     // What the source answers for a moment it has fully written (it scrapes every second).
     std::thread::sleep(Duration::from_secs(3));
@@ -393,9 +397,17 @@ fn a_statefulset_pod_starts_on_data_migrated_through_a_receiver_and_answers_like
         .and_then(|(_, rest)| rest.split_once(' '))
         .and_then(|(n, _)| n.parse().ok())
         .unwrap_or_else(|| panic!("no source hashes taken from the copies: {out}"));
+    // And the files this phase copied (the WAL and head): "… in N files copied".
+    let copied: usize = out
+        .lines()
+        .find_map(|l| {
+            let head = l.split_once(" copied")?.0;
+            head.rsplit_once(" in ")?.1.split(' ').next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no copied files count: {out}"));
     assert!(
-        block_files > 0 && taken >= block_files,
-        "{taken} of {block_files} block files: {out}"
+        block_files > 0 && copied > 0 && taken == block_files + copied,
+        "{taken} source hashes taken, for {block_files} block files and {copied} files copied: {out}"
     );
     let final_out = out;
     assert_eq!(flow.replicas(), 1, "scaled back");

@@ -485,11 +485,12 @@ fn apply_steps_until(
         .then(|| Arc::new(crate::hash::Sent::default()));
     let kept_dir = a.state_dir().join(&m.name);
     let source_id = m.src.describe();
-    if let Some(sent) = sent.as_ref().filter(|_| phase != sync::Phase::Presync) {
+    // Taken in every phase: a presync rewrites the file with them and its own.
+    if let Some(sent) = &sent {
         match sent.take_kept(&kept_dir, &source_id) {
             Ok(n) => tracing::debug!(files = n, "source hashes kept by earlier applies"),
             Err(why) => tracing::warn!(
-                "{why}: the verify after the copy reads the source's blocks again (delete the file if it stays so)"
+                "{why}: the verify after the final phase reads the source's blocks that earlier applies copied again (this run writes the file anew)"
             ),
         }
     }

@@ -67,9 +67,9 @@ pub struct VerifyReport {
     /// Bytes this verify read and hashed, both sides (a source file whose hash was taken
     /// from the copy, [`VerifyReport::hashed_while_copied`], is not read: only its target).
     pub hashed_bytes: u64,
-    /// Source files compared whose hash was taken from the bytes the apply before this
-    /// verify, in the same run, copied ([`crate::hash::Sent`]): not read a second time.
-    /// Their targets are read back like every other.
+    /// Source files compared whose hash was taken from the bytes an apply copied (the one
+    /// this verify ends, or for block files an earlier one: [`crate::hash::Sent`]), not
+    /// read a second time. Their targets are read back like every other.
     pub hashed_while_copied: u64,
     /// Everything that differs, sorted by path.
     pub differences: Vec<Difference>,
@@ -88,8 +88,9 @@ pub struct VerifyReport {
 /// Verifies every target volume of the migration (one for `target:`, several for
 /// `targets:`), one report each, scanning and hashing the source once. `progress_for` makes
 /// the progress sink once the number of bytes to read is known. `sent`: the hashes of the
-/// source bytes an apply just copied, in this run; a source file that still has the size
-/// and mtime it had then is not read again (its target is).
+/// source bytes applies copied (this run's, and block files' kept from earlier ones); a
+/// source file that still has the size and mtime it had then is not read again (its
+/// target is).
 pub fn run(
     m: &Migration,
     level: VerifyLevel,
