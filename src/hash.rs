@@ -210,8 +210,9 @@ impl Sent {
             files,
         })?;
         let path = dir.join(KEPT_FILE);
-        // This process's own temporary name: two applies of one migration (one of them
-        // refused by the target's lock) never write into one file; the last rename wins.
+        // This process's own temporary name (an apply refused by the target's lock never
+        // gets here, but two promigrates of one migration on different hosts or PID
+        // namespaces could): the last rename wins, and the file is always whole.
         let tmp = dir.join(format!(
             ".{KEPT_FILE}.{}{}",
             std::process::id(),

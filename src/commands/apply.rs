@@ -490,7 +490,7 @@ fn apply_steps_until(
         match sent.take_kept(&kept_dir, &source_id) {
             Ok(n) => tracing::debug!(files = n, "source hashes kept by earlier applies"),
             Err(why) => tracing::warn!(
-                "{why}: the verify after the final phase reads the source's blocks that earlier applies copied again (this run writes the file anew)"
+                "{why}: the verify after the final phase reads again the source's blocks that earlier applies copied (this run writes the file anew)"
             ),
         }
     }
@@ -526,7 +526,9 @@ fn apply_steps_until(
         match sent.keep(&kept_dir, &source_id, still) {
             Ok(n) => tracing::debug!(files = n, "source hashes kept for the next apply"),
             Err(e) => {
-                tracing::warn!("{e:#}: the next apply's verify reads the source's blocks again")
+                tracing::warn!(
+                    "{e:#}: the hashes this run took of the source's blocks are not kept (the next final phase's verify reads those blocks again)"
+                )
             }
         }
     }
