@@ -25,6 +25,10 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A line that cannot be written (stderr's reader gone: a closed pipe, a dropped
+        // session) is lost, not reported with eprintln!, which panics on that same stderr
+        // (and a panicking signal task would leave Ctrl-C and SIGTERM unheard).
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     let _ = match format {
@@ -37,16 +41,17 @@ pub fn init(format: LogFormat) {
 /// JSON line like the log lines (`level` `ERROR`, `message`, `exit_code`, `timestamp`), so a
 /// log collector that reads JSON lines sees why the run failed.
 pub fn final_error(format: LogFormat, err: &anyhow::Error, exit_code: u8) {
-    match format {
-        LogFormat::Text => eprintln!("error: {err:#}"),
-        LogFormat::Json => {
-            let line = serde_json::json!({
-                "timestamp": jiff::Timestamp::now().to_string(),
-                "level": "ERROR",
-                "message": format!("{err:#}"),
-                "exit_code": exit_code,
-            });
-            eprintln!("{line}");
-        }
-    }
+    // Written, not eprintln!: with stderr gone the exit code still says what happened.
+    use std::io::Write;
+    let line = match format {
+        LogFormat::Text => format!("error: {err:#}"),
+        LogFormat::Json => serde_json::json!({
+            "timestamp": jiff::Timestamp::now().to_string(),
+            "level": "ERROR",
+            "message": format!("{err:#}"),
+            "exit_code": exit_code,
+        })
+        .to_string(),
+    };
+    let _ = writeln!(std::io::stderr(), "{line}");
 }

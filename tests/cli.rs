@@ -1655,3 +1655,56 @@ fn an_interrupted_or_out_of_time_run_keeps_the_json_contract() {
     assert_eq!(code, 3, "{v}");
     assert_contract("verify, interrupted", code, &v, false, true);
 }
+
+/// Regression: a verify whose output had nowhere to go (the terminal or the pipe it wrote to
+/// gone: `promigrate verify | tee log` with `tee` killed, a dropped session) ignored SIGTERM
+/// and SIGINT and went on hashing for minutes: the signal's log line failed to write, the
+/// logger's own report of that failure panicked the signal task, and no signal was
+/// listened to after that. It must stop at once, with exit 3, as on a terminal.
+#[test]
+fn a_verify_whose_output_is_gone_still_stops_on_a_signal() {
+    let ws = Workspace::new();
+    let (code, v) = ws.run_json(&["apply", "--yes", "--source-stopped"]);
+    assert_eq!(code, 0, "{v}");
+    big_sparse_segment(&ws);
+    let mut child = ws
+        .cmd(&["verify", "--level", "checksum"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Hashing the 16 GiB segment (minutes in this debug build) once it has it open.
+    let segment = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| {
+                fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .any(|p| p.ends_with("wal/00000099"))
+            })
+            .unwrap_or(false)
+    };
+    let start = std::time::Instant::now();
+    while !segment(child.id()) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "verify never opened the segment"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Its output goes nowhere from now on.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("verify went on hashing for 60 s after SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(3), "{status:?}");
+}

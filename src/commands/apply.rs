@@ -378,7 +378,12 @@ fn apply_steps_until(
         }
     }
     if a.common.output == Output::Text {
-        print!("{}", render_plans(&plans.iter().collect::<Vec<_>>()));
+        // Written, not print!: a stdout that is gone (a closed pipe) does not panic the run.
+        let _ = write!(
+            std::io::stdout(),
+            "{}",
+            render_plans(&plans.iter().collect::<Vec<_>>())
+        );
     }
     if !a.yes && !confirm(&plans)? {
         out.refused = true;

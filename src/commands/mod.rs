@@ -150,7 +150,8 @@ pub fn finish(outcome: Outcome, output: Output) -> anyhow::Result<Code> {
     if let (Err(e), Output::Json, false) = (&result, output, reported) {
         let record = crate::record::last_written().map(|p| p.display().to_string());
         let doc = serde_json::json!({"ok": false, "error": format!("{e:#}"), "exit_code": exit::classify(e) as u8, "record": record});
-        println!("{doc}");
+        // Written, not println!: with stdout gone the exit code still says what happened.
+        let _ = writeln!(std::io::stdout(), "{doc}");
     }
     if let (Err(_), Output::Text, false, Some(rec)) =
         (&result, output, reported, crate::record::last_written())
@@ -286,10 +287,11 @@ fn arm_cancel(runtime: &tokio::runtime::Runtime, flag: Arc<AtomicBool>) {
             _ = int.recv() => {},
             _ = term.recv() => {},
         }
+        // The flag first: nothing the log line does can keep the workers from stopping.
+        f.store(true, Ordering::Relaxed);
         tracing::warn!(
             "signal received: stopping at the next chunk; rerun to resume (Ctrl-C again ends at once)"
         );
-        f.store(true, Ordering::Relaxed);
         // A second one: the chunk does not end (a stalled stream, a receiver that does not
         // answer). End now, as a killed run would, but with the receiver pods deleted.
         tokio::select! {
