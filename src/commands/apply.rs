@@ -1026,7 +1026,11 @@ fn confirm(plans: &[plan::MigrationPlan]) -> anyhow::Result<bool> {
         .iter()
         .map(|p| p.target.display().to_string())
         .collect();
-    eprint!("\nApply this plan to {}? [y/N] ", to.join(" and "));
+    let _ = write!(
+        std::io::stderr(),
+        "\nApply this plan to {}? [y/N] ",
+        to.join(" and ")
+    );
     std::io::stderr().flush().ok();
     let mut line = String::new();
     std::io::stdin()
