@@ -284,9 +284,8 @@ pub fn build_from(
     }
 
     if facts.scanned.times_over_sftp() {
-        let files = src.blocks.values().flat_map(|b| b.files.values());
-        let late: Vec<&FileInfo> = files
-            .chain(src.files.values())
+        let late: Vec<&FileInfo> = src
+            .data_files()
             .filter(|f| f.mtime.sec >= 1 << 31)
             .collect();
         if let Some(f) = late.first() {

@@ -123,6 +123,16 @@ pub struct Inventory {
     pub attrs: Vec<Attr>,
 }
 
+impl Inventory {
+    /// Every data file: the blocks' (in block order), then the head's and WAL's.
+    pub fn data_files(&self) -> impl Iterator<Item = &FileInfo> {
+        self.blocks
+            .values()
+            .flat_map(|b| b.files.values())
+            .chain(self.files.values())
+    }
+}
+
 /// Owner and mode of one entry, as seen by the scan.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attr {

@@ -128,12 +128,7 @@ fn seed(
     let Ok(mut hashes) = hashes.lock() else {
         return seeded;
     };
-    let files = src
-        .blocks
-        .values()
-        .flat_map(|b| b.files.values())
-        .chain(src.files.values());
-    for f in files {
+    for f in src.data_files() {
         if let Some(h) = sent.get(&f.rel, f.size, f.mtime) {
             hashes.insert(f.rel.clone(), h);
             seeded.insert(f.rel.clone());

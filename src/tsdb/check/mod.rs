@@ -439,12 +439,7 @@ fn run_job(root: &dyn Tree, job: &Job, depth: Depth, progress: &dyn Progress) ->
 
 /// Numbered files directly in `dir`, from blocks and segment directories alike.
 fn numbered(inv: &Inventory, dir: &str) -> Vec<(u64, String, u64)> {
-    let files = inv
-        .blocks
-        .values()
-        .flat_map(|b| b.files.values())
-        .chain(inv.files.values());
-    crate::plan::inventory::segments(files, dir)
+    crate::plan::inventory::segments(inv.data_files(), dir)
         .into_iter()
         .map(|(n, rel, size)| (n, rel.into(), size))
         .collect()
