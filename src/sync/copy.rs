@@ -743,13 +743,7 @@ mod tests {
         let sm = std::fs::metadata(&s).unwrap();
         let cancel = AtomicBool::new(false);
         let sent = crate::hash::Sent::default();
-        let ctx = Ctx {
-            throttle: &Unlimited,
-            progress: &Hidden,
-            cancel: &cancel,
-            deadline: None,
-            sent: Some(&sent),
-        };
+        let ctx = unlimited(&Hidden, &cancel, Some(&sent));
         let owner = Owner {
             uid: sm.uid(),
             gid: sm.gid(),
@@ -813,7 +807,33 @@ mod tests {
         fn finish(&self, _: bool) {}
     }
 
+    /// The context of a test copy: no limit, no deadline.
+    fn unlimited<'a>(
+        progress: &'a dyn Progress,
+        cancel: &'a AtomicBool,
+        sent: Option<&'a crate::hash::Sent>,
+    ) -> Ctx<'a> {
+        Ctx {
+            throttle: &Unlimited,
+            progress,
+            cancel,
+            deadline: None,
+            sent,
+        }
+    }
+
     fn copy_meddled(act: impl Fn() + Send + Sync, s: &Path) -> (Result<u64, CopyError>, u64) {
+        copy_meddled_to(act, s, &["t"], None)
+    }
+
+    /// Copies `s` to `outs` beside it (one: `copy_file_range`; more: through memory), with
+    /// `act` run on the source after the first chunk; the result and the chunks counted.
+    fn copy_meddled_to(
+        act: impl Fn() + Send + Sync,
+        s: &Path,
+        outs: &[&str],
+        sent: Option<&crate::hash::Sent>,
+    ) -> (Result<u64, CopyError>, u64) {
         let d = s.parent().unwrap();
         let sm = std::fs::metadata(s).unwrap();
         let owner = Owner {
@@ -826,21 +846,19 @@ mod tests {
             act,
             calls: Default::default(),
         };
-        let ctx = Ctx {
-            throttle: &Unlimited,
-            progress: &progress,
-            cancel: &cancel,
-            deadline: None,
-            sent: None,
-        };
+        let ctx = unlimited(&progress, &cancel, sent);
         let src = Source::Local(d.to_path_buf());
+        let outs: Vec<Out> = outs
+            .iter()
+            .map(|rel| Out {
+                target: &target,
+                rel: Path::new(rel),
+            })
+            .collect();
         let r = copy_file(
             &mut Reader::new(&src, &Streaming::default()),
             "s",
-            &[Out {
-                target: &target,
-                rel: Path::new("t"),
-            }],
+            &outs,
             true,
             &ctx,
         );
@@ -854,43 +872,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = d.path().join("s");
         std::fs::write(&s, vec![1u8; 3 << 20]).unwrap();
-        let sm = std::fs::metadata(&s).unwrap();
-        let owner = Owner {
-            uid: sm.uid(),
-            gid: sm.gid(),
-        };
-        let target = Local::open(d.path(), d.path(), owner).unwrap();
-        let cancel = AtomicBool::new(false);
         let rewrite = || {
             let f = OpenOptions::new().write(true).open(&s).unwrap();
             std::os::unix::fs::FileExt::write_all_at(&f, &[2u8; 10], 2 << 20).unwrap();
         };
-        let progress = Meddle {
-            act: rewrite,
-            calls: Default::default(),
-        };
         let sent = crate::hash::Sent::default();
-        let ctx = Ctx {
-            throttle: &Unlimited,
-            progress: &progress,
-            cancel: &cancel,
-            deadline: None,
-            sent: Some(&sent),
-        };
-        let src = Source::Local(d.path().to_path_buf());
-        let outs = [Path::new("t"), Path::new("t2")].map(|rel| Out {
-            target: &target,
-            rel,
-        });
-        let r = copy_file(
-            &mut Reader::new(&src, &Streaming::default()),
-            "s",
-            &outs,
-            true,
-            &ctx,
-        );
+        let (r, calls) = copy_meddled_to(rewrite, &s, &["t", "t2"], Some(&sent));
         assert!(matches!(r, Err(CopyError::Changed { .. })), "{r:?}");
-        assert!(progress.calls.load(Ordering::Relaxed) >= 1);
+        assert!(calls >= 1);
         assert!(sent.is_empty(), "{sent:?}");
     }
 
@@ -932,13 +921,7 @@ mod tests {
         let (s, t) = (d.path().join("s"), d.path().join("t"));
         std::fs::write(&s, b"data").unwrap();
         let cancel = AtomicBool::new(true);
-        let ctx = Ctx {
-            throttle: &Unlimited,
-            progress: &Hidden,
-            cancel: &cancel,
-            deadline: None,
-            sent: None,
-        };
+        let ctx = unlimited(&Hidden, &cancel, None);
         let t2 = d.path().join("t2");
         let owner = Owner { uid: 0, gid: 0 };
         let target = Local::open(d.path(), d.path(), owner).unwrap();
