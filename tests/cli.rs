@@ -1307,18 +1307,9 @@ fn ctrl_c_at_the_prompt_ends_apply_with_nothing_written() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let _ = stdin.write_all(b"y\n");
     let _ = stdin.flush();
-    let start = std::time::Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
-            "apply still runs after Ctrl-C at the prompt: {}",
-            text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let status = ended_within(&mut child, std::time::Duration::from_secs(30), || {
+        format!("apply still runs after Ctrl-C at the prompt: {}", text())
+    });
     drop(stdin);
     assert_ne!(status.code(), Some(0), "{}", text());
     assert!(!text().contains("Applied"), "{}", text());
@@ -1694,17 +1685,8 @@ fn a_verify_whose_output_is_gone_still_stops_on_a_signal() {
     drop(child.stdout.take());
     drop(child.stderr.take());
     signal(child.id(), nix::sys::signal::Signal::SIGTERM);
-    let start = std::time::Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if start.elapsed() > std::time::Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("verify went on hashing for 60 s after SIGTERM");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let status = ended_within(&mut child, std::time::Duration::from_secs(60), || {
+        "verify went on hashing for 60 s after SIGTERM".to_string()
+    });
     assert_eq!(status.code(), Some(3), "{status:?}");
 }

@@ -154,17 +154,9 @@ fn ctrl_c_stops_verify_in_the_middle_of_a_large_file() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     signal(child.id(), nix::sys::signal::Signal::SIGINT);
     let start = std::time::Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if start.elapsed() > std::time::Duration::from_secs(60) {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("verify kept hashing for 60 s after SIGINT");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let status = ended_within(&mut child, std::time::Duration::from_secs(60), || {
+        "verify kept hashing for 60 s after SIGINT".to_string()
+    });
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     eprintln!("ended {:?} after SIGINT", start.elapsed());

@@ -494,6 +494,27 @@ pub fn json_strings(v: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// Waits for `child` to end, at most `limit`: past that it is killed and the test fails
+/// with `what` (what it did instead).
+pub fn ended_within(
+    child: &mut Child,
+    limit: Duration,
+    what: impl Fn() -> String,
+) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{}", what());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Sends `signal` to the process `pid` (one this test started).
 pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
