@@ -110,7 +110,10 @@ pub fn keeps_across_runs(rel: &str) -> bool {
     let Some((dir, rest)) = rel.split_once('/') else {
         return false;
     };
-    let block = dir.len() == 26 && ulid::Ulid::from_string(dir).is_ok();
+    let block = matches!(
+        crate::tsdb::classify_root(dir, true),
+        crate::tsdb::RootEntry::Block(_)
+    );
     let data = rest == "index"
         || rest
             .strip_prefix("chunks/")
