@@ -55,7 +55,12 @@ pub enum Command {
     /// Serve a driving promigrate on stdin/stdout (run by promigrate in a receiver pod
     /// beside the target volume; not for use by hand).
     #[command(hide = true)]
-    Receive,
+    Receive {
+        /// Listen on a loopback port for the driver's port-forward; say which on stdout
+        /// (the stream is then that connection, or stdin/stdout if the driver says so).
+        #[arg(long)]
+        listen: bool,
+    },
 }
 
 /// The command line as parsed: as `promigrate`, or as the kubectl plugin `kubectl-promigrate`

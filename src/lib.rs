@@ -47,9 +47,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Code> {
         Command::Apply(a) => a.common.output,
         Command::Verify(a) => a.common.output,
         Command::Inspect(a) => a.output,
-        Command::Completions { .. } | Command::Man { .. } | Command::Schema | Command::Receive => {
-            Output::Text
-        }
+        Command::Completions { .. }
+        | Command::Man { .. }
+        | Command::Schema
+        | Command::Receive { .. } => Output::Text,
     };
     let outcome = match &cli.command {
         Command::Plan(a) => commands::plan::run(a),
@@ -59,7 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Code> {
         Command::Completions { shell } => commands::generate::completions(*shell),
         Command::Man { command } => commands::generate::man(command.as_deref()),
         Command::Schema => commands::generate::schema(),
-        Command::Receive => commands::receive::run(),
+        Command::Receive { listen } => commands::receive::run(*listen),
     };
     commands::finish(outcome, output)
 }

@@ -129,6 +129,10 @@ fn plan_apply_and_verify_through_a_receiver_pod_end_byte_equal_on_the_claim() {
     let (code, out, err) = run(&ws, &["apply", "--yes"]);
     assert_eq!(code, 0, "apply: {out}\n{err}");
     eprintln!("apply through the pod: {:?}", t.elapsed());
+    assert!(
+        err.contains("the stream goes through a port-forward"),
+        "{err}"
+    );
     assert_eq!(pods_left(&node), Vec::<String>::new(), "after apply");
     // Its verify took the source's hashes from the copy (every file was copied) and read
     // the target back in the pod: the bytes hashed are the target's alone.
@@ -176,23 +180,10 @@ fn a_receiver_image_without_a_shell_is_a_clear_error_and_leaves_no_pod() {
     assert_eq!(pods_left(&node), Vec::<String>::new());
 }
 
-#[test]
-fn without_pods_exec_the_error_names_it_and_nothing_is_created() {
-    let (node, _vol) = node_with_claim();
-    // A ServiceAccount that may do everything with pods but exec into them; the kubeconfig
-    // impersonates it.
-    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": {"name": "no-exec", "namespace": NS},
-        "rules": [{"apiGroups": [""], "resources": ["pods"],
-                   "verbs": ["create", "get", "list", "watch", "delete", "patch"]}]});
-    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": "no-exec", "namespace": NS},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "no-exec"},
-        "subjects": [{"kind": "ServiceAccount", "name": "limited", "namespace": NS}]});
-    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": "limited", "namespace": NS}});
-    for obj in [sa, role, binding] {
-        let file = node.state_dir().join("rbac.json");
+/// `kubectl apply` of each object.
+fn apply_objects(node: &TestNode, objs: impl IntoIterator<Item = serde_json::Value>) {
+    for obj in objs {
+        let file = node.state_dir().join("object.json");
         std::fs::write(&file, obj.to_string()).unwrap();
         let out = node
             .kubectl()
@@ -206,18 +197,44 @@ fn without_pods_exec_the_error_names_it_and_nothing_is_created() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let limited = node.state_dir().join("limited.kubeconfig");
+}
+
+/// A kubeconfig that impersonates a ServiceAccount of [`NS`] (named `name`) which may do
+/// only what `rules` (a Role's rules) allow.
+fn limited_kubeconfig(node: &TestNode, name: &str, rules: serde_json::Value) -> PathBuf {
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": name, "namespace": NS}, "rules": rules});
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": name, "namespace": NS},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": NS}]});
+    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": name, "namespace": NS}});
+    apply_objects(node, [sa, role, binding]);
+    let limited = node.state_dir().join(format!("{name}.kubeconfig"));
     let admin = std::fs::read_to_string(&node.kubeconfig).unwrap();
     assert!(admin.contains("\n  user:\n"), "{admin}");
     std::fs::write(
         &limited,
         admin.replace(
             "\n  user:\n",
-            &format!("\n  user:\n    as: system:serviceaccount:{NS}:limited\n"),
+            &format!("\n  user:\n    as: system:serviceaccount:{NS}:{name}\n"),
         ),
     )
     .unwrap();
+    limited
+}
 
+#[test]
+fn without_pods_exec_the_error_names_it_and_nothing_is_created() {
+    let (node, _vol) = node_with_claim();
+    // A ServiceAccount that may do everything with pods but exec into them.
+    let limited = limited_kubeconfig(
+        &node,
+        "no-exec",
+        json!([{"apiGroups": [""], "resources": ["pods"],
+                "verbs": ["create", "get", "list", "watch", "delete", "patch"]}]),
+    );
     let ws = common::Workspace::new();
     write_plan(
         &ws,
@@ -234,6 +251,84 @@ fn without_pods_exec_the_error_names_it_and_nothing_is_created() {
     for granted in ["create pods,", "get pods,", "delete pods"] {
         assert!(!err.contains(granted), "{granted} is granted: {err}");
     }
+    assert_eq!(pods_left(&node), Vec::<String>::new());
+}
+
+#[test]
+fn without_pods_portforward_or_when_told_the_stream_goes_through_the_exec_and_ends_byte_equal() {
+    let (node, vol) = node_with_claim();
+    // Everything the receiver needs, but no port-forward.
+    let limited = limited_kubeconfig(
+        &node,
+        "no-forward",
+        json!([{"apiGroups": [""], "resources": ["pods"],
+                "verbs": ["create", "get", "list", "watch", "delete", "patch"]},
+               {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["get", "create"]},
+               {"apiGroups": [""], "resources": ["persistentvolumeclaims"],
+                "verbs": ["get", "list", "watch"]}]),
+    );
+    // The PV and the namespace are cluster-scoped.
+    apply_objects(
+        &node,
+        [
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": {"name": "no-forward-read"},
+                "rules": [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
+                          {"apiGroups": [""], "resources": ["persistentvolumes"],
+                           "verbs": ["get", "patch", "list", "watch"]}]}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": "no-forward-read"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": "no-forward-read"},
+                "subjects": [{"kind": "ServiceAccount", "name": "no-forward", "namespace": NS}]}),
+        ],
+    );
+    let ws = common::Workspace::new();
+    write_plan(
+        &ws,
+        &limited,
+        &format!("      image: {}\n", node.standin_image()),
+    );
+    let (code, out, err) = run(&ws, &["apply", "--yes"]);
+    assert_eq!(code, 0, "apply: {out}\n{err}");
+    assert!(
+        err.contains("the stream goes through the exec")
+            && err.contains("may not get pods/portforward, create pods/portforward"),
+        "{err}"
+    );
+    assert!(!err.contains("through a port-forward"), "{err}");
+    let db = vol.join("prometheus-db");
+    assert_eq!(
+        common::content_hashes(&db),
+        wanted(&ws),
+        "byte-equal on the PV"
+    );
+    // With every permission, the variable chooses the exec as well; verify finds the
+    // apply's copy whole through it.
+    write_plan(
+        &ws,
+        &node.kubeconfig,
+        &format!("      image: {}\n", node.standin_image()),
+    );
+    let mut c = ws.cmd(&["verify"]);
+    c.env("PROMIGRATE_RECEIVER_BINARY", static_promigrate())
+        .env("PROMIGRATE_RECEIVER_STREAM", "exec");
+    let (code, out, err) = common::run(c);
+    assert_eq!(code, 0, "verify: {out}\n{err}");
+    assert!(
+        err.contains("the stream goes through the exec (PROMIGRATE_RECEIVER_STREAM=exec"),
+        "{err}"
+    );
+    // A value it does not know is an error before anything is created.
+    let mut c = ws.cmd(&["verify"]);
+    c.env("PROMIGRATE_RECEIVER_BINARY", static_promigrate())
+        .env("PROMIGRATE_RECEIVER_STREAM", "ssh");
+    let (code, out, err) = common::run(c);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("PROMIGRATE_RECEIVER_STREAM=\"ssh\" is not a stream"),
+        "{err}"
+    );
     assert_eq!(pods_left(&node), Vec::<String>::new());
 }
 

@@ -121,6 +121,124 @@ fn a_file_is_staged_written_finished_and_renamed_through_the_receiver() {
     );
 }
 
+/// `promigrate receive --listen` and the port and token it says on its stdout.
+fn spawn_listening() -> (
+    Child,
+    std::io::BufReader<std::process::ChildStdout>,
+    u16,
+    String,
+) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_promigrate"))
+        .args(["receive", "--listen"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start promigrate receive --listen");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let (port, token) = promigrate::remote::listen::parse_listening(&line)
+        .unwrap_or_else(|| panic!("not a listening line: {line:?}"));
+    (child, out, port, token)
+}
+
+/// A connection's writing half that ends the stream when dropped (the reading half, a clone,
+/// keeps the socket open).
+struct ShutOnDrop(std::net::TcpStream);
+
+impl Write for ShutOnDrop {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Drop for ShutOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// Writes a file through `rx` and reads it back on the volume.
+fn write_one_file(rx: &Receiver, mount: &Path, root: &Path) {
+    rx.open(mount.to_path_buf(), root.to_path_buf(), OWNER, false)
+        .unwrap();
+    rx.call(&Request::Lock).unwrap();
+    let data = content(3 << 20);
+    let h = rx.create("f", false).unwrap();
+    rx.write_at(h.id, 0, &data).unwrap();
+    rx.finish(h, 0o100644, None, true).unwrap();
+    assert_eq!(std::fs::read(root.join("f")).unwrap(), data);
+}
+
+#[test]
+fn a_listening_receiver_serves_the_connection_that_brings_its_token() {
+    use std::io::Read;
+    let (_d, mount, root) = volume();
+    let (child, _out, port, token) = spawn_listening();
+    // A connection with another token is closed unanswered, and changes nothing.
+    let mut wrong = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    wrong
+        .write_all(format!("{}\n", "0".repeat(32)).as_bytes())
+        .unwrap();
+    let mut answer = Vec::new();
+    wrong.read_to_end(&mut answer).unwrap();
+    assert!(answer.is_empty(), "a wrong token was answered: {answer:?}");
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.write_all(format!("{token}\n").as_bytes()).unwrap();
+    let mut ok = [0u8; 3];
+    conn.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok[..], promigrate::remote::listen::ACCEPTED);
+    let rx = Receiver::connect(
+        "a listening receiver",
+        Box::new(conn.try_clone().unwrap()),
+        Box::new(ShutOnDrop(conn)),
+    )
+    .expect("receiver says hello on the connection");
+    write_one_file(&rx, &mount, &root);
+    drop(rx);
+    let (st, err) = wait_exit(child);
+    assert!(st.success(), "the receiver ends with its connection: {err}");
+}
+
+#[test]
+fn a_listening_receiver_serves_stdin_and_stdout_when_the_driver_says_so() {
+    let (_d, mount, root) = volume();
+    use std::io::Read;
+    let (mut child, out, port, token) = spawn_listening();
+    let mut inp = child.stdin.take().unwrap();
+    inp.write_all(promigrate::remote::listen::USE_STDIO)
+        .unwrap();
+    let rx = Receiver::connect("a listening receiver", Box::new(out), Box::new(inp))
+        .expect("receiver says hello on stdout");
+    write_one_file(&rx, &mount, &root);
+    // Once the stream is chosen, a connection is not answered, even with the token.
+    if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+        let _ = c.write_all(format!("{token}\n").as_bytes());
+        let mut answer = Vec::new();
+        let _ = c.read_to_end(&mut answer);
+        assert!(answer.is_empty(), "answered after the choice: {answer:?}");
+    }
+    drop(rx);
+    let (st, err) = wait_exit(child);
+    assert!(st.success(), "the receiver ends with its stdin: {err}");
+}
+
+#[test]
+fn a_listening_receiver_whose_driver_says_something_else_ends_with_an_error() {
+    let (mut child, _out, _port, _token) = spawn_listening();
+    let mut inp = child.stdin.take().unwrap();
+    inp.write_all(b"hello\n").unwrap();
+    drop(inp);
+    let (st, err) = wait_exit(child);
+    assert!(!st.success(), "{err}");
+    assert!(err.contains("not a choice of stream"), "{err}");
+}
+
 #[test]
 fn a_request_that_waits_does_not_hold_up_the_others_on_the_stream() {
     // A copy worker waiting for its file's fsync must not stop the other workers' requests:

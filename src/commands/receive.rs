@@ -7,9 +7,15 @@ use anyhow::Context;
 use super::Outcome;
 use crate::exit::Code;
 
-/// Serves the driver on stdin/stdout until it ends the stream.
-pub fn run() -> Outcome {
-    let served = crate::remote::receiver::serve(std::io::stdin().lock(), std::io::stdout())
-        .context("receiver");
+/// Serves the driver on stdin/stdout until it ends the stream; with `listen`, on the
+/// connection the driver opens through a port-forward (or on stdin/stdout if it says so:
+/// [`crate::remote::listen`]).
+pub fn run(listen: bool) -> Outcome {
+    let served = if listen {
+        crate::remote::listen::serve_listening()
+    } else {
+        crate::remote::receiver::serve(std::io::stdin().lock(), std::io::stdout())
+    }
+    .context("receiver");
     Outcome::bare(served.map(|()| Code::Ok))
 }

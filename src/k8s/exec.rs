@@ -1,4 +1,4 @@
-//! An exec whose stdin goes out in large messages, for the receiver's stream.
+//! An exec, and a port-forward, whose data go out in large messages, for the receiver's stream.
 //!
 //! kube-client 5 sends an exec's stdin as one WebSocket message per read of at most 4 KiB
 //! (a `ReaderStream` in its `remote_command.rs`). Every message crosses the API server, the
@@ -97,6 +97,64 @@ pub struct Exec {
     pub ends_stdin: bool,
 }
 
+/// What the sending task does when its pipe ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AtEnd {
+    /// v5: closes the channel; the connection stays open for what comes back.
+    CloseChannel,
+    /// v4 exec: nothing (only the whole connection could be closed, which would cut what
+    /// comes back).
+    KeepOpen,
+    /// Closes the connection (a port-forward: the pod's side of it then gets EOF).
+    CloseConnection,
+}
+
+/// Sends what is written into `pipe` on `channel`, in messages of up to [`MESSAGE`] bytes,
+/// with a ping now and then.
+async fn send<S>(mut sink: S, mut pipe: DuplexStream, channel: u8, at_end: AtEnd)
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let mut buf = vec![0u8; MESSAGE + 1];
+    buf[0] = channel;
+    // A ping now and then, as kube-client's exec does: a connection that waits long for a
+    // reply (the receiver hashing a large volume) is not dropped as idle by a load balancer
+    // before the API server, and a dead one shows as an error.
+    let mut ping = tokio::time::interval(PING);
+    ping.tick().await;
+    let mut open = true;
+    loop {
+        tokio::select! {
+            r = pipe.read(&mut buf[1..]), if open => match r {
+                Ok(0) | Err(_) => {
+                    open = false;
+                    let sent = match at_end {
+                        AtEnd::CloseChannel => sink.send(Message::binary(vec![CLOSE, channel])).await,
+                        AtEnd::KeepOpen => Ok(()),
+                        AtEnd::CloseConnection => {
+                            let _ = sink.close().await;
+                            return;
+                        }
+                    };
+                    if sent.is_err() {
+                        return;
+                    }
+                }
+                Ok(n) => {
+                    if sink.send(Message::binary(buf[..=n].to_vec())).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Runs `command` in pod `name`'s (only) container, with stdin, stdout and stderr.
 pub async fn exec(
     pods: &Api<Pod>,
@@ -113,45 +171,17 @@ pub async fn exec(
         kube::core::Request::new(pods.resource_url()).exec(name, command.iter().copied(), &ap)?;
     let conn = pods.clone().into_client().connect(req).await?;
     let closes = conn.supports_stream_close();
-    let (mut sink, mut source) = conn.into_stream().split();
+    let (sink, mut source) = conn.into_stream().split();
     // Duplex pipes, each used one way: when a task ends (or is aborted) its end is dropped,
     // and the other side gets EOF or a broken pipe instead of waiting forever.
-    let (mut stdin_r, stdin_w) = tokio::io::duplex(PIPE);
+    let (stdin_r, stdin_w) = tokio::io::duplex(PIPE);
     let (stdout_r, mut stdout_w) = tokio::io::duplex(PIPE);
-    let send = tokio::spawn(async move {
-        let mut buf = vec![0u8; MESSAGE + 1];
-        buf[0] = STDIN;
-        // A ping now and then, as kube-client's exec does: a connection that waits long for
-        // a reply (the receiver hashing a large volume) is not dropped as idle by a load
-        // balancer before the API server, and a dead one shows as an error.
-        let mut ping = tokio::time::interval(PING);
-        ping.tick().await;
-        let mut open = true;
-        loop {
-            tokio::select! {
-                r = stdin_r.read(&mut buf[1..]), if open => match r {
-                    Ok(0) | Err(_) => {
-                        open = false;
-                        if closes
-                            && sink.send(Message::binary(vec![CLOSE, STDIN])).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Ok(n) => {
-                        if sink.send(Message::binary(buf[..=n].to_vec())).await.is_err() {
-                            return;
-                        }
-                    }
-                },
-                _ = ping.tick() => {
-                    if sink.send(Message::Ping(Default::default())).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
+    let at_end = if closes {
+        AtEnd::CloseChannel
+    } else {
+        AtEnd::KeepOpen
+    };
+    let send = tokio::spawn(send(sink, stdin_r, STDIN, at_end));
     let who = shown.to_string();
     let ended = Ended::default();
     let ended_w = ended.clone();
@@ -216,4 +246,79 @@ pub async fn exec(
         ended,
         ends_stdin: closes,
     })
+}
+
+/// A port-forward's data to read and write (shut `to_pod` down to end it), and its session;
+/// an error the pod's side reported (no one listening on the port) is in `ended` once
+/// `from_pod` has ended.
+pub struct Forward {
+    pub from_pod: DuplexStream,
+    pub to_pod: DuplexStream,
+    pub session: Session,
+    pub ended: Ended,
+}
+
+/// A connection to `port` on the loopback of pod `name`, through the API server's
+/// port-forward (`pods/portforward`): the WebSocket protocol of the kubelet's streaming
+/// server, one port, channel 0 its data and channel 1 its error; the first message on
+/// each channel names the port (2 bytes, little-endian). Data goes out in messages of up to
+/// [`MESSAGE`] bytes (kube-client's `portforward` sends 4 KiB ones, as its exec does).
+pub async fn port_forward(pods: &Api<Pod>, name: &str, port: u16) -> anyhow::Result<Forward> {
+    const DATA: u8 = 0;
+    const ERROR: u8 = 1;
+    let req = kube::core::Request::new(pods.resource_url()).portforward(name, &[port])?;
+    let conn = pods.clone().into_client().connect(req).await?;
+    let (sink, mut source) = conn.into_stream().split();
+    let (to_pod_r, to_pod) = tokio::io::duplex(PIPE);
+    let (from_pod, mut from_pod_w) = tokio::io::duplex(PIPE);
+    let send = tokio::spawn(send(sink, to_pod_r, DATA, AtEnd::CloseConnection));
+    let ended = Ended::default();
+    let ended_w = ended.clone();
+    let recv = tokio::spawn(async move {
+        // Whether each channel's first message (the port) was seen.
+        let mut named = [false; 2];
+        while let Some(Ok(msg)) = source.next().await {
+            let data = match msg {
+                Message::Binary(d) => d,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let Some((&channel, rest)) = data.split_first() else {
+                continue;
+            };
+            let Some(seen) = named.get_mut(usize::from(channel)) else {
+                continue;
+            };
+            if !*seen {
+                *seen = true;
+                continue;
+            }
+            match channel {
+                DATA if from_pod_w.write_all(rest).await.is_err() => break,
+                ERROR => {
+                    let why = String::from_utf8_lossy(rest).trim().to_string();
+                    ended_w.state().failed.get_or_insert(why);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let _ = from_pod_w.shutdown().await;
+    });
+    Ok(Forward {
+        from_pod,
+        to_pod,
+        session: Session {
+            tasks: vec![send, recv],
+        },
+        ended,
+    })
+}
+
+impl Session {
+    /// One session of both: dropping it ends both.
+    pub fn and(mut self, mut other: Session) -> Session {
+        self.tasks.append(&mut other.tasks);
+        self
+    }
 }

@@ -481,12 +481,23 @@ pub const NEEDED: &[(&str, &str, &str)] = &[
     ("create", "pods", "exec"),
 ];
 
-/// Each permission the receiver pod needs in `ns` (a SelfSubjectAccessReview each); the
-/// missing ones are an error naming verb and resource.
-pub async fn check_access(cluster: &Cluster, ns: &str) -> anyhow::Result<()> {
+/// What the port-forward to the receiver asks (a WebSocket upgrade of a GET, as exec's),
+/// when it may: without it the stream goes through the exec.
+pub const FORWARD: &[(&str, &str, &str)] = &[
+    ("get", "pods", "portforward"),
+    ("create", "pods", "portforward"),
+];
+
+/// The permissions of `asked` that `cluster`'s credentials lack in `ns` (a
+/// SelfSubjectAccessReview each), as `verb resource[/subresource]`.
+async fn lacking(
+    cluster: &Cluster,
+    ns: &str,
+    asked: &[(&str, &str, &str)],
+) -> anyhow::Result<Vec<String>> {
     let api: Api<SelfSubjectAccessReview> = Api::all(cluster.client.clone());
     let mut missing = Vec::new();
-    for (verb, resource, sub) in NEEDED {
+    for (verb, resource, sub) in asked {
         let review = SelfSubjectAccessReview {
             spec: SelfSubjectAccessReviewSpec {
                 resource_attributes: Some(ResourceAttributes {
@@ -513,6 +524,13 @@ pub async fn check_access(cluster: &Cluster, ns: &str) -> anyhow::Result<()> {
             missing.push(format!("{verb} {what}"));
         }
     }
+    Ok(missing)
+}
+
+/// Each permission the receiver pod needs in `ns`; the missing ones are an error naming
+/// verb and resource.
+pub async fn check_access(cluster: &Cluster, ns: &str) -> anyhow::Result<()> {
+    let missing = lacking(cluster, ns, NEEDED).await?;
     if !missing.is_empty() {
         bail!(
             "the credentials of {} may not {} in namespace {ns}, which the receiver pod needs (a target without `path`): grant them (docs/kubernetes.md, RBAC) or mount the volume and give the target's `path`. Nothing was created",
@@ -521,6 +539,32 @@ pub async fn check_access(cluster: &Cluster, ns: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The environment variable that chooses the receiver's stream: `port-forward` (the
+/// default) or `exec`.
+pub const STREAM_ENV: &str = "PROMIGRATE_RECEIVER_STREAM";
+
+/// Whether the receiver's stream is to go through a port-forward: `Err` says why not (the
+/// stream then goes through the exec).
+async fn forward_or_why(cluster: &Cluster, ns: &str) -> anyhow::Result<Result<(), String>> {
+    match std::env::var(STREAM_ENV).as_deref() {
+        Err(_) | Ok("") | Ok("port-forward") => {}
+        Ok("exec") => return Ok(Err(format!("{STREAM_ENV}=exec"))),
+        Ok(other) => {
+            bail!("{STREAM_ENV}={other:?} is not a stream: `port-forward` (the default) or `exec`")
+        }
+    }
+    let missing = lacking(cluster, ns, FORWARD).await?;
+    Ok(if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the credentials of {} may not {} in namespace {ns}",
+            cluster.describe(),
+            missing.join(", ")
+        ))
+    })
 }
 
 /// A label value naming `s`: `s` itself when it is one (at most 63 of `[A-Za-z0-9._-]`,
@@ -812,6 +856,7 @@ pub async fn start(
     // The access check ran before (attach: every target's, before any claim is read).
     let image = image_of(cluster, k).await?;
     let node = node_of(cluster, k).await?;
+    let forward = forward_or_why(cluster, ns).await?;
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
     // A receiver pod that a killed run of this migration left on this claim.
     let lp = ListParams::default().labels(&selector(migration, &k.persistent_volume_claim));
@@ -868,7 +913,7 @@ pub async fn start(
     let ready = async {
         wait_running(&pods, &name, &shown, &image, k.wait_timeout).await?;
         upload(&pods, &name, &shown, &image, binary).await?;
-        connect(&pods, &name, &shown).await
+        connect(&pods, &name, &shown, forward).await
     };
     match ready.await {
         Ok((stream, process)) => Ok((
@@ -1141,23 +1186,77 @@ impl<W: tokio::io::AsyncWrite + Unpin> Drop for Closing<W> {
     }
 }
 
-/// Starts `promigrate receive` in the pod; its stderr goes to the logs.
+/// How long the receiver has to say where it listens, and the port-forward to answer.
+const LISTEN_WAIT: Duration = Duration::from_secs(60);
+
+/// Starts `promigrate receive` in the pod (its stderr goes to the logs) and connects to it:
+/// through a port-forward to the port it listens on, unless `forward` says why not or the
+/// port-forward cannot be opened; then through the exec's stdin/stdout
+/// ([`crate::remote::listen`]).
 async fn connect(
     pods: &Api<Pod>,
     name: &str,
     shown: &str,
+    forward: Result<(), String>,
 ) -> anyhow::Result<(Stream, super::exec::Session)> {
+    use crate::remote::listen;
     let bin = format!("{BIN_DIR}/promigrate");
-    let e = super::exec::exec(
-        pods,
-        name,
-        &[bin.as_str(), "receive"],
-        shown,
-        super::exec::Stderr::Log,
-    )
-    .await
-    .with_context(|| format!("cannot exec {bin} receive in {shown}"))?;
+    let mut command = vec![bin.as_str(), "receive"];
+    if forward.is_ok() {
+        command.push("--listen");
+    }
+    let mut e = super::exec::exec(pods, name, &command, shown, super::exec::Stderr::Log)
+        .await
+        .with_context(|| format!("cannot exec {bin} receive in {shown}"))?;
     let handle = tokio::runtime::Handle::current();
+    match forward {
+        Ok(()) => {
+            let line = tokio::time::timeout(LISTEN_WAIT, first_line(&mut e.stdout))
+                .await
+                .unwrap_or_default();
+            let Some((port, token)) = listen::parse_listening(&line) else {
+                let failed = e
+                    .ended
+                    .failed()
+                    .map(|f| format!(" ({f})"))
+                    .unwrap_or_default();
+                bail!(
+                    "receiver pod {shown} did not start the promigrate receiver: it said {:?}{failed}, not where it listens",
+                    line.trim_end()
+                );
+            };
+            match open_forward(pods, name, port, &token).await? {
+                Ok(f) => {
+                    tracing::info!(
+                        "receiver pod {shown}: the stream goes through a port-forward to its port {port}"
+                    );
+                    let stream = Stream {
+                        name: format!("receiver pod {shown}"),
+                        input: Box::new(tokio_util::io::SyncIoBridge::new_with_handle(
+                            f.from_pod,
+                            handle.clone(),
+                        )),
+                        output: Box::new(Closing(tokio_util::io::SyncIoBridge::new_with_handle(
+                            f.to_pod, handle,
+                        ))),
+                    };
+                    return Ok((stream, e.session.and(f.session)));
+                }
+                Err(why) => {
+                    tracing::warn!(
+                        "receiver pod {shown}: no port-forward to it ({why}); the stream goes through the exec instead, which is slower (docs/receiver.md, \"The stream\")"
+                    );
+                    e.stdin
+                        .write_all(listen::USE_STDIO)
+                        .await
+                        .with_context(|| format!("the exec stream to {shown} broke"))?;
+                }
+            }
+        }
+        Err(why) => tracing::info!(
+            "receiver pod {shown}: the stream goes through the exec ({why}; a port-forward is faster: docs/receiver.md, \"The stream\")"
+        ),
+    }
     let input = tokio_util::io::SyncIoBridge::new_with_handle(e.stdout, handle.clone());
     let output = Closing(tokio_util::io::SyncIoBridge::new_with_handle(
         e.stdin, handle,
@@ -1168,6 +1267,63 @@ async fn connect(
         output: Box::new(output),
     };
     Ok((stream, e.session))
+}
+
+/// The first line of `r` (at most 256 bytes; what came before its end if it ended), read
+/// byte by byte: nothing after it is taken.
+async fn first_line(r: &mut tokio::io::DuplexStream) -> String {
+    let mut line = Vec::new();
+    while line.len() < 256 {
+        match r.read_u8().await {
+            Ok(b) => {
+                line.push(b);
+                if b == b'\n' {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// A port-forward to the receiver's `port` that the receiver accepted (it brought
+/// `token`); `Ok(Err(why))` when the port-forward could not be opened or the pod's side
+/// refused it, so that the exec's stream can be used instead.
+async fn open_forward(
+    pods: &Api<Pod>,
+    name: &str,
+    port: u16,
+    token: &str,
+) -> anyhow::Result<Result<super::exec::Forward, String>> {
+    use crate::remote::listen;
+    let mut f = match super::exec::port_forward(pods, name, port).await {
+        Ok(f) => f,
+        Err(e) => return Ok(Err(format!("{e:#}"))),
+    };
+    if f.to_pod
+        .write_all(format!("{token}\n").as_bytes())
+        .await
+        .is_err()
+    {
+        return Ok(Err("the port-forward ended at once".into()));
+    }
+    let mut answer = [0u8; 3];
+    match tokio::time::timeout(LISTEN_WAIT, f.from_pod.read_exact(&mut answer)).await {
+        Ok(Ok(_)) if answer[..] == *listen::ACCEPTED => Ok(Ok(f)),
+        Ok(Ok(_)) => bail!(
+            "the receiver's port {port} answered {:?}, not promigrate's receiver",
+            String::from_utf8_lossy(&answer)
+        ),
+        Ok(Err(_)) => Ok(Err(f.ended.failed().unwrap_or_else(|| {
+            "the port-forward ended before the receiver answered".into()
+        }))),
+        // Not the exec's stream now: the receiver may have taken this connection.
+        Err(_) => bail!(
+            "the port-forward to the receiver's port {port} gave no answer within {} s; rerun with {STREAM_ENV}=exec (docs/receiver.md, \"The stream\")",
+            LISTEN_WAIT.as_secs()
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod frame;
+pub mod listen;
 pub mod msg;
 pub mod receiver;
 pub mod survey;

@@ -1,0 +1,197 @@
+//! The receiver reached through a port-forward (`promigrate receive --listen`).
+//!
+//! The stream through the exec's stdin/stdout crosses the API server, the kubelet, the
+//! runtime and its shim; a port-forward to the pod's loopback leaves the shim and the stdio
+//! pipes out, and the API server only relays its bytes (docs/receiver.md, "The stream"). The
+//! exec still starts the receiver and lives as long as it does:
+//!
+//! 1. the receiver listens on a loopback port the kernel picks and says on its stdout
+//!    `PROMIGRATE-LISTEN <port> <token>` (the token: 128 random bits, in hex);
+//! 2. the driver opens a port-forward to that port and sends the token and a newline;
+//!    the receiver answers `ok` and a newline, and the protocol runs on that connection;
+//! 3. or, when the driver cannot open a port-forward (its credentials may not, or the
+//!    runtime refused), it writes `stdio` and a newline on the exec's stdin, and the
+//!    protocol runs on the exec's stdin/stdout as without `--listen`.
+//!
+//! A connection that does not bring the token within [`TOKEN_WAIT`] is closed (only this
+//! pod's processes and whoever may port-forward to it can reach the port at all); nothing
+//! is done until one does.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use super::frame::FrameError;
+
+/// The first word of the receiver's line.
+pub const LISTENING: &str = "PROMIGRATE-LISTEN";
+/// The driver's word on stdin for the stream through the exec.
+pub const USE_STDIO: &[u8] = b"stdio\n";
+/// The receiver's answer to the right token.
+pub const ACCEPTED: &[u8] = b"ok\n";
+/// How long the receiver waits for the driver's choice.
+pub const CHOICE_WAIT: Duration = Duration::from_secs(120);
+/// How long a connection has to bring the token.
+const TOKEN_WAIT: Duration = Duration::from_secs(30);
+
+/// The port and the token of a receiver's line (`None`: not such a line).
+pub fn parse_listening(line: &str) -> Option<(u16, String)> {
+    let mut w = line.split_whitespace();
+    if w.next()? != LISTENING {
+        return None;
+    }
+    let port = w.next()?.parse().ok().filter(|p| *p != 0)?;
+    let token = w.next()?;
+    let good = token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit());
+    (good && w.next().is_none()).then(|| (port, token.to_string()))
+}
+
+/// The line a receiver says.
+fn listening_line(port: u16, token: &str) -> String {
+    format!("{LISTENING} {port} {token}\n")
+}
+
+/// How the driver reached the receiver.
+enum Way {
+    Connection(TcpStream),
+    Stdio(BufReader<io::Stdin>),
+    /// Stdin ended, or said something else.
+    Gone(String),
+}
+
+/// A new token: 128 random bits in hex.
+fn new_token() -> io::Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(io::Error::other)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Whether `conn` brings `token` (and a newline) within [`TOKEN_WAIT`].
+fn brings(conn: &mut TcpStream, token: &str) -> bool {
+    let mut got = vec![0u8; token.len() + 1];
+    let _ = conn.set_read_timeout(Some(TOKEN_WAIT));
+    let ok = conn.read_exact(&mut got).is_ok()
+        && got[..token.len()] == *token.as_bytes()
+        && got[token.len()] == b'\n';
+    ok && conn.set_read_timeout(None).is_ok()
+}
+
+/// `promigrate receive --listen`: says where it listens, then serves the driver on the
+/// connection that brings the token, or on stdin/stdout when the driver says so.
+pub fn serve_listening() -> Result<(), FrameError> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let port = listener.local_addr()?.port();
+    let token = new_token()?;
+    let mut out = io::stdout();
+    out.write_all(listening_line(port, &token).as_bytes())?;
+    out.flush()?;
+    let (tx, rx) = mpsc::channel();
+    let by_port = tx.clone();
+    // Set once the stream is chosen: no connection is answered after that.
+    let chosen = Arc::new(AtomicBool::new(false));
+    let closed = chosen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            if closed.load(Ordering::Acquire) {
+                return;
+            }
+            if brings(&mut conn, &token)
+                && !closed.load(Ordering::Acquire)
+                && conn.write_all(ACCEPTED).is_ok()
+            {
+                let _ = by_port.send(Way::Connection(conn));
+                return;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(io::stdin());
+        let mut line = Vec::new();
+        let way = match r.read_until(b'\n', &mut line) {
+            Ok(_) if line == USE_STDIO => Way::Stdio(r),
+            Ok(0) => Way::Gone("the driver's stdin ended".into()),
+            Ok(_) => Way::Gone(format!(
+                "the driver said {:?}, not a choice of stream: use the same promigrate on both sides",
+                String::from_utf8_lossy(&line)
+            )),
+            Err(e) => Way::Gone(format!("cannot read the driver's stdin: {e}")),
+        };
+        let _ = tx.send(way);
+    });
+    let way = rx.recv_timeout(CHOICE_WAIT);
+    chosen.store(true, Ordering::Release);
+    match way {
+        Ok(Way::Connection(conn)) => {
+            let input = conn.try_clone()?;
+            super::receiver::serve(input, conn)
+        }
+        Ok(Way::Stdio(r)) => super::receiver::serve(r, out),
+        Ok(Way::Gone(why)) => Err(FrameError::Protocol(why)),
+        Err(_) => Err(FrameError::Protocol(format!(
+            "no driver connected within {} s",
+            CHOICE_WAIT.as_secs()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listening_line_is_read_back_and_nothing_else_is_one() {
+        let t = new_token().unwrap();
+        assert_eq!(t.len(), 32);
+        assert_ne!(t, new_token().unwrap());
+        let line = listening_line(41234, &t);
+        assert_eq!(parse_listening(&line), Some((41234, t.clone())));
+        for bad in [
+            "".to_string(),
+            "sh: promigrate: not found".to_string(),
+            format!("{LISTENING} 0 {t}"),
+            format!("{LISTENING} 70000 {t}"),
+            format!("{LISTENING} 80 {}", &t[..31]),
+            format!("{LISTENING} 80 {}", "g".repeat(32)),
+            format!("{LISTENING} 80 {t} more"),
+        ] {
+            assert_eq!(parse_listening(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_a_connection_with_the_token_is_accepted() {
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = new_token().unwrap();
+        for (sent, accepted) in [
+            (format!("{t}\n"), true),
+            (format!("{}\n", new_token().unwrap()), false),
+            (t.clone(), false),
+        ] {
+            let sent2 = sent.clone();
+            let client = std::thread::spawn(move || {
+                let mut c = TcpStream::connect(addr).unwrap();
+                c.write_all(sent2.as_bytes()).unwrap();
+                if !sent2.ends_with('\n') {
+                    // A token cut short: the connection ends without its newline.
+                    c.shutdown(std::net::Shutdown::Write).unwrap();
+                }
+                let mut answer = Vec::new();
+                let _ = c.read_to_end(&mut answer);
+                answer
+            });
+            let (mut conn, _) = l.accept().unwrap();
+            let brought = brings(&mut conn, &t);
+            assert_eq!(brought, accepted, "{sent:?}");
+            if brought {
+                conn.write_all(ACCEPTED).unwrap();
+            }
+            drop(conn);
+            let answer = client.join().unwrap();
+            assert_eq!(answer == ACCEPTED, accepted, "{sent:?}: {answer:?}");
+        }
+    }
+}
