@@ -158,6 +158,10 @@ fn plan_apply_and_verify_through_a_receiver_pod_end_byte_equal_on_the_claim() {
     }
     let (code, out, err) = run(&ws, &["verify", "--level", "deep"]);
     assert_eq!(code, 0, "verify: {out}\n{err}");
+    assert!(
+        err.contains("the stream goes through a port-forward"),
+        "{err}"
+    );
     // A flipped byte on the PV is found by the receiver's hashes.
     let block = common::some_block(&db);
     common::flip_byte_keeping_mtime(&block.join("index"), 100);
@@ -317,6 +321,18 @@ fn without_pods_portforward_or_when_told_the_stream_goes_through_the_exec_and_en
     assert_eq!(code, 0, "verify: {out}\n{err}");
     assert!(
         err.contains("the stream goes through the exec (PROMIGRATE_RECEIVER_STREAM=exec"),
+        "{err}"
+    );
+    // A port-forward that RBAC allows but the runtime cannot connect (the port where
+    // nothing listens, injected): the stream goes through the exec, with a warning.
+    let mut c = ws.cmd(&["verify"]);
+    c.env("PROMIGRATE_RECEIVER_BINARY", static_promigrate())
+        .env("PROMIGRATE_TEST_FORWARD_PORT", "1");
+    let (code, out, err) = common::run(c);
+    assert_eq!(code, 0, "verify: {out}\n{err}");
+    assert!(
+        err.contains("no port-forward to it (")
+            && err.contains("the stream goes through the exec instead"),
         "{err}"
     );
     // A value it does not know is an error before anything is created.

@@ -163,6 +163,14 @@ impl Drop for ShutOnDrop {
     }
 }
 
+/// [`wait_exit`], but a receiver still running after 30 s fails the test (and is killed).
+fn wait_exit_within(mut child: Child, what: &str) -> (std::process::ExitStatus, String) {
+    common::ended_within(&mut child, std::time::Duration::from_secs(30), || {
+        format!("{what}: the receiver did not end within 30 s")
+    });
+    wait_exit(child)
+}
+
 /// Writes a file through `rx` and reads it back on the volume.
 fn write_one_file(rx: &Receiver, mount: &Path, root: &Path) {
     rx.open(mount.to_path_buf(), root.to_path_buf(), OWNER, false)
@@ -193,6 +201,10 @@ fn a_listening_receiver_serves_the_connection_that_brings_its_token() {
     let mut ok = [0u8; 3];
     conn.read_exact(&mut ok).unwrap();
     assert_eq!(&ok[..], promigrate::remote::listen::ACCEPTED);
+    // As the driver does once answered: its exec's stdin ends. That is not taken for a
+    // choice: the connection was chosen before the answer.
+    let mut child = child;
+    drop(child.stdin.take());
     let rx = Receiver::connect(
         "a listening receiver",
         Box::new(conn.try_clone().unwrap()),
@@ -201,7 +213,7 @@ fn a_listening_receiver_serves_the_connection_that_brings_its_token() {
     .expect("receiver says hello on the connection");
     write_one_file(&rx, &mount, &root);
     drop(rx);
-    let (st, err) = wait_exit(child);
+    let (st, err) = wait_exit_within(child, "connection closed");
     assert!(st.success(), "the receiver ends with its connection: {err}");
 }
 
@@ -224,7 +236,7 @@ fn a_listening_receiver_serves_stdin_and_stdout_when_the_driver_says_so() {
         assert!(answer.is_empty(), "answered after the choice: {answer:?}");
     }
     drop(rx);
-    let (st, err) = wait_exit(child);
+    let (st, err) = wait_exit_within(child, "stdin closed");
     assert!(st.success(), "the receiver ends with its stdin: {err}");
 }
 
@@ -234,7 +246,7 @@ fn a_listening_receiver_whose_driver_says_something_else_ends_with_an_error() {
     let mut inp = child.stdin.take().unwrap();
     inp.write_all(b"hello\n").unwrap();
     drop(inp);
-    let (st, err) = wait_exit(child);
+    let (st, err) = wait_exit_within(child, "a wrong word");
     assert!(!st.success(), "{err}");
     assert!(err.contains("not a choice of stream"), "{err}");
 }

@@ -263,7 +263,12 @@ pub struct Forward {
 /// server, one port, channel 0 its data and channel 1 its error; the first message on
 /// each channel names the port (2 bytes, little-endian). Data goes out in messages of up to
 /// [`MESSAGE`] bytes (kube-client's `portforward` sends 4 KiB ones, as its exec does).
-pub async fn port_forward(pods: &Api<Pod>, name: &str, port: u16) -> anyhow::Result<Forward> {
+pub async fn port_forward(
+    pods: &Api<Pod>,
+    name: &str,
+    port: u16,
+    shown: &str,
+) -> anyhow::Result<Forward> {
     const DATA: u8 = 0;
     const ERROR: u8 = 1;
     let req = kube::core::Request::new(pods.resource_url()).portforward(name, &[port])?;
@@ -274,10 +279,19 @@ pub async fn port_forward(pods: &Api<Pod>, name: &str, port: u16) -> anyhow::Res
     let send = tokio::spawn(send(sink, to_pod_r, DATA, AtEnd::CloseConnection));
     let ended = Ended::default();
     let ended_w = ended.clone();
+    let who = shown.to_string();
     let recv = tokio::spawn(async move {
         // Whether each channel's first message (the port) was seen.
         let mut named = [false; 2];
-        while let Some(Ok(msg)) = source.next().await {
+        while let Some(msg) = source.next().await {
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("{who}: the port-forward broke: {e}");
+                    ended_w.state().failed.get_or_insert(e.to_string());
+                    break;
+                }
+            };
             let data = match msg {
                 Message::Binary(d) => d,
                 Message::Close(_) => break,
@@ -297,6 +311,7 @@ pub async fn port_forward(pods: &Api<Pod>, name: &str, port: u16) -> anyhow::Res
                 DATA if from_pod_w.write_all(rest).await.is_err() => break,
                 ERROR => {
                     let why = String::from_utf8_lossy(rest).trim().to_string();
+                    tracing::debug!("{who}: the port-forward ended: {why}");
                     ended_w.state().failed.get_or_insert(why);
                     break;
                 }

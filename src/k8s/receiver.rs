@@ -2,8 +2,9 @@
 //! promigrate itself, run as `promigrate receive` in a pod that mounts the claim. This
 //! checks the access first (nothing is created without it), removes a receiver pod that a
 //! killed run left, creates the pod under the `restricted` Pod Security profile, uploads a
-//! static promigrate into it through exec stdin, and connects to `promigrate receive` over a
-//! second exec's stdin/stdout. The pod is deleted when the returned [`PodGuard`] is dropped.
+//! static promigrate into it through exec stdin, starts `promigrate receive --listen` with a
+//! second exec and connects to it through a port-forward (or that exec's stdin/stdout:
+//! [`crate::remote::listen`]). The pod is deleted when the returned [`PodGuard`] is dropped.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -1168,7 +1169,8 @@ async fn upload(
     Ok(())
 }
 
-/// A writer that ends the exec's stdin when dropped.
+/// A writer that ends its stream when dropped: the exec's stdin, or the whole port-forward
+/// (which has no half-close).
 struct Closing<W: tokio::io::AsyncWrite + Unpin>(tokio_util::io::SyncIoBridge<W>);
 
 impl<W: tokio::io::AsyncWrite + Unpin> std::io::Write for Closing<W> {
@@ -1186,8 +1188,11 @@ impl<W: tokio::io::AsyncWrite + Unpin> Drop for Closing<W> {
     }
 }
 
-/// How long the receiver has to say where it listens, and the port-forward to answer.
+/// How long the receiver has to say where it listens, the port-forward to open, and the
+/// receiver to answer on it (the receiver waits [`crate::remote::listen::CHOICE_WAIT`]).
 const LISTEN_WAIT: Duration = Duration::from_secs(60);
+/// Fault injection for the tests: the port to forward to instead of the receiver's.
+const TEST_FORWARD_PORT_ENV: &str = "PROMIGRATE_TEST_FORWARD_PORT";
 
 /// Starts `promigrate receive` in the pod (its stderr goes to the logs) and connects to it:
 /// through a port-forward to the port it listens on, unless `forward` says why not or the
@@ -1211,9 +1216,13 @@ async fn connect(
     let handle = tokio::runtime::Handle::current();
     match forward {
         Ok(()) => {
-            let line = tokio::time::timeout(LISTEN_WAIT, first_line(&mut e.stdout))
-                .await
-                .unwrap_or_default();
+            let Ok(line) = tokio::time::timeout(LISTEN_WAIT, first_line(&mut e.stdout)).await
+            else {
+                bail!(
+                    "receiver pod {shown} did not start the promigrate receiver: it said nothing within {} s (its messages, if any, are in the log)",
+                    LISTEN_WAIT.as_secs()
+                );
+            };
             let Some((port, token)) = listen::parse_listening(&line) else {
                 let failed = e
                     .ended
@@ -1225,7 +1234,13 @@ async fn connect(
                     line.trim_end()
                 );
             };
-            match open_forward(pods, name, port, &token).await? {
+            // Fault injection for the tests: a port where nothing listens, as a runtime
+            // that cannot reach the receiver's would answer.
+            let port = std::env::var(TEST_FORWARD_PORT_ENV)
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(port);
+            match open_forward(pods, name, port, &token, shown).await? {
                 Ok(f) => {
                     tracing::info!(
                         "receiver pod {shown}: the stream goes through a port-forward to its port {port}"
@@ -1244,7 +1259,7 @@ async fn connect(
                 }
                 Err(why) => {
                     tracing::warn!(
-                        "receiver pod {shown}: no port-forward to it ({why}); the stream goes through the exec instead, which is slower (docs/receiver.md, \"The stream\")"
+                        "receiver pod {shown}: no port-forward to it ({why}); the stream goes through the exec instead, which costs the API server more (docs/receiver.md, \"The stream\")"
                     );
                     e.stdin
                         .write_all(listen::USE_STDIO)
@@ -1254,7 +1269,7 @@ async fn connect(
             }
         }
         Err(why) => tracing::info!(
-            "receiver pod {shown}: the stream goes through the exec ({why}; a port-forward is faster: docs/receiver.md, \"The stream\")"
+            "receiver pod {shown}: the stream goes through the exec ({why}; a port-forward costs the API server less: docs/receiver.md, \"The stream\")"
         ),
     }
     let input = tokio_util::io::SyncIoBridge::new_with_handle(e.stdout, handle.clone());
@@ -1295,11 +1310,23 @@ async fn open_forward(
     name: &str,
     port: u16,
     token: &str,
+    shown: &str,
 ) -> anyhow::Result<Result<super::exec::Forward, String>> {
     use crate::remote::listen;
-    let mut f = match super::exec::port_forward(pods, name, port).await {
-        Ok(f) => f,
-        Err(e) => return Ok(Err(format!("{e:#}"))),
+    let opened = tokio::time::timeout(
+        LISTEN_WAIT,
+        super::exec::port_forward(pods, name, port, shown),
+    )
+    .await;
+    let mut f = match opened {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => return Ok(Err(format!("{e:#}"))),
+        Err(_) => {
+            return Ok(Err(format!(
+                "the API server did not open it within {} s",
+                LISTEN_WAIT.as_secs()
+            )));
+        }
     };
     if f.to_pod
         .write_all(format!("{token}\n").as_bytes())

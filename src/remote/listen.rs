@@ -15,7 +15,7 @@
 //!
 //! A connection that does not bring the token within [`TOKEN_WAIT`] is closed (only this
 //! pod's processes and whoever may port-forward to it can reach the port at all); nothing
-//! is done until one does.
+//! is done until one does. Without a choice within [`CHOICE_WAIT`] the receiver ends.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -32,7 +32,7 @@ pub const USE_STDIO: &[u8] = b"stdio\n";
 /// The receiver's answer to the right token.
 pub const ACCEPTED: &[u8] = b"ok\n";
 /// How long the receiver waits for the driver's choice.
-pub const CHOICE_WAIT: Duration = Duration::from_secs(120);
+pub const CHOICE_WAIT: Duration = Duration::from_secs(180);
 /// How long a connection has to bring the token.
 const TOKEN_WAIT: Duration = Duration::from_secs(30);
 
@@ -68,14 +68,26 @@ fn new_token() -> io::Result<String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
-/// Whether `conn` brings `token` (and a newline) within [`TOKEN_WAIT`].
+/// Whether `conn` brings `token` (and a newline) within [`TOKEN_WAIT`] in all.
 fn brings(conn: &mut TcpStream, token: &str) -> bool {
+    let until = std::time::Instant::now() + TOKEN_WAIT;
     let mut got = vec![0u8; token.len() + 1];
-    let _ = conn.set_read_timeout(Some(TOKEN_WAIT));
-    let ok = conn.read_exact(&mut got).is_ok()
-        && got[..token.len()] == *token.as_bytes()
-        && got[token.len()] == b'\n';
-    ok && conn.set_read_timeout(None).is_ok()
+    let mut have = 0;
+    while have < got.len() {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || conn.set_read_timeout(Some(left)).is_err() {
+            return false;
+        }
+        match conn.read(&mut got[have..]) {
+            Ok(0) => return false,
+            Ok(n) => have += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    got[..token.len()] == *token.as_bytes()
+        && got[token.len()] == b'\n'
+        && conn.set_read_timeout(None).is_ok()
 }
 
 /// `promigrate receive --listen`: says where it listens, then serves the driver on the
@@ -98,10 +110,10 @@ pub fn serve_listening() -> Result<(), FrameError> {
             if closed.load(Ordering::Acquire) {
                 return;
             }
-            if brings(&mut conn, &token)
-                && !closed.load(Ordering::Acquire)
-                && conn.write_all(ACCEPTED).is_ok()
-            {
+            // Answered by the main thread once it has chosen this connection: the driver
+            // ends the exec's stdin only after the answer, so that end is never taken for
+            // its choice.
+            if brings(&mut conn, &token) && !closed.load(Ordering::Acquire) {
                 let _ = by_port.send(Way::Connection(conn));
                 return;
             }
@@ -124,7 +136,11 @@ pub fn serve_listening() -> Result<(), FrameError> {
     let way = rx.recv_timeout(CHOICE_WAIT);
     chosen.store(true, Ordering::Release);
     match way {
-        Ok(Way::Connection(conn)) => {
+        Ok(Way::Connection(mut conn)) => {
+            // Replies are small writes, from several workers: none waits for the ACK of
+            // the one before.
+            conn.set_nodelay(true)?;
+            conn.write_all(ACCEPTED)?;
             let input = conn.try_clone()?;
             super::receiver::serve(input, conn)
         }
