@@ -314,10 +314,13 @@ fn without_pods_portforward_or_when_told_the_stream_goes_through_the_exec_and_en
         &node.kubeconfig,
         &format!("      image: {}\n", node.standin_image()),
     );
-    let mut c = ws.cmd(&["verify"]);
-    c.env("PROMIGRATE_RECEIVER_BINARY", static_promigrate())
-        .env("PROMIGRATE_RECEIVER_STREAM", "exec");
-    let (code, out, err) = common::run(c);
+    let verify_with = |var: &str, value: &str| {
+        let mut c = ws.cmd(&["verify"]);
+        c.env("PROMIGRATE_RECEIVER_BINARY", static_promigrate())
+            .env(var, value);
+        common::run(c)
+    };
+    let (code, out, err) = verify_with("PROMIGRATE_RECEIVER_STREAM", "exec");
     assert_eq!(code, 0, "verify: {out}\n{err}");
     assert!(
         err.contains("the stream goes through the exec (PROMIGRATE_RECEIVER_STREAM=exec"),
@@ -325,10 +328,7 @@ fn without_pods_portforward_or_when_told_the_stream_goes_through_the_exec_and_en
     );
     // A port-forward that RBAC allows but the runtime cannot connect (the port where
     // nothing listens, injected): the stream goes through the exec, with a warning.
-    let mut c = ws.cmd(&["verify"]);
-    c.env("PROMIGRATE_RECEIVER_BINARY", static_promigrate())
-        .env("PROMIGRATE_TEST_FORWARD_PORT", "1");
-    let (code, out, err) = common::run(c);
+    let (code, out, err) = verify_with("PROMIGRATE_TEST_FORWARD_PORT", "1");
     assert_eq!(code, 0, "verify: {out}\n{err}");
     assert!(
         err.contains("no port-forward to it (")
@@ -336,10 +336,7 @@ fn without_pods_portforward_or_when_told_the_stream_goes_through_the_exec_and_en
         "{err}"
     );
     // A value it does not know is an error before anything is created.
-    let mut c = ws.cmd(&["verify"]);
-    c.env("PROMIGRATE_RECEIVER_BINARY", static_promigrate())
-        .env("PROMIGRATE_RECEIVER_STREAM", "ssh");
-    let (code, out, err) = common::run(c);
+    let (code, out, err) = verify_with("PROMIGRATE_RECEIVER_STREAM", "ssh");
     assert_ne!(code, 0, "{out}");
     assert!(
         err.contains("PROMIGRATE_RECEIVER_STREAM=\"ssh\" is not a stream"),

@@ -155,6 +155,24 @@ where
     }
 }
 
+/// The next binary message of `source` (the others are skipped); `None` once the
+/// connection is closed or ends.
+async fn next_binary<S>(
+    source: &mut S,
+) -> Option<Result<tokio_tungstenite::tungstenite::Bytes, tokio_tungstenite::tungstenite::Error>>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match source.next().await? {
+            Ok(Message::Binary(d)) => return Some(Ok(d)),
+            Ok(Message::Close(_)) => return None,
+            Ok(_) => {}
+            Err(e) => return Some(Err(e)),
+        }
+    }
+}
+
 /// Runs `command` in pod `name`'s (only) container, with stdin, stdout and stderr.
 pub async fn exec(
     pods: &Api<Pod>,
@@ -187,18 +205,13 @@ pub async fn exec(
     let ended_w = ended.clone();
     let recv = tokio::spawn(async move {
         let mut err_line = Vec::new();
-        while let Some(msg) = source.next().await {
-            let msg = match msg {
-                Ok(m) => m,
+        while let Some(next) = next_binary(&mut source).await {
+            let data = match next {
+                Ok(d) => d,
                 Err(e) => {
                     tracing::warn!("{who}: the exec stream broke: {e}");
                     break;
                 }
-            };
-            let data = match msg {
-                Message::Binary(d) => d,
-                Message::Close(_) => break,
-                _ => continue,
             };
             let Some((&channel, rest)) = data.split_first() else {
                 continue;
@@ -283,19 +296,14 @@ pub async fn port_forward(
     let recv = tokio::spawn(async move {
         // Whether each channel's first message (the port) was seen.
         let mut named = [false; 2];
-        while let Some(msg) = source.next().await {
-            let msg = match msg {
-                Ok(m) => m,
+        while let Some(next) = next_binary(&mut source).await {
+            let data = match next {
+                Ok(d) => d,
                 Err(e) => {
                     tracing::warn!("{who}: the port-forward broke: {e}");
                     ended_w.state().failed.get_or_insert(e.to_string());
                     break;
                 }
-            };
-            let data = match msg {
-                Message::Binary(d) => d,
-                Message::Close(_) => break,
-                _ => continue,
             };
             let Some((&channel, rest)) = data.split_first() else {
                 continue;
@@ -311,7 +319,7 @@ pub async fn port_forward(
                 DATA if from_pod_w.write_all(rest).await.is_err() => break,
                 ERROR => {
                     let why = String::from_utf8_lossy(rest).trim().to_string();
-                    tracing::debug!("{who}: the port-forward ended: {why}");
+                    tracing::warn!("{who}: the runtime ended the port-forward: {why}");
                     ended_w.state().failed.get_or_insert(why);
                     break;
                 }

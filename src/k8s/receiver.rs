@@ -1236,10 +1236,20 @@ async fn connect(
             };
             // Fault injection for the tests: a port where nothing listens, as a runtime
             // that cannot reach the receiver's would answer.
-            let port = std::env::var(TEST_FORWARD_PORT_ENV)
-                .ok()
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(port);
+            let port = match std::env::var(TEST_FORWARD_PORT_ENV) {
+                Ok(v) => {
+                    let Ok(p) = v.parse::<u16>() else {
+                        bail!(
+                            "{TEST_FORWARD_PORT_ENV}={v:?} is not a port (a test's setting: unset it)"
+                        );
+                    };
+                    tracing::warn!(
+                        "{TEST_FORWARD_PORT_ENV}={p}: forwarding to port {p} instead of the receiver's {port} (a test's setting: unset it)"
+                    );
+                    p
+                }
+                Err(_) => port,
+            };
             match open_forward(pods, name, port, &token, shown).await? {
                 Ok(f) => {
                     tracing::info!(

@@ -21,7 +21,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::frame::FrameError;
 
@@ -70,11 +70,11 @@ fn new_token() -> io::Result<String> {
 
 /// Whether `conn` brings `token` (and a newline) within [`TOKEN_WAIT`] in all.
 fn brings(conn: &mut TcpStream, token: &str) -> bool {
-    let until = std::time::Instant::now() + TOKEN_WAIT;
+    let until = Instant::now() + TOKEN_WAIT;
     let mut got = vec![0u8; token.len() + 1];
     let mut have = 0;
     while have < got.len() {
-        let left = until.saturating_duration_since(std::time::Instant::now());
+        let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() || conn.set_read_timeout(Some(left)).is_err() {
             return false;
         }
@@ -101,7 +101,7 @@ pub fn serve_listening() -> Result<(), FrameError> {
     out.flush()?;
     let (tx, rx) = mpsc::channel();
     let by_port = tx.clone();
-    // Set once the stream is chosen: no connection is answered after that.
+    // Set once the stream is chosen: no connection is handed over after that.
     let chosen = Arc::new(AtomicBool::new(false));
     let closed = chosen.clone();
     std::thread::spawn(move || {
@@ -135,6 +135,8 @@ pub fn serve_listening() -> Result<(), FrameError> {
     });
     let way = rx.recv_timeout(CHOICE_WAIT);
     chosen.store(true, Ordering::Release);
+    // A connection handed over after the choice is dropped (closed) at once, not kept.
+    drop(rx);
     match way {
         Ok(Way::Connection(mut conn)) => {
             // Replies are small writes, from several workers: none waits for the ACK of
