@@ -139,7 +139,7 @@ fn spawn_listening() -> (
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    let (port, token) = promigrate::remote::listen::parse_listening(&line)
+    let (port, token) = promigrate::k8s::handshake::parse_listening(&line)
         .unwrap_or_else(|| panic!("not a listening line: {line:?}"));
     (child, out, port, token)
 }
@@ -200,7 +200,7 @@ fn a_listening_receiver_serves_the_connection_that_brings_its_token() {
     conn.write_all(format!("{token}\n").as_bytes()).unwrap();
     let mut ok = [0u8; 3];
     conn.read_exact(&mut ok).unwrap();
-    assert_eq!(&ok[..], promigrate::remote::listen::ACCEPTED);
+    assert_eq!(&ok[..], promigrate::k8s::handshake::ACCEPTED);
     // As the driver does once answered: its exec's stdin ends. That is not taken for a
     // choice: the connection was chosen before the answer. (Not a sure guard of that order:
     // the race it once had needed a thread held up between two lines.)
@@ -224,7 +224,7 @@ fn a_listening_receiver_serves_stdin_and_stdout_when_the_driver_says_so() {
     use std::io::Read;
     let (mut child, out, port, token) = spawn_listening();
     let mut inp = child.stdin.take().unwrap();
-    inp.write_all(promigrate::remote::listen::USE_STDIO)
+    inp.write_all(promigrate::k8s::handshake::USE_STDIO)
         .unwrap();
     let rx = Receiver::connect("a listening receiver", Box::new(out), Box::new(inp))
         .expect("receiver says hello on stdout");

@@ -13,6 +13,7 @@
 //!   the object.
 
 pub mod exec;
+pub mod handshake;
 pub mod preflight;
 pub mod receiver;
 pub mod server;

@@ -1189,7 +1189,7 @@ impl<W: tokio::io::AsyncWrite + Unpin> Drop for Closing<W> {
 }
 
 /// How long the receiver has to say where it listens, the port-forward to open, and the
-/// receiver to answer on it (the receiver waits [`crate::remote::listen::CHOICE_WAIT`]).
+/// receiver to answer on it (the receiver waits [`super::handshake::CHOICE_WAIT`]).
 const LISTEN_WAIT: Duration = Duration::from_secs(60);
 /// Fault injection for the tests: the port to forward to instead of the receiver's.
 const TEST_FORWARD_PORT_ENV: &str = "PROMIGRATE_TEST_FORWARD_PORT";
@@ -1204,7 +1204,7 @@ async fn connect(
     shown: &str,
     forward: Result<(), String>,
 ) -> anyhow::Result<(Stream, super::exec::Session)> {
-    use crate::remote::listen;
+    use super::handshake;
     let bin = format!("{BIN_DIR}/promigrate");
     let mut command = vec![bin.as_str(), "receive"];
     if forward.is_ok() {
@@ -1223,7 +1223,7 @@ async fn connect(
                     LISTEN_WAIT.as_secs()
                 );
             };
-            let Some((port, token)) = listen::parse_listening(&line) else {
+            let Some((port, token)) = handshake::parse_listening(&line) else {
                 let failed = e
                     .ended
                     .failed()
@@ -1272,7 +1272,7 @@ async fn connect(
                         "receiver pod {shown}: no port-forward to it ({why}); the stream goes through the exec instead, which costs the API server more (docs/receiver.md, \"The stream\")"
                     );
                     e.stdin
-                        .write_all(listen::USE_STDIO)
+                        .write_all(handshake::USE_STDIO)
                         .await
                         .with_context(|| format!("the exec stream to {shown} broke"))?;
                 }
@@ -1322,7 +1322,7 @@ async fn open_forward(
     token: &str,
     shown: &str,
 ) -> anyhow::Result<Result<super::exec::Forward, String>> {
-    use crate::remote::listen;
+    use super::handshake;
     let opened = tokio::time::timeout(
         LISTEN_WAIT,
         super::exec::port_forward(pods, name, port, shown),
@@ -1347,7 +1347,7 @@ async fn open_forward(
     }
     let mut answer = [0u8; 3];
     match tokio::time::timeout(LISTEN_WAIT, f.from_pod.read_exact(&mut answer)).await {
-        Ok(Ok(_)) if answer[..] == *listen::ACCEPTED => Ok(Ok(f)),
+        Ok(Ok(_)) if answer[..] == *handshake::ACCEPTED => Ok(Ok(f)),
         Ok(Ok(_)) => bail!(
             "the receiver's port {port} answered {:?}, not promigrate's receiver",
             String::from_utf8_lossy(&answer)

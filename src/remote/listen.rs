@@ -24,34 +24,10 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use super::frame::FrameError;
+use crate::k8s::handshake::{ACCEPTED, CHOICE_WAIT, USE_STDIO, listening_line};
 
-/// The first word of the receiver's line.
-pub const LISTENING: &str = "PROMIGRATE-LISTEN";
-/// The driver's word on stdin for the stream through the exec.
-pub const USE_STDIO: &[u8] = b"stdio\n";
-/// The receiver's answer to the right token.
-pub const ACCEPTED: &[u8] = b"ok\n";
-/// How long the receiver waits for the driver's choice.
-pub const CHOICE_WAIT: Duration = Duration::from_secs(180);
 /// How long a connection has to bring the token.
 const TOKEN_WAIT: Duration = Duration::from_secs(30);
-
-/// The port and the token of a receiver's line (`None`: not such a line).
-pub fn parse_listening(line: &str) -> Option<(u16, String)> {
-    let mut w = line.split_whitespace();
-    if w.next()? != LISTENING {
-        return None;
-    }
-    let port = w.next()?.parse().ok().filter(|p| *p != 0)?;
-    let token = w.next()?;
-    let good = token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit());
-    (good && w.next().is_none()).then(|| (port, token.to_string()))
-}
-
-/// The line a receiver says.
-fn listening_line(port: u16, token: &str) -> String {
-    format!("{LISTENING} {port} {token}\n")
-}
 
 /// How the driver reached the receiver.
 enum Way {
@@ -158,6 +134,7 @@ pub fn serve_listening() -> Result<(), FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::k8s::handshake::{LISTENING, parse_listening};
 
     #[test]
     fn a_listening_line_is_read_back_and_nothing_else_is_one() {
