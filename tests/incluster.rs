@@ -337,7 +337,7 @@ fn without_pods_portforward_or_when_told_the_stream_goes_through_the_exec_and_en
     );
     // A value it does not know is an error before anything is created.
     let (code, out, err) = verify_with("PROMIGRATE_RECEIVER_STREAM", "ssh");
-    assert_ne!(code, 0, "{out}");
+    assert_eq!(code, 2, "{out}\n{err}");
     assert!(
         err.contains("PROMIGRATE_RECEIVER_STREAM=\"ssh\" is not a stream"),
         "{err}"

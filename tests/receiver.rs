@@ -191,16 +191,22 @@ fn a_listening_receiver_serves_the_connection_that_brings_its_token() {
     // A connection with another token is closed unanswered, and changes nothing.
     let mut wrong = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     wrong
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    wrong
         .write_all(format!("{}\n", "0".repeat(32)).as_bytes())
         .unwrap();
     let mut answer = Vec::new();
     wrong.read_to_end(&mut answer).unwrap();
     assert!(answer.is_empty(), "a wrong token was answered: {answer:?}");
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
     conn.write_all(format!("{token}\n").as_bytes()).unwrap();
     let mut ok = [0u8; 3];
     conn.read_exact(&mut ok).unwrap();
     assert_eq!(&ok[..], promigrate::k8s::handshake::ACCEPTED);
+    conn.set_read_timeout(None).unwrap();
     // As the driver does once answered: its exec's stdin ends. That is not taken for a
     // choice: the connection was chosen before the answer. (Not a sure guard of that order:
     // the race it once had needed a thread held up between two lines.)

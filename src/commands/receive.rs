@@ -1,6 +1,6 @@
 //! `promigrate receive`: the receiver end of an in-cluster target (see [`crate::remote`]).
-//! It speaks the protocol on stdin/stdout, which nothing else may write to; logs go to
-//! stderr.
+//! It speaks the protocol on stdin/stdout, which nothing else may write to, or with
+//! `--listen` on a connection through a port-forward; logs go to stderr.
 
 use anyhow::Context;
 

@@ -17,7 +17,7 @@ use kube::api::AttachParams;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio_tungstenite::tungstenite::Message;
 
-/// The largest stdin message.
+/// The largest message of data sent (an exec's stdin, a port-forward's data).
 const MESSAGE: usize = 256 << 10;
 /// What is buffered between the writer and the stdin messages, and before the reader.
 const PIPE: usize = 4 << 20;
@@ -31,8 +31,8 @@ const ERROR: u8 = 3;
 /// v5: `[CLOSE, channel]` closes that channel (stdin's end).
 const CLOSE: u8 = 255;
 
-/// The tasks that carry an exec's streams: dropping this ends the exec (the connection
-/// closes).
+/// The tasks that carry an exec's or a port-forward's streams: dropping this ends them
+/// (the connection closes).
 pub struct Session {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -78,7 +78,7 @@ impl Ended {
     }
 
     /// The message of the exec's status when it was not `Success` (a command not found, an
-    /// exit code).
+    /// exit code); for a port-forward, the runtime's error or why the connection broke.
     pub fn failed(&self) -> Option<String> {
         self.state().failed.clone()
     }

@@ -162,7 +162,8 @@ pub struct PodGuard {
     /// `namespace/name`.
     pub shown: String,
     name: String,
-    /// The exec of `promigrate receive`: its stream ends when this is dropped.
+    /// The exec of `promigrate receive` and its port-forward, if any: the stream ends when
+    /// this is dropped.
     process: Option<super::exec::Session>,
     /// Moves the pod's [`HEARTBEAT`] until the pod is deleted.
     beat: tokio::task::JoinHandle<()>,
@@ -549,12 +550,20 @@ pub const STREAM_ENV: &str = "PROMIGRATE_RECEIVER_STREAM";
 /// Whether the receiver's stream is to go through a port-forward: `Err` says why not (the
 /// stream then goes through the exec).
 async fn forward_or_why(cluster: &Cluster, ns: &str) -> anyhow::Result<Result<(), String>> {
-    match std::env::var(STREAM_ENV).as_deref() {
-        Err(_) | Ok("") | Ok("port-forward") => {}
-        Ok("exec") => return Ok(Err(format!("{STREAM_ENV}=exec"))),
-        Ok(other) => {
-            bail!("{STREAM_ENV}={other:?} is not a stream: `port-forward` (the default) or `exec`")
-        }
+    let bad = |v: &dyn std::fmt::Debug| -> anyhow::Error {
+        crate::exit::InvalidInput(format!(
+            "{STREAM_ENV}={v:?} is not a stream: `port-forward` (the default) or `exec`. Nothing was created"
+        ))
+        .into()
+    };
+    match std::env::var(STREAM_ENV) {
+        Err(std::env::VarError::NotPresent) => {}
+        Err(std::env::VarError::NotUnicode(v)) => return Err(bad(&v)),
+        Ok(v) => match v.as_str() {
+            "" | "port-forward" => {}
+            "exec" => return Ok(Err(format!("{STREAM_ENV}=exec"))),
+            _ => return Err(bad(&v)),
+        },
     }
     let missing = lacking(cluster, ns, FORWARD).await?;
     Ok(if missing.is_empty() {
@@ -835,8 +844,8 @@ fn start_error(shown: &str, image: &str, why: &str) -> anyhow::Error {
     }
 }
 
-/// The stdout (`input`) and stdin (`output`) of a `promigrate receive` running in a pod,
-/// named `name` in messages.
+/// The stream to a `promigrate receive` running in a pod (a port-forward to it, or its
+/// exec's stdout as `input` and stdin as `output`), named `name` in messages.
 pub struct Stream {
     pub name: String,
     pub input: Box<dyn std::io::Read + Send>,
@@ -1239,9 +1248,10 @@ async fn connect(
             let port = match std::env::var(TEST_FORWARD_PORT_ENV) {
                 Ok(v) => {
                     let Ok(p) = v.parse::<u16>() else {
-                        bail!(
+                        return Err(crate::exit::InvalidInput(format!(
                             "{TEST_FORWARD_PORT_ENV}={v:?} is not a port (a test's setting: unset it)"
-                        );
+                        ))
+                        .into());
                     };
                     tracing::warn!(
                         "{TEST_FORWARD_PORT_ENV}={p}: forwarding to port {p} instead of the receiver's {port} (a test's setting: unset it)"

@@ -9,9 +9,12 @@
 //!    `PROMIGRATE-LISTEN <port> <token>` (the token: 128 random bits, in hex);
 //! 2. the driver opens a port-forward to that port and sends the token and a newline;
 //!    the receiver answers `ok` and a newline, and the protocol runs on that connection;
-//! 3. or, when the driver cannot open a port-forward (its credentials may not, or the
-//!    runtime refused), it writes `stdio` and a newline on the exec's stdin, and the
+//! 3. or, when the port-forward cannot be opened (refused, or the runtime could not
+//!    connect), the driver writes `stdio` and a newline on the exec's stdin, and the
 //!    protocol runs on the exec's stdin/stdout as without `--listen`.
+//!
+//! (When the driver's credentials may not port-forward, or it is told to use the exec, it
+//! runs `receive` without `--listen`.)
 //!
 //! A connection that does not bring the token within [`TOKEN_WAIT`] is closed (only this
 //! pod's processes and whoever may port-forward to it can reach the port at all); nothing

@@ -159,7 +159,7 @@ fn attach_to(
             return Err(e);
         }
         for (i, stream) in streams {
-            // Off the runtime's threads: the hello blocks on the exec stream.
+            // Off the runtime's threads: the hello blocks on the pod's stream.
             reach_through(
                 &mut m.targets[i],
                 stream.name,

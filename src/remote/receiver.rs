@@ -1,5 +1,6 @@
 //! The receiver: `promigrate receive`, run beside the volume (in a pod that mounts the
-//! claim). It answers the driver's requests on stdin/stdout by doing them on the volume
+//! claim). It answers the driver's requests on its stream (stdin/stdout, or a connection:
+//! [`super::listen`]) by doing them on the volume
 //! through [`Local`], exactly as a local apply does: every path resolved below the volume's
 //! descriptor, files staged, fsync'ed and renamed, the directory lock held while the driver
 //! asks.
