@@ -37,6 +37,14 @@ pub struct Session {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+impl Session {
+    /// One session of both: dropping it ends both.
+    pub fn and(mut self, mut other: Session) -> Session {
+        self.tasks.append(&mut other.tasks);
+        self
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
         for t in &self.tasks {
@@ -155,17 +163,20 @@ where
     }
 }
 
-/// The next binary message of `source` (the others are skipped); `None` once the
-/// connection is closed or ends.
-async fn next_binary<S>(
+/// The next channel message of `source`: its channel (the first byte) and its data (the
+/// other messages, and empty ones, are skipped); `None` once the connection is closed or
+/// ends.
+async fn next_on_channel<S>(
     source: &mut S,
-) -> Option<Result<tokio_tungstenite::tungstenite::Bytes, tokio_tungstenite::tungstenite::Error>>
+) -> Option<
+    Result<(u8, tokio_tungstenite::tungstenite::Bytes), tokio_tungstenite::tungstenite::Error>,
+>
 where
     S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
     loop {
         match source.next().await? {
-            Ok(Message::Binary(d)) => return Some(Ok(d)),
+            Ok(Message::Binary(d)) if !d.is_empty() => return Some(Ok((d[0], d.slice(1..)))),
             Ok(Message::Close(_)) => return None,
             Ok(_) => {}
             Err(e) => return Some(Err(e)),
@@ -205,17 +216,15 @@ pub async fn exec(
     let ended_w = ended.clone();
     let recv = tokio::spawn(async move {
         let mut err_line = Vec::new();
-        while let Some(next) = next_binary(&mut source).await {
-            let data = match next {
-                Ok(d) => d,
+        while let Some(next) = next_on_channel(&mut source).await {
+            let (channel, data) = match next {
+                Ok(m) => m,
                 Err(e) => {
                     tracing::warn!("{who}: the exec stream broke: {e}");
                     break;
                 }
             };
-            let Some((&channel, rest)) = data.split_first() else {
-                continue;
-            };
+            let rest = &data[..];
             match channel {
                 STDOUT if stdout_w.write_all(rest).await.is_err() => break,
                 STDERR if stderr == Stderr::Keep => {
@@ -296,18 +305,16 @@ pub async fn port_forward(
     let recv = tokio::spawn(async move {
         // Whether each channel's first message (the port) was seen.
         let mut named = [false; 2];
-        while let Some(next) = next_binary(&mut source).await {
-            let data = match next {
-                Ok(d) => d,
+        while let Some(next) = next_on_channel(&mut source).await {
+            let (channel, data) = match next {
+                Ok(m) => m,
                 Err(e) => {
                     tracing::warn!("{who}: the port-forward broke: {e}");
                     ended_w.state().failed.get_or_insert(e.to_string());
                     break;
                 }
             };
-            let Some((&channel, rest)) = data.split_first() else {
-                continue;
-            };
+            let rest = &data[..];
             let Some(seen) = named.get_mut(usize::from(channel)) else {
                 continue;
             };
@@ -336,12 +343,4 @@ pub async fn port_forward(
         },
         ended,
     })
-}
-
-impl Session {
-    /// One session of both: dropping it ends both.
-    pub fn and(mut self, mut other: Session) -> Session {
-        self.tasks.append(&mut other.tasks);
-        self
-    }
 }

@@ -25,6 +25,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Cluster;
+use super::handshake;
 use crate::perms::Owner;
 use crate::plan::file::{KubeTarget, POD_MOUNT};
 
@@ -1213,7 +1214,6 @@ async fn connect(
     shown: &str,
     forward: Result<(), String>,
 ) -> anyhow::Result<(Stream, super::exec::Session)> {
-    use super::handshake;
     let bin = format!("{BIN_DIR}/promigrate");
     let mut command = vec![bin.as_str(), "receive"];
     if forward.is_ok() {
@@ -1222,86 +1222,99 @@ async fn connect(
     let mut e = super::exec::exec(pods, name, &command, shown, super::exec::Stderr::Log)
         .await
         .with_context(|| format!("cannot exec {bin} receive in {shown}"))?;
-    let handle = tokio::runtime::Handle::current();
     match forward {
         Ok(()) => {
-            let Ok(line) = tokio::time::timeout(LISTEN_WAIT, first_line(&mut e.stdout)).await
-            else {
-                bail!(
-                    "receiver pod {shown} did not start the promigrate receiver: it said nothing within {} s (its messages, if any, are in the log)",
-                    LISTEN_WAIT.as_secs()
-                );
-            };
-            let Some((port, token)) = handshake::parse_listening(&line) else {
-                let failed = e
-                    .ended
-                    .failed()
-                    .map(|f| format!(" ({f})"))
-                    .unwrap_or_default();
-                bail!(
-                    "receiver pod {shown} did not start the promigrate receiver: it said {:?}{failed}, not where it listens",
-                    line.trim_end()
-                );
-            };
-            // Fault injection for the tests: a port where nothing listens, as a runtime
-            // that cannot reach the receiver's would answer.
-            let port = match std::env::var(TEST_FORWARD_PORT_ENV) {
-                Ok(v) => {
-                    let Ok(p) = v.parse::<u16>() else {
-                        return Err(crate::exit::InvalidInput(format!(
-                            "{TEST_FORWARD_PORT_ENV}={v:?} is not a port (a test's setting: unset it)"
-                        ))
-                        .into());
-                    };
-                    tracing::warn!(
-                        "{TEST_FORWARD_PORT_ENV}={p}: forwarding to port {p} instead of the receiver's {port} (a test's setting: unset it)"
-                    );
-                    p
-                }
-                Err(_) => port,
-            };
-            match open_forward(pods, name, port, &token, shown).await? {
-                Ok(f) => {
-                    tracing::info!(
-                        "receiver pod {shown}: the stream goes through a port-forward to its port {port}"
-                    );
-                    let stream = Stream {
-                        name: format!("receiver pod {shown}"),
-                        input: Box::new(tokio_util::io::SyncIoBridge::new_with_handle(
-                            f.from_pod,
-                            handle.clone(),
-                        )),
-                        output: Box::new(Closing(tokio_util::io::SyncIoBridge::new_with_handle(
-                            f.to_pod, handle,
-                        ))),
-                    };
-                    return Ok((stream, e.session.and(f.session)));
-                }
-                Err(why) => {
-                    tracing::warn!(
-                        "receiver pod {shown}: no port-forward to it ({why}); the stream goes through the exec instead, which costs the API server more (docs/receiver.md, \"The stream\")"
-                    );
-                    e.stdin
-                        .write_all(handshake::USE_STDIO)
-                        .await
-                        .with_context(|| format!("the exec stream to {shown} broke"))?;
-                }
+            if let Some(f) = through_forward(pods, name, shown, &mut e).await? {
+                let stream = stream_of(shown, f.from_pod, f.to_pod);
+                return Ok((stream, e.session.and(f.session)));
             }
         }
         Err(why) => tracing::info!(
             "receiver pod {shown}: the stream goes through the exec ({why}; a port-forward costs the API server less: docs/receiver.md, \"The stream\")"
         ),
     }
-    let input = tokio_util::io::SyncIoBridge::new_with_handle(e.stdout, handle.clone());
-    let output = Closing(tokio_util::io::SyncIoBridge::new_with_handle(
-        e.stdin, handle,
-    ));
-    let stream = Stream {
+    Ok((stream_of(shown, e.stdout, e.stdin), e.session))
+}
+
+/// The stream of `promigrate receive` in pod `shown`: what it says comes from `from`, what
+/// is written to it goes into `to` (ended when the stream is dropped).
+fn stream_of(shown: &str, from: tokio::io::DuplexStream, to: tokio::io::DuplexStream) -> Stream {
+    let handle = tokio::runtime::Handle::current();
+    Stream {
         name: format!("receiver pod {shown}"),
-        input: Box::new(input),
-        output: Box::new(output),
+        input: Box::new(tokio_util::io::SyncIoBridge::new_with_handle(
+            from,
+            handle.clone(),
+        )),
+        output: Box::new(Closing(tokio_util::io::SyncIoBridge::new_with_handle(
+            to, handle,
+        ))),
+    }
+}
+
+/// The port-forward to `promigrate receive --listen` of exec `e`, accepted by the receiver;
+/// `None` when it could not be opened, after telling the receiver to use the exec's
+/// stdin/stdout instead.
+async fn through_forward(
+    pods: &Api<Pod>,
+    name: &str,
+    shown: &str,
+    e: &mut super::exec::Exec,
+) -> anyhow::Result<Option<super::exec::Forward>> {
+    let Ok(line) = tokio::time::timeout(LISTEN_WAIT, first_line(&mut e.stdout)).await else {
+        bail!(
+            "receiver pod {shown} did not start the promigrate receiver: it said nothing within {} s (its messages, if any, are in the log)",
+            LISTEN_WAIT.as_secs()
+        );
     };
-    Ok((stream, e.session))
+    let Some((port, token)) = handshake::parse_listening(&line) else {
+        let failed = e
+            .ended
+            .failed()
+            .map(|f| format!(" ({f})"))
+            .unwrap_or_default();
+        bail!(
+            "receiver pod {shown} did not start the promigrate receiver: it said {:?}{failed}, not where it listens",
+            line.trim_end()
+        );
+    };
+    let port = test_forward_port(port)?;
+    match open_forward(pods, name, port, &token, shown).await? {
+        Ok(f) => {
+            tracing::info!(
+                "receiver pod {shown}: the stream goes through a port-forward to its port {port}"
+            );
+            Ok(Some(f))
+        }
+        Err(why) => {
+            tracing::warn!(
+                "receiver pod {shown}: no port-forward to it ({why}); the stream goes through the exec instead, which costs the API server more (docs/receiver.md, \"The stream\")"
+            );
+            e.stdin
+                .write_all(handshake::USE_STDIO)
+                .await
+                .with_context(|| format!("the exec stream to {shown} broke"))?;
+            Ok(None)
+        }
+    }
+}
+
+/// `port`, or for the tests (fault injection) the port [`TEST_FORWARD_PORT_ENV`] names: one
+/// where nothing listens, as a runtime that cannot reach the receiver's would answer.
+fn test_forward_port(port: u16) -> anyhow::Result<u16> {
+    let Ok(v) = std::env::var(TEST_FORWARD_PORT_ENV) else {
+        return Ok(port);
+    };
+    let Ok(p) = v.parse::<u16>() else {
+        return Err(crate::exit::InvalidInput(format!(
+            "{TEST_FORWARD_PORT_ENV}={v:?} is not a port (a test's setting: unset it)"
+        ))
+        .into());
+    };
+    tracing::warn!(
+        "{TEST_FORWARD_PORT_ENV}={p}: forwarding to port {p} instead of the receiver's {port} (a test's setting: unset it)"
+    );
+    Ok(p)
 }
 
 /// The first line of `r` (at most 256 bytes; what came before its end if it ended), read
@@ -1332,7 +1345,6 @@ async fn open_forward(
     token: &str,
     shown: &str,
 ) -> anyhow::Result<Result<super::exec::Forward, String>> {
-    use super::handshake;
     let opened = tokio::time::timeout(
         LISTEN_WAIT,
         super::exec::port_forward(pods, name, port, shown),
@@ -1355,7 +1367,7 @@ async fn open_forward(
     {
         return Ok(Err("the port-forward ended at once".into()));
     }
-    let mut answer = [0u8; 3];
+    let mut answer = [0u8; handshake::ACCEPTED.len()];
     match tokio::time::timeout(LISTEN_WAIT, f.from_pod.read_exact(&mut answer)).await {
         Ok(Ok(_)) if answer[..] == *handshake::ACCEPTED => Ok(Ok(f)),
         Ok(Ok(_)) => bail!(

@@ -80,7 +80,7 @@ pub fn serve_listening() -> Result<(), FrameError> {
     out.flush()?;
     let (tx, rx) = mpsc::channel();
     let by_port = tx.clone();
-    // Set once the stream is chosen: no connection is handed over after that.
+    // Set once the stream is chosen: the listener takes no connection after that.
     let chosen = Arc::new(AtomicBool::new(false));
     let closed = chosen.clone();
     std::thread::spawn(move || {
@@ -91,8 +91,9 @@ pub fn serve_listening() -> Result<(), FrameError> {
             }
             // Answered by the main thread once it has chosen this connection: the driver
             // ends the exec's stdin only after the answer, so that end is never taken for
-            // its choice.
-            if brings(&mut conn, &token) && !closed.load(Ordering::Acquire) {
+            // its choice. Handed over after the choice, it is dropped (closed) with the
+            // channel.
+            if brings(&mut conn, &token) {
                 let _ = by_port.send(Way::Connection(conn));
                 return;
             }
