@@ -54,6 +54,11 @@ target:
     .unwrap();
 }
 
+/// The receiver settings of a plan whose receiver pod runs the node's stand-in image.
+fn standin(node: &TestNode) -> String {
+    format!("      image: {}\n", node.standin_image())
+}
+
 /// Runs promigrate with the static binary to upload.
 fn run(ws: &common::Workspace, args: &[&str]) -> (i32, String, String) {
     let mut c = ws.cmd(args);
@@ -84,7 +89,7 @@ fn node_with_claim() -> (TestNode, PathBuf) {
 /// [`node_with_claim`], and a workspace whose plan reaches the claim through a receiver pod
 /// of the stand-in image.
 fn node_claim_and_plan() -> (TestNode, PathBuf, common::Workspace) {
-    node_claim_and_plan_with(|node| format!("      image: {}\n", node.standin_image()))
+    node_claim_and_plan_with(standin)
 }
 
 /// [`node_with_claim`], and a workspace whose plan has the receiver settings `receiver`
@@ -240,11 +245,7 @@ fn without_pods_exec_the_error_names_it_and_nothing_is_created() {
                 "verbs": ["create", "get", "list", "watch", "delete", "patch"]}]),
     );
     let ws = common::Workspace::new();
-    write_plan(
-        &ws,
-        &limited,
-        &format!("      image: {}\n", node.standin_image()),
-    );
+    write_plan(&ws, &limited, &standin(&node));
     let (code, out, err) = run(&ws, &["plan"]);
     assert_ne!(code, 0, "{out}\n{err}");
     assert!(
@@ -288,11 +289,7 @@ fn without_pods_portforward_or_when_told_the_stream_goes_through_the_exec_and_en
         ],
     );
     let ws = common::Workspace::new();
-    write_plan(
-        &ws,
-        &limited,
-        &format!("      image: {}\n", node.standin_image()),
-    );
+    write_plan(&ws, &limited, &standin(&node));
     let (code, out, err) = run(&ws, &["apply", "--yes"]);
     assert_eq!(code, 0, "apply: {out}\n{err}");
     assert!(
@@ -309,11 +306,7 @@ fn without_pods_portforward_or_when_told_the_stream_goes_through_the_exec_and_en
     );
     // With every permission, the variable chooses the exec as well; verify finds the
     // apply's copy whole through it.
-    write_plan(
-        &ws,
-        &node.kubeconfig,
-        &format!("      image: {}\n", node.standin_image()),
-    );
+    write_plan(&ws, &node.kubeconfig, &standin(&node));
     let verify_with = |var: &str, value: &str| {
         let mut c = ws.cmd(&["verify"]);
         c.env("PROMIGRATE_RECEIVER_BINARY", static_promigrate())
@@ -707,11 +700,7 @@ fn a_claim_a_pod_holds_exclusively_is_freed_by_apply_before_its_receiver_starts_
     );
     wait_pod_ready(&node, "holder-0");
     let ws = common::Workspace::new();
-    write_plan(
-        &ws,
-        &node.kubeconfig,
-        &format!("      image: {}\n", node.standin_image()),
-    );
+    write_plan(&ws, &node.kubeconfig, &standin(&node));
     let plan = std::fs::read_to_string(&ws.plan).unwrap();
     std::fs::write(
         &ws.plan,
@@ -872,11 +861,7 @@ fn node_with_unplaced_claim() -> (TestNode, PathBuf, common::Workspace) {
     std::os::unix::fs::chown(&vol, Some(RUN_AS_USER), Some(FS_GROUP)).unwrap();
     node.host_path_volume("pv-prom", &vol, NS, "data-prom-0");
     let ws = common::Workspace::new();
-    write_plan(
-        &ws,
-        &node.kubeconfig,
-        &format!("      image: {}\n", node.standin_image()),
-    );
+    write_plan(&ws, &node.kubeconfig, &standin(&node));
     (node, vol, ws)
 }
 

@@ -27,10 +27,11 @@ struct Running {
     rx: Receiver,
 }
 
-/// `promigrate receive` with its stdin, stdout and stderr piped.
-fn spawn_receiver() -> Child {
+/// `promigrate receive`, with `args` after it, its stdin, stdout and stderr piped.
+fn spawn_receiver(args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_promigrate"))
         .arg("receive")
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -39,7 +40,7 @@ fn spawn_receiver() -> Child {
 }
 
 fn start() -> Running {
-    let mut child = spawn_receiver();
+    let mut child = spawn_receiver(&[]);
     let out = child.stdout.take().unwrap();
     let inp = child.stdin.take().unwrap();
     let rx = Receiver::connect("a test receiver", Box::new(out), Box::new(inp))
@@ -129,13 +130,7 @@ fn spawn_listening() -> (
     String,
 ) {
     use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_promigrate"))
-        .args(["receive", "--listen"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start promigrate receive --listen");
+    let mut child = spawn_receiver(&["--listen"]);
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
@@ -360,7 +355,7 @@ fn a_cut_stream_leaves_the_file_unfinished_and_a_resume_continues_at_its_offset(
     // First run: half the file, then the stream is cut inside a data frame (the driver
     // was killed while writing).
     {
-        let mut child = spawn_receiver();
+        let mut child = spawn_receiver(&[]);
         let out = child.stdout.take().unwrap();
         let mut inp = child.stdin.take().unwrap();
         let (tx, rx_pipe) = std::sync::mpsc::channel::<Vec<u8>>();
