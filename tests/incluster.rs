@@ -111,6 +111,17 @@ fn wanted(ws: &common::Workspace) -> std::collections::BTreeMap<String, u128> {
     want
 }
 
+/// The run's log says its stream went through a port-forward spoken as SPDY through the
+/// API server's tunnel, and not that the tunnel was refused.
+fn assert_spdy(log: &str) {
+    assert!(
+        log.contains("the stream goes through a port-forward")
+            && log.contains("(SPDY through the API server's WebSocket tunnel)")
+            && !log.contains("no port-forward through the API server's SPDY tunnel"),
+        "{log}"
+    );
+}
+
 #[test]
 fn plan_apply_and_verify_through_a_receiver_pod_end_byte_equal_on_the_claim() {
     let started = std::time::Instant::now();
@@ -134,10 +145,7 @@ fn plan_apply_and_verify_through_a_receiver_pod_end_byte_equal_on_the_claim() {
     let (code, out, err) = run(&ws, &["apply", "--yes"]);
     assert_eq!(code, 0, "apply: {out}\n{err}");
     eprintln!("apply through the pod: {:?}", t.elapsed());
-    assert!(
-        err.contains("the stream goes through a port-forward"),
-        "{err}"
-    );
+    assert_spdy(&err);
     assert_eq!(pods_left(&node), Vec::<String>::new(), "after apply");
     // Its verify took the source's hashes from the copy (every file was copied) and read
     // the target back in the pod: the bytes hashed are the target's alone.
@@ -163,10 +171,7 @@ fn plan_apply_and_verify_through_a_receiver_pod_end_byte_equal_on_the_claim() {
     }
     let (code, out, err) = run(&ws, &["verify", "--level", "deep"]);
     assert_eq!(code, 0, "verify: {out}\n{err}");
-    assert!(
-        err.contains("the stream goes through a port-forward"),
-        "{err}"
-    );
+    assert_spdy(&err);
     // A flipped byte on the PV is found by the receiver's hashes.
     let block = common::some_block(&db);
     common::flip_byte_keeping_mtime(&block.join("index"), 100);

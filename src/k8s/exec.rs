@@ -18,9 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio_tungstenite::tungstenite::Message;
 
 /// The largest message of data sent (an exec's stdin, a port-forward's data).
-const MESSAGE: usize = 256 << 10;
+pub(super) const MESSAGE: usize = 256 << 10;
 /// What is buffered between the writer and the stdin messages, and before the reader.
-const PIPE: usize = 4 << 20;
+pub(super) const PIPE: usize = 4 << 20;
 /// How often a ping goes out (kube-client's exec: every 60 s).
 const PING: std::time::Duration = std::time::Duration::from_secs(30);
 const STDIN: u8 = 0;
@@ -34,7 +34,7 @@ const CLOSE: u8 = 255;
 /// The tasks that carry an exec's or a port-forward's streams: dropping this ends them
 /// (the connection closes).
 pub struct Session {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub(super) tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Session {
@@ -70,13 +70,13 @@ const KEPT: usize = 64 << 10;
 pub struct Ended(Arc<Mutex<EndedState>>);
 
 #[derive(Default)]
-struct EndedState {
+pub(super) struct EndedState {
     stderr: Vec<u8>,
-    failed: Option<String>,
+    pub(super) failed: Option<String>,
 }
 
 impl Ended {
-    fn state(&self) -> MutexGuard<'_, EndedState> {
+    pub(super) fn state(&self) -> MutexGuard<'_, EndedState> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -107,7 +107,7 @@ pub struct Exec {
 
 /// What the sending task does when its pipe ends.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum AtEnd {
+pub(super) enum AtEnd {
     /// v5: closes the channel; the connection stays open for what comes back.
     CloseChannel,
     /// v4 exec: nothing (only the whole connection could be closed, which would cut what
@@ -117,14 +117,48 @@ enum AtEnd {
     CloseConnection,
 }
 
-/// Sends what is written into `pipe` on `channel`, in messages of up to [`MESSAGE`] bytes,
-/// with a ping now and then.
-async fn send<S>(mut sink: S, mut pipe: DuplexStream, channel: u8, at_end: AtEnd)
-where
+/// How the data sent is framed in each WebSocket message.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// The channel protocols' (exec, WebSocket port-forward): the channel's byte first.
+    Channel(u8),
+    /// A SPDY data frame on this stream (the port-forward through the tunnel).
+    Spdy(u32),
+}
+
+impl Framing {
+    fn head(self) -> usize {
+        match self {
+            Framing::Channel(_) => 1,
+            Framing::Spdy(_) => super::spdy::DATA_HEADER,
+        }
+    }
+
+    /// Writes the head of a message carrying `n` bytes into `buf`'s first [`Framing::head`]
+    /// bytes.
+    fn write(self, buf: &mut [u8], n: usize) {
+        match self {
+            Framing::Channel(c) => buf[0] = c,
+            Framing::Spdy(id) => buf[..super::spdy::DATA_HEADER]
+                .copy_from_slice(&super::spdy::data_header(id, false, n)),
+        }
+    }
+}
+
+/// Sends what is written into `pipe`, framed as `framing` says, in messages of up to
+/// [`MESSAGE`] bytes of data; with what comes on `extra` (a SPDY server's ping answered)
+/// between them, and a ping now and then.
+pub(super) async fn send<S>(
+    mut sink: S,
+    mut pipe: DuplexStream,
+    framing: Framing,
+    at_end: AtEnd,
+    mut extra: Option<tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>>,
+) where
     S: futures_util::Sink<Message> + Unpin,
 {
-    let mut buf = vec![0u8; MESSAGE + 1];
-    buf[0] = channel;
+    let head = framing.head();
+    let mut buf = vec![0u8; MESSAGE + head];
     // A ping now and then, as kube-client's exec does: a connection that waits long for a
     // reply (the receiver hashing a large volume) is not dropped as idle by a load balancer
     // before the API server, and a dead one shows as an error.
@@ -133,13 +167,15 @@ where
     let mut open = true;
     loop {
         tokio::select! {
-            r = pipe.read(&mut buf[1..]), if open => match r {
+            r = pipe.read(&mut buf[head..]), if open => match r {
                 Ok(0) | Err(_) => {
                     open = false;
-                    let sent = match at_end {
-                        AtEnd::CloseChannel => sink.send(Message::binary(vec![CLOSE, channel])).await,
-                        AtEnd::KeepOpen => Ok(()),
-                        AtEnd::CloseConnection => {
+                    let sent = match (at_end, framing) {
+                        (AtEnd::CloseChannel, Framing::Channel(c)) => {
+                            sink.send(Message::binary(vec![CLOSE, c])).await
+                        }
+                        (AtEnd::CloseChannel | AtEnd::KeepOpen, _) => Ok(()),
+                        (AtEnd::CloseConnection, _) => {
                             let _ = sink.close().await;
                             return;
                         }
@@ -149,10 +185,19 @@ where
                     }
                 }
                 Ok(n) => {
-                    if sink.send(Message::binary(buf[..=n].to_vec())).await.is_err() {
+                    framing.write(&mut buf, n);
+                    if sink.send(Message::binary(buf[..head + n].to_vec())).await.is_err() {
                         return;
                     }
                 }
+            },
+            m = async { extra.as_mut()?.recv().await }, if extra.is_some() => match m {
+                Some(m) => {
+                    if sink.send(Message::binary(m)).await.is_err() {
+                        return;
+                    }
+                }
+                None => extra = None,
             },
             _ = ping.tick() => {
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
@@ -166,7 +211,7 @@ where
 /// The next channel message of `source`: its channel (the first byte) and its data (the
 /// other messages, and empty ones, are skipped); `None` once the connection is closed or
 /// ends.
-async fn next_on_channel<S>(
+pub(super) async fn next_on_channel<S>(
     source: &mut S,
 ) -> Option<
     Result<(u8, tokio_tungstenite::tungstenite::Bytes), tokio_tungstenite::tungstenite::Error>,
@@ -210,7 +255,7 @@ pub async fn exec(
     } else {
         AtEnd::KeepOpen
     };
-    let send = tokio::spawn(send(sink, stdin_r, STDIN, at_end));
+    let send = tokio::spawn(send(sink, stdin_r, Framing::Channel(STDIN), at_end, None));
     let who = shown.to_string();
     let ended = Ended::default();
     let ended_w = ended.clone();
@@ -267,80 +312,5 @@ pub async fn exec(
         },
         ended,
         ends_stdin: closes,
-    })
-}
-
-/// A port-forward's data to read and write (shut `to_pod` down to end it), and its session;
-/// an error the pod's side reported (no one listening on the port) is in `ended` once
-/// `from_pod` has ended.
-pub struct Forward {
-    pub from_pod: DuplexStream,
-    pub to_pod: DuplexStream,
-    pub session: Session,
-    pub ended: Ended,
-}
-
-/// A connection to `port` on the loopback of pod `name`, through the API server's
-/// port-forward (`pods/portforward`): the WebSocket protocol of the kubelet's streaming
-/// server, one port, channel 0 its data and channel 1 its error; the first message on
-/// each channel names the port (2 bytes, little-endian). Data goes out in messages of up to
-/// [`MESSAGE`] bytes (kube-client's `portforward` sends 4 KiB ones, as its exec does).
-pub async fn port_forward(
-    pods: &Api<Pod>,
-    name: &str,
-    port: u16,
-    shown: &str,
-) -> anyhow::Result<Forward> {
-    const DATA: u8 = 0;
-    const ERROR: u8 = 1;
-    let req = kube::core::Request::new(pods.resource_url()).portforward(name, &[port])?;
-    let conn = pods.clone().into_client().connect(req).await?;
-    let (sink, mut source) = conn.into_stream().split();
-    let (to_pod_r, to_pod) = tokio::io::duplex(PIPE);
-    let (from_pod, mut from_pod_w) = tokio::io::duplex(PIPE);
-    let send = tokio::spawn(send(sink, to_pod_r, DATA, AtEnd::CloseConnection));
-    let ended = Ended::default();
-    let ended_w = ended.clone();
-    let who = shown.to_string();
-    let recv = tokio::spawn(async move {
-        // Whether each channel's first message (the port) was seen.
-        let mut named = [false; 2];
-        while let Some(next) = next_on_channel(&mut source).await {
-            let (channel, data) = match next {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!("{who}: the port-forward broke: {e}");
-                    ended_w.state().failed.get_or_insert(e.to_string());
-                    break;
-                }
-            };
-            let rest = &data[..];
-            let Some(seen) = named.get_mut(usize::from(channel)) else {
-                continue;
-            };
-            if !*seen {
-                *seen = true;
-                continue;
-            }
-            match channel {
-                DATA if from_pod_w.write_all(rest).await.is_err() => break,
-                ERROR => {
-                    let why = String::from_utf8_lossy(rest).trim().to_string();
-                    tracing::warn!("{who}: the runtime ended the port-forward: {why}");
-                    ended_w.state().failed.get_or_insert(why);
-                    break;
-                }
-                _ => {}
-            }
-        }
-        let _ = from_pod_w.shutdown().await;
-    });
-    Ok(Forward {
-        from_pod,
-        to_pod,
-        session: Session {
-            tasks: vec![send, recv],
-        },
-        ended,
     })
 }

@@ -13,10 +13,12 @@
 //!   the object.
 
 pub mod exec;
+pub mod forward;
 pub mod handshake;
 pub mod preflight;
 pub mod receiver;
 pub mod server;
+pub mod spdy;
 
 use std::time::{Duration, Instant};
 

@@ -25,6 +25,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Cluster;
+use super::forward::{Forward, Protocol};
 use super::handshake;
 use crate::perms::Owner;
 use crate::plan::file::{KubeTarget, POD_MOUNT};
@@ -545,30 +546,33 @@ pub async fn check_access(cluster: &Cluster, ns: &str) -> anyhow::Result<()> {
 }
 
 /// The environment variable that chooses the receiver's stream: `port-forward` (the
-/// default) or `exec`.
+/// default), `port-forward-websocket` or `exec`.
 pub const STREAM_ENV: &str = "PROMIGRATE_RECEIVER_STREAM";
 
-/// Whether the receiver's stream is to go through a port-forward: `Err` says why not (the
-/// stream then goes through the exec).
-async fn forward_or_why(cluster: &Cluster, ns: &str) -> anyhow::Result<Result<(), String>> {
+/// How the receiver's stream is to go through a port-forward: SPDY through the tunnel
+/// first (the WebSocket protocol when the API server does not open the tunnel), or the
+/// WebSocket protocol only; `Err` says why not at all (the stream then goes through the
+/// exec).
+async fn forward_or_why(cluster: &Cluster, ns: &str) -> anyhow::Result<Result<Protocol, String>> {
     let bad = |v: &dyn std::fmt::Debug| -> anyhow::Error {
         crate::exit::InvalidInput(format!(
-            "{STREAM_ENV}={v:?} is not a stream: `port-forward` (the default) or `exec`. Nothing was created"
+            "{STREAM_ENV}={v:?} is not a stream: `port-forward` (the default), `port-forward-websocket` or `exec`. Nothing was created"
         ))
         .into()
     };
-    match std::env::var(STREAM_ENV) {
-        Err(std::env::VarError::NotPresent) => {}
+    let protocol = match std::env::var(STREAM_ENV) {
+        Err(std::env::VarError::NotPresent) => Protocol::Spdy,
         Err(std::env::VarError::NotUnicode(v)) => return Err(bad(&v)),
         Ok(v) => match v.as_str() {
-            "" | "port-forward" => {}
+            "" | "port-forward" => Protocol::Spdy,
+            "port-forward-websocket" => Protocol::WebSocket,
             "exec" => return Ok(Err(format!("{STREAM_ENV}=exec"))),
             _ => return Err(bad(&v)),
         },
-    }
+    };
     let missing = lacking(cluster, ns, FORWARD).await?;
     Ok(if missing.is_empty() {
-        Ok(())
+        Ok(protocol)
     } else {
         Err(format!(
             "the credentials of {} may not {} in namespace {ns}",
@@ -1212,7 +1216,7 @@ async fn connect(
     pods: &Api<Pod>,
     name: &str,
     shown: &str,
-    forward: Result<(), String>,
+    forward: Result<Protocol, String>,
 ) -> anyhow::Result<(Stream, super::exec::Session)> {
     let bin = format!("{BIN_DIR}/promigrate");
     let mut command = vec![bin.as_str(), "receive"];
@@ -1223,8 +1227,8 @@ async fn connect(
         .await
         .with_context(|| format!("cannot exec {bin} receive in {shown}"))?;
     match forward {
-        Ok(()) => {
-            if let Some(f) = through_forward(pods, name, shown, &mut e).await? {
+        Ok(protocol) => {
+            if let Some(f) = through_forward(pods, name, shown, protocol, &mut e).await? {
                 let stream = stream_of(shown, f.from_pod, f.to_pod);
                 return Ok((stream, e.session.and(f.session)));
             }
@@ -1259,8 +1263,9 @@ async fn through_forward(
     pods: &Api<Pod>,
     name: &str,
     shown: &str,
+    protocol: Protocol,
     e: &mut super::exec::Exec,
-) -> anyhow::Result<Option<super::exec::Forward>> {
+) -> anyhow::Result<Option<Forward>> {
     let Ok(line) = tokio::time::timeout(LISTEN_WAIT, first_line(&mut e.stdout)).await else {
         bail!(
             "receiver pod {shown} did not start the promigrate receiver: it said nothing within {} s (its messages, if any, are in the log)",
@@ -1279,10 +1284,11 @@ async fn through_forward(
         );
     };
     let port = test_forward_port(port)?;
-    match open_forward(pods, name, port, &token, shown).await? {
+    match open_forward(pods, name, port, &token, shown, protocol).await? {
         Ok(f) => {
             tracing::info!(
-                "receiver pod {shown}: the stream goes through a port-forward to its port {port}"
+                "receiver pod {shown}: the stream goes through a port-forward to its port {port} ({})",
+                f.protocol.describe()
             );
             Ok(Some(f))
         }
@@ -1337,28 +1343,43 @@ async fn first_line(r: &mut tokio::io::DuplexStream) -> String {
 
 /// A port-forward to the receiver's `port` that the receiver accepted (it brought
 /// `token`); `Ok(Err(why))` when the port-forward could not be opened or the pod's side
-/// refused it, so that the exec's stream can be used instead.
+/// refused it, so that the exec's stream can be used instead. SPDY through the tunnel that
+/// the API server does not open is followed by the WebSocket protocol.
 async fn open_forward(
     pods: &Api<Pod>,
     name: &str,
     port: u16,
     token: &str,
     shown: &str,
-) -> anyhow::Result<Result<super::exec::Forward, String>> {
-    let opened = tokio::time::timeout(
-        LISTEN_WAIT,
-        super::exec::port_forward(pods, name, port, shown),
-    )
-    .await;
-    let mut f = match opened {
-        Ok(Ok(f)) => f,
-        Ok(Err(e)) => return Ok(Err(format!("{e:#}"))),
-        Err(_) => {
-            return Ok(Err(format!(
+    protocol: Protocol,
+) -> anyhow::Result<Result<Forward, String>> {
+    let open = |protocol| async move {
+        match tokio::time::timeout(
+            LISTEN_WAIT,
+            super::forward::open(pods, name, port, shown, protocol),
+        )
+        .await
+        {
+            Ok(Ok(f)) => Ok(f),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(_) => Err(format!(
                 "the API server did not open it within {} s",
                 LISTEN_WAIT.as_secs()
-            )));
+            )),
         }
+    };
+    let opened = match open(protocol).await {
+        Err(why) if protocol == Protocol::Spdy => {
+            tracing::info!(
+                "receiver pod {shown}: no port-forward through the API server's SPDY tunnel ({why}); trying the WebSocket port-forward"
+            );
+            open(Protocol::WebSocket).await
+        }
+        other => other,
+    };
+    let mut f = match opened {
+        Ok(f) => f,
+        Err(why) => return Ok(Err(why)),
     };
     if f.to_pod
         .write_all(format!("{token}\n").as_bytes())

@@ -1,0 +1,307 @@
+//! A port-forward to a port on a pod's loopback, for the receiver's stream: SPDY through the
+//! API server's WebSocket tunnel (as `kubectl port-forward` speaks it), or the WebSocket
+//! port-forward protocol; data goes out in messages of up to [`MESSAGE`] bytes
+//! (kube-client's `portforward` sends 4 KiB ones, and only the WebSocket protocol).
+
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use tokio::io::{AsyncWriteExt, DuplexStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+use super::exec::{AtEnd, Ended, Framing, PIPE, Session, next_on_channel, send};
+use super::spdy;
+
+/// How a port-forward is spoken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// SPDY/3.1 through the API server's WebSocket tunnel (Kubernetes 1.30 and later): the
+    /// runtime's streaming server reads SPDY, which costs it a fifth of its WebSocket
+    /// port-forward on the test node (docs/performance.md).
+    Spdy,
+    /// The WebSocket port-forward protocol (`v4.channel.k8s.io`), which every API server
+    /// passes on.
+    WebSocket,
+}
+
+impl Protocol {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Protocol::Spdy => "SPDY through the API server's WebSocket tunnel",
+            Protocol::WebSocket => "WebSocket",
+        }
+    }
+}
+
+/// A port-forward's data to read and write (shut `to_pod` down to end it), and its session;
+/// an error the pod's side reported (no one listening on the port) is in `ended` once
+/// `from_pod` has ended.
+pub struct Forward {
+    pub from_pod: DuplexStream,
+    pub to_pod: DuplexStream,
+    pub session: Session,
+    pub ended: Ended,
+    pub protocol: Protocol,
+}
+
+/// A connection to `port` on the loopback of pod `name` (`pods/portforward`), spoken as
+/// `protocol` says.
+pub async fn open(
+    pods: &Api<Pod>,
+    name: &str,
+    port: u16,
+    shown: &str,
+    protocol: Protocol,
+) -> anyhow::Result<Forward> {
+    match protocol {
+        Protocol::Spdy => through_tunnel(pods, name, port, shown).await,
+        Protocol::WebSocket => websocket(pods, name, port, shown).await,
+    }
+}
+
+/// The WebSocket protocol of the kubelet's streaming server: one port, channel 0 its data
+/// and channel 1 its error; the first message on each channel names the port (2 bytes,
+/// little-endian).
+async fn websocket(pods: &Api<Pod>, name: &str, port: u16, shown: &str) -> anyhow::Result<Forward> {
+    const DATA: u8 = 0;
+    const ERROR: u8 = 1;
+    let req = kube::core::Request::new(pods.resource_url()).portforward(name, &[port])?;
+    let conn = pods.clone().into_client().connect(req).await?;
+    let (sink, mut source) = conn.into_stream().split();
+    let (to_pod_r, to_pod) = tokio::io::duplex(PIPE);
+    let (from_pod, mut from_pod_w) = tokio::io::duplex(PIPE);
+    let send = tokio::spawn(send(
+        sink,
+        to_pod_r,
+        Framing::Channel(DATA),
+        AtEnd::CloseConnection,
+        None,
+    ));
+    let ended = Ended::default();
+    let ended_w = ended.clone();
+    let who = shown.to_string();
+    let recv = tokio::spawn(async move {
+        // Whether each channel's first message (the port) was seen.
+        let mut named = [false; 2];
+        while let Some(next) = next_on_channel(&mut source).await {
+            let (channel, data) = match next {
+                Ok(m) => m,
+                Err(e) => {
+                    broke(&who, &ended_w, &e);
+                    break;
+                }
+            };
+            let rest = &data[..];
+            let Some(seen) = named.get_mut(usize::from(channel)) else {
+                continue;
+            };
+            if !*seen {
+                *seen = true;
+                continue;
+            }
+            match channel {
+                DATA if from_pod_w.write_all(rest).await.is_err() => break,
+                ERROR => {
+                    refused(&who, &ended_w, rest);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let _ = from_pod_w.shutdown().await;
+    });
+    Ok(Forward {
+        from_pod,
+        to_pod,
+        session: Session {
+            tasks: vec![send, recv],
+        },
+        ended,
+        protocol: Protocol::WebSocket,
+    })
+}
+
+/// The port-forward broke (the connection, or what came on it).
+fn broke(who: &str, ended: &Ended, e: &dyn std::fmt::Display) {
+    tracing::warn!("{who}: the port-forward broke: {e}");
+    ended.state().failed.get_or_insert(e.to_string());
+}
+
+/// The runtime said on the error stream why it ended the port-forward.
+fn refused(who: &str, ended: &Ended, said: &[u8]) {
+    let why = String::from_utf8_lossy(said).trim().to_string();
+    tracing::warn!("{who}: the runtime ended the port-forward: {why}");
+    ended.state().failed.get_or_insert(why);
+}
+
+/// SPDY/3.1 through the API server's WebSocket tunnel ([`spdy`]): an error stream (on
+/// which only the server writes) and a data stream for `port`, as `kubectl port-forward`
+/// opens them. `Err` when the API server does not open the tunnel (it predates it, or the
+/// feature is off) as well as for any other failure to open it.
+async fn through_tunnel(
+    pods: &Api<Pod>,
+    name: &str,
+    port: u16,
+    shown: &str,
+) -> anyhow::Result<Forward> {
+    let ws = tunnel(pods, name, port).await?;
+    let (mut sink, mut source) = ws.split();
+    let mut headers = spdy::Headers::default();
+    let port_s = port.to_string();
+    let stream = |kind| {
+        [
+            ("streamtype", kind),
+            ("port", port_s.as_str()),
+            ("requestid", "0"),
+        ]
+    };
+    let mut opening = headers.syn_stream(spdy::ERROR_STREAM, &stream("error"))?;
+    opening.extend_from_slice(&spdy::fin(spdy::ERROR_STREAM));
+    opening.extend_from_slice(&headers.syn_stream(spdy::DATA_STREAM, &stream("data"))?);
+    sink.send(Message::binary(opening)).await?;
+
+    let (to_pod_r, to_pod) = tokio::io::duplex(PIPE);
+    let (from_pod, mut from_pod_w) = tokio::io::duplex(PIPE);
+    let (pongs, pongs_r) = tokio::sync::mpsc::unbounded_channel();
+    let send = tokio::spawn(send(
+        sink,
+        to_pod_r,
+        Framing::Spdy(spdy::DATA_STREAM),
+        AtEnd::CloseConnection,
+        Some(pongs_r),
+    ));
+    let ended = Ended::default();
+    let ended_w = ended.clone();
+    let who = shown.to_string();
+    let recv = tokio::spawn(async move {
+        let mut frames = spdy::Reader::default();
+        let mut said = Vec::new();
+        'messages: while let Some(m) = source.next().await {
+            match m {
+                Ok(Message::Binary(d)) => frames.push(&d),
+                Ok(Message::Close(_)) => break,
+                Ok(_) => continue,
+                Err(e) => {
+                    broke(&who, &ended_w, &e);
+                    break;
+                }
+            }
+            loop {
+                let frame = match frames.frame() {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => {
+                        broke(&who, &ended_w, &e);
+                        break 'messages;
+                    }
+                };
+                match frame {
+                    spdy::Frame::Data { stream, fin, data } if stream == spdy::DATA_STREAM => {
+                        let written = from_pod_w.write_all(&data).await;
+                        if written.is_err() || fin {
+                            break 'messages;
+                        }
+                    }
+                    spdy::Frame::Data { stream, fin, data } if stream == spdy::ERROR_STREAM => {
+                        said.extend_from_slice(&data);
+                        if fin && !said.is_empty() {
+                            break 'messages;
+                        }
+                    }
+                    spdy::Frame::Reset { stream, status } => {
+                        broke(
+                            &who,
+                            &ended_w,
+                            &format!("the server reset SPDY stream {stream} (status {status})"),
+                        );
+                        break 'messages;
+                    }
+                    spdy::Frame::Ping { id } => {
+                        let _ = pongs.send(spdy::pong(id));
+                    }
+                    spdy::Frame::GoAway { .. } => break 'messages,
+                    _ => {}
+                }
+            }
+        }
+        if !said.is_empty() {
+            refused(&who, &ended_w, &said);
+        }
+        let _ = from_pod_w.shutdown().await;
+    });
+    Ok(Forward {
+        from_pod,
+        to_pod,
+        session: Session {
+            tasks: vec![send, recv],
+        },
+        ended,
+        protocol: Protocol::Spdy,
+    })
+}
+
+/// The WebSocket upgrade of `pods/portforward` with the tunnel's subprotocol, over kube's
+/// client (its TLS and credentials). kube's own `connect` is not used: it names the channel
+/// protocols as the WebSocket subprotocols.
+async fn tunnel(
+    pods: &Api<Pod>,
+    name: &str,
+    port: u16,
+) -> anyhow::Result<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>> {
+    use http::header::{
+        CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+        SEC_WEBSOCKET_VERSION, UPGRADE,
+    };
+    let req = kube::core::Request::new(pods.resource_url()).portforward(name, &[port])?;
+    let (mut parts, body) = req.into_parts();
+    let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+    let h = &mut parts.headers;
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    h.insert(SEC_WEBSOCKET_KEY, HeaderValue::from_str(&key)?);
+    h.insert(
+        SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(spdy::TUNNEL_PROTOCOL),
+    );
+    let client = pods.clone().into_client();
+    let res = client
+        .send(http::Request::from_parts(
+            parts,
+            kube::client::Body::from(body),
+        ))
+        .await?;
+    let status = res.status();
+    if status != http::StatusCode::SWITCHING_PROTOCOLS {
+        let body = res.into_body().collect_bytes().await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&body);
+        let said = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| text.trim().chars().take(200).collect());
+        anyhow::bail!("the API server answered {status}: {said}");
+    }
+    let header = |n| {
+        res.headers()
+            .get(n)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let protocol = header(SEC_WEBSOCKET_PROTOCOL);
+    anyhow::ensure!(
+        protocol == spdy::TUNNEL_PROTOCOL,
+        "the API server chose the WebSocket subprotocol {protocol:?}, not {}",
+        spdy::TUNNEL_PROTOCOL
+    );
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    anyhow::ensure!(
+        header(SEC_WEBSOCKET_ACCEPT) == accept,
+        "the API server's WebSocket upgrade did not answer our key"
+    );
+    let upgraded = hyper::upgrade::on(res).await?;
+    Ok(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await)
+}
