@@ -23,6 +23,10 @@
 #   PROMIGRATE_KUBE_CONTROLLERS  kube-controller-manager --controllers value (default: the PV
 #                                binder, PV protection, PVC protection, statefulset and garbage
 #                                collector controllers)
+#   PROMIGRATE_KUBE_APISERVER_FEATURE_GATES
+#                                kube-apiserver --feature-gates value (default: none given), e.g.
+#                                PortForwardWebsockets=false for an API server without the
+#                                port-forward's SPDY tunnel (as before Kubernetes 1.31)
 #   PROMIGRATE_KUBE_TIMEOUT      seconds to wait for each component to be ready (default 120)
 #   PROMIGRATE_KUBE_BUILD_JOBS   go build -p (default 2)
 #
@@ -333,7 +337,9 @@ cmd_up() {
 	# kube-apiserver -------------------------------------------------------------------------
 	local server=https://127.0.0.1:$api_port
 	mkdir -p "$STATE/apiserver-certs"
-	start kube-apiserver "$BIN/kube-apiserver" \
+	local gates=()
+	[[ -z ${PROMIGRATE_KUBE_APISERVER_FEATURE_GATES:-} ]] || gates=(--feature-gates="$PROMIGRATE_KUBE_APISERVER_FEATURE_GATES")
+	start kube-apiserver "$BIN/kube-apiserver" "${gates[@]}" \
 		--etcd-servers="$etcd_url" \
 		--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
 		--cert-dir="$STATE/apiserver-certs" \

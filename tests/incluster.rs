@@ -79,7 +79,11 @@ fn pods_left(node: &TestNode) -> Vec<String> {
 }
 
 fn node_with_claim() -> (TestNode, PathBuf) {
-    let node = TestNode::up();
+    node_with_claim_on(TestNode::up())
+}
+
+/// `node` with [`node_with_claim`]'s namespace, volume and claim.
+fn node_with_claim_on(node: TestNode) -> (TestNode, PathBuf) {
     node.restricted_namespace(NS);
     let vol = node.volume_dir("prom");
     node.local_volume("pv-prom", &vol, NS, "data-prom-0");
@@ -324,12 +328,21 @@ fn without_pods_portforward_or_when_told_the_stream_goes_through_the_exec_and_en
         err.contains("the stream goes through the exec (PROMIGRATE_RECEIVER_STREAM=exec"),
         "{err}"
     );
+    // The variable chooses the WebSocket port-forward instead of SPDY through the tunnel.
+    let (code, out, err) = verify_with("PROMIGRATE_RECEIVER_STREAM", "port-forward-websocket");
+    assert_eq!(code, 0, "verify: {out}\n{err}");
+    assert!(
+        err.contains("the stream goes through a port-forward") && err.contains("(WebSocket)"),
+        "{err}"
+    );
     // A port-forward that RBAC allows but the runtime cannot connect (the port where
     // nothing listens, injected): the stream goes through the exec, with a warning.
     let (code, out, err) = verify_with("PROMIGRATE_TEST_FORWARD_PORT", "1");
     assert_eq!(code, 0, "verify: {out}\n{err}");
+    // The runtime's own words (containerd writes them on the error stream after it has
+    // ended the data stream) are in the warning.
     assert!(
-        err.contains("no port-forward to it (")
+        err.contains("no port-forward to it (error forwarding port 1")
             && err.contains("the stream goes through the exec instead"),
         "{err}"
     );
@@ -339,6 +352,33 @@ fn without_pods_portforward_or_when_told_the_stream_goes_through_the_exec_and_en
     assert!(
         err.contains("PROMIGRATE_RECEIVER_STREAM=\"ssh\" is not a stream"),
         "{err}"
+    );
+    assert_eq!(pods_left(&node), Vec::<String>::new());
+}
+
+#[test]
+fn an_api_server_without_the_spdy_tunnel_gets_the_websocket_port_forward_and_ends_byte_equal() {
+    // The API server as before Kubernetes 1.31 (or with the feature turned off): it passes
+    // the WebSocket upgrade on to the kubelet untranslated, where the tunnel's subprotocol
+    // is not spoken.
+    let (node, vol) = node_with_claim_on(TestNode::up_with(&[(
+        "PROMIGRATE_KUBE_APISERVER_FEATURE_GATES",
+        "PortForwardWebsockets=false",
+    )]));
+    let ws = common::Workspace::new();
+    write_plan(&ws, &node.kubeconfig, &standin(&node));
+    let (code, out, err) = run(&ws, &["apply", "--yes"]);
+    assert_eq!(code, 0, "apply: {out}\n{err}");
+    assert!(
+        err.contains("no port-forward through the API server's SPDY tunnel (")
+            && err.contains("the stream goes through a port-forward")
+            && err.contains("(WebSocket)"),
+        "{err}"
+    );
+    assert_eq!(
+        common::content_hashes(&vol.join("prometheus-db")),
+        wanted(&ws),
+        "byte-equal on the PV"
     );
     assert_eq!(pods_left(&node), Vec::<String>::new());
 }

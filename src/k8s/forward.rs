@@ -15,6 +15,9 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use super::exec::{AtEnd, Ended, Framing, PIPE, Session, next_on_channel, send};
 use super::spdy;
 
+/// How long the error stream's end is waited for once the data stream has ended.
+const ERROR_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How a port-forward is spoken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -178,13 +181,28 @@ async fn through_tunnel(
     let who = shown.to_string();
     let recv = tokio::spawn(async move {
         let mut frames = spdy::Reader::default();
+        // What the server wrote on the error stream, and a reset of either stream.
         let mut said = Vec::new();
-        'messages: while let Some(m) = source.next().await {
-            match m {
-                Ok(Message::Binary(d)) => frames.push(&d),
-                Ok(Message::Close(_)) => break,
-                Ok(_) => continue,
-                Err(e) => {
+        let mut reset = None;
+        let (mut data_open, mut error_open) = (true, true);
+        // The runtimes end the data stream before they write the error (containerd) or
+        // after it (the kubelet's streaming server): once the data stream has ended, the
+        // error stream's end is waited for (a little) before the data's end is passed on,
+        // so that the reader finds the error in `ended` when it sees the end.
+        'messages: while data_open || error_open {
+            let next = if data_open {
+                source.next().await
+            } else {
+                match tokio::time::timeout(ERROR_LINGER, source.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                }
+            };
+            match next {
+                Some(Ok(Message::Binary(d))) => frames.push(&d),
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => {
                     broke(&who, &ended_w, &e);
                     break;
                 }
@@ -200,24 +218,22 @@ async fn through_tunnel(
                 };
                 match frame {
                     spdy::Frame::Data { stream, fin, data } if stream == spdy::DATA_STREAM => {
-                        let written = from_pod_w.write_all(&data).await;
-                        if written.is_err() || fin {
+                        if !data.is_empty() && from_pod_w.write_all(&data).await.is_err() {
+                            // No one reads any more.
                             break 'messages;
                         }
+                        data_open &= !fin;
                     }
                     spdy::Frame::Data { stream, fin, data } if stream == spdy::ERROR_STREAM => {
                         said.extend_from_slice(&data);
-                        if fin && !said.is_empty() {
-                            break 'messages;
-                        }
+                        error_open &= !fin;
                     }
                     spdy::Frame::Reset { stream, status } => {
-                        broke(
-                            &who,
-                            &ended_w,
-                            &format!("the server reset SPDY stream {stream} (status {status})"),
-                        );
-                        break 'messages;
+                        data_open &= stream != spdy::DATA_STREAM;
+                        error_open &= stream != spdy::ERROR_STREAM;
+                        reset.get_or_insert(format!(
+                            "the server reset SPDY stream {stream} (status {status})"
+                        ));
                     }
                     spdy::Frame::Ping { id } => {
                         let _ = pongs.send(spdy::pong(id));
@@ -229,6 +245,8 @@ async fn through_tunnel(
         }
         if !said.is_empty() {
             refused(&who, &ended_w, &said);
+        } else if let Some(r) = reset {
+            broke(&who, &ended_w, &r);
         }
         let _ = from_pod_w.shutdown().await;
     });
@@ -282,6 +300,9 @@ async fn tunnel(
             .ok()
             .and_then(|v| v["message"].as_str().map(str::to_string))
             .unwrap_or_else(|| text.trim().chars().take(200).collect());
+        if said.is_empty() {
+            anyhow::bail!("the API server answered {status}, with no message");
+        }
         anyhow::bail!("the API server answered {status}: {said}");
     }
     let header = |n| {

@@ -140,6 +140,11 @@ fn discard(root: tempfile::TempDir) {
 
 impl TestNode {
     pub fn up() -> TestNode {
+        TestNode::up_with(&[])
+    }
+
+    /// A node whose scripts get `env` too (e.g. `PROMIGRATE_KUBE_APISERVER_FEATURE_GATES`).
+    pub fn up_with(env: &[(&str, &str)]) -> TestNode {
         let lock = tests_lock();
         down_orphan();
         let tempdir = || {
@@ -153,6 +158,7 @@ impl TestNode {
                 .arg(script())
                 .arg("up")
                 .arg(root.path().join("state"))
+                .envs(env.iter().copied())
                 .stderr(Stdio::inherit())
                 .output()
                 .unwrap()
