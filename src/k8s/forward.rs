@@ -18,6 +18,9 @@ use super::spdy;
 /// How long the error stream's end is waited for once the data stream has ended.
 const ERROR_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How much of what the server writes on the error stream is kept.
+const SAID: usize = 4 << 10;
+
 /// How a port-forward is spoken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -225,7 +228,8 @@ async fn through_tunnel(
                         data_open &= !fin;
                     }
                     spdy::Frame::Data { stream, fin, data } if stream == spdy::ERROR_STREAM => {
-                        said.extend_from_slice(&data);
+                        let room = SAID.saturating_sub(said.len());
+                        said.extend_from_slice(&data[..data.len().min(room)]);
                         error_open &= !fin;
                     }
                     spdy::Frame::Reset { stream, status } => {
