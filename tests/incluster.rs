@@ -343,7 +343,8 @@ fn without_pods_portforward_or_when_told_the_stream_goes_through_the_exec_and_en
     // ended the data stream) are in the warning.
     assert!(
         err.contains("no port-forward to it (error forwarding port 1")
-            && err.contains("the stream goes through the exec instead"),
+            && err.contains("the stream goes through the exec instead")
+            && !err.contains("no port-forward through the API server's SPDY tunnel"),
         "{err}"
     );
     // A value it does not know is an error before anything is created.

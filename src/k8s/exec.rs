@@ -19,6 +19,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// The largest message of data sent (an exec's stdin, a port-forward's data).
 pub(super) const MESSAGE: usize = 256 << 10;
+// A SPDY data frame's length has 24 bits.
+const _: () = assert!(MESSAGE <= super::spdy::MAX_PAYLOAD);
 /// What is buffered between the writer and the stdin messages, and before the reader.
 pub(super) const PIPE: usize = 4 << 20;
 /// How often a ping goes out (kube-client's exec: every 60 s).
@@ -153,7 +155,7 @@ pub(super) async fn send<S>(
     mut pipe: DuplexStream,
     framing: Framing,
     at_end: AtEnd,
-    mut extra: Option<tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>>,
+    mut extra: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
 ) where
     S: futures_util::Sink<Message> + Unpin,
 {
@@ -164,6 +166,7 @@ pub(super) async fn send<S>(
     // before the API server, and a dead one shows as an error.
     let mut ping = tokio::time::interval(PING);
     ping.tick().await;
+    let mut spdy_ping: u32 = 1;
     let mut open = true;
     loop {
         tokio::select! {
@@ -202,6 +205,15 @@ pub(super) async fn send<S>(
             _ = ping.tick() => {
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
                     return;
+                }
+                // Through the tunnel the WebSocket's ping ends at the API server: a SPDY
+                // PING (odd: the client's) reaches the runtime, whose SPDY connection counts
+                // only SPDY frames against its idle timeout (kubectl's tunnel: every 10 s).
+                if let Framing::Spdy(_) = framing {
+                    spdy_ping = spdy_ping.wrapping_add(2);
+                    if sink.send(Message::binary(super::spdy::ping(spdy_ping))).await.is_err() {
+                        return;
+                    }
                 }
             }
         }

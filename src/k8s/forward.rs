@@ -1,6 +1,6 @@
 //! A port-forward to a port on a pod's loopback, for the receiver's stream: SPDY through the
 //! API server's WebSocket tunnel (as `kubectl port-forward` speaks it), or the WebSocket
-//! port-forward protocol; data goes out in messages of up to [`MESSAGE`] bytes
+//! port-forward protocol; data goes out in messages of up to 256 KiB
 //! (kube-client's `portforward` sends 4 KiB ones, and only the WebSocket protocol).
 
 use futures_util::{SinkExt, StreamExt};
@@ -24,7 +24,7 @@ const SAID: usize = 4 << 10;
 /// How a port-forward is spoken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
-    /// SPDY/3.1 through the API server's WebSocket tunnel (Kubernetes 1.30 and later): the
+    /// SPDY/3.1 through the API server's WebSocket tunnel (Kubernetes 1.31 and later): the
     /// runtime's streaming server reads SPDY, which costs it a fifth of its WebSocket
     /// port-forward on the test node (docs/performance.md).
     Spdy,
@@ -171,7 +171,7 @@ async fn through_tunnel(
 
     let (to_pod_r, to_pod) = tokio::io::duplex(PIPE);
     let (from_pod, mut from_pod_w) = tokio::io::duplex(PIPE);
-    let (pongs, pongs_r) = tokio::sync::mpsc::unbounded_channel();
+    let (pongs, pongs_r) = tokio::sync::mpsc::channel(16);
     let send = tokio::spawn(send(
         sink,
         to_pod_r,
@@ -192,18 +192,27 @@ async fn through_tunnel(
         // after it (the kubelet's streaming server): once the data stream has ended, the
         // error stream's end is waited for (a little) before the data's end is passed on,
         // so that the reader finds the error in `ended` when it sees the end.
+        let mut linger_until = None;
+        let mut ended_early = None;
         'messages: while data_open || error_open {
-            let next = if data_open {
-                source.next().await
-            } else {
-                match tokio::time::timeout(ERROR_LINGER, source.next()).await {
+            if !data_open && linger_until.is_none() {
+                linger_until = Some(tokio::time::Instant::now() + ERROR_LINGER);
+            }
+            let next = match linger_until {
+                None => source.next().await,
+                Some(t) => match tokio::time::timeout_at(t, source.next()).await {
                     Ok(next) => next,
                     Err(_) => break,
-                }
+                },
             };
             match next {
                 Some(Ok(Message::Binary(d))) => frames.push(&d),
-                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(Message::Close(_))) | None => {
+                    if data_open {
+                        ended_early = Some("the API server closed the tunnel".to_string());
+                    }
+                    break;
+                }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => {
                     broke(&who, &ended_w, &e);
@@ -239,10 +248,18 @@ async fn through_tunnel(
                             "the server reset SPDY stream {stream} (status {status})"
                         ));
                     }
-                    spdy::Frame::Ping { id } => {
-                        let _ = pongs.send(spdy::pong(id));
+                    spdy::Frame::Ping { id } if spdy::is_servers_ping(id) => {
+                        // A server that pings faster than the answers go out gets fewer.
+                        let _ = pongs.try_send(spdy::ping(id));
                     }
-                    spdy::Frame::GoAway { .. } => break 'messages,
+                    spdy::Frame::GoAway { status } => {
+                        if data_open {
+                            ended_early = Some(format!(
+                                "the server ended the SPDY connection (GOAWAY, status {status})"
+                            ));
+                        }
+                        break 'messages;
+                    }
                     _ => {}
                 }
             }
@@ -251,6 +268,11 @@ async fn through_tunnel(
             refused(&who, &ended_w, &said);
         } else if let Some(r) = reset {
             broke(&who, &ended_w, &r);
+        } else if let Some(why) = ended_early {
+            // Not a warning: the driver's own close at the end of a run ends it this way too.
+            // It is what a handshake that reads nothing more is told.
+            tracing::debug!("{who}: {why}");
+            ended_w.state().failed.get_or_insert(why);
         }
         let _ = from_pod_w.shutdown().await;
     });

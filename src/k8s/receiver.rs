@@ -1353,6 +1353,9 @@ async fn open_forward(
     shown: &str,
     protocol: Protocol,
 ) -> anyhow::Result<Result<Forward, String>> {
+    // `Err((why, answered))`: `answered` when the API server said no (a timeout is not
+    // followed by another attempt: a server that did not answer one upgrade would not
+    // answer the next, and the receiver waits for the choice only so long).
     let open = |protocol| async move {
         match tokio::time::timeout(
             LISTEN_WAIT,
@@ -1361,15 +1364,18 @@ async fn open_forward(
         .await
         {
             Ok(Ok(f)) => Ok(f),
-            Ok(Err(e)) => Err(format!("{e:#}")),
-            Err(_) => Err(format!(
-                "the API server did not open it within {} s",
-                LISTEN_WAIT.as_secs()
+            Ok(Err(e)) => Err((format!("{e:#}"), true)),
+            Err(_) => Err((
+                format!(
+                    "the API server did not open it within {} s",
+                    LISTEN_WAIT.as_secs()
+                ),
+                false,
             )),
         }
     };
     let opened = match open(protocol).await {
-        Err(why) if protocol == Protocol::Spdy => {
+        Err((why, true)) if protocol == Protocol::Spdy => {
             tracing::info!(
                 "receiver pod {shown}: no port-forward through the API server's SPDY tunnel ({why}); trying the WebSocket port-forward"
             );
@@ -1379,7 +1385,7 @@ async fn open_forward(
     };
     let mut f = match opened {
         Ok(f) => f,
-        Err(why) => return Ok(Err(why)),
+        Err((why, _)) => return Ok(Err(why)),
     };
     if f.to_pod
         .write_all(format!("{token}\n").as_bytes())
@@ -1400,7 +1406,7 @@ async fn open_forward(
         }))),
         // Not the exec's stream now: the receiver may have taken this connection.
         Err(_) => bail!(
-            "the port-forward to the receiver's port {port} gave no answer within {} s; rerun with {STREAM_ENV}=exec (docs/receiver.md, \"The stream\")",
+            "the port-forward to the receiver's port {port} gave no answer within {} s; rerun with {STREAM_ENV}=port-forward-websocket, or =exec (docs/receiver.md, \"The stream\")",
             LISTEN_WAIT.as_secs()
         ),
     }

@@ -1,5 +1,5 @@
 //! The little of SPDY/3.1 that a port-forward needs, for the receiver's stream through the
-//! API server's WebSocket tunnel (`SPDY/3.1+portforward.k8s.io`, Kubernetes 1.30 and later,
+//! API server's WebSocket tunnel (`SPDY/3.1+portforward.k8s.io`, Kubernetes 1.31 and later,
 //! as `kubectl port-forward` speaks it): the API server passes the tunnel's bytes on to the
 //! kubelet as they are, and the runtime's streaming server reads SPDY, which costs it much
 //! less than its WebSocket port-forward (docs/performance.md).
@@ -116,10 +116,17 @@ pub fn fin(stream: u32) -> [u8; DATA_HEADER] {
     data_header(stream, true, 0)
 }
 
-/// The answer to the server's `PING` with `id`: the same frame back.
-pub fn pong(id: u32) -> Vec<u8> {
+/// A `PING` with `id`: the client's own have odd ids; a server's (even) are answered with
+/// the same frame back.
+pub fn ping(id: u32) -> Vec<u8> {
     // A 4-byte payload cannot be too large.
     control(PING, 0, &id.to_be_bytes()).unwrap_or_default()
+}
+
+/// Whether a `PING` with `id` is the server's, to be answered (a client's own come back
+/// with odd ids, and are not).
+pub fn is_servers_ping(id: u32) -> bool {
+    id.is_multiple_of(2)
 }
 
 /// A frame read from the server, as far as a port-forward cares.
@@ -297,7 +304,7 @@ mod tests {
         let mut bytes = Vec::new();
         bytes.extend_from_slice(&data_header(3, false, 5));
         bytes.extend_from_slice(b"hello");
-        bytes.extend_from_slice(&pong(7));
+        bytes.extend_from_slice(&ping(7));
         // A SYN_REPLY (skipped), a reset, a data frame with FIN, a GOAWAY.
         bytes.extend_from_slice(&control(2, 0, &[0, 0, 0, 3, 0x78, 0x9c]).unwrap());
         bytes.extend_from_slice(&control(RST_STREAM, 0, &[0, 0, 0, 1, 0, 0, 0, 5]).unwrap());
@@ -350,6 +357,14 @@ mod tests {
         r.push(&other);
         let e = r.frame().unwrap_err().to_string();
         assert!(e.contains("SPDY version 2"), "{e}");
+    }
+
+    #[test]
+    fn only_the_servers_pings_are_answered() {
+        // The server's have even ids; a client's own (odd) come back as the server's echo.
+        assert!(is_servers_ping(2) && is_servers_ping(0));
+        assert!(!is_servers_ping(1) && !is_servers_ping(3));
+        assert_eq!(ping(3), [0x80, 3, 0, 6, 0, 0, 0, 4, 0, 0, 0, 3]);
     }
 
     #[test]
