@@ -385,6 +385,49 @@ fn an_api_server_without_the_spdy_tunnel_gets_the_websocket_port_forward_and_end
 }
 
 #[test]
+fn an_ssh_source_is_written_through_a_receiver_pod_and_verified_byte_equal() {
+    // The source on "the VM" (a real sshd on 127.0.0.1), the target a claim only the
+    // cluster can attach: the tool's two remote ends at once.
+    let (node, vol, ws) = node_claim_and_plan();
+    let sshd = common::sshd::Sshd::start();
+    let local = format!("source:\n  path: {}\n", ws.source.display());
+    let yaml = std::fs::read_to_string(&ws.plan).unwrap();
+    assert!(yaml.contains(&local), "plan template changed");
+    let yaml = yaml.replace(
+        &local,
+        &format!(
+            "{local}  ssh:\n    host: 127.0.0.1\n    port: {}\n    user: root\n    identityFile: {}\n    knownHostsFile: {}\n",
+            sshd.port,
+            sshd.path("client_key").display(),
+            sshd.path("known_hosts").display()
+        ),
+    );
+    std::fs::write(&ws.plan, yaml).unwrap();
+    let (code, out, err) = run(&ws, &["plan"]);
+    assert_eq!(code, 0, "plan: {out}\n{err}");
+    assert!(
+        out.contains(&format!(
+            "source  root@127.0.0.1:{}:{}",
+            sshd.port,
+            ws.source.display()
+        )) && out.contains("receiver pod"),
+        "{out}"
+    );
+    // Over SSH promigrate cannot see the source's processes: the operator says it stopped.
+    let (code, out, err) = run(&ws, &["apply", "--yes", "--source-stopped"]);
+    assert_eq!(code, 0, "apply: {out}\n{err}");
+    assert_spdy(&err);
+    assert_eq!(
+        common::content_hashes(&vol.join("prometheus-db")),
+        wanted(&ws),
+        "byte-equal on the PV"
+    );
+    let (code, out, err) = run(&ws, &["verify"]);
+    assert_eq!(code, 0, "verify: {out}\n{err}");
+    assert_eq!(pods_left(&node), Vec::<String>::new());
+}
+
+#[test]
 fn an_apply_killed_mid_copy_leaves_its_pod_and_the_rerun_removes_it_and_ends_byte_equal() {
     let (node, vol, ws) = node_claim_and_plan();
     // About 8 s of copying at this limit, once the pod runs; killed once the receiver has

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod fake_prometheus;
 pub mod node;
 pub mod operator;
+pub mod sshd;
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
