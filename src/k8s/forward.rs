@@ -25,7 +25,7 @@ const SAID: usize = 4 << 10;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
     /// SPDY/3.1 through the API server's WebSocket tunnel (Kubernetes 1.31 and later): the
-    /// runtime's streaming server reads SPDY, which costs it a fifth of its WebSocket
+    /// runtime's streaming server reads SPDY, which costs it about a quarter of its WebSocket
     /// port-forward on the test node (docs/performance.md).
     Spdy,
     /// The WebSocket port-forward protocol (`v4.channel.k8s.io`), which every API server
@@ -77,19 +77,8 @@ async fn websocket(pods: &Api<Pod>, name: &str, port: u16, shown: &str) -> anyho
     let req = kube::core::Request::new(pods.resource_url()).portforward(name, &[port])?;
     let conn = pods.clone().into_client().connect(req).await?;
     let (sink, mut source) = conn.into_stream().split();
-    let (to_pod_r, to_pod) = tokio::io::duplex(PIPE);
-    let (from_pod, mut from_pod_w) = tokio::io::duplex(PIPE);
-    let send = tokio::spawn(send(
-        sink,
-        to_pod_r,
-        Framing::Channel(DATA),
-        AtEnd::CloseConnection,
-        None,
-    ));
-    let ended = Ended::default();
-    let ended_w = ended.clone();
     let who = shown.to_string();
-    let recv = tokio::spawn(async move {
+    let recv = move |mut from_pod_w: DuplexStream, ended_w: Ended| async move {
         // Whether each channel's first message (the port) was seen.
         let mut named = [false; 2];
         while let Some(next) = next_on_channel(&mut source).await {
@@ -117,17 +106,50 @@ async fn websocket(pods: &Api<Pod>, name: &str, port: u16, shown: &str) -> anyho
                 _ => {}
             }
         }
+        from_pod_w
+    };
+    Ok(started(
+        sink,
+        Framing::Channel(DATA),
+        None,
+        Protocol::WebSocket,
+        recv,
+    ))
+}
+
+/// A port-forward whose data go out on `sink` framed as `framing` (with what comes on
+/// `extra`), and whose receiving task is `recv` (given where the pod's data go, and where
+/// to say how it ended; it returns the former, which is then shut down).
+fn started<S, R, F>(
+    sink: S,
+    framing: Framing,
+    extra: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+    protocol: Protocol,
+    recv: R,
+) -> Forward
+where
+    S: futures_util::Sink<Message> + Unpin + Send + 'static,
+    R: FnOnce(DuplexStream, Ended) -> F,
+    F: std::future::Future<Output = DuplexStream> + Send + 'static,
+{
+    let (to_pod_r, to_pod) = tokio::io::duplex(PIPE);
+    let (from_pod, from_pod_w) = tokio::io::duplex(PIPE);
+    let send = tokio::spawn(send(sink, to_pod_r, framing, AtEnd::CloseConnection, extra));
+    let ended = Ended::default();
+    let receiving = recv(from_pod_w, ended.clone());
+    let recv = tokio::spawn(async move {
+        let mut from_pod_w = receiving.await;
         let _ = from_pod_w.shutdown().await;
     });
-    Ok(Forward {
+    Forward {
         from_pod,
         to_pod,
         session: Session {
             tasks: vec![send, recv],
         },
         ended,
-        protocol: Protocol::WebSocket,
-    })
+        protocol,
+    }
 }
 
 /// The port-forward broke (the connection, or what came on it).
@@ -169,20 +191,9 @@ async fn through_tunnel(
     opening.extend_from_slice(&headers.syn_stream(spdy::DATA_STREAM, &stream("data"))?);
     sink.send(Message::binary(opening)).await?;
 
-    let (to_pod_r, to_pod) = tokio::io::duplex(PIPE);
-    let (from_pod, mut from_pod_w) = tokio::io::duplex(PIPE);
     let (pongs, pongs_r) = tokio::sync::mpsc::channel(16);
-    let send = tokio::spawn(send(
-        sink,
-        to_pod_r,
-        Framing::Spdy(spdy::DATA_STREAM),
-        AtEnd::CloseConnection,
-        Some(pongs_r),
-    ));
-    let ended = Ended::default();
-    let ended_w = ended.clone();
     let who = shown.to_string();
-    let recv = tokio::spawn(async move {
+    let recv = move |mut from_pod_w: DuplexStream, ended_w: Ended| async move {
         let mut frames = spdy::Reader::default();
         // What the server wrote on the error stream, and a reset of either stream.
         let mut said = Vec::new();
@@ -274,17 +285,15 @@ async fn through_tunnel(
             tracing::debug!("{who}: {why}");
             ended_w.state().failed.get_or_insert(why);
         }
-        let _ = from_pod_w.shutdown().await;
-    });
-    Ok(Forward {
-        from_pod,
-        to_pod,
-        session: Session {
-            tasks: vec![send, recv],
-        },
-        ended,
-        protocol: Protocol::Spdy,
-    })
+        from_pod_w
+    };
+    Ok(started(
+        sink,
+        Framing::Spdy(spdy::DATA_STREAM),
+        Some(pongs_r),
+        Protocol::Spdy,
+        recv,
+    ))
 }
 
 /// The WebSocket upgrade of `pods/portforward` with the tunnel's subprotocol, over kube's

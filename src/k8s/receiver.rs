@@ -1353,7 +1353,8 @@ async fn open_forward(
     shown: &str,
     protocol: Protocol,
 ) -> anyhow::Result<Result<Forward, String>> {
-    // `Err((why, answered))`: `answered` when the API server said no (a timeout is not
+    // `Err((why, answered))`: `answered` when the attempt ended with an answer or an error
+    // (a refusal, a failed connection), not a timeout (a timeout is not
     // followed by another attempt: a server that did not answer one upgrade would not
     // answer the next, and the receiver waits for the choice only so long).
     let open = |protocol| async move {
@@ -1367,7 +1368,8 @@ async fn open_forward(
             Ok(Err(e)) => Err((format!("{e:#}"), true)),
             Err(_) => Err((
                 format!(
-                    "the API server did not open it within {} s",
+                    "the API server did not open it ({}) within {} s",
+                    protocol.describe(),
                     LISTEN_WAIT.as_secs()
                 ),
                 false,
@@ -1405,10 +1407,17 @@ async fn open_forward(
             "the port-forward ended before the receiver answered".into()
         }))),
         // Not the exec's stream now: the receiver may have taken this connection.
-        Err(_) => bail!(
-            "the port-forward to the receiver's port {port} gave no answer within {} s; rerun with {STREAM_ENV}=port-forward-websocket, or =exec (docs/receiver.md, \"The stream\")",
-            LISTEN_WAIT.as_secs()
-        ),
+        Err(_) => {
+            let instead = match f.protocol {
+                Protocol::Spdy => "port-forward-websocket, or =exec",
+                Protocol::WebSocket => "exec",
+            };
+            bail!(
+                "the port-forward ({}) to the receiver's port {port} gave no answer within {} s; rerun with {STREAM_ENV}={instead} (docs/receiver.md, \"The stream\")",
+                f.protocol.describe(),
+                LISTEN_WAIT.as_secs()
+            )
+        }
     }
 }
 

@@ -5,7 +5,9 @@
 //! less than its WebSocket port-forward (docs/performance.md).
 //!
 //! What is spoken: a client's `SYN_STREAM` for the port's error stream and its data stream
-//! (headers `streamtype`, `port`, `requestid`), data frames, and the answer to a `PING`. What
+//! (headers `streamtype`, `port`, `requestid`), data frames, its own `PING` now and then
+//! (odd ids: the runtime's idle timeout counts SPDY frames), and the answer to a server's
+//! `PING` (even ids). What
 //! is read: data frames, `RST_STREAM`, `GOAWAY` and `PING`; the rest (`SYN_REPLY`,
 //! `SETTINGS`, `WINDOW_UPDATE`, `HEADERS`) is skipped. The runtimes' SPDY (moby/spdystream)
 //! does no flow control: the TCP connections under it are the only back-pressure.
