@@ -414,9 +414,17 @@ fn an_ssh_source_is_written_through_a_receiver_pod_and_verified_byte_equal() {
         "{out}"
     );
     // Over SSH promigrate cannot see the source's processes: the operator says it stopped.
-    let (code, out, err) = run(&ws, &["apply", "--yes", "--source-stopped"]);
+    let (code, out, err) = run(
+        &ws,
+        &["apply", "--yes", "--source-stopped", "--output", "json"],
+    );
     assert_eq!(code, 0, "apply: {out}\n{err}");
     assert_spdy(&err);
+    // Every file came through the SSH tar streams (not the SFTP fallback).
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let apply = &common::only(&v)["apply"];
+    assert!(apply["copied_files"].as_u64().unwrap() > 10, "{v}");
+    assert_eq!(apply["streamed_files"], apply["copied_files"], "{v}");
     assert_eq!(
         common::content_hashes(&vol.join("prometheus-db")),
         wanted(&ws),
