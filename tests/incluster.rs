@@ -390,27 +390,17 @@ fn an_ssh_source_is_written_through_a_receiver_pod_and_verified_byte_equal() {
     // cluster can attach: the tool's two remote ends at once.
     let (node, vol, ws) = node_claim_and_plan();
     let sshd = common::sshd::Sshd::start();
-    let local = format!("source:\n  path: {}\n", ws.source.display());
-    let yaml = std::fs::read_to_string(&ws.plan).unwrap();
-    assert!(yaml.contains(&local), "plan template changed");
-    let yaml = yaml.replace(
-        &local,
-        &format!(
-            "{local}  ssh:\n    host: 127.0.0.1\n    port: {}\n    user: root\n    identityFile: {}\n    knownHostsFile: {}\n",
-            sshd.port,
-            sshd.path("client_key").display(),
-            sshd.path("known_hosts").display()
-        ),
+    let yaml = sshd.through(
+        &std::fs::read_to_string(&ws.plan).unwrap(),
+        &ws.source,
+        "client_key",
+        &sshd.path("known_hosts"),
     );
     std::fs::write(&ws.plan, yaml).unwrap();
     let (code, out, err) = run(&ws, &["plan"]);
     assert_eq!(code, 0, "plan: {out}\n{err}");
     assert!(
-        out.contains(&format!(
-            "source  root@127.0.0.1:{}:{}",
-            sshd.port,
-            ws.source.display()
-        )) && out.contains("receiver pod"),
+        out.contains(&sshd.shown(&ws.source)) && out.contains("receiver pod"),
         "{out}"
     );
     // Over SSH promigrate cannot see the source's processes: the operator says it stopped.

@@ -13,17 +13,12 @@ use std::time::{Duration, Instant};
 
 /// The workspace plan with `source.ssh` pointing at the sshd.
 fn ssh_plan(ws: &Workspace, sshd: &Sshd, key: &str, known_hosts: &Path, extra: &str) {
-    let yaml = plan_yaml(&ws.source, &ws.mount, extra).replace(
-        &format!("source:\n  path: {}\n", ws.source.display()),
-        &format!(
-            "source:\n  path: {}\n  ssh:\n    host: 127.0.0.1\n    port: {}\n    user: root\n    identityFile: {}\n    knownHostsFile: {}\n",
-            ws.source.display(),
-            sshd.port,
-            sshd.path(key).display(),
-            known_hosts.display()
-        ),
+    let yaml = sshd.through(
+        &plan_yaml(&ws.source, &ws.mount, extra),
+        &ws.source,
+        key,
+        known_hosts,
     );
-    assert!(yaml.contains("ssh:"), "plan template changed");
     std::fs::write(&ws.plan, yaml).unwrap();
 }
 
@@ -61,14 +56,7 @@ fn plan_apply_verify_over_ssh_copies_a_real_tsdb_exactly() {
 
     let (code, text, err) = ws.run(&["plan"]);
     assert_eq!(code, 0, "{text}\n{err}");
-    assert!(
-        text.contains(&format!(
-            "source  root@127.0.0.1:{}:{}",
-            sshd.port,
-            ws.source.display()
-        )),
-        "{text}"
-    );
+    assert!(text.contains(&sshd.shown(&ws.source)), "{text}");
     // No lock file on the source: over SSH promigrate cannot see its processes.
     assert!(
         text.contains("cannot see the processes of 127.0.0.1"),

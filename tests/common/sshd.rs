@@ -102,6 +102,27 @@ impl Sshd {
         self.dir.path().join(name)
     }
 
+    /// `yaml` (a plan) with its local `source:` at `path` read through this sshd instead, as
+    /// root with the key file `key` (in this sshd's dir), trusting `known_hosts`.
+    pub fn through(&self, yaml: &str, path: &Path, key: &str, known_hosts: &Path) -> String {
+        let local = format!("source:\n  path: {}\n", path.display());
+        assert!(yaml.contains(&local), "plan template changed");
+        yaml.replace(
+            &local,
+            &format!(
+                "{local}  ssh:\n    host: 127.0.0.1\n    port: {}\n    user: root\n    identityFile: {}\n    knownHostsFile: {}\n",
+                self.port,
+                self.path(key).display(),
+                known_hosts.display()
+            ),
+        )
+    }
+
+    /// How `plan` shows a source at `path` read through this sshd.
+    pub fn shown(&self, path: &Path) -> String {
+        format!("source  root@127.0.0.1:{}:{}", self.port, path.display())
+    }
+
     /// The SHA-256 fingerprint of a public key file, as `ssh-keygen -l` prints it.
     pub fn fingerprint(&self, pubkey: &str) -> String {
         let out = Command::new("ssh-keygen")
